@@ -1,0 +1,397 @@
+"""RunStore: record, query, export and delete decoding runs and benchmarks.
+
+A run's life: ``start_run`` writes a ``running`` row (committed at once, so a
+crash still leaves a trace of the attempt), ``append_steps`` streams steps as
+they happen, and ``finish_run`` / ``fail_run`` close it with the final trace,
+metrics and output. Each call is its own short transaction, so one RunStore can
+be shared by several threads (Gradio workers); each call opens its own session.
+
+Ids are 32-character uuid4 hex strings; ``get_run``, ``load_trace``,
+``delete_run`` and ``get_benchmark`` also accept a unique prefix (as shown in
+tables, e.g. the first 8 characters).
+"""
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, delete, func, inspect, literal_column, or_, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session, selectinload
+
+from workbench.trace import Trace
+
+from . import db
+from .db import StoreError
+from .models import (RUN_STATUSES, SCHEMA_VERSION, Base, Benchmark, Metric, Param, Run, SchemaInfo, StepRow,
+                     utcnow)
+from .records import (RunRecord, benchmark_dict, param_from_text, param_to_text, record_from_run, row_to_step,
+                      step_to_row, summary_rows)
+
+if TYPE_CHECKING:
+    import pandas
+
+_STEP_UPDATE_COLS = [c for c in StepRow.__table__.columns.keys() if c not in ("run_id", "idx")]
+_GREEDY_IGNORED = ("seed", "top_k", "top_p")  # irrelevant when temperature == 0 (argmax)
+_SAMPLING_DEFAULTS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if obj is None:
+        return {}
+    if hasattr(obj, "to_dict"):
+        return dict(obj.to_dict())
+    return dict(obj)
+
+
+def _norm_sampling(d: dict[str, Any]) -> dict[str, Any]:
+    out = {**_SAMPLING_DEFAULTS, **(d or {})}
+    return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in out.items()}
+
+
+def same_sampling(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal sampling settings; for greedy decoding seed, top-k and top-p do not matter."""
+    a, b = _norm_sampling(a), _norm_sampling(b)
+    if a["temperature"] == 0.0 and b["temperature"] == 0.0:
+        a = {k: v for k, v in a.items() if k not in _GREEDY_IGNORED}
+        b = {k: v for k, v in b.items() if k not in _GREEDY_IGNORED}
+    return a == b
+
+
+class RunStore:
+    """The run history: one SQLite database (file, ``:memory:`` or ``sqlite...`` URL)."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.url, self.path = db.resolve_url(path)
+        self.engine = db.make_engine(self.url)
+        self._sessions = db.make_sessionmaker(self.engine)
+        try:
+            self._init_schema()
+        except StoreError:
+            self.engine.dispose()
+            raise
+        except DatabaseError as e:
+            self.engine.dispose()
+            raise StoreError(f"cannot open the run store at {self.path or self.url}: {e.orig or e}") from e
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path else (self.url.database or self.url.render_as_string(hide_password=True))
+        return f"RunStore({where!r})"
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session_scope(self) -> Iterator[Session]:
+        """A session that commits on success, rolls back on error and always closes."""
+        with db.session_scope(self._sessions) as session:
+            yield session
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def _init_schema(self) -> None:
+        with self.engine.connect() as conn:
+            if inspect(conn).has_table(SchemaInfo.__tablename__):
+                found = conn.execute(select(SchemaInfo.version)).scalar()
+                if found is not None and found > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the run store at {self.path or self.url} has schema version {found}, newer than this "
+                        f"version of the workbench supports ({SCHEMA_VERSION}); upgrade the workbench or point "
+                        f"{db.ENV_VAR} at another file")
+        Base.metadata.create_all(self.engine)
+        with self.session_scope() as s:
+            s.execute(sqlite_insert(SchemaInfo).values(id=1, version=SCHEMA_VERSION, created_at=utcnow())
+                      .on_conflict_do_nothing())
+
+    @property
+    def schema_version(self) -> int:
+        with self.session_scope() as s:
+            return int(s.execute(select(SchemaInfo.version)).scalar_one())
+
+    # -- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve(s: Session, model: type[Run] | type[Benchmark], ident: str, what: str) -> str:
+        """Exact id, or the one id starting with ``ident``."""
+        key = str(ident).strip().lower()
+        if not key:
+            raise StoreError(f"empty {what} id")
+        if s.execute(select(model.id).where(model.id == key)).first() is not None:
+            return key
+        found = s.scalars(select(model.id).where(model.id.startswith(key, autoescape=True)).limit(2)).all()
+        if not found:
+            raise StoreError(f"no {what} with id {ident!r}")
+        if len(found) > 1:
+            raise StoreError(f"{what} id prefix {ident!r} is ambiguous; give more characters")
+        return found[0]
+
+    @staticmethod
+    def _run(s: Session, run_id: str) -> Run:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise StoreError(f"no run with id {run_id!r}")
+        return run
+
+    @staticmethod
+    def _upsert_steps(s: Session, run_id: str, steps: Iterable[Any]) -> None:
+        rows = [step_to_row(run_id, st) for st in steps]
+        if not rows:
+            return
+        stmt = sqlite_insert(StepRow)
+        stmt = stmt.on_conflict_do_update(index_elements=["run_id", "idx"],
+                                          set_={c: stmt.excluded[c] for c in _STEP_UPDATE_COLS})
+        s.execute(stmt, rows)
+
+    def _write_trace(self, s: Session, run: Run, trace: Trace, *, prune: bool) -> None:
+        """Steps (upserted), output ids, prompt ids, trace params, stop reason and metrics."""
+        self._upsert_steps(s, run.id, trace.steps)
+        if prune:  # the stored steps become exactly the trace's steps
+            last = max((st.index for st in trace.steps), default=-1)
+            s.execute(delete(StepRow).where(StepRow.run_id == run.id, StepRow.idx > last)
+                      .execution_options(synchronize_session=False))
+        run.prompt_ids = [int(t) for t in trace.prompt_ids]
+        run.output_ids = [int(t) for t in trace.output_ids]
+        run.trace_params = json.loads(db.json_dumps(dict(trace.params)))
+        run.stop_reason = trace.stop_reason or None
+        metric_rows, acc = summary_rows(run.id, trace.summary())
+        run.acceptance_by_position = acc
+        s.execute(delete(Metric).where(Metric.run_id == run.id).execution_options(synchronize_session=False))
+        if metric_rows:
+            s.execute(sqlite_insert(Metric), metric_rows)
+
+    @staticmethod
+    def _records(s: Session, stmt: Any) -> list[RunRecord]:
+        stmt = stmt.options(selectinload(Run.params), selectinload(Run.metrics))
+        return [record_from_run(r) for r in s.scalars(stmt).unique()]
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, *, method: str, target: str, draft: str | None, prompt: str, params: dict[str, Any],
+                  sampling: dict[str, Any], env: dict[str, Any], prompt_json: Any = None,
+                  benchmark_id: str | None = None, source: str = "api",
+                  prompt_ids: Sequence[int] | None = None) -> str:
+        """Record a new ``running`` run (committed immediately) and return its id."""
+        run_id = uuid.uuid4().hex
+        with self.session_scope() as s:
+            if benchmark_id is not None and s.get(Benchmark, benchmark_id) is None:
+                raise StoreError(f"no benchmark with id {benchmark_id!r}")
+            run = Run(id=run_id, created_at=utcnow(), status="running", method=method, target=str(target),
+                      draft=None if draft is None else str(draft), prompt=prompt or "",
+                      prompt_json=prompt_json, prompt_ids=None if prompt_ids is None else [int(t) for t in prompt_ids],
+                      sampling=json.loads(db.json_dumps(_as_dict(sampling))),
+                      env=json.loads(db.json_dumps(_as_dict(env))), benchmark_id=benchmark_id, source=source)
+            run.params = [Param(key=str(k), value=param_to_text(v)) for k, v in (params or {}).items()]
+            s.add(run)
+        return run_id
+
+    def append_steps(self, run_id: str, steps: list[Any]) -> None:
+        """Write steps of a run in progress; a step already stored (same index) is replaced."""
+        if not steps:
+            return
+        with self.session_scope() as s:
+            if s.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+                raise StoreError(f"no run with id {run_id!r}")
+            self._upsert_steps(s, run_id, steps)
+
+    def finish_run(self, run_id: str, trace: Trace, output_text: str) -> None:
+        """Close a run: its final steps, metrics, output and status ``finished``."""
+        with self.session_scope() as s:
+            run = self._run(s, run_id)
+            self._write_trace(s, run, trace, prune=True)
+            run.output_text = output_text
+            run.status = "finished"
+            run.error = None
+            run.finished_at = utcnow()
+
+    def fail_run(self, run_id: str, error: str, trace: Trace | None = None, output_text: str = "") -> None:
+        """Mark a run ``failed`` with its error; steps already stored (and any in ``trace``) are kept."""
+        with self.session_scope() as s:
+            run = self._run(s, run_id)
+            if trace is not None:
+                self._write_trace(s, run, trace, prune=False)
+            else:
+                committed = s.scalars(select(StepRow.committed).where(StepRow.run_id == run_id)
+                                      .order_by(StepRow.idx)).all()
+                run.output_ids = [t for c in committed for t in (c or [])]
+            run.stop_reason = (trace.stop_reason if trace is not None and trace.stop_reason else "error")
+            run.output_text = output_text or run.output_text or ""
+            run.status = "failed"
+            run.error = str(error)
+            run.finished_at = utcnow()
+
+    def get_run(self, run_id: str) -> RunRecord:
+        with self.session_scope() as s:
+            rid = self._resolve(s, Run, run_id, "run")
+            return self._records(s, select(Run).where(Run.id == rid))[0]
+
+    def load_trace(self, run_id: str) -> Trace:
+        """Rebuild the run's Trace from its steps rows (what finish_run was given, for finished runs)."""
+        with self.session_scope() as s:
+            rid = self._resolve(s, Run, run_id, "run")
+            run = s.scalars(select(Run).where(Run.id == rid)
+                            .options(selectinload(Run.params), selectinload(Run.metrics))).one()
+            rows = s.scalars(select(StepRow).where(StepRow.run_id == rid).order_by(StepRow.idx)).all()
+            metrics = {m.key: m.value for m in run.metrics}
+            params = (dict(run.trace_params) if run.trace_params is not None
+                      else {p.key: param_from_text(p.value) for p in run.params})
+            wall, peak = metrics.get("wall_s"), metrics.get("peak_mem_mb")
+            return Trace(method=run.method, params=params, prompt_ids=list(run.prompt_ids or []),
+                         steps=[row_to_step(r) for r in rows], wall_s=0.0 if wall is None else wall,
+                         peak_mem_mb=math.nan if peak is None else peak, stop_reason=run.stop_reason or "")
+
+    def list_runs(self, *, method: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None,
+                  benchmark_id: str | None = None, search: str | None = None, limit: int | None = 200,
+                  source: str | Sequence[str] | None = None) -> list[RunRecord]:
+        """Runs, newest first. ``search`` matches substrings of prompt, target, draft, method (or an id prefix)."""
+        stmt = select(Run)
+        for col, value in ((Run.method, method), (Run.status, status), (Run.source, source)):
+            if value is not None:
+                stmt = stmt.where(col == value if isinstance(value, str) else col.in_(list(value)))
+        if benchmark_id is not None:
+            stmt = stmt.where(Run.benchmark_id == benchmark_id)
+        if search and search.strip():
+            term = search.strip()
+            stmt = stmt.where(or_(Run.prompt.icontains(term, autoescape=True),
+                                  Run.target.icontains(term, autoescape=True),
+                                  Run.draft.icontains(term, autoescape=True),
+                                  Run.method.icontains(term, autoescape=True),
+                                  Run.id.startswith(term.lower(), autoescape=True)))
+        stmt = stmt.order_by(Run.created_at.desc(), literal_column("runs.rowid").desc())
+        if limit is not None:
+            stmt = stmt.limit(int(limit))
+        with self.session_scope() as s:
+            return self._records(s, stmt)
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete one run (id or unique prefix) with its params, metrics and steps."""
+        with self.session_scope() as s:
+            rid = self._resolve(s, Run, run_id, "run")
+            s.execute(delete(Run).where(Run.id == rid).execution_options(synchronize_session=False))
+
+    def delete_runs(self, run_ids: Iterable[str]) -> int:
+        """Delete runs by exact id; unknown ids are skipped. Returns how many were deleted."""
+        ids = list(dict.fromkeys(str(r) for r in run_ids))
+        n = 0
+        with self.session_scope() as s:
+            for i in range(0, len(ids), 500):
+                res = s.execute(delete(Run).where(Run.id.in_(ids[i:i + 500]))
+                                .execution_options(synchronize_session=False))
+                n += res.rowcount or 0
+        return n
+
+    def find_baseline(self, *, target: str, prompt: str, sampling: dict[str, Any], max_new_tokens: int,
+                      env: dict[str, Any] | None = None) -> RunRecord | None:
+        """Newest finished ``autoregressive`` run with the same target, prompt, sampling and max_new_tokens.
+
+        For greedy sampling the seed, top-k and top-p are ignored (they cannot change
+        the output). If ``env`` is given, each of its keys must match the run's env too
+        (e.g. ``{"device": "cuda", "dtype": "bfloat16"}``) so timings are comparable.
+        """
+        sampling = _as_dict(sampling)
+        stmt = (select(Run)
+                .join(Param, and_(Param.run_id == Run.id, Param.key == "max_new_tokens"))
+                .where(Run.method == "autoregressive", Run.status == "finished", Run.target == str(target),
+                       Run.prompt == prompt, Param.value == param_to_text(int(max_new_tokens)))
+                .order_by(Run.created_at.desc(), literal_column("runs.rowid").desc()))
+        with self.session_scope() as s:
+            for rec in self._records(s, stmt):
+                if not same_sampling(rec.sampling, sampling):
+                    continue
+                if env and any(rec.env.get(k) != v for k, v in env.items()):
+                    continue
+                return rec
+        return None
+
+    # -- tables ---------------------------------------------------------------------------
+
+    def runs_dataframe(self, **filters: Any) -> "pandas.DataFrame":
+        """One row per run; ``filters`` are list_runs' (default: no limit)."""
+        import pandas as pd
+
+        filters.setdefault("limit", None)
+        base = ["id", "created_at", "finished_at", "status", "error", "method", "target", "draft", "prompt",
+                "source", "benchmark_id", "stop_reason", "output_text"]
+        rows: list[dict[str, Any]] = []
+        for r in self.list_runs(**filters):
+            row: dict[str, Any] = {k: getattr(r, k) for k in base}
+            row.update({f"sampling.{k}": v for k, v in r.sampling.items()})
+            row.update({f"param.{k}": v for k, v in r.typed_params.items()})
+            row.update(r.metrics)
+            row["acceptance_by_position"] = list(r.acceptance_by_position)
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        if df.empty:
+            from .records import METRIC_KEYS
+
+            return pd.DataFrame(columns=base + list(METRIC_KEYS) + ["acceptance_by_position"])
+        return df
+
+    def export_csv(self, path: str | Path, **filters: Any) -> int:
+        """Write runs_dataframe(**filters) to ``path`` as CSV; returns the number of rows."""
+        df = self.runs_dataframe(**filters)
+        if len(df):
+            df["acceptance_by_position"] = df["acceptance_by_position"].map(json.dumps)
+        out = Path(path).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out, index=False)
+        return len(df)
+
+    # -- benchmarks -----------------------------------------------------------------------
+
+    def start_benchmark(self, *, suite: str, config: dict[str, Any], env: dict[str, Any]) -> str:
+        bench_id = uuid.uuid4().hex
+        with self.session_scope() as s:
+            s.add(Benchmark(id=bench_id, created_at=utcnow(), suite=suite, status="running",
+                            config=json.loads(db.json_dumps(_as_dict(config))),
+                            env=json.loads(db.json_dumps(_as_dict(env)))))
+        return bench_id
+
+    def finish_benchmark(self, bench_id: str, status: str = "finished", error: str | None = None) -> None:
+        if status not in RUN_STATUSES:
+            raise StoreError(f"benchmark status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        with self.session_scope() as s:
+            res = s.execute(update(Benchmark).where(Benchmark.id == bench_id)
+                            .values(status=status, error=error,
+                                    finished_at=None if status == "running" else utcnow())
+                            .execution_options(synchronize_session=False))
+            if not res.rowcount:
+                raise StoreError(f"no benchmark with id {bench_id!r}")
+
+    def _run_counts(self, s: Session, bench_ids: list[str]) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {b: {} for b in bench_ids}
+        stmt = (select(Run.benchmark_id, Run.status, func.count())
+                .where(Run.benchmark_id.in_(bench_ids)).group_by(Run.benchmark_id, Run.status))
+        for bid, status, n in s.execute(stmt):
+            counts[bid][status] = n
+        return counts
+
+    def list_benchmarks(self) -> list[dict[str, Any]]:
+        """Benchmarks, newest first, with run counts (n_runs, n_finished, n_failed)."""
+        with self.session_scope() as s:
+            benches = s.scalars(select(Benchmark).order_by(Benchmark.created_at.desc(),
+                                                           literal_column("benchmarks.rowid").desc())).all()
+            counts = self._run_counts(s, [b.id for b in benches]) if benches else {}
+            return [benchmark_dict(b, counts.get(b.id)) for b in benches]
+
+    def get_benchmark(self, bench_id: str) -> dict[str, Any]:
+        """One benchmark (id or unique prefix) with its run counts and ``run_ids`` (oldest first)."""
+        with self.session_scope() as s:
+            bid = self._resolve(s, Benchmark, bench_id, "benchmark")
+            bench = s.get(Benchmark, bid)
+            assert bench is not None
+            d = benchmark_dict(bench, self._run_counts(s, [bid])[bid])
+            d["run_ids"] = list(s.scalars(select(Run.id).where(Run.benchmark_id == bid)
+                                          .order_by(Run.created_at, literal_column("runs.rowid"))))
+            return d

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny random models (fast), the embedded model (marked `real`), a temp store."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_configure(config):
+    # Tiny models are dominated by per-op overhead: one intra-op thread is several times
+    # faster than two, and far faster when the machine is busy.
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_db(tmp_path, monkeypatch):
+    """Never write to the user's run store from a test."""
+    monkeypatch.setenv("WORKBENCH_DB", str(tmp_path / "runs.sqlite"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from workbench.models import load_model
+
+    return load_model("tiny-random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_other():
+    """Same vocabulary, different weights: a draft that is often wrong."""
+    from workbench.models import load_model
+
+    return load_model("tiny-random:seed=1", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_bf16():
+    """A lower-precision copy of the target: a draft that is usually right."""
+    from workbench.models import load_model
+
+    return load_model("tiny-random:bf16", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    from workbench.models import load_model
+
+    return load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm_bf16():
+    from workbench.models import load_model
+
+    return load_model("smollm2-135m:bf16", device="cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("WORKBENCH_SKIP_REAL") == "1":
+        skip = pytest.mark.skip(reason="WORKBENCH_SKIP_REAL=1")
+        for item in items:
+            if "real" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,169 @@
+"""Every lossless method, through the one decode loop, against plain decoding.
+
+Greedy: token-identical to `autoregressive`. Sampling: the joint distribution of
+the first three new tokens equals the target's (chi-square), which fails when
+the acceptance rule is broken. Methods come from the registry, so a newly
+registered method is tested without editing this file.
+"""
+
+import pytest
+import torch
+
+import workbench.verify as verify
+from workbench.config import ConfigError, DecodeConfig, SamplingConfig
+from workbench.engine import generate
+from workbench.methods import list_methods
+from workbench.sampling import logits_to_probs
+
+from .stats import chi2_pvalue
+
+LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive"]
+PROMPTS = [
+    [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100],
+    [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2],
+    list(range(40, 90)),
+]
+
+
+def _drafts_for(method, request):
+    if method.needs_draft_model:
+        return [request.getfixturevalue("tiny_other"), request.getfixturevalue("tiny_bf16")]
+    return [None]
+
+
+@pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
+def test_greedy_token_identical(method, tiny, request):
+    for draft in _drafts_for(method, request):
+        for prompt in PROMPTS:
+            ref = generate(tiny, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=48))
+            out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=48))
+            assert out.output_ids == ref.output_ids, (method.name, getattr(draft, "spec", None), prompt[:4])
+            assert out.summary.new_tokens == 48
+
+
+def test_speculative_with_good_draft_accepts_several_tokens(tiny, tiny_bf16):
+    out = generate(tiny, "speculative", PROMPTS[0], draft=tiny_bf16, params={"gamma": 4},
+                   decode=DecodeConfig(max_new_tokens=64))
+    s = out.summary
+    assert s.mean_accepted_tokens > 2.0
+    assert s.target_forward_passes < 64
+    assert s.acceptance_by_position[0] > 0.5
+
+
+def test_trace_accounts_for_every_token(tiny, tiny_other):
+    out = generate(tiny, "speculative", PROMPTS[0], draft=tiny_other, params={"gamma": 3},
+                   decode=DecodeConfig(max_new_tokens=30))
+    tr = out.trace
+    assert tr.steps[0].kind == "prefill" and len(tr.steps[0].committed) == 1
+    assert sum(len(s.committed) for s in tr.steps) == 30 == len(out.output_ids)
+    for s in tr.steps[1:]:
+        assert len(s.tokens) == len(s.q) == len(s.p) <= 3
+        assert s.committed[: len(s.accepted)] == [s.tokens[i] for i in s.accepted][: len(s.committed)]
+        assert s.draft_s >= 0 and s.verify_s > 0 and s.total_s >= s.draft_s + s.verify_s - 1e-6
+    origins = tr.token_origins()
+    assert [o["token"] for o in origins] == out.output_ids
+    assert {o["origin"] for o in origins} <= {"draft", "target"}
+
+
+def test_eos_stops_and_is_kept(tiny):
+    ref = generate(tiny, "autoregressive", PROMPTS[0], decode=DecodeConfig(max_new_tokens=20))
+    eos_tok = ref.output_ids[5]
+    out = generate(tiny, "prompt_lookup", PROMPTS[0], decode=DecodeConfig(max_new_tokens=20, extra_eos_ids=(eos_tok,)))
+    first = ref.output_ids.index(eos_tok)
+    assert out.output_ids == ref.output_ids[: first + 1]
+    assert out.trace.stop_reason == "eos"
+
+
+def test_empty_prompt_and_bad_params(tiny):
+    with pytest.raises(ConfigError):
+        generate(tiny, "autoregressive", [])
+    with pytest.raises(ConfigError):
+        generate(tiny, "speculative", [1, 2, 3])  # needs a draft model
+    with pytest.raises(ConfigError):
+        generate(tiny, "prompt_lookup", [1, 2, 3], params={"nope": 1})
+    with pytest.raises(ConfigError):
+        generate(tiny, "nope", [1, 2, 3])
+    with pytest.raises(ConfigError):
+        DecodeConfig(max_new_tokens=0)
+
+
+# ---------------------------------------------------------------- sampling
+
+SAMPLING = SamplingConfig(temperature=1.0, top_k=2)
+N_RUNS = 600
+
+
+def _exact_joint(model, prompt, cfg, depth=3):
+    """Exact probability of every continuation of length `depth` under the warped target."""
+    out = {}
+    with torch.inference_mode():
+        def rec(prefix, prob):
+            if len(prefix) == len(prompt) + depth:
+                out[tuple(prefix[len(prompt):])] = prob
+                return
+            probs = logits_to_probs(model(input_ids=torch.tensor([prefix])).logits[0, -1], cfg)
+            for tok in torch.nonzero(probs).flatten().tolist():
+                rec(prefix + [tok], prob * float(probs[tok]))
+        rec(list(prompt), 1.0)
+    return out
+
+
+def _sample_joint(tiny, method, draft, prompt, params=None, n=N_RUNS):
+    return [tuple(generate(tiny, method, prompt, draft=draft, params=params,
+                           sampling=SamplingConfig(temperature=1.0, top_k=2, seed=seed),
+                           decode=DecodeConfig(max_new_tokens=3, trace=False)).output_ids)
+            for seed in range(n)]
+
+
+@pytest.fixture(scope="module")
+def sampling_prompt(tiny):
+    """Every byte once (so n-gram drafters always find a match), rotated so that the target's
+    two candidate first tokens are as balanced as possible: then a wrong rule shows clearly."""
+    best = None
+    with torch.inference_mode():
+        for k in range(0, 256, 4):
+            prompt = list(range(k, 256)) + list(range(k))
+            probs = logits_to_probs(tiny.model(input_ids=torch.tensor([prompt])).logits[0, -1], SAMPLING)
+            balance = float(probs[probs > 0].min())
+            if best is None or balance > best[0]:
+                best = (balance, prompt)
+    return best[1]
+
+
+@pytest.fixture(scope="module")
+def sharp_draft(tiny):
+    """The target with a sharpened output layer: same candidate tokens, clearly different probabilities.
+
+    Its q overlaps the target's p but differs from it, so rejections are frequent and
+    the residual distribution decides the outcome: the case a broken rule gets wrong.
+    """
+    import copy
+    import dataclasses
+
+    model = copy.deepcopy(tiny.model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)
+    return dataclasses.replace(tiny, model=model, spec="tiny-random:sharpened")
+
+
+@pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
+def test_sampling_preserves_target_distribution(method, tiny, sharp_draft, sampling_prompt):
+    draft = sharp_draft if method.needs_draft_model else None
+    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING)
+    samples = _sample_joint(tiny, method.name, draft, sampling_prompt)
+    assert chi2_pvalue(samples, expected) > 1e-3
+
+
+def test_sampling_test_detects_a_broken_rule(tiny, sharp_draft, sampling_prompt, monkeypatch):
+    """The same statistical test fails when rejected tokens are resampled from p instead of the residual."""
+    monkeypatch.setattr(verify, "residual", lambda p, q, x: p)
+    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING)
+    samples = _sample_joint(tiny, "speculative", sharp_draft, sampling_prompt, params={"gamma": 2}, n=1000)
+    assert chi2_pvalue(samples, expected) < 1e-4
+
+
+def test_sampling_is_reproducible_with_seed(tiny, tiny_other):
+    cfg = SamplingConfig(temperature=0.8, top_p=0.9, seed=7)
+    a = generate(tiny, "speculative", PROMPTS[0], draft=tiny_other, sampling=cfg, decode=DecodeConfig(max_new_tokens=20))
+    b = generate(tiny, "speculative", PROMPTS[0], draft=tiny_other, sampling=cfg, decode=DecodeConfig(max_new_tokens=20))
+    assert a.output_ids == b.output_ids

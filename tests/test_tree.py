@@ -1,0 +1,81 @@
+"""Tree buffers against hand-drawn matrices, and tree forwards against sequential forwards."""
+import pytest
+import torch
+from transformers import DynamicCache
+
+from workbench import cache as kv
+from workbench.engine import _target_forward
+from workbench.tree import Draft
+
+#        root
+#       /    \
+#     n0(a)  n1(b)
+#    /   \      \
+#  n2(c) n3(d)  n4(e)
+#          |
+#        n5(f)
+TREE = Draft([10, 11, 12, 13, 14, 15], [-1, -1, 0, 0, 1, 3])
+
+
+def test_ancestor_matrix_hand_drawn():
+    expected = torch.tensor([
+        # r  0  1  2  3  4  5
+        [1, 0, 0, 0, 0, 0, 0],  # root
+        [1, 1, 0, 0, 0, 0, 0],  # n0
+        [1, 0, 1, 0, 0, 0, 0],  # n1
+        [1, 1, 0, 1, 0, 0, 0],  # n2
+        [1, 1, 0, 0, 1, 0, 0],  # n3
+        [1, 0, 1, 0, 0, 1, 0],  # n4
+        [1, 1, 0, 0, 1, 0, 1],  # n5
+    ], dtype=torch.bool)
+    assert torch.equal(TREE.ancestor_matrix(), expected)
+
+
+def test_positions_paths_and_mask_shape():
+    assert TREE.depths == [1, 1, 2, 2, 2, 3]
+    assert TREE.position_ids(5, torch.device("cpu")).tolist() == [[5, 6, 6, 7, 7, 7, 8]]
+    assert sorted(TREE.leaf_paths()) == [[0, 2], [0, 3, 5], [1, 4]]
+    assert TREE.children[-1] == [0, 1] and TREE.children[3] == [5]
+    mask = TREE.attention_mask(past_len=5, dtype=torch.float32, device=torch.device("cpu"))
+    assert mask.shape == (1, 1, 7, 12)
+    assert (mask[0, 0, :, :5] == 0).all()  # everyone sees the cached prefix
+    assert (mask[0, 0, 6, 5:] == 0).tolist() == [True, True, False, False, True, False, True]
+
+
+def test_chain_is_chain():
+    chain = Draft.chain([1, 2, 3])
+    assert chain.is_chain and chain.parents == [-1, 0, 1] and not TREE.is_chain
+    expected = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+    assert torch.equal(chain.ancestor_matrix(), expected)
+
+
+def test_bad_parent_rejected():
+    with pytest.raises(ValueError):
+        Draft([1, 2], [-1, 1])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_tree_forward_matches_sequential(tiny, attn):
+    """Logits along every root-to-leaf path equal a plain forward of that sequence (atol 1e-4)."""
+    model = tiny.model
+    old = model.config._attn_implementation
+    model.config._attn_implementation = attn
+    try:
+        prompt = [72, 101, 108, 108, 111, 33]
+        with torch.inference_mode():
+            cache = DynamicCache(config=model.config)
+            model(input_ids=torch.tensor([prompt[:-1]]), past_key_values=cache)
+            logits = _target_forward(model, torch.tensor([[prompt[-1]] + TREE.tokens]), cache, TREE, len(prompt) - 1)
+            for path in TREE.leaf_paths():
+                seq = prompt + [TREE.tokens[i] for i in path]
+                ref = model(input_ids=torch.tensor([seq])).logits[0, len(prompt) - 1:]
+                rows = [0] + [i + 1 for i in path]
+                torch.testing.assert_close(logits[rows], ref, atol=1e-4, rtol=1e-4)
+            # keep the path root -> n0 -> n3 -> n5 and continue: same as decoding that path
+            path = [0, 3, 5]
+            kv.keep_positions(cache, len(prompt) - 1, [0] + [i + 1 for i in path])
+            nxt = model(input_ids=torch.tensor([[99]]), past_key_values=cache).logits[0, -1]
+            seq = prompt + [TREE.tokens[i] for i in path] + [99]
+            torch.testing.assert_close(nxt, model(input_ids=torch.tensor([seq])).logits[0, -1], atol=1e-4, rtol=1e-4)
+    finally:
+        model.config._attn_implementation = old

@@ -1,0 +1,182 @@
+"""One call to decode and log a run: what the CLI, the app, notebooks and benchmarks use.
+
+`run()` validates everything before touching the store (so bad input never
+leaves a row), loads and checks the models, writes the run as `running`,
+decodes with the engine while streaming steps to the store, and ends the row
+`finished` or `failed` (with the error and the steps decoded so far).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from .config import ConfigError, DecodeConfig, SamplingConfig
+from .engine import GenerationResult, generate
+from .methods import get_method, resolve_params
+from .trace import Step, Trace
+
+# Steps are written to the store in batches of this many (and at the end).
+STEP_FLUSH_EVERY = 16
+
+
+@dataclass
+class RunResult:
+    run_id: str | None
+    method: str
+    target: str
+    draft: str | None
+    prompt: str | list[dict]
+    output_text: str
+    output_ids: list[int]
+    trace: Trace
+    result: GenerationResult
+
+    @property
+    def summary(self):
+        return self.result.summary
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.summary
+        return {
+            "run_id": self.run_id,
+            "method": self.method,
+            "target": self.target,
+            "draft": self.draft,
+            "output_text": self.output_text,
+            "output_ids": self.output_ids,
+            "metrics": {
+                "tokens_per_s": s.tokens_per_s,
+                "mean_accepted_tokens": s.mean_accepted_tokens,
+                "mean_accepted_draft_tokens": s.mean_accepted_draft_tokens,
+                "acceptance_rate": _none_if_nan(s.acceptance_rate),
+                "target_forward_passes": s.target_forward_passes,
+                "new_tokens": s.new_tokens,
+                "wall_s": s.wall_s,
+                "ttft_s": s.ttft_s,
+                "peak_mem_mb": _none_if_nan(s.peak_mem_mb),
+            },
+            "stop_reason": self.trace.stop_reason,
+        }
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if x != x else x
+
+
+def environment(target=None) -> dict[str, Any]:
+    """What a result depends on besides the code: hardware, versions, precision, threads."""
+    import transformers
+
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    if target is not None:
+        env.update(device=str(target.device), dtype=str(target.dtype).replace("torch.", ""), quant=target.quant)
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def run(method: str, prompt: str | list[dict], *, target: str | None = None, draft: str | None = None,
+        params: dict[str, Any] | None = None, sampling: SamplingConfig | None = None,
+        max_new_tokens: int = 128, chat: bool | None = None, device: str | None = None,
+        store: Any | None = None, log: bool = True, source: str = "api", benchmark_id: str | None = None,
+        trace: bool = True, on_step: Callable[[Step, Trace], None] | None = None,
+        progress: Callable[[str], None] | None = None) -> RunResult:
+    """Decode `prompt` with `method` and (by default) log the run to the store.
+
+    prompt: plain text, or a list of chat messages ({"role", "content"}).
+    chat: apply the chat template to a text prompt (None: when the model has one).
+    store: a store.RunStore; None opens the default one when log=True.
+    """
+    from .models import EMBEDDED_DEFAULT, check_compatible, load_model
+
+    # ---- validate cheap things first: nothing is loaded or recorded on bad input
+    if isinstance(prompt, str) and not prompt.strip():
+        raise ConfigError("the prompt is empty")
+    if isinstance(prompt, list) and not any(str(m.get("content", "")).strip() for m in prompt):
+        raise ConfigError("the prompt is empty")
+    cls = get_method(method)
+    resolved = resolve_params(method, params)
+    sampling = sampling or SamplingConfig()
+    decode = DecodeConfig(max_new_tokens=max_new_tokens, trace=trace)
+    if cls.needs_draft_model and not draft:
+        raise ConfigError(f"method '{method}' needs a draft model, e.g. --draft smollm2-135m:bf16")
+    if not cls.needs_draft_model and draft:
+        draft = None  # the method drafts without a model; do not record one it did not use
+    target = target or EMBEDDED_DEFAULT
+
+    # ---- models
+    tgt = load_model(target, device=device, progress=progress)
+    drf = load_model(draft, device=device, progress=progress) if draft else None
+    if drf is not None:
+        check_compatible(tgt, drf)
+    prompt_ids = tgt.encode_prompt(prompt, chat=chat)
+    if not prompt_ids:
+        raise ConfigError("the prompt encodes to no tokens")
+
+    # ---- record and decode
+    if log and store is None:
+        from store import RunStore
+
+        store = RunStore()
+    run_id = None
+    tr = Trace(method=method, params=resolved, prompt_ids=list(prompt_ids))
+    written = 0
+    if log:
+        run_id = store.start_run(
+            method=method, target=tgt.spec, draft=drf.spec if drf else None,
+            prompt=prompt if isinstance(prompt, str) else _chat_text(prompt),
+            prompt_json=prompt if isinstance(prompt, list) else None,
+            params={**resolved, "max_new_tokens": max_new_tokens, "chat": chat},
+            sampling=sampling.to_dict(), env=environment(tgt), benchmark_id=benchmark_id, source=source,
+        )
+
+    def _on_step(step: Step, t: Trace) -> None:
+        nonlocal written
+        if log and len(t.steps) - written >= STEP_FLUSH_EVERY:
+            store.append_steps(run_id, t.steps[written:])
+            written = len(t.steps)
+        if on_step:
+            on_step(step, t)
+
+    try:
+        result = generate(tgt, method, prompt_ids, draft=drf, params=resolved, sampling=sampling,
+                          decode=decode, on_step=_on_step, trace=tr)
+    except BaseException as exc:
+        if log:
+            msg = str(exc) or type(exc).__name__
+            store.fail_run(run_id, f"{type(exc).__name__}: {msg}", trace=tr, output_text=tgt.decode(tr.output_ids))
+        raise
+    if log:
+        store.finish_run(run_id, result.trace, result.text)
+    return RunResult(run_id=run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
+                     prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,
+                     result=result)
+
+
+def _chat_text(messages: list[dict]) -> str:
+    return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)

@@ -1,0 +1,288 @@
+"""`workbench` command line: run a method, list methods, inspect and export runs, launch the app.
+
+Bad input ends with one line on stderr and a non-zero exit (2 for usage
+errors, 1 for a failed run); set WORKBENCH_DEBUG=1 to see tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+from .config import ConfigError, SamplingConfig
+
+
+class UsageError(Exception):
+    """Bad command-line input."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _open_store(args):
+    from store import RunStore
+
+    return RunStore(args.db) if getattr(args, "db", None) else RunStore()
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_run(args) -> int:
+    from .api import run
+
+    if args.prompt is None or not args.prompt.strip():
+        raise UsageError("the prompt is empty: pass --prompt TEXT")
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (stdout stays clean for --json)
+    store = None if args.no_log else _open_store(args)
+    result = run(args.method, args.prompt, target=args.target, draft=args.draft, params=_parse_params(args.param),
+                 sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device,
+                 store=store, log=not args.no_log, source="cli", progress=progress)
+    if args.json:
+        print(json.dumps(result.to_json()))
+        return 0
+    s = result.summary
+    print(result.output_text)
+    print(file=sys.stderr)
+    print(f"[{result.method}] {s.new_tokens} tokens in {s.wall_s:.2f}s = {s.tokens_per_s:.1f} tok/s | "
+          f"tau {s.mean_accepted_tokens:.2f} | acceptance {_fmt(s.acceptance_rate)} | "
+          f"target forwards {s.target_forward_passes} | TTFT {s.ttft_s * 1000:.0f} ms"
+          + (f" | run {result.run_id}" if result.run_id else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import list_methods
+
+    methods = [m.describe() for m in list_methods()]
+    if args.json:
+        print(json.dumps(methods))
+        return 0
+    for m in methods:
+        tags = ["lossless" if m["lossless"] else "LOSSY"] + (["draft model"] if m["needs_draft_model"] else [])
+        print(f"{m['name']:<16} {m['label']}  [{', '.join(tags)}]")
+        print(f"{'':<16} {m['description']}")
+        for p in m["params"]:
+            rng = f" choices {'/'.join(p['choices'])}" if p["choices"] else (
+                f" range [{_fmt(p['min'], 0)}, {_fmt(p['max'], 0)}]" if p["min"] is not None else "")
+            print(f"{'':<18}--param {p['name']}=<{p['type']}> (default {p['default']}){rng}: {p['help']}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import available_models
+
+    models = available_models()
+    if args.json:
+        print(json.dumps(models))
+        return 0
+    for m in models:
+        print(f"{m['name']:<16} {'installed' if m.get('installed') else 'not installed':<14} {m.get('description', '')}")
+    print("Options: append :bf16, :fp16 or :int8 to a name (e.g. smollm2-135m:bf16). "
+          "Any local model directory or hub id also works.")
+    return 0
+
+
+def cmd_runs_list(args) -> int:
+    runs = _open_store(args).list_runs(method=args.method, status=args.status, search=args.search,
+                                       limit=args.limit)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs]))
+        return 0
+    if not runs:
+        print("no runs recorded yet: try `workbench run --method autoregressive --prompt 'Hello'`")
+        return 0
+    print(f"{'id':<12} {'created':<19} {'status':<8} {'method':<15} {'target':<20} {'draft':<20} "
+          f"{'tok/s':>7} {'tau':>5}  prompt")
+    for r in runs:
+        prompt = " ".join((r.prompt or "").split())[:40]
+        print(f"{r.id[:12]:<12} {r.created_at:%Y-%m-%d %H:%M:%S} {r.status:<8} {r.method:<15} "
+              f"{(r.target or '')[:20]:<20} {(r.draft or '-')[:20]:<20} "
+              f"{_fmt(r.metrics.get('tokens_per_s'), 1):>7} {_fmt(r.metrics.get('mean_accepted_tokens')):>5}  {prompt}")
+    return 0
+
+
+def cmd_runs_show(args) -> int:
+    store = _open_store(args)
+    rec = store.get_run(args.run_id)
+    if args.json:
+        d = rec.to_dict()
+        d["steps"] = [s.to_dict() for s in store.load_trace(rec.id).steps] if args.steps else None
+        print(json.dumps(d))
+        return 0
+    print(f"run {rec.id}  [{rec.status}]  {rec.created_at:%Y-%m-%d %H:%M:%S}  source={rec.source}")
+    print(f"method {rec.method}  target {rec.target}  draft {rec.draft or '-'}")
+    print(f"params {json.dumps(rec.params)}  sampling {json.dumps(rec.sampling)}")
+    if rec.error:
+        print(f"error  {rec.error}")
+    print(f"prompt {rec.prompt}")
+    print(f"output {rec.output_text}")
+    for k, v in sorted(rec.metrics.items()):
+        print(f"  {k:<28} {_fmt(v, 4)}")
+    if rec.acceptance_by_position:
+        print("  acceptance by position      " + " ".join(_fmt(a) for a in rec.acceptance_by_position))
+    if args.steps:
+        for s in store.load_trace(rec.id).steps:
+            print(f"  step {s.index:>4} {s.kind:<7} drafted {s.n_draft:>3} accepted {s.n_accepted:>3} "
+                  f"committed {len(s.committed)} draft {s.draft_s * 1000:6.1f} ms verify {s.verify_s * 1000:6.1f} ms")
+    return 0
+
+
+def cmd_runs_export(args) -> int:
+    n = _open_store(args).export_csv(args.csv)
+    print(f"wrote {n} runs to {args.csv}", file=sys.stderr)
+    return 0
+
+
+def cmd_runs_delete(args) -> int:
+    n = _open_store(args).delete_runs(args.run_ids)
+    print(f"deleted {n} runs", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="workbench", description="Decoding Workbench: run, see and compare fast decoding methods.")
+    p.add_argument("--db", help="SQLite run store (default: $WORKBENCH_DB or the user data dir)")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="decode a prompt with a method and log the run")
+    r.add_argument("--method", "-m", default="autoregressive", help="see `workbench methods`")
+    r.add_argument("--target", "-t", default=None, help="target model spec (default: smollm2-135m)")
+    r.add_argument("--draft", "-d", default=None, help="draft model spec, e.g. smollm2-135m:bf16")
+    r.add_argument("--prompt", "-p", default=None, help="prompt text")
+    r.add_argument("--max-new-tokens", "-n", type=int, default=128)
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    r.add_argument("--top-k", type=int, default=0)
+    r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
+    chat = r.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
+                      help="apply the chat template (default when the model has one)")
+    chat.add_argument("--no-chat", dest="chat", action="store_false", help="feed the prompt as plain text")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.add_argument("--no-log", action="store_true", help="do not record the run in the store")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=cmd_run)
+
+    m = sub.add_parser("methods", help="list decoding methods and their parameters")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_methods)
+
+    mo = sub.add_parser("models", help="list built-in models")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_models)
+
+    runs = sub.add_parser("runs", help="inspect recorded runs")
+    rsub = runs.add_subparsers(dest="runs_command", parser_class=_Parser)
+    rl = rsub.add_parser("list", help="list runs, newest first")
+    rl.add_argument("--method")
+    rl.add_argument("--status", choices=["running", "finished", "failed"])
+    rl.add_argument("--search", help="substring of prompt, method or model")
+    rl.add_argument("--limit", type=int, default=50)
+    rl.add_argument("--json", action="store_true")
+    rl.set_defaults(func=cmd_runs_list)
+    rs = rsub.add_parser("show", help="show one run")
+    rs.add_argument("run_id")
+    rs.add_argument("--steps", action="store_true", help="also list every step")
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_runs_show)
+    re_ = rsub.add_parser("export", help="export runs with their metrics")
+    re_.add_argument("--csv", required=True, metavar="FILE")
+    re_.set_defaults(func=cmd_runs_export)
+    rd = rsub.add_parser("delete", help="delete runs")
+    rd.add_argument("run_ids", nargs="+")
+    rd.set_defaults(func=cmd_runs_delete)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return p
+
+
+def _add_ui(sub) -> None:
+    u = sub.add_parser("ui", help="launch the Gradio app")
+    u.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=7860)
+    u.add_argument("--share", action="store_true", help="also create a public Gradio share link (opt-in)")
+    u.add_argument("--target", default=None, help="preselected target model")
+
+    def cmd_ui(args) -> int:
+        from ui.app import launch
+
+        launch(host=args.host, port=args.port, share=args.share, db=args.db, default_target=args.target)
+        return 0
+
+    u.set_defaults(func=cmd_ui)
+
+
+def _add_bench(sub) -> None:
+    try:
+        from .bench import add_bench_parser
+    except ImportError:
+        return
+    add_bench_parser(sub)
+
+
+_EXTRA_COMMANDS = [_add_ui, _add_bench]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .models import ModelError
+
+    try:
+        from store import StoreError
+    except ImportError:  # pragma: no cover
+        StoreError = RuntimeError  # type: ignore[assignment,misc]
+    debug = os.environ.get("WORKBENCH_DEBUG") == "1"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ConfigError, ModelError, StoreError) as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a failed run: one line, the run is recorded as failed
+        if debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The one decode loop: prefill, then propose -> verify (one target forward) -> commit.
+
+Every method runs through `generate`; a method only supplies a drafter. The
+loop keeps one invariant about the target's KV cache: it holds every committed
+token except the last one, which is the *root* of the next draft. A step feeds
+[root] + draft nodes (a 4D tree mask and depth positions when the draft
+branches), verifies with workbench.verify, keeps the cache entries of the root
+and the accepted path (a crop for chains) and appends the accepted tokens plus
+the target's own bonus/correction token. Plain decoding is the empty draft.
+
+Timing (gpt-fast): the device is synchronised before every timer read, so
+draft_s and verify_s are what the step really cost.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from transformers import DynamicCache
+
+from . import cache as kv
+from .config import DecodeConfig, SamplingConfig
+from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
+from .sampling import choose, logits_to_probs, make_generator
+from .trace import Step, Summary, Trace
+from .tree import Draft
+from .verify import Verdict, node_target_probs, verify_greedy, verify_stochastic
+
+StepCallback = Callable[[Step, Trace], None]
+
+
+@dataclass
+class GenerationResult:
+    output_ids: list[int]
+    text: str
+    trace: Trace
+    summary: Summary
+
+
+def device_sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class _Memory:
+    """Peak memory during the run: CUDA allocator peak, or the process's resident set on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0.0
+        self._proc = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            try:
+                import psutil
+
+                self._proc = psutil.Process()
+            except ImportError:  # pragma: no cover - psutil ships with the test deps
+                self._proc = None
+        self.sample()
+
+    def sample(self) -> None:
+        if self.device.type == "cuda":
+            return
+        if self._proc is not None:
+            self.peak = max(self.peak, self._proc.memory_info().rss / 2**20)
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return self.peak if self.peak else float("nan")
+
+
+def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sampling: SamplingConfig,
+                  generator: torch.Generator | None) -> Drafter:
+    cls = get_method(method)
+    resolved = resolve_params(method, params)
+    if cls.needs_draft_model and draft is None:
+        from .config import ConfigError
+
+        raise ConfigError(f"method '{method}' needs a draft model (--draft), e.g. smollm2-135m:bf16")
+    env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator, device=target.device)
+    return cls(env, **resolved)
+
+
+def _target_forward(model, ids: torch.Tensor, cache: DynamicCache, draft: Draft | None, past_len: int,
+                    keep: int = 0) -> torch.Tensor:
+    """Run the target on `ids` (1, T) after `past_len` cached positions -> logits (T or keep, V)."""
+    kwargs: dict[str, Any] = {}
+    if draft is not None and len(draft) and not draft.is_chain:
+        kwargs["attention_mask"] = draft.attention_mask(past_len, model.dtype, ids.device)  # (1,1,T,past+T)
+        kwargs["position_ids"] = draft.position_ids(past_len, ids.device)  # (1, T)
+    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep, **kwargs)
+    return out.logits[0]  # (T, V)
+
+
+@torch.inference_mode()
+def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: dict[str, Any] | None = None,
+             sampling: SamplingConfig = SamplingConfig(), decode: DecodeConfig = DecodeConfig(),
+             on_step: StepCallback | None = None, trace: Trace | None = None) -> GenerationResult:
+    """Decode up to decode.max_new_tokens tokens after prompt_ids with `method`.
+
+    target/draft are workbench.models.LoadedModel. `trace`, when given, is filled
+    in place (so a caller still has the partial steps if decoding fails).
+    """
+    if not prompt_ids:
+        from .config import ConfigError
+
+        raise ConfigError("the prompt is empty")
+    device = target.device
+    model = target.model
+    generator = make_generator(sampling.seed, device)
+    drafter = build_drafter(method, params, target, draft, sampling, generator)
+    if trace is None:
+        trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
+    eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
+    memory = _Memory(device)
+    cache = DynamicCache(config=model.config)
+
+    device_sync(device)
+    t_start = time.perf_counter()
+
+    # ---- prefill: the prompt in one forward, the first new token from its last position
+    drafter.begin(list(prompt_ids))
+    t_draft = time.perf_counter()
+    ids = torch.tensor([prompt_ids], device=device)  # (1, T_prompt)
+    logits = _target_forward(model, ids, cache, None, 0, keep=1)[-1]  # (V,)
+    tok, p_tok = choose(logits, sampling, generator)
+    if sampling.greedy and decode.trace:
+        p_tok = float(logits.float().softmax(-1)[tok])
+    device_sync(device)
+    t_now = time.perf_counter()
+    context = list(prompt_ids) + [tok]
+    step = Step(index=0, kind="prefill", bonus_token=tok, bonus_p=p_tok, committed=[tok],
+                draft_s=t_draft - t_start, verify_s=t_now - t_draft, total_s=t_now - t_start, t_end=t_now - t_start)
+    trace.steps.append(step)
+    memory.sample()
+    if on_step:
+        on_step(step, trace)
+    stop = "eos" if tok in eos else ("max_new_tokens" if decode.max_new_tokens <= 1 else "")
+
+    # ---- decode: propose -> verify -> commit
+    while not stop:
+        t0 = time.perf_counter()
+        generated = len(context) - len(prompt_ids)
+        dctx = DraftContext(tokens=context, n_prompt=len(prompt_ids),
+                            max_tokens=decode.max_new_tokens - generated - 1, step=len(trace.steps))
+        proposal = drafter.propose(dctx)
+        if proposal is not None and len(proposal) == 0:
+            proposal = None
+        device_sync(device)
+        t1 = time.perf_counter()
+
+        past_len = len(context) - 1
+        node_tokens = proposal.tokens if proposal is not None else []
+        ids = torch.tensor([[context[-1]] + node_tokens], device=device)  # (1, 1+n)
+        logits = _target_forward(model, ids, cache, proposal, past_len)  # (1+n, V)
+        verdict, p_nodes = _verify(logits, proposal, sampling, generator, decode.trace)
+        # keep the root's and the accepted path's keys/values; drop the rejected ones
+        kv.keep_positions(cache, past_len, [0] + [i + 1 for i in verdict.accepted])
+        device_sync(device)
+        t2 = time.perf_counter()
+
+        new = [node_tokens[i] for i in verdict.accepted] + [verdict.bonus_token]
+        committed, stop = _apply_stops(new, eos, decode.max_new_tokens - generated)
+        context.extend(committed)
+        drafter.observe(StepFeedback(draft=proposal, accepted=verdict.accepted, committed=committed,
+                                     tokens=context))
+        t3 = time.perf_counter()
+        step = Step(
+            index=len(trace.steps), kind="decode",
+            tokens=list(node_tokens),
+            parents=list(proposal.parents) if proposal is not None else [],
+            q=list(proposal.q_token) if proposal is not None and decode.trace else [],
+            p=p_nodes,
+            accepted=list(verdict.accepted), bonus_token=verdict.bonus_token, bonus_p=verdict.bonus_p,
+            committed=committed, draft_s=t1 - t0, verify_s=t2 - t1, total_s=t3 - t0, t_end=t3 - t_start,
+        )
+        trace.steps.append(step)
+        memory.sample()
+        if on_step:
+            on_step(step, trace)
+
+    device_sync(device)
+    trace.wall_s = time.perf_counter() - t_start
+    trace.peak_mem_mb = memory.peak_mb()
+    trace.stop_reason = stop
+    out = trace.output_ids
+    return GenerationResult(output_ids=out, text=target.decode(out), trace=trace, summary=trace.summary())
+
+
+def _verify(logits: torch.Tensor, proposal: Draft | None, sampling: SamplingConfig,
+            generator: torch.Generator | None, with_probs: bool) -> tuple[Verdict, list[float]]:
+    """Shared verification: (1+n, V) target logits -> verdict, and p of each node when tracing."""
+    draft = proposal if proposal is not None else Draft([], [])
+    if sampling.greedy:
+        verdict = verify_greedy(logits, draft)
+        if not with_probs:
+            return verdict, []
+        probs = logits.float().softmax(-1)  # display probabilities at temperature 1
+        last = verdict.accepted[-1] + 1 if verdict.accepted else 0
+        verdict.bonus_p = float(probs[last, verdict.bonus_token])
+        return verdict, node_target_probs(probs, draft)
+    probs = logits_to_probs(logits, sampling)  # (1+n, V)
+    verdict = verify_stochastic(probs, draft, generator)
+    return verdict, (node_target_probs(probs, draft) if with_probs else [])
+
+
+def _apply_stops(new: list[int], eos: set[int], budget: int) -> tuple[list[int], str]:
+    """Truncate a step's tokens at the first EOS (kept) or at the token budget."""
+    for i, tok in enumerate(new[:budget]):
+        if tok in eos:
+            return new[: i + 1], "eos"
+    if len(new) >= budget:
+        return new[:budget], "max_new_tokens"
+    return new, ""

@@ -1,0 +1,119 @@
+"""A draft model with its own KV cache, kept in step with the committed tokens.
+
+Shared by every method that drafts with a small model. The cache holds a prefix
+of the context; `logits_after(context)` feeds whatever is missing and returns
+the next-token logits, and `rollback(n)` forgets everything past position n
+(rejected draft tokens) without recomputing what was accepted.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .. import cache as kv
+
+
+class DraftModelRunner:
+    def __init__(self, loaded) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = loaded.device
+        self.cache = DynamicCache(config=self.model.config)
+        self.tokens: list[int] = []  # tokens whose keys/values are in the cache
+
+    @torch.inference_mode()
+    def logits_after(self, context: list[int]) -> torch.Tensor:
+        """(V,) logits for the token after `context`; feeds the uncached suffix."""
+        n = self._common_prefix(context)
+        if n == len(context):  # everything cached: recompute the last position
+            n -= 1
+        self.rollback(n)
+        ids = torch.tensor([context[n:]], device=self.device)  # (1, T_new)
+        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.tokens = list(context)
+        return out.logits[0, -1]  # (V,)
+
+    @torch.inference_mode()
+    def logits_along(self, context: list[int], proposal: list[int]) -> torch.Tensor:
+        """(1 + len(proposal), V) logits after context and after each proposed token, in one forward."""
+        self._ensure_prefix(context[:-1])
+        ids = torch.tensor([[context[-1]] + proposal], device=self.device)
+        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        self.tokens = list(context) + list(proposal)
+        return out.logits[0]
+
+    def _ensure_prefix(self, prefix: list[int]) -> None:
+        n = self._common_prefix(prefix)
+        self.rollback(n)
+        if n < len(prefix):
+            ids = torch.tensor([prefix[n:]], device=self.device)
+            self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            self.tokens = list(prefix)
+
+    def _common_prefix(self, context: list[int]) -> int:
+        n = min(len(self.tokens), len(context))
+        for i in range(n):
+            if self.tokens[i] != context[i]:
+                return i
+        return n
+
+    def rollback(self, n: int) -> None:
+        if n < len(self.tokens) or kv.cache_len(self.cache) > n:
+            kv.crop(self.cache, n)
+            self.tokens = self.tokens[:n]
+
+
+class DraftTreeSession:
+    """Grow a draft tree with the draft model, one forward per batch of new nodes.
+
+    The draft cache holds the context; node i's keys/values sit at cache slot
+    len(context) + i, so nodes must be fed in index order (parents first).
+    `feed(nodes)` returns the draft logits at those nodes (their children's
+    distribution); `close()` drops every tree entry again.
+    """
+
+    def __init__(self, runner: DraftModelRunner, context: list[int]) -> None:
+        self.runner = runner
+        self.base = len(context)
+        self.root_logits = runner.logits_after(context)  # (V,) distribution of the root's children
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depth: list[int] = []
+        self.fed = 0  # nodes [0, fed) are in the cache
+
+    def add(self, token: int, parent: int) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
+        return len(self.tokens) - 1
+
+    @torch.inference_mode()
+    def feed(self, nodes: list[int]) -> torch.Tensor:
+        """Draft logits (len(nodes), V) after each node; feeds every node up to max(nodes)."""
+        upto = max(nodes) + 1
+        new = list(range(self.fed, upto))
+        if new:
+            model = self.runner.model
+            total = self.base + upto
+            allowed = torch.zeros(len(new), total, dtype=torch.bool)
+            allowed[:, : self.base] = True
+            for r, i in enumerate(new):
+                j = i
+                while j >= 0:
+                    allowed[r, self.base + j] = True
+                    j = self.parents[j]
+            mask = torch.zeros(allowed.shape, dtype=model.dtype)
+            mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)
+            pos = torch.tensor([[self.base - 1 + self.depth[i] for i in new]], device=self.runner.device)
+            ids = torch.tensor([[self.tokens[i] for i in new]], device=self.runner.device)
+            out = model(input_ids=ids, past_key_values=self.runner.cache, use_cache=True,
+                        attention_mask=mask[None, None].to(self.runner.device), position_ids=pos)
+            self._logits = getattr(self, "_logits", {})
+            for r, i in enumerate(new):
+                self._logits[i] = out.logits[0, r]
+            self.fed = upto
+        return torch.stack([self._logits[i] for i in nodes])
+
+    def close(self) -> None:
+        self.runner.rollback(self.base)
+        self._logits = {}

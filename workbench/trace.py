@@ -1,0 +1,224 @@
+"""Trace: what happened in one run, step by step, and the metrics derived from it.
+
+Every view (UI figure, notebook plot, CLI table, stored row) is a function of a
+Trace. This module has no torch import so presenters and the store can use it
+without loading a model.
+
+Conventions (see the guide's "Metrics, defined once"):
+- A *step* is one target forward pass. Step 0 is the prefill, which commits the
+  first new token; every later step verifies a draft (possibly empty).
+- A draft is a tree of nodes: node i has ``tokens[i]`` and ``parents[i]`` (-1 means
+  its parent is the last committed token). A chain is the one-path case.
+- ``q[i]`` is the probability the drafter gave node i's token under the
+  distribution it was drawn from (None for deterministic drafters such as
+  prompt lookup); ``p[i]`` is the target's probability of that token at the
+  node's parent (after temperature / top-k / top-p).
+- τ (mean accepted tokens per target forward) counts the bonus/corrected token,
+  so plain decoding scores 1.0; ``mean_accepted_draft_tokens`` is the same
+  without it (gpt-fast's convention).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Step:
+    index: int
+    kind: str  # "prefill" | "decode"
+    tokens: list[int] = field(default_factory=list)  # draft node tokens
+    parents: list[int] = field(default_factory=list)  # parent node index, -1 = root
+    q: list[float | None] = field(default_factory=list)  # draft prob of each node's token
+    p: list[float] = field(default_factory=list)  # target prob of each node's token
+    accepted: list[int] = field(default_factory=list)  # node indices of the accepted path, root first
+    bonus_token: int = -1  # token the target chose itself (bonus or correction)
+    bonus_p: float = float("nan")
+    committed: list[int] = field(default_factory=list)  # tokens appended this step (after stop truncation)
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    total_s: float = 0.0
+    t_end: float = 0.0  # seconds since the run started, when this step was committed
+
+    @property
+    def n_draft(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def n_accepted(self) -> int:
+        return len(self.accepted)
+
+    @property
+    def draft_depth(self) -> int:
+        """Length of the longest root-to-leaf path (the draft length γ for chains)."""
+        depth: list[int] = []
+        for par in self.parents:
+            depth.append(1 if par < 0 else depth[par] + 1)
+        return max(depth, default=0)
+
+    def node_depths(self) -> list[int]:
+        depth: list[int] = []
+        for par in self.parents:
+            depth.append(1 if par < 0 else depth[par] + 1)
+        return depth
+
+    @property
+    def other_s(self) -> float:
+        return max(0.0, self.total_s - self.draft_s - self.verify_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bonus_p"] = None if math.isnan(self.bonus_p) else self.bonus_p
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Step":
+        d = dict(d)
+        if d.get("bonus_p") is None:
+            d["bonus_p"] = float("nan")
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Summary:
+    new_tokens: int
+    wall_s: float
+    ttft_s: float
+    tokens_per_s: float
+    target_forward_passes: int
+    mean_accepted_tokens: float  # τ, counts the bonus token
+    mean_accepted_draft_tokens: float  # τ - 1 style: draft tokens accepted per forward
+    acceptance_rate: float  # α: accepted / attempted draft positions (NaN when nothing drafted)
+    acceptance_by_position: list[float]  # α_k, conditional on reaching position k
+    drafted_tokens: int
+    accepted_draft_tokens: int
+    draft_s: float
+    verify_s: float
+    other_s: float
+    mean_draft_length: float
+    peak_mem_mb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class Trace:
+    method: str
+    params: dict[str, Any]
+    prompt_ids: list[int]
+    steps: list[Step] = field(default_factory=list)
+    wall_s: float = 0.0
+    peak_mem_mb: float = float("nan")
+    stop_reason: str = ""  # "max_new_tokens" | "eos" | "error"
+
+    @property
+    def output_ids(self) -> list[int]:
+        out: list[int] = []
+        for s in self.steps:
+            out.extend(s.committed)
+        return out
+
+    def token_origins(self) -> list[dict[str, Any]]:
+        """One record per output token: which step made it and how.
+
+        origin is "draft" (an accepted draft token) or "target" (the prefill
+        token, a bonus token after a fully accepted draft, or a correction).
+        """
+        rows: list[dict[str, Any]] = []
+        for s in self.steps:
+            path = [(s.tokens[i], "draft", s.q[i] if i < len(s.q) else None, s.p[i] if i < len(s.p) else None)
+                    for i in s.accepted]
+            path.append((s.bonus_token, "target", None, None if math.isnan(s.bonus_p) else s.bonus_p))
+            for pos, tok in enumerate(s.committed):
+                ptok, origin, q, p = path[pos] if pos < len(path) else (tok, "target", None, None)
+                rows.append({"token": tok, "origin": origin, "step": s.index, "q": q, "p": p,
+                             "position_in_step": pos})
+        return rows
+
+    def summary(self) -> Summary:
+        return summarize(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "params": self.params,
+            "prompt_ids": self.prompt_ids,
+            "steps": [s.to_dict() for s in self.steps],
+            "wall_s": self.wall_s,
+            "peak_mem_mb": None if math.isnan(self.peak_mem_mb) else self.peak_mem_mb,
+            "stop_reason": self.stop_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trace":
+        return cls(
+            method=d["method"],
+            params=d.get("params", {}),
+            prompt_ids=list(d.get("prompt_ids", [])),
+            steps=[Step.from_dict(s) for s in d.get("steps", [])],
+            wall_s=d.get("wall_s", 0.0),
+            peak_mem_mb=float("nan") if d.get("peak_mem_mb") is None else d["peak_mem_mb"],
+            stop_reason=d.get("stop_reason", ""),
+        )
+
+
+def acceptance_by_position(steps: list[Step]) -> list[float]:
+    """α_k = P(draft position k accepted | positions < k accepted and a draft node exists at depth k)."""
+    reached: list[int] = []
+    accepted: list[int] = []
+    for s in steps:
+        if s.kind != "decode" or not s.tokens:
+            continue
+        depth = s.draft_depth
+        for k in range(min(depth, s.n_accepted + 1)):
+            while len(reached) <= k:
+                reached.append(0)
+                accepted.append(0)
+            reached[k] += 1
+            if k < s.n_accepted:
+                accepted[k] += 1
+    return [a / r if r else float("nan") for a, r in zip(accepted, reached)]
+
+
+def summarize(trace: Trace) -> Summary:
+    steps = trace.steps
+    new_tokens = sum(len(s.committed) for s in steps)
+    forwards = len(steps)
+    ttft = steps[0].t_end if steps else float("nan")
+    decode = [s for s in steps if s.kind == "decode"]
+    drafted = sum(s.n_draft for s in decode)
+    acc = sum(s.n_accepted for s in decode)
+    # Attempts: each accepted position, plus one for the rejection that ended a
+    # step early (a step that accepted its whole deepest path had no rejection).
+    attempts = sum(s.n_accepted + (1 if s.n_accepted < s.draft_depth else 0) for s in decode if s.tokens)
+    wall = trace.wall_s
+    return Summary(
+        new_tokens=new_tokens,
+        wall_s=wall,
+        ttft_s=ttft,
+        tokens_per_s=new_tokens / wall if wall > 0 else float("nan"),
+        target_forward_passes=forwards,
+        mean_accepted_tokens=new_tokens / forwards if forwards else float("nan"),
+        mean_accepted_draft_tokens=(new_tokens - forwards) / forwards if forwards else float("nan"),
+        acceptance_rate=acc / attempts if attempts else float("nan"),
+        acceptance_by_position=acceptance_by_position(steps),
+        drafted_tokens=drafted,
+        accepted_draft_tokens=acc,
+        draft_s=sum(s.draft_s for s in steps),
+        verify_s=sum(s.verify_s for s in steps),
+        other_s=sum(s.other_s for s in steps),
+        mean_draft_length=(sum(s.draft_depth for s in decode) / len(decode)) if decode else 0.0,
+        peak_mem_mb=trace.peak_mem_mb,
+    )
+
+
+def theoretical_speedup(alpha: float, gamma: float, c: float) -> float:
+    """Leviathan et al. (2023), eq. for expected walltime improvement:
+    (1 - α^(γ+1)) / ((1 - α)(γc + 1)), with c = draft cost / target cost per token."""
+    if gamma <= 0:
+        return 1.0
+    if alpha >= 1.0:
+        return (gamma + 1) / (gamma * c + 1)
+    return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))

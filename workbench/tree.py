@@ -1,0 +1,117 @@
+"""Draft trees: the structure every drafter returns and the buffers verification needs.
+
+A draft is a tree of n nodes hanging under a *root*, the last committed token
+(which the target has not processed yet). Node i has a token and a parent
+(-1 = the root). A chain (ordinary speculative decoding) is the tree whose
+parents are [-1, 0, 1, ...].
+
+For one verification forward the target sees n + 1 tokens: row 0 is the root,
+row i + 1 is node i. Tree attention (SpecInfer, Medusa) lets each row attend to
+the whole cached prefix, to the root, and to its own ancestors only, with
+position id = prefix length + depth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+
+@dataclass
+class Draft:
+    """What a drafter proposes for one step.
+
+    tokens[i], parents[i]: the tree. Siblings are listed in the order the
+    verifier should try them (most likely first).
+    q_token[i]: the drafter's probability of tokens[i] (for display; None for
+        deterministic drafters such as n-gram lookup).
+    q_dist: (n, V) tensor or None. Row i is the exact distribution node i was
+        drawn from (given its parent and its earlier siblings). Needed only for
+        lossless verification under sampling; None means every node is a
+        deterministic proposal (a one-hot q).
+    """
+
+    tokens: list[int]
+    parents: list[int]
+    q_token: list[float | None] = field(default_factory=list)
+    q_dist: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.tokens)
+        if len(self.parents) != n:
+            raise ValueError("tokens and parents must have the same length")
+        for i, par in enumerate(self.parents):
+            if not -1 <= par < i:
+                raise ValueError(f"node {i} has parent {par}: parents must come before their children")
+        if not self.q_token:
+            self.q_token = [None] * n
+        if self.q_dist is not None and self.q_dist.shape[0] != n:
+            raise ValueError("q_dist must have one row per node")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def chain(cls, tokens: list[int], q_token: list[float | None] | None = None,
+              q_dist: torch.Tensor | None = None) -> "Draft":
+        return cls(list(tokens), list(range(-1, len(tokens) - 1)), list(q_token or []), q_dist)
+
+    @cached_property
+    def is_chain(self) -> bool:
+        return all(par == i - 1 for i, par in enumerate(self.parents))
+
+    @cached_property
+    def depths(self) -> list[int]:
+        """Depth of each node; children of the root have depth 1."""
+        out: list[int] = []
+        for par in self.parents:
+            out.append(1 if par < 0 else out[par] + 1)
+        return out
+
+    @cached_property
+    def children(self) -> dict[int, list[int]]:
+        """Node -> its children in order; key -1 is the root."""
+        out: dict[int, list[int]] = {-1: []}
+        for i, par in enumerate(self.parents):
+            out.setdefault(par, []).append(i)
+            out.setdefault(i, [])
+        return out
+
+    def path_to(self, node: int) -> list[int]:
+        """Node indices from the root's child down to `node`."""
+        path = []
+        while node >= 0:
+            path.append(node)
+            node = self.parents[node]
+        return path[::-1]
+
+    def leaf_paths(self) -> list[list[int]]:
+        """Every root-to-leaf path (as node indices)."""
+        return [self.path_to(i) for i, kids in self.children.items() if i >= 0 and not kids]
+
+    def ancestor_matrix(self) -> torch.Tensor:
+        """(n+1, n+1) bool: row r may attend to column c (root is row/column 0)."""
+        n = len(self.tokens)
+        allowed = torch.zeros(n + 1, n + 1, dtype=torch.bool)
+        allowed[:, 0] = True
+        for i, par in enumerate(self.parents):
+            r = i + 1
+            if par >= 0:
+                allowed[r] = allowed[par + 1]
+            allowed[r, r] = True
+        allowed[0, 1:] = False
+        return allowed
+
+    def attention_mask(self, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """(1, 1, n+1, past_len+n+1) additive mask: 0 where attention is allowed, min(dtype) elsewhere."""
+        n = len(self.tokens)
+        allowed = torch.ones(n + 1, past_len + n + 1, dtype=torch.bool)
+        allowed[:, past_len:] = self.ancestor_matrix()
+        mask = torch.zeros(allowed.shape, dtype=dtype)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        return mask[None, None].to(device)
+
+    def position_ids(self, past_len: int, device: torch.device) -> torch.Tensor:
+        """(1, n+1) positions: root at past_len, node i at past_len + depth(i)."""
+        return torch.tensor([[past_len] + [past_len + d for d in self.depths]], device=device)
