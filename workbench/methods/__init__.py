@@ -1,7 +1,7 @@
 """Decoding methods. Importing this package registers every built-in method."""
 from .base import (DraftContext, Drafter, DrafterEnv, Param, StepFeedback, get_method, list_methods, register,
                    resolve_params)
-from . import autoregressive, prompt_lookup, speculative  # noqa: F401  (registration)
+from . import autoregressive, multi, prompt_lookup, sequoia, speculative, staged, trees  # noqa: F401  (registration)
 
 __all__ = ["DraftContext", "Drafter", "DrafterEnv", "Param", "StepFeedback", "get_method", "list_methods",
            "register", "resolve_params"]

@@ -1,0 +1,189 @@
+"""Sequoia-style tree sizing (Chen et al. 2024): pick the tree from measured acceptance and cost.
+
+Two measurements drive the choice:
+- the *positional acceptance vector* p_r: how often the draft's rank-r child is
+  the one the target accepts, learned online from every verified step (with a
+  weak prior until data arrive);
+- the *cost profile* t(n): seconds for one target forward over n new tokens
+  (and the same for the draft model), measured once per model, device and
+  thread count and cached in the workbench cache dir (`workbench profile`
+  prints it).
+
+The best tree of every size m is found by dynamic programming over the
+acceptance vector, V(m) = max over child sizes s_r of sum_r p_r (1 + V(s_r - 1)),
+and the size actually drafted maximises tokens per second:
+    (1 + V(m)) / (t_target(m + 1) + sum over levels of t_draft(level width)).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache
+
+from ..tree import Draft
+from .base import DraftContext, Param, StepFeedback, register
+from .trees import TopKTreeDrafter, grow_from_paths
+
+PROFILE_SIZES = (1, 2, 4, 8, 16, 32, 64)
+PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)  # rank-r acceptance before any data
+PRIOR_WEIGHT = 8.0  # pseudo-visits of the prior
+
+
+def _profile_path():
+    from ..models import cache_dir
+
+    return cache_dir() / "cost_profiles.json"
+
+
+@torch.inference_mode()
+def measure_cost(loaded, sizes=PROFILE_SIZES, context: int = 128, repeats: int = 3) -> dict[int, float]:
+    """Median seconds of one forward over n new tokens after a `context`-token cache."""
+    model, dev = loaded.model, loaded.device
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, min(loaded.vocab_size, 1000), (1, context + max(sizes)), generator=g).to(dev)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    from .. import cache as kv
+    from ..engine import device_sync
+
+    out: dict[int, float] = {}
+    for n in sizes:
+        times = []
+        for _ in range(repeats + 1):  # first one is a warm-up
+            device_sync(dev)
+            t0 = time.perf_counter()
+            model(input_ids=ids[:, context:context + n], past_key_values=cache, use_cache=True)
+            device_sync(dev)
+            times.append(time.perf_counter() - t0)
+            kv.crop(cache, context)
+        out[n] = statistics.median(times[1:])
+    return out
+
+
+def cost_profile(loaded, refresh: bool = False) -> dict[int, float]:
+    """The cached profile for this model, device and thread count (measured on first use)."""
+    key = f"{loaded.spec}|{loaded.device}|threads={torch.get_num_threads()}"
+    path = _profile_path()
+    data = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            data = {}
+    if refresh or key not in data:
+        data[key] = {str(n): t for n, t in measure_cost(loaded).items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+    return {int(n): t for n, t in data[key].items()}
+
+
+def interpolate(profile: dict[int, float], n: int) -> float:
+    sizes = sorted(profile)
+    if n <= sizes[0]:
+        return profile[sizes[0]]
+    for a, b in zip(sizes, sizes[1:]):
+        if n <= b:
+            return profile[a] + (profile[b] - profile[a]) * (n - a) / (b - a)
+    a, b = sizes[-2], sizes[-1]
+    return profile[b] + (profile[b] - profile[a]) * (n - b) / (b - a)
+
+
+def best_trees(p: list[float], max_nodes: int) -> tuple[list[float], list[list[list[int]]]]:
+    """For m = 0..max_nodes: expected accepted tokens V(m) of the best m-node tree, and its rank paths.
+
+    H[i][j] = best value of a node's children of rank >= i holding j nodes in all:
+        H[i][j] = max(0, max_s p_i (1 + V(s - 1)) + H[i + 1][j - s])   (children take contiguous ranks)
+    and V(m) = H[0][m]. Filling j = 1, 2, ... in order keeps every V it reads final.
+    """
+    K = len(p)
+    V = [0.0] * (max_nodes + 1)
+    H = [[0.0] * (max_nodes + 1) for _ in range(K + 1)]  # row K: no ranks left
+    pick = [[0] * (max_nodes + 1) for _ in range(K)]  # size of the rank-i child's subtree (0 = none)
+    for j in range(1, max_nodes + 1):
+        for i in range(K - 1, -1, -1):
+            best, arg = 0.0, 0
+            for s in range(1, j + 1):
+                val = p[i] * (1 + V[s - 1]) + H[i + 1][j - s]
+                if val > best:
+                    best, arg = val, s
+            H[i][j], pick[i][j] = best, arg
+        V[j] = H[0][j]
+
+    def shape(j: int, i: int, prefix: tuple[int, ...]) -> list[list[int]]:
+        if i >= K or j <= 0 or pick[i][j] == 0:
+            return []
+        s = pick[i][j]
+        node = prefix + (i,)
+        return [list(node)] + shape(s - 1, 0, node) + shape(j - s, i + 1, prefix)
+
+    return V, [shape(m, 0, ()) for m in range(max_nodes + 1)]
+
+
+@register
+class Sequoia(TopKTreeDrafter):
+    name = "sequoia"
+    label = "Sequoia-sized tree (hardware-aware)"
+    description = ("Chooses the tree shape and size from the measured acceptance per child rank and the measured "
+                   "cost of verifying n tokens on this hardware. Lossless.")
+    params = (
+        Param("max_nodes", "int", 24, "largest tree considered", 1, 63),
+        Param("max_branch", "int", 4, "most children per node", 1, 8),
+        Param("replan_every", "int", 8, "steps between re-planning the tree from new acceptance data", 1, 1000),
+    )
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        super().begin(prompt_ids)
+        self.target_cost = cost_profile(self.env.target)
+        self.draft_cost = cost_profile(self.env.draft)
+        K = self.p["max_branch"]
+        self.hits = [PRIOR[r] * PRIOR_WEIGHT for r in range(K)]
+        self.visits = [PRIOR_WEIGHT] * K
+        self.steps = 0
+        self._plan()
+
+    def acceptance_vector(self) -> list[float]:
+        return [h / v for h, v in zip(self.hits, self.visits)]
+
+    def _plan(self) -> None:
+        V, shapes = best_trees(self.acceptance_vector(), self.p["max_nodes"])
+        best, best_m = 0.0, 0
+        for m in range(0, self.p["max_nodes"] + 1):
+            widths: dict[int, int] = {}
+            for path in shapes[m]:
+                widths[len(path) - 1] = widths.get(len(path) - 1, 0) + 1
+            # one draft forward per level, over the parents of that level's nodes (root level is free)
+            draft_s = sum(interpolate(self.draft_cost, w) for d, w in widths.items() if d > 0) + \
+                interpolate(self.draft_cost, 1)
+            rate = (1 + V[m]) / (interpolate(self.target_cost, m + 1) + (draft_s if m else 0.0))
+            if rate > best:
+                best, best_m = rate, m
+        self.paths = shapes[best_m]
+        self.expected_tokens = 1 + V[best_m]
+
+    def propose(self, ctx: DraftContext) -> Draft | None:
+        if not self.paths:
+            return None
+        return grow_from_paths(self, ctx, self.paths)
+
+    def observe(self, fb: StepFeedback) -> None:
+        d = fb.draft
+        if d is None:
+            return
+        # walk the visited nodes: at each, its children were ranks 0..c-1; the accepted one (if any) scores
+        node, accepted = -1, list(fb.accepted)
+        while True:
+            kids = d.children.get(node, [])
+            nxt = accepted.pop(0) if accepted else None
+            for r, c in enumerate(kids[: len(self.visits)]):
+                self.visits[r] += 1
+                if c == nxt:
+                    self.hits[r] += 1
+            if nxt is None:
+                break
+            node = nxt
+        self.steps += 1
+        if self.steps % self.p["replan_every"] == 0:
+            self._plan()

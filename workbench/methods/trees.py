@@ -1,0 +1,228 @@
+"""Draft-tree methods that expand the draft model's top-k: static, dynamic (EAGLE-2), OPT-Tree.
+
+All three propose *deterministic* top-k children, so verification under sampling
+treats every node as a one-hot proposal (recursive rejection over siblings in
+rank order), which is exact; under greedy the longest argmax path wins.
+
+- tree_static  (Medusa-style "choices"; Cai et al. 2024): a fixed tree given as
+  paths over child ranks, e.g. [[0], [1], [0, 0]] = best child, second child,
+  best grandchild under the best child.
+- tree_dynamic (EAGLE-2; Li et al. 2024): level by level, expand the top_k most
+  confident frontier nodes (by cumulative draft probability) into top_k
+  children each; after `depth` levels keep the best `total_tokens` nodes.
+- opt_tree (OPT-Tree; Wang et al. 2024): best-first growth that maximises the
+  expected acceptance length sum_node prod_path q under a node budget; since a
+  child's cumulative probability never exceeds its parent's, the best n nodes
+  always form a tree. Stops early when the next node's value drops below
+  `threshold` (the adaptive size of the paper).
+"""
+from __future__ import annotations
+
+import heapq
+import json
+
+import torch
+
+from ..config import ConfigError
+from ..tree import Draft
+from .base import DraftContext, Drafter, Param, register
+from .draft_model import DraftModelRunner, DraftTreeSession
+
+NAMED_TREES: dict[str, list[list[int]]] = {
+    # 4-deep chain: ordinary speculative decoding expressed as a tree
+    "chain4": [[0], [0, 0], [0, 0, 0], [0, 0, 0, 0]],
+    # two candidates at every level, 3 deep (binary tree, 14 nodes)
+    "binary3": [[a] for a in range(2)] + [[a, b] for a in range(2) for b in range(2)]
+    + [[a, b, c] for a in range(2) for b in range(2) for c in range(2)],
+    # wide first level, then chains under the best two (13 nodes)
+    "wide": [[0], [1], [2], [3], [4], [0, 0], [1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0, 0], [0, 1], [2, 0],
+             [0, 0, 0, 0, 0]],
+    # a Medusa-style sparse tree: most nodes under the best path (16 nodes)
+    "medusa16": [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0],
+                 [2, 0], [0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]],
+}
+
+
+def parse_paths(text: str) -> list[list[int]]:
+    """A tree as JSON paths over child ranks; every path's prefix must be in the tree too."""
+    try:
+        paths = json.loads(text)
+        paths = [[int(r) for r in p] for p in paths]
+    except (ValueError, TypeError):
+        raise ConfigError(f"tree paths must be a JSON list of lists of ranks, e.g. [[0],[1],[0,0]]; got {text!r}")
+    have = {()}
+    for p in sorted(paths, key=len):
+        if not p or any(r < 0 for r in p) or tuple(p[:-1]) not in have:
+            raise ConfigError(f"tree path {p} has no parent path {p[:-1]} in the tree")
+        have.add(tuple(p))
+    return sorted(paths, key=lambda p: (len(p), p))
+
+
+def grow_from_paths(drafter: "TopKTreeDrafter", ctx: DraftContext, paths: list[list[int]]) -> Draft | None:
+    """Expand the draft model's top-k along rank paths, one draft forward per level."""
+    if ctx.max_tokens <= 0:
+        return None
+    session = DraftTreeSession(drafter.runner, ctx.tokens)
+    node_of: dict[tuple[int, ...], int] = {(): -1}
+    q_tok: dict[int, float] = {}
+    try:
+        by_depth: dict[int, list[list[int]]] = {}
+        for path in sorted(paths, key=lambda p: (len(p), p)):  # siblings in rank order
+            if len(path) <= ctx.max_tokens:
+                by_depth.setdefault(len(path), []).append(path)
+        for depth in sorted(by_depth):
+            parents = sorted({node_of[tuple(p[:-1])] for p in by_depth[depth]})
+            fed = [par for par in parents if par >= 0]
+            rows = iter(session.feed(fed)) if fed else iter(())
+            logits = {par: (session.root_logits if par < 0 else next(rows)) for par in parents}
+            need = {par: 1 + max(p[-1] for p in by_depth[depth] if node_of[tuple(p[:-1])] == par)
+                    for par in parents}
+            ranked = {par: drafter.topk(logits[par], need[par]) for par in parents}
+            for path in by_depth[depth]:
+                par = node_of[tuple(path[:-1])]
+                toks, probs = ranked[par]
+                node = session.add(toks[path[-1]], par)
+                node_of[tuple(path)] = node
+                q_tok[node] = probs[path[-1]]
+        return subtree_draft(session, list(range(len(session.tokens))), q_tok)
+    finally:
+        session.close()
+
+
+def subtree_draft(session: DraftTreeSession, keep: list[int], q_token: dict[int, float]) -> Draft:
+    """Draft made of session nodes `keep` (ancestor-closed), renumbered in creation order."""
+    keep = sorted(set(keep))
+    new_index = {old: new for new, old in enumerate(keep)}
+    parents = [-1 if session.parents[i] < 0 else new_index[session.parents[i]] for i in keep]
+    return Draft([session.tokens[i] for i in keep], parents, [q_token.get(i) for i in keep])
+
+
+class TopKTreeDrafter(Drafter):
+    """Shared set-up of the draft-model tree methods."""
+
+    needs_draft_model = True
+    tree = True
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        self.runner = DraftModelRunner(self.env.draft)
+
+    @staticmethod
+    def topk(logits: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
+        probs = logits.float().softmax(-1)  # (V,)
+        vals, idx = torch.topk(probs, k)
+        return idx.tolist(), vals.tolist()
+
+
+@register
+class TreeStatic(TopKTreeDrafter):
+    name = "tree_static"
+    label = "Static draft tree (Medusa-style choices)"
+    description = "A fixed tree of draft top-k ranks, verified in one target pass with tree attention. Lossless."
+    params = (
+        Param("tree", "choice", "medusa16", "named tree shape", choices=tuple(NAMED_TREES)),
+        Param("paths", "str", "", "custom tree as JSON paths over child ranks (overrides `tree`), e.g. [[0],[1],[0,0]]"),
+    )
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        super().begin(prompt_ids)
+        self.paths = parse_paths(self.p["paths"]) if self.p["paths"] else NAMED_TREES[self.p["tree"]]
+
+    def propose(self, ctx: DraftContext) -> Draft | None:
+        return grow_from_paths(self, ctx, self.paths)
+
+
+@register
+class TreeDynamic(TopKTreeDrafter):
+    name = "tree_dynamic"
+    label = "Dynamic draft tree (EAGLE-2 style)"
+    description = ("Expands the most confident nodes by cumulative draft probability, level by level, then keeps "
+                   "the best `total_tokens` nodes. Lossless.")
+    params = (
+        Param("depth", "int", 4, "levels to expand", 1, 16),
+        Param("top_k", "int", 4, "children per expanded node, and nodes expanded per level", 1, 16),
+        Param("total_tokens", "int", 16, "nodes kept for verification", 1, 128),
+    )
+
+    def propose(self, ctx: DraftContext) -> Draft | None:
+        if ctx.max_tokens <= 0:
+            return None
+        k = self.p["top_k"]
+        session = DraftTreeSession(self.runner, ctx.tokens)
+        score: dict[int, float] = {}  # cumulative draft probability of each node
+        q_tok: dict[int, float] = {}
+        try:
+            frontier = [-1]
+            for level in range(min(self.p["depth"], ctx.max_tokens)):
+                rows = [session.root_logits] if frontier == [-1] else list(session.feed(frontier))
+                children = []
+                for par, lg in zip(frontier, rows):
+                    toks, probs = self.topk(lg, k)
+                    for t, q in zip(toks, probs):
+                        node = session.add(t, par)
+                        score[node] = (1.0 if par < 0 else score[par]) * q
+                        q_tok[node] = q
+                        children.append(node)
+                frontier = sorted(children, key=lambda n: -score[n])[:k]
+            keep = sorted(score, key=lambda n: -score[n])[: self.p["total_tokens"]]
+            return subtree_draft(session, _close_under_ancestors(session, keep), q_tok)
+        finally:
+            session.close()
+
+
+@register
+class OptTree(TopKTreeDrafter):
+    name = "opt_tree"
+    label = "OPT-Tree (max expected acceptance)"
+    description = ("Best-first growth of the tree that maximises expected accepted length (sum of path "
+                   "probabilities) for a node budget; stops early when nodes get unlikely. Lossless.")
+    params = (
+        Param("nodes", "int", 16, "node budget", 1, 128),
+        Param("max_depth", "int", 8, "deepest level drafted", 1, 32),
+        Param("width", "int", 4, "nodes expanded per draft forward (and children considered per node)", 1, 16),
+        Param("threshold", "float", 0.0, "stop when the best candidate's path probability falls below this", 0.0, 1.0),
+    )
+
+    def propose(self, ctx: DraftContext) -> Draft | None:
+        if ctx.max_tokens <= 0:
+            return None
+        width, budget = self.p["width"], self.p["nodes"]
+        max_depth = min(self.p["max_depth"], ctx.max_tokens)
+        session = DraftTreeSession(self.runner, ctx.tokens)
+        q_tok: dict[int, float] = {}
+        heap: list[tuple[float, int, int, float]] = []  # (-value, token, parent, q)
+        try:
+            def push_children(par: int, logits: torch.Tensor, base: float) -> None:
+                toks, probs = self.topk(logits, width)
+                for t, q in zip(toks, probs):
+                    heapq.heappush(heap, (-base * q, t, par, q))
+
+            push_children(-1, session.root_logits, 1.0)
+            value: dict[int, float] = {}
+            while heap and len(session.tokens) < budget:
+                batch = []
+                while heap and len(batch) < width and len(session.tokens) < budget:
+                    neg, t, par, q = heapq.heappop(heap)
+                    if -neg < self.p["threshold"]:
+                        heap.clear()
+                        break
+                    node = session.add(t, par)
+                    value[node], q_tok[node] = -neg, q
+                    batch.append(node)
+                expand = [n for n in batch if session.depth[n] < max_depth]
+                if expand and len(session.tokens) < budget:
+                    for node, logits in zip(expand, session.feed(expand)):
+                        push_children(node, logits, value[node])
+            if not session.tokens:
+                return None
+            return subtree_draft(session, list(range(len(session.tokens))), q_tok)
+        finally:
+            session.close()
+
+
+def _close_under_ancestors(session: DraftTreeSession, keep: list[int]) -> list[int]:
+    out = set()
+    for n in keep:
+        while n >= 0 and n not in out:
+            out.add(n)
+            n = session.parents[n]
+    return sorted(out)
