@@ -50,13 +50,32 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 # ---------------------------------------------------------------- commands
 
+def _progress_printer():
+    """Model-loading progress on stderr (stdout stays clean for --json).
+
+    On a terminal every message is shown; otherwise only the slow one-time
+    conversion, so that a bad model name still ends in exactly one error line.
+    """
+    tty = sys.stderr.isatty()
+    if not tty:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its weight-loading bar would bury the one error line
+
+    def show(msg: str) -> None:
+        if tty or "onvert" in msg:
+            print(msg, file=sys.stderr, flush=True)
+
+    return show
+
+
 def cmd_run(args) -> int:
     from .api import run
 
     if args.prompt is None or not args.prompt.strip():
         raise UsageError("the prompt is empty: pass --prompt TEXT")
     sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    progress = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731  (stdout stays clean for --json)
+    progress = _progress_printer()
     store = None if args.no_log else _open_store(args)
     result = run(args.method, args.prompt, target=args.target, draft=args.draft, params=_parse_params(args.param),
                  sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device,
