@@ -1,0 +1,245 @@
+"""Presenters on hand-built Traces: every figure and HTML view says what the Trace implies."""
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from ui import presenters as P
+from workbench.trace import Step, Trace
+
+
+def _trace() -> Trace:
+    steps = [
+        # prefill: the target's first token
+        Step(index=0, kind="prefill", bonus_token=10, bonus_p=0.4, committed=[10], draft_s=0.01, verify_s=0.08,
+             total_s=0.1, t_end=0.1),
+        # chain of 3, first accepted, second rejected -> correction 14
+        Step(index=1, kind="decode", tokens=[11, 12, 13], parents=[-1, 0, 1], q=[0.9, 0.8, 0.5],
+             p=[0.95, 0.1, 0.3], accepted=[0], bonus_token=14, bonus_p=0.6, committed=[11, 14], draft_s=0.02,
+             verify_s=0.05, total_s=0.08, t_end=0.18),
+        # chain of 2, fully accepted -> bonus 17
+        Step(index=2, kind="decode", tokens=[15, 16], parents=[-1, 0], q=[0.7, 0.6], p=[0.8, 0.9], accepted=[0, 1],
+             bonus_token=17, bonus_p=0.5, committed=[15, 16, 17], draft_s=0.02, verify_s=0.04, total_s=0.065,
+             t_end=0.245),
+        # no draft: plain target token
+        Step(index=3, kind="decode", bonus_token=18, bonus_p=0.9, committed=[18], draft_s=0.0, verify_s=0.03,
+             total_s=0.031, t_end=0.276),
+        # a tree: two roots' children (0, 1), then 2 under 0 and 3 under 1; path 1 -> 3 accepted, 3 is a leaf
+        Step(index=4, kind="decode", tokens=[20, 21, 22, 23], parents=[-1, -1, 0, 1], q=[0.5, 0.3, 0.4, 0.6],
+             p=[0.1, 0.7, 0.2, 0.8], accepted=[1, 3], bonus_token=24, bonus_p=0.55, committed=[21, 23, 24],
+             draft_s=0.03, verify_s=0.05, total_s=0.09, t_end=0.366),
+    ]
+    return Trace(method="speculative", params={"gamma": 3}, prompt_ids=[1, 2, 3], steps=steps, wall_s=0.37)
+
+
+TEXTS = [f"t{i}" for i in range(11)]
+KINDS = ["plain", "draft", "correction", "draft", "draft", "bonus", "plain", "draft", "draft", "bonus"]
+
+
+def _spans(html: str) -> list[tuple[str, str, str]]:
+    """(class, style, title) of each token span."""
+    return re.findall(r'<span class="wb-tok (wb-tok-\w+)" data-step="\d+" style="([^"]*)" title="([^"]*)">', html)
+
+
+def test_token_kinds_follow_the_trace():
+    rows = P.token_rows(_trace())
+    assert [r["token"] for r in rows] == [10, 11, 14, 15, 16, 17, 18, 21, 23, 24]
+    assert [r["kind"] for r in rows] == KINDS
+
+
+def test_token_html_classes_colours_and_titles():
+    html = P.token_html(_trace(), TEXTS)
+    spans = _spans(html)
+    assert [c for c, _, _ in spans] == [f"wb-tok-{k}" for k in KINDS]
+    for (cls, style, _), kind in zip(spans, KINDS):
+        assert f"background:{P.ORIGIN_COLORS[kind]}" in style
+    # hover: step, how it came, q and p
+    _, _, title = spans[1]
+    assert "step 1" in title and "accepted draft token" in title and "q=0.900" in title and "p=0.950" in title
+    _, _, title = spans[2]
+    assert "step 1" in title and "correction" in title and "p=0.600" in title
+    assert "bonus token" in spans[5][2] and "step 2" in spans[5][2]
+    assert ">t0<" in html and ">t9<" in html
+
+
+def test_token_html_escapes_and_shows_invisible_tokens():
+    tr = Trace(method="autoregressive", params={}, prompt_ids=[1],
+               steps=[Step(index=0, kind="prefill", bonus_token=5, committed=[5]),
+                      Step(index=1, kind="decode", bonus_token=6, committed=[6]),
+                      Step(index=2, kind="decode", bonus_token=7, committed=[7])])
+    html = P.token_html(tr, ["<b>", "\n", "\x05"])
+    assert "&lt;b&gt;" in html and "<b>" not in html
+    assert "↵" in html and "\u2405" in html
+
+
+def test_token_html_highlights_a_step():
+    html = P.token_html(_trace(), TEXTS, highlight_step=2)
+    outlined = [m for m in re.findall(r'data-step="(\d+)" style="([^"]*)"', html) if "outline" in m[1]]
+    assert [s for s, _ in outlined] == ["2", "2", "2"]
+
+
+def test_legend_names_every_origin():
+    html = P.legend_html()
+    for kind, label in P.ORIGIN_LABELS.items():
+        assert P.ORIGIN_COLORS[kind] in html and label.split(" (")[0] in html
+
+
+def _named(fig, name):
+    found = [t for t in fig.data if t.name == name]
+    assert found, f"no trace named {name!r} in {[t.name for t in fig.data]}"
+    return found[0]
+
+
+def test_tree_figure_chain_with_correction():
+    step = _trace().steps[1]
+    fig = P.tree_figure(step, ["a", "b", "c"], root_text="r", bonus_text="X")
+    acc = _named(fig, "accepted")
+    assert [c[0] for c in acc.customdata] == [0]
+    assert list(acc.text) == ["a"]
+    assert set(acc.marker.color) == {P.TREE_COLORS["accepted"]}
+    assert acc.customdata[0][1] == "0.900" and acc.customdata[0][2] == "0.950"  # q, p on hover
+    rej = _named(fig, "rejected")
+    assert [c[0] for c in rej.customdata] == [1, 2]
+    assert set(rej.marker.color) == {P.TREE_COLORS["rejected"]} and rej.opacity < 1
+    path = _named(fig, "accepted path")
+    assert list(path.x) == [0.0, 1.0] and path.line.color == P.TREE_COLORS["accepted"]
+    corr = _named(fig, "correction")
+    assert list(corr.text) == ["X"] and corr.marker.color == P.TREE_COLORS["correction"]
+    assert corr.x[0] == 2.0 and corr.y[0] < 0  # after the accepted node, on its own row
+    assert list(_named(fig, "root").text) == ["r"]
+
+
+def test_tree_figure_full_acceptance_marks_the_bonus_token():
+    step = _trace().steps[2]
+    fig = P.tree_figure(step, ["a", "b"], bonus_text="B")
+    assert [c[0] for c in _named(fig, "accepted").customdata] == [0, 1]
+    assert not [t for t in fig.data if t.name == "rejected"]
+    bonus = _named(fig, "bonus token")
+    assert bonus.marker.color == P.TREE_COLORS["bonus"] and bonus.x[0] == 3.0 and bonus.y[0] == 0.0
+    assert list(_named(fig, "accepted path").x) == [0.0, 1.0, 2.0]
+
+
+def test_tree_figure_branching_tree_highlights_the_accepted_branch():
+    step = _trace().steps[4]
+    fig = P.tree_figure(step, ["w", "x", "y", "z"], bonus_text="B")
+    layout = P.tree_layout(step.parents)
+    assert layout == [(1.0, 0.0), (1.0, -1.0), (2.0, 0.0), (2.0, -1.0)]
+    acc = _named(fig, "accepted")
+    assert [c[0] for c in acc.customdata] == [1, 3] and list(acc.text) == ["x", "z"]
+    assert [c[0] for c in _named(fig, "rejected").customdata] == [0, 2]
+    path = _named(fig, "accepted path")
+    assert list(zip(path.x, path.y)) == [(0.0, 0.0), (1.0, -1.0), (2.0, -1.0)]
+    assert _named(fig, "bonus token").y[0] == -1.0
+
+
+def test_tree_figure_without_draft():
+    fig = P.tree_figure(_trace().steps[0], [], bonus_text="first")
+    assert "no draft" in fig.layout.title.text
+    assert list(_named(fig, "target token").text) == ["first"]
+
+
+def test_attention_mask_matches_the_engine_buffer():
+    from workbench.tree import Draft
+
+    for parents in ([-1, -1, 0, 1], [-1, 0, 1], [-1, 0, 0, 2, -1], []):
+        ours = P.attention_mask(parents)
+        theirs = Draft(list(range(len(parents))), list(parents)).ancestor_matrix().tolist()
+        assert ours == theirs
+    fig = P.mask_figure(_trace().steps[4], ["w", "x", "y", "z"])
+    z = fig.data[0].z
+    assert [list(r) for r in z] == [[int(v) for v in row] for row in P.attention_mask([-1, -1, 0, 1])]
+    assert list(fig.data[0].x)[0] == "root" and len(fig.data[0].x) == 5
+
+
+def test_is_chain():
+    tr = _trace()
+    assert P.is_chain(tr.steps[1]) and not P.is_chain(tr.steps[4])
+
+
+def test_latency_bars_sum_to_step_time():
+    tr = _trace()
+    fig = P.latency_figure(tr)
+    assert [t.name for t in fig.data] == ["draft", "verify", "other"] and fig.layout.barmode == "stack"
+    for i, s in enumerate(tr.steps):
+        total = sum(t.y[i] for t in fig.data)
+        assert total == pytest.approx(1000 * s.total_s)
+        assert fig.data[0].y[i] == pytest.approx(1000 * s.draft_s)
+
+
+def test_tokens_over_time_and_overlay():
+    tr = _trace()
+    xs, ys = P.tokens_over_time(tr)
+    assert xs == [0.0, 0.1, 0.18, 0.245, 0.276, 0.366]
+    assert ys == [0, 1, 3, 6, 7, 10]
+    fig = P.tokens_time_figure({"method": tr, "baseline": tr})
+    assert [t.name for t in fig.data] == ["method", "baseline"]
+
+
+def test_acceptance_histogram_counts():
+    tr = _trace()
+    assert P.acceptance_counts(tr) == [0, 1, 2]  # step 1 accepted 1, steps 2 and 4 accepted 2
+    fig = P.acceptance_histogram_figure(tr)
+    assert list(fig.data[0].y) == [0, 1, 2] and list(fig.data[0].x) == [0, 1, 2]
+
+
+def test_acceptance_by_position_figure():
+    tr = _trace()
+    alphas = tr.summary().acceptance_by_position
+    fig = P.acceptance_position_figure(tr)
+    assert list(fig.data[0].x) == [k + 1 for k in range(len(alphas))]
+    assert list(fig.data[0].y) == pytest.approx(alphas)
+
+
+def test_metric_cards_and_speedup():
+    tr = _trace()
+    s = tr.summary()
+    html = P.metric_cards_html(tr, baseline_tokens_per_s=s.tokens_per_s / 2)
+    for key in ("tokens_per_s", "tau", "acceptance_rate", "target_forward_passes", "ttft", "speedup"):
+        assert f'data-metric="{key}"' in html
+    assert "2.00×" in html
+    assert f"{s.mean_accepted_tokens:.2f}" in html and "100 ms" in html
+    missing = P.metric_cards_html(tr, baseline_note="no baseline yet")
+    assert "no baseline yet" in missing and "×" not in missing
+    plain = P.metric_cards_html(Trace("autoregressive", {}, [1], tr.steps[:1], wall_s=0.1))
+    assert "1.00×" in plain
+
+
+def test_metric_cards_while_streaming_use_the_last_step_time():
+    tr = _trace()
+    tr.wall_s = 0.0
+    html = P.metric_cards_html(tr)
+    assert f"{10 / 0.366:.1f}" in html
+
+
+def test_token_diff_marks_differences():
+    html = P.token_diff_html(["a", "b", "c", "d"], ["a", "x", "c", "d", "e"], "A", "B")
+    assert re.search(r'class="wb-diff-del"[^>]*>b<', html)
+    assert re.search(r'class="wb-diff-ins"[^>]*>x<', html)
+    assert re.search(r'class="wb-diff-ins"[^>]*>e<', html)
+    assert len(re.findall(r'class="wb-diff-eq"', html)) == 3
+    assert 'data-changed="2"' in html
+    same = P.token_diff_html(["a", "b"], ["a", "b"])
+    assert "token-identical" in same and 'data-changed="0"' in same
+
+
+def test_runs_and_compare_frames():
+    from datetime import datetime, timezone
+
+    recs = [
+        {"id": "a" * 32, "created_at": datetime(2025, 1, 2, tzinfo=timezone.utc), "method": "speculative",
+         "target": "t", "draft": "t:bf16", "prompt": "hello " * 30, "status": "finished",
+         "metrics": {"tokens_per_s": 20.0, "mean_accepted_tokens": 3.0, "acceptance_rate": 0.8, "new_tokens": 12}},
+        {"id": "b" * 32, "created_at": datetime(2025, 1, 1, tzinfo=timezone.utc), "method": "autoregressive",
+         "target": "t", "draft": None, "prompt": "hello", "status": "finished",
+         "metrics": {"tokens_per_s": 10.0, "mean_accepted_tokens": 1.0, "acceptance_rate": math.nan}},
+    ]
+    df = P.runs_frame(recs)
+    assert list(df.columns) == P.RUN_COLUMNS
+    assert list(df["id"]) == ["aaaaaaaa", "bbbbbbbb"] and df["α"].isna().tolist() == [False, True]
+    assert len(df["prompt"][0]) <= 60
+    cmp = P.compare_frame(recs)
+    assert list(cmp.columns) == ["", "aaaaaaaa", "bbbbbbbb"]
+    row = cmp[cmp[""] == "speedup vs first"].iloc[0]
+    assert row["aaaaaaaa"] == "1.00×" and row["bbbbbbbb"] == "0.50×"

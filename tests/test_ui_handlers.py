@@ -1,0 +1,255 @@
+"""App handlers called directly (no browser) with the tiny random models."""
+from __future__ import annotations
+
+import csv
+import time
+
+import pytest
+
+from store import RunStore
+from ui.common import AppContext, new_session_state, token_pieces
+from ui.tabs import history, latency, playground, tree_viewer
+
+MAX_NEW = 12
+SLOTS = [None] * (playground.N_SLOTS * len(playground.SLOT_KINDS))
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    store = RunStore(tmp_path / "ui.sqlite")
+    yield AppContext(store=store, default_target="tiny-random")
+    store.close()
+
+
+def _run(ctx, state, method="speculative", prompt="Hello there", draft="tiny-random:bf16", slots=SLOTS,
+         max_new=MAX_NEW, temperature=0.0):
+    outs = list(playground.run_stream(ctx, state, "tiny-random", draft, method, prompt, False, max_new, temperature,
+                                      1.0, 0, 0, *slots))
+    assert outs, "the handler yielded nothing"
+    return outs
+
+
+def _update(x):
+    return x if isinstance(x, dict) else {}
+
+
+def test_run_streams_colours_and_records(ctx):
+    outs = _run(ctx, new_session_state())
+    status, output, cards, run_id_md, baseline_btn, state = outs[-1]
+    assert status.startswith("**Done:**"), status
+    assert output.count('class="wb-tok ') == MAX_NEW
+    assert "wb-tok-draft" in output and 'title="step ' in output
+    assert 'data-metric="speedup"' in cards and "Run baseline" in cards
+    assert _update(baseline_btn).get("visible") is True  # no plain-decoding run of this prompt yet
+    rid = state["last_run"]
+    assert state["runs"] == [rid] and rid in run_id_md
+    rec = ctx.store.get_run(rid)
+    assert rec.status == "finished" and rec.source == "ui" and rec.draft == "tiny-random:bf16"
+    assert len(outs) >= 3  # a starting line, progress, the end: the page hears as it goes
+    assert any(o[0].startswith("**Working:**") for o in outs[:-1])
+
+
+def test_baseline_runs_once_then_is_reused(ctx):
+    state = _run(ctx, new_session_state())[-1][-1]
+    outs = list(playground.run_baseline(ctx, state))
+    status, cards, btn, state = outs[-1]
+    assert status.startswith("**Done:**") and "Baseline run" in status, status
+    assert "×" in cards and _update(btn).get("visible") is False
+    assert len(state["runs"]) == 2
+    base = ctx.store.get_run(state["runs"][1])
+    assert base.method == "autoregressive" and base.status == "finished"
+    # the same prompt and settings again: the stored baseline is found, no button
+    status, output, cards, _, btn, state = _run(ctx, state)[-1]
+    assert "×" in cards and f"run {base.id[:8]}" in cards
+    assert _update(btn).get("visible") is False
+    # other settings (another length) have no baseline
+    *_, btn, _ = _run(ctx, state, max_new=MAX_NEW - 2)[-1]
+    assert _update(btn).get("visible") is True
+
+
+def test_errors_are_messages_not_exceptions(ctx):
+    state = new_session_state()
+    status, *_ = _run(ctx, state, prompt="   ")[-1]
+    assert status.startswith("**Error:**") and "prompt is empty" in status
+    status, *_ = _run(ctx, state, draft="none")[-1]
+    assert "needs a draft model" in status
+    bad = list(SLOTS)
+    bad[0] = 0  # gamma = 0 is out of range
+    status, *_ = _run(ctx, state, slots=bad)[-1]
+    assert status.startswith("**Error:**") and "gamma" in status
+    status, *_ = list(playground.run_stream(ctx, state, "no-such-model-anywhere", "none", "autoregressive", "hi",
+                                            False, 4, 0, 1, 0, 0, *SLOTS))[-1]
+    assert status.startswith("**Error:**") and "no-such-model-anywhere" in status
+    status, *_ = list(playground.run_baseline(ctx, new_session_state()))[-1]
+    assert "Run something first" in status
+    assert ctx.store.list_runs() == []  # bad input never leaves a row
+    # the app still works afterwards
+    assert _run(ctx, state)[-1][0].startswith("**Done:**")
+
+
+def test_method_form_and_params():
+    updates = playground.method_form("speculative")
+    assert len(updates) == 1 + playground.N_SLOTS * len(playground.SLOT_KINDS)
+    assert "lossless" in updates[0]
+    number0, choice1 = updates[1], updates[1 + len(playground.SLOT_KINDS) + 1]
+    assert number0["visible"] and number0["label"] == "gamma" and number0["value"] == 4
+    assert choice1["visible"] and choice1["choices"] == ["fixed", "adaptive"]
+    slots = list(SLOTS)
+    slots[0] = 3.0
+    slots[len(playground.SLOT_KINDS) + 1] = "adaptive"
+    assert playground.collect_params("speculative", slots) == {"gamma": 3, "schedule": "adaptive"}
+    assert playground.collect_params("autoregressive", slots) == {}
+    assert "needs a draft model" in playground.draft_note("speculative", "none")
+    assert playground.draft_note("speculative", "tiny-random:bf16") == ""
+
+
+def test_history_filter_compare_delete_export(ctx, tmp_path):
+    state = _run(ctx, new_session_state(), prompt="alpha beta")[-1][-1]
+    state = _run(ctx, state, method="autoregressive", prompt="alpha beta", draft="none")[-1][-1]
+    state = _run(ctx, state, method="prompt_lookup", prompt="gamma delta", draft="none")[-1][-1]
+    spec, plain, lookup = state["runs"]
+
+    table, ids, sel, msg = history.history_table(ctx, "", [], [])
+    assert len(table) == 3 and ids == [lookup, plain, spec] and msg.startswith("3 runs")
+    table, ids, *_ = history.history_table(ctx, "", ["autoregressive"], [])
+    assert ids == [plain] and list(table["method"]) == ["autoregressive"]
+    _, ids, *_ = history.history_table(ctx, "gamma", [], [])
+    assert ids == [lookup]
+    _, ids, *_ = history.history_table(ctx, "", [], ["failed"])
+    assert ids == []
+    assert history.toggle_selection([spec, plain], [], plain[:8]) == [plain]
+    assert history.toggle_selection([spec, plain], [plain], plain[:8]) == []
+    assert history.toggle_selection([spec, plain], [plain], "zzzz") == [plain]
+
+    msg, metrics, fig, diff = history.compare_runs(ctx, [spec, plain])
+    assert "Comparing 2 runs" in msg
+    assert list(metrics["value"].columns)[1:] == [spec[:8], plain[:8]]
+    assert len(fig.data) == 2
+    assert 'class="wb-diff"' in diff and "token-identical" in diff  # speculative is lossless under greedy
+    assert "two or more" in history.compare_runs(ctx, [spec])[0]
+
+    f, msg = history.export_csv(ctx, "", [], [])
+    with open(f["value"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and {"id", "method", "tokens_per_s"} <= set(rows[0])
+
+    msg, confirm = history.ask_delete([spec, lookup])
+    assert "Delete 2 runs" in msg and confirm["visible"]
+    msg, confirm, table, ids, sel = history.delete_selected(ctx, [spec, lookup], "", [], [])
+    assert "Deleted 2 runs" in msg and ids == [plain] and len(table) == 1
+    assert [r.id for r in ctx.store.list_runs()] == [plain]
+
+
+def test_tree_and_latency_views(ctx):
+    state = _run(ctx, new_session_state())[-1][-1]
+    rid = state["last_run"]
+    choices = tree_viewer.refresh_runs(ctx, "tree_seen", state, None)
+    assert choices["value"] == rid
+    slider, info, fig, mask, tokens, state = tree_viewer.load_run(ctx, state, rid)
+    assert slider["value"] == 1 and slider["maximum"] >= 1
+    assert "Step 1" in info and "drafted" in info
+    assert any(t.name == "accepted path" for t in fig.data)
+    assert mask["visible"] is False  # speculative drafts chains
+    assert "outline" in tokens
+    info, fig, mask, tokens = tree_viewer.step_view(ctx, rid, 0)
+    assert "no draft" in info
+    info, *_ = tree_viewer.step_view(ctx, None, 0)
+    assert "No run yet" in info
+
+    md, bars, time_fig, hist, alpha, state = latency.latency_view(ctx, state, rid)
+    assert "No plain-decoding run" in md
+    assert [t.name for t in bars.data] == ["draft", "verify", "other"] and len(time_fig.data) == 1
+    state = list(playground.run_baseline(ctx, state))[-1][-1]
+    md, bars, time_fig, *_ = latency.latency_view(ctx, state, rid)
+    assert "Baseline" in md and len(time_fig.data) == 2
+
+
+def test_tree_view_of_a_branching_draft_shows_the_mask(ctx):
+    from workbench.trace import Step, Trace
+
+    steps = [Step(index=0, kind="prefill", bonus_token=72, committed=[72], total_s=0.01, t_end=0.01),
+             Step(index=1, kind="decode", tokens=[101, 105, 32], parents=[-1, -1, 0], q=[0.5, 0.3, 0.4],
+                  p=[0.6, 0.1, 0.2], accepted=[0], bonus_token=33, bonus_p=0.5, committed=[101, 33],
+                  total_s=0.02, t_end=0.03)]
+    rid = ctx.store.start_run(method="speculative", target="tiny-random", draft="tiny-random:bf16", prompt="x",
+                              params={"max_new_tokens": 3, "chat": False}, sampling={}, env={})
+    ctx.store.finish_run(rid, Trace("speculative", {}, [65], steps, wall_s=0.03), "He!")
+    info, fig, mask, tokens = tree_viewer.step_view(ctx, rid, 1)
+    assert "(tree)" in info and "correction" in info
+    assert mask["visible"] is True
+    assert [list(r) for r in mask["value"].data[0].z] == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]]
+    assert [c[0] for c in next(t for t in fig.data if t.name == "rejected").customdata] == [1, 2]
+    assert list(next(t for t in fig.data if t.name == "root").text) == ["H"]
+    assert list(next(t for t in fig.data if t.name == "correction").text) == ["!"]
+
+
+def test_stopping_a_run_cancels_the_decode(ctx):
+    gen = playground.run_stream(ctx, new_session_state(), "tiny-random", "tiny-random:bf16", "speculative",
+                                "Hello", False, 400, 0.0, 1.0, 0, 0, *SLOTS)
+    for out in gen:
+        if "Decoding" in out[0]:
+            break
+    gen.close()  # what Gradio does when the Stop button cancels the event
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = ctx.store.list_runs()
+        if runs and runs[0].status != "running":
+            break
+        time.sleep(0.2)
+    assert runs[0].status == "failed" and "stopped" in runs[0].error
+    assert 0 < len(runs[0].output_ids) < 400
+
+
+def test_target_change_moves_the_draft():
+    assert playground.draft_for_target("tiny-random:seed=1", "smollm2-135m:bf16")["value"] == \
+        "tiny-random:seed=1:bf16"
+    assert playground.draft_for_target("tiny-random", "none") == {"__type__": "update"}
+    assert playground.draft_for_target("smollm2-135m:bf16", "x")["value"] == "smollm2-135m:bf16"
+
+
+def test_benchmark_section(ctx, monkeypatch):
+    import sys
+
+    import pandas as pd
+
+    choices, msg = history.list_benchmarks(ctx)
+    assert choices["choices"] == [] and "No benchmarks" in msg
+    assert "Pick a benchmark" in history.show_benchmark(ctx, None)[0]
+    bid = ctx.store.start_benchmark(suite="builtin", config={}, env={})
+    choices, msg = history.list_benchmarks(ctx)
+    assert choices["value"] == bid and "builtin" in choices["choices"][0][0]
+
+    calls = []
+
+    def fake_table(store, benchmark_id):
+        calls.append(benchmark_id)
+        return pd.DataFrame({"qa": [1.0, 1.23456]}, index=pd.Index(["autoregressive", "speculative"], name="method"))
+
+    import workbench.bench as bench
+
+    monkeypatch.setattr(bench, "benchmark_table", fake_table)
+    msg, table = history.show_benchmark(ctx, bid)
+    assert calls == [bid] and list(table.columns) == ["method", "qa"] and table["qa"][1] == 1.235
+    monkeypatch.setitem(sys.modules, "workbench.bench", None)  # as if the module were missing
+    msg, table = history.show_benchmark(ctx, bid)
+    assert msg.startswith("**Error:**") and "not available" in msg and table.empty
+
+
+def test_token_pieces_keep_multibyte_characters_whole():
+    from workbench.models import load_model
+
+    tiny = load_model("tiny-random")
+    ids = tiny.tokenizer("é ok", add_special_tokens=False)["input_ids"]
+    pieces = token_pieces(tiny.decode, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == "é ok"
+
+
+def test_build_app():
+    import gradio as gr
+
+    from ui.app import build_app
+
+    demo = build_app(db=":memory:", default_target="tiny-random")
+    assert isinstance(demo, gr.Blocks)
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert {"pg-run", "pg-output", "pg-cards", "tree-plot", "lat-bars", "hist-table", "hist-diff"} <= ids

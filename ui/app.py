@@ -1,0 +1,68 @@
+"""The Gradio app: four tabs over one run store.
+
+`build_app(db, default_target)` lays out the Blocks (Playground, Draft tree,
+Latency, History & compare); `launch(...)` serves it (127.0.0.1 by default),
+what `workbench ui` calls. Models are loaded once per process by
+workbench.models and shared read-only; the decoding events share one queue slot
+(concurrency_id "decode", limit 1) so runs from several tabs or users wait their
+turn instead of competing for the CPU. Everything per user lives in `gr.State`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from store import RunStore
+from workbench.models import EMBEDDED_DEFAULT
+
+from .common import AppContext, new_session_state
+from .tabs.history import build_history_tab
+from .tabs.latency import build_latency_tab
+from .tabs.playground import build_playground_tab
+from .tabs.tree_viewer import build_tree_tab
+
+TITLE = "Decoding Workbench"
+CSS = """
+#pg-output { min-height: 120px; border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px; }
+#pg-status p, #hist-message p { margin: 0; }
+.wb-tok:hover { outline: 1px solid #333; }
+"""
+
+
+def build_app(db: str | None = None, default_target: str | None = None) -> gr.Blocks:
+    """The app's Blocks over the run store at `db` (None: $WORKBENCH_DB or the user data dir)."""
+    ctx = AppContext(store=RunStore(db), default_target=(default_target or EMBEDDED_DEFAULT).strip())
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        gr.Markdown(f"## {TITLE}\nRun, see and compare fast decoding methods. Store: `{ctx.store.path or 'memory'}`",
+                    elem_id="wb-header")
+        state = gr.State(new_session_state())
+        with gr.Tabs(elem_id="wb-tabs"):
+            with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
+                build_playground_tab(ctx, state)
+            with gr.Tab("Draft tree", id="tree", elem_id="tab-tree") as tree_tab:
+                tree = build_tree_tab(ctx, state)
+            with gr.Tab("Latency", id="latency", elem_id="tab-latency") as lat_tab:
+                lat = build_latency_tab(ctx, state)
+            with gr.Tab("History & compare", id="history", elem_id="tab-history") as hist_tab:
+                hist = build_history_tab(ctx, state)
+        tree_tab.select(*tree["on_select"])
+        lat_tab.select(*lat["on_select"])
+        for fn, inputs, outputs in hist["on_select"]:
+            hist_tab.select(fn, inputs, outputs)
+    demo.workbench_context = ctx  # for tests and embedding; not per-user
+    demo.workbench_css = CSS
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: str | None = None,
+           default_target: str | None = None, **launch_kwargs: Any) -> gr.Blocks:
+    """Serve the app; returns the Blocks (call .close() to stop it when launched with prevent_thread_lock=True).
+
+    Extra keyword arguments go to gr.Blocks.launch.
+    """
+    demo = build_app(db=db, default_target=default_target)
+    demo.queue(default_concurrency_limit=4)
+    launch_kwargs.setdefault("css", CSS)
+    demo.launch(server_name=host, server_port=port, share=share, show_error=True, **launch_kwargs)
+    return demo

@@ -1,0 +1,182 @@
+"""What the tabs share: the app context, per-session state, token texts, run pickers, error messages.
+
+`AppContext` holds what is the same for every user of one app (the run store,
+the default target); handlers receive it bound with functools.partial. Anything
+that belongs to one user lives in the session state dict (a `gr.State`):
+the ids of the runs this session made and the settings of its latest run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from store import RunStore, StoreError
+from workbench.config import ConfigError
+
+NONE_DRAFT = "none"
+BUILTIN_TARGETS = ["smollm2-135m", "tiny-random", "tiny-random:seed=1", "smollm2-135m:bf16", "tiny-random:bf16"]
+BUILTIN_DRAFTS = [NONE_DRAFT, "smollm2-135m:bf16", "tiny-random:bf16", "tiny-random:seed=1", "tiny-random",
+                  "smollm2-135m"]
+
+
+@dataclass
+class AppContext:
+    """Shared by every session of one app: never holds per-user data."""
+
+    store: RunStore
+    default_target: str
+
+
+def new_session_state() -> dict[str, Any]:
+    """The per-session state: runs made in this session (newest last) and the latest run's settings."""
+    return {"runs": [], "last_run": None, "last_settings": None}
+
+
+def model_choices(default_target: str) -> tuple[list[str], list[str]]:
+    """Target and draft dropdown choices: the built-in specs (plus gemma3-270m when installed)."""
+    targets = list(BUILTIN_TARGETS)
+    drafts = list(BUILTIN_DRAFTS)
+    try:
+        from workbench.models import available_models
+
+        for m in available_models():
+            if m["name"] not in targets and m.get("installed"):
+                targets.append(m["name"])
+                drafts.append(m["name"] + ":bf16")
+    except Exception:  # noqa: BLE001 - the catalogue is a nicety; the built-ins always work
+        pass
+    if default_target not in targets:
+        targets.insert(0, default_target)
+    return targets, drafts
+
+
+def default_draft(target: str) -> str:
+    """A natural draft for a target: the same model in bf16 (the spec itself if it already names a dtype)."""
+    target = (target or "").strip()
+    if any(opt.strip().lower() in ("bf16", "fp16", "fp32") for opt in target.split(":")[1:]):
+        return target
+    return f"{target}:bf16" if target else NONE_DRAFT
+
+
+def norm_draft(draft: str | None) -> str | None:
+    if draft is None:
+        return None
+    draft = str(draft).strip()
+    return None if draft in ("", NONE_DRAFT, "(none)") else draft
+
+
+def user_message(exc: BaseException) -> str:
+    """One clear line for the page; never a stack trace."""
+    from workbench.models import ModelError
+
+    msg = " ".join(str(exc).split())
+    if isinstance(exc, (ConfigError, ModelError, StoreError)):
+        return msg or type(exc).__name__
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def status(kind: str, text: str) -> str:
+    """Status line markdown: kind is ok / error / info / busy / warn (a bold word, then the text)."""
+    word = {"ok": "Done", "error": "Error", "info": "Note", "busy": "Working", "warn": "Note"}.get(kind, "")
+    return f"**{word}:** {text}" if word else text
+
+
+# ---------------------------------------------------------------- token texts
+
+
+def token_pieces(decode, ids: Sequence[int], start: int = 0, window: int = 4) -> list[str]:
+    """The text each token adds, for tokens ids[start:].
+
+    decode(ids) -> str. A token's text is what decoding it after a short window of
+    earlier tokens adds, ignoring a trailing incomplete character (U+FFFD): a
+    character split across byte tokens shows whole on the token that completes it.
+    """
+    def stable(text: str) -> str:
+        return text.rstrip("\ufffd")
+
+    out: list[str] = []
+    for i in range(start, len(ids)):
+        lo = max(0, i - window)
+        before = stable(decode(list(ids[lo:i]))) if i > lo else ""
+        full = decode(list(ids[lo:i + 1]))
+        if i == len(ids) - 1:
+            full_s = full  # the last token keeps an incomplete character rather than vanish
+        else:
+            full_s = stable(full)
+        out.append(full_s[len(before):] if full_s.startswith(before) else decode([ids[i]]))
+    return out
+
+
+def model_decoder(target: str):
+    """decode(ids) -> str for a model spec (loaded via the shared cache), or None if it cannot load."""
+    try:
+        from workbench.models import load_model
+
+        model = load_model(target)
+    except Exception:  # noqa: BLE001 - the caller falls back to showing token ids
+        return None
+
+    def decode(ids: list[int]) -> str:
+        text = model.tokenizer.decode(list(ids), skip_special_tokens=False)
+        return text
+
+    return decode
+
+
+def texts_for(target: str, ids: Sequence[int]) -> list[str]:
+    """Per-token texts for ids decoded with target's tokenizer; ⟨id⟩ when the model cannot load."""
+    decode = model_decoder(target)
+    if decode is None:
+        return [f"⟨{t}⟩" for t in ids]
+    return token_pieces(decode, list(ids))
+
+
+def single_texts(target: str, ids: Sequence[int]) -> list[str]:
+    """Each id decoded on its own (for draft-tree node labels)."""
+    decode = model_decoder(target)
+    if decode is None:
+        return [f"⟨{t}⟩" for t in ids]
+    return [decode([t]) for t in ids]
+
+
+# ---------------------------------------------------------------- run pickers
+
+
+def run_label(rec: Any) -> str:
+    prompt = " ".join((rec.prompt or "").split())
+    prompt = prompt if len(prompt) <= 40 else prompt[:39] + "…"
+    when = rec.created_at.astimezone().strftime("%H:%M:%S") if rec.created_at else ""
+    return f"{rec.id[:8]} · {rec.method} · {rec.status} · {when} · {prompt}"
+
+
+def run_choices(store: RunStore, state: dict[str, Any] | None, limit: int = 100) -> list[tuple[str, str]]:
+    """(label, id) of recent runs, this session's runs first (newest first)."""
+    recs = store.list_runs(limit=limit)
+    mine = list(reversed((state or {}).get("runs", [])))
+    order = {rid: i for i, rid in enumerate(mine)}
+    recs.sort(key=lambda r: (0, order[r.id]) if r.id in order else (1, 0))
+    return [(("● " if r.id in order else "") + run_label(r), r.id) for r in recs]
+
+
+def default_run(choices: list[tuple[str, str]], state: dict[str, Any] | None) -> str | None:
+    last = (state or {}).get("last_run")
+    ids = [c[1] for c in choices]
+    if last in ids:
+        return last
+    return ids[0] if ids else None
+
+
+def find_baseline(store: RunStore, rec: Any) -> Any | None:
+    """A finished plain-decoding run of the same target, prompt, chat flag, sampling and length."""
+    params = rec.typed_params
+    max_new = params.get("max_new_tokens")
+    if max_new is None:
+        return None
+    env = {k: rec.env[k] for k in ("device", "dtype") if rec.env.get(k) is not None}
+    base = store.find_baseline(target=rec.target, prompt=rec.prompt, sampling=rec.sampling,
+                               max_new_tokens=int(max_new), env=env or None)
+    if base is None or base.id == rec.id:
+        return None
+    if base.typed_params.get("chat") != params.get("chat"):
+        return None
+    return base

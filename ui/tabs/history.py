@@ -1,0 +1,222 @@
+"""History & compare tab: every stored run, filtered and sorted; compare, delete, export; benchmarks.
+
+The table lists the runs that match the search box and the method/status
+filters (click a column header to sort; click a row to add it to the
+selection). Comparing two or more runs shows their metrics side by side,
+tokens generated against time overlaid, and a token-level diff of each output
+against the first selected run. Benchmarks list the stored sweeps and show
+`workbench.bench.benchmark_table` for one.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from store import RUN_STATUSES
+from workbench.methods import list_methods
+
+from .. import presenters as P
+from ..common import AppContext, run_label, status, texts_for, user_message
+
+MAX_ROWS = 500
+
+
+def _filters(search: str | None, methods: list[str] | None, statuses: list[str] | None) -> dict[str, Any]:
+    return {"search": (search or "").strip() or None, "method": list(methods) if methods else None,
+            "status": list(statuses) if statuses else None}
+
+
+def history_table(ctx: AppContext, search: str | None, methods: list[str] | None, statuses: list[str] | None,
+                  selected: list[str] | None = None):
+    """(table, row ids, selection dropdown update, message) for the current filters."""
+    try:
+        recs = ctx.store.list_runs(limit=MAX_ROWS, **_filters(search, methods, statuses))
+    except Exception as exc:  # noqa: BLE001
+        return P.runs_frame([]), [], gr.update(), status("error", user_message(exc))
+    ids = [r.id for r in recs]
+    choices = [(run_label(r), r.id) for r in recs]
+    keep = [s for s in (selected or []) if s in ids]
+    msg = f"{len(recs)} run{'s' * (len(recs) != 1)}" + (f" (showing the newest {MAX_ROWS})" if len(recs) == MAX_ROWS
+                                                         else "")
+    return P.runs_frame(recs), ids, gr.update(choices=choices, value=keep), msg
+
+
+def select_row(ids: list[str], selected: list[str] | None, evt: gr.SelectData):
+    """Clicking a table row toggles that run in the selection (found by the row's id column,
+    so it works on a table the user has sorted)."""
+    short = str(evt.row_value[0]) if evt.row_value else None
+    if short is None:
+        row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        short = ids[int(row)][:8] if 0 <= int(row) < len(ids) else None
+    return toggle_selection(ids, selected, short)
+
+
+def toggle_selection(ids: list[str], selected: list[str] | None, short_id: str | None) -> list[str]:
+    """Add the run whose id starts with short_id to the selection, or remove it if it is there."""
+    selected = list(selected or [])
+    match = [r for r in ids if short_id and r.startswith(short_id)]
+    if len(match) == 1:
+        rid = match[0]
+        selected = [s for s in selected if s != rid] if rid in selected else selected + [rid]
+    return selected
+
+
+def compare_runs(ctx: AppContext, selected: list[str] | None):
+    """(message, metrics side by side, tokens-vs-time overlay, token diff html) for the selected runs."""
+    selected = list(dict.fromkeys(selected or []))
+    if len(selected) < 2:
+        msg = "Select two or more runs to compare (click rows in the table, or pick ids below it)."
+        return status("info", msg), gr.update(visible=False), P.empty_figure(msg), ""
+    try:
+        recs = [ctx.store.get_run(r) for r in selected]
+        traces = [ctx.store.load_trace(r.id) for r in recs]
+    except Exception as exc:  # noqa: BLE001
+        msg = user_message(exc)
+        return status("error", msg), gr.update(visible=False), P.empty_figure(msg), ""
+    fig = P.tokens_time_figure([(f"{r.id[:8]} {r.method}", t) for r, t in zip(recs, traces)])
+    texts = [texts_for(r.target, list(r.output_ids or [])) for r in recs]
+    diffs = []
+    for rec, txt in zip(recs[1:], texts[1:]):
+        diffs.append(P.token_diff_html(texts[0], txt, f"{recs[0].id[:8]} ({recs[0].method})",
+                                       f"{rec.id[:8]} ({rec.method})"))
+    targets = {r.target for r in recs}
+    note = "" if len(targets) == 1 else " (different targets: the token diff compares their texts)"
+    return (status("ok", f"Comparing {len(recs)} runs{note}."),
+            gr.update(value=P.compare_frame(recs), visible=True), fig,
+            '<div id="wb-diffs">' + '<hr style="margin:6px 0">'.join(diffs) + "</div>")
+
+
+def ask_delete(selected: list[str] | None):
+    """First click: ask to confirm. Returns (message, confirm button update)."""
+    n = len(selected or [])
+    if not n:
+        return status("info", "Select runs to delete first."), gr.update(visible=False)
+    return status("warn", f"Delete {n} run{'s' * (n != 1)} for good? Click “Confirm delete”."), \
+        gr.update(visible=True)
+
+
+def delete_selected(ctx: AppContext, selected: list[str] | None, search, methods, statuses):
+    """Delete the selected runs, then redraw the table. Returns (message, confirm, table, ids, selection)."""
+    try:
+        n = ctx.store.delete_runs(selected or [])
+    except Exception as exc:  # noqa: BLE001
+        return status("error", user_message(exc)), gr.update(visible=False), gr.update(), gr.update(), gr.update()
+    table, ids, sel, _ = history_table(ctx, search, methods, statuses, [])
+    return status("ok", f"Deleted {n} run{'s' * (n != 1)}."), gr.update(visible=False), table, ids, sel
+
+
+def export_csv(ctx: AppContext, search, methods, statuses):
+    """Write the filtered runs to a CSV file; returns (file path or None, message)."""
+    try:
+        out = Path(tempfile.mkdtemp(prefix="workbench-export-")) / f"runs-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+        n = ctx.store.export_csv(out, **_filters(search, methods, statuses))
+    except Exception as exc:  # noqa: BLE001
+        return gr.update(value=None, visible=False), status("error", user_message(exc))
+    return gr.update(value=str(out), visible=True), status("ok", f"Exported {n} run{'s' * (n != 1)} to CSV.")
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if hasattr(value, "astimezone") else str(value or "")
+
+
+def list_benchmarks(ctx: AppContext):
+    try:
+        benches = ctx.store.list_benchmarks()
+    except Exception as exc:  # noqa: BLE001
+        return gr.update(choices=[], value=None), status("error", user_message(exc))
+    choices = []
+    for b in benches:
+        when = _when(b.get("created_at"))
+        choices.append((f"{b['id'][:8]} · {b.get('suite', '')} · {b.get('status', '')} · {when} · "
+                        f"{b.get('n_runs', 0)} runs", b["id"]))
+    msg = f"{len(choices)} benchmark{'s' * (len(choices) != 1)} stored." if choices else \
+        "No benchmarks stored yet (run `workbench bench ...`)."
+    return gr.update(choices=choices, value=choices[0][1] if choices else None), msg
+
+
+def show_benchmark(ctx: AppContext, bench_id: str | None):
+    """(message, table) for one benchmark: workbench.bench.benchmark_table (methods × categories)."""
+    if not bench_id:
+        return "Pick a benchmark.", pd.DataFrame()
+    try:
+        from workbench.bench import benchmark_table
+    except ImportError as exc:
+        return status("error", f"Benchmark tables are not available in this installation ({exc})."), \
+            pd.DataFrame()
+    try:
+        table = benchmark_table(ctx.store, bench_id)
+    except Exception as exc:  # noqa: BLE001
+        return status("error", user_message(exc)), pd.DataFrame()
+    if isinstance(table.index, pd.MultiIndex) or table.index.name is not None:
+        table = table.reset_index()
+    table = table.round(3)
+    return (f"Benchmark `{html.escape(bench_id[:8])}`: speedup against plain decoding, per method and category "
+            f"({len(table)} rows)."), table
+
+
+def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    method_names = [m.name for m in list_methods()]
+    with gr.Row():
+        c["search"] = gr.Textbox(label="Search", placeholder="prompt, model, method or id prefix", scale=3,
+                                 elem_id="hist-search")
+        c["methods"] = gr.Dropdown(method_names, multiselect=True, label="Method", scale=2, elem_id="hist-methods",
+                                   allow_custom_value=True)
+        c["statuses"] = gr.Dropdown(list(RUN_STATUSES), multiselect=True, label="Status", scale=1,
+                                    elem_id="hist-statuses")
+        c["refresh"] = gr.Button("Refresh", scale=0, elem_id="hist-refresh")
+    c["count"] = gr.Markdown("", elem_id="hist-count")
+    c["table"] = gr.Dataframe(P.runs_frame([]), interactive=False, elem_id="hist-table", wrap=True, max_height=420,
+                              label="Runs (click a header to sort, a row to select it)")
+    c["ids"] = gr.State([])
+    c["selected"] = gr.Dropdown([], multiselect=True, label="Selected runs", elem_id="hist-select")
+    with gr.Row():
+        c["compare"] = gr.Button("Compare", variant="primary", elem_id="hist-compare")
+        c["delete"] = gr.Button("Delete selected", variant="stop", elem_id="hist-delete")
+        c["confirm"] = gr.Button("Confirm delete", variant="stop", visible=False, elem_id="hist-confirm")
+        c["export"] = gr.Button("Export CSV", elem_id="hist-export")
+    c["message"] = gr.Markdown("", elem_id="hist-message")
+    c["file"] = gr.File(label="CSV export", elem_id="hist-csv", interactive=False, visible=False, height=80)
+    c["metrics"] = gr.Dataframe(pd.DataFrame(), interactive=False, label="Metrics side by side",
+                                elem_id="hist-metrics", visible=False)
+    c["time"] = gr.Plot(P.empty_figure("select runs and click Compare"), elem_id="hist-time", show_label=False)
+    c["diff"] = gr.HTML("", elem_id="hist-diff")
+    with gr.Accordion("Benchmarks", open=False, elem_id="hist-bench-acc"):
+        with gr.Row():
+            c["bench"] = gr.Dropdown([], label="Benchmark", scale=4, elem_id="hist-bench")
+            c["bench_refresh"] = gr.Button("Refresh", scale=0, elem_id="hist-bench-refresh")
+        c["bench_msg"] = gr.Markdown("", elem_id="hist-bench-msg")
+        c["bench_table"] = gr.Dataframe(pd.DataFrame(), interactive=False, elem_id="hist-bench-table")
+
+    filters = [c["search"], c["methods"], c["statuses"]]
+    table_out = [c["table"], c["ids"], c["selected"], c["count"]]
+    load = functools.partial(history_table, ctx)
+    c["refresh"].click(load, filters + [c["selected"]], table_out)
+    c["search"].submit(load, filters + [c["selected"]], table_out)
+    for f in (c["methods"], c["statuses"]):
+        f.change(load, filters + [c["selected"]], table_out)
+    c["table"].select(select_row, [c["ids"], c["selected"]], c["selected"])
+    c["compare"].click(functools.partial(compare_runs, ctx), c["selected"],
+                       [c["message"], c["metrics"], c["time"], c["diff"]])
+    c["delete"].click(ask_delete, c["selected"], [c["message"], c["confirm"]])
+    c["confirm"].click(functools.partial(delete_selected, ctx), [c["selected"]] + filters,
+                       [c["message"], c["confirm"], c["table"], c["ids"], c["selected"]])
+    c["export"].click(functools.partial(export_csv, ctx), filters, [c["file"], c["message"]])
+    bench_list = functools.partial(list_benchmarks, ctx)
+    c["bench_refresh"].click(bench_list, None, [c["bench"], c["bench_msg"]])
+    c["bench"].change(functools.partial(show_benchmark, ctx), c["bench"], [c["bench_msg"], c["bench_table"]])
+    c["on_select"] = [(load, filters + [c["selected"]], table_out), (bench_list, None, [c["bench"], c["bench_msg"]])]
+    return c

@@ -1,0 +1,373 @@
+"""Playground tab: pick models and a method, run a prompt, watch the tokens arrive coloured by origin.
+
+The method's parameter form is drawn from its declared schema into a fixed pool
+of slots (each slot has a Number, a Dropdown, a Checkbox and a Textbox; the one
+that fits the parameter's type is shown and relabelled). `run_stream` runs
+`workbench.api.run` in a worker thread and yields the page as steps arrive; a
+plain-decoding baseline of the same prompt and settings is reused from the
+store when there is one, or made with one click ("Run baseline").
+"""
+from __future__ import annotations
+
+import functools
+import html
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+import gradio as gr
+
+from workbench.methods import get_method, list_methods
+from workbench.trace import Trace
+
+from .. import presenters as P
+from ..common import (AppContext, default_draft, find_baseline, model_choices, model_decoder, norm_draft, status,
+                      texts_for, token_pieces, user_message)
+
+N_SLOTS = 6
+SLOT_KINDS = ("number", "choice", "bool", "text")  # the components of one slot, in order
+DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
+STREAM_EVERY_S = 0.15
+
+
+class RunCancelled(Exception):
+    """Raised inside the decode thread when the page stopped listening (Stop button, closed tab)."""
+
+
+# ---------------------------------------------------------------- method form
+
+
+def slot_kind(ptype: str) -> str:
+    return {"int": "number", "float": "number", "choice": "choice", "bool": "bool"}.get(ptype, "text")
+
+
+def method_info_html(method: str) -> str:
+    try:
+        cls = get_method(method)
+    except Exception as exc:  # noqa: BLE001
+        return f'<div class="wb-method-info">{html.escape(user_message(exc))}</div>'
+    color, text = ("#2e9d4a", "lossless") if cls.lossless else ("#c0392b", "lossy")
+    badge = (f'<span class="wb-badge wb-badge-{text}" style="background:{color};color:#fff;border-radius:10px;'
+             f'padding:1px 8px;font-size:12px;margin-left:6px">{text}</span>')
+    extra = []
+    if cls.needs_draft_model:
+        extra.append("needs a draft model")
+    if cls.tree:
+        extra.append("drafts trees")
+    tail = f' <span style="color:#888;font-size:12px">({", ".join(extra)})</span>' if extra else ""
+    return (f'<div class="wb-method-info"><b>{html.escape(cls.label or cls.name)}</b>{badge}{tail}'
+            f'<div style="color:#555;font-size:13px;margin-top:2px">{html.escape(cls.description)}</div></div>')
+
+
+def method_form(method: str) -> list[Any]:
+    """Updates for the method info and every slot component (N_SLOTS × SLOT_KINDS)."""
+    try:
+        schema = list(get_method(method).params)
+    except Exception:  # noqa: BLE001
+        schema = []
+    updates: list[Any] = [method_info_html(method)]
+    for i in range(N_SLOTS):
+        p = schema[i] if i < len(schema) else None
+        kind = slot_kind(p.type) if p else None
+        for k in SLOT_KINDS:
+            if p is None or k != kind:
+                updates.append(gr.update(visible=False))
+            elif k == "number":
+                updates.append(gr.update(visible=True, label=p.name, info=p.help, value=p.default,
+                                         minimum=p.min, maximum=p.max, step=1 if p.type == "int" else 0.01))
+            elif k == "choice":
+                updates.append(gr.update(visible=True, label=p.name, info=p.help, choices=list(p.choices),
+                                         value=p.default))
+            elif k == "bool":
+                updates.append(gr.update(visible=True, label=p.name, info=p.help, value=bool(p.default)))
+            else:
+                updates.append(gr.update(visible=True, label=p.name, info=p.help, value=str(p.default)))
+    return updates
+
+
+def collect_params(method: str, slot_values: tuple | list) -> dict[str, Any]:
+    """Map the slot values back to the method's parameters (validated later by workbench.api.run)."""
+    params: dict[str, Any] = {}
+    for i, p in enumerate(get_method(method).params[:N_SLOTS]):
+        value = slot_values[i * len(SLOT_KINDS) + SLOT_KINDS.index(slot_kind(p.type))] \
+            if len(slot_values) > i * len(SLOT_KINDS) else None
+        if value is None or value == "":
+            continue
+        if p.type == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        params[p.name] = value
+    return params
+
+
+def draft_note(method: str, draft: str | None) -> str:
+    try:
+        cls = get_method(method)
+    except Exception:  # noqa: BLE001
+        return ""
+    if cls.needs_draft_model and not norm_draft(draft):
+        return status("warn", f"**{cls.label or cls.name}** needs a draft model: pick one under *Draft model* "
+                              "(e.g. the target's `:bf16` copy).")
+    if not cls.needs_draft_model and norm_draft(draft):
+        return status("info", f"{cls.label or cls.name} drafts without a model; the draft model is not used.")
+    return ""
+
+
+def draft_for_target(target: str, draft: str | None):
+    """A new target: keep 'none', otherwise offer the new target's bf16 copy as the draft."""
+    if not norm_draft(draft):
+        return gr.update()
+    return gr.update(value=default_draft(target))
+
+
+# ---------------------------------------------------------------- running
+
+
+def _sampling(temperature, top_p, top_k, seed):
+    from workbench.config import SamplingConfig
+
+    return SamplingConfig(temperature=float(temperature or 0.0), top_p=float(top_p if top_p is not None else 1.0),
+                          top_k=int(top_k or 0), seed=int(seed or 0))
+
+
+def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, bool]:
+    """Metric cards with the speedup from a stored baseline; and whether a baseline is still missing."""
+    if run_id is None or trace.method == "autoregressive":
+        return P.metric_cards_html(trace), False
+    rec = ctx.store.get_run(run_id)
+    base = find_baseline(ctx.store, rec)
+    if base is None:
+        return P.metric_cards_html(trace, baseline_note="no baseline yet: click “Run baseline”"), True
+    tps = base.metrics.get("tokens_per_s")
+    return P.metric_cards_html(trace, tps, baseline_note=f"vs {tps:.1f} tok/s plain decoding (run {base.id[:8]})"), \
+        False
+
+
+def _decode_thread(kwargs: dict[str, Any], events: "queue.Queue", cancel: threading.Event) -> threading.Thread:
+    from workbench import api
+
+    def on_step(step, tr):
+        if cancel.is_set():
+            raise RunCancelled("stopped before the end")
+        events.put(("step", step))
+
+    def work():
+        try:
+            events.put(("done", api.run(**kwargs, on_step=on_step, progress=lambda m: events.put(("progress", m)))))
+        except BaseException as exc:  # noqa: BLE001 - reported in the page
+            events.put(("error", exc))
+
+    t = threading.Thread(target=work, name="workbench-run", daemon=True)
+    t.start()
+    return t
+
+
+def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft: str | None, params: dict,
+               sampling, max_new_tokens: int, chat: bool) -> Iterator[tuple[str, str, Any]]:
+    """Run in a thread; yield ("progress", message, None), ("tokens", html, trace) and finally
+    ("done", run_id, RunResult) or ("error", message, None)."""
+    events: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    kwargs = dict(method=method, prompt=prompt, target=target, draft=draft, params=params, sampling=sampling,
+                  max_new_tokens=max_new_tokens, chat=chat, store=ctx.store, source="ui")
+    _decode_thread(kwargs, events, cancel)
+    trace = Trace(method=method, params=params, prompt_ids=[])
+    ids: list[int] = []
+    texts: list[str] = []
+    decode = None
+    last_yield = 0.0
+    try:
+        while True:
+            try:
+                kind, payload = events.get(timeout=STREAM_EVERY_S)
+            except queue.Empty:
+                kind, payload = "tick", None
+            if kind == "progress":
+                yield "progress", str(payload), None
+            elif kind == "step":
+                trace.steps.append(payload)
+                ids.extend(payload.committed)
+            elif kind == "error":
+                yield "error", user_message(payload), None
+                return
+            elif kind == "done":
+                yield "done", payload.run_id, payload
+                return
+            if ids and len(texts) < len(ids) and time.monotonic() - last_yield >= STREAM_EVERY_S:
+                decode = decode or model_decoder(target)
+                texts.extend(token_pieces(decode, ids, start=len(texts)) if decode else
+                             [f"⟨{t}⟩" for t in ids[len(texts):]])
+                last_yield = time.monotonic()
+                yield "tokens", P.token_html(trace, texts), trace
+    finally:
+        cancel.set()  # a no-op after a normal end; stops the decode thread if the page went away
+
+
+def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: str, prompt: str, chat: bool,
+               max_new_tokens: float, temperature: float, top_p: float, top_k: float, seed: float,
+               *slot_values: Any) -> Iterator[tuple]:
+    """The Run button. Yields (status, output, cards, run id, baseline button, state)."""
+    state = dict(state or {})
+    keep = gr.update()
+    draft = norm_draft(draft)
+    target = (target or "").strip() or ctx.default_target
+
+    def fail(msg: str):
+        return (status("error", msg), keep, keep, keep, gr.update(visible=False), state)
+
+    try:
+        if not (prompt or "").strip():
+            yield fail("The prompt is empty: type something to decode.")
+            return
+        cls = get_method(method)
+        if cls.needs_draft_model and not draft:
+            yield fail(f"{cls.label or cls.name} needs a draft model: pick one under *Draft model* "
+                       f"(e.g. `{default_draft(target)}`), or choose a method that drafts without one.")
+            return
+        params = collect_params(method, slot_values)
+        sampling = _sampling(temperature, top_p, top_k, seed)
+        max_new = int(max_new_tokens or 0)
+    except Exception as exc:  # noqa: BLE001
+        yield fail(user_message(exc))
+        return
+
+    yield (status("busy", f"Starting {cls.label or method} on {target}…"), P.token_html(Trace(method, {}, []), []),
+           "", "", gr.update(visible=False), state)
+    for kind, payload, extra in stream_run(ctx, method=method, prompt=prompt, target=target, draft=draft,
+                                           params=params, sampling=sampling, max_new_tokens=max_new, chat=bool(chat)):
+        if kind == "progress":
+            yield status("busy", payload), keep, keep, keep, keep, state
+        elif kind == "tokens":
+            n = len(extra.output_ids)
+            yield (status("busy", f"Decoding… {n} tokens, {len(extra.steps)} target forwards"), payload,
+                   P.metric_cards_html(extra), keep, keep, state)
+        elif kind == "error":
+            yield fail(f"Run failed: {payload}")
+            return
+        elif kind == "done":
+            res = extra
+            texts = texts_for(res.target, res.output_ids)
+            cards, missing = _cards(ctx, res.trace, res.run_id)
+            state["runs"] = list(state.get("runs", [])) + [res.run_id]
+            state["last_run"] = res.run_id
+            state["last_settings"] = dict(target=res.target, prompt=prompt, chat=bool(chat),
+                                          sampling=sampling.to_dict(), max_new_tokens=max_new)
+            s = res.summary
+            msg = (f"{s.new_tokens} tokens in {s.wall_s:.2f} s ({res.trace.stop_reason or 'stopped'}). "
+                   f"Open *Draft tree* or *Latency* to look inside.")
+            yield (status("ok", msg), P.token_html(res.trace, texts), cards,
+                   f"Run id: `{res.run_id}`", gr.update(visible=missing), state)
+            return
+
+
+def stopped_message() -> str:
+    return status("info", "Stopped. What was decoded so far is kept in History (status failed).")
+
+
+def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
+    """The Run baseline button: plain decoding with the latest run's settings, then the speedup.
+
+    Yields (status, cards, baseline button, state)."""
+    from workbench.config import SamplingConfig
+
+    state = dict(state or {})
+    keep = gr.update()
+    settings = state.get("last_settings")
+    if not settings or not state.get("last_run"):
+        yield status("error", "Run something first; the baseline repeats its prompt with plain decoding."), keep, \
+            keep, state
+        return
+    yield status("busy", "Running the plain-decoding baseline…"), keep, gr.update(interactive=False), state
+    sampling = SamplingConfig(**settings["sampling"])
+    for kind, payload, extra in stream_run(ctx, method="autoregressive", prompt=settings["prompt"],
+                                           target=settings["target"], draft=None, params={}, sampling=sampling,
+                                           max_new_tokens=settings["max_new_tokens"], chat=settings["chat"]):
+        if kind == "progress":
+            yield status("busy", payload), keep, keep, state
+        elif kind == "tokens":
+            yield status("busy", f"Baseline: {len(extra.output_ids)} tokens…"), keep, keep, state
+        elif kind == "error":
+            yield status("error", f"Baseline failed: {payload}"), keep, gr.update(interactive=True), state
+            return
+        elif kind == "done":
+            state["runs"] = list(state.get("runs", [])) + [payload]
+            try:
+                trace = ctx.store.load_trace(state["last_run"])
+                cards, missing = _cards(ctx, trace, state["last_run"])
+            except Exception as exc:  # noqa: BLE001
+                yield status("error", user_message(exc)), keep, gr.update(interactive=True), state
+                return
+            tps = extra.summary.tokens_per_s
+            yield (status("ok", f"Baseline run `{payload[:8]}`: {tps:.1f} tok/s plain decoding."), cards,
+                   gr.update(visible=missing, interactive=True), state)
+            return
+
+
+# ---------------------------------------------------------------- layout
+
+
+def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
+    targets, drafts = model_choices(ctx.default_target)
+    methods = list_methods()
+    method_choices = [(f"{m.label or m.name}", m.name) for m in methods]
+    names = [m.name for m in methods]
+    first = "speculative" if "speculative" in names else names[0]
+    c: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=1, min_width=320):
+            c["target"] = gr.Dropdown(targets, value=ctx.default_target, label="Target model",
+                                      allow_custom_value=True, elem_id="pg-target",
+                                      info="built-in name, local directory or hub id")
+            c["draft"] = gr.Dropdown(drafts, value=default_draft(ctx.default_target), label="Draft model",
+                                     allow_custom_value=True, elem_id="pg-draft",
+                                     info="for methods that draft with a model; 'none' otherwise")
+            c["method"] = gr.Dropdown(method_choices, value=first, label="Method", elem_id="pg-method")
+            c["method_info"] = gr.HTML(method_info_html(first), elem_id="pg-method-info")
+            c["draft_note"] = gr.Markdown(draft_note(first, default_draft(ctx.default_target)),
+                                          elem_id="pg-draft-note")
+            slots: list[Any] = []
+            initial = [{k: v for k, v in u.items() if k != "__type__"} for u in method_form(first)[1:]]
+            with gr.Group():
+                for i in range(N_SLOTS):
+                    kw = initial[i * len(SLOT_KINDS):(i + 1) * len(SLOT_KINDS)]
+                    slots += [gr.Number(elem_id=f"pg-param-{i}-number", **kw[0]),
+                              gr.Dropdown(elem_id=f"pg-param-{i}-choice", **kw[1]),
+                              gr.Checkbox(elem_id=f"pg-param-{i}-bool", **kw[2]),
+                              gr.Textbox(elem_id=f"pg-param-{i}-text", **kw[3])]
+            c["slots"] = slots
+            with gr.Accordion("Sampling and length", open=False):
+                c["max_new"] = gr.Slider(1, 512, value=48, step=1, label="max new tokens", elem_id="pg-max-new")
+                c["temperature"] = gr.Slider(0, 2, value=0, step=0.05, label="temperature (0 = greedy)",
+                                             elem_id="pg-temperature")
+                c["top_p"] = gr.Slider(0.05, 1, value=1, step=0.05, label="top-p", elem_id="pg-top-p")
+                with gr.Row():
+                    c["top_k"] = gr.Number(0, precision=0, minimum=0, label="top-k (0 = off)", elem_id="pg-top-k")
+                    c["seed"] = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="pg-seed")
+        with gr.Column(scale=2):
+            c["prompt"] = gr.Textbox(DEFAULT_PROMPT, lines=3, label="Prompt", elem_id="pg-prompt")
+            with gr.Row():
+                c["chat"] = gr.Checkbox(True, label="chat (apply the model's chat template)", elem_id="pg-chat")
+                c["run"] = gr.Button("Run", variant="primary", elem_id="pg-run")
+                c["stop"] = gr.Button("Stop", variant="stop", elem_id="pg-stop")
+            c["status"] = gr.Markdown("", elem_id="pg-status")
+            gr.HTML(P.legend_html(), elem_id="pg-legend")
+            c["output"] = gr.HTML(P.token_html(Trace("", {}, []), []), elem_id="pg-output")
+            c["cards"] = gr.HTML("", elem_id="pg-cards")
+            with gr.Row():
+                c["run_id"] = gr.Markdown("", elem_id="pg-run-id")
+                c["baseline"] = gr.Button("Run baseline", visible=False, elem_id="pg-baseline", size="sm")
+
+    c["method"].change(method_form, c["method"], [c["method_info"]] + slots)
+    c["target"].change(draft_for_target, [c["target"], c["draft"]], c["draft"])
+    for comp in (c["method"], c["draft"]):
+        comp.change(draft_note, [c["method"], c["draft"]], c["draft_note"])
+    inputs = [state, c["target"], c["draft"], c["method"], c["prompt"], c["chat"], c["max_new"], c["temperature"],
+              c["top_p"], c["top_k"], c["seed"]] + slots
+    outputs = [c["status"], c["output"], c["cards"], c["run_id"], c["baseline"], state]
+    run_fn = functools.partial(run_stream, ctx)
+    ev = c["run"].click(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode")
+    ev2 = c["prompt"].submit(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode")
+    c["stop"].click(stopped_message, None, c["status"], cancels=[ev, ev2])
+    c["baseline"].click(functools.partial(run_baseline, ctx), state, [c["status"], c["cards"], c["baseline"], state],
+                        concurrency_limit=1, concurrency_id="decode")
+    return c
