@@ -267,7 +267,33 @@ def _add_bench(sub) -> None:
     add_bench_parser(sub)
 
 
-_EXTRA_COMMANDS = [_add_ui, _add_bench]
+def _add_profile(sub) -> None:
+    pr = sub.add_parser("profile", help="measure (or show the cached) cost of verifying n tokens in one forward")
+    pr.add_argument("--target", "-t", default=None, help="model spec (default: smollm2-135m)")
+    pr.add_argument("--device", default=None)
+    pr.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")
+    pr.add_argument("--json", action="store_true")
+
+    def cmd_profile(args) -> int:
+        from .methods.sequoia import cost_profile
+        from .models import EMBEDDED_DEFAULT, load_model
+
+        lm = load_model(args.target or EMBEDDED_DEFAULT, device=args.device, progress=_progress_printer())
+        prof = cost_profile(lm, refresh=args.refresh)
+        if args.json:
+            print(json.dumps({"model": lm.spec, "device": str(lm.device), "seconds": prof}))
+            return 0
+        base = prof[min(prof)]
+        print(f"cost of one forward over n new tokens: {lm.spec} on {lm.device} (128 cached tokens, median of 3)")
+        print(f"{'n':>4} {'ms':>9} {'x one token':>12} {'ms/token':>9}")
+        for n, t in sorted(prof.items()):
+            print(f"{n:>4} {t * 1000:>9.1f} {t / base:>12.2f} {t * 1000 / n:>9.2f}")
+        return 0
+
+    pr.set_defaults(func=cmd_profile)
+
+
+_EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
