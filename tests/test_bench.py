@@ -1,0 +1,231 @@
+"""Tests of `workbench bench` (workbench/bench/): suites, arms, the CLI, store round trips, HF comparison.
+
+All on tiny-random models with a few tokens; no test asserts a speed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from workbench.bench import benchmark_report, benchmark_table
+from workbench.bench.arms import TRACE_OFF_LABEL, build_arms, parse_params, parse_sweeps
+from workbench.bench.suites import CATEGORIES, categories_of, filter_questions, load_suite, prompt_units
+from workbench.cli import main
+from workbench.config import ConfigError
+
+TINY = ["--target", "tiny-random", "--draft", "tiny-random:bf16", "--bandwidth-mib", "4", "--warmup-tokens", "2"]
+
+
+def _spec_bench_file(path):
+    rows = [
+        {"question_id": 81, "category": "writing", "turns": ["Write a haiku about rain.", "Now make it sadder."]},
+        {"question_id": 161, "category": "translation", "turns": ["Translate German to English: Guten Morgen"],
+         "reference": ["Good morning"]},
+        {"question_id": 162, "category": "translation", "turns": ["Translate French to English: Bonjour"]},
+        {"question_id": 163, "category": "translation", "turns": ["Translate Spanish to English: Hola"]},
+        {"question_id": 241, "category": "qa", "turns": ["Who wrote Hamlet?"]},
+        {"question_id": 321, "category": "summarization", "turns": ["Summarize: the cat sat on the mat. " * 4]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def _store(db):
+    from store import RunStore
+
+    return RunStore(db)
+
+
+# ---------------------------------------------------------------- suites
+
+
+def test_builtin_suite_has_every_spec_bench_category():
+    questions = load_suite("builtin")
+    assert categories_of(questions) == list(CATEGORIES)
+    for cat in CATEGORIES:
+        assert sum(q.category == cat for q in questions) == 3
+    assert all(len(q.turns) == 2 for q in questions if q.category == "mt_bench")
+    assert all(len(q.turns) == 1 for q in questions if q.category != "mt_bench")
+    summaries = [q for q in questions if q.category == "summarization"]
+    assert all(len(q.turns[0].split()) > 100 for q in summaries)  # a passage prompt lookup can copy from
+    assert all("Context:" in q.turns[0] and "Question:" in q.turns[0] for q in questions if q.category == "rag")
+    units = prompt_units(questions)
+    assert len(units) == 18 + 3  # three two-turn questions
+
+
+def test_spec_bench_file_loads_and_filters(tmp_path):
+    questions = load_suite(str(_spec_bench_file(tmp_path / "question.jsonl")))
+    assert len(questions) == 6
+    assert questions[0].category == "mt_bench" and questions[0].subcategory == "writing"
+    assert [q.key for q in filter_questions(questions, ["translation"])] == ["161", "162", "163"]
+    assert [q.key for q in filter_questions(questions, ["translation"], limit=2)] == ["161", "162"]
+    assert [q.key for q in filter_questions(questions, limit=1)] == ["81", "161", "241", "321"]
+    assert [q.key for q in filter_questions(questions, ["writing", "qa"])] == ["81", "241"]
+    with pytest.raises(ConfigError, match="no question in category"):
+        filter_questions(questions, ["poetry"])
+
+
+def test_bad_suite_files_fail_with_the_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": 1, "category": "qa", "turns": ["ok"]}\n{"question_id": 2, "turns": ["x"]}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:2: missing field\(s\) category"):
+        load_suite(str(bad))
+    bad.write_text("not json\n")
+    with pytest.raises(ConfigError, match="bad.jsonl:1: not valid JSON"):
+        load_suite(str(bad))
+    with pytest.raises(ConfigError, match="no suite"):
+        load_suite(str(tmp_path / "missing.jsonl"))
+
+
+def test_multi_turn_messages_carry_the_earlier_answers():
+    q = next(q for q in load_suite("builtin") if q.category == "mt_bench")
+    first, second = prompt_units([q])
+    with pytest.raises(RuntimeError):
+        second.messages()
+    first.history.append("ANSWER ONE")
+    assert [m["role"] for m in second.messages()] == ["user", "assistant", "user"]
+    assert second.messages()[1]["content"] == "ANSWER ONE"
+
+
+# ---------------------------------------------------------------- arms
+
+
+def test_arms_baseline_first_and_sweep_grid():
+    arms = build_arms(["speculative", "prompt_lookup"], parse_params(["speculative.schedule=adaptive"]),
+                      parse_sweeps(["speculative.gamma=2,4", "speculative.max_gamma=8,16"]))
+    labels = [a.label for a in arms]
+    assert labels[:2] == ["autoregressive", TRACE_OFF_LABEL]
+    assert labels[2:6] == ["speculative[gamma=2,max_gamma=8]", "speculative[gamma=2,max_gamma=16]",
+                           "speculative[gamma=4,max_gamma=8]", "speculative[gamma=4,max_gamma=16]"]
+    assert labels[6] == "prompt_lookup"
+    assert all(a.params["schedule"] == "adaptive" for a in arms[2:6])
+    assert not build_arms(["prompt_lookup"], trace_overhead=False)[0].swept
+    assert [a.label for a in build_arms(["prompt_lookup"], trace_overhead=False)] == ["autoregressive",
+                                                                                     "prompt_lookup"]
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_small_bench_through_the_cli(tmp_path, capsys):
+    db, md, out_csv = tmp_path / "runs.sqlite", tmp_path / "r.md", tmp_path / "r.csv"
+    rc = main(["--db", str(db), "bench", "--suite", "builtin", "--categories", "summarization,qa", "--limit", "1",
+               "--methods", "speculative,prompt_lookup", "-n", "8", "-r", "1", "--json",
+               "--markdown", str(md), "--csv", str(out_csv), *TINY])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["config"]["n_prompts"] == 2
+    assert "ETA" in captured.err  # one progress line per (method, prompt, repeat)
+    assert sum("ETA" in line for line in captured.err.splitlines()) == 4 * 2
+
+    store = _store(db)
+    benches = store.list_benchmarks()
+    assert len(benches) == 1 and benches[0]["status"] == "finished"
+    bench_id = benches[0]["id"]
+    assert report["benchmark_id"] == bench_id
+    runs = store.list_runs(limit=None)
+    assert len(runs) == 4 * 2  # baseline, untraced baseline, two methods x two prompts
+    assert {r.benchmark_id for r in runs} == {bench_id}
+    assert {r.source for r in runs} == {"bench"}
+    assert benches[0]["env"]["torch"] and benches[0]["env"]["copy_bandwidth_Bps"] > 0
+
+    rows = {(r["arm"], r["category"]): r for r in report["rows"]}
+    for arm in ("autoregressive", TRACE_OFF_LABEL, "speculative", "prompt_lookup"):
+        assert rows[(arm, "all")]["lossless_match"] == 1.0
+        assert rows[(arm, "all")]["tokens_per_s"] > 0
+    assert rows[("autoregressive", "all")]["speedup"] == pytest.approx(1.0)
+    assert rows[("autoregressive", "all")]["tau"] == pytest.approx(1.0)
+    assert report["lossless_mismatches"] == []
+    assert report["trace_overhead"]["overhead_pct"] is not None
+    assert report["roofline"]["roofline_tokens_per_s"] > 0
+    spec = rows[("speculative", "all")]
+    assert spec["theoretical_speedup"] is not None and spec["gamma"] > 0 and spec["c"] is not None
+
+    assert "Speedup against plain decoding" in md.read_text()
+    with out_csv.open() as fh:
+        lines = list(csv.DictReader(fh))
+    assert {line["arm"] for line in lines} == {"autoregressive", TRACE_OFF_LABEL, "speculative", "prompt_lookup"}
+
+    table = benchmark_table(store, bench_id)
+    assert list(table.columns) == ["summarization", "qa", "all"]
+    assert list(table.index) == ["autoregressive", TRACE_OFF_LABEL, "speculative", "prompt_lookup"]
+    assert table.loc["autoregressive", "all"] == pytest.approx(1.0)
+
+    rep = benchmark_report(store, bench_id)
+    assert rep.overall("speculative")["lossless_match"] == 1.0
+    assert len(rep.frame()) == 4 * 3  # four arms x (two categories + "all")
+
+    # the report is a function of the store: --show reproduces it
+    assert main(["--db", str(db), "bench", "--show", bench_id[:8], "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["rows"] == report["rows"]
+
+
+def test_sweep_gives_one_row_per_value_and_multi_turn_uses_baseline_answer(tmp_path, capsys):
+    db = tmp_path / "runs.sqlite"
+    rc = main(["--db", str(db), "bench", "--suite", "builtin", "--categories", "mt_bench", "--limit", "1",
+               "--methods", "speculative", "--sweep", "speculative.gamma=1,3", "--no-trace-overhead",
+               "-n", "6", "-r", "1", *TINY])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    store = _store(db)
+    bench_id = store.list_benchmarks()[0]["id"]
+    table = benchmark_table(store, bench_id)
+    assert list(table.index) == ["autoregressive", "speculative[gamma=1]", "speculative[gamma=3]"]
+    assert "Speedup against plain decoding" in captured.out
+
+    runs = store.list_runs(benchmark_id=bench_id, limit=None)
+    by = {(r.params["bench.arm"], r.params["bench.prompt"]): r for r in runs}
+    q = by[("autoregressive", "1.1")]
+    for arm in ("autoregressive", "speculative[gamma=1]", "speculative[gamma=3]"):
+        second = by[(arm, "1.2")]
+        assert [m["role"] for m in second.prompt_json] == ["user", "assistant", "user"]
+        assert second.prompt_json[1]["content"] == q.output_text
+    assert by[("speculative[gamma=3]", "1.1")].typed_params["gamma"] == 3
+
+
+def test_compare_hf_outputs_match_ours(tmp_path, capsys):
+    db = tmp_path / "runs.sqlite"
+    rc = main(["--db", str(db), "bench", "--suite", "builtin", "--categories", "summarization", "--limit", "1",
+               "--methods", "speculative,prompt_lookup", "--compare-hf", "--no-trace-overhead",
+               "-n", "12", "-r", "1", "--json", *TINY])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    hf = {h["hf"]: h for h in report["hf_comparison"]}
+    assert set(hf) == {"hf.generate", "hf.assisted", "hf.prompt_lookup"}
+    for h in hf.values():
+        assert h["identical_to_ours"] == 1.0 and h["identical_to_baseline"] == 1.0
+        assert h["ours_over_hf"] is not None
+    assert hf["hf.assisted"]["params"]["num_assistant_tokens"] >= 1
+    store = _store(db)
+    for rec in store.list_runs(source="bench-hf", limit=None):  # traces rebuilt from forward hooks add up
+        trace = store.load_trace(rec.id)
+        assert trace.output_ids == rec.output_ids
+        assert sum(len(s.committed) for s in trace.steps) == len(rec.output_ids)
+        assert all(s.n_accepted <= s.n_draft for s in trace.steps)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "nope"], "unknown method 'nope'"),
+    (["--methods", "speculative", "--param", "gamma=4"], "--param expects METHOD.KEY=VALUE"),
+    (["--methods", "speculative", "--param", "speculative.nope=4"], "has no parameter"),
+    (["--methods", "speculative", "--param", "speculative.gamma=many"], "expects int"),
+    (["--methods", "speculative", "--sweep", "speculative.gamma"], "--sweep expects METHOD.KEY=V1,V2"),
+    (["--methods", "speculative", "--sweep", "speculative.gamma=1,,2"], "no empty value"),
+    (["--methods", "speculative", "--sweep", "a.b=1", "--sweep", "c.d=2", "--sweep", "e.f=3"], "at most 2"),
+    (["--methods", "prompt_lookup", "--repeats", "0"], "--repeats must be a positive"),
+    (["--methods", "prompt_lookup", "--categories", "poetry"], "no question in category"),
+    (["--methods", "speculative", "--target", "tiny-random"], "needs a draft model"),
+    (["--methods", "prompt_lookup", "--max-new-tokens", "x"], "invalid int value"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
+    db = tmp_path / "runs.sqlite"
+    rc = main(["--db", str(db), "bench", "--suite", "builtin", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert message in err and len(err.splitlines()) == 1, err
+    assert _store(db).list_benchmarks() == []

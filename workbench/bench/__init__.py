@@ -1,0 +1,30 @@
+"""Benchmarks: prompt suites, repeats, sweeps and baseline-relative speedups, logged to the run store.
+
+    workbench bench --suite builtin --methods speculative,prompt_lookup --draft smollm2-135m:bf16 --compare-hf
+
+    from workbench.bench import benchmark_table, benchmark_report
+    benchmark_table(store, bench_id)     # DataFrame: methods x categories, speedup against plain decoding
+    benchmark_report(store, bench_id)    # BenchmarkReport: per-method rows, HF comparison, overhead, roofline
+
+Modules: suites (Spec-Bench-format prompt files), arms (methods, --param,
+--sweep), runner (the timed loop), hf (transformers' equivalents), roofline
+(memory bandwidth), report (every metric, from the store; the definitions are
+in its docstring), export (Markdown, CSV), cli (`workbench bench`).
+"""
+from .cli import add_bench_parser
+from .report import BenchmarkReport, benchmark_report, benchmark_table
+
+__all__ = ["BenchmarkReport", "add_bench_parser", "benchmark_report", "benchmark_table", "run_benchmark",
+           "BenchConfig", "load_suite"]
+
+
+def __getattr__(name):  # the runner pulls in torch; load it only when asked for
+    if name in ("run_benchmark", "BenchConfig"):
+        from . import runner
+
+        return getattr(runner, name)
+    if name == "load_suite":
+        from .suites import load_suite
+
+        return load_suite
+    raise AttributeError(f"module 'workbench.bench' has no attribute {name!r}")

@@ -1,0 +1,133 @@
+"""What a benchmark runs: its *arms* (a method with fixed parameters), parsed from the command line.
+
+--methods m1,m2           methods to compare; plain greedy decoding (autoregressive) is always the
+                          baseline and always runs first
+--param m.key=value       a fixed parameter of method m (repeatable)
+--sweep m.key=v1,v2,...   one arm per value (repeatable twice: two sweeps of one method make a grid,
+                          sweeps of two methods sweep each on its own)
+
+Every value is checked against the method's declared parameters (workbench.methods)
+before anything is loaded, so bad input fails at once with one line.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConfigError
+from ..methods import get_method, resolve_params
+
+BASELINE = "autoregressive"
+TRACE_OFF_LABEL = "autoregressive[trace=off]"
+MAX_SWEEPS = 2
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration to time: a method, its (resolved) parameters and a unique label."""
+
+    label: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    swept: dict[str, Any] = field(default_factory=dict)  # the swept parameters' values (also in params)
+    trace: bool = True  # False: decode with DecodeConfig(trace=False), for the tracing-overhead measurement
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method == BASELINE and self.trace and not self.swept
+
+    @property
+    def lossless(self) -> bool:
+        return get_method(self.method).lossless
+
+    @property
+    def needs_draft(self) -> bool:
+        return get_method(self.method).needs_draft_model
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in (text or "").split(",") if m.strip()]
+    if not methods:
+        raise ConfigError("--methods is empty: give e.g. --methods speculative,prompt_lookup")
+    for m in methods:
+        get_method(m)  # ConfigError naming the known methods
+    return list(dict.fromkeys(methods))
+
+
+def _split_key(text: str, option: str) -> tuple[str, str, str]:
+    lhs, sep, value = text.partition("=")
+    method, dot, key = lhs.strip().partition(".")
+    if not sep or not dot or not method or not key.strip():
+        form = ("METHOD.KEY=V1,V2,... (e.g. speculative.gamma=1,2,4)" if option == "--sweep"
+                else "METHOD.KEY=VALUE (e.g. speculative.gamma=4)")
+        raise ConfigError(f"{option} expects {form}, got {text!r}")
+    get_method(method)
+    return method, key.strip(), value.strip()
+
+
+def parse_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """["speculative.gamma=4", ...] -> {"speculative": {"gamma": 4}} (typed, validated)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs or []:
+        method, key, value = _split_key(pair, "--param")
+        if value == "":
+            raise ConfigError(f"--param {pair!r} has no value")
+        out.setdefault(method, {})[key] = value
+    for method, given in out.items():
+        resolved = resolve_params(method, given)
+        out[method] = {k: resolved[k] for k in given}
+    return out
+
+
+def parse_sweeps(specs: list[str]) -> list[tuple[str, str, list[Any]]]:
+    """["speculative.gamma=1,2,4"] -> [("speculative", "gamma", [1, 2, 4])] (typed, validated)."""
+    specs = list(specs or [])
+    if len(specs) > MAX_SWEEPS:
+        raise ConfigError(f"at most {MAX_SWEEPS} --sweep options (a grid over two parameters), got {len(specs)}")
+    out: list[tuple[str, str, list[Any]]] = []
+    for spec in specs:
+        method, key, values = _split_key(spec, "--sweep")
+        raw = [v.strip() for v in values.split(",")]
+        if not values or any(v == "" for v in raw):
+            raise ConfigError(f"--sweep expects METHOD.KEY=V1,V2,... with no empty value, got {spec!r}")
+        typed = [resolve_params(method, {key: v})[key] for v in raw]
+        if any((m, k) == (method, key) for m, k, _ in out):
+            raise ConfigError(f"--sweep {method}.{key} is given twice")
+        out.append((method, key, list(dict.fromkeys(typed))))
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def build_arms(methods: list[str], params: dict[str, dict[str, Any]] | None = None,
+               sweeps: list[tuple[str, str, list[Any]]] | None = None, trace_overhead: bool = True) -> list[Arm]:
+    """The baseline first, then (optionally) the untraced baseline, then each method (one arm per sweep point)."""
+    params = params or {}
+    sweeps = sweeps or []
+    order = [m for m in methods if m != BASELINE]
+    for m, _, _ in sweeps:
+        if m == BASELINE:
+            raise ConfigError(f"'{BASELINE}' is the baseline and has no parameters to sweep")
+        if m not in order:
+            order.append(m)
+    for m in params:
+        if m not in order and m != BASELINE:
+            raise ConfigError(f"--param for method '{m}', which is not in --methods")
+    arms = [Arm(BASELINE, BASELINE, resolve_params(BASELINE, params.get(BASELINE)))]
+    if trace_overhead:
+        arms.append(Arm(TRACE_OFF_LABEL, BASELINE, dict(arms[0].params), trace=False))
+    for m in order:
+        fixed = params.get(m, {})
+        mine = [(k, vals) for sm, k, vals in sweeps if sm == m]
+        if not mine:
+            arms.append(Arm(m, m, resolve_params(m, fixed)))
+            continue
+        keys = [k for k, _ in mine]
+        for combo in itertools.product(*[vals for _, vals in mine]):
+            swept = dict(zip(keys, combo))
+            label = f"{m}[{','.join(f'{k}={_fmt(v)}' for k, v in swept.items())}]"
+            arms.append(Arm(label, m, resolve_params(m, {**fixed, **swept}), swept=swept))
+    return arms

@@ -1,0 +1,136 @@
+"""A BenchmarkReport as Markdown (also the terminal output) and CSV."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .report import ALL, BenchmarkReport
+
+MAX_MISMATCH_ROWS = 40
+
+
+def _f(x: Any, digits: int = 2, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "-"
+    if pct:
+        return f"{100 * x:.{max(0, digits - 1)}f}%"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def to_markdown(rep: BenchmarkReport) -> str:
+    b, cfg, env = rep.benchmark, rep.benchmark.get("config", {}), rep.benchmark.get("env", {})
+    lines = [f"# Benchmark {b['id']}", ""]
+    lines.append(f"suite `{b['suite']}` ({cfg.get('n_prompts', '?')} prompts from {cfg.get('n_questions', '?')} "
+                 f"questions) · target `{cfg.get('target')}` ({env.get('dtype', '?')}) · draft "
+                 f"`{cfg.get('draft') or '-'}` · {cfg.get('max_new_tokens')} new tokens · greedy · "
+                 f"{cfg.get('repeats')} repeats · status {b['status']}")
+    lines.append(f"environment: {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch "
+                 f"threads) · GPU {env.get('gpu') or '-'} · device {env.get('device')} · "
+                 f"torch {env.get('torch')} · transformers {env.get('transformers')} · Python {env.get('python')}")
+    lines += ["", "Speedup = median over repeats of (total new tokens / total time) ÷ the same for plain greedy "
+              "decoding, same prompts, same process.", ""]
+    by = {(r["arm"], r["category"]): r for r in rep.rows}
+    cats = rep.categories + [ALL]
+
+    lines += ["## Speedup against plain decoding (methods × categories)", ""]
+    lines += _table(["method"] + cats, [[a] + [_f(by.get((a, c), {}).get("speedup")) for c in cats]
+                                        for a in rep.arms])
+    lines += ["", "## Tokens/s: median (min-max over repeats)", ""]
+    lines += _table(["method"] + cats, [[a] + [_speed(by.get((a, c))) for c in cats] for a in rep.arms])
+
+    lines += ["", "## Per method (all categories)", ""]
+    header = ["method", "tok/s", "speedup", "theoretical", "efficiency", "τ", "τ-1", "α", "α by position",
+              "γ", "c", "verify×", "fwd/prompt", "draft", "verify", "peak MB", "lossless"]
+    rows = []
+    for a in rep.arms:
+        r = by.get((a, ALL))
+        if r is None:
+            continue
+        acc = r.get("acceptance_by_position") or []
+        rows.append([a, _speed(r), _f(r["speedup"]), _f(r.get("theoretical_speedup")), _f(r.get("efficiency"), 2, True),
+                     _f(r["tau"]), _f(r["tau_minus_bonus"]), _f(r.get("alpha")),
+                     " ".join(_f(x) for x in acc[:8]) + (" …" if len(acc) > 8 else "") or "-",
+                     _f(r.get("gamma")), _f(r.get("c"), 3), _f(r.get("verify_x")), _f(r["target_forwards"], 1),
+                     _f(r["draft_share"], 1, True), _f(r["verify_share"], 1, True), _f(r["peak_mem_mb"], 0),
+                     _f(r["lossless_match"])])
+    lines += _table(header, rows)
+
+    detail = [r for r in rep.rows if r["category"] != ALL and r.get("gamma")]
+    if detail:
+        lines += ["", "## Drafting methods by category", ""]
+        lines += _table(["method", "category", "speedup", "theoretical", "τ", "α", "γ", "c", "verify×", "lossless"],
+                        [[r["arm"], r["category"], _f(r["speedup"]), _f(r.get("theoretical_speedup")), _f(r["tau"]),
+                          _f(r.get("alpha")), _f(r.get("gamma")), _f(r.get("c"), 3), _f(r.get("verify_x")),
+                          _f(r["lossless_match"])] for r in detail])
+
+    if rep.hf:
+        lines += ["", "## Against transformers (same prompts, same process)", ""]
+        lines += _table(["ours", "transformers", "ours tok/s", "HF tok/s", "ours / HF", "τ ours", "τ HF",
+                         "HF tokens = ours", "HF settings"],
+                        [[h["ours"] or "-", h["hf"], _f(h["ours_tokens_per_s"]), _f(h["hf_tokens_per_s"]),
+                          _f(h["ours_over_hf"]), _f(h["ours_tau"]), _f(h["hf_tau"]), _f(h["identical_to_ours"]),
+                          ", ".join(f"{k}={v}" for k, v in h["params"].items()) or "-"] for h in rep.hf])
+    if rep.trace_overhead:
+        t = rep.trace_overhead
+        lines += ["", "## Tracing overhead (plain decoding)", "",
+                  f"tracing on {_f(t['tokens_per_s_trace_on'])} tok/s "
+                  f"({_f(t['spread_on'][0])}-{_f(t['spread_on'][1])}), "
+                  f"off {_f(t['tokens_per_s_trace_off'])} tok/s ({_f(t['spread_off'][0])}-{_f(t['spread_off'][1])}): "
+                  f"overhead {_f(t['overhead_pct'], 1)}% (medians), {_f(t.get('overhead_pct_best'), 1)}% "
+                  f"(best repeats)"]
+    if rep.roofline:
+        r = rep.roofline
+        extra = "".join(f"; {k} {_f(v, 2, True)}" for k, v in r.get("achieved_fraction_by_arm", {}).items()
+                        if k != rep.benchmark.get("config", {}).get("arms", [{}])[0].get("label"))
+        lines += ["", "## Memory-bandwidth roofline (plain decoding)", "",
+                  f"weights read per token {r['weight_bytes_per_token'] / 2**20:.1f} MiB · copy bandwidth "
+                  f"{_f(r['copy_bandwidth_GBps'])} GB/s · roofline {_f(r['roofline_tokens_per_s'], 1)} tok/s · "
+                  f"plain decoding {_f(r.get('measured_tokens_per_s'), 1)} tok/s = "
+                  f"{_f(r.get('achieved_fraction'), 2, True)} of the roofline{extra}"]
+    lines += ["", "## Lossless match", ""]
+    if rep.mismatches:
+        lines += _table(["method", "prompt", "category", "repeat", "first differing position", "length",
+                         "baseline length"],
+                        [[m["arm"], m["prompt"], m["category"], str(m["repeat"]), str(m["first_diff"]),
+                          str(m["len"]), str(m["baseline_len"])] for m in rep.mismatches[:MAX_MISMATCH_ROWS]])
+        if len(rep.mismatches) > MAX_MISMATCH_ROWS:
+            lines.append(f"... and {len(rep.mismatches) - MAX_MISMATCH_ROWS} more (all in --json and the store)")
+    else:
+        lines.append("every run is token-identical to plain greedy decoding")
+    return "\n".join(lines) + "\n"
+
+
+def _speed(r: dict[str, Any] | None) -> str:
+    if not r:
+        return "-"
+    return f"{_f(r['tokens_per_s'])} ({_f(r['tokens_per_s_min'])}-{_f(r['tokens_per_s_max'])})"
+
+
+def write_markdown(rep: BenchmarkReport, path: str | Path) -> Path:
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(to_markdown(rep), encoding="utf-8")
+    return out
+
+
+def write_csv(rep: BenchmarkReport, path: str | Path) -> Path:
+    """One line per (method, category) with every metric; acceptance_by_position as a JSON list."""
+    df = rep.frame()
+    if "acceptance_by_position" in df:
+        df["acceptance_by_position"] = df["acceptance_by_position"].map(
+            lambda v: json.dumps([None if x != x else x for x in v]) if isinstance(v, list) else "[]")
+    df.insert(0, "benchmark_id", rep.id)
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    return out

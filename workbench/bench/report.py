@@ -1,0 +1,324 @@
+"""Benchmark results, computed from the runs stored under one benchmark id (never from memory).
+
+Definitions (the only place they are written down):
+
+- tokens/s of an arm on a category, repeat r: total new tokens / total wall time of
+  that repeat's runs on the category's prompts. Reported: the median over
+  repeats, and the min-max over repeats as the spread.
+- speedup = median tokens/s of the arm / median tokens/s of the autoregressive
+  baseline on the same prompts (a ratio of totals: long answers weigh more).
+- τ = total new tokens / total target forward passes (counts the bonus token; 1.0
+  for plain decoding); τ-1 = the same without the bonus token (gpt-fast's).
+- α = accepted / attempted draft positions; α_k per draft position k, conditional
+  on reaching it (workbench.trace.acceptance_by_position), over all steps.
+- γ = mean draft length (deepest path) over decode steps, empty drafts included.
+- c = (draft time per drafted token of the arm) / (target time per plain-decoding
+  forward: the baseline's verify time per decode step), same category, same run.
+- theoretical speedup = workbench.trace.theoretical_speedup(α, γ, c) (Leviathan et
+  al.); efficiency = measured speedup / theoretical.
+- verify x = the arm's mean verify time per decode step / the baseline's: what a
+  (γ+1)-token verification really costs against one plain forward (Leviathan's
+  formula assumes 1.0).
+- lossless match = fraction of prompts whose output is token-identical to the
+  baseline's (first repeat) in every repeat; mismatches keep the first differing
+  position.
+- trace overhead = tokens/s with DecodeConfig(trace=False) / tokens/s with tracing - 1, from the
+  medians; also from the best repeats (contention on a shared machine only ever slows a run down,
+  so the best repeat is the least disturbed one).
+- roofline: workbench.bench.roofline.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..trace import Step, acceptance_by_position, theoretical_speedup
+from .arms import BASELINE, TRACE_OFF_LABEL
+from .hf import OURS
+
+ALL = "all"
+
+
+@dataclass
+class _Run:
+    id: str
+    arm: str
+    method: str
+    category: str
+    prompt: str
+    repeat: int
+    new_tokens: int
+    wall_s: float
+    forwards: int
+    draft_s: float
+    verify_s: float
+    drafted: int
+    peak_mem_mb: float
+    output_ids: list[int]
+    steps: list[Step] = field(default_factory=list)
+
+
+def _load(store, benchmark_id: str, with_steps: bool) -> tuple[dict[str, Any], list[_Run]]:
+    bench = store.get_benchmark(benchmark_id)
+    runs: list[_Run] = []
+    for rec in store.list_runs(benchmark_id=bench["id"], status="finished", limit=None):
+        p, m = rec.params, rec.metrics
+        if "bench.arm" not in p:
+            continue
+        runs.append(_Run(
+            id=rec.id, arm=p["bench.arm"], method=rec.method, category=p.get("bench.category", "?"),
+            prompt=p.get("bench.prompt", rec.id), repeat=int(rec.typed_params.get("bench.repeat", 0)),
+            new_tokens=int(m.get("new_tokens") or 0), wall_s=float(m.get("wall_s") or 0.0),
+            forwards=int(m.get("target_forward_passes") or 0), draft_s=float(m.get("draft_s") or 0.0),
+            verify_s=float(m.get("verify_s") or 0.0), drafted=int(m.get("drafted_tokens") or 0),
+            peak_mem_mb=_num(m.get("peak_mem_mb")), output_ids=list(rec.output_ids or []),
+            steps=store.load_trace(rec.id).steps if with_steps else []))
+    return bench, runs
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _arm_order(bench: dict[str, Any], runs: list[_Run]) -> list[str]:
+    cfg = bench.get("config", {})
+    order = [a["label"] for a in cfg.get("arms", [])] + [a["label"] for a in cfg.get("hf_arms", [])]
+    return order + [a for a in dict.fromkeys(r.arm for r in runs) if a not in order]
+
+
+def _categories(bench: dict[str, Any], runs: list[_Run]) -> list[str]:
+    cats = list(bench.get("config", {}).get("categories", []))
+    return cats + [c for c in dict.fromkeys(r.category for r in runs) if c not in cats]
+
+
+def _speed(runs: list[_Run]) -> tuple[float, float, float, list[float]]:
+    """(median, min, max, per-repeat) of total tokens / total time per repeat."""
+    by_rep: dict[int, list[_Run]] = {}
+    for r in runs:
+        by_rep.setdefault(r.repeat, []).append(r)
+    per = [sum(r.new_tokens for r in rs) / wall for rs in by_rep.values()
+           if (wall := sum(r.wall_s for r in rs)) > 0]
+    if not per:
+        return math.nan, math.nan, math.nan, []
+    return statistics.median(per), min(per), max(per), per
+
+
+def _first_diff(a: list[int], b: list[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def _reference_outputs(runs: list[_Run], baseline: str) -> dict[str, list[int]]:
+    ref: dict[str, tuple[int, list[int]]] = {}
+    for r in runs:
+        if r.arm == baseline and (r.prompt not in ref or r.repeat < ref[r.prompt][0]):
+            ref[r.prompt] = (r.repeat, r.output_ids)
+    return {k: v for k, (_, v) in ref.items()}
+
+
+def _lossless(runs: list[_Run], ref: dict[str, list[int]]) -> tuple[float, list[dict[str, Any]]]:
+    prompts: dict[str, bool] = {}
+    mismatches = []
+    for r in sorted(runs, key=lambda r: (r.prompt, r.repeat)):
+        want = ref.get(r.prompt)
+        if want is None:
+            continue
+        same = r.output_ids == want
+        prompts[r.prompt] = prompts.get(r.prompt, True) and same
+        if not same:
+            mismatches.append({"arm": r.arm, "prompt": r.prompt, "category": r.category, "repeat": r.repeat,
+                               "first_diff": _first_diff(r.output_ids, want), "len": len(r.output_ids),
+                               "baseline_len": len(want), "run_id": r.id})
+    frac = sum(prompts.values()) / len(prompts) if prompts else math.nan
+    return frac, mismatches
+
+
+def _plain_forward_s(runs: list[_Run]) -> float:
+    """Mean target time of one plain-decoding decode step (the prefill excluded)."""
+    steps = [s for r in runs for s in r.steps if s.kind == "decode"]
+    return sum(s.verify_s for s in steps) / len(steps) if steps else math.nan
+
+
+def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[str, list[int]],
+         detailed: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    med, lo, hi, per = _speed(runs)
+    base_med = _speed(base_runs)[0] if base_runs else math.nan
+    tokens = sum(r.new_tokens for r in runs)
+    forwards = sum(r.forwards for r in runs)
+    wall = sum(r.wall_s for r in runs)
+    match, mismatches = _lossless(runs, ref)
+    row: dict[str, Any] = {
+        "arm": arm, "method": runs[0].method, "category": cat, "prompts": len({r.prompt for r in runs}),
+        "runs": len(runs), "tokens_per_s": med, "tokens_per_s_min": lo, "tokens_per_s_max": hi,
+        "speedup": med / base_med if base_med and base_med == base_med else math.nan,
+        "tau": tokens / forwards if forwards else math.nan,
+        "tau_minus_bonus": (tokens - forwards) / forwards if forwards else math.nan,
+        "target_forwards": forwards / len(runs),
+        "new_tokens": tokens / len(runs),
+        "draft_share": sum(r.draft_s for r in runs) / wall if wall else math.nan,
+        "verify_share": sum(r.verify_s for r in runs) / wall if wall else math.nan,
+        "peak_mem_mb": max((r.peak_mem_mb for r in runs if r.peak_mem_mb == r.peak_mem_mb), default=math.nan),
+        "lossless_match": match,
+    }
+    if detailed:
+        decode = [s for r in runs for s in r.steps if s.kind == "decode"]
+        drafted = [s for s in decode if s.tokens]
+        acc = sum(s.n_accepted for s in drafted)
+        attempts = sum(s.n_accepted + (1 if s.n_accepted < s.draft_depth else 0) for s in drafted)
+        alpha = acc / attempts if attempts else math.nan
+        gamma = sum(s.draft_depth for s in decode) / len(decode) if decode else 0.0
+        t_plain = _plain_forward_s(base_runs)
+        n_drafted = sum(s.n_draft for s in decode)
+        draft_per_tok = sum(s.draft_s for s in decode) / n_drafted if n_drafted else math.nan
+        c = draft_per_tok / t_plain if n_drafted and t_plain == t_plain and t_plain > 0 else math.nan
+        theo = 1.0 if gamma == 0 else (theoretical_speedup(alpha, gamma, c) if alpha == alpha and c == c else math.nan)
+        verify_step = sum(s.verify_s for s in decode) / len(decode) if decode else math.nan
+        row.update({
+            "alpha": alpha, "acceptance_by_position": acceptance_by_position(decode), "gamma": gamma, "c": c,
+            "theoretical_speedup": theo,
+            "efficiency": row["speedup"] / theo if theo == theo and theo > 0 else math.nan,
+            "verify_x": verify_step / t_plain if t_plain == t_plain and t_plain > 0 else math.nan,
+        })
+    return row, mismatches
+
+
+def _compute(bench: dict[str, Any], runs: list[_Run], detailed: bool) -> dict[str, Any]:
+    arms = _arm_order(bench, runs)
+    cats = _categories(bench, runs)
+    baseline = next((a for a in arms if a == BASELINE), arms[0] if arms else BASELINE)
+    ref = _reference_outputs(runs, baseline)
+    rows, mismatches = [], []
+    for arm in arms:
+        mine = [r for r in runs if r.arm == arm]
+        if not mine:
+            continue
+        for cat in cats + [ALL]:
+            sel = [r for r in mine if cat == ALL or r.category == cat]
+            if not sel:
+                continue
+            base = [r for r in runs if r.arm == baseline and (cat == ALL or r.category == cat)]
+            row, mm = _row(arm, cat, sel, base, ref, detailed)
+            rows.append(row)
+            if cat == ALL:
+                mismatches += mm
+    return {"arms": arms, "categories": cats, "baseline": baseline, "rows": rows, "mismatches": mismatches}
+
+
+def benchmark_table(store, benchmark_id: str):
+    """Speedups against plain decoding: a DataFrame with one row per arm and one column per category + "all".
+
+    Fast (stored metrics only, no steps); used by the app's History tab and notebooks.
+    """
+    import pandas as pd
+
+    bench, runs = _load(store, benchmark_id, with_steps=False)
+    res = _compute(bench, runs, detailed=False)
+    cols = res["categories"] + [ALL]
+    table = pd.DataFrame(index=pd.Index([a for a in res["arms"] if any(r["arm"] == a for r in res["rows"])],
+                                        name="method"), columns=cols, dtype=float)
+    for row in res["rows"]:
+        table.loc[row["arm"], row["category"]] = row["speedup"]
+    return table
+
+
+@dataclass
+class BenchmarkReport:
+    """Everything a benchmark measured. `rows`: one dict per (arm, category), category "all" included."""
+
+    benchmark: dict[str, Any]
+    rows: list[dict[str, Any]]
+    mismatches: list[dict[str, Any]]
+    hf: list[dict[str, Any]]
+    trace_overhead: dict[str, Any] | None
+    roofline: dict[str, Any] | None
+    categories: list[str]
+    arms: list[str]
+
+    @property
+    def id(self) -> str:
+        return self.benchmark["id"]
+
+    def frame(self):
+        """`rows` as a pandas DataFrame (acceptance_by_position kept as a list column)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def overall(self, arm: str) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["arm"] == arm and r["category"] == ALL), None)
+
+    def to_json(self) -> dict[str, Any]:
+        b = self.benchmark
+        return _clean({"benchmark_id": b["id"], "suite": b["suite"], "status": b["status"],
+                       "created_at": b["created_at"], "config": b["config"], "env": b["env"],
+                       "categories": self.categories, "arms": self.arms, "rows": self.rows,
+                       "lossless_mismatches": self.mismatches, "hf_comparison": self.hf,
+                       "trace_overhead": self.trace_overhead, "roofline": self.roofline})
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def benchmark_report(store, benchmark_id: str) -> BenchmarkReport:
+    """The full report of a stored benchmark: per-arm rows, HF comparison, tracing overhead, roofline."""
+    bench, runs = _load(store, benchmark_id, with_steps=True)
+    res = _compute(bench, runs, detailed=True)
+    rows = res["rows"]
+    overall = {r["arm"]: r for r in rows if r["category"] == ALL}
+    hf = []
+    for arm, row in overall.items():
+        if arm not in OURS:
+            continue
+        ours_method = OURS[arm]
+        ours_label = next((a for a in res["arms"] if a in overall and overall[a]["method"] == ours_method
+                           and a != TRACE_OFF_LABEL), None)
+        ours = overall.get(ours_label) if ours_label else None
+        same = _identical(runs, arm, ours_label) if ours_label else math.nan
+        hf.append({"hf": arm, "ours": ours_label, "hf_tokens_per_s": row["tokens_per_s"],
+                   "ours_tokens_per_s": ours["tokens_per_s"] if ours else math.nan,
+                   "ours_over_hf": (ours["tokens_per_s"] / row["tokens_per_s"]) if ours and row["tokens_per_s"]
+                   else math.nan, "hf_tau": row["tau"], "ours_tau": ours["tau"] if ours else math.nan,
+                   "hf_speedup": row["speedup"], "identical_to_ours": same,
+                   "identical_to_baseline": row["lossless_match"],
+                   "params": next((a.get("params", {}) for a in bench["config"].get("hf_arms", [])
+                                   if a.get("label") == arm), {})})
+    trace = None
+    if BASELINE in overall and TRACE_OFF_LABEL in overall:
+        on, off = overall[BASELINE]["tokens_per_s"], overall[TRACE_OFF_LABEL]["tokens_per_s"]
+        best_on, best_off = overall[BASELINE]["tokens_per_s_max"], overall[TRACE_OFF_LABEL]["tokens_per_s_max"]
+        trace = {"tokens_per_s_trace_on": on, "tokens_per_s_trace_off": off,
+                 "overhead_pct": (off / on - 1) * 100 if on and off else math.nan,
+                 "overhead_pct_best": (best_off / best_on - 1) * 100 if best_on and best_off else math.nan,
+                 "spread_on": [overall[BASELINE]["tokens_per_s_min"], overall[BASELINE]["tokens_per_s_max"]],
+                 "spread_off": [overall[TRACE_OFF_LABEL]["tokens_per_s_min"],
+                                overall[TRACE_OFF_LABEL]["tokens_per_s_max"]]}
+    roof = None
+    env = bench.get("env", {})
+    if env.get("copy_bandwidth_Bps") and env.get("target_weight_bytes"):
+        from .roofline import roofline
+
+        base = overall.get(res["baseline"])
+        roof = roofline(env["target_weight_bytes"], env["copy_bandwidth_Bps"],
+                        base["tokens_per_s"] if base else None)
+        roof["achieved_fraction_by_arm"] = {
+            label: overall[label]["tokens_per_s"] / roof["roofline_tokens_per_s"]
+            for label in (res["baseline"], TRACE_OFF_LABEL, "hf.generate") if label in overall}
+    return BenchmarkReport(benchmark=bench, rows=rows, mismatches=res["mismatches"], hf=hf, trace_overhead=trace,
+                           roofline=roof, categories=res["categories"], arms=[a for a in res["arms"] if a in overall])
+
+
+def _identical(runs: list[_Run], arm: str, ours: str) -> float:
+    """Fraction of prompts where every repeat of `arm` equals `ours`' first repeat, token for token."""
+    ref = _reference_outputs(runs, ours)
+    return _lossless([r for r in runs if r.arm == arm], ref)[0]

@@ -1,0 +1,77 @@
+"""Memory-bandwidth roofline for plain decoding.
+
+At batch size 1 a decode step reads every weight once and does ~2 flops per
+weight, so plain decoding is bound by memory bandwidth, not compute:
+
+    roofline tokens/s = copy bandwidth (bytes/s) / weight bytes read per token
+
+Weight bytes per token: the sum of parameter (and int8 weight buffer) bytes;
+an input embedding that is not tied to the LM head is left out, because a step
+reads one row of it, not the whole matrix. KV-cache reads are ignored (a few
+MB at these lengths, against hundreds for the weights).
+
+Copy bandwidth: the best of a few `dst.copy_(src)` of a large tensor (512 MiB
+by default), counting the bytes read and written: 2 * bytes / time. This is
+what the process can actually stream with its current thread count, so the
+achieved fraction compares like with like.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of weights one decode step reads (see the module docstring)."""
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() in seen or not t.is_floating_point() and t.dtype != torch.int8:
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        tied = head is not None and getattr(head, "weight", None) is not None \
+            and head.weight.data_ptr() == emb.weight.data_ptr()
+        if not tied:
+            total -= emb.weight.numel() * emb.weight.element_size()
+    return int(total)
+
+
+def copy_bandwidth(mib: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """Measured memory bandwidth in bytes/s: 2 * bytes / best time of `dst.copy_(src)`."""
+    device = torch.device(device)
+    n = int(mib) * 2**20 // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up: page in both buffers
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    nbytes = n * 4
+    del src, dst
+    return 2 * nbytes / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def roofline(weight_bytes: int, bandwidth: float, measured_tokens_per_s: float | None = None) -> dict[str, Any]:
+    """Roofline tokens/s and, given a measured plain-decoding speed, the fraction achieved."""
+    tps = bandwidth / weight_bytes if weight_bytes else float("nan")
+    out: dict[str, Any] = {"weight_bytes_per_token": weight_bytes, "copy_bandwidth_GBps": bandwidth / 1e9,
+                           "roofline_tokens_per_s": tps}
+    if measured_tokens_per_s is not None:
+        out["measured_tokens_per_s"] = measured_tokens_per_s
+        out["achieved_fraction"] = measured_tokens_per_s / tps if tps == tps and tps > 0 else float("nan")
+    return out
