@@ -21,7 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from . import cache as kv
-from .config import DecodeConfig, SamplingConfig
+from .config import ConfigError, DecodeConfig, SamplingConfig
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
 from .sampling import choose, logits_to_probs, make_generator
 from .trace import Step, Summary, Trace
@@ -90,8 +90,6 @@ def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sam
     cls = get_method(method)
     resolved = resolve_params(method, params)
     if cls.needs_draft_model and draft is None:
-        from .config import ConfigError
-
         raise ConfigError(f"method '{method}' needs a draft model (--draft), e.g. smollm2-135m:bf16")
     env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator, device=target.device)
     return cls(env, **resolved)
@@ -118,8 +116,6 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     in place (so a caller still has the partial steps if decoding fails).
     """
     if not prompt_ids:
-        from .config import ConfigError
-
         raise ConfigError("the prompt is empty")
     device = target.device
     model = target.model
