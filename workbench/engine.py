@@ -146,7 +146,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     trace.steps.append(step)
     memory.sample()
     if on_step:
-        on_step(step, trace)
+        t_start += _timed(on_step, step, trace)  # callbacks (store writes, UI streaming) are not decoding time
     stop = "eos" if tok in eos else ("max_new_tokens" if decode.max_new_tokens <= 1 else "")
 
     # ---- decode: propose -> verify -> commit
@@ -189,7 +189,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
         trace.steps.append(step)
         memory.sample()
         if on_step:
-            on_step(step, trace)
+            t_start += _timed(on_step, step, trace)
 
     device_sync(device)
     trace.wall_s = time.perf_counter() - t_start
@@ -197,6 +197,13 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     trace.stop_reason = stop
     out = trace.output_ids
     return GenerationResult(output_ids=out, text=target.decode(out), trace=trace, summary=trace.summary())
+
+
+def _timed(fn: StepCallback, step: Step, trace: Trace) -> float:
+    """Run a step callback; return how long it took, so the run's clock can skip it."""
+    t0 = time.perf_counter()
+    fn(step, trace)
+    return time.perf_counter() - t0
 
 
 def _verify(logits: torch.Tensor, proposal: Draft | None, sampling: SamplingConfig,

@@ -15,7 +15,7 @@ Definitions (the only place they are written down):
 - c = (draft time per drafted token of the arm) / (target time per plain-decoding
   forward: the baseline's verify time per decode step), same category, same run.
 - theoretical speedup = workbench.trace.theoretical_speedup(α, γ, c) (Leviathan et
-  al.); efficiency = measured speedup / theoretical.
+  al.), for chain methods only (tree methods get none); efficiency = measured / theoretical.
 - verify x = the arm's mean verify time per decode step / the baseline's: what a
   (γ+1)-token verification really costs against one plain forward (Leviathan's
   formula assumes 1.0).
@@ -175,7 +175,12 @@ def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[
         n_drafted = sum(s.n_draft for s in decode)
         draft_per_tok = sum(s.draft_s for s in decode) / n_drafted if n_drafted else math.nan
         c = draft_per_tok / t_plain if n_drafted and t_plain == t_plain and t_plain > 0 else math.nan
-        theo = 1.0 if gamma == 0 else (theoretical_speedup(alpha, gamma, c) if alpha == alpha and c == c else math.nan)
+        if gamma == 0:
+            theo = 1.0
+        elif _is_tree(runs[0].method) or alpha != alpha or c != c:
+            theo = math.nan  # Leviathan's formula is for chains
+        else:
+            theo = theoretical_speedup(alpha, gamma, c)
         verify_step = sum(s.verify_s for s in decode) / len(decode) if decode else math.nan
         row.update({
             "alpha": alpha, "acceptance_by_position": acceptance_by_position(decode), "gamma": gamma, "c": c,
@@ -184,6 +189,16 @@ def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[
             "verify_x": verify_step / t_plain if t_plain == t_plain and t_plain > 0 else math.nan,
         })
     return row, mismatches
+
+
+def _is_tree(method: str) -> bool:
+    from ..config import ConfigError
+    from ..methods import get_method
+
+    try:
+        return bool(get_method(method).tree)
+    except ConfigError:  # a transformers arm: chains
+        return False
 
 
 def _compute(bench: dict[str, Any], runs: list[_Run], detailed: bool) -> dict[str, Any]:
