@@ -80,6 +80,7 @@ class DraftTreeSession:
         self.parents: list[int] = []
         self.depth: list[int] = []
         self.fed = 0  # nodes [0, fed) are in the cache
+        self._logits: dict[int, torch.Tensor] = {}  # node -> draft logits after it
 
     def add(self, token: int, parent: int) -> int:
         self.tokens.append(token)
@@ -108,7 +109,6 @@ class DraftTreeSession:
             ids = torch.tensor([[self.tokens[i] for i in new]], device=self.runner.device)
             out = model(input_ids=ids, past_key_values=self.runner.cache, use_cache=True,
                         attention_mask=mask[None, None].to(self.runner.device), position_ids=pos)
-            self._logits = getattr(self, "_logits", {})
             for r, i in enumerate(new):
                 self._logits[i] = out.logits[0, r]
             self.fed = upto
