@@ -58,17 +58,15 @@ class MultiCandidate(TopKTreeDrafter):
         q_token: list[float] = []
         rows: list[torch.Tensor] = []
         try:
-            q = _draft_dist(session.root_logits, self)
             if greedy:
-                firsts = torch.topk(session.root_logits.float().softmax(-1), k).indices.tolist()
+                firsts, first_q = self.topk(session.root_logits, k)
             else:
+                q = _draft_dist(session.root_logits, self)
                 firsts = torch.multinomial(q, k, replacement=True, generator=self.env.generator).tolist()
-            shown = session.root_logits.float().softmax(-1) if greedy else q
-            leaves = []
-            for t in firsts:
-                leaves.append(session.add(t, -1))
-                q_token.append(float(shown[t]))
-                rows.append(q)
+                first_q = [float(q[t]) for t in firsts]
+                rows.extend([q] * k)
+            leaves = [session.add(t, -1) for t in firsts]
+            q_token.extend(first_q)
             for _ in range(gamma - 1):
                 logits = session.feed(leaves)  # (k, V): one draft forward extends every branch
                 new = []
@@ -116,9 +114,8 @@ class Recursive(TopKTreeDrafter):
     def _children(self, logits: torch.Tensor, k: int) -> tuple[list[int], list[float], list[torch.Tensor]]:
         """k distinct children and, for each, the distribution it was drawn from."""
         if self.env.sampling.greedy:
-            probs = logits.float().softmax(-1)
-            idx = torch.topk(probs, k).indices.tolist()
-            return idx, [float(probs[t]) for t in idx], []
+            idx, qs = self.topk(logits, k)
+            return idx, qs, []
         q = _draft_dist(logits, self)
         k = min(k, int((q > 0).sum()))
         # Gumbel-top-k: the k largest log q + Gumbel noise are a sequential sample without replacement

@@ -161,7 +161,6 @@ class Sequoia(TopKTreeDrafter):
             if rate > best:
                 best, best_m = rate, m
         self.paths = shapes[best_m]
-        self.expected_tokens = 1 + V[best_m]
 
     def propose(self, ctx: DraftContext) -> Draft | None:
         if not self.paths:

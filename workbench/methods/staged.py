@@ -15,6 +15,7 @@ import torch
 
 from ..sampling import logits_to_probs
 from ..tree import Draft
+from ..verify import residual
 from .base import DraftContext, Param, register
 from .draft_model import DraftModelRunner
 from .prompt_lookup import PromptLookup
@@ -39,7 +40,6 @@ class Staged(TopKTreeDrafter):
         self.lookup = PromptLookup(self.env, max_ngram=self.p["max_ngram"], min_ngram=1,
                                    num_draft=self.p["inner_draft"])
         self.lookup.begin(prompt_ids)
-        self.inner_forwards = 0
 
     def _dist(self, logits: torch.Tensor) -> torch.Tensor:
         cfg = self.env.sampling
@@ -54,9 +54,7 @@ class Staged(TopKTreeDrafter):
         if suggested is not None:
             if float(torch.rand((), generator=g, device=q.device)) < float(q[suggested]):
                 return suggested, True  # deterministic proposal: accept with prob q(x)
-            q = q.clone()
-            q[suggested] = 0.0  # residual of a one-hot proposal
-            q = q / q.sum()
+            q = residual(q, None, suggested)  # rejected one-hot proposal: q without it
         return int(torch.multinomial(q, 1, generator=g)), False
 
     def propose(self, ctx: DraftContext) -> Draft | None:
@@ -71,7 +69,6 @@ class Staged(TopKTreeDrafter):
                                             max_tokens=gamma - len(chain), step=ctx.step))
             suggestion = hint.tokens if hint is not None else []
             rows = self.runner.logits_along(ctx.tokens + chain, suggestion)  # (1+m, V)
-            self.inner_forwards += 1
             for i in range(len(suggestion) + 1):
                 q = self._dist(rows[i])
                 tok, kept = self._pick(q, suggestion[i] if i < len(suggestion) else None)
