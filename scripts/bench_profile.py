@@ -34,15 +34,14 @@ def forward_costs(lm, context: int, sizes=(1, 2, 3, 5, 8, 11), reps: int = 7) ->
     out = {}
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
-        model(input_ids=torch.randint(100, 1000, (1, context)), past_key_values=cache, use_cache=True,
-              logits_to_keep=1)
+        kv.forward(model, torch.randint(100, 1000, (1, context)), cache, logits_to_keep=1)
         for t in sizes:
             times = []
             for _ in range(reps):
                 kv.crop(cache, context)
                 ids = torch.randint(100, 1000, (1, t))
                 t0 = time.perf_counter()
-                model(input_ids=ids, past_key_values=cache, use_cache=True)
+                kv.forward(model, ids, cache)
                 times.append(time.perf_counter() - t0)
             out[t] = statistics.median(times)
     return out

@@ -64,7 +64,7 @@ def test_tree_forward_matches_sequential(tiny, attn):
         prompt = [72, 101, 108, 108, 111, 33]
         with torch.inference_mode():
             cache = DynamicCache(config=model.config)
-            model(input_ids=torch.tensor([prompt[:-1]]), past_key_values=cache)
+            kv.forward(model, torch.tensor([prompt[:-1]]), cache)
             logits = _target_forward(model, torch.tensor([[prompt[-1]] + TREE.tokens]), cache, TREE, len(prompt) - 1)
             for path in TREE.leaf_paths():
                 seq = prompt + [TREE.tokens[i] for i in path]
@@ -74,7 +74,7 @@ def test_tree_forward_matches_sequential(tiny, attn):
             # keep the path root -> n0 -> n3 -> n5 and continue: same as decoding that path
             path = [0, 3, 5]
             kv.keep_positions(cache, len(prompt) - 1, [0] + [i + 1 for i in path])
-            nxt = model(input_ids=torch.tensor([[99]]), past_key_values=cache).logits[0, -1]
+            nxt = kv.forward(model, torch.tensor([[99]]), cache).logits[0, -1]
             seq = prompt + [TREE.tokens[i] for i in path] + [99]
             torch.testing.assert_close(nxt, model(input_ids=torch.tensor([seq])).logits[0, -1], atol=1e-4, rtol=1e-4)
     finally:

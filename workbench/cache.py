@@ -1,23 +1,90 @@
-"""KV-cache helpers over transformers' DynamicCache: roll back, keep accepted tree nodes.
+"""KV-cache helpers over transformers' DynamicCache: pass it, roll it back, keep accepted tree nodes.
 
-Both operate on every layer's (B, heads, T, head_dim) key/value tensors along T,
-so the accepted prefix is never recomputed.
+`forward` hands the cache to a stock transformers model under the argument name
+the installed version declares (`cache` from transformers 5.24, `past_key_values`
+before), so no call site depends on the version. `crop` and `keep_positions`
+operate on every layer's (B, heads, T, head_dim) key/value tensors along T, so
+the accepted prefix is never recomputed. Sliding-window layers (Gemma 3) are
+only cut while they still hold every position; past the window a rollback would
+need states the layer has already dropped, so it is refused with a clear error.
 """
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from transformers import DynamicCache
+
+_CACHE_ARG: dict[type, str] = {}
+
+
+class CacheRollbackError(RuntimeError):
+    """The cache cannot be rolled back to the requested length (a sliding window already dropped states)."""
+
+
+def cache_arg_name(model: torch.nn.Module) -> str:
+    """The name under which `model.forward` takes its KV cache in the installed transformers."""
+    cls = type(model)
+    name = _CACHE_ARG.get(cls)
+    if name is None:
+        params = inspect.signature(model.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        _CACHE_ARG[cls] = name
+    return name
+
+
+def forward(model: torch.nn.Module, input_ids: torch.Tensor, cache: DynamicCache, **kwargs: Any) -> Any:
+    """`model(input_ids=..., <cache arg>=cache, use_cache=True, **kwargs)` for any transformers 5.x."""
+    kwargs[cache_arg_name(model)] = cache
+    return model(input_ids=input_ids, use_cache=True, **kwargs)
+
+
+def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
+    """The KV cache a caller passed to a forward (either argument name), or None."""
+    cache = kwargs.get("cache")
+    return cache if cache is not None else kwargs.get("past_key_values")
+
+
+def sliding_window(config: Any) -> int | None:
+    """The smallest attention window of a model config with sliding-window layers, else None."""
+    configs = [config] + [getattr(config, k) for k in ("text_config",) if getattr(config, k, None) is not None]
+    for cfg in configs:
+        window = getattr(cfg, "sliding_window", None)
+        types = getattr(cfg, "layer_types", None)
+        if window and (types is None or any("sliding" in str(t) for t in types)):
+            return int(window)
+    return None
 
 
 def cache_len(cache: DynamicCache) -> int:
     return cache.get_seq_length()
 
 
+def _layers(cache: DynamicCache):
+    for layer in cache.layers:
+        keys = getattr(layer, "keys", None)
+        if keys is None or keys.numel() == 0:
+            continue
+        yield layer
+
+
+def _check_window(layer: Any, length: int) -> None:
+    window = getattr(layer, "sliding_window", None)
+    if window is None:
+        return
+    seen = getattr(layer, "cumulative_length", layer.keys.shape[-2])
+    if layer.keys.shape[-2] < seen and length < seen:  # states before the window are gone
+        raise CacheRollbackError(
+            f"cannot roll a sliding-window attention layer (window {window}) back from {seen} to {length} "
+            "positions: the layer has already dropped the states it would need; keep prompt + new tokens "
+            f"below {window - 1} for this model, or decode with 'autoregressive'")
+
+
 def crop(cache: DynamicCache, length: int) -> None:
     """Keep the first `length` positions of every layer."""
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-            continue
+    for layer in _layers(cache):
+        _check_window(layer, length)
         if layer.keys.shape[-2] > length:
             layer.keys = layer.keys[..., :length, :]
             layer.values = layer.values[..., :length, :]
@@ -34,9 +101,8 @@ def keep_positions(cache: DynamicCache, start: int, keep: list[int]) -> None:
     if keep == list(range(len(keep))):
         crop(cache, start + len(keep))
         return
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
-            continue
+    for layer in _layers(cache):
+        _check_window(layer, start + len(keep))
         idx = torch.tensor([start + k for k in keep], device=layer.keys.device)
         layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, idx)], dim=-2)
         layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, idx)], dim=-2)

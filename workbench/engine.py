@@ -102,7 +102,7 @@ def _target_forward(model, ids: torch.Tensor, cache: DynamicCache, draft: Draft 
     if draft is not None and len(draft) and not draft.is_chain:
         kwargs["attention_mask"] = draft.attention_mask(past_len, model.dtype, ids.device)  # (1,1,T,past+T)
         kwargs["position_ids"] = draft.position_ids(past_len, ids.device)  # (1, T)
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=keep, **kwargs)
+    out = kv.forward(model, ids, cache, logits_to_keep=keep, **kwargs)
     return out.logits[0]  # (T, V)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..cache import cache_from_kwargs
 from ..trace import Step, Trace
 
 HF_METHODS = ("hf.generate", "hf.assisted", "hf.prompt_lookup")
@@ -94,7 +95,7 @@ class _ForwardRecorder:
 
     def _pre_target(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
+        cache = cache_from_kwargs(kwargs)
         cached = int(cache.get_seq_length()) if cache is not None else 0
         n = int(ids.shape[-1]) if ids is not None else 0
         tokens = ids[0].tolist() if ids is not None and n <= 256 else []

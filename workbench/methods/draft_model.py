@@ -29,7 +29,7 @@ class DraftModelRunner:
             n -= 1
         self.rollback(n)
         ids = torch.tensor([context[n:]], device=self.device)  # (1, T_new)
-        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = kv.forward(self.model, ids, self.cache, logits_to_keep=1)
         self.tokens = list(context)
         return out.logits[0, -1]  # (V,)
 
@@ -38,7 +38,7 @@ class DraftModelRunner:
         """(1 + len(proposal), V) logits after context and after each proposed token, in one forward."""
         self._ensure_prefix(context[:-1])
         ids = torch.tensor([[context[-1]] + proposal], device=self.device)
-        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True)
+        out = kv.forward(self.model, ids, self.cache)
         self.tokens = list(context) + list(proposal)
         return out.logits[0]
 
@@ -47,7 +47,7 @@ class DraftModelRunner:
         self.rollback(n)
         if n < len(prefix):
             ids = torch.tensor([prefix[n:]], device=self.device)
-            self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            kv.forward(self.model, ids, self.cache, logits_to_keep=1)
             self.tokens = list(prefix)
 
     def _common_prefix(self, context: list[int]) -> int:
@@ -107,8 +107,8 @@ class DraftTreeSession:
             mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)
             pos = torch.tensor([[self.base - 1 + self.depth[i] for i in new]], device=self.runner.device)
             ids = torch.tensor([[self.tokens[i] for i in new]], device=self.runner.device)
-            out = model(input_ids=ids, past_key_values=self.runner.cache, use_cache=True,
-                        attention_mask=mask[None, None].to(self.runner.device), position_ids=pos)
+            out = kv.forward(model, ids, self.runner.cache,
+                             attention_mask=mask[None, None].to(self.runner.device), position_ids=pos)
             for r, i in enumerate(new):
                 self._logits[i] = out.logits[0, r]
             self.fed = upto

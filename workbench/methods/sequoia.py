@@ -23,6 +23,7 @@ import time
 import torch
 from transformers import DynamicCache
 
+from .. import cache as kv
 from ..tree import Draft
 from .base import DraftContext, Param, StepFeedback, register
 from .trees import TopKTreeDrafter, grow_from_paths
@@ -45,8 +46,7 @@ def measure_cost(loaded, sizes=PROFILE_SIZES, context: int = 128, repeats: int =
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, min(loaded.vocab_size, 1000), (1, context + max(sizes)), generator=g).to(dev)
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :context], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    from .. import cache as kv
+    kv.forward(model, ids[:, :context], cache, logits_to_keep=1)
     from ..engine import device_sync
 
     out: dict[int, float] = {}
@@ -55,7 +55,7 @@ def measure_cost(loaded, sizes=PROFILE_SIZES, context: int = 128, repeats: int =
         for _ in range(repeats + 1):  # first one is a warm-up
             device_sync(dev)
             t0 = time.perf_counter()
-            model(input_ids=ids[:, context:context + n], past_key_values=cache, use_cache=True)
+            kv.forward(model, ids[:, context:context + n], cache)
             device_sync(dev)
             times.append(time.perf_counter() - t0)
             kv.crop(cache, context)
