@@ -7,7 +7,8 @@ the ids of the runs this session made and the settings of its latest run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from store import RunStore, StoreError
@@ -25,6 +26,11 @@ class AppContext:
 
     store: RunStore
     default_target: str
+    # One decode at a time on the device, whoever asked: held by the decode thread for the
+    # whole api.run, so a run that is still winding down after Stop (or after its page went
+    # away) finishes its step before the next one starts. Gradio's queue slot alone is not
+    # enough: cancelling an event frees the slot while the worker thread is still decoding.
+    device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def new_session_state() -> dict[str, Any]:

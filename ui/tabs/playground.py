@@ -143,7 +143,9 @@ def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, bool
         False
 
 
-def _decode_thread(kwargs: dict[str, Any], events: "queue.Queue", cancel: threading.Event) -> threading.Thread:
+def _decode_thread(device_lock: threading.Lock, kwargs: dict[str, Any], events: "queue.Queue",
+                   cancel: threading.Event) -> threading.Thread:
+    """Run api.run in a thread that holds the device lock from before loading until the run is closed."""
     from workbench import api
 
     def on_step(step, tr):
@@ -153,7 +155,16 @@ def _decode_thread(kwargs: dict[str, Any], events: "queue.Queue", cancel: thread
 
     def work():
         try:
-            events.put(("done", api.run(**kwargs, on_step=on_step, progress=lambda m: events.put(("progress", m)))))
+            if not device_lock.acquire(blocking=False):
+                events.put(("progress", "Waiting for the previous run to finish its last step…"))
+                device_lock.acquire()
+            try:
+                if cancel.is_set():  # the page went away while this run was waiting
+                    raise RunCancelled("stopped before it started")
+                events.put(("done", api.run(**kwargs, on_step=on_step,
+                                            progress=lambda m: events.put(("progress", m)))))
+            finally:
+                device_lock.release()
         except BaseException as exc:  # noqa: BLE001 - reported in the page
             events.put(("error", exc))
 
@@ -170,7 +181,7 @@ def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft:
     cancel = threading.Event()
     kwargs = dict(method=method, prompt=prompt, target=target, draft=draft, params=params, sampling=sampling,
                   max_new_tokens=max_new_tokens, chat=chat, store=ctx.store, source="ui")
-    _decode_thread(kwargs, events, cancel)
+    _decode_thread(ctx.device_lock, kwargs, events, cancel)
     trace = Trace(method=method, params=params, prompt_ids=[])
     ids: list[int] = []
     texts: list[str] = []
@@ -365,9 +376,10 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
               c["top_p"], c["top_k"], c["seed"]] + slots
     outputs = [c["status"], c["output"], c["cards"], c["run_id"], c["baseline"], state]
     run_fn = functools.partial(run_stream, ctx)
-    ev = c["run"].click(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode")
-    ev2 = c["prompt"].submit(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode")
-    c["stop"].click(stopped_message, None, c["status"], cancels=[ev, ev2])
+    ev = c["run"].click(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode", api_name="run")
+    ev2 = c["prompt"].submit(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode",
+                             api_visibility="private")
+    c["stop"].click(stopped_message, None, c["status"], cancels=[ev, ev2], api_name="stop")
     c["baseline"].click(functools.partial(run_baseline, ctx), state, [c["status"], c["cards"], c["baseline"], state],
-                        concurrency_limit=1, concurrency_id="decode")
+                        concurrency_limit=1, concurrency_id="decode", api_name="baseline")
     return c
