@@ -56,7 +56,7 @@ from ui import presenters as P
 from ui.common import find_baseline
 from workbench import SamplingConfig
 from workbench.models import normalize_spec, parse_spec
-from workbench.trace import acceptance_by_position
+from workbench.metrics import acceptance_by_position
 
 store = RunStore()
 TARGET = normalize_spec(*parse_spec(MODEL))  # the spec runs are stored under
@@ -158,7 +158,7 @@ agg.sort_values("median_speedup", ascending=False).style.format(precision=2, na_
 # %% [markdown]
 # ## Acceptance by draft position
 #
-# α_k pools the steps of all runs of a method (`workbench.trace.acceptance_by_position` on the
+# α_k pools the steps of all runs of a method (`workbench.metrics.acceptance_by_position` on the
 # stored steps, loaded with `store.load_trace`). It falls with k for a draft model (errors
 # compound); prompt lookup is all-or-nothing: a copied span either matches or diverges early.
 

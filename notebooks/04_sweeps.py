@@ -30,7 +30,7 @@
 #
 # $$ S(\alpha, \gamma, c) = \frac{1 - \alpha^{\gamma+1}}{(1 - \alpha)(\gamma c + 1)} $$
 #
-# (`workbench.trace.theoretical_speedup`). Longer drafts pay off only while α is high and c small:
+# (`workbench.metrics.theoretical_speedup`). Longer drafts pay off only while α is high and c small:
 # γ trades more tokens per step against more draft work per step. Here we sweep γ ∈ {1, 2, 4, 8} at
 # temperature 0 (greedy) and 0.7, measure α and c from the traces, and compare S with the
 # measured speedup.
@@ -63,7 +63,7 @@ import plotly.graph_objects as go
 
 from ui import presenters as P
 from workbench import SamplingConfig, Trace
-from workbench.trace import theoretical_speedup
+from workbench import metrics as M
 
 PROMPTS = [
     "Explain in two sentences what a KV cache is.",
@@ -128,21 +128,19 @@ def tokens_per_s(rs) -> float:
 rows = []
 for temperature in TEMPERATURES:
     plain = [r for r in runs if r["temperature"] == temperature and r["gamma"] == 0]
-    plain_steps = [s for s in pooled(plain).steps if s.kind == "decode"]
-    t_forward = sum(s.verify_s for s in plain_steps) / len(plain_steps)  # one plain target forward
+    t_forward = M.plain_forward_s(pooled(plain).steps)  # one plain target forward
     for gamma in GAMMAS:
         spec = [r for r in runs if r["temperature"] == temperature and r["gamma"] == gamma]
         tr = pooled(spec)
         s = tr.summary()
-        decode = [st for st in tr.steps if st.kind == "decode"]
-        c = (s.draft_s / s.drafted_tokens) / t_forward
+        c = M.cost_ratio(tr.steps, t_forward)
         speedups = [tokens_per_s([r for r in spec if r["repeat"] == k])
                     / tokens_per_s([r for r in plain if r["repeat"] == k]) for k in range(REPEATS)]
         rows.append({
             "temperature": temperature, "γ": gamma, "α": s.acceptance_rate, "γ mean": s.mean_draft_length,
             "τ": s.mean_accepted_tokens, "c": c,
-            "verify ×": sum(st.verify_s for st in decode) / len(decode) / t_forward,
-            "theoretical": theoretical_speedup(s.acceptance_rate, s.mean_draft_length, c),
+            "verify ×": M.verify_cost_ratio(tr.steps, t_forward),
+            "theoretical": M.theoretical_speedup(s.acceptance_rate, s.mean_draft_length, c),
             "measured": statistics.median(speedups),
             "measured min": min(speedups), "measured max": max(speedups),
         })
@@ -183,7 +181,7 @@ for j, (temperature, grp) in enumerate(sweep.groupby("temperature")):
     color = palette[j % len(palette)]
     ref = grp[grp["γ"] == 4].iloc[0] if (grp["γ"] == 4).any() else grp.iloc[0]
     gs = [g / 4 for g in range(0, 4 * max(GAMMAS) + 1)]
-    fig.add_trace(go.Scatter(x=gs, y=[theoretical_speedup(ref["α"], g, ref["c"]) for g in gs], mode="lines",
+    fig.add_trace(go.Scatter(x=gs, y=[M.theoretical_speedup(ref["α"], g, ref["c"]) for g in gs], mode="lines",
                              name=f"S(α={ref['α']:.2f}, γ, c={ref['c']:.2f}), T={temperature}",
                              line=dict(color=color, dash="dot")))
     fig.add_trace(go.Scatter(x=grp["γ"], y=grp["theoretical"], mode="markers", name=f"theoretical, T={temperature}",
@@ -214,4 +212,4 @@ fig = px.line(sweep.melt(id_vars=["γ", "T"], value_vars=["τ", "α", "c", "veri
 fig.update_yaxes(matches=None, showticklabels=True)
 fig.update_xaxes(type="log", tickvals=GAMMAS)
 fig.show()
-print(f"S(α=0.8, γ=4, c=0.1) = {theoretical_speedup(0.8, 4, 0.1):.2f}")
+print(f"S(α=0.8, γ=4, c=0.1) = {M.theoretical_speedup(0.8, 4, 0.1):.2f}")

@@ -4,6 +4,7 @@ import torch
 from transformers import DynamicCache
 
 from workbench import cache as kv
+from workbench import tree_shape
 from workbench.engine import _target_forward
 from workbench.tree import Draft
 
@@ -34,7 +35,7 @@ def test_ancestor_matrix_hand_drawn():
 def test_positions_paths_and_mask_shape():
     assert TREE.depths == [1, 1, 2, 2, 2, 3]
     assert TREE.position_ids(5, torch.device("cpu")).tolist() == [[5, 6, 6, 7, 7, 7, 8]]
-    assert sorted(TREE.leaf_paths()) == [[0, 2], [0, 3, 5], [1, 4]]
+    assert sorted(tree_shape.leaf_paths(TREE.parents)) == [[0, 2], [0, 3, 5], [1, 4]]
     assert TREE.children[-1] == [0, 1] and TREE.children[3] == [5]
     mask = TREE.attention_mask(past_len=5, dtype=torch.float32, device=torch.device("cpu"))
     assert mask.shape == (1, 1, 7, 12)
@@ -66,7 +67,7 @@ def test_tree_forward_matches_sequential(tiny, attn):
             cache = DynamicCache(config=model.config)
             kv.forward(model, torch.tensor([prompt[:-1]]), cache)
             logits = _target_forward(model, torch.tensor([[prompt[-1]] + TREE.tokens]), cache, TREE, len(prompt) - 1)
-            for path in TREE.leaf_paths():
+            for path in tree_shape.leaf_paths(TREE.parents):
                 seq = prompt + [TREE.tokens[i] for i in path]
                 ref = model(input_ids=torch.tensor([seq])).logits[0, len(prompt) - 1:]
                 rows = [0] + [i + 1 for i in path]

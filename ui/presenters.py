@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench import tree_shape
 from workbench.trace import Step, Summary, Trace
 
 ORIGIN_COLORS = {
@@ -210,9 +211,7 @@ def metric_cards_html(trace: Trace, baseline_tokens_per_s: float | None = None, 
 
 def tree_layout(parents: Sequence[int]) -> list[tuple[float, float]]:
     """(x, y) of each node: x = depth, y = -row, leaves on successive rows in sibling order."""
-    children: dict[int, list[int]] = {-1: []}
-    for i, par in enumerate(parents):
-        children.setdefault(par, []).append(i)
+    children = tree_shape.children(parents)
     pos: dict[int, tuple[float, float]] = {}
     next_row = [0]
 
@@ -303,22 +302,12 @@ def tree_figure(step: Step, node_texts: Sequence[str], *, root_text: str = "", b
 
 
 def attention_mask(parents: Sequence[int]) -> list[list[bool]]:
-    """Tree attention among [root] + nodes: row r may attend to column c (root is row/column 0).
-
-    The same as ``workbench.tree.Draft(tokens, parents).ancestor_matrix()``, without torch.
-    """
-    n = len(parents)
-    allowed = [[False] * (n + 1) for _ in range(n + 1)]
-    allowed[0][0] = True
-    for i, par in enumerate(parents):
-        r = i + 1
-        allowed[r] = list(allowed[par + 1]) if par >= 0 else [True] + [False] * n
-        allowed[r][r] = True
-    return allowed
+    """Tree attention among [root] + nodes: row r may attend to column c (root is row/column 0)."""
+    return tree_shape.ancestor_rows(parents)
 
 
 def is_chain(step: Step) -> bool:
-    return all(par == i - 1 for i, par in enumerate(step.parents))
+    return tree_shape.is_chain(step.parents)
 
 
 def mask_figure(step: Step, node_texts: Sequence[str], mask: Sequence[Sequence[bool]] | None = None) -> go.Figure:

@@ -22,6 +22,7 @@ from transformers import DynamicCache
 
 from . import cache as kv
 from .config import ConfigError, DecodeConfig, SamplingConfig
+from .device import PeakMemory, device_sync
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
 from .sampling import choose, logits_to_probs, make_generator
 from .trace import Step, Summary, Trace
@@ -37,52 +38,6 @@ class GenerationResult:
     text: str
     trace: Trace
     summary: Summary
-
-
-def device_sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-class _Memory:
-    """Peak memory during the run: CUDA allocator peak, or the process's resident set on CPU.
-
-    On CPU the resident set is read every EVERY steps (a /proc read costs ~0.1 ms, which
-    is visible next to a tiny model's forward) and once more at the end.
-    """
-
-    EVERY = 16
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak = 0.0
-        self.calls = 0
-        self._proc = None
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        else:
-            try:
-                import psutil
-
-                self._proc = psutil.Process()
-            except ImportError:  # pragma: no cover - psutil ships with the test deps
-                self._proc = None
-        self.sample()
-
-    def sample(self, force: bool = False) -> None:
-        self.calls += 1
-        if self.device.type == "cuda" or (not force and self.calls % self.EVERY != 1):
-            return
-        if self._proc is not None:
-            self.peak = max(self.peak, self._proc.memory_info().rss / 2**20)
-
-    def peak_mb(self) -> float:
-        self.sample(force=True)
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**20
-        return self.peak if self.peak else float("nan")
 
 
 def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sampling: SamplingConfig,
@@ -124,7 +79,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
-    memory = _Memory(device)
+    memory = PeakMemory(device)
     cache = DynamicCache(config=model.config)
 
     device_sync(device)

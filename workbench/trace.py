@@ -4,7 +4,7 @@ Every view (UI figure, notebook plot, CLI table, stored row) is a function of a
 Trace. This module has no torch import so presenters and the store can use it
 without loading a model.
 
-Conventions (see the guide's "Metrics, defined once"):
+Conventions:
 - A *step* is one target forward pass. Step 0 is the prefill, which commits the
   first new token; every later step verifies a draft (possibly empty).
 - A draft is a tree of nodes: node i has ``tokens[i]`` and ``parents[i]`` (-1 means
@@ -13,15 +13,17 @@ Conventions (see the guide's "Metrics, defined once"):
   distribution it was drawn from (None for deterministic drafters such as
   prompt lookup); ``p[i]`` is the target's probability of that token at the
   node's parent (after temperature / top-k / top-p).
-- τ (mean accepted tokens per target forward) counts the bonus/corrected token,
-  so plain decoding scores 1.0; ``mean_accepted_draft_tokens`` is the same
-  without it (gpt-fast's convention).
+- The metrics themselves (τ, α, α_k, γ, c, ...) are defined once, in
+  workbench.metrics; ``Summary`` holds them for one run.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from . import metrics as M
+from . import tree_shape
 
 
 @dataclass
@@ -52,16 +54,10 @@ class Step:
     @property
     def draft_depth(self) -> int:
         """Length of the longest root-to-leaf path (the draft length γ for chains)."""
-        depth: list[int] = []
-        for par in self.parents:
-            depth.append(1 if par < 0 else depth[par] + 1)
-        return max(depth, default=0)
+        return tree_shape.max_depth(self.parents)
 
     def node_depths(self) -> list[int]:
-        depth: list[int] = []
-        for par in self.parents:
-            depth.append(1 if par < 0 else depth[par] + 1)
-        return depth
+        return tree_shape.depths(self.parents)
 
     @property
     def other_s(self) -> float:
@@ -164,61 +160,27 @@ class Trace:
         )
 
 
-def acceptance_by_position(steps: list[Step]) -> list[float]:
-    """α_k = P(draft position k accepted | positions < k accepted and a draft node exists at depth k)."""
-    reached: list[int] = []
-    accepted: list[int] = []
-    for s in steps:
-        if s.kind != "decode" or not s.tokens:
-            continue
-        depth = s.draft_depth
-        for k in range(min(depth, s.n_accepted + 1)):
-            while len(reached) <= k:
-                reached.append(0)
-                accepted.append(0)
-            reached[k] += 1
-            if k < s.n_accepted:
-                accepted[k] += 1
-    return [a / r if r else float("nan") for a, r in zip(accepted, reached)]
-
-
 def summarize(trace: Trace) -> Summary:
     steps = trace.steps
     new_tokens = sum(len(s.committed) for s in steps)
     forwards = len(steps)
-    ttft = steps[0].t_end if steps else float("nan")
-    decode = [s for s in steps if s.kind == "decode"]
-    drafted = sum(s.n_draft for s in decode)
-    acc = sum(s.n_accepted for s in decode)
-    # Attempts: each accepted position, plus one for the rejection that ended a
-    # step early (a step that accepted its whole deepest path had no rejection).
-    attempts = sum(s.n_accepted + (1 if s.n_accepted < s.draft_depth else 0) for s in decode if s.tokens)
+    decode = M.decode_steps(steps)
     wall = trace.wall_s
     return Summary(
         new_tokens=new_tokens,
         wall_s=wall,
-        ttft_s=ttft,
+        ttft_s=steps[0].t_end if steps else float("nan"),
         tokens_per_s=new_tokens / wall if wall > 0 else float("nan"),
         target_forward_passes=forwards,
-        mean_accepted_tokens=new_tokens / forwards if forwards else float("nan"),
-        mean_accepted_draft_tokens=(new_tokens - forwards) / forwards if forwards else float("nan"),
-        acceptance_rate=acc / attempts if attempts else float("nan"),
-        acceptance_by_position=acceptance_by_position(steps),
-        drafted_tokens=drafted,
-        accepted_draft_tokens=acc,
+        mean_accepted_tokens=M.tau(new_tokens, forwards),
+        mean_accepted_draft_tokens=M.tau_without_bonus(new_tokens, forwards),
+        acceptance_rate=M.acceptance_rate(steps),
+        acceptance_by_position=M.acceptance_by_position(steps),
+        drafted_tokens=sum(s.n_draft for s in decode),
+        accepted_draft_tokens=sum(s.n_accepted for s in decode),
         draft_s=sum(s.draft_s for s in steps),
         verify_s=sum(s.verify_s for s in steps),
         other_s=sum(s.other_s for s in steps),
-        mean_draft_length=(sum(s.draft_depth for s in decode) / len(decode)) if decode else 0.0,
+        mean_draft_length=M.mean_draft_length(steps),
         peak_mem_mb=trace.peak_mem_mb,
     )
-
-
-def theoretical_speedup(alpha: float, gamma: float, c: float) -> float:
-    """Leviathan et al. (2023), eq. for expected walltime improvement:
-    (1 - α^(γ+1)) / ((1 - α)(γc + 1)), with c = draft cost / target cost per token."""
-    if gamma <= 0:
-        return 1.0
-    if alpha >= 1.0:
-        return (gamma + 1) / (gamma * c + 1)
-    return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))

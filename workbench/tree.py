@@ -17,6 +17,8 @@ from functools import cached_property
 
 import torch
 
+from . import tree_shape
+
 
 @dataclass
 class Draft:
@@ -59,49 +61,21 @@ class Draft:
 
     @cached_property
     def is_chain(self) -> bool:
-        return all(par == i - 1 for i, par in enumerate(self.parents))
+        return tree_shape.is_chain(self.parents)
 
     @cached_property
     def depths(self) -> list[int]:
         """Depth of each node; children of the root have depth 1."""
-        out: list[int] = []
-        for par in self.parents:
-            out.append(1 if par < 0 else out[par] + 1)
-        return out
+        return tree_shape.depths(self.parents)
 
     @cached_property
     def children(self) -> dict[int, list[int]]:
         """Node -> its children in order; key -1 is the root."""
-        out: dict[int, list[int]] = {-1: []}
-        for i, par in enumerate(self.parents):
-            out.setdefault(par, []).append(i)
-            out.setdefault(i, [])
-        return out
-
-    def path_to(self, node: int) -> list[int]:
-        """Node indices from the root's child down to `node`."""
-        path = []
-        while node >= 0:
-            path.append(node)
-            node = self.parents[node]
-        return path[::-1]
-
-    def leaf_paths(self) -> list[list[int]]:
-        """Every root-to-leaf path (as node indices)."""
-        return [self.path_to(i) for i, kids in self.children.items() if i >= 0 and not kids]
+        return tree_shape.children(self.parents)
 
     def ancestor_matrix(self) -> torch.Tensor:
         """(n+1, n+1) bool: row r may attend to column c (root is row/column 0)."""
-        n = len(self.tokens)
-        allowed = torch.zeros(n + 1, n + 1, dtype=torch.bool)
-        allowed[:, 0] = True
-        for i, par in enumerate(self.parents):
-            r = i + 1
-            if par >= 0:
-                allowed[r] = allowed[par + 1]
-            allowed[r, r] = True
-        allowed[0, 1:] = False
-        return allowed
+        return torch.tensor(tree_shape.ancestor_rows(self.parents), dtype=torch.bool)
 
     def attention_mask(self, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(1, 1, n+1, past_len+n+1) additive mask: 0 where attention is allowed, min(dtype) elsewhere."""

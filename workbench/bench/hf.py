@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from ..cache import cache_from_kwargs
+from ..device import device_sync, memory_mb
 from ..trace import Step, Trace
 
 HF_METHODS = ("hf.generate", "hf.assisted", "hf.prompt_lookup")
@@ -157,10 +158,10 @@ def hf_run(method: str, target, prompt_ids: list[int], max_new_tokens: int, draf
     rec = _ForwardRecorder(model, draft.model if method == "hf.assisted" else None)
     verbosity = _quiet_transformers()
     try:
-        _sync(target.device)
+        device_sync(target.device)
         t0 = time.perf_counter()
         out = model.generate(ids, **kwargs)  # (1, T_prompt + new)
-        _sync(target.device)
+        device_sync(target.device)
         wall = time.perf_counter() - t0
     finally:
         rec.close()
@@ -168,7 +169,7 @@ def hf_run(method: str, target, prompt_ids: list[int], max_new_tokens: int, draf
     new = out[0, len(prompt_ids):].tolist()
     trace = _build_trace(method, hf_settings(method, target, draft), prompt_ids, new, rec, t0, wall,
                          set(target.eos_token_ids))
-    trace.peak_mem_mb = _rss_mb(target.device)
+    trace.peak_mem_mb = memory_mb(target.device)
     return new, trace
 
 
@@ -185,19 +186,3 @@ def _restore_transformers(level: int) -> None:
     from transformers.utils import logging
 
     logging.set_verbosity(level)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rss_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:  # pragma: no cover
-        return float("nan")

@@ -1,6 +1,7 @@
 """Benchmark results, computed from the runs stored under one benchmark id (never from memory).
 
-Definitions (the only place they are written down):
+How the per-run metrics of workbench.metrics (τ, α, α_k, γ, c, verify ×, theoretical
+speedup) are pooled over a benchmark's runs:
 
 - tokens/s of an arm on a category, repeat r: total new tokens / total wall time of
   that repeat's runs on the category's prompts. Reported: the median over
@@ -10,11 +11,11 @@ Definitions (the only place they are written down):
 - τ = total new tokens / total target forward passes (counts the bonus token; 1.0
   for plain decoding); τ-1 = the same without the bonus token (gpt-fast's).
 - α = accepted / attempted draft positions; α_k per draft position k, conditional
-  on reaching it (workbench.trace.acceptance_by_position), over all steps.
+  on reaching it (workbench.metrics.acceptance_by_position), over all steps.
 - γ = mean draft length (deepest path) over decode steps, empty drafts included.
 - c = (draft time per drafted token of the arm) / (target time per plain-decoding
   forward: the baseline's verify time per decode step), same category, same run.
-- theoretical speedup = workbench.trace.theoretical_speedup(α, γ, c) (Leviathan et
+- theoretical speedup = workbench.metrics.theoretical_speedup(α, γ, c) (Leviathan et
   al.), for chain methods only (tree methods get none); efficiency = measured / theoretical.
 - verify x = the arm's mean verify time per decode step / the baseline's: what a
   (γ+1)-token verification really costs against one plain forward (Leviathan's
@@ -34,7 +35,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..trace import Step, acceptance_by_position, theoretical_speedup
+from .. import metrics as M
+from ..trace import Step
 from .arms import BASELINE, TRACE_OFF_LABEL
 from .hf import OURS
 
@@ -138,9 +140,7 @@ def _lossless(runs: list[_Run], ref: dict[str, list[int]]) -> tuple[float, list[
 
 
 def _plain_forward_s(runs: list[_Run]) -> float:
-    """Mean target time of one plain-decoding decode step (the prefill excluded)."""
-    steps = [s for r in runs for s in r.steps if s.kind == "decode"]
-    return sum(s.verify_s for s in steps) / len(steps) if steps else math.nan
+    return M.plain_forward_s([s for r in runs for s in r.steps])
 
 
 def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[str, list[int]],
@@ -155,8 +155,8 @@ def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[
         "arm": arm, "method": runs[0].method, "category": cat, "prompts": len({r.prompt for r in runs}),
         "runs": len(runs), "tokens_per_s": med, "tokens_per_s_min": lo, "tokens_per_s_max": hi,
         "speedup": med / base_med if base_med and base_med == base_med else math.nan,
-        "tau": tokens / forwards if forwards else math.nan,
-        "tau_minus_bonus": (tokens - forwards) / forwards if forwards else math.nan,
+        "tau": M.tau(tokens, forwards),
+        "tau_minus_bonus": M.tau_without_bonus(tokens, forwards),
         "target_forwards": forwards / len(runs),
         "new_tokens": tokens / len(runs),
         "draft_share": sum(r.draft_s for r in runs) / wall if wall else math.nan,
@@ -165,28 +165,22 @@ def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[
         "lossless_match": match,
     }
     if detailed:
-        decode = [s for r in runs for s in r.steps if s.kind == "decode"]
-        drafted = [s for s in decode if s.tokens]
-        acc = sum(s.n_accepted for s in drafted)
-        attempts = sum(s.n_accepted + (1 if s.n_accepted < s.draft_depth else 0) for s in drafted)
-        alpha = acc / attempts if attempts else math.nan
-        gamma = sum(s.draft_depth for s in decode) / len(decode) if decode else 0.0
+        steps = [s for r in runs for s in r.steps]
+        alpha = M.acceptance_rate(steps)
+        gamma = M.mean_draft_length(steps)
         t_plain = _plain_forward_s(base_runs)
-        n_drafted = sum(s.n_draft for s in decode)
-        draft_per_tok = sum(s.draft_s for s in decode) / n_drafted if n_drafted else math.nan
-        c = draft_per_tok / t_plain if n_drafted and t_plain == t_plain and t_plain > 0 else math.nan
+        c = M.cost_ratio(steps, t_plain)
         if gamma == 0:
             theo = 1.0
         elif _is_tree(runs[0].method) or alpha != alpha or c != c:
             theo = math.nan  # Leviathan's formula is for chains
         else:
-            theo = theoretical_speedup(alpha, gamma, c)
-        verify_step = sum(s.verify_s for s in decode) / len(decode) if decode else math.nan
+            theo = M.theoretical_speedup(alpha, gamma, c)
         row.update({
-            "alpha": alpha, "acceptance_by_position": acceptance_by_position(decode), "gamma": gamma, "c": c,
+            "alpha": alpha, "acceptance_by_position": M.acceptance_by_position(steps), "gamma": gamma, "c": c,
             "theoretical_speedup": theo,
             "efficiency": row["speedup"] / theo if theo == theo and theo > 0 else math.nan,
-            "verify_x": verify_step / t_plain if t_plain == t_plain and t_plain > 0 else math.nan,
+            "verify_x": M.verify_cost_ratio(steps, t_plain),
         })
     return row, mismatches
 

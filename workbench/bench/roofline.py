@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from ..device import device_sync
+
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
     """Bytes of weights one decode step reads (see the module docstring)."""
@@ -51,19 +53,14 @@ def copy_bandwidth(mib: int = 512, repeats: int = 5, device: str | torch.device 
     dst.copy_(src)  # warm-up: page in both buffers
     best = float("inf")
     for _ in range(max(1, repeats)):
-        _sync(device)
+        device_sync(device)
         t0 = time.perf_counter()
         dst.copy_(src)
-        _sync(device)
+        device_sync(device)
         best = min(best, time.perf_counter() - t0)
     nbytes = n * 4
     del src, dst
     return 2 * nbytes / best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def roofline(weight_bytes: int, bandwidth: float, measured_tokens_per_s: float | None = None) -> dict[str, Any]:

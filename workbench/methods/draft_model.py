@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache
 
 from .. import cache as kv
+from .. import tree_shape
 
 
 class DraftModelRunner:
@@ -99,10 +100,8 @@ class DraftTreeSession:
             allowed = torch.zeros(len(new), total, dtype=torch.bool)
             allowed[:, : self.base] = True
             for r, i in enumerate(new):
-                j = i
-                while j >= 0:
+                for j in tree_shape.path_to(self.parents, i):  # the node and its ancestors
                     allowed[r, self.base + j] = True
-                    j = self.parents[j]
             mask = torch.zeros(allowed.shape, dtype=model.dtype)
             mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)
             pos = torch.tensor([[self.base - 1 + self.depth[i] for i in new]], device=self.runner.device)

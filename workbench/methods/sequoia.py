@@ -24,6 +24,7 @@ import torch
 from transformers import DynamicCache
 
 from .. import cache as kv
+from ..device import device_sync
 from ..tree import Draft
 from .base import DraftContext, Param, StepFeedback, register
 from .trees import TopKTreeDrafter, grow_from_paths
@@ -47,8 +48,6 @@ def measure_cost(loaded, sizes=PROFILE_SIZES, context: int = 128, repeats: int =
     ids = torch.randint(0, min(loaded.vocab_size, 1000), (1, context + max(sizes)), generator=g).to(dev)
     cache = DynamicCache(config=model.config)
     kv.forward(model, ids[:, :context], cache, logits_to_keep=1)
-    from ..engine import device_sync
-
     out: dict[int, float] = {}
     for n in sizes:
         times = []
