@@ -121,6 +121,9 @@ def best_trees(p: list[float], max_nodes: int) -> tuple[list[float], list[list[l
     return V, [shape(m, 0, ()) for m in range(max_nodes + 1)]
 
 
+EXPLORE_NODES = 2
+
+
 @register
 class Sequoia(TopKTreeDrafter):
     name = "sequoia"
@@ -131,6 +134,8 @@ class Sequoia(TopKTreeDrafter):
         Param("max_nodes", "int", 24, "largest tree considered", 1, 63),
         Param("max_branch", "int", 4, "most children per node", 1, 8),
         Param("replan_every", "int", 8, "steps between re-planning the tree from new acceptance data", 1, 1000),
+        Param("explore_every", "int", 16, "while the plan is the empty tree (plain decoding), draft a small tree "
+              "every this many steps, so the acceptance estimate keeps learning (0 = never)", 0, 10000),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
@@ -160,18 +165,30 @@ class Sequoia(TopKTreeDrafter):
             if rate > best:
                 best, best_m = rate, m
         self.paths = shapes[best_m]
+        # the tree drafted now and then while the plan is empty: the best tree of EXPLORE_NODES nodes
+        self.explore_paths = shapes[min(EXPLORE_NODES, self.p["max_nodes"])]
 
     def propose(self, ctx: DraftContext) -> Draft | None:
-        if not self.paths:
+        """The planned tree (its size is the step's draft size in the Trace); now and then a small one."""
+        paths = self.paths
+        every = self.p["explore_every"]
+        if not paths and every and self.steps % every == every - 1:
+            paths = self.explore_paths
+        if not paths:
             return None
-        return grow_from_paths(self, ctx, self.paths)
+        return grow_from_paths(self, ctx, paths)
 
     def observe(self, fb: StepFeedback) -> None:
         d = fb.draft
-        if d is None:
-            return
-        # walk the visited nodes: at each, its children were ranks 0..c-1; the accepted one (if any) scores
-        node, accepted = -1, list(fb.accepted)
+        if d is not None:
+            self._score(d, list(fb.accepted))
+        self.steps += 1  # every step counts, drafted or not, so an empty plan is re-planned too
+        if self.steps % self.p["replan_every"] == 0:
+            self._plan()
+
+    def _score(self, d: Draft, accepted: list[int]) -> None:
+        """Walk the visited nodes: at each, its children were ranks 0..c-1; the accepted one (if any) scores."""
+        node = -1
         while True:
             kids = d.children.get(node, [])
             nxt = accepted.pop(0) if accepted else None
@@ -182,6 +199,3 @@ class Sequoia(TopKTreeDrafter):
             if nxt is None:
                 break
             node = nxt
-        self.steps += 1
-        if self.steps % self.p["replan_every"] == 0:
-            self._plan()
