@@ -11,13 +11,19 @@ Usage::
     store.finish_run(run_id, trace, output_text)
     store.get_run(run_id[:8]).metrics["tokens_per_s"]
 
-Importing this package loads SQLAlchemy and ``workbench.trace`` only (no torch,
-no transformers), so history views start quickly.
+A run killed mid-decode is shown as ``interrupted`` (with the steps it had
+written) the next time any process opens the store; a locked file delays a
+write instead of failing it; older files are upgraded in place (Alembic
+migrations in ``store/migrations``).
+
+Importing this package loads SQLAlchemy, psutil and ``workbench.trace`` only
+(no torch, no transformers; Alembic only when a file needs creating or
+upgrading), so history views start quickly.
 """
 from .db import StoreError, default_db_path
-from .models import RUN_STATUSES, SCHEMA_VERSION
+from .models import RUN_STATUSES, SCHEMA_REVISION, SCHEMA_VERSION
 from .records import METRIC_KEYS, RunRecord
 from .repository import RunStore, same_sampling
 
-__all__ = ["METRIC_KEYS", "RUN_STATUSES", "RunRecord", "RunStore", "SCHEMA_VERSION", "StoreError",
+__all__ = ["METRIC_KEYS", "RUN_STATUSES", "RunRecord", "RunStore", "SCHEMA_REVISION", "SCHEMA_VERSION", "StoreError",
            "default_db_path", "same_sampling"]

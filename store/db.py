@@ -9,7 +9,8 @@ the store relies on:
 - ``foreign_keys=ON``: SQLite ignores foreign keys unless asked, and deleting a
   run relies on ``ON DELETE CASCADE`` to remove its params, metrics and steps;
 - ``busy_timeout=5000``: a writer waits up to 5 s for another writer's lock
-  instead of failing at once with "database is locked";
+  instead of failing at once with "database is locked" (and the write methods
+  retry past that, see :mod:`store.retry`);
 - ``synchronous=NORMAL``: the usual, still crash-safe, setting under WAL.
 
 Connections are opened with ``check_same_thread=False`` so that the pooled
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,27 +102,32 @@ def json_dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default)
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def set_pragmas(dbapi_connection: Any, busy_timeout_ms: int, foreign_keys: bool = True) -> None:
+    """The store's pragmas on one DBAPI connection (a read-only file keeps its journal mode)."""
     cur = dbapi_connection.cursor()
     try:
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                raise
+        cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cur.execute("PRAGMA synchronous=NORMAL")
     finally:
         cur.close()
 
 
-def make_engine(url: URL) -> Engine:
+def make_engine(url: URL, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """An Engine for ``url`` with the store's pragmas installed on every new connection."""
     kwargs: dict[str, Any] = {
-        "connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+        "connect_args": {"check_same_thread": False, "timeout": busy_timeout_ms / 1000},
         "json_serializer": json_dumps,
     }
     if url.database in (None, "", ":memory:"):
         kwargs["poolclass"] = StaticPool
     engine = create_engine(url, **kwargs)
-    event.listen(engine, "connect", _set_sqlite_pragmas)
+    event.listen(engine, "connect", lambda conn, _record: set_pragmas(conn, busy_timeout_ms))
     return engine
 
 

@@ -5,7 +5,13 @@ Laid out like MLflow's tracking store: a ``runs`` table with a checked
 Per-step traces are typed ``steps`` rows (one per target forward pass), so a
 run's trace can be rebuilt exactly and queried without parsing blobs.
 ``benchmarks`` groups the runs of one benchmark sweep; ``schema_info`` records
-the schema version the file was written with.
+the schema version of the file (kept in step with Alembic's ``alembic_version``,
+see :mod:`store.schema`).
+
+A ``running`` run or benchmark names its owner (pid, host, process start time)
+and carries a heartbeat, so that one left behind by a killed process can be
+told apart from one still in progress and marked ``interrupted``
+(:mod:`store.liveness`).
 
 Every child table references ``runs.id`` with ``ON DELETE CASCADE`` (the
 connection enables ``PRAGMA foreign_keys``), so deleting a run leaves no
@@ -20,9 +26,11 @@ from sqlalchemy import (JSON, CheckConstraint, DateTime, Float, ForeignKey, Inde
                         TypeDecorator)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
-RUN_STATUSES = ("running", "finished", "failed")
-_STATUS_CHECK = "status IN ('running', 'finished', 'failed')"
+# Version N is Alembic revision "000N" (store/migrations/versions/000N_*.py).
+SCHEMA_VERSION = 2
+SCHEMA_REVISION = f"{SCHEMA_VERSION:04d}"
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+_STATUS_CHECK = "status IN ('running', 'finished', 'failed', 'interrupted')"
 
 
 def utcnow() -> datetime:
@@ -82,6 +90,11 @@ class Benchmark(Base):
     env: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     error: Mapped[str | None] = mapped_column(Text)
+    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_started: Mapped[float | None] = mapped_column(Float)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
 
 
 class Run(Base):
@@ -115,6 +128,11 @@ class Run(Base):
         String(32), ForeignKey("benchmarks.id", ondelete="SET NULL"), index=True)
     source: Mapped[str] = mapped_column(String(32), nullable=False, default="api")
     stop_reason: Mapped[str | None] = mapped_column(String(32))
+    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_started: Mapped[float | None] = mapped_column(Float)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
 
     params: Mapped[list[Param]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Param.key")

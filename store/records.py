@@ -82,6 +82,15 @@ class RunRecord:
         }
 
 
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A dict from None, a mapping or an object with ``to_dict()`` (SamplingConfig, ...)."""
+    if obj is None:
+        return {}
+    if hasattr(obj, "to_dict"):
+        return dict(obj.to_dict())
+    return dict(obj)
+
+
 def param_to_text(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -140,6 +149,7 @@ def benchmark_dict(b: Benchmark, run_counts: dict[str, int] | None = None) -> di
     d["n_runs"] = sum(counts.values())
     d["n_finished"] = counts.get("finished", 0)
     d["n_failed"] = counts.get("failed", 0)
+    d["n_interrupted"] = counts.get("interrupted", 0)
     return d
 
 

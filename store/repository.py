@@ -5,6 +5,10 @@ crash still leaves a trace of the attempt), ``append_steps`` streams steps as
 they happen, and ``finish_run`` / ``fail_run`` close it with the final trace,
 metrics and output. Each call is its own short transaction, so one RunStore can
 be shared by several threads (Gradio workers); each call opens its own session.
+Write methods wait out another writer's lock (store.retry) and report any
+other failure as one StoreError. A run whose process died without closing it
+is marked ``interrupted`` the next time a store is opened or runs are listed
+(store.liveness). Opening a file brings its schema up to date (store.schema).
 
 Ids are 32-character uuid4 hex strings; ``get_run``, ``load_trace``,
 ``delete_run`` and ``get_benchmark`` also accept a unique prefix (as shown in
@@ -13,41 +17,38 @@ tables, e.g. the first 8 characters).
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, func, inspect, literal_column, or_, select, update
+from sqlalchemy import and_, delete, literal_column, or_, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, selectinload
 
 from workbench.trace import Trace
 
-from . import db
+from . import db, liveness, schema
 from .db import StoreError
-from .models import (RUN_STATUSES, SCHEMA_VERSION, Base, Benchmark, Metric, Param, Run, SchemaInfo, StepRow,
-                     utcnow)
-from .records import (RunRecord, benchmark_dict, param_from_text, param_to_text, record_from_run, row_to_step,
-                      step_to_row, summary_rows)
+from .benchmarks import BenchmarkMixin
+from .models import Benchmark, Metric, Param, Run, SchemaInfo, StepRow, utcnow
+from .records import (RunRecord, as_dict, param_from_text, param_to_text, record_from_run, row_to_step, step_to_row,
+                      summary_rows)
+from .retry import RETRY_FOR_S, writes
 
 if TYPE_CHECKING:
     import pandas
 
+log = logging.getLogger("store")
+
 _STEP_UPDATE_COLS = [c for c in StepRow.__table__.columns.keys() if c not in ("run_id", "idx")]
 _GREEDY_IGNORED = ("seed", "top_k", "top_p")  # irrelevant when temperature == 0 (argmax)
 _SAMPLING_DEFAULTS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if obj is None:
-        return {}
-    if hasattr(obj, "to_dict"):
-        return dict(obj.to_dict())
-    return dict(obj)
 
 
 def _norm_sampling(d: dict[str, Any]) -> dict[str, Any]:
@@ -64,25 +65,38 @@ def same_sampling(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a == b
 
 
-class RunStore:
-    """The run history: one SQLite database (file, ``:memory:`` or ``sqlite...`` URL)."""
+class RunStore(BenchmarkMixin):
+    """The run history: one SQLite database (file, ``:memory:`` or ``sqlite...`` URL).
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    busy_timeout: seconds one statement waits for another writer's lock;
+    retry_for: seconds a write method keeps retrying while the file stays locked.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, busy_timeout: float = db.BUSY_TIMEOUT_MS / 1000,
+                 retry_for: float = RETRY_FOR_S) -> None:
         self.url, self.path = db.resolve_url(path)
-        self.engine = db.make_engine(self.url)
+        self.retry_for = float(retry_for)
+        self._busy_ms = max(0, int(busy_timeout * 1000))
+        self._beats: dict[str, float] = {}  # run id -> time.monotonic() of its last heartbeat write
+        self.engine = db.make_engine(self.url, self._busy_ms)
         self._sessions = db.make_sessionmaker(self.engine)
         try:
-            self._init_schema()
+            schema.ensure_schema(self.engine, self.url, self.where, self._busy_ms)
         except StoreError:
             self.engine.dispose()
             raise
         except DatabaseError as e:
             self.engine.dispose()
-            raise StoreError(f"cannot open the run store at {self.path or self.url}: {e.orig or e}") from e
+            raise StoreError(f"cannot open the run store at {self.where}: {e.orig or e}") from e
+        self.reap_interrupted()
+
+    @property
+    def where(self) -> str:
+        """The file (or URL) in messages."""
+        return str(self.path) if self.path else (self.url.database or self.url.render_as_string(hide_password=True))
 
     def __repr__(self) -> str:
-        where = str(self.path) if self.path else (self.url.database or self.url.render_as_string(hide_password=True))
-        return f"RunStore({where!r})"
+        return f"RunStore({self.where!r})"
 
     def __enter__(self) -> "RunStore":
         return self
@@ -99,26 +113,24 @@ class RunStore:
         with db.session_scope(self._sessions) as session:
             yield session
 
-    # -- schema ---------------------------------------------------------------------------
-
-    def _init_schema(self) -> None:
-        with self.engine.connect() as conn:
-            if inspect(conn).has_table(SchemaInfo.__tablename__):
-                found = conn.execute(select(SchemaInfo.version)).scalar()
-                if found is not None and found > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"the run store at {self.path or self.url} has schema version {found}, newer than this "
-                        f"version of the workbench supports ({SCHEMA_VERSION}); upgrade the workbench or point "
-                        f"{db.ENV_VAR} at another file")
-        Base.metadata.create_all(self.engine)
-        with self.session_scope() as s:
-            s.execute(sqlite_insert(SchemaInfo).values(id=1, version=SCHEMA_VERSION, created_at=utcnow())
-                      .on_conflict_do_nothing())
+    # -- schema and liveness --------------------------------------------------------------
 
     @property
     def schema_version(self) -> int:
         with self.session_scope() as s:
             return int(s.execute(select(SchemaInfo.version)).scalar_one())
+
+    def reap_interrupted(self) -> int:
+        """Mark runs and benchmarks whose process is gone ``interrupted`` (store.liveness); returns how many.
+
+        Best effort: a read-only or busy file is left as it is (listing still works).
+        """
+        try:
+            with self.session_scope() as s:
+                return liveness.reap(s)
+        except DatabaseError as e:
+            log.debug("could not mark interrupted runs in %s: %s", self.where, e.orig or e)
+            return 0
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -178,33 +190,59 @@ class RunStore:
 
     # -- runs -----------------------------------------------------------------------------
 
+    @writes
     def start_run(self, *, method: str, target: str, draft: str | None, prompt: str, params: dict[str, Any],
                   sampling: dict[str, Any], env: dict[str, Any], prompt_json: Any = None,
                   benchmark_id: str | None = None, source: str = "api",
                   prompt_ids: Sequence[int] | None = None) -> str:
-        """Record a new ``running`` run (committed immediately) and return its id."""
+        """Record a new ``running`` run owned by this process (committed immediately) and return its id."""
         run_id = uuid.uuid4().hex
+        owner = liveness.owner_columns()
         with self.session_scope() as s:
-            if benchmark_id is not None and s.get(Benchmark, benchmark_id) is None:
-                raise StoreError(f"no benchmark with id {benchmark_id!r}")
+            if benchmark_id is not None:  # a benchmark's runs are its heartbeat
+                res = s.execute(update(Benchmark).where(Benchmark.id == benchmark_id)
+                                .values(heartbeat_at=owner["heartbeat_at"])
+                                .execution_options(synchronize_session=False))
+                if not res.rowcount:
+                    raise StoreError(f"no benchmark with id {benchmark_id!r}")
             run = Run(id=run_id, created_at=utcnow(), status="running", method=method, target=str(target),
                       draft=None if draft is None else str(draft), prompt=prompt or "",
                       prompt_json=prompt_json, prompt_ids=None if prompt_ids is None else [int(t) for t in prompt_ids],
-                      sampling=json.loads(db.json_dumps(_as_dict(sampling))),
-                      env=json.loads(db.json_dumps(_as_dict(env))), benchmark_id=benchmark_id, source=source)
+                      sampling=json.loads(db.json_dumps(as_dict(sampling))),
+                      env=json.loads(db.json_dumps(as_dict(env))), benchmark_id=benchmark_id, source=source,
+                      **owner)
             run.params = [Param(key=str(k), value=param_to_text(v)) for k, v in (params or {}).items()]
             s.add(run)
+        self._beats[run_id] = time.monotonic()
         return run_id
 
+    @writes
     def append_steps(self, run_id: str, steps: list[Any]) -> None:
-        """Write steps of a run in progress; a step already stored (same index) is replaced."""
+        """Write steps of a run in progress; a step already stored (same index) is replaced.
+
+        Also the run's heartbeat (at most every liveness.HEARTBEAT_EVERY_S); a run
+        wrongly taken for ``interrupted`` (its owner was only slow) is ``running`` again.
+        """
         if not steps:
             return
+        now = time.monotonic()
         with self.session_scope() as s:
-            if s.execute(select(Run.id).where(Run.id == run_id)).first() is None:
+            status = s.execute(select(Run.status).where(Run.id == run_id)).scalar()
+            if status is None:
                 raise StoreError(f"no run with id {run_id!r}")
             self._upsert_steps(s, run_id, steps)
+            if status == "interrupted":
+                s.execute(update(Run).where(Run.id == run_id).values(
+                    status="running", error=None, finished_at=None, stop_reason=None, **liveness.owner_columns())
+                    .execution_options(synchronize_session=False))
+            elif now - self._beats.get(run_id, -math.inf) >= liveness.HEARTBEAT_EVERY_S:
+                s.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow())
+                          .execution_options(synchronize_session=False))
+            else:
+                return
+        self._beats[run_id] = now
 
+    @writes
     def finish_run(self, run_id: str, trace: Trace, output_text: str) -> None:
         """Close a run: its final steps, metrics, output and status ``finished``."""
         with self.session_scope() as s:
@@ -214,7 +252,9 @@ class RunStore:
             run.status = "finished"
             run.error = None
             run.finished_at = utcnow()
+        self._beats.pop(run_id, None)
 
+    @writes
     def fail_run(self, run_id: str, error: str, trace: Trace | None = None, output_text: str = "") -> None:
         """Mark a run ``failed`` with its error; steps already stored (and any in ``trace``) are kept."""
         with self.session_scope() as s:
@@ -230,6 +270,7 @@ class RunStore:
             run.status = "failed"
             run.error = str(error)
             run.finished_at = utcnow()
+        self._beats.pop(run_id, None)
 
     def get_run(self, run_id: str) -> RunRecord:
         with self.session_scope() as s:
@@ -255,6 +296,7 @@ class RunStore:
                   benchmark_id: str | None = None, search: str | None = None, limit: int | None = 200,
                   source: str | Sequence[str] | None = None) -> list[RunRecord]:
         """Runs, newest first. ``search`` matches substrings of prompt, target, draft, method (or an id prefix)."""
+        self.reap_interrupted()
         stmt = select(Run)
         for col, value in ((Run.method, method), (Run.status, status), (Run.source, source)):
             if value is not None:
@@ -274,12 +316,14 @@ class RunStore:
         with self.session_scope() as s:
             return self._records(s, stmt)
 
+    @writes
     def delete_run(self, run_id: str) -> None:
         """Delete one run (id or unique prefix) with its params, metrics and steps."""
         with self.session_scope() as s:
             rid = self._resolve(s, Run, run_id, "run")
             s.execute(delete(Run).where(Run.id == rid).execution_options(synchronize_session=False))
 
+    @writes
     def delete_runs(self, run_ids: Iterable[str]) -> int:
         """Delete runs by exact id; unknown ids are skipped. Returns how many were deleted."""
         ids = list(dict.fromkeys(str(r) for r in run_ids))
@@ -299,7 +343,7 @@ class RunStore:
         the output). If ``env`` is given, each of its keys must match the run's env too
         (e.g. ``{"device": "cuda", "dtype": "bfloat16"}``) so timings are comparable.
         """
-        sampling = _as_dict(sampling)
+        sampling = as_dict(sampling)
         stmt = (select(Run)
                 .join(Param, and_(Param.run_id == Run.id, Param.key == "max_new_tokens"))
                 .where(Run.method == "autoregressive", Run.status == "finished", Run.target == str(target),
@@ -347,51 +391,3 @@ class RunStore:
         out.parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(out, index=False)
         return len(df)
-
-    # -- benchmarks -----------------------------------------------------------------------
-
-    def start_benchmark(self, *, suite: str, config: dict[str, Any], env: dict[str, Any]) -> str:
-        bench_id = uuid.uuid4().hex
-        with self.session_scope() as s:
-            s.add(Benchmark(id=bench_id, created_at=utcnow(), suite=suite, status="running",
-                            config=json.loads(db.json_dumps(_as_dict(config))),
-                            env=json.loads(db.json_dumps(_as_dict(env)))))
-        return bench_id
-
-    def finish_benchmark(self, bench_id: str, status: str = "finished", error: str | None = None) -> None:
-        if status not in RUN_STATUSES:
-            raise StoreError(f"benchmark status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
-        with self.session_scope() as s:
-            res = s.execute(update(Benchmark).where(Benchmark.id == bench_id)
-                            .values(status=status, error=error,
-                                    finished_at=None if status == "running" else utcnow())
-                            .execution_options(synchronize_session=False))
-            if not res.rowcount:
-                raise StoreError(f"no benchmark with id {bench_id!r}")
-
-    def _run_counts(self, s: Session, bench_ids: list[str]) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {b: {} for b in bench_ids}
-        stmt = (select(Run.benchmark_id, Run.status, func.count())
-                .where(Run.benchmark_id.in_(bench_ids)).group_by(Run.benchmark_id, Run.status))
-        for bid, status, n in s.execute(stmt):
-            counts[bid][status] = n
-        return counts
-
-    def list_benchmarks(self) -> list[dict[str, Any]]:
-        """Benchmarks, newest first, with run counts (n_runs, n_finished, n_failed)."""
-        with self.session_scope() as s:
-            benches = s.scalars(select(Benchmark).order_by(Benchmark.created_at.desc(),
-                                                           literal_column("benchmarks.rowid").desc())).all()
-            counts = self._run_counts(s, [b.id for b in benches]) if benches else {}
-            return [benchmark_dict(b, counts.get(b.id)) for b in benches]
-
-    def get_benchmark(self, bench_id: str) -> dict[str, Any]:
-        """One benchmark (id or unique prefix) with its run counts and ``run_ids`` (oldest first)."""
-        with self.session_scope() as s:
-            bid = self._resolve(s, Benchmark, bench_id, "benchmark")
-            bench = s.get(Benchmark, bid)
-            assert bench is not None
-            d = benchmark_dict(bench, self._run_counts(s, [bid])[bid])
-            d["run_ids"] = list(s.scalars(select(Run.id).where(Run.benchmark_id == bid)
-                                          .order_by(Run.created_at, literal_column("runs.rowid"))))
-            return d

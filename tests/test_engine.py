@@ -6,6 +6,8 @@ the acceptance rule is broken. Methods come from the registry, so a newly
 registered method is tested without editing this file.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,7 +15,6 @@ import workbench.verify as verify
 from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
 from workbench.methods import list_methods
-from workbench.sampling import logits_to_probs
 
 from .stats import chi2_pvalue
 
@@ -39,6 +40,42 @@ def test_greedy_token_identical(method, tiny, request):
             out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=48))
             assert out.output_ids == ref.output_ids, (method.name, getattr(draft, "spec", None), prompt[:4])
             assert out.summary.new_tokens == 48
+
+
+@pytest.fixture
+def flat_verify_cost(monkeypatch):
+    """Hardware where verifying n tokens costs what one does and drafting is cheap (a GPU's shape):
+    the case in which every drafting method should draft, cost-aware ones (sequoia) included."""
+    import workbench.methods.sequoia as sequoia
+
+    def profile(loaded, refresh=False):
+        scale = 1.0 if loaded.spec == "tiny-random" else 0.05
+        return {n: scale for n in sequoia.PROFILE_SIZES}
+
+    monkeypatch.setattr(sequoia, "cost_profile", profile)
+
+
+@pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
+def test_every_lossless_method_actually_drafts(method, tiny, request, flat_verify_cost):
+    """A method that never drafts passes the identity tests vacuously; this one it fails.
+
+    The case is built to be draftable: a repeating prompt (n-gram drafters find matches), an
+    agreeing and a disagreeing draft model, flat verification cost. Every method must commit
+    more than one token per target forward somewhere (tau > 1); tree methods must also accept a
+    node that is not its parent's first child at least once (a real branch, not a chain).
+    """
+    taus, branch_hits = [], 0
+    for draft in _drafts_for(method, request):
+        for prompt in PROMPTS:
+            out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=48))
+            taus.append(out.summary.mean_accepted_tokens)
+            for st in out.trace.steps:
+                for node in st.accepted:
+                    siblings = [i for i, par in enumerate(st.parents) if par == st.parents[node]]
+                    branch_hits += node != siblings[0]
+    assert max(taus) > 1.0, (method.name, taus)
+    if method.tree:
+        assert branch_hits > 0, f"{method.name} never accepted a non-first child"
 
 
 def test_speculative_with_good_draft_accepts_several_tokens(tiny, tiny_bf16):
@@ -89,30 +126,58 @@ def test_empty_prompt_and_bad_params(tiny):
 
 # ---------------------------------------------------------------- sampling
 
-SAMPLING = SamplingConfig(temperature=1.0, top_k=2)
+SAMPLING = SamplingConfig(temperature=1.0, top_k=2, top_p=0.9)
 N_RUNS = 600
+DEPTH = 5  # new tokens per sampled run: the first decode step may draft up to DEPTH - 2 = 3 deep
 
 
-def _exact_joint(model, prompt, cfg, depth=3):
-    """Exact probability of every continuation of length `depth` under the warped target."""
+def _oracle_probs(logits: torch.Tensor, cfg: SamplingConfig) -> dict[int, float]:
+    """The warped next-token distribution from its definition, independently of workbench.sampling:
+    softmax(logits / T); keep the top_k most likely; renormalise; keep the smallest most-likely
+    prefix whose mass reaches top_p; renormalise."""
+    import math
+
+    z = [float(x) / cfg.temperature for x in logits.double().tolist()]
+    m = max(z)
+    w = sorted(((math.exp(v - m), tok) for tok, v in enumerate(z)), reverse=True)
+    if cfg.top_k:
+        w = w[: cfg.top_k]
+    total = sum(x for x, _ in w)
+    kept, mass = [], 0.0
+    for x, tok in w:
+        if mass >= cfg.top_p:
+            break
+        kept.append((x / total, tok))
+        mass += x / total
+    norm = sum(x for x, _ in kept)
+    return {tok: x / norm for x, tok in kept}
+
+
+def _exact_joint(model, prompt, cfg, depth=DEPTH, eos=(257,)):
+    """Exact probability of every continuation of `depth` tokens (or fewer, ending in EOS) under the warped target."""
     out = {}
     with torch.inference_mode():
         def rec(prefix, prob):
-            if len(prefix) == len(prompt) + depth:
+            if len(prefix) == len(prompt) + depth or (len(prefix) > len(prompt) and prefix[-1] in eos):
                 out[tuple(prefix[len(prompt):])] = prob
                 return
-            probs = logits_to_probs(model(input_ids=torch.tensor([prefix])).logits[0, -1], cfg)
-            for tok in torch.nonzero(probs).flatten().tolist():
-                rec(prefix + [tok], prob * float(probs[tok]))
+            for tok, p in _oracle_probs(model(input_ids=torch.tensor([prefix])).logits[0, -1], cfg).items():
+                rec(prefix + [tok], prob * p)
         rec(list(prompt), 1.0)
     return out
 
 
-def _sample_joint(tiny, method, draft, prompt, params=None, n=N_RUNS):
-    return [tuple(generate(tiny, method, prompt, draft=draft, params=params,
-                           sampling=SamplingConfig(temperature=1.0, top_k=2, seed=seed),
-                           decode=DecodeConfig(max_new_tokens=3, trace=False)).output_ids)
-            for seed in range(n)]
+def _sample_joint(tiny, method, draft, prompt, params=None, n=N_RUNS, depths=None):
+    """n seeded runs of DEPTH tokens; appends each run's deepest draft to `depths` when given."""
+    out = []
+    for seed in range(n):
+        res = generate(tiny, method, prompt, draft=draft, params=params,
+                       sampling=dataclasses.replace(SAMPLING, seed=seed),
+                       decode=DecodeConfig(max_new_tokens=DEPTH, trace=False))
+        out.append(tuple(res.output_ids))
+        if depths is not None:
+            depths.append(max((s.draft_depth for s in res.trace.steps), default=0))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +188,8 @@ def sampling_prompt(tiny):
     with torch.inference_mode():
         for k in range(0, 256, 4):
             prompt = list(range(k, 256)) + list(range(k))
-            probs = logits_to_probs(tiny.model(input_ids=torch.tensor([prompt])).logits[0, -1], SAMPLING)
-            balance = float(probs[probs > 0].min())
+            probs = _oracle_probs(tiny.model(input_ids=torch.tensor([prompt])).logits[0, -1], SAMPLING)
+            balance = min(probs.values()) if len(probs) > 1 else 0.0
             if best is None or balance > best[0]:
                 best = (balance, prompt)
     return best[1]
@@ -147,17 +212,19 @@ def sharp_draft(tiny):
 
 
 @pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
-def test_sampling_preserves_target_distribution(method, tiny, sharp_draft, sampling_prompt):
+def test_sampling_preserves_target_distribution(method, tiny, sharp_draft, sampling_prompt, flat_verify_cost):
     draft = sharp_draft if method.needs_draft_model else None
-    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING)
-    samples = _sample_joint(tiny, method.name, draft, sampling_prompt)
+    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING, eos=tiny.eos_token_ids)
+    depths: list[int] = []
+    samples = _sample_joint(tiny, method.name, draft, sampling_prompt, depths=depths)
     assert chi2_pvalue(samples, expected) > 1e-3
+    assert max(depths) >= 2, f"{method.name} drafted at most {max(depths)} deep: the test would miss deep-draft bugs"
 
 
 def test_sampling_test_detects_a_broken_rule(tiny, sharp_draft, sampling_prompt, monkeypatch):
     """The same statistical test fails when rejected tokens are resampled from p instead of the residual."""
     monkeypatch.setattr(verify, "residual", lambda p, q, x: p)
-    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING)
+    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING, eos=tiny.eos_token_ids)
     samples = _sample_joint(tiny, "speculative", sharp_draft, sampling_prompt, params={"gamma": 2}, n=1000)
     assert chi2_pvalue(samples, expected) < 1e-4
 

@@ -277,11 +277,12 @@ def test_find_baseline(store: RunStore) -> None:
 def test_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 1
+        assert s.schema_version == SCHEMA_VERSION == 2
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_info").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_info").fetchall() == [(2,)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
     with RunStore(path) as s:  # reopening an existing file is fine
-        assert s.schema_version == 1
+        assert s.schema_version == 2
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="newer"):
