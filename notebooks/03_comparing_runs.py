@@ -53,7 +53,6 @@ from IPython.display import display
 
 from store import RunStore
 from ui import presenters as P
-from ui.common import find_baseline
 from workbench import SamplingConfig
 from workbench.models import normalize_spec, parse_spec
 from workbench.metrics import acceptance_by_position
@@ -77,7 +76,7 @@ if len(everything):
 
 # %% [markdown]
 # Speedup needs a baseline: a finished plain-decoding run with the same target, prompt, sampling,
-# chat flag, `max_new_tokens` and device/dtype (`ui.common.find_baseline`, what the app's cards
+# chat flag, `max_new_tokens` and device/dtype (`RunStore.baseline_for`, what the app's cards
 # use). Runs without one get no speedup.
 
 # %%
@@ -85,7 +84,7 @@ def load_runs() -> pd.DataFrame:
     df = store.runs_dataframe(status="finished")
     df = df[df["target"] == TARGET].copy()
     recs = {r.id: r for r in store.list_runs(status="finished", limit=None)}
-    base = {rid: find_baseline(store, recs[rid]) for rid in df["id"]}
+    base = {rid: store.baseline_for(recs[rid]) for rid in df["id"]}
     df["baseline_tokens_per_s"] = df["id"].map(lambda rid: base[rid].metrics.get("tokens_per_s")
                                                if base[rid] is not None else math.nan)
     df["speedup"] = df["tokens_per_s"] / df["baseline_tokens_per_s"]

@@ -335,13 +335,32 @@ class RunStore(BenchmarkMixin):
                 n += res.rowcount or 0
         return n
 
+    def baseline_for(self, run: RunRecord | str) -> RunRecord | None:
+        """The plain-decoding baseline of a stored run: the newest finished ``autoregressive`` run
+        with its target, prompt, chat flag, sampling, max_new_tokens and device/dtype (not itself).
+
+        This is the one baseline policy: the app's speedup cards, the Latency tab and the
+        notebooks all ask here.
+        """
+        rec = self.get_run(run) if isinstance(run, str) else run
+        max_new = rec.typed_params.get("max_new_tokens")
+        if max_new is None:
+            return None
+        env = {k: rec.env[k] for k in ("device", "dtype") if rec.env.get(k) is not None}
+        return self.find_baseline(target=rec.target, prompt=rec.prompt, sampling=rec.sampling,
+                                  max_new_tokens=int(max_new), env=env or None, chat=rec.typed_params.get("chat"),
+                                  exclude=rec.id)
+
     def find_baseline(self, *, target: str, prompt: str, sampling: dict[str, Any], max_new_tokens: int,
-                      env: dict[str, Any] | None = None) -> RunRecord | None:
+                      env: dict[str, Any] | None = None, chat: bool | None = None,
+                      exclude: str | None = None) -> RunRecord | None:
         """Newest finished ``autoregressive`` run with the same target, prompt, sampling and max_new_tokens.
 
         For greedy sampling the seed, top-k and top-p are ignored (they cannot change
         the output). If ``env`` is given, each of its keys must match the run's env too
         (e.g. ``{"device": "cuda", "dtype": "bfloat16"}``) so timings are comparable.
+        ``chat`` (when not None) must equal the run's chat flag: the same text with and
+        without the chat template is a different prompt. ``exclude`` skips one run id.
         """
         sampling = as_dict(sampling)
         stmt = (select(Run)
@@ -351,10 +370,12 @@ class RunStore(BenchmarkMixin):
                 .order_by(Run.created_at.desc(), literal_column("runs.rowid").desc()))
         with self.session_scope() as s:
             for rec in self._records(s, stmt):
-                if not same_sampling(rec.sampling, sampling):
+                if rec.id == exclude or not same_sampling(rec.sampling, sampling):
                     continue
                 if env and any(rec.env.get(k) != v for k, v in env.items()):
                     continue
+                if chat is not None and rec.typed_params.get("chat") != chat:
+                    continue  # keep looking: an older run may match
                 return rec
         return None
 

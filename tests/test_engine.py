@@ -118,6 +118,8 @@ def test_empty_prompt_and_bad_params(tiny):
         generate(tiny, "speculative", [1, 2, 3])  # needs a draft model
     with pytest.raises(ConfigError):
         generate(tiny, "prompt_lookup", [1, 2, 3], params={"nope": 1})
+    with pytest.raises(ConfigError, match="min_ngram"):  # would never draft
+        generate(tiny, "prompt_lookup", [1, 2, 3], params={"min_ngram": 3, "max_ngram": 2})
     with pytest.raises(ConfigError):
         generate(tiny, "nope", [1, 2, 3])
     with pytest.raises(ConfigError):

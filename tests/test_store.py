@@ -274,6 +274,22 @@ def test_find_baseline(store: RunStore) -> None:
                                env={"device": "cpu"}).id == new
 
 
+def test_baseline_for_matches_the_chat_flag_and_finds_an_older_baseline(store: RunStore) -> None:
+    """The newest plain run used the chat template, the run did not: the older plain run without it is the baseline."""
+    def run(method: str, chat: bool) -> str:
+        rid = store.start_run(method=method, target="smollm2", draft=None, prompt="Once upon a time",
+                              params={"max_new_tokens": 16, "chat": chat}, sampling=GREEDY, env=ENV)
+        store.finish_run(rid, make_trace(), "x")
+        return rid
+
+    plain_raw = run("autoregressive", chat=False)
+    run("autoregressive", chat=True)  # newer, but another prompt in effect
+    spec = run("prompt_lookup", chat=False)
+    base = store.baseline_for(spec)
+    assert base is not None and base.id == plain_raw
+    assert store.baseline_for(plain_raw) is None  # a plain run is not its own baseline
+
+
 def test_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
     with RunStore(path) as s:

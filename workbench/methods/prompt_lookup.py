@@ -5,10 +5,15 @@ up among earlier positions of prompt + generated text; the tokens that followed
 its most recent earlier occurrence become a chain draft. No draft model, so it
 shines when the output quotes the input (summarisation, editing, RAG).
 
-The n-gram index is built incrementally: O(max_ngram) work per new token.
+The n-gram index is built incrementally: each step indexes only the tokens
+committed since the last one, O(max_ngram) work per new token; the lookup is
+O(max_ngram) too. The context only grows, so there is nothing to rescan.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from ..config import ConfigError
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, register
 
@@ -24,34 +29,49 @@ class PromptLookup(Drafter):
         Param("num_draft", "int", 10, "at most this many tokens copied per step", 1, 64),
     )
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        if params["min_ngram"] > params["max_ngram"]:
+            raise ConfigError(f"prompt_lookup: min_ngram ({params['min_ngram']}) must not exceed max_ngram "
+                              f"({params['max_ngram']}); it would never draft")
+
     def begin(self, prompt_ids: list[int]) -> None:
         # index[n][ngram] = position right after the ngram's most recent occurrence
         self.index: list[dict[tuple[int, ...], int]] = [dict() for _ in range(self.p["max_ngram"] + 1)]
         self.indexed = 0  # n-grams ending before this position are indexed
-        self.seen: list[int] = []  # the tokens the index was built from
+        self.last: int | None = None  # tokens[indexed - 1] when last indexed, to notice a rewound context
+
+    def index_context(self, tokens: list[int]) -> None:
+        """Index the committed context (call once per step, before `match`)."""
+        self._extend_index(tokens)
 
     def _extend_index(self, tokens: list[int]) -> None:
-        if tokens[: len(self.seen)] != self.seen:  # the context was rewound (e.g. staged drafts): rebuild
-            self.begin([])
+        if len(tokens) < self.indexed or (self.indexed and tokens[self.indexed - 1] != self.last):
+            self.begin([])  # another context than the one indexed (e.g. staged's draft branches): rebuild
         # index n-grams tokens[end-n:end] for end < len(tokens): each has a continuation tokens[end]
         for end in range(max(self.indexed, 1), len(tokens)):
             for n in range(self.p["min_ngram"], self.p["max_ngram"] + 1):
                 if end - n >= 0:
                     self.index[n][tuple(tokens[end - n:end])] = end
         self.indexed = len(tokens)
-        self.seen = list(tokens)
+        self.last = tokens[-1] if tokens else None
 
     def propose(self, ctx: DraftContext) -> Draft | None:
         budget = min(self.p["num_draft"], ctx.max_tokens)
         if budget <= 0:
             return None
-        tokens = ctx.tokens
-        # n-grams ending at len(tokens) - 1 or earlier: every occurrence except the suffix itself
-        self._extend_index(tokens)
+        self._extend_index(ctx.tokens)
+        cont = self.match(ctx.tokens, budget)
+        return Draft.chain(cont) if cont else None
+
+    def match(self, tokens: list[int], budget: int) -> list[int]:
+        """What followed the latest indexed occurrence of the longest matching suffix n-gram of `tokens`.
+
+        `tokens` may run past the indexed context (a drafter's own provisional tokens): its suffix is
+        looked up, and the continuation read from `tokens`, but nothing past the index is indexed.
+        """
         for n in range(min(self.p["max_ngram"], len(tokens) - 1), self.p["min_ngram"] - 1, -1):
             start = self.index[n].get(tuple(tokens[-n:]))
-            if start is not None:
-                cont = tokens[start:start + budget]
-                if cont:
-                    return Draft.chain(cont)
-        return None
+            if start is not None and start < len(tokens):
+                return list(tokens[start:start + budget])
+        return []

@@ -63,11 +63,10 @@ class Staged(TopKTreeDrafter):
             return None
         chain: list[int] = []
         dists: list[torch.Tensor] = []
+        self.lookup.index_context(ctx.tokens)  # the committed context only; the chain is provisional
         while len(chain) < gamma:
             # stage 1: n-gram suggestions for the draft model, checked in one draft forward
-            hint = self.lookup.propose(DraftContext(tokens=ctx.tokens + chain, n_prompt=ctx.n_prompt,
-                                            max_tokens=gamma - len(chain), step=ctx.step))
-            suggestion = hint.tokens if hint is not None else []
+            suggestion = self.lookup.match(ctx.tokens + chain, gamma - len(chain))
             rows = self.runner.logits_along(ctx.tokens + chain, suggestion)  # (1+m, V)
             for i in range(len(suggestion) + 1):
                 q = self._dist(rows[i])
