@@ -78,3 +78,24 @@ def test_stop_never_lets_two_decodes_overlap(tmp_path, monkeypatch):
     assert runs["second"].status == "finished"
     assert runs["first"].status != "running" and len(store.load_trace(runs["first"].id).output_ids) < 200
     store.close()
+
+
+def test_api_has_stable_names_and_reads_metrics(app_url):
+    """What a user of "Use via API" sees: named user-facing endpoints, and a run's metrics as data."""
+    from gradio_client import Client
+
+    url, _ = app_url
+    client = Client(url, verbose=False)
+    named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    assert {"/run", "/stop", "/baseline", "/tree", "/tree_step", "/latency", "/history", "/compare", "/delete",
+            "/export", "/benchmarks", "/benchmark", "/run_metrics"} <= named
+    assert not [n for n in named if n.startswith("/partial")], named
+    blanks = {p["parameter_name"]: (None if p["component"] == "Dropdown" else "")
+              for p in client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/run"]["parameters"]
+              if not p.get("parameter_has_default")}
+    out = client.predict(target="tiny-random", draft="tiny-random:bf16", method="speculative", prompt="Hello there",
+                         chat=False, max_new_tokens=16, api_name="/run", **blanks)
+    run_id = out[3].split("`")[1]
+    info = client.predict(run_id, api_name="/run_metrics")
+    assert info["status"] == "finished" and info["method"] == "speculative"
+    assert info["metrics"]["new_tokens"] == 16 and info["metrics"]["mean_accepted_tokens"] >= 1.0

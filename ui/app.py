@@ -6,10 +6,16 @@ what `workbench ui` calls. Models are loaded once per process by
 workbench.models and shared read-only; the decoding events share one queue slot
 (concurrency_id "decode", limit 1) so runs from several tabs or users wait their
 turn instead of competing for the CPU. Everything per user lives in `gr.State`.
+
+`launch` first asks ui.exposure.plan_launch how to serve: on another interface
+than loopback or with a share link it needs a login (--auth-file or
+$WORKBENCH_AUTH, passed to Gradio's auth) unless told insecure=True, and the app
+then runs under an exposure policy (model allow-list, no deleting, no stack
+traces, no store path in the header).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import gradio as gr
 
@@ -17,6 +23,7 @@ from store import RunStore
 from workbench.models import EMBEDDED_DEFAULT
 
 from .common import AppContext, new_session_state
+from .exposure import ExposurePolicy, plan_launch
 from .tabs.history import build_history_tab
 from .tabs.latency import build_latency_tab
 from .tabs.playground import build_playground_tab
@@ -30,12 +37,15 @@ CSS = """
 """
 
 
-def build_app(db: str | None = None, default_target: str | None = None) -> gr.Blocks:
+def build_app(db: str | None = None, default_target: str | None = None,
+              policy: ExposurePolicy | None = None) -> gr.Blocks:
     """The app's Blocks over the run store at `db` (None: $WORKBENCH_DB or the user data dir)."""
-    ctx = AppContext(store=RunStore(db), default_target=(default_target or EMBEDDED_DEFAULT).strip())
+    ctx = AppContext(store=RunStore(db), default_target=(default_target or EMBEDDED_DEFAULT).strip(),
+                     policy=policy or ExposurePolicy())
+    where = ("Shared server: a fixed set of models, deleting runs turned off." if ctx.policy.exposed
+             else f"Store: `{ctx.store.path or 'memory'}`")
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        gr.Markdown(f"## {TITLE}\nRun, see and compare fast decoding methods. Store: `{ctx.store.path or 'memory'}`",
-                    elem_id="wb-header")
+        gr.Markdown(f"## {TITLE}\nRun, see and compare fast decoding methods. {where}", elem_id="wb-header")
         state = gr.State(new_session_state())
         with gr.Tabs(elem_id="wb-tabs"):
             with gr.Tab("Playground", id="playground", elem_id="tab-playground"):
@@ -46,23 +56,28 @@ def build_app(db: str | None = None, default_target: str | None = None) -> gr.Bl
                 lat = build_latency_tab(ctx, state)
             with gr.Tab("History & compare", id="history", elem_id="tab-history") as hist_tab:
                 hist = build_history_tab(ctx, state)
-        tree_tab.select(*tree["on_select"])
-        lat_tab.select(*lat["on_select"])
+        tree_tab.select(*tree["on_select"], api_visibility="private")
+        lat_tab.select(*lat["on_select"], api_visibility="private")
         for fn, inputs, outputs in hist["on_select"]:
-            hist_tab.select(fn, inputs, outputs)
+            hist_tab.select(fn, inputs, outputs, api_visibility="private")
     demo.workbench_context = ctx  # for tests and embedding; not per-user
     demo.workbench_css = CSS
     return demo
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: str | None = None,
-           default_target: str | None = None, **launch_kwargs: Any) -> gr.Blocks:
+           default_target: str | None = None, *, auth_file: str | None = None, insecure: bool = False,
+           allow_models: Iterable[str] = (), **launch_kwargs: Any) -> gr.Blocks:
     """Serve the app; returns the Blocks (call .close() to stop it when launched with prevent_thread_lock=True).
 
-    Extra keyword arguments go to gr.Blocks.launch.
+    Raises ConfigError before serving when an exposed app would have no login
+    (see ui.exposure). Extra keyword arguments go to gr.Blocks.launch.
     """
-    demo = build_app(db=db, default_target=default_target)
+    plan = plan_launch(host, share, auth_file=auth_file, insecure=insecure, allow_models=allow_models,
+                       default_target=default_target)
+    demo = build_app(db=db, default_target=default_target, policy=plan.policy)
     demo.queue(default_concurrency_limit=4)
     launch_kwargs.setdefault("css", CSS)
-    demo.launch(server_name=host, server_port=port, share=share, show_error=True, **launch_kwargs)
+    demo.launch(server_name=plan.host, server_port=port, share=plan.share, show_error=plan.show_error,
+                auth=plan.auth, **launch_kwargs)
     return demo

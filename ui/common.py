@@ -1,18 +1,23 @@
 """What the tabs share: the app context, per-session state, token texts, run pickers, error messages.
 
 `AppContext` holds what is the same for every user of one app (the run store,
-the default target); handlers receive it bound with functools.partial. Anything
-that belongs to one user lives in the session state dict (a `gr.State`):
-the ids of the runs this session made and the settings of its latest run.
+the default target, the exposure policy); handlers receive it bound with
+functools.partial. Anything that belongs to one user lives in the session state
+dict (a `gr.State`): the ids of the runs this session made and the settings of
+its latest run. `check_run_request` is the server-side check of what a page
+asks to run (a slider's maximum is only a hint to the browser).
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from store import RunStore, StoreError
-from workbench.config import ConfigError
+from workbench.config import ConfigError, is_int, shown
+
+from .exposure import ExposurePolicy
 
 NONE_DRAFT = "none"
 BUILTIN_TARGETS = ["smollm2-135m", "tiny-random", "tiny-random:seed=1", "smollm2-135m:bf16", "tiny-random:bf16"]
@@ -31,6 +36,27 @@ class AppContext:
     # away) finishes its step before the next one starts. Gradio's queue slot alone is not
     # enough: cancelling an event frees the slot while the worker thread is still decoding.
     device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Exposed servers: the model allow-list, no deleting (ui.exposure); the default allows everything.
+    policy: ExposurePolicy = field(default_factory=ExposurePolicy)
+
+
+# The longest generation one click may ask for: keeps the shared decode slot from being held for minutes.
+UI_MAX_NEW_TOKENS = 512
+
+
+def check_run_request(ctx: AppContext, target: str, draft: str | None, max_new_tokens: Any) -> int:
+    """The page's max new tokens as an int in [1, UI_MAX_NEW_TOKENS], for models the policy allows.
+
+    Raises ConfigError / ModelError with one line for the status message.
+    """
+    n = max_new_tokens
+    ok = is_int(n) or (isinstance(n, float) and math.isfinite(n) and n.is_integer())
+    if not ok or not 1 <= n <= UI_MAX_NEW_TOKENS:
+        raise ConfigError(f"max new tokens must be a whole number from 1 to {UI_MAX_NEW_TOKENS} in the app, "
+                          f"got {shown(n)}")
+    ctx.policy.check_model(target)
+    ctx.policy.check_model(draft)
+    return int(n)
 
 
 def new_session_state() -> dict[str, Any]:
@@ -170,19 +196,3 @@ def default_run(choices: list[tuple[str, str]], state: dict[str, Any] | None) ->
     if last in ids:
         return last
     return ids[0] if ids else None
-
-
-def find_baseline(store: RunStore, rec: Any) -> Any | None:
-    """A finished plain-decoding run of the same target, prompt, chat flag, sampling and length."""
-    params = rec.typed_params
-    max_new = params.get("max_new_tokens")
-    if max_new is None:
-        return None
-    env = {k: rec.env[k] for k in ("device", "dtype") if rec.env.get(k) is not None}
-    base = store.find_baseline(target=rec.target, prompt=rec.prompt, sampling=rec.sampling,
-                               max_new_tokens=int(max_new), env=env or None)
-    if base is None or base.id == rec.id:
-        return None
-    if base.typed_params.get("chat") != params.get("chat"):
-        return None
-    return base

@@ -7,6 +7,7 @@ decodes with the engine while streaming steps to the store, and ends the row
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -20,8 +21,13 @@ from .engine import GenerationResult, generate
 from .methods import get_method, resolve_params
 from .trace import Step, Trace
 
+logger = logging.getLogger(__name__)
+
 # Steps are written to the store in batches of this many (and at the end).
 STEP_FLUSH_EVERY = 16
+# Room for one step's draft nodes in a sliding-window cache: every built-in method's default
+# draft is smaller; a larger custom tree still meets the cache's own CacheRollbackError.
+SLIDING_WINDOW_MARGIN = 64
 
 
 @dataclass
@@ -115,13 +121,14 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     from .models import EMBEDDED_DEFAULT, check_compatible, load_model
 
     # ---- validate cheap things first: nothing is loaded or recorded on bad input
-    if isinstance(prompt, str) and not prompt.strip():
-        raise ConfigError("the prompt is empty")
-    if isinstance(prompt, list) and not any(str(m.get("content", "")).strip() for m in prompt):
-        raise ConfigError("the prompt is empty")
+    _check_prompt(prompt)
+    if chat is not None and not isinstance(chat, bool):
+        raise ConfigError(f"chat must be True, False or None, got {chat!r}")
     cls = get_method(method)
     resolved = resolve_params(method, params)
-    sampling = sampling or SamplingConfig()
+    sampling = SamplingConfig() if sampling is None else sampling
+    if not isinstance(sampling, SamplingConfig):
+        raise ConfigError(f"sampling must be a SamplingConfig, not {type(sampling).__name__}")
     decode = DecodeConfig(max_new_tokens=max_new_tokens, trace=trace)
     if cls.needs_draft_model and not draft:
         raise ConfigError(f"method '{method}' needs a draft model, e.g. --draft smollm2-135m:bf16")
@@ -137,6 +144,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     prompt_ids = tgt.encode_prompt(prompt, chat=chat)
     if not prompt_ids:
         raise ConfigError("the prompt encodes to no tokens")
+    for lm in (m for m in (tgt, drf) if m is not None):
+        check_fits(lm, len(prompt_ids), max_new_tokens, method if cls.drafts() else None)
 
     # ---- record and decode
     if log and store is None:
@@ -155,11 +164,21 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
             sampling=sampling.to_dict(), env=environment(tgt), benchmark_id=benchmark_id, source=source,
         )
 
+    flush_failed = False
+
     def _on_step(step: Step, t: Trace) -> None:
-        nonlocal written
+        # A failed intermediate write never stops the decode: the steps stay in the
+        # trace and are written by the next flush or by finish_run / fail_run.
+        nonlocal written, flush_failed
         if log and len(t.steps) - written >= STEP_FLUSH_EVERY:
-            store.append_steps(run_id, t.steps[written:])
-            written = len(t.steps)
+            try:
+                store.append_steps(run_id, t.steps[written:])
+                written = len(t.steps)
+            except Exception as exc:  # noqa: BLE001 - any store failure, see above
+                if not flush_failed:
+                    logger.warning("run %s: could not write steps to the run store (%s); keeping them in "
+                                   "memory until the run ends", run_id, exc)
+                flush_failed = True
         if on_step:
             on_step(step, t)
 
@@ -167,15 +186,60 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         result = generate(tgt, method, prompt_ids, draft=drf, params=resolved, sampling=sampling,
                           decode=decode, on_step=_on_step, trace=tr)
     except BaseException as exc:
-        if log:
+        if log:  # the decode's own error is the one raised, also when recording it fails
             msg = str(exc) or type(exc).__name__
-            store.fail_run(run_id, f"{type(exc).__name__}: {msg}", trace=tr, output_text=tgt.decode(tr.output_ids))
+            try:
+                store.fail_run(run_id, f"{type(exc).__name__}: {msg}", trace=tr,
+                               output_text=tgt.decode(tr.output_ids))
+            except Exception as store_exc:  # noqa: BLE001
+                logger.warning("run %s: could not record the run as failed (%s)", run_id, store_exc)
+                if hasattr(exc, "add_note"):  # Python 3.11+
+                    exc.add_note(f"(recording the failed run {run_id} in the store also failed: {store_exc})")
         raise
     if log:
         store.finish_run(run_id, result.trace, result.text)
     return RunResult(run_id=run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
                      prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,
                      result=result)
+
+
+def _check_prompt(prompt: Any) -> None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConfigError("the prompt is empty")
+        return
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
+        raise ConfigError(f"a prompt must be text or a list of chat messages ({{'role', 'content'}} dicts), "
+                          f"not {type(prompt).__name__}")
+    if not any(str(m.get("content", "")).strip() for m in prompt):
+        raise ConfigError("the prompt is empty")
+
+
+def check_fits(lm: Any, n_prompt: int, max_new_tokens: int, drafting_method: str | None = None) -> None:
+    """Refuse a prompt + max_new_tokens longer than `lm` can attend to, with the numbers.
+
+    Drafts never reach past the token budget (the engine caps their depth), so
+    positions stay below n_prompt + max_new_tokens. A drafting method also rolls
+    the cache back, which a sliding-window layer allows only while nothing has
+    left its window: prompt + new tokens + one draft must stay below window - 1.
+    """
+    from .cache import sliding_window
+
+    total = n_prompt + max_new_tokens
+    limit = lm.max_positions
+    if limit is not None and total > limit:
+        room = (f"lower max_new_tokens to at most {limit - n_prompt}" if n_prompt < limit
+                else "shorten the prompt")
+        raise ConfigError(f"the prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {total} tokens is "
+                          f"more than '{lm.spec}' can attend to ({limit} positions); {room}")
+    window = sliding_window(lm.model.config) if drafting_method else None
+    if window is not None and total + SLIDING_WINDOW_MARGIN >= window - 1:
+        most = window - 2 - SLIDING_WINDOW_MARGIN - n_prompt
+        room = f"lower max_new_tokens to at most {most}" if most >= 1 else "shorten the prompt"
+        raise ConfigError(f"'{lm.spec}' has sliding-window attention (window {window}) and '{drafting_method}' "
+                          f"rolls its cache back, which needs prompt ({n_prompt}) + max_new_tokens "
+                          f"({max_new_tokens}) + {SLIDING_WINDOW_MARGIN} (one draft) below {window - 1}; "
+                          f"{room}, or decode with 'autoregressive'")
 
 
 def _chat_text(messages: list[dict]) -> str:

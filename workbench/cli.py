@@ -2,6 +2,9 @@
 
 Bad input ends with one line on stderr and a non-zero exit (2 for usage
 errors, 1 for a failed run); set WORKBENCH_DEBUG=1 to see tracebacks.
+`workbench ui` serves on 127.0.0.1; another --host or --share needs a login
+(--auth-file or $WORKBENCH_AUTH) or an explicit --insecure (see ui/exposure.py),
+and is refused before Gradio is even imported.
 """
 from __future__ import annotations
 
@@ -30,8 +33,25 @@ def _parse_params(pairs: Sequence[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--param expects key=value, got {pair!r}")
+        if key.strip() in out:
+            raise UsageError(f"--param {key.strip()} is given twice")
         out[key.strip()] = value.strip()
     return out
+
+
+def _int_in(lo: int, hi: int | None = None):
+    """An argparse type: a whole number in [lo, hi]; anything else is one usage line."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if n < lo or (hi is not None and n > hi):
+            span = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {n}")
+        return n
+
+    return parse
 
 
 def _open_store(args):
@@ -134,11 +154,11 @@ def cmd_runs_list(args) -> int:
     if not runs:
         print("no runs recorded yet: try `workbench run --method autoregressive --prompt 'Hello'`")
         return 0
-    print(f"{'id':<12} {'created':<19} {'status':<8} {'method':<15} {'target':<20} {'draft':<20} "
+    print(f"{'id':<12} {'created':<19} {'status':<11} {'method':<15} {'target':<20} {'draft':<20} "
           f"{'tok/s':>7} {'tau':>5}  prompt")
     for r in runs:
         prompt = " ".join((r.prompt or "").split())[:40]
-        print(f"{r.id[:12]:<12} {r.created_at:%Y-%m-%d %H:%M:%S} {r.status:<8} {r.method:<15} "
+        print(f"{r.id[:12]:<12} {r.created_at:%Y-%m-%d %H:%M:%S} {r.status:<11} {r.method:<15} "
               f"{(r.target or '')[:20]:<20} {(r.draft or '-')[:20]:<20} "
               f"{_fmt(r.metrics.get('tokens_per_s'), 1):>7} {_fmt(r.metrics.get('mean_accepted_tokens')):>5}  {prompt}")
     return 0
@@ -177,7 +197,9 @@ def cmd_runs_export(args) -> int:
 
 
 def cmd_runs_delete(args) -> int:
-    n = _open_store(args).delete_runs(args.run_ids)
+    store = _open_store(args)
+    ids = [store.get_run(r).id for r in args.run_ids]  # every id (or unique prefix) must exist: all or nothing
+    n = store.delete_runs(ids)
     print(f"deleted {n} runs", file=sys.stderr)
     return 0
 
@@ -221,9 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = runs.add_subparsers(dest="runs_command", parser_class=_Parser)
     rl = rsub.add_parser("list", help="list runs, newest first")
     rl.add_argument("--method")
-    rl.add_argument("--status", choices=["running", "finished", "failed"])
+    rl.add_argument("--status", choices=["running", "finished", "failed", "interrupted"])
     rl.add_argument("--search", help="substring of prompt, method or model")
-    rl.add_argument("--limit", type=int, default=50)
+    rl.add_argument("--limit", type=_int_in(1), default=50)
     rl.add_argument("--json", action="store_true")
     rl.set_defaults(func=cmd_runs_list)
     rs = rsub.add_parser("show", help="show one run")
@@ -246,14 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_ui(sub) -> None:
     u = sub.add_parser("ui", help="launch the Gradio app")
     u.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    u.add_argument("--port", type=int, default=7860)
+    u.add_argument("--port", type=_int_in(1, 65535), default=7860)
     u.add_argument("--share", action="store_true", help="also create a public Gradio share link (opt-in)")
     u.add_argument("--target", default=None, help="preselected target model")
+    u.add_argument("--auth-file", default=None, metavar="PATH",
+                   help="logins, one user:password a line (else $WORKBENCH_AUTH=user:pw[,user2:pw2]); "
+                        "required with --share or a --host other than loopback")
+    u.add_argument("--insecure", action="store_true",
+                   help="serve a non-loopback --host or --share without a login (anyone who reaches it can use it)")
+    u.add_argument("--allow-model", action="append", default=[], metavar="SPEC",
+                   help="when shared: also allow this model (repeatable; also $WORKBENCH_ALLOWED_MODELS, "
+                        "comma-separated); the built-in models are always allowed")
 
     def cmd_ui(args) -> int:
+        from ui.exposure import plan_launch
+
+        options = dict(auth_file=args.auth_file, insecure=args.insecure, allow_models=args.allow_model)
+        plan_launch(args.host, args.share, default_target=args.target, **options)  # refuse before loading Gradio
         from ui.app import launch
 
-        launch(host=args.host, port=args.port, share=args.share, db=args.db, default_target=args.target)
+        launch(host=args.host, port=args.port, share=args.share, db=args.db, default_target=args.target, **options)
         return 0
 
     u.set_defaults(func=cmd_ui)

@@ -5,16 +5,45 @@ loaded or any run is recorded.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # Absurd-length guard: a CPU decodes ~10 tokens/s on the embedded model, so
 # more than this is almost certainly a typo (and would hold a UI worker for hours).
 MAX_NEW_TOKENS_LIMIT = 8192
+# torch.Generator.manual_seed takes up to 64 bits; stay in the signed range every backend accepts.
+MAX_SEED = 2**63 - 1
+# Larger than any vocabulary; top_k at or above the vocabulary size already means "off".
+MAX_TOP_K = 10_000_000
+# Far below this, logits / temperature overflow float32 and the probabilities turn into NaN;
+# anywhere below it sampling is greedy decoding in all but name, which temperature 0 does exactly.
+MIN_TEMPERATURE = 1e-3
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or of the wrong kind."""
+
+
+def is_int(value: Any) -> bool:
+    """A real integer: True/False are not (bool is an int subclass in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool, NaN or infinity."""
+    return is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """repr(value) cut to one short line, for error messages (a huge number or text stays readable)."""
+    if is_int(value) and value.bit_length() > 200:  # repr of a huge int is slow, or refused past 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    try:
+        text = " ".join(repr(value).split())
+    except ValueError:  # e.g. a container holding a huge int
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -31,14 +60,17 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0 or self.temperature > 100:
-            raise ConfigError(f"temperature must be in [0, 100], got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ConfigError(f"top_k must be a non-negative integer, got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not is_number(self.temperature) or not 0 <= self.temperature <= 100:
+            raise ConfigError(f"temperature must be a number in [0, 100], got {shown(self.temperature)}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise ConfigError(f"temperature {shown(self.temperature)} is too small to sample with; "
+                              f"use 0 for greedy or at least {MIN_TEMPERATURE}")
+        if not is_int(self.top_k) or not 0 <= self.top_k <= MAX_TOP_K:
+            raise ConfigError(f"top_k must be an integer in [0, {MAX_TOP_K}] (0 = off), got {shown(self.top_k)}")
+        if not is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be a number in (0, 1], got {shown(self.top_p)}")
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {shown(self.seed)}")
 
     @property
     def greedy(self) -> bool:
@@ -59,14 +91,20 @@ class DecodeConfig:
     extra_eos_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
-            raise ConfigError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if not is_int(self.max_new_tokens):
+            raise ConfigError(f"max_new_tokens must be an integer, got {shown(self.max_new_tokens)}")
         if self.max_new_tokens <= 0:
-            raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be positive, got {shown(self.max_new_tokens)}")
         if self.max_new_tokens > MAX_NEW_TOKENS_LIMIT:
             raise ConfigError(
-                f"max_new_tokens={self.max_new_tokens} is more than the limit of {MAX_NEW_TOKENS_LIMIT}"
+                f"max_new_tokens={shown(self.max_new_tokens)} is more than the limit of {MAX_NEW_TOKENS_LIMIT}"
             )
+        for name in ("stop_on_eos", "trace"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {shown(getattr(self, name))}")
+        eos = self.extra_eos_ids
+        if not isinstance(eos, (tuple, list)) or not all(is_int(i) and i >= 0 for i in eos):
+            raise ConfigError(f"extra_eos_ids must be a tuple of token ids (integers >= 0), got {shown(eos)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

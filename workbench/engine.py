@@ -76,6 +76,8 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     model = target.model
     generator = make_generator(sampling.seed, device)
     drafter = build_drafter(method, params, target, draft, sampling, generator)
+    # Drafters that learn from the target's own predictions (Jacobi, lookahead) get its argmax at every row.
+    wants_argmax = getattr(drafter, "wants_target_argmax", False)
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
@@ -108,7 +110,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     while not stop:
         t0 = time.perf_counter()
         generated = len(context) - len(prompt_ids)
-        dctx = DraftContext(tokens=context, n_prompt=len(prompt_ids),
+        dctx = DraftContext(tokens=list(context), n_prompt=len(prompt_ids),  # a copy: drafters never edit ours
                             max_tokens=decode.max_new_tokens - generated - 1, step=len(trace.steps))
         proposal = drafter.propose(dctx)
         if proposal is not None and len(proposal) == 0:
@@ -129,6 +131,8 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
         new = [node_tokens[i] for i in verdict.accepted] + [verdict.bonus_token]
         committed, stop = _apply_stops(new, eos, decode.max_new_tokens - generated)
         context.extend(committed)
+        if wants_argmax:
+            drafter.observe_target(logits.argmax(-1).tolist(), proposal)  # (1+n,) root row first, then each node
         drafter.observe(StepFeedback(draft=proposal, accepted=verdict.accepted, committed=committed,
                                      tokens=context))
         t3 = time.perf_counter()

@@ -16,9 +16,15 @@ every nn.Linear except the LM head with a weight-only int8 `Int8Linear`;
 ``seed=N`` picks the tiny-random model (default 0).
 
 `load_model` returns a `LoadedModel` (model + tokenizer + the facts the decode loop
-needs) and caches it per (spec, device); loaded models are shared, so treat them
-as read-only. `check_compatible` guards a target/draft pair against vocabularies
-that do not match.
+needs) and caches it per (spec, device) in a `ModelCache`: the most recently used
+$WORKBENCH_MAX_LOADED_MODELS (default 4) are kept; loaded models are shared, so
+treat them as read-only. `check_compatible` guards a target/draft pair against
+vocabularies that do not match. `AllowList` is what a shared server may load.
+
+Hub ids and local directories load with trust_remote_code=False (a model that
+needs its own Python code is refused; there is no switch to allow it) and from
+safetensors only: pickle weights (pytorch_model.bin) can run code when loaded,
+so a directory holding only those is refused with a line saying how to convert.
 """
 from __future__ import annotations
 
@@ -32,9 +38,12 @@ import sys
 import threading
 import time
 import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 import torch
@@ -141,6 +150,11 @@ class LoadedModel:
         return output_size(self.model)
 
     @property
+    def max_positions(self) -> int | None:
+        """The longest sequence (prompt + new tokens) the model was built for, when its config says."""
+        return max_positions(self.model.config)
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
@@ -181,6 +195,16 @@ class LoadedModel:
             "params": count_params(self.model),
             "vocab_size": self.vocab_size,
         }
+
+
+def max_positions(config: Any) -> int | None:
+    """max_position_embeddings (or what older configs call it), also inside a multimodal text_config."""
+    for cfg in (config, getattr(config, "text_config", None)):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(cfg, key, None) if cfg is not None else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
 
 
 def output_size(model: nn.Module) -> int:
@@ -336,6 +360,43 @@ def normalize_spec(name: str, opts: dict) -> str:
     return ":".join(parts)
 
 
+def model_name_key(spec: str) -> str:
+    """What an allow-list compares: the spec's name (a directory's real path), without its options."""
+    name, _ = parse_spec(spec)
+    return os.path.realpath(name) if name not in BUILTIN_NAMES and os.path.isdir(name) else name
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """The models a shared server may load: the built-in names plus what the operator named.
+
+    A name allows every option of it (dtype, int8, tiny-random's seed); a
+    directory is matched by its real path, so another spelling of it works but
+    no other directory does. `check` raises ModelError for anything else, before
+    anything is read from disk or the network.
+    """
+
+    extra: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, specs: Iterable[str]) -> "AllowList":
+        return cls(frozenset(model_name_key(s) for s in specs if s and str(s).strip()))
+
+    def allows(self, spec: str) -> bool:
+        try:
+            key = model_name_key(spec)
+        except ModelError:
+            return False
+        return key in BUILTIN_NAMES or key in self.extra
+
+    def check(self, spec: str) -> None:
+        if not self.allows(spec):
+            shown = spec if isinstance(spec, str) and len(spec) <= 80 else repr(spec)[:77] + "..."
+            names = ", ".join(list(BUILTIN_NAMES) + sorted(self.extra))
+            raise ModelError(f"model '{shown}' is not allowed on this server; allowed: {names} "
+                             "(the operator can add one with --allow-model or WORKBENCH_ALLOWED_MODELS)")
+
+
 def resolve_device(device: str | None = None) -> torch.device:
     """None/"auto" -> cuda when available, else cpu; an explicit device is checked."""
     if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
@@ -409,7 +470,76 @@ def _gguf_findable(name: str) -> bool:
 
 # ---------------------------------------------------------------- loading
 
-_LOADED: dict[tuple[str, str], LoadedModel] = {}
+DEFAULT_MAX_LOADED_MODELS = 4
+CacheKey = tuple[str, str]
+
+
+def max_loaded_models() -> int:
+    """$WORKBENCH_MAX_LOADED_MODELS: how many loaded models the cache keeps (default 4)."""
+    raw = os.environ.get("WORKBENCH_MAX_LOADED_MODELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_LOADED_MODELS
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ModelError(f"WORKBENCH_MAX_LOADED_MODELS must be a whole number >= 1, got {raw!r}")
+    return n
+
+
+class ModelCache(MutableMapping):
+    """Loaded models by (spec, device): the `limit` most recently used are kept, the oldest dropped.
+
+    A dropped model that someone still uses (a decode in progress, a caller's
+    variable) is found again through a weak reference rather than loaded a
+    second time, so memory holds at most `limit` idle models plus those in use.
+    limit=None reads $WORKBENCH_MAX_LOADED_MODELS at every insertion.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+        self._recent: OrderedDict[CacheKey, LoadedModel] = OrderedDict()  # least recently used first
+        self._alive: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+    def __getitem__(self, key: CacheKey) -> LoadedModel:
+        hit = self._recent.get(key)
+        if hit is None:
+            hit = self._alive[key]  # KeyError when it is gone
+        self._recent[key] = hit
+        self._recent.move_to_end(key)
+        self._evict()
+        return hit
+
+    def __setitem__(self, key: CacheKey, value: LoadedModel) -> None:
+        self._recent[key] = value
+        self._recent.move_to_end(key)
+        self._alive[key] = value
+        self._evict()
+
+    def __delitem__(self, key: CacheKey) -> None:
+        found = self._recent.pop(key, None) is not None
+        found = self._alive.pop(key, None) is not None or found
+        if not found:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[CacheKey]:
+        return iter(list(self._recent))
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def clear(self) -> None:
+        self._recent.clear()
+        self._alive.clear()
+
+    def _evict(self) -> None:
+        limit = self.limit if self.limit is not None else max_loaded_models()
+        while len(self._recent) > limit:
+            self._recent.popitem(last=False)
+
+
+_LOADED: MutableMapping = ModelCache()
 _LOCK = threading.RLock()
 
 
@@ -419,6 +549,7 @@ def load_model(spec: str, device: str | None = None, progress: Progress | None =
     dev = resolve_device(device)
     norm = normalize_spec(name, opts)
     key = (_cache_key(name, norm), str(dev))
+    max_loaded_models()  # a bad setting fails before a slow load, not after it
     with _LOCK:
         hit = _LOADED.get(key)
         if hit is not None:
@@ -494,14 +625,45 @@ def _announce(progress: Progress | None, message: str) -> None:
 # ---------------------------------------------------------------- local directories and hub ids
 
 
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
 def _load_directory(path: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelError(f"could not load model '{path}': the directory has no config.json "
                          "(expected a Hugging Face model saved with save_pretrained)")
+    _check_no_remote_code(path)
+    _check_safetensors(path)
     try:
         return _from_pretrained(path, dtype)
     except Exception as exc:  # noqa: BLE001 - any failure becomes one clear line
         raise ModelError(f"could not load model from directory '{path}': {_short(exc)}") from exc
+
+
+def _check_no_remote_code(path: str) -> None:
+    """Refuse a model directory whose config asks for its own Python code (trust_remote_code stays off)."""
+    import json
+
+    try:
+        config = json.loads(Path(path, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports a broken config in its own words
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise ModelError(f"could not load model '{path}': it needs its own Python code (auto_map in config.json) "
+                         "and the workbench never runs a model's code (trust_remote_code is off)")
+
+
+def _check_safetensors(path: str) -> None:
+    """Refuse a model directory whose weights are only pickle files (loading those can run code)."""
+    names = os.listdir(path)
+    if any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_WEIGHTS))
+    if pickles:
+        raise ModelError(f"could not load model '{path}': its weights are only in pickle files ({pickles[0]}"
+                         f"{', ...' if len(pickles) > 1 else ''}), which can run code when loaded; the workbench "
+                         "loads safetensors only: on a machine you trust, load it with transformers and "
+                         "save_pretrained() it again (that writes model.safetensors)")
 
 
 def _load_hub(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
@@ -528,10 +690,12 @@ def _load_hub(name: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
 
 def _from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
+    """A hub id or directory through transformers: never its own Python code, weights from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=False, use_safetensors=True,
+                                                 **kwargs)
     return model, tokenizer
 
 

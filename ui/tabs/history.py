@@ -105,6 +105,9 @@ def ask_delete(selected: list[str] | None):
 
 def delete_selected(ctx: AppContext, selected: list[str] | None, search, methods, statuses):
     """Delete the selected runs, then redraw the table. Returns (message, confirm, table, ids, selection)."""
+    if not ctx.policy.can_delete:  # a shared server: one user must not erase everyone's runs
+        return (status("error", "Deleting runs is turned off on this shared server."), gr.update(visible=False),
+                gr.update(), gr.update(), gr.update())
     try:
         n = ctx.store.delete_runs(selected or [])
     except Exception as exc:  # noqa: BLE001
@@ -167,6 +170,17 @@ def show_benchmark(ctx: AppContext, bench_id: str | None):
             f"({len(table)} rows)."), table
 
 
+def run_summary(ctx: AppContext, run_id: str) -> dict[str, Any]:
+    """A stored run as plain data: status, method, models, output and every metric (the `run_metrics` API)."""
+    try:
+        rec = ctx.store.get_run(str(run_id or ""))
+    except Exception as exc:  # noqa: BLE001 - one line for the API caller, never a trace
+        raise gr.Error(user_message(exc)) from None
+    return {"run_id": rec.id, "status": rec.status, "error": rec.error, "method": rec.method, "target": rec.target,
+            "draft": rec.draft, "params": rec.typed_params, "output_text": rec.output_text,
+            "metrics": {k: (None if v != v else v) for k, v in rec.metrics.items()}}
+
+
 def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     c: dict[str, Any] = {}
     method_names = [m.name for m in list_methods()]
@@ -204,19 +218,26 @@ def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     filters = [c["search"], c["methods"], c["statuses"]]
     table_out = [c["table"], c["ids"], c["selected"], c["count"]]
     load = functools.partial(history_table, ctx)
-    c["refresh"].click(load, filters + [c["selected"]], table_out)
-    c["search"].submit(load, filters + [c["selected"]], table_out)
+    c["refresh"].click(load, filters + [c["selected"]], table_out, api_name="history")
+    c["search"].submit(load, filters + [c["selected"]], table_out, api_visibility="private")
     for f in (c["methods"], c["statuses"]):
-        f.change(load, filters + [c["selected"]], table_out)
-    c["table"].select(select_row, [c["ids"], c["selected"]], c["selected"])
+        f.change(load, filters + [c["selected"]], table_out, api_visibility="private")
+    c["table"].select(select_row, [c["ids"], c["selected"]], c["selected"], api_visibility="private")
     c["compare"].click(functools.partial(compare_runs, ctx), c["selected"],
-                       [c["message"], c["metrics"], c["time"], c["diff"]])
-    c["delete"].click(ask_delete, c["selected"], [c["message"], c["confirm"]])
+                       [c["message"], c["metrics"], c["time"], c["diff"]], api_name="compare")
+    c["delete"].click(ask_delete, c["selected"], [c["message"], c["confirm"]], api_visibility="private")
     c["confirm"].click(functools.partial(delete_selected, ctx), [c["selected"]] + filters,
-                       [c["message"], c["confirm"], c["table"], c["ids"], c["selected"]])
-    c["export"].click(functools.partial(export_csv, ctx), filters, [c["file"], c["message"]])
+                       [c["message"], c["confirm"], c["table"], c["ids"], c["selected"]], api_name="delete")
+    c["export"].click(functools.partial(export_csv, ctx), filters, [c["file"], c["message"]], api_name="export")
     bench_list = functools.partial(list_benchmarks, ctx)
-    c["bench_refresh"].click(bench_list, None, [c["bench"], c["bench_msg"]])
-    c["bench"].change(functools.partial(show_benchmark, ctx), c["bench"], [c["bench_msg"], c["bench_table"]])
+    c["bench_refresh"].click(bench_list, None, [c["bench"], c["bench_msg"]], api_name="benchmarks")
+    c["bench"].change(functools.partial(show_benchmark, ctx), c["bench"], [c["bench_msg"], c["bench_table"]],
+                      api_name="benchmark")
+
+    def run_metrics(run_id: str) -> dict:
+        """Status, method, models, output text and metrics of a stored run (id or unique prefix)."""
+        return run_summary(ctx, run_id)
+
+    gr.api(run_metrics, api_name="run_metrics")
     c["on_select"] = [(load, filters + [c["selected"]], table_out), (bench_list, None, [c["bench"], c["bench_msg"]])]
     return c

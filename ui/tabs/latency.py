@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from .. import presenters as P
-from ..common import AppContext, find_baseline, user_message
+from ..common import AppContext, user_message
 from .tree_viewer import refresh_runs
 
 
@@ -27,7 +27,7 @@ def latency_view(ctx: AppContext, state: dict, run_id: str | None):
     try:
         rec = ctx.store.get_run(run_id)
         trace = ctx.store.load_trace(run_id)
-        base = find_baseline(ctx.store, rec) if rec.method != "autoregressive" else None
+        base = ctx.store.baseline_for(rec) if rec.method != "autoregressive" else None
         base_trace = ctx.store.load_trace(base.id) if base is not None else None
     except Exception as exc:  # noqa: BLE001
         msg = user_message(exc)
@@ -64,8 +64,8 @@ def build_latency_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
         c["hist"] = gr.Plot(P.empty_figure("pick a run"), elem_id="lat-hist", show_label=False)
         c["alpha"] = gr.Plot(P.empty_figure("pick a run"), elem_id="lat-alpha", show_label=False)
     c["run"].change(functools.partial(latency_view, ctx), [state, c["run"]],
-                    [c["summary"], c["bars"], c["time"], c["hist"], c["alpha"], state])
+                    [c["summary"], c["bars"], c["time"], c["hist"], c["alpha"], state], api_name="latency")
     refresh = functools.partial(refresh_runs, ctx, "latency_seen")
-    c["refresh"].click(refresh, [state, c["run"]], c["run"])
+    c["refresh"].click(refresh, [state, c["run"]], c["run"], api_visibility="private")
     c["on_select"] = (refresh, [state, c["run"]], c["run"])
     return c

@@ -18,14 +18,23 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from workbench.config import ConfigError
 from workbench.methods import get_method, list_methods
 from workbench.trace import Trace
 
 from .. import presenters as P
-from ..common import (AppContext, default_draft, find_baseline, model_choices, model_decoder, norm_draft, status,
-                      texts_for, token_pieces, user_message)
+from ..common import (AppContext, check_run_request, default_draft, model_choices, model_decoder,
+                      norm_draft, status, texts_for, token_pieces, user_message)
 
-N_SLOTS = 6
+MIN_SLOTS = 6
+
+
+def slot_count() -> int:
+    """Parameter slots the form needs: as many as the registered method with the most parameters."""
+    return max([MIN_SLOTS] + [len(m.params) for m in list_methods()])
+
+
+N_SLOTS = slot_count()  # the built-in methods are registered by the import above
 SLOT_KINDS = ("number", "choice", "bool", "text")  # the components of one slot, in order
 DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 STREAM_EVERY_S = 0.15
@@ -66,6 +75,9 @@ def method_form(method: str) -> list[Any]:
         schema = list(get_method(method).params)
     except Exception:  # noqa: BLE001
         schema = []
+    if len(schema) > N_SLOTS:  # a method registered after the form was built: never drop a parameter silently
+        raise gr.Error(f"method '{method}' has {len(schema)} parameters but the form has {N_SLOTS} slots; "
+                       "restart the app after registering it")
     updates: list[Any] = [method_info_html(method)]
     for i in range(N_SLOTS):
         p = schema[i] if i < len(schema) else None
@@ -89,7 +101,11 @@ def method_form(method: str) -> list[Any]:
 def collect_params(method: str, slot_values: tuple | list) -> dict[str, Any]:
     """Map the slot values back to the method's parameters (validated later by workbench.api.run)."""
     params: dict[str, Any] = {}
-    for i, p in enumerate(get_method(method).params[:N_SLOTS]):
+    schema = get_method(method).params
+    if len(schema) > N_SLOTS:
+        raise ConfigError(f"method '{method}' has {len(schema)} parameters but the form has {N_SLOTS} slots; "
+                          "restart the app after registering it")
+    for i, p in enumerate(schema):
         value = slot_values[i * len(SLOT_KINDS) + SLOT_KINDS.index(slot_kind(p.type))] \
             if len(slot_values) > i * len(SLOT_KINDS) else None
         if value is None or value == "":
@@ -135,7 +151,7 @@ def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, bool
     if run_id is None or trace.method == "autoregressive":
         return P.metric_cards_html(trace), False
     rec = ctx.store.get_run(run_id)
-    base = find_baseline(ctx.store, rec)
+    base = ctx.store.baseline_for(rec)
     if base is None:
         return P.metric_cards_html(trace, baseline_note="no baseline yet: click “Run baseline”"), True
     tps = base.metrics.get("tokens_per_s")
@@ -237,7 +253,7 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
             return
         params = collect_params(method, slot_values)
         sampling = _sampling(temperature, top_p, top_k, seed)
-        max_new = int(max_new_tokens or 0)
+        max_new = check_run_request(ctx, target, draft if cls.needs_draft_model else None, max_new_tokens)
     except Exception as exc:  # noqa: BLE001
         yield fail(user_message(exc))
         return
@@ -368,10 +384,10 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                 c["run_id"] = gr.Markdown("", elem_id="pg-run-id")
                 c["baseline"] = gr.Button("Run baseline", visible=False, elem_id="pg-baseline", size="sm")
 
-    c["method"].change(method_form, c["method"], [c["method_info"]] + slots)
-    c["target"].change(draft_for_target, [c["target"], c["draft"]], c["draft"])
+    c["method"].change(method_form, c["method"], [c["method_info"]] + slots, api_visibility="private")
+    c["target"].change(draft_for_target, [c["target"], c["draft"]], c["draft"], api_visibility="private")
     for comp in (c["method"], c["draft"]):
-        comp.change(draft_note, [c["method"], c["draft"]], c["draft_note"])
+        comp.change(draft_note, [c["method"], c["draft"]], c["draft_note"], api_visibility="private")
     inputs = [state, c["target"], c["draft"], c["method"], c["prompt"], c["chat"], c["max_new"], c["temperature"],
               c["top_p"], c["top_k"], c["seed"]] + slots
     outputs = [c["status"], c["output"], c["cards"], c["run_id"], c["baseline"], state]

@@ -124,10 +124,11 @@ def build_tree_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
 
     load = functools.partial(load_run, ctx)
     show = functools.partial(step_view, ctx)
-    c["run"].change(load, [state, c["run"]], [c["step"], c["info"], c["plot"], c["mask"], c["tokens"], state])
+    c["run"].change(load, [state, c["run"]], [c["step"], c["info"], c["plot"], c["mask"], c["tokens"], state],
+                    api_name="tree")
     c["step"].input(show, [c["run"], c["step"]], [c["info"], c["plot"], c["mask"], c["tokens"]],
-                    trigger_mode="always_last")
+                    trigger_mode="always_last", api_name="tree_step")
     refresh = functools.partial(refresh_runs, ctx, "tree_seen")
-    c["refresh"].click(refresh, [state, c["run"]], c["run"])
+    c["refresh"].click(refresh, [state, c["run"]], c["run"], api_visibility="private")
     c["on_select"] = (refresh, [state, c["run"]], c["run"])
     return c

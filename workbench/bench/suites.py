@@ -75,6 +75,8 @@ class PromptUnit:
 
 def suite_path(suite: str) -> Path:
     """The file of a built-in suite name, or `suite` as a path."""
+    if not isinstance(suite, str) or not suite.strip():
+        raise ConfigError(f"a suite is a built-in name ({', '.join(BUILTIN_SUITES)}) or a file path, got {suite!r}")
     if suite in BUILTIN_SUITES:
         return BUILTIN_SUITES[suite]
     path = Path(suite).expanduser()
@@ -87,46 +89,58 @@ def suite_path(suite: str) -> Path:
 def load_suite(suite: str) -> list[Question]:
     """Read a suite (built-in name or path to a question.jsonl-format file)."""
     path = suite_path(suite)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is not part of line 1
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read suite file {path}: {' '.join(str(exc).split())}") from None
+    return parse_suite(text, path.name)
+
+
+def parse_suite(text: str, name: str = "suite") -> list[Question]:
+    """The questions of a suite file's text; a bad line is a ConfigError naming `name:line`."""
     questions: list[Question] = []
     seen: set[str] = set()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read suite file {path}: {exc}") from None
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        q = _parse_line(line, f"{path.name}:{lineno}")
+        q = _parse_line(line, f"{name}:{lineno}")
         if q.key in seen:
-            raise ConfigError(f"{path.name}:{lineno}: question_id {q.question_id!r} appears twice")
+            raise ConfigError(f"{name}:{lineno}: question_id {q.question_id!r} appears twice")
         seen.add(q.key)
         questions.append(q)
     if not questions:
-        raise ConfigError(f"suite file {path} has no questions")
+        raise ConfigError(f"suite file {name} has no questions")
     return questions
 
 
 def _parse_line(line: str, where: str) -> Question:
     try:
         obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # JSONDecodeError, or a number too long to convert
+        raise ConfigError(f"{where}: not valid JSON ({getattr(exc, 'msg', None) or exc})") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: expected a JSON object with question_id, category, turns")
     missing = [k for k in ("question_id", "category", "turns") if k not in obj]
     if missing:
         raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+    qid = obj["question_id"]
+    if isinstance(qid, bool) or not isinstance(qid, (int, str)) or (isinstance(qid, str) and not qid.strip()):
+        raise ConfigError(f"{where}: 'question_id' must be an integer or a non-empty string")
+    if isinstance(qid, int) and qid.bit_length() > 63:
+        raise ConfigError(f"{where}: 'question_id' is too large")
     turns = obj["turns"]
     if (not isinstance(turns, list) or not turns
             or not all(isinstance(t, str) and t.strip() for t in turns)):
         raise ConfigError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
-    category = str(obj["category"]).strip()
-    if not category:
-        raise ConfigError(f"{where}: empty category")
+    if not isinstance(obj["category"], str) or not obj["category"].strip():
+        raise ConfigError(f"{where}: 'category' must be a non-empty string")
+    category = obj["category"].strip()
     sub = ""
     if category in MT_BENCH_SUBCATEGORIES:
         category, sub = "mt_bench", category
-    return Question(question_id=obj["question_id"], category=category, turns=tuple(turns), subcategory=sub)
+    return Question(question_id=qid, category=category, turns=tuple(turns), subcategory=sub)
 
 
 def filter_questions(questions: list[Question], categories: list[str] | None = None,

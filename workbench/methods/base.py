@@ -8,18 +8,31 @@ like transformers' candidate generators, and never touches the target's cache.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 
-from ..config import ConfigError, SamplingConfig
+from ..config import ConfigError, SamplingConfig, is_int, is_number, shown
 from ..tree import Draft
+
+
+# A longer parameter string is a mistake (or an attack on a shared server), never a tree spec.
+MAX_PARAM_TEXT = 10_000
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
 class Param:
-    """One declared method parameter."""
+    """One declared method parameter.
+
+    `parse` accepts what the CLI (strings), the UI (numbers, bools, strings) and
+    Python callers pass, and refuses bools where numbers are meant, NaN, infinity,
+    fractional ints and out-of-range values with one ConfigError line. `check`,
+    when given, validates the parsed value further (e.g. a tree spec) and raises
+    ConfigError, so a bad value is refused before any run is recorded.
+    """
 
     name: str
     type: str  # "int" | "float" | "bool" | "choice" | "str"
@@ -28,34 +41,45 @@ class Param:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] = ()
+    check: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def parse(self, value: Any) -> Any:
         """Convert a CLI/UI value to this parameter's type and check its range."""
-        try:
-            if self.type == "int":
-                if isinstance(value, float) and not value.is_integer():
-                    raise ValueError
-                out: Any = int(value)
-            elif self.type == "float":
-                out = float(value)
-            elif self.type == "bool":
-                if isinstance(value, str):
-                    if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                        raise ValueError
-                    out = value.lower() in ("1", "true", "yes", "on")
-                else:
-                    out = bool(value)
-            else:
-                out = str(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"parameter '{self.name}' expects {self.type}, got {value!r}") from None
+        out = self._convert(value)
+        if out is None:
+            raise ConfigError(f"parameter '{self.name}' expects {self.type}, got {shown(value)}")
         if self.type == "choice" and out not in self.choices:
-            raise ConfigError(f"parameter '{self.name}' must be one of {', '.join(self.choices)}, got {out!r}")
+            raise ConfigError(f"parameter '{self.name}' must be one of {', '.join(self.choices)}, got {shown(out)}")
         if self.min is not None and out < self.min:
-            raise ConfigError(f"parameter '{self.name}' must be >= {self.min}, got {out}")
+            raise ConfigError(f"parameter '{self.name}' must be >= {_num(self.min)}, got {shown(out)}")
         if self.max is not None and out > self.max:
-            raise ConfigError(f"parameter '{self.name}' must be <= {self.max}, got {out}")
+            raise ConfigError(f"parameter '{self.name}' must be <= {_num(self.max)}, got {shown(out)}")
+        if self.check is not None:
+            self.check(out)
         return out
+
+    def _convert(self, value: Any) -> Any:
+        """The value as this parameter's type, or None when it is not one."""
+        if isinstance(value, str):
+            if len(value) > MAX_PARAM_TEXT:
+                return None
+            text = value.strip()
+            if self.type in ("int", "float"):
+                return _number_from_text(text, self.type)
+            if self.type == "bool":
+                return True if text.lower() in _TRUE else False if text.lower() in _FALSE else None
+            return value
+        if self.type == "int":
+            if is_int(value):
+                return value
+            return int(value) if is_number(value) and float(value).is_integer() else None
+        if self.type == "float":
+            return _finite_float(value)
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            return bool(value) if is_number(value) and value in (0, 1) else None
+        return None  # "str" and "choice" take text only
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, "default": self.default, "help": self.help,
@@ -119,6 +143,15 @@ class Drafter:
         """Adaptive hook, called after every verification."""
 
     @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Validate parameters against each other (each one alone is checked by its Param); raise ConfigError."""
+
+    @classmethod
+    def drafts(cls) -> bool:
+        """Whether the method proposes drafts at all (plain decoding keeps the base `propose`)."""
+        return cls.propose is not Drafter.propose
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "label": cls.label or cls.name, "description": cls.description,
                 "lossless": cls.lossless, "needs_draft_model": cls.needs_draft_model, "tree": cls.tree,
@@ -139,10 +172,10 @@ def register(cls: type[Drafter]) -> type[Drafter]:
 
 
 def get_method(name: str) -> type[Drafter]:
-    try:
+    if isinstance(name, str) and name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown method '{name}'; available: {', '.join(sorted(_REGISTRY))}") from None
+    shown_name = name if isinstance(name, str) and len(name) <= 60 else shown(name)
+    raise ConfigError(f"unknown method '{shown_name}'; available: {', '.join(sorted(_REGISTRY))}")
 
 
 def list_methods() -> list[type[Drafter]]:
@@ -153,9 +186,43 @@ def resolve_params(method: str, given: dict[str, Any] | None) -> dict[str, Any]:
     """Validate user parameters against the method's schema and fill in defaults."""
     cls = get_method(method)
     schema = {p.name: p for p in cls.params}
+    if given is not None and not isinstance(given, Mapping):
+        raise ConfigError(f"method parameters must be a mapping of name to value, not {type(given).__name__}")
     given = dict(given or {})
-    unknown = sorted(set(given) - set(schema))
+    unknown = sorted((k for k in given if k not in schema), key=str)
     if unknown:
         known = ", ".join(schema) or "none"
-        raise ConfigError(f"method '{method}' has no parameter {', '.join(map(repr, unknown))} (parameters: {known})")
-    return {name: (p.parse(given[name]) if name in given else p.default) for name, p in schema.items()}
+        raise ConfigError(f"method '{method}' has no parameter {', '.join(map(shown, unknown))} (parameters: {known})")
+    resolved = {name: (p.parse(given[name]) if name in given else p.default) for name, p in schema.items()}
+    cls.check_params(resolved)
+    return resolved
+
+
+def _number_from_text(text: str, kind: str) -> int | float | None:
+    """'3', '3.0', '1e3' -> a finite number of `kind`; None for anything else ('nan', 'inf', 'three')."""
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(x):
+        return None
+    if kind == "float":
+        return x
+    try:
+        return int(text)  # exact, also beyond float precision
+    except ValueError:
+        return int(x) if x.is_integer() else None
+
+
+def _finite_float(value: Any) -> float | None:
+    if not is_number(value):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)

@@ -104,7 +104,8 @@ class Recursive(TopKTreeDrafter):
     description = ("Tree drafted by sampling children without replacement (Gumbel-top-k), verified by recursive "
                    "rejection sampling. Lossless.")
     params = (
-        Param("branching", "str", "3,2,1,1", "children per node at each depth, e.g. 3,2,1,1"),
+        Param("branching", "str", "3,2,1,1", "children per node at each depth, e.g. 3,2,1,1",
+              check=parse_branching),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:

@@ -120,7 +120,8 @@ class TreeStatic(TopKTreeDrafter):
     description = "A fixed tree of draft top-k ranks, verified in one target pass with tree attention. Lossless."
     params = (
         Param("tree", "choice", "medusa16", "named tree shape", choices=tuple(NAMED_TREES)),
-        Param("paths", "str", "", "custom tree as JSON paths over child ranks (overrides `tree`), e.g. [[0],[1],[0,0]]"),
+        Param("paths", "str", "", "custom tree as JSON paths over child ranks (overrides `tree`), e.g. [[0],[1],[0,0]]",
+              check=lambda text: parse_paths(text) if text else None),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
