@@ -229,3 +229,22 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
     assert rc == 2
     assert message in err and len(err.splitlines()) == 1, err
     assert _store(db).list_benchmarks() == []
+
+
+def test_a_mismatch_reports_the_probability_margin_at_the_first_difference():
+    """Identity holds up to floating-point ties: the report says how close the tie was."""
+    from workbench.bench.report import _lossless, _Run
+    from workbench.trace import Step
+
+    def run(arm, ids, ps):
+        steps = [Step(index=i, kind="prefill" if i == 0 else "decode", bonus_token=t, bonus_p=p, committed=[t])
+                 for i, (t, p) in enumerate(zip(ids, ps))]
+        return _Run(id=arm, arm=arm, method=arm, category="qa", prompt="q1", repeat=0, new_tokens=len(ids),
+                    wall_s=1.0, forwards=len(ids), draft_s=0.0, verify_s=1.0, drafted=0, peak_mem_mb=0.0,
+                    output_ids=list(ids), steps=steps)
+
+    base = run("autoregressive", [5, 6, 7, 8], [0.9, 0.8, 0.41, 0.7])
+    ours = run("speculative", [5, 6, 9, 8], [0.9, 0.8, 0.40, 0.7])
+    frac, (m,) = _lossless([ours], {"q1": base})
+    assert frac == 0.0 and m["first_diff"] == 2
+    assert m["p_baseline"] == 0.41 and m["p_ours"] == 0.40 and abs(m["p_margin"] - 0.01) < 1e-12

@@ -100,9 +100,11 @@ def to_markdown(rep: BenchmarkReport) -> str:
     lines += ["", "## Lossless match", ""]
     if rep.mismatches:
         lines += _table(["method", "prompt", "category", "repeat", "first differing position", "length",
-                         "baseline length"],
+                         "baseline length", "p(baseline token) - p(its token)"],
                         [[m["arm"], m["prompt"], m["category"], str(m["repeat"]), str(m["first_diff"]),
-                          str(m["len"]), str(m["baseline_len"])] for m in rep.mismatches[:MAX_MISMATCH_ROWS]])
+                          str(m["len"]), str(m["baseline_len"]), _f(m.get("p_margin"), 4)]
+                         for m in rep.mismatches[:MAX_MISMATCH_ROWS]])
+        lines.append("(a margin near 0 is a floating-point tie between the top two tokens, not a broken method)")
         if len(rep.mismatches) > MAX_MISMATCH_ROWS:
             lines.append(f"... and {len(rep.mismatches) - MAX_MISMATCH_ROWS} more (all in --json and the store)")
     else:

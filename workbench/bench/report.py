@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics as M
-from ..trace import Step
+from ..trace import Step, Trace
 from .arms import BASELINE, TRACE_OFF_LABEL
 from .hf import OURS
 
@@ -114,27 +114,48 @@ def _first_diff(a: list[int], b: list[int]) -> int:
     return min(len(a), len(b))
 
 
-def _reference_outputs(runs: list[_Run], baseline: str) -> dict[str, list[int]]:
-    ref: dict[str, tuple[int, list[int]]] = {}
+def _reference_outputs(runs: list[_Run], baseline: str) -> dict[str, _Run]:
+    """The baseline run (first repeat) of every prompt."""
+    ref: dict[str, _Run] = {}
     for r in runs:
-        if r.arm == baseline and (r.prompt not in ref or r.repeat < ref[r.prompt][0]):
-            ref[r.prompt] = (r.repeat, r.output_ids)
-    return {k: v for k, (_, v) in ref.items()}
+        if r.arm == baseline and (r.prompt not in ref or r.repeat < ref[r.prompt].repeat):
+            ref[r.prompt] = r
+    return ref
 
 
-def _lossless(runs: list[_Run], ref: dict[str, list[int]]) -> tuple[float, list[dict[str, Any]]]:
+def _target_p(run: _Run, i: int) -> float | None:
+    """The target's probability (temperature 1) of the run's i-th output token, from its trace."""
+    if not run.steps:
+        return None
+    origins = Trace(method=run.method, params={}, prompt_ids=[], steps=run.steps).token_origins()
+    return origins[i]["p"] if i < len(origins) else None
+
+
+def _lossless(runs: list[_Run], ref: dict[str, _Run]) -> tuple[float, list[dict[str, Any]]]:
+    """Fraction of prompts token-identical to the baseline; each mismatch with its first differing position.
+
+    Greedy decoding is identical up to floating-point ties: a verification forward over several
+    tokens may round differently from one-token forwards, which flips an argmax only when the top
+    two tokens are (nearly) equally likely. So a mismatch carries the target's probability of the
+    baseline's token and of the method's token at the first difference, and their margin: a margin
+    near 0 is a tie, a large one a real bug.
+    """
     prompts: dict[str, bool] = {}
     mismatches = []
     for r in sorted(runs, key=lambda r: (r.prompt, r.repeat)):
-        want = ref.get(r.prompt)
-        if want is None:
+        base = ref.get(r.prompt)
+        if base is None:
             continue
+        want = base.output_ids
         same = r.output_ids == want
         prompts[r.prompt] = prompts.get(r.prompt, True) and same
         if not same:
+            i = _first_diff(r.output_ids, want)
+            p_base, p_ours = _target_p(base, i), _target_p(r, i)
+            margin = p_base - p_ours if p_base is not None and p_ours is not None else None
             mismatches.append({"arm": r.arm, "prompt": r.prompt, "category": r.category, "repeat": r.repeat,
-                               "first_diff": _first_diff(r.output_ids, want), "len": len(r.output_ids),
-                               "baseline_len": len(want), "run_id": r.id})
+                               "first_diff": i, "len": len(r.output_ids), "baseline_len": len(want),
+                               "p_baseline": p_base, "p_ours": p_ours, "p_margin": margin, "run_id": r.id})
     frac = sum(prompts.values()) / len(prompts) if prompts else math.nan
     return frac, mismatches
 
@@ -143,7 +164,7 @@ def _plain_forward_s(runs: list[_Run]) -> float:
     return M.plain_forward_s([s for r in runs for s in r.steps])
 
 
-def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[str, list[int]],
+def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[str, _Run],
          detailed: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     med, lo, hi, per = _speed(runs)
     base_med = _speed(base_runs)[0] if base_runs else math.nan
