@@ -54,8 +54,8 @@ import plotly.express as px
 from IPython.display import HTML, display
 
 from ui import presenters as P
-from ui.common import texts_for
 from workbench import SamplingConfig, load_model
+from workbench.tokens import texts_for
 
 # %% [markdown]
 # ## Load the models

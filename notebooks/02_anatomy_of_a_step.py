@@ -55,9 +55,9 @@ import torch
 from IPython.display import HTML, display
 
 from ui import presenters as P
-from ui.common import single_texts, texts_for
 from workbench import SamplingConfig, load_model
 from workbench.sampling import logits_to_probs, make_generator, sample
+from workbench.tokens import single_texts, texts_for
 from workbench.tree import Draft
 from workbench.verify import residual, verify_stochastic
 

@@ -15,10 +15,9 @@ from store import RunStore
 from ui.common import AppContext, new_session_state
 from ui.exposure import ExposurePolicy, is_loopback, plan_launch
 from ui.tabs import history, playground
-from workbench import models
 from workbench.cli import main
 from workbench.config import ConfigError
-from workbench.models import AllowList, ModelCache, ModelError, load_model
+from workbench.models import AllowList, ModelCache, ModelError, hub, load_model, loading
 
 SLOTS = [None] * (playground.N_SLOTS * len(playground.SLOT_KINDS))
 
@@ -183,8 +182,8 @@ def exposed_ctx(tmp_path):
 
 def test_exposed_app_loads_only_allowed_models(exposed_ctx, tmp_path, monkeypatch):
     loads = []
-    real = models.load_model
-    monkeypatch.setattr(models, "load_model", lambda spec, *a, **k: loads.append(spec) or real(spec, *a, **k))
+    real = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda spec, *a, **k: loads.append(spec) or real(spec, *a, **k))
 
     def run(target, draft, method):
         return list(playground.run_stream(exposed_ctx, new_session_state(), target, draft, method, "Hello", False,
@@ -214,7 +213,7 @@ def test_exposed_app_does_not_delete(exposed_ctx):
 
 def test_model_cache_keeps_the_most_recent(monkeypatch):
     cache = ModelCache()
-    monkeypatch.setattr(models, "_LOADED", cache)
+    monkeypatch.setattr(loading, "_LOADED", cache)
     monkeypatch.setenv("WORKBENCH_MAX_LOADED_MODELS", "2")
     specs = [f"tiny-random:seed={s}" for s in (101, 102, 103)]
     held = load_model(specs[0], device="cpu")
@@ -233,13 +232,13 @@ def test_model_cache_keeps_the_most_recent(monkeypatch):
 
 
 def test_model_cache_limit_setting(monkeypatch):
-    monkeypatch.setattr(models, "_LOADED", ModelCache())
-    assert models.max_loaded_models() == models.DEFAULT_MAX_LOADED_MODELS == 4
+    monkeypatch.setattr(loading, "_LOADED", ModelCache())
+    assert loading.max_loaded_models() == loading.DEFAULT_MAX_LOADED_MODELS == 4
     for bad in ("0", "-1", "many"):
         monkeypatch.setenv("WORKBENCH_MAX_LOADED_MODELS", bad)
         with pytest.raises(ModelError, match="WORKBENCH_MAX_LOADED_MODELS must be a whole number >= 1"):
             load_model("tiny-random:seed=104", device="cpu")
-    assert len(models._LOADED) == 0  # refused before loading
+    assert len(loading._LOADED) == 0  # refused before loading
 
 
 # ---------------------------------------------------------------- safetensors only, no remote code
@@ -287,11 +286,11 @@ def test_remote_code_is_never_trusted(tmp_path, monkeypatch, tiny):
 
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", record("tokenizer"))
     with pytest.raises(OSError):
-        models._from_pretrained("org/model", torch.float32)
+        hub.from_pretrained("org/model", torch.float32)
     monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda source, **kw: seen.append(("tokenizer", kw)))
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", record("model"))
     with pytest.raises(OSError):
-        models._from_pretrained("org/model", torch.float32, local_files_only=True)
+        hub.from_pretrained("org/model", torch.float32, local_files_only=True)
     assert [k for k, _ in seen] == ["tokenizer", "tokenizer", "model"]
     assert all(kw["trust_remote_code"] is False for _, kw in seen)
     assert seen[-1][1]["use_safetensors"] is True and seen[-1][1]["local_files_only"] is True

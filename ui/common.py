@@ -1,21 +1,26 @@
-"""What the tabs share: the app context, per-session state, token texts, run pickers, error messages.
+"""What the tabs share: the app context, per-session state, run pickers, error messages.
 
 `AppContext` holds what is the same for every user of one app (the run store,
 the default target, the exposure policy); handlers receive it bound with
 functools.partial. Anything that belongs to one user lives in the session state
 dict (a `gr.State`): the ids of the runs this session made and the settings of
 its latest run. `check_run_request` is the server-side check of what a page
-asks to run (a slider's maximum is only a hint to the browser).
+asks to run (a slider's maximum is only a hint to the browser). The token-text
+helpers the tabs use (texts_for, single_texts, token_pieces, model_decoder) live
+in workbench.tokens, which needs only a model's tokenizer; they are re-exported here.
 """
 from __future__ import annotations
 
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from store import RunStore, StoreError
 from workbench.config import ConfigError, is_int, shown
+from workbench.models.errors import ModelError
+from workbench.tokens import decoder as model_decoder  # noqa: F401  (re-exported for the tabs)
+from workbench.tokens import single_texts, texts_for, token_pieces  # noqa: F401  (re-exported for the tabs)
 
 from .exposure import ExposurePolicy
 
@@ -99,8 +104,6 @@ def norm_draft(draft: str | None) -> str | None:
 
 def user_message(exc: BaseException) -> str:
     """One clear line for the page; never a stack trace."""
-    from workbench.models import ModelError
-
     msg = " ".join(str(exc).split())
     if isinstance(exc, (ConfigError, ModelError, StoreError)):
         return msg or type(exc).__name__
@@ -111,64 +114,6 @@ def status(kind: str, text: str) -> str:
     """Status line markdown: kind is ok / error / info / busy / warn (a bold word, then the text)."""
     word = {"ok": "Done", "error": "Error", "info": "Note", "busy": "Working", "warn": "Note"}.get(kind, "")
     return f"**{word}:** {text}" if word else text
-
-
-# ---------------------------------------------------------------- token texts
-
-
-def token_pieces(decode, ids: Sequence[int], start: int = 0, window: int = 4) -> list[str]:
-    """The text each token adds, for tokens ids[start:].
-
-    decode(ids) -> str. A token's text is what decoding it after a short window of
-    earlier tokens adds, ignoring a trailing incomplete character (U+FFFD): a
-    character split across byte tokens shows whole on the token that completes it.
-    """
-    def stable(text: str) -> str:
-        return text.rstrip("\ufffd")
-
-    out: list[str] = []
-    for i in range(start, len(ids)):
-        lo = max(0, i - window)
-        before = stable(decode(list(ids[lo:i]))) if i > lo else ""
-        full = decode(list(ids[lo:i + 1]))
-        if i == len(ids) - 1:
-            full_s = full  # the last token keeps an incomplete character rather than vanish
-        else:
-            full_s = stable(full)
-        out.append(full_s[len(before):] if full_s.startswith(before) else decode([ids[i]]))
-    return out
-
-
-def model_decoder(target: str):
-    """decode(ids) -> str for a model spec (loaded via the shared cache), or None if it cannot load."""
-    try:
-        from workbench.models import load_model
-
-        model = load_model(target)
-    except Exception:  # noqa: BLE001 - the caller falls back to showing token ids
-        return None
-
-    def decode(ids: list[int]) -> str:
-        text = model.tokenizer.decode(list(ids), skip_special_tokens=False)
-        return text
-
-    return decode
-
-
-def texts_for(target: str, ids: Sequence[int]) -> list[str]:
-    """Per-token texts for ids decoded with target's tokenizer; ⟨id⟩ when the model cannot load."""
-    decode = model_decoder(target)
-    if decode is None:
-        return [f"⟨{t}⟩" for t in ids]
-    return token_pieces(decode, list(ids))
-
-
-def single_texts(target: str, ids: Sequence[int]) -> list[str]:
-    """Each id decoded on its own (for draft-tree node labels)."""
-    decode = model_decoder(target)
-    if decode is None:
-        return [f"⟨{t}⟩" for t in ids]
-    return [decode([t]) for t in ids]
 
 
 # ---------------------------------------------------------------- run pickers

@@ -12,13 +12,16 @@ Modules: suites (Spec-Bench-format prompt files), arms (methods, --param,
 in its docstring), export (Markdown, CSV), cli (`workbench bench`).
 """
 from .cli import add_bench_parser
-from .report import BenchmarkReport, benchmark_report, benchmark_table
 
 __all__ = ["BenchmarkReport", "add_bench_parser", "benchmark_report", "benchmark_table", "run_benchmark",
            "BenchConfig", "load_suite"]
 
 
-def __getattr__(name):  # the runner pulls in torch; load it only when asked for
+def __getattr__(name):  # the runner and the report pull in torch; load them only when asked for
+    if name in ("BenchmarkReport", "benchmark_report", "benchmark_table"):
+        from . import report
+
+        return getattr(report, name)
     if name in ("run_benchmark", "BenchConfig"):
         from . import runner
 

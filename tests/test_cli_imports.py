@@ -1,0 +1,51 @@
+"""The store commands stay light: `workbench runs ...` never imports torch or transformers.
+
+Each case runs in a fresh interpreter, since this test process has torch loaded already.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, sys
+from workbench.cli import main
+rc = main(json.loads(sys.argv[1]))
+print(json.dumps({"rc": rc, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
+"""
+
+
+def _run_cli(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(argv)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("command", [
+    ["runs", "list"],
+    ["runs", "list", "--json"],
+    ["runs", "show", "no-such-run"],
+    ["runs", "export", "--csv", "{tmp}/runs.csv"],
+    ["runs", "delete", "no-such-run"],
+])
+def test_store_commands_do_not_import_torch(tmp_path, command):
+    argv = ["--db", str(tmp_path / "runs.sqlite")] + [c.replace("{tmp}", str(tmp_path)) for c in command]
+    out = _run_cli(argv)
+    assert out["rc"] in (0, 2)  # an unknown run id is a one-line error, not a crash
+    assert out["torch"] is False and out["transformers"] is False
+
+
+def test_model_error_imports_without_torch():
+    code = ("import sys; from workbench.models import ModelError, AllowList, parse_spec; "
+            "from workbench.models.errors import ModelError as E; "
+            "assert E is ModelError; print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
