@@ -13,6 +13,7 @@ _LAZY = {
     "RunResult": ("workbench.api", "RunResult"),
     "generate": ("workbench.engine", "generate"),
     "load_model": ("workbench.models", "load_model"),
+    "load_tokenizer": ("workbench.models", "load_tokenizer"),
     "SamplingConfig": ("workbench.config", "SamplingConfig"),
     "DecodeConfig": ("workbench.config", "DecodeConfig"),
     "Trace": ("workbench.trace", "Trace"),
