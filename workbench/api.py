@@ -41,6 +41,7 @@ class RunResult:
     output_ids: list[int]
     trace: Trace
     result: GenerationResult
+    worker: dict[str, Any] | None = None  # the cluster worker that decoded it (node, host, GPU); None: in process
 
     @property
     def summary(self):
@@ -111,12 +112,14 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         max_new_tokens: int = 128, chat: bool | None = None, device: str | None = None,
         store: Any | None = None, log: bool = True, source: str = "api", benchmark_id: str | None = None,
         trace: bool = True, on_step: Callable[[Step, Trace], None] | None = None,
-        progress: Callable[[str], None] | None = None) -> RunResult:
+        progress: Callable[[str], None] | None = None, cluster: str | None = None) -> RunResult:
     """Decode `prompt` with `method` and (by default) log the run to the store.
 
     prompt: plain text, or a list of chat messages ({"role", "content"}).
     chat: apply the chat template to a text prompt (None: when the model has one).
     store: a store.RunStore; None opens the default one when log=True.
+    cluster: decode on a Ray worker (local, auto or ray://HOST:PORT; None: $WORKBENCH_CLUSTER,
+    else in process); the run is recorded here all the same (workbench.cluster).
     """
     from .models import EMBEDDED_DEFAULT, check_compatible, load_model
 
@@ -135,6 +138,16 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     if not cls.needs_draft_model and draft:
         draft = None  # the method drafts without a model; do not record one it did not use
     target = target or EMBEDDED_DEFAULT
+    from .cluster import cluster_address
+
+    address = cluster_address(cluster)
+    if address is not None:  # the worker loads, encodes and decodes; this process records the run
+        from .cluster import run_on_cluster
+
+        return run_on_cluster(address, method=method, prompt=prompt, target=target, draft=draft, params=resolved,
+                              sampling=sampling, max_new_tokens=max_new_tokens, chat=chat, device=device,
+                              store=store, log=log, source=source, benchmark_id=benchmark_id, trace=trace,
+                              on_step=on_step, progress=progress, drafting_method=method if cls.drafts() else None)
 
     # ---- models
     tgt = load_model(target, device=device, progress=progress)

@@ -99,7 +99,7 @@ def cmd_run(args) -> int:
     store = None if args.no_log else _open_store(args)
     result = run(args.method, args.prompt, target=args.target, draft=args.draft, params=_parse_params(args.param),
                  sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device,
-                 store=store, log=not args.no_log, source="cli", progress=progress)
+                 store=store, log=not args.no_log, source="cli", progress=progress, cluster=args.cluster)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     r.add_argument("--no-log", action="store_true", help="do not record the run in the store")
     r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="decode on Ray workers: local, auto or ray://HOST:PORT "
+                        "(default: $WORKBENCH_CLUSTER, else in process; none: in process)")
     r.set_defaults(func=cmd_run)
 
     m = sub.add_parser("methods", help="list decoding methods and their parameters")
@@ -279,6 +282,9 @@ def _add_ui(sub) -> None:
     u.add_argument("--allow-model", action="append", default=[], metavar="SPEC",
                    help="when shared: also allow this model (repeatable; also $WORKBENCH_ALLOWED_MODELS, "
                         "comma-separated); the built-in models are always allowed")
+    u.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="decode on Ray workers: local, auto or ray://HOST:PORT "
+                        "(default: $WORKBENCH_CLUSTER, else in process; none: in process)")
 
     def cmd_ui(args) -> int:
         from ui.exposure import plan_launch
@@ -287,7 +293,8 @@ def _add_ui(sub) -> None:
         plan_launch(args.host, args.share, default_target=args.target, **options)  # refuse before loading Gradio
         from ui.app import launch
 
-        launch(host=args.host, port=args.port, share=args.share, db=args.db, default_target=args.target, **options)
+        launch(host=args.host, port=args.port, share=args.share, db=args.db, default_target=args.target,
+               cluster=args.cluster, **options)
         return 0
 
     u.set_defaults(func=cmd_ui)
@@ -331,7 +338,7 @@ _EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .models import ModelError
+    from .models.errors import ModelError  # torch-free: `runs list` and friends never import torch
 
     try:
         from store import StoreError

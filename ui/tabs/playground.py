@@ -283,8 +283,18 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
             msg = (f"{s.new_tokens} tokens in {s.wall_s:.2f} s ({res.trace.stop_reason or 'stopped'}). "
                    f"Open *Draft tree* or *Latency* to look inside.")
             yield (status("ok", msg), P.token_html(res.trace, texts), cards,
-                   f"Run id: `{res.run_id}`", gr.update(visible=missing), state)
+                   f"Run id: `{res.run_id}`" + worker_note(ctx, res), gr.update(visible=missing), state)
             return
+
+
+def worker_note(ctx: AppContext, res: Any) -> str:
+    """Where a cluster run was decoded ('' for an in-process run); a shared server names no host."""
+    w = getattr(res, "worker", None)
+    if not w:
+        return ""
+    device = w.get("gpu") or "CPU"
+    return f" · decoded on a cluster worker ({device})" if ctx.policy.exposed else \
+        f" · decoded on cluster worker `{w.get('hostname')}` ({device})"
 
 
 def stopped_message() -> str:

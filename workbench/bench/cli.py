@@ -12,6 +12,8 @@ EPILOG = """examples:
   workbench bench --suite builtin --methods speculative --draft smollm2-135m:bf16 --sweep speculative.gamma=1,2,4,8
   workbench bench --suite ../shared/data/spec_bench/question.jsonl --limit 5 --categories summarization,rag \\
       --methods prompt_lookup
+  workbench bench --suite builtin --methods speculative --draft smollm2-135m:bf16 \\
+      --cluster ray://HEAD:10001 --workers 2
   workbench bench --show BENCH_ID --markdown results.md
 """
 
@@ -42,6 +44,11 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     b.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads for the whole benchmark (default: torch's; recorded with the results)")
+    b.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="fan the work out over Ray workers: local, auto or ray://HOST:PORT (default: "
+                        "$WORKBENCH_CLUSTER, else in process; none: in process); each worker times its own baseline")
+    b.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --cluster: at most N workers (default: as many as the cluster has room for)")
     b.add_argument("--warmup-tokens", type=int, default=8, help=argparse.SUPPRESS)
     b.add_argument("--bandwidth-mib", type=int, default=512, help=argparse.SUPPRESS)
     b.add_argument("--show", metavar="BENCH_ID", help="print the report of a stored benchmark (no decoding)")
@@ -73,11 +80,18 @@ def _config(args):
         raise ConfigError(f"--threads must be positive, got {args.threads}")
     if args.warmup_tokens < 1:
         raise ConfigError(f"--warmup-tokens must be positive, got {args.warmup_tokens}")
+    from ..cluster import cluster_address
+
+    cluster = cluster_address(args.cluster)
+    if args.workers is not None and (args.workers < 1 or cluster is None):
+        raise ConfigError(f"--workers must be positive, got {args.workers}" if args.workers < 1
+                          else "--workers needs --cluster (in process there is one worker: this process)")
     cfg = BenchConfig(suite=args.suite, methods=parse_methods(args.methods), target=args.target, draft=args.draft,
                       max_new_tokens=args.max_new_tokens, repeats=args.repeats, limit=args.limit,
                       categories=categories, params=parse_params(args.param), sweeps=parse_sweeps(args.sweep),
                       compare_hf=args.compare_hf, trace_overhead=args.trace_overhead, device=args.device,
-                      warmup_tokens=args.warmup_tokens, bandwidth_mib=args.bandwidth_mib, threads=args.threads)
+                      warmup_tokens=args.warmup_tokens, bandwidth_mib=args.bandwidth_mib, threads=args.threads,
+                      cluster=cluster or "none", workers=args.workers)
     cfg.check()
     return cfg
 

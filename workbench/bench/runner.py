@@ -21,6 +21,13 @@ inside the timed region, and so each run carries the benchmark's own labels as
 parameters: bench.arm, bench.category, bench.prompt ("question.turn"),
 bench.repeat, bench.trace. Everything the report shows is computed from those
 stored runs (workbench.bench.report), never from in-memory state.
+
+With a cluster (BenchConfig.cluster, `--cluster`), workbench.cluster.fanout
+spreads the same work over Ray workers in *blocks*: one question (all its
+turns) for one repeat, every arm including the baseline interleaved as above
+(`decode_block`), after each worker's own warm-up, so every speedup stays a
+ratio measured in one process on one device. The caller stores each block's
+runs (`store_run`) once the block has come back whole, with the worker's env.
 """
 from __future__ import annotations
 
@@ -56,11 +63,16 @@ class BenchConfig:
     warmup_tokens: int = 8
     bandwidth_mib: int = 512
     threads: int | None = None  # torch.set_num_threads for the benchmark (None: leave torch's setting)
+    cluster: str | None = None  # a cluster address (workbench.cluster); None: $WORKBENCH_CLUSTER, else in process
+    workers: int | None = None  # at most this many cluster workers (None: as many as the cluster has room for)
 
     def check(self) -> None:
         DecodeConfig(max_new_tokens=self.max_new_tokens)  # same range checks as a run
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
             raise ConfigError(f"--repeats must be a positive integer, got {self.repeats!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ConfigError(f"--workers must be a positive integer, got {self.workers!r}")
         if self.bandwidth_mib < 1:
             raise ConfigError(f"bandwidth buffer must be at least 1 MiB, got {self.bandwidth_mib}")
 
@@ -104,10 +116,9 @@ class _Eta:
 
 def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) -> str:
     """Run the benchmark described by `cfg`, log it to `store`, return the benchmark id."""
-    from ..api import environment
+    from ..cluster import cluster_address
     from ..engine import generate
     from ..models import EMBEDDED_DEFAULT, check_compatible, load_model
-    from .roofline import copy_bandwidth, weight_bytes_per_token
 
     say = progress or (lambda _msg: None)
     cfg.check()
@@ -117,6 +128,13 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
     if any(a.needs_draft for a in arms) and not cfg.draft:
         names = sorted({a.method for a in arms if a.needs_draft})
         raise ConfigError(f"method {', '.join(names)} needs a draft model: add --draft, e.g. smollm2-135m:bf16")
+    address = cluster_address(cfg.cluster)
+    if address is not None:
+        from ..cluster.fanout import run_benchmark_on_cluster
+
+        return run_benchmark_on_cluster(cfg, store, address, arms, questions, say)
+    if cfg.workers is not None:
+        raise ConfigError("--workers needs --cluster (in process there is one worker: this process)")
 
     if cfg.threads is not None:
         import torch
@@ -127,29 +145,11 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
     drf = load_model(cfg.draft, device=cfg.device, progress=say) if cfg.draft else None
     if drf is not None:
         check_compatible(tgt, drf)
-    hf_arms: list[HFArm] = []
-    if cfg.compare_hf:
-        hf_arms = [HFArm(m, hf_settings(m, tgt, drf)) for m in HF_METHODS if m != "hf.assisted" or drf is not None]
+    hf_arms = hf_arms_for(cfg, tgt, drf)
 
     say(f"bench: measuring memory bandwidth ({cfg.bandwidth_mib} MiB copy)...")
-    env = environment(tgt)
-    env.update(
-        draft=drf.spec if drf else None, draft_dtype=str(drf.dtype).replace("torch.", "") if drf else None,
-        copy_bandwidth_Bps=copy_bandwidth(cfg.bandwidth_mib, device=tgt.device),
-        target_weight_bytes=weight_bytes_per_token(tgt.model),
-        draft_weight_bytes=weight_bytes_per_token(drf.model) if drf else None,
-    )
-    config = {
-        "suite": cfg.suite, "suite_file": str(suite_path(cfg.suite)), "methods": list(cfg.methods),
-        "target": tgt.spec, "draft": drf.spec if drf else None, "max_new_tokens": cfg.max_new_tokens,
-        "repeats": cfg.repeats, "limit": cfg.limit, "categories": categories_of(questions),
-        "n_questions": len(questions), "n_prompts": len(units),
-        "params": cfg.params, "sweeps": [{"method": m, "key": k, "values": v} for m, k, v in cfg.sweeps],
-        "arms": [asdict(a) for a in arms], "hf_arms": [asdict(a) for a in hf_arms],
-        "compare_hf": cfg.compare_hf, "trace_overhead": cfg.trace_overhead, "warmup_tokens": cfg.warmup_tokens,
-        "threads": cfg.threads,
-        "sampling": GREEDY.to_dict(),
-    }
+    env = bench_env(tgt, drf, cfg)
+    config = bench_config(cfg, tgt.spec, drf.spec if drf else None, arms, hf_arms, questions, units)
     bench_id = store.start_benchmark(suite=cfg.suite, config=config, env=env)
     say(f"bench: benchmark {bench_id} | {len(units)} prompts ({len(questions)} questions) x "
         f"{len(arms) + len(hf_arms)} arms x {cfg.repeats} repeats | target {tgt.spec}"
@@ -181,6 +181,44 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
         raise
     store.finish_benchmark(bench_id)
     return bench_id
+
+
+def hf_arms_for(cfg: BenchConfig, tgt, drf) -> list[HFArm]:
+    """The transformers arms of --compare-hf (assisted generation only with a draft model)."""
+    if not cfg.compare_hf:
+        return []
+    return [HFArm(m, hf_settings(m, tgt, drf)) for m in HF_METHODS if m != "hf.assisted" or drf is not None]
+
+
+def bench_env(tgt, drf, cfg: BenchConfig) -> dict[str, Any]:
+    """The environment a benchmark's results depend on, with the models and the measured copy bandwidth."""
+    from ..api import environment
+    from .roofline import copy_bandwidth, weight_bytes_per_token
+
+    env = environment(tgt)
+    env.update(
+        draft=drf.spec if drf else None, draft_dtype=str(drf.dtype).replace("torch.", "") if drf else None,
+        copy_bandwidth_Bps=copy_bandwidth(cfg.bandwidth_mib, device=tgt.device),
+        target_weight_bytes=weight_bytes_per_token(tgt.model),
+        draft_weight_bytes=weight_bytes_per_token(drf.model) if drf else None,
+    )
+    return env
+
+
+def bench_config(cfg: BenchConfig, target: str, draft: str | None, arms: list[Arm], hf_arms: list[HFArm],
+                 questions: list, units: list[PromptUnit]) -> dict[str, Any]:
+    """The benchmark row's config: what was asked, the arms and the prompts."""
+    return {
+        "suite": cfg.suite, "suite_file": str(suite_path(cfg.suite)), "methods": list(cfg.methods),
+        "target": target, "draft": draft, "max_new_tokens": cfg.max_new_tokens,
+        "repeats": cfg.repeats, "limit": cfg.limit, "categories": categories_of(questions),
+        "n_questions": len(questions), "n_prompts": len(units),
+        "params": cfg.params, "sweeps": [{"method": m, "key": k, "values": v} for m, k, v in cfg.sweeps],
+        "arms": [asdict(a) for a in arms], "hf_arms": [asdict(a) for a in hf_arms],
+        "compare_hf": cfg.compare_hf, "trace_overhead": cfg.trace_overhead, "warmup_tokens": cfg.warmup_tokens,
+        "threads": cfg.threads,
+        "sampling": GREEDY.to_dict(),
+    }
 
 
 def _arm_order(arms: list, repeat: int) -> list:
@@ -225,33 +263,89 @@ def _run_params(arm, unit: PromptUnit, repeat: int, cfg: BenchConfig, trace: boo
             "bench.repeat": repeat, "bench.trace": trace}
 
 
-def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], tgt, drf,
-             cfg: BenchConfig, env: dict[str, Any], generate) -> dict[str, Any]:
-    from ..trace import Trace
-
+def _start_run(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], target: str,
+               draft: str | None, cfg: BenchConfig, env: dict[str, Any]) -> str:
     is_hf = isinstance(arm, HFArm)
     uses_draft = (arm.method == "hf.assisted") if is_hf else arm.needs_draft
     messages = unit.messages()
-    run_id = store.start_run(
-        method=arm.method, target=tgt.spec, draft=drf.spec if (uses_draft and drf) else None,
+    return store.start_run(
+        method=arm.method, target=target, draft=draft if uses_draft else None,
         prompt="\n".join(f"{m['role']}: {m['content']}" for m in messages), prompt_json=messages,
         params=_run_params(arm, unit, repeat, cfg, True if is_hf else arm.trace),
         sampling=GREEDY.to_dict(), env=env, benchmark_id=bench_id, source="bench-hf" if is_hf else "bench",
         prompt_ids=prompt_ids)
+
+
+def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, trace):
+    """Decode one arm on one prompt -> (trace, text); `trace` is filled in place for our own arms."""
+    if isinstance(arm, HFArm):
+        output, trace = hf_run(arm.method, tgt, prompt_ids, cfg.max_new_tokens, draft=drf)
+        return trace, tgt.decode(output)
+    result = generate(tgt, arm.method, prompt_ids, draft=drf if arm.needs_draft else None,
+                      params=arm.params, sampling=GREEDY,
+                      decode=DecodeConfig(max_new_tokens=cfg.max_new_tokens, trace=arm.trace), trace=trace)
+    return result.trace, result.text
+
+
+def _brief(run_id: str | None, trace, text: str) -> dict[str, Any]:
+    s = trace.summary()
+    return {"run_id": run_id, "text": text, "new_tokens": s.new_tokens, "tokens_per_s": s.tokens_per_s,
+            "tau": s.mean_accepted_tokens}
+
+
+def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], tgt, drf,
+             cfg: BenchConfig, env: dict[str, Any], generate) -> dict[str, Any]:
+    from ..trace import Trace
+
+    run_id = _start_run(store, bench_id, arm, unit, repeat, prompt_ids, tgt.spec, drf.spec if drf else None,
+                        cfg, env)
     trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
     try:
-        if is_hf:
-            output, trace = hf_run(arm.method, tgt, prompt_ids, cfg.max_new_tokens, draft=drf)
-            text = tgt.decode(output)
-        else:
-            result = generate(tgt, arm.method, prompt_ids, draft=drf if arm.needs_draft else None,
-                              params=arm.params, sampling=GREEDY,
-                              decode=DecodeConfig(max_new_tokens=cfg.max_new_tokens, trace=arm.trace), trace=trace)
-            trace, text = result.trace, result.text
+        trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
     except BaseException as exc:
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}", trace=trace, output_text=tgt.decode(trace.output_ids))
         raise
     store.finish_run(run_id, trace, text)
-    s = trace.summary()
-    return {"run_id": run_id, "text": text, "new_tokens": s.new_tokens, "tokens_per_s": s.tokens_per_s,
-            "tau": s.mean_accepted_tokens}
+    return _brief(run_id, trace, text)
+
+
+# ---------------------------------------------------------------- blocks (cluster workers)
+
+
+def decode_block(question, repeat: int, history: list[str] | None, arms: list, tgt, drf, cfg: BenchConfig,
+                 generate, after_run: Callable[[], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every arm on every turn of `question` for one repeat, in the in-process order; nothing is stored.
+
+    `arms` starts with the baseline. `history`: the baseline's answers to the turns
+    (from repeat 0), or None to make them here, as repeat 0 does in process.
+    Returns one record per run (the trace as a dict) and the history.
+    """
+    from ..trace import Trace
+
+    answers = list(history or [])
+    records: list[dict[str, Any]] = []
+    for turn in range(len(question.turns)):
+        unit = PromptUnit(question, turn, answers)
+        prompt_ids = _encode(tgt, unit)
+        for arm in _arm_order(list(arms), repeat):
+            trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
+            trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
+            if arm.label == arms[0].label and len(answers) == turn:
+                answers.append(text)  # the baseline's answer feeds the next turn
+            records.append({"arm": arm.label, "turn": turn, "repeat": repeat, "prompt_ids": list(prompt_ids),
+                            "trace": trace.to_dict(), "text": text})
+            if after_run is not None:
+                after_run()
+    return records, answers
+
+
+def store_run(store, bench_id: str, record: dict[str, Any], arm, question, history: list[str], cfg: BenchConfig,
+              target: str, draft: str | None, env: dict[str, Any]) -> dict[str, Any]:
+    """Write one run of a block that came back whole (a `decode_block` record) under the benchmark."""
+    from ..trace import Trace
+
+    unit = PromptUnit(question, record["turn"], history)
+    trace = Trace.from_dict(record["trace"])
+    run_id = _start_run(store, bench_id, arm, unit, record["repeat"], record["prompt_ids"], target, draft, cfg, env)
+    store.finish_run(run_id, trace, record["text"])
+    return _brief(run_id, trace, record["text"])
