@@ -257,24 +257,17 @@ class RunStore(BenchmarkMixin):
     @writes
     def fail_run(self, run_id: str, error: str, trace: Trace | None = None, output_text: str = "") -> None:
         """Mark a run ``failed`` with its error; steps already stored (and any in ``trace``) are kept."""
-        with self.session_scope() as s:
-            run = self._run(s, run_id)
-            if trace is not None:
-                self._write_trace(s, run, trace, prune=False)
-            else:
-                committed = s.scalars(select(StepRow.committed).where(StepRow.run_id == run_id)
-                                      .order_by(StepRow.idx)).all()
-                run.output_ids = [t for c in committed for t in (c or [])]
-            run.stop_reason = (trace.stop_reason if trace is not None and trace.stop_reason else "error")
-            run.output_text = output_text or run.output_text or ""
-            run.status = "failed"
-            run.error = str(error)
-            run.finished_at = utcnow()
-        self._beats.pop(run_id, None)
+        stop = trace.stop_reason if trace is not None and trace.stop_reason else "error"
+        self._end_unfinished(run_id, "failed", stop, error, trace, output_text)
 
     @writes
     def interrupt_run(self, run_id: str, error: str, trace: Trace | None = None, output_text: str = "") -> None:
         """Mark a run ``interrupted`` (the process decoding it died, e.g. a cluster worker), like ``fail_run``."""
+        self._end_unfinished(run_id, "interrupted", "interrupted", error, trace, output_text)
+
+    def _end_unfinished(self, run_id: str, status: str, stop_reason: str, error: str, trace: Trace | None,
+                        output_text: str) -> None:
+        """Close a run that did not finish: keep its steps (stored ones, and any in ``trace``) and its error."""
         with self.session_scope() as s:
             run = self._run(s, run_id)
             if trace is not None:
@@ -283,9 +276,9 @@ class RunStore(BenchmarkMixin):
                 committed = s.scalars(select(StepRow.committed).where(StepRow.run_id == run_id)
                                       .order_by(StepRow.idx)).all()
                 run.output_ids = [t for c in committed for t in (c or [])]
-            run.stop_reason = "interrupted"
+            run.stop_reason = stop_reason
             run.output_text = output_text or run.output_text or ""
-            run.status = "interrupted"
+            run.status = status
             run.error = str(error)
             run.finished_at = utcnow()
         self._beats.pop(run_id, None)

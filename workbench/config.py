@@ -6,6 +6,7 @@ loaded or any run is recorded.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +24,23 @@ MIN_TEMPERATURE = 1e-3
 
 class ConfigError(ValueError):
     """A configuration value is out of range or of the wrong kind."""
+
+
+def env_number(name: str, default: float, lo: float, hi: float | None = None, *, integer: bool = False,
+               error: type[Exception] = ConfigError) -> float:
+    """A numeric setting from the environment variable `name` (default when unset), checked against [lo, hi]."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+        kind = "a whole number" if integer else "a number"
+        bound = f"from {lo:g} to {hi:g}" if hi is not None else f">= {lo:g}"
+        raise error(f"${name} must be {kind} {bound}, got {raw!r}")
+    return value
 
 
 def is_int(value: Any) -> bool:

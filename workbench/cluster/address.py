@@ -30,7 +30,7 @@ import re
 import socket
 import threading
 
-from ..config import ConfigError
+from ..config import ConfigError, env_number
 
 ENV_CLUSTER = "WORKBENCH_CLUSTER"
 ENV_CONNECT_S = "WORKBENCH_CLUSTER_CONNECT_S"  # seconds to wait for a ray:// port to answer
@@ -137,27 +137,12 @@ def _init(ray, addr: str) -> None:
 
 def local_cpus() -> int:
     """CPUs a `local` instance offers: $WORKBENCH_LOCAL_CPUS, else 2 to 4 (one worker needs one)."""
-    raw = os.environ.get(ENV_LOCAL_CPUS)
-    if raw is None:
-        return max(2, min(4, os.cpu_count() or 2))
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ClusterError(f"${ENV_LOCAL_CPUS} must be a positive whole number, got {raw!r}")
-    return n
+    return int(env_number(ENV_LOCAL_CPUS, max(2, min(4, os.cpu_count() or 2)), 1, integer=True,
+                          error=ClusterError))
 
 
 def _connect_timeout() -> float:
-    raw = os.environ.get(ENV_CONNECT_S, "5")
-    try:
-        t = float(raw)
-    except ValueError:
-        t = -1.0
-    if not 0 < t <= 600:
-        raise ClusterError(f"${ENV_CONNECT_S} must be seconds from 0 to 600, got {raw!r}")
-    return t
+    return env_number(ENV_CONNECT_S, 5.0, 0.1, 600, error=ClusterError)
 
 
 def _probe(addr: str) -> None:

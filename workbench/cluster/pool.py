@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import env_number
 from .address import ClusterError, _first_line, require_ray
 
 ENV_IDLE_S = "WORKBENCH_WORKER_IDLE_S"
@@ -32,16 +33,7 @@ INSTALL_ON_NODES = "install the same decoding-workbench (with the cluster extra)
 
 
 def _env_number(name: str, default: float, lo: float, integer: bool = False) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = lo - 1
-    if value < lo:
-        raise ClusterError(f"${name} must be a number >= {lo:g}, got {raw!r}")
-    return value
+    return env_number(name, default, lo, integer=integer, error=ClusterError)
 
 
 @dataclass(eq=False)

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..config import env_number
 from .errors import ModelError, Progress, tell
 from .gguf import GGUF_SOURCES, from_converted
 from .hub import from_pretrained, load_directory, load_hub
@@ -66,16 +67,8 @@ CacheKey = tuple[str, str]
 
 def max_loaded_models() -> int:
     """$WORKBENCH_MAX_LOADED_MODELS: how many loaded models the cache keeps (default 4)."""
-    raw = os.environ.get("WORKBENCH_MAX_LOADED_MODELS", "").strip()
-    if not raw:
-        return DEFAULT_MAX_LOADED_MODELS
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ModelError(f"WORKBENCH_MAX_LOADED_MODELS must be a whole number >= 1, got {raw!r}")
-    return n
+    return int(env_number("WORKBENCH_MAX_LOADED_MODELS", DEFAULT_MAX_LOADED_MODELS, 1, integer=True,
+                          error=ModelError))
 
 
 class ModelCache(MutableMapping):
