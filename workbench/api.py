@@ -167,7 +167,6 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         store = RunStore()
     run_id = None
     tr = Trace(method=method, params=resolved, prompt_ids=list(prompt_ids))
-    written = 0
     if log:
         run_id = store.start_run(
             method=method, target=tgt.spec, draft=drf.spec if drf else None,
@@ -177,21 +176,10 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
             sampling=sampling.to_dict(), env=environment(tgt), benchmark_id=benchmark_id, source=source,
         )
 
-    flush_failed = False
+    write_steps = StepWriter(store if log else None, run_id)
 
     def _on_step(step: Step, t: Trace) -> None:
-        # A failed intermediate write never stops the decode: the steps stay in the
-        # trace and are written by the next flush or by finish_run / fail_run.
-        nonlocal written, flush_failed
-        if log and len(t.steps) - written >= STEP_FLUSH_EVERY:
-            try:
-                store.append_steps(run_id, t.steps[written:])
-                written = len(t.steps)
-            except Exception as exc:  # noqa: BLE001 - any store failure, see above
-                if not flush_failed:
-                    logger.warning("run %s: could not write steps to the run store (%s); keeping them in "
-                                   "memory until the run ends", run_id, exc)
-                flush_failed = True
+        write_steps(t)
         if on_step:
             on_step(step, t)
 
@@ -199,21 +187,61 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         result = generate(tgt, method, prompt_ids, draft=drf, params=resolved, sampling=sampling,
                           decode=decode, on_step=_on_step, trace=tr)
     except BaseException as exc:
-        if log:  # the decode's own error is the one raised, also when recording it fails
-            msg = str(exc) or type(exc).__name__
-            try:
-                store.fail_run(run_id, f"{type(exc).__name__}: {msg}", trace=tr,
-                               output_text=tgt.decode(tr.output_ids))
-            except Exception as store_exc:  # noqa: BLE001
-                logger.warning("run %s: could not record the run as failed (%s)", run_id, store_exc)
-                if hasattr(exc, "add_note"):  # Python 3.11+
-                    exc.add_note(f"(recording the failed run {run_id} in the store also failed: {store_exc})")
+        if log:
+            close_unfinished(store, run_id, exc, tr, tgt.decode(tr.output_ids))
         raise
     if log:
         store.finish_run(run_id, result.trace, result.text)
     return RunResult(run_id=run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
                      prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,
                      result=result)
+
+
+class StepWriter:
+    """Writes a run's new steps to the store every STEP_FLUSH_EVERY steps (store None: nothing).
+
+    A failed intermediate write never stops the decode: the steps stay in the trace and
+    are written by the next flush or by finish_run / fail_run; it is logged once.
+    """
+
+    def __init__(self, store: Any | None, run_id: str | None) -> None:
+        self.store, self.run_id = store, run_id
+        self.written = 0
+        self.failed = False
+
+    def __call__(self, trace: Trace) -> None:
+        if self.store is None or len(trace.steps) - self.written < STEP_FLUSH_EVERY:
+            return
+        try:
+            self.store.append_steps(self.run_id, trace.steps[self.written:])
+            self.written = len(trace.steps)
+        except Exception as exc:  # noqa: BLE001 - any store failure, see the docstring
+            if not self.failed:
+                logger.warning("run %s: could not write steps to the run store (%s); keeping them in memory "
+                               "until the run ends", self.run_id, exc)
+            self.failed = True
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as the one line stored with a run."""
+    return f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"
+
+
+def close_unfinished(store: Any, run_id: str, exc: BaseException, trace: Trace | None, output_text: str = "", *,
+                     interrupted: bool = False, error: str | None = None) -> None:
+    """Record a run that did not finish (failed, or interrupted when its worker died), keeping its steps.
+
+    The caller re-raises the decode's own error: a store that also fails here is logged and
+    noted on that error, never raised in its place.
+    """
+    how = store.interrupt_run if interrupted else store.fail_run
+    try:
+        how(run_id, error or describe(exc), trace=trace, output_text=output_text)
+    except Exception as store_exc:  # noqa: BLE001
+        logger.warning("run %s: could not record the run as %s (%s)", run_id,
+                       "interrupted" if interrupted else "failed", store_exc)
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"(recording the run {run_id} in the store also failed: {store_exc})")
 
 
 def _check_prompt(prompt: Any) -> None:

@@ -303,7 +303,9 @@ def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_id
     try:
         trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
     except BaseException as exc:
-        store.fail_run(run_id, f"{type(exc).__name__}: {exc}", trace=trace, output_text=tgt.decode(trace.output_ids))
+        from ..api import close_unfinished
+
+        close_unfinished(store, run_id, exc, trace, tgt.decode(trace.output_ids))
         raise
     store.finish_run(run_id, trace, text)
     return _brief(run_id, trace, text)

@@ -86,23 +86,18 @@ def run_on_cluster(address: str, *, method: str, prompt: Any, target: str, draft
 def _follow(ray, worker: Worker, opened: dict[str, Any], method: str, params: dict[str, Any], store, run_id,
             on_step):
     """Read the run's events into a Trace, writing steps to the store; close the row on any failure."""
-    from ..api import STEP_FLUSH_EVERY
+    from ..api import StepWriter
     from ..trace import Step, Trace
 
     tr = Trace(method=method, params=dict(params), prompt_ids=list(opened["prompt_ids"]))
-    written = 0
+    write_steps = StepWriter(store, run_id)
     closed = False
     try:
         for ev in _events(ray, worker, opened["token"]):
             if ev["kind"] == "step":
                 step = Step.from_dict(ev["step"])
                 tr.steps.append(step)
-                if store is not None and len(tr.steps) - written >= STEP_FLUSH_EVERY:
-                    try:
-                        store.append_steps(run_id, tr.steps[written:])
-                        written = len(tr.steps)
-                    except Exception as exc:  # noqa: BLE001 - kept in memory, written at the end
-                        logger.warning("run %s: could not write steps to the run store (%s)", run_id, exc)
+                write_steps(tr)
                 if on_step:
                     on_step(step, tr)
             elif ev["kind"] == "end":
@@ -113,22 +108,19 @@ def _follow(ray, worker: Worker, opened: dict[str, Any], method: str, params: di
             elif ev["kind"] == "error":  # the decode itself failed on the worker
                 exc = ev["error"]
                 closed = True
-                _close(store, run_id, "fail_run", _describe(exc), tr, ev.get("text", ""))
+                _close(store, run_id, exc, tr, ev.get("text", ""))
                 raise exc
         raise WorkerDiedError(f"the worker on {worker.where} ended the run without a result")
     except ray.exceptions.RayActorError as exc:
-        _close(store, run_id, "interrupt_run", f"interrupted: the worker on {worker.where} "
-                                               f"(pid {worker.info.get('pid')}) died: {_first_line(exc)}", tr, "")
+        _close(store, run_id, exc, tr, "", interrupted=True,
+               error=f"interrupted: the worker on {worker.where} (pid {worker.info.get('pid')}) died: "
+                     f"{_first_line(exc)}")
         raise
     except BaseException as exc:
         if not closed:  # on_step raised (the app's Stop), or the stream broke: stop the worker, close the row
             _cancel(worker, opened["token"])
-            _close(store, run_id, "fail_run", _describe(exc), tr, "")
+            _close(store, run_id, exc, tr, "")
         raise
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"
 
 
 def _events(ray, worker: Worker, token: str) -> Iterator[dict[str, Any]]:
@@ -152,13 +144,11 @@ def _cancel(worker: Worker, token: str) -> None:
         pass
 
 
-def _close(store, run_id, how: str, error: str, tr, text: str) -> None:
-    if store is None:
-        return
-    try:
-        getattr(store, how)(run_id, error, trace=tr, output_text=text)
-    except Exception as exc:  # noqa: BLE001 - the run's own error is the one raised
-        logger.warning("run %s: could not record the run's end in the store (%s)", run_id, exc)
+def _close(store, run_id, exc: BaseException, tr, text: str, **how) -> None:
+    if store is not None:
+        from ..api import close_unfinished
+
+        close_unfinished(store, run_id, exc, tr, text, **how)
 
 
 def _result(tr, text: str):
