@@ -301,10 +301,8 @@ def _add_ui(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    try:
-        from .bench import add_bench_parser
-    except ImportError:
-        return
+    from .bench import add_bench_parser
+
     add_bench_parser(sub)
 
 
@@ -340,10 +338,7 @@ _EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile]
 def main(argv: Sequence[str] | None = None) -> int:
     from .models.errors import ModelError  # torch-free: `runs list` and friends never import torch
 
-    try:
-        from store import StoreError
-    except ImportError:  # pragma: no cover
-        StoreError = RuntimeError  # type: ignore[assignment,misc]
+    from store import StoreError
     debug = os.environ.get("WORKBENCH_DEBUG") == "1"
     try:
         parser = build_parser()

@@ -34,10 +34,6 @@ class Arm:
     trace: bool = True  # False: decode with DecodeConfig(trace=False), for the tracing-overhead measurement
 
     @property
-    def is_baseline(self) -> bool:
-        return self.method == BASELINE and self.trace and not self.swept
-
-    @property
     def lossless(self) -> bool:
         return get_method(self.method).lossless
 
