@@ -2,6 +2,7 @@
 from .base import (DraftContext, Drafter, DrafterEnv, Param, StepFeedback, get_method, list_methods, register,
                    resolve_params)
 from . import autoregressive, multi, prompt_lookup, sequoia, speculative, staged, trees  # noqa: F401  (registration)
+from . import aded, jacobi, layer_skip, lookahead, sam  # noqa: F401  (registration: drafting without a draft model)
 
 __all__ = ["DraftContext", "Drafter", "DrafterEnv", "Param", "StepFeedback", "get_method", "list_methods",
            "register", "resolve_params"]
