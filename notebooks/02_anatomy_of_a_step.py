@@ -129,7 +129,7 @@ p_dist = logits_to_probs(logits, p_cfg)  # (γ+1, V)
 # rule becomes exact prefix matching with the target's argmax.
 
 # %%
-step = Draft.chain(drafted, q_token=[float(q_dist[i, x]) for i, x in enumerate(drafted)], q_dist=q_dist)
+step = Draft.chain(drafted, q=[float(q_dist[i, x]) for i, x in enumerate(drafted)], q_dist=q_dist)
 verdict = verify_stochastic(p_dist, step, make_generator(SEED))
 table = pd.DataFrame({
     "position": range(1, GAMMA + 1),

@@ -236,7 +236,7 @@ def test_jacobi_next_window_is_the_targets_predictions(adaptive):
 
 
 def test_lookahead_window_is_in_the_tree_and_fills_the_pool(tiny, repetitive_prompt):
-    env = DrafterEnv(target=tiny, draft=None, sampling=SamplingConfig(), generator=None, device=tiny.device)
+    env = DrafterEnv(target=tiny, draft=None, sampling=SamplingConfig(), generator=None)
     d = Lookahead(env, **resolve_params("lookahead", {"window": 3, "ngram": 3, "guesses": 2,
                                                        "context_ngrams": False, "max_cost": 0}))
     d.begin(list(repetitive_prompt))

@@ -46,7 +46,7 @@ def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sam
     resolved = resolve_params(method, params)
     if cls.needs_draft_model and draft is None:
         raise ConfigError(f"method '{method}' needs a draft model (--draft), e.g. smollm2-135m:bf16")
-    env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator, device=target.device)
+    env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator)
     return cls(env, **resolved)
 
 
@@ -140,7 +140,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
             index=len(trace.steps), kind="decode",
             tokens=list(node_tokens),
             parents=list(proposal.parents) if proposal is not None else [],
-            q=list(proposal.q_token) if proposal is not None and decode.trace else [],
+            q=list(proposal.q) if proposal is not None and decode.trace else [],
             p=p_nodes,
             accepted=list(verdict.accepted), bonus_token=verdict.bonus_token, bonus_p=verdict.bonus_p,
             committed=committed, draft_s=t1 - t0, verify_s=t2 - t1, total_s=t3 - t0, t_end=t3 - t_start,

@@ -26,7 +26,7 @@ class Draft:
 
     tokens[i], parents[i]: the tree. Siblings are listed in the order the
     verifier should try them (most likely first).
-    q_token[i]: the drafter's probability of tokens[i] (for display; None for
+    q[i]: the drafter's probability of tokens[i] (for display; None for
         deterministic drafters such as n-gram lookup).
     q_dist: (n, V) tensor or None. Row i is the exact distribution node i was
         drawn from (given its parent and its earlier siblings). Needed only for
@@ -36,7 +36,7 @@ class Draft:
 
     tokens: list[int]
     parents: list[int]
-    q_token: list[float | None] = field(default_factory=list)
+    q: list[float | None] = field(default_factory=list)  # the same as a Trace Step's q
     q_dist: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -46,8 +46,8 @@ class Draft:
         for i, par in enumerate(self.parents):
             if not -1 <= par < i:
                 raise ValueError(f"node {i} has parent {par}: parents must come before their children")
-        if not self.q_token:
-            self.q_token = [None] * n
+        if not self.q:
+            self.q = [None] * n
         if self.q_dist is not None and self.q_dist.shape[0] != n:
             raise ValueError("q_dist must have one row per node")
 
@@ -55,9 +55,9 @@ class Draft:
         return len(self.tokens)
 
     @classmethod
-    def chain(cls, tokens: list[int], q_token: list[float | None] | None = None,
+    def chain(cls, tokens: list[int], q: list[float | None] | None = None,
               q_dist: torch.Tensor | None = None) -> "Draft":
-        return cls(list(tokens), list(range(-1, len(tokens) - 1)), list(q_token or []), q_dist)
+        return cls(list(tokens), list(range(-1, len(tokens) - 1)), list(q or []), q_dist)
 
     @cached_property
     def is_chain(self) -> bool:

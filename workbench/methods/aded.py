@@ -76,7 +76,7 @@ class ADED(Drafter):
     def begin(self, prompt_ids: list[int]) -> None:
         self.table = NGramTable()
         self.text = GrowingText()
-        self.budget = DraftBudget(self.p["num_draft"], self.p["adaptive"])
+        self.budget = DraftBudget(self.params["num_draft"], self.params["adaptive"])
         self._sync(list(prompt_ids))
 
     def _sync(self, tokens: list[int]) -> None:
@@ -92,8 +92,8 @@ class ADED(Drafter):
             out.append(first)
             a, b = b, first
         while len(out) < k:
-            ranked = self.table.ranked(a, b, 1, self.p["backoff"])
-            if not ranked or conf * ranked[0][1] < self.p["threshold"]:
+            ranked = self.table.ranked(a, b, 1, self.params["backoff"])
+            if not ranked or conf * ranked[0][1] < self.params["threshold"]:
                 break
             tok, p = ranked[0]
             conf *= p
@@ -107,8 +107,8 @@ class ADED(Drafter):
             return None
         self._sync(ctx.tokens)
         a, b = ctx.tokens[-2], ctx.tokens[-1]
-        firsts = [(t, p) for t, p in self.table.ranked(a, b, self.p["branches"], self.p["backoff"])
-                  if p >= self.p["threshold"]]
+        firsts = [(t, p) for t, p in self.table.ranked(a, b, self.params["branches"], self.params["backoff"])
+                  if p >= self.params["threshold"]]
         if not firsts:
             return None
         trie = TrieDraft()

@@ -94,7 +94,6 @@ class DrafterEnv:
     draft: Any | None  # LoadedModel or None
     sampling: SamplingConfig
     generator: torch.Generator | None
-    device: torch.device
 
 
 @dataclass
@@ -130,7 +129,7 @@ class Drafter:
 
     def __init__(self, env: DrafterEnv, **params: Any) -> None:
         self.env = env
-        self.p = params
+        self.params = params  # this run's values; the class attribute `params` is the schema
 
     def begin(self, prompt_ids: list[int]) -> None:
         """Called once before decoding (e.g. to prefill a draft model)."""

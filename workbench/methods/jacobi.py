@@ -79,13 +79,13 @@ class Jacobi(Drafter):
         self.guess: list[int] = []  # guesses for the positions after `self.after` tokens
         self.after = -1
         self.rows: list[int] = []
-        self.budget = DraftBudget(self.p["window"], self.p["adaptive"])
+        self.budget = DraftBudget(self.params["window"], self.params["adaptive"])
 
     def _fill(self, tokens: list[int], have: list[int]) -> list[int]:
-        k = self.p["window"] - len(have)
+        k = self.params["window"] - len(have)
         if k <= 0:
-            return have[: self.p["window"]]
-        if self.p["init"] == "repeat":
+            return have[: self.params["window"]]
+        if self.params["init"] == "repeat":
             last = have[-1] if have else tokens[-1]
             return have + [last] * k
         self.filler.sync(tokens)

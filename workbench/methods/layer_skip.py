@@ -298,17 +298,17 @@ class LayerSkip(Drafter):
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
-        skip = parse_skip(self.p["skip"])
+        skip = parse_skip(self.params["skip"])
         target = self.env.target
         self.choice = None
         if skip is None:
-            self.choice = choose_skip(target, self.p["max_draft"], self.p["threshold"])
+            self.choice = choose_skip(target, self.params["max_draft"], self.params["threshold"])
             skip = self.choice.skip
         self.runner = DraftModelRunner(view_model(target, skip)) if skip else None
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
-        g = min(self.p["max_draft"], ctx.max_tokens)
+        g = min(self.params["max_draft"], ctx.max_tokens)
         if g <= 0 or self.runner is None:
             return None
         cfg = self.env.sampling
@@ -318,7 +318,7 @@ class LayerSkip(Drafter):
         logits = self.runner.logits_after(ctx.tokens)  # (V,)
         while len(tokens) < g:
             probs = logits.float().softmax(-1) if cfg.greedy else logits_to_probs(logits, cfg)  # (V,)
-            if float(probs.max()) < self.p["threshold"]:
+            if float(probs.max()) < self.params["threshold"]:
                 break  # the draft is unsure: let the target take it from here
             tok = int(probs.argmax()) if cfg.greedy else int(torch.multinomial(probs, 1, generator=self.env.generator))
             tokens.append(tok)

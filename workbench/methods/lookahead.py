@@ -95,22 +95,22 @@ class Lookahead(Drafter):
         self.pooled = 0  # context n-grams ending before this position are pooled
         self.rows: list[int] = []
         # node budget: between what is free on this hardware and what max_cost allows (module docstring)
-        self.max_nodes = affordable_nodes(self.env.target, self.p["max_cost"])
+        self.max_nodes = affordable_nodes(self.env.target, self.params["max_cost"])
         self.free_nodes = min(self.max_nodes, affordable_nodes(self.env.target, FREE_COST)) \
-            if self.p["max_cost"] > 0 else self.max_nodes
+            if self.params["max_cost"] > 0 else self.max_nodes
         self.room = self.max_nodes
         self._pool_context(list(prompt_ids))
 
     def _pool_context(self, tokens: list[int]) -> None:
-        if not self.p["context_ngrams"]:
+        if not self.params["context_ngrams"]:
             return
-        n = self.p["ngram"]
+        n = self.params["ngram"]
         for end in range(max(self.pooled, n), len(tokens) + 1):
             self.pool.add(tuple(tokens[end - n:end]))
         self.pooled = max(self.pooled, len(tokens) + 1)
 
     def _pad(self, tokens: list[int], level: list[int]) -> list[int]:
-        w = self.p["window"]
+        w = self.params["window"]
         if len(level) >= w:
             return level[:w]
         self.filler.sync(tokens)
@@ -130,13 +130,13 @@ class Lookahead(Drafter):
         trie = TrieDraft()
         room = self.room
         # verification branch: pool n-grams that continue the last token, most recent first
-        for gram in self.pool.candidates(ctx.tokens[-1], self.p["guesses"]):
+        for gram in self.pool.candidates(ctx.tokens[-1], self.params["guesses"]):
             trie.add_path(list(gram[: ctx.max_tokens]), limit=room)  # only what fits
         # lookahead branch: level 0 is a chain from the root, level l hangs off the diagonal below it;
         # as many window positions as fit, at least enough for one n-gram, else none this step
         levels = len(self.levels)
-        width = min(self.p["window"], (room - len(trie)) // levels)
-        if width < max(1, self.p["ngram"] - 1):
+        width = min(self.params["window"], (room - len(trie)) // levels)
+        if width < max(1, self.params["ngram"] - 1):
             return trie.draft()
         for lvl, level in enumerate(self.levels):
             row = []
@@ -157,13 +157,13 @@ class Lookahead(Drafter):
         if nodes:  # the window was in this forward: one Jacobi iteration of its first `width` positions
             top, width = len(levels) - 1, len(nodes[0])
             out = [rows[node + 1] for node in nodes[top]]  # predictions after the last level's slots
-            if top == self.p["ngram"] - 2:  # full window: every complete diagonal is an n-gram
+            if top == self.params["ngram"] - 2:  # full window: every complete diagonal is an n-gram
                 for j in range(top, width):
                     self.pool.add(tuple(levels[lvl][j - top + lvl] for lvl in range(top + 1)) + (out[j],))
             # the prediction for each window position; positions past `width` keep the older guesses
-            new = ([rows[0]] + out + levels[top][width + 1:])[: self.p["window"]]
+            new = ([rows[0]] + out + levels[top][width + 1:])[: self.params["window"]]
             levels = levels + [new]
-            if len(levels) > self.p["ngram"] - 1:
+            if len(levels) > self.params["ngram"] - 1:
                 levels = levels[1:]
         if fb.draft is not None:  # halve the budget after a step with nothing accepted, double it after a hit
             self.room = max(self.free_nodes, self.room // 2) if not fb.accepted else \

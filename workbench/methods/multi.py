@@ -50,10 +50,10 @@ class MultiCandidate(TopKTreeDrafter):
     )
 
     def propose(self, ctx: DraftContext) -> Draft | None:
-        gamma = min(self.p["gamma"], ctx.max_tokens)
+        gamma = min(self.params["gamma"], ctx.max_tokens)
         if gamma <= 0:
             return None
-        k, greedy = self.p["k"], self.env.sampling.greedy
+        k, greedy = self.params["k"], self.env.sampling.greedy
         session = DraftTreeSession(self.runner, ctx.tokens)
         q_token: list[float] = []
         rows: list[torch.Tensor] = []
@@ -110,7 +110,7 @@ class Recursive(TopKTreeDrafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         super().begin(prompt_ids)
-        self.branching = parse_branching(self.p["branching"])
+        self.branching = parse_branching(self.params["branching"])
 
     def _children(self, logits: torch.Tensor, k: int) -> tuple[list[int], list[float], list[torch.Tensor]]:
         """k distinct children and, for each, the distribution it was drawn from."""

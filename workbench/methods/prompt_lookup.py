@@ -37,7 +37,7 @@ class PromptLookup(Drafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         # index[n][ngram] = position right after the ngram's most recent occurrence
-        self.index: list[dict[tuple[int, ...], int]] = [dict() for _ in range(self.p["max_ngram"] + 1)]
+        self.index: list[dict[tuple[int, ...], int]] = [dict() for _ in range(self.params["max_ngram"] + 1)]
         self.indexed = 0  # n-grams ending before this position are indexed
         self.last: int | None = None  # tokens[indexed - 1] when last indexed, to notice a rewound context
 
@@ -50,14 +50,14 @@ class PromptLookup(Drafter):
             self.begin([])  # another context than the one indexed (e.g. staged's draft branches): rebuild
         # index n-grams tokens[end-n:end] for end < len(tokens): each has a continuation tokens[end]
         for end in range(max(self.indexed, 1), len(tokens)):
-            for n in range(self.p["min_ngram"], self.p["max_ngram"] + 1):
+            for n in range(self.params["min_ngram"], self.params["max_ngram"] + 1):
                 if end - n >= 0:
                     self.index[n][tuple(tokens[end - n:end])] = end
         self.indexed = len(tokens)
         self.last = tokens[-1] if tokens else None
 
     def propose(self, ctx: DraftContext) -> Draft | None:
-        budget = min(self.p["num_draft"], ctx.max_tokens)
+        budget = min(self.params["num_draft"], ctx.max_tokens)
         if budget <= 0:
             return None
         self._extend_index(ctx.tokens)
@@ -70,7 +70,7 @@ class PromptLookup(Drafter):
         `tokens` may run past the indexed context (a drafter's own provisional tokens): its suffix is
         looked up, and the continuation read from `tokens`, but nothing past the index is indexed.
         """
-        for n in range(min(self.p["max_ngram"], len(tokens) - 1), self.p["min_ngram"] - 1, -1):
+        for n in range(min(self.params["max_ngram"], len(tokens) - 1), self.params["min_ngram"] - 1, -1):
             start = self.index[n].get(tuple(tokens[-n:]))
             if start is not None and start < len(tokens):
                 return list(tokens[start:start + budget])

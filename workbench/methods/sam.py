@@ -81,9 +81,9 @@ class SAMDecoding(Drafter):
     def begin(self, prompt_ids: list[int]) -> None:
         self.text = GrowingText()
         self.sam = SuffixAutomaton()
-        self.corpus = self._load_corpus(self.p["corpus"])
+        self.corpus = self._load_corpus(self.params["corpus"])
         self.matcher = Matcher(self.corpus) if self.corpus is not None else None
-        self.budget = DraftBudget(self.p["num_draft"], self.p["adaptive"])
+        self.budget = DraftBudget(self.params["num_draft"], self.params["adaptive"])
         self._sync(list(prompt_ids))
 
     # ---- keeping the automata in step with the context
@@ -110,7 +110,7 @@ class SAMDecoding(Drafter):
             out.append((n, self.sam.continuation(end, k)))
         if self.matcher is not None and self.matcher.length:
             out.append((self.matcher.length, self.corpus.frequent_walk(self.matcher.state, k)))
-        out = [c for c in out if c[0] >= self.p["min_match"] and c[1]]
+        out = [c for c in out if c[0] >= self.params["min_match"] and c[1]]
         out.sort(key=lambda c: -c[0])
         return out
 
@@ -124,9 +124,9 @@ class SAMDecoding(Drafter):
             return None
         trie = TrieDraft()
         trie.add_path(cands[0][1])
-        if self.p["branches"] > 1:
+        if self.params["branches"] > 1:
             second = cands[1][1] if len(cands) > 1 else None
-            if second is None and self.matcher is not None and self.matcher.length >= self.p["min_match"]:
+            if second is None and self.matcher is not None and self.matcher.length >= self.params["min_match"]:
                 ranked = self.corpus.ranked_next(self.matcher.state, 2)
                 if len(ranked) > 1:  # the corpus' second most frequent next token, then its best walk
                     second = self.corpus.frequent_walk(self.matcher.state, max(1, k // 2), first=ranked[1][0])

@@ -142,7 +142,7 @@ class Sequoia(TopKTreeDrafter):
         super().begin(prompt_ids)
         self.target_cost = cost_profile(self.env.target)
         self.draft_cost = cost_profile(self.env.draft)
-        K = self.p["max_branch"]
+        K = self.params["max_branch"]
         self.hits = [PRIOR[r] * PRIOR_WEIGHT for r in range(K)]
         self.visits = [PRIOR_WEIGHT] * K
         self.steps = 0
@@ -152,9 +152,9 @@ class Sequoia(TopKTreeDrafter):
         return [h / v for h, v in zip(self.hits, self.visits)]
 
     def _plan(self) -> None:
-        V, shapes = best_trees(self.acceptance_vector(), self.p["max_nodes"])
+        V, shapes = best_trees(self.acceptance_vector(), self.params["max_nodes"])
         best, best_m = 0.0, 0
-        for m in range(0, self.p["max_nodes"] + 1):
+        for m in range(0, self.params["max_nodes"] + 1):
             widths: dict[int, int] = {}
             for path in shapes[m]:
                 widths[len(path) - 1] = widths.get(len(path) - 1, 0) + 1
@@ -166,12 +166,12 @@ class Sequoia(TopKTreeDrafter):
                 best, best_m = rate, m
         self.paths = shapes[best_m]
         # the tree drafted now and then while the plan is empty: the best tree of EXPLORE_NODES nodes
-        self.explore_paths = shapes[min(EXPLORE_NODES, self.p["max_nodes"])]
+        self.explore_paths = shapes[min(EXPLORE_NODES, self.params["max_nodes"])]
 
     def propose(self, ctx: DraftContext) -> Draft | None:
         """The planned tree (its size is the step's draft size in the Trace); now and then a small one."""
         paths = self.paths
-        every = self.p["explore_every"]
+        every = self.params["explore_every"]
         if not paths and every and self.steps % every == every - 1:
             paths = self.explore_paths
         if not paths:
@@ -183,7 +183,7 @@ class Sequoia(TopKTreeDrafter):
         if d is not None:
             self._score(d, list(fb.accepted))
         self.steps += 1  # every step counts, drafted or not, so an empty plan is re-planned too
-        if self.steps % self.p["replan_every"] == 0:
+        if self.steps % self.params["replan_every"] == 0:
             self._plan()
 
     def _score(self, d: Draft, accepted: list[int]) -> None:

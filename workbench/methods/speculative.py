@@ -34,7 +34,7 @@ class Speculative(Drafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         self.runner = DraftModelRunner(self.env.draft)
-        self.gamma = self.p["gamma"]
+        self.gamma = self.params["gamma"]
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
@@ -62,9 +62,9 @@ class Speculative(Drafter):
         return Draft.chain(tokens, q_token, q_dist)
 
     def observe(self, fb: StepFeedback) -> None:
-        if self.p["schedule"] != "adaptive" or fb.draft is None:
+        if self.params["schedule"] != "adaptive" or fb.draft is None:
             return
         if len(fb.accepted) == len(fb.draft):
-            self.gamma = min(self.gamma + 2, self.p["max_gamma"])
+            self.gamma = min(self.gamma + 2, self.params["max_gamma"])
         else:
             self.gamma = max(1, self.gamma - 1)

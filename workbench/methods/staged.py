@@ -37,8 +37,8 @@ class Staged(TopKTreeDrafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         self.runner = DraftModelRunner(self.env.draft)
-        self.lookup = PromptLookup(self.env, max_ngram=self.p["max_ngram"], min_ngram=1,
-                                   num_draft=self.p["inner_draft"])
+        self.lookup = PromptLookup(self.env, max_ngram=self.params["max_ngram"], min_ngram=1,
+                                   num_draft=self.params["inner_draft"])
         self.lookup.begin(prompt_ids)
 
     def _dist(self, logits: torch.Tensor) -> torch.Tensor:
@@ -58,7 +58,7 @@ class Staged(TopKTreeDrafter):
         return int(torch.multinomial(q, 1, generator=g)), False
 
     def propose(self, ctx: DraftContext) -> Draft | None:
-        gamma = min(self.p["gamma"], ctx.max_tokens)
+        gamma = min(self.params["gamma"], ctx.max_tokens)
         if gamma <= 0:
             return None
         chain: list[int] = []
@@ -79,8 +79,8 @@ class Staged(TopKTreeDrafter):
         tokens, parents = list(chain), list(range(-1, len(chain) - 1))
         q_token = [float(d[t]) for d, t in zip(dists, chain)]
         rows_out = list(dists)
-        alts = [t for t in torch.topk(dists[0], self.p["branches"] + 1).indices.tolist() if t != chain[0]]
-        for t in alts[: self.p["branches"]]:
+        alts = [t for t in torch.topk(dists[0], self.params["branches"] + 1).indices.tolist() if t != chain[0]]
+        for t in alts[: self.params["branches"]]:
             tokens.append(t)
             parents.append(-1)
             q_token.append(float(dists[0][t]))

@@ -126,7 +126,7 @@ class TreeStatic(TopKTreeDrafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         super().begin(prompt_ids)
-        self.paths = parse_paths(self.p["paths"]) if self.p["paths"] else NAMED_TREES[self.p["tree"]]
+        self.paths = parse_paths(self.params["paths"]) if self.params["paths"] else NAMED_TREES[self.params["tree"]]
 
     def propose(self, ctx: DraftContext) -> Draft | None:
         return grow_from_paths(self, ctx, self.paths)
@@ -147,13 +147,13 @@ class TreeDynamic(TopKTreeDrafter):
     def propose(self, ctx: DraftContext) -> Draft | None:
         if ctx.max_tokens <= 0:
             return None
-        k = self.p["top_k"]
+        k = self.params["top_k"]
         session = DraftTreeSession(self.runner, ctx.tokens)
         score: dict[int, float] = {}  # cumulative draft probability of each node
         q_tok: dict[int, float] = {}
         try:
             frontier = [-1]
-            for level in range(min(self.p["depth"], ctx.max_tokens)):
+            for level in range(min(self.params["depth"], ctx.max_tokens)):
                 rows = [session.root_logits] if frontier == [-1] else list(session.feed(frontier))
                 children = []
                 for par, lg in zip(frontier, rows):
@@ -164,7 +164,7 @@ class TreeDynamic(TopKTreeDrafter):
                         q_tok[node] = q
                         children.append(node)
                 frontier = sorted(children, key=lambda n: -score[n])[:k]
-            keep = sorted(score, key=lambda n: -score[n])[: self.p["total_tokens"]]
+            keep = sorted(score, key=lambda n: -score[n])[: self.params["total_tokens"]]
             return subtree_draft(session, _close_under_ancestors(session, keep), q_tok)
         finally:
             session.close()
@@ -186,8 +186,8 @@ class OptTree(TopKTreeDrafter):
     def propose(self, ctx: DraftContext) -> Draft | None:
         if ctx.max_tokens <= 0:
             return None
-        width, budget = self.p["width"], self.p["nodes"]
-        max_depth = min(self.p["max_depth"], ctx.max_tokens)
+        width, budget = self.params["width"], self.params["nodes"]
+        max_depth = min(self.params["max_depth"], ctx.max_tokens)
         session = DraftTreeSession(self.runner, ctx.tokens)
         q_tok: dict[int, float] = {}
         heap: list[tuple[float, int, int, float]] = []  # (-value, token, parent, q)
@@ -203,7 +203,7 @@ class OptTree(TopKTreeDrafter):
                 batch = []
                 while heap and len(batch) < width and len(session.tokens) < budget:
                     neg, t, par, q = heapq.heappop(heap)
-                    if -neg < self.p["threshold"]:
+                    if -neg < self.params["threshold"]:
                         heap.clear()
                         break
                     node = session.add(t, par)
