@@ -12,6 +12,8 @@ from transformers import DynamicCache
 
 from .. import cache as kv
 from .. import tree_shape
+from ..sampling import logits_to_probs
+from ..tree import Draft
 
 
 class DraftModelRunner:
@@ -42,6 +44,34 @@ class DraftModelRunner:
         out = kv.forward(self.model, ids, self.cache)
         self.tokens = list(context) + list(proposal)
         return out.logits[0]
+
+    @torch.inference_mode()
+    def draft_chain(self, context: list[int], n: int, sampling, generator: torch.Generator | None,
+                    min_confidence: float = 0.0) -> Draft | None:
+        """Up to n tokens drawn from the draft one by one after `context` (argmax under greedy).
+
+        q of each token is the distribution it was drawn from (temperature 1 softmax under greedy,
+        for display); drafting stops early when the draft's top probability falls below
+        `min_confidence` (the draft is unsure: the target takes it from there).
+        """
+        tokens: list[int] = []
+        q: list[float] = []
+        dists: list[torch.Tensor] = []
+        logits = self.logits_after(context)  # (V,)
+        while len(tokens) < n:
+            probs = logits.float().softmax(-1) if sampling.greedy else logits_to_probs(logits, sampling)  # (V,)
+            if min_confidence > 0 and float(probs.max()) < min_confidence:
+                break
+            tok = int(probs.argmax()) if sampling.greedy else int(torch.multinomial(probs, 1, generator=generator))
+            tokens.append(tok)
+            q.append(float(probs[tok]))
+            if not sampling.greedy:
+                dists.append(probs)
+            if len(tokens) < n:
+                logits = self.logits_after(context + tokens)
+        if not tokens:
+            return None
+        return Draft.chain(tokens, q, torch.stack(dists) if dists else None)  # q_dist: (len, V) when sampling
 
     def _ensure_prefix(self, prefix: list[int]) -> None:
         n = self._common_prefix(prefix)

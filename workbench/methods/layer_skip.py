@@ -47,7 +47,6 @@ from transformers import DynamicCache
 
 from .. import cache as kv
 from ..config import ConfigError
-from ..sampling import logits_to_probs
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, register
 from .draft_model import DraftModelRunner
@@ -311,22 +310,5 @@ class LayerSkip(Drafter):
         g = min(self.params["max_draft"], ctx.max_tokens)
         if g <= 0 or self.runner is None:
             return None
-        cfg = self.env.sampling
-        tokens: list[int] = []
-        q_token: list[float] = []
-        dists: list[torch.Tensor] = []
-        logits = self.runner.logits_after(ctx.tokens)  # (V,)
-        while len(tokens) < g:
-            probs = logits.float().softmax(-1) if cfg.greedy else logits_to_probs(logits, cfg)  # (V,)
-            if float(probs.max()) < self.params["threshold"]:
-                break  # the draft is unsure: let the target take it from here
-            tok = int(probs.argmax()) if cfg.greedy else int(torch.multinomial(probs, 1, generator=self.env.generator))
-            tokens.append(tok)
-            q_token.append(float(probs[tok]))
-            if not cfg.greedy:
-                dists.append(probs)
-            if len(tokens) < g:
-                logits = self.runner.logits_after(ctx.tokens + tokens)
-        if not tokens:
-            return None
-        return Draft.chain(tokens, q_token, torch.stack(dists) if dists else None)
+        return self.runner.draft_chain(ctx.tokens, g, self.env.sampling, self.env.generator,
+                                       min_confidence=self.params["threshold"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from ..sampling import logits_to_probs
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .draft_model import DraftModelRunner
@@ -41,25 +40,7 @@ class Speculative(Drafter):
         g = min(self.gamma, ctx.max_tokens)
         if g <= 0:
             return None
-        cfg = self.env.sampling
-        tokens: list[int] = []
-        q_token: list[float] = []
-        dists: list[torch.Tensor] = []
-        logits = self.runner.logits_after(ctx.tokens)  # (V,)
-        for i in range(g):
-            if cfg.greedy:
-                tok = int(logits.argmax())
-                q_token.append(float(logits.float().softmax(-1)[tok]))
-            else:
-                probs = logits_to_probs(logits, cfg)  # (V,) the q this token is drawn from
-                tok = int(torch.multinomial(probs, 1, generator=self.env.generator))
-                q_token.append(float(probs[tok]))
-                dists.append(probs)
-            tokens.append(tok)
-            if i + 1 < g:
-                logits = self.runner.logits_after(ctx.tokens + tokens)
-        q_dist = torch.stack(dists) if dists else None  # (γ, V)
-        return Draft.chain(tokens, q_token, q_dist)
+        return self.runner.draft_chain(ctx.tokens, g, self.env.sampling, self.env.generator)
 
     def observe(self, fb: StepFeedback) -> None:
         if self.params["schedule"] != "adaptive" or fb.draft is None:
