@@ -253,3 +253,23 @@ def test_build_app():
     assert isinstance(demo, gr.Blocks)
     ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
     assert {"pg-run", "pg-output", "pg-cards", "tree-plot", "lat-bars", "hist-table", "hist-diff"} <= ids
+
+
+def test_backend_choice_is_per_session_and_reaches_the_run(ctx, monkeypatch):
+    """'in process' keeps a session's runs (and baselines) here even when the app serves a cluster."""
+    import workbench.api as api
+
+    seen = []
+    real = api.run
+
+    def spy(*args, cluster=None, **kwargs):
+        seen.append(cluster)
+        return real(*args, cluster="none", **kwargs)  # the test has no cluster: decode here either way
+
+    monkeypatch.setattr(api, "run", spy)
+    mine = playground.set_backend(new_session_state(), "in process")
+    other = new_session_state()
+    state = _run(ctx, mine, method="autoregressive", draft="none")[-1][-1]
+    _run(ctx, other, method="autoregressive", draft="none")
+    list(playground.run_baseline(ctx, state))
+    assert seen == ["none", None, "none"]  # session 1 in process (run and baseline), session 2 follows the app

@@ -27,7 +27,7 @@ from .common import AppContext, new_session_state
 from .exposure import ExposurePolicy, plan_launch
 from .tabs.history import build_history_tab
 from .tabs.latency import build_latency_tab
-from .tabs.playground import build_playground_tab
+from .tabs.playground import build_playground_tab, on_cluster
 from .tabs.tree_viewer import build_tree_tab
 
 TITLE = "Decoding Workbench"
@@ -45,7 +45,7 @@ def build_app(db: str | None = None, default_target: str | None = None,
                      policy=policy or ExposurePolicy())
     where = ("Shared server: a fixed set of models, deleting runs turned off." if ctx.policy.exposed
              else f"Store: `{ctx.store.path or 'memory'}`")
-    if _on_cluster():
+    if on_cluster():
         where += " Runs decode on cluster workers; each run's env names its worker and GPU."
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"## {TITLE}\nRun, see and compare fast decoding methods. {where}", elem_id="wb-header")
@@ -93,11 +93,3 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: s
     return demo
 
 
-def _on_cluster() -> bool:
-    """Whether runs go to cluster workers ($WORKBENCH_CLUSTER, set by `workbench ui --cluster`)."""
-    from workbench.cluster import cluster_address
-
-    try:
-        return cluster_address() is not None
-    except ValueError:  # a bad address: each run says so in one line
-        return False

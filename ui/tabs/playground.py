@@ -189,14 +189,28 @@ def _decode_thread(device_lock: threading.Lock, kwargs: dict[str, Any], events: 
     return t
 
 
+BACKENDS = ("in process", "cluster workers")
+
+
+def cluster_for(backend: str | None) -> str | None:
+    """workbench.api.run's `cluster` for a backend choice: "none" keeps the run in this process,
+    None follows $WORKBENCH_CLUSTER (set by `workbench ui --cluster`)."""
+    return "none" if backend == BACKENDS[0] else None
+
+
+def set_backend(state: dict, backend: str) -> dict:
+    """The Backend radio: this session's runs (and their baselines) go in process or to cluster workers."""
+    return {**(state or {}), "backend": backend}
+
+
 def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft: str | None, params: dict,
-               sampling, max_new_tokens: int, chat: bool) -> Iterator[tuple[str, str, Any]]:
+               sampling, max_new_tokens: int, chat: bool, cluster: str | None = None) -> Iterator[tuple[str, str, Any]]:
     """Run in a thread; yield ("progress", message, None), ("tokens", html, trace) and finally
     ("done", run_id, RunResult) or ("error", message, None)."""
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
     kwargs = dict(method=method, prompt=prompt, target=target, draft=draft, params=params, sampling=sampling,
-                  max_new_tokens=max_new_tokens, chat=chat, store=ctx.store, source="ui")
+                  max_new_tokens=max_new_tokens, chat=chat, store=ctx.store, source="ui", cluster=cluster)
     _decode_thread(ctx.device_lock, kwargs, events, cancel)
     trace = Trace(method=method, params=params, prompt_ids=[])
     ids: list[int] = []
@@ -260,8 +274,10 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
 
     yield (status("busy", f"Starting {cls.label or method} on {target}…"), P.token_html(Trace(method, {}, []), []),
            "", "", gr.update(visible=False), state)
+    cluster = cluster_for(state.get("backend"))
     for kind, payload, extra in stream_run(ctx, method=method, prompt=prompt, target=target, draft=draft,
-                                           params=params, sampling=sampling, max_new_tokens=max_new, chat=bool(chat)):
+                                           params=params, sampling=sampling, max_new_tokens=max_new, chat=bool(chat),
+                                           cluster=cluster):
         if kind == "progress":
             yield status("busy", payload), keep, keep, keep, keep, state
         elif kind == "tokens":
@@ -278,7 +294,7 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
             state["runs"] = list(state.get("runs", [])) + [res.run_id]
             state["last_run"] = res.run_id
             state["last_settings"] = dict(target=res.target, prompt=prompt, chat=bool(chat),
-                                          sampling=sampling.to_dict(), max_new_tokens=max_new)
+                                          sampling=sampling.to_dict(), max_new_tokens=max_new, cluster=cluster)
             s = res.summary
             msg = (f"{s.new_tokens} tokens in {s.wall_s:.2f} s ({res.trace.stop_reason or 'stopped'}). "
                    f"Open *Draft tree* or *Latency* to look inside.")
@@ -318,7 +334,8 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
     sampling = SamplingConfig(**settings["sampling"])
     for kind, payload, extra in stream_run(ctx, method="autoregressive", prompt=settings["prompt"],
                                            target=settings["target"], draft=None, params={}, sampling=sampling,
-                                           max_new_tokens=settings["max_new_tokens"], chat=settings["chat"]):
+                                           max_new_tokens=settings["max_new_tokens"], chat=settings["chat"],
+                                           cluster=settings.get("cluster")):  # the baseline runs where the run ran
         if kind == "progress":
             yield status("busy", payload), keep, keep, state
         elif kind == "tokens":
@@ -341,6 +358,16 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
 
 
 # ---------------------------------------------------------------- layout
+
+
+def on_cluster() -> bool:
+    """Whether this app was started with a cluster (`workbench ui --cluster`, which sets $WORKBENCH_CLUSTER)."""
+    from workbench.cluster import cluster_address
+
+    try:
+        return cluster_address() is not None
+    except ValueError:  # a bad address: each run says so in one line
+        return False
 
 
 def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
@@ -385,6 +412,10 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
             with gr.Row():
                 c["chat"] = gr.Checkbox(True, label="chat (apply the model's chat template)", elem_id="pg-chat")
                 c["run"] = gr.Button("Run", variant="primary", elem_id="pg-run")
+                clustered = on_cluster()
+                c["backend"] = gr.Radio(list(BACKENDS), value=BACKENDS[1] if clustered else BACKENDS[0],
+                                        label="Backend", visible=clustered, elem_id="pg-backend",
+                                        info="decode on the cluster's workers or in this app's process")
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="pg-stop")
             c["status"] = gr.Markdown("", elem_id="pg-status")
             gr.HTML(P.legend_html(), elem_id="pg-legend")
@@ -396,6 +427,7 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
 
     c["method"].change(method_form, c["method"], [c["method_info"]] + slots, api_visibility="private")
     c["target"].change(draft_for_target, [c["target"], c["draft"]], c["draft"], api_visibility="private")
+    c["backend"].change(set_backend, [state, c["backend"]], state, api_name="backend")
     for comp in (c["method"], c["draft"]):
         comp.change(draft_note, [c["method"], c["draft"]], c["draft_note"], api_visibility="private")
     inputs = [state, c["target"], c["draft"], c["method"], c["prompt"], c["chat"], c["max_new"], c["temperature"],
