@@ -7,6 +7,8 @@ import pytest
 
 
 def pytest_configure(config):
+    # Any local Ray instance a test starts binds and advertises loopback only (see workbench.cluster.address).
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Tiny models are dominated by per-op overhead: one intra-op thread is several times
     # faster than two, and far faster when the machine is busy.
     import torch

@@ -15,6 +15,9 @@ from collections import Counter
 import pytest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+from workbench.cluster.address import keep_local_on_loopback  # noqa: E402
+
+keep_local_on_loopback()  # before Ray is imported: every port on 127.0.0.1
 ray = pytest.importorskip("ray")
 
 from workbench import api  # noqa: E402
@@ -30,6 +33,7 @@ TINY = ["--target", TARGET, "--draft", DRAFT, "--bandwidth-mib", "4", "--warmup-
 @pytest.fixture(scope="module")
 def cluster():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    assert ray.nodes()[0]["NodeManagerAddress"] == "127.0.0.1"  # loopback only: no traffic leaves the machine
     try:
         yield "local"
     finally:

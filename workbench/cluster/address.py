@@ -1,10 +1,11 @@
 """Cluster addresses and the one connection a process makes: `local`, `auto` or `ray://HOST:PORT`.
 
 - ``local``: start a small Ray instance on this machine (no dashboard; a few CPUs,
-  every GPU it has), shut down when the process ends. Ray 2.60 binds its own
-  ports on every interface and maps 127.0.0.1 to the machine's address, so
-  it cannot be kept to loopback; its token authentication (on by default for
-  such an instance) is what keeps others out, with the machine's firewall.
+  every GPU it has), shut down when the process ends, kept to loopback: Ray on
+  Linux normally advertises the machine's own address and binds its ports on every
+  interface, and with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (set before Ray is
+  imported, see `keep_local_on_loopback`) it uses 127.0.0.1 for every port, as it
+  does on a laptop. Its token authentication is on as well.
 - ``auto``: join the Ray cluster this machine belongs to (``ray start`` ran here).
 - ``ray://HOST:PORT``: connect from outside the cluster through Ray Client (the
   head node's client server, port 10001 by default). The port is probed first
@@ -74,6 +75,19 @@ def cluster_address(value: str | None = None) -> str | None:
     return text
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_local_on_loopback() -> None:
+    """Make a `local` Ray instance bind and advertise 127.0.0.1 only (read by Ray when it is imported).
+
+    Ray's single-machine mode (its default on macOS and Windows) is selected by this variable;
+    the raylet and the workers it starts inherit it. An explicit value set by the user wins,
+    and so does a Ray already imported in this process.
+    """
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+
+
 def require_ray():
     """The ray module, or a ClusterError saying how to install it."""
     try:
@@ -103,6 +117,8 @@ def connect(address: str | None) -> str:
     addr = cluster_address(address)
     if addr is None:
         raise ClusterError("no cluster address given: use local, auto or ray://HOST:PORT")
+    if addr == "local":
+        keep_local_on_loopback()
     ray = require_ray()
     if addr.startswith("ray://"):
         _probe(addr)
