@@ -56,6 +56,11 @@ def _norm_sampling(d: dict[str, Any]) -> dict[str, Any]:
     return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for k, v in out.items()}
 
 
+def run_backend(env: dict[str, Any]) -> str:
+    """The backend a run decoded on (runs stored before backends existed ran eagerly)."""
+    return env.get("backend") or "eager"
+
+
 def same_sampling(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Equal sampling settings; for greedy decoding seed, top-k and top-p do not matter."""
     a, b = _norm_sampling(a), _norm_sampling(b)
@@ -348,7 +353,7 @@ class RunStore(BenchmarkMixin):
 
     def baseline_for(self, run: RunRecord | str) -> RunRecord | None:
         """The plain-decoding baseline of a stored run: the newest finished ``autoregressive`` run
-        with its target, prompt, chat flag, sampling, max_new_tokens and device/dtype (not itself).
+        with its target, prompt, chat flag, sampling, max_new_tokens, device/dtype and backend (not itself).
 
         This is the one baseline policy: the app's speedup cards, the Latency tab and the
         notebooks all ask here.
@@ -358,6 +363,7 @@ class RunStore(BenchmarkMixin):
         if max_new is None:
             return None
         env = {k: rec.env[k] for k in ("device", "dtype") if rec.env.get(k) is not None}
+        env["backend"] = run_backend(rec.env)
         return self.find_baseline(target=rec.target, prompt=rec.prompt, sampling=rec.sampling,
                                   max_new_tokens=int(max_new), env=env or None, chat=rec.typed_params.get("chat"),
                                   exclude=rec.id)
@@ -383,7 +389,8 @@ class RunStore(BenchmarkMixin):
             for rec in self._records(s, stmt):
                 if rec.id == exclude or not same_sampling(rec.sampling, sampling):
                     continue
-                if env and any(rec.env.get(k) != v for k, v in env.items()):
+                if env and any((run_backend(rec.env) if k == "backend" else rec.env.get(k)) != v
+                               for k, v in env.items()):
                     continue
                 if chat is not None and rec.typed_params.get("chat") != chat:
                     continue  # keep looking: an older run may match

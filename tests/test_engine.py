@@ -48,7 +48,7 @@ def flat_verify_cost(monkeypatch):
     the case in which every drafting method should draft, cost-aware ones (sequoia) included."""
     import workbench.methods.sequoia as sequoia
 
-    def profile(loaded, refresh=False):
+    def profile(loaded, backend="eager", refresh=False):
         scale = 1.0 if loaded.spec == "tiny-random" else 0.05
         return {n: scale for n in sequoia.PROFILE_SIZES}
 

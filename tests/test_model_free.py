@@ -47,7 +47,7 @@ def repetitive_prompt(tiny, one_token_runs):
 
 def _flat_costs(target_spec: str = "tiny-random", draft_scale: float = 0.05, verify_x: float = 0.0):
     """sequoia.cost_profile stand-in: the target's n-token forward costs 1 + verify_x (n - 1), any view draft_scale."""
-    def profile(loaded, refresh=False):
+    def profile(loaded, backend="eager", refresh=False):
         scale = 1.0 if loaded.spec == target_spec else draft_scale
         return {n: scale * (1.0 + verify_x * (n - 1)) for n in sequoia.PROFILE_SIZES}
     return profile

@@ -8,7 +8,7 @@ from workbench.engine import generate
 
 def _costs(verify_x: float, draft_scale: float = 0.05):
     """Cost profiles: a target forward of n tokens costs 1 + verify_x * (n - 1); the draft draft_scale times that."""
-    def profile(loaded, refresh=False):
+    def profile(loaded, backend="eager", refresh=False):
         scale = draft_scale if "bf16" in loaded.spec else 1.0
         return {n: scale * (1.0 + verify_x * (n - 1)) for n in sequoia.PROFILE_SIZES}
     return profile

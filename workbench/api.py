@@ -112,7 +112,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         max_new_tokens: int = 128, chat: bool | None = None, device: str | None = None,
         store: Any | None = None, log: bool = True, source: str = "api", benchmark_id: str | None = None,
         trace: bool = True, on_step: Callable[[Step, Trace], None] | None = None,
-        progress: Callable[[str], None] | None = None, cluster: str | None = None) -> RunResult:
+        progress: Callable[[str], None] | None = None, cluster: str | None = None,
+        backend: str | None = None) -> RunResult:
     """Decode `prompt` with `method` and (by default) log the run to the store.
 
     prompt: plain text, or a list of chat messages ({"role", "content"}).
@@ -120,7 +121,10 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     store: a store.RunStore; None opens the default one when log=True.
     cluster: decode on a Ray worker (local, auto or ray://HOST:PORT; None: $WORKBENCH_CLUSTER,
     else in process); the run is recorded here all the same (workbench.cluster).
+    backend: "eager" (default) or "compiled" (workbench.backend); compiling happens before
+    the run's clock starts and is recorded as env["warmup_s"].
     """
+    from .backend import check_backend
     from .models import EMBEDDED_DEFAULT, check_compatible, load_model
 
     # ---- validate cheap things first: nothing is loaded or recorded on bad input
@@ -133,6 +137,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     if not isinstance(sampling, SamplingConfig):
         raise ConfigError(f"sampling must be a SamplingConfig, not {type(sampling).__name__}")
     decode = DecodeConfig(max_new_tokens=max_new_tokens, trace=trace)
+    backend = check_backend(backend)
     if cls.needs_draft_model and not draft:
         raise ConfigError(f"method '{method}' needs a draft model, e.g. --draft smollm2-135m:bf16")
     if not cls.needs_draft_model and draft:
@@ -147,7 +152,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         return run_on_cluster(address, method=method, prompt=prompt, target=target, draft=draft, params=resolved,
                               sampling=sampling, max_new_tokens=max_new_tokens, chat=chat, device=device,
                               store=store, log=log, source=source, benchmark_id=benchmark_id, trace=trace,
-                              on_step=on_step, progress=progress, drafting_method=method if cls.drafts() else None)
+                              on_step=on_step, progress=progress, drafting_method=method if cls.drafts() else None,
+                              backend=backend)
 
     # ---- models
     tgt = load_model(target, device=device, progress=progress)
@@ -159,6 +165,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         raise ConfigError("the prompt encodes to no tokens")
     for lm in (m for m in (tgt, drf) if m is not None):
         check_fits(lm, len(prompt_ids), max_new_tokens, method if cls.drafts() else None)
+    env = {**environment(tgt), **warm_up(backend, [tgt, drf], len(prompt_ids), max_new_tokens, progress)}
 
     # ---- record and decode
     if log and store is None:
@@ -173,7 +180,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
             prompt=prompt if isinstance(prompt, str) else _chat_text(prompt),
             prompt_json=prompt if isinstance(prompt, list) else None,
             params={**resolved, "max_new_tokens": max_new_tokens, "chat": chat},
-            sampling=sampling.to_dict(), env=environment(tgt), benchmark_id=benchmark_id, source=source,
+            sampling=sampling.to_dict(), env=env, benchmark_id=benchmark_id, source=source,
         )
 
     write_steps = StepWriter(store if log else None, run_id)
@@ -185,7 +192,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
 
     try:
         result = generate(tgt, method, prompt_ids, draft=drf, params=resolved, sampling=sampling,
-                          decode=decode, on_step=_on_step, trace=tr)
+                          decode=decode, on_step=_on_step, trace=tr, backend=backend)
     except BaseException as exc:
         if log:
             close_unfinished(store, run_id, exc, tr, tgt.decode(tr.output_ids))
@@ -195,6 +202,17 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     return RunResult(run_id=run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
                      prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,
                      result=result)
+
+
+def warm_up(backend: str, models: list, n_prompt: int, max_new_tokens: int,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Compile what `backend` needs for these models before a run starts -> env entries (backend, warmup_s)."""
+    from .backend import prepare
+    from .engine import DRAFT_ROOM
+
+    max_len = n_prompt + max_new_tokens + DRAFT_ROOM
+    seconds = sum(prepare(backend, lm, max_len, progress=progress) for lm in models if lm is not None)
+    return {"backend": backend, "warmup_s": round(seconds, 3)}
 
 
 class StepWriter:

@@ -83,7 +83,7 @@ def _progress_printer():
         hf_logging.disable_progress_bar()  # its weight-loading bar would bury the one error line
 
     def show(msg: str) -> None:
-        if tty or "onvert" in msg:
+        if tty or "onvert" in msg or "ompil" in msg:
             print(msg, file=sys.stderr, flush=True)
 
     return show
@@ -99,7 +99,8 @@ def cmd_run(args) -> int:
     store = None if args.no_log else _open_store(args)
     result = run(args.method, args.prompt, target=args.target, draft=args.draft, params=_parse_params(args.param),
                  sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device,
-                 store=store, log=not args.no_log, source="cli", progress=progress, cluster=args.cluster)
+                 store=store, log=not args.no_log, source="cli", progress=progress, cluster=args.cluster,
+                 backend=args.backend)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="apply the chat template (default when the model has one)")
     chat.add_argument("--no-chat", dest="chat", action="store_false", help="feed the prompt as plain text")
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_backend_argument(r)
     r.add_argument("--no-log", action="store_true", help="do not record the run in the store")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--cluster", default=None, metavar="ADDRESS",
@@ -268,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_backend_argument(parser) -> None:
+    """--backend eager|compiled (default: $WORKBENCH_BACKEND, else eager)."""
+    from .backend import BACKENDS, DEFAULT_BACKEND
+
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("WORKBENCH_BACKEND") or DEFAULT_BACKEND,
+                        help="how forwards run: eager (stock transformers, DynamicCache) or compiled (static KV "
+                             "cache + torch.compile; compiles once per model, 1-3 min on a CPU, cached on disk); "
+                             "default $WORKBENCH_BACKEND, else eager")
+
+
 def _add_ui(sub) -> None:
     u = sub.add_parser("ui", help="launch the Gradio app")
     u.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -285,6 +297,7 @@ def _add_ui(sub) -> None:
     u.add_argument("--cluster", default=None, metavar="ADDRESS",
                    help="decode on Ray workers: local, auto or ray://HOST:PORT "
                         "(default: $WORKBENCH_CLUSTER, else in process; none: in process)")
+    add_backend_argument(u)
 
     def cmd_ui(args) -> int:
         from ui.exposure import plan_launch
@@ -294,7 +307,7 @@ def _add_ui(sub) -> None:
         from ui.app import launch
 
         launch(host=args.host, port=args.port, share=args.share, db=args.db, default_target=args.target,
-               cluster=args.cluster, **options)
+               cluster=args.cluster, backend=args.backend, **options)
         return 0
 
     u.set_defaults(func=cmd_ui)
@@ -307,26 +320,38 @@ def _add_bench(sub) -> None:
 
 
 def _add_profile(sub) -> None:
-    pr = sub.add_parser("profile", help="measure (or show the cached) cost of verifying n tokens in one forward")
-    pr.add_argument("--target", "-t", default=None, help="model spec (default: smollm2-135m)")
+    pr = sub.add_parser("profile", help="measure (or show the cached) cost of a forward over n tokens, per backend")
+    pr.add_argument("--target", "-t", action="append", default=None,
+                    help="model spec, repeatable, e.g. smollm2-135m:bf16 for another dtype (default: smollm2-135m)")
     pr.add_argument("--device", default=None)
+    pr.add_argument("--backends", default=None, help="comma-separated backends (default: the --backend one)")
+    add_backend_argument(pr)
+    pr.add_argument("--threads", default=None, help="comma-separated torch thread counts (default: the current one)")
     pr.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")
     pr.add_argument("--json", action="store_true")
 
     def cmd_profile(args) -> int:
-        from .methods.sequoia import cost_profile
+        from .backend import check_backend
+        from .backend.profile import profile_table
         from .models import EMBEDDED_DEFAULT, load_model
 
-        lm = load_model(args.target or EMBEDDED_DEFAULT, device=args.device, progress=_progress_printer())
-        prof = cost_profile(lm, refresh=args.refresh)
+        backends = [check_backend(b.strip()) for b in (args.backends or args.backend).split(",") if b.strip()]
+        threads = [_int_in(1, 1024)(t.strip()) for t in args.threads.split(",")] if args.threads else [None]
+        rows = []
+        for spec in args.target or [EMBEDDED_DEFAULT]:
+            lm = load_model(spec, device=args.device, progress=_progress_printer())
+            rows += profile_table(lm, backends, threads, refresh=args.refresh, progress=_progress_printer())
         if args.json:
-            print(json.dumps({"model": lm.spec, "device": str(lm.device), "seconds": prof}))
+            print(json.dumps(rows))
             return 0
-        base = prof[min(prof)]
-        print(f"cost of one forward over n new tokens: {lm.spec} on {lm.device} (128 cached tokens, median of 3)")
-        print(f"{'n':>4} {'ms':>9} {'x one token':>12} {'ms/token':>9}")
-        for n, t in sorted(prof.items()):
-            print(f"{n:>4} {t * 1000:>9.1f} {t / base:>12.2f} {t * 1000 / n:>9.2f}")
+        for row in rows:
+            prof = row["seconds"]
+            base = prof[min(prof)]
+            print(f"\n{row['model']} on {row['device']} ({row['cpu']}), backend {row['backend']}, "
+                  f"{row['threads']} threads: one forward over n new tokens after 128 cached, median of 3")
+            print(f"{'n':>4} {'ms':>9} {'x one token':>12} {'ms/token':>9}")
+            for n, t in sorted(prof.items()):
+                print(f"{n:>4} {t * 1000:>9.1f} {t / base:>12.2f} {t * 1000 / n:>9.2f}")
         return 0
 
     pr.set_defaults(func=cmd_profile)

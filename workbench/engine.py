@@ -8,8 +8,14 @@ branches), verifies with workbench.verify, keeps the cache entries of the root
 and the accepted path (a crop for chains) and appends the accepted tokens plus
 the target's own bonus/correction token. Plain decoding is the empty draft.
 
+The target's cache lives in a backend session (workbench.backend: eager over a
+DynamicCache, or compiled over a static position-indexed cache); draft models
+open their sessions on the same backend through DrafterEnv.session, and the
+engine closes them all when the run ends.
+
 Timing (gpt-fast): the device is synchronised before every timer read, so
-draft_s and verify_s are what the step really cost.
+draft_s and verify_s are what the step really cost. A drafter's `begin` (e.g.
+prefilling its draft model, profiling) runs before the clock starts.
 """
 from __future__ import annotations
 
@@ -18,9 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from transformers import DynamicCache
-
-from . import cache as kv
+from .backend import check_backend, open_session
 from .config import ConfigError, DecodeConfig, SamplingConfig
 from .device import PeakMemory, device_sync
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
@@ -40,58 +44,75 @@ class GenerationResult:
     summary: Summary
 
 
+# Cache room beyond prompt + new tokens: one step's draft nodes (every built-in default is smaller).
+DRAFT_ROOM = 128
+
+
 def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sampling: SamplingConfig,
-                  generator: torch.Generator | None) -> Drafter:
+                  generator: torch.Generator | None, backend: str = "eager", max_len: int = 0) -> Drafter:
     cls = get_method(method)
     resolved = resolve_params(method, params)
     if cls.needs_draft_model and draft is None:
         raise ConfigError(f"method '{method}' needs a draft model (--draft), e.g. smollm2-135m:bf16")
-    env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator)
+    env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator, backend=backend,
+                     max_len=max_len)
     return cls(env, **resolved)
 
 
-def _target_forward(model, ids: torch.Tensor, cache: DynamicCache, draft: Draft | None, past_len: int,
-                    keep: int = 0) -> torch.Tensor:
+def _target_forward(session, ids: torch.Tensor, draft: Draft | None, past_len: int, keep: int = 0) -> torch.Tensor:
     """Run the target on `ids` (1, T) after `past_len` cached positions -> logits (T or keep, V)."""
-    kwargs: dict[str, Any] = {}
+    session.crop(past_len)
     if draft is not None and len(draft) and not draft.is_chain:
-        kwargs["attention_mask"] = draft.attention_mask(past_len, model.dtype, ids.device)  # (1,1,T,past+T)
-        kwargs["position_ids"] = draft.position_ids(past_len, ids.device)  # (1, T)
-    out = kv.forward(model, ids, cache, logits_to_keep=keep, **kwargs)
-    return out.logits[0]  # (T, V)
+        block = draft.ancestor_matrix().to(ids.device)  # (T, T) tree visibility of [root] + nodes
+        return session.forward(ids, positions=draft.position_ids(past_len, ids.device), block=block, keep=keep)
+    return session.forward(ids, keep=keep)
 
 
 @torch.inference_mode()
 def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: dict[str, Any] | None = None,
              sampling: SamplingConfig = SamplingConfig(), decode: DecodeConfig = DecodeConfig(),
-             on_step: StepCallback | None = None, trace: Trace | None = None) -> GenerationResult:
+             on_step: StepCallback | None = None, trace: Trace | None = None,
+             backend: str = "eager") -> GenerationResult:
     """Decode up to decode.max_new_tokens tokens after prompt_ids with `method`.
 
     target/draft are workbench.models.LoadedModel. `trace`, when given, is filled
     in place (so a caller still has the partial steps if decoding fails).
+    backend: "eager" or "compiled" (workbench.backend); the target and every draft model run on it.
     """
     if not prompt_ids:
         raise ConfigError("the prompt is empty")
+    backend = check_backend(backend)
     device = target.device
-    model = target.model
     generator = make_generator(sampling.seed, device)
-    drafter = build_drafter(method, params, target, draft, sampling, generator)
+    max_len = len(prompt_ids) + decode.max_new_tokens + DRAFT_ROOM
+    drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len)
+    session = open_session(backend, target, max_len)
+    try:
+        return _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
+                       on_step, trace)
+    finally:
+        session.close()
+        drafter.env.close_sessions()
+
+
+def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: list[int],
+            sampling: SamplingConfig, decode: DecodeConfig, generator, on_step, trace) -> GenerationResult:
+    device = target.device
     # Drafters that learn from the target's own predictions (Jacobi, lookahead) get its argmax at every row.
     wants_argmax = getattr(drafter, "wants_target_argmax", False)
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
     memory = PeakMemory(device)
-    cache = DynamicCache(config=model.config)
+    drafter.begin(list(prompt_ids))  # set-up (a draft model's prefill, profiling) is not decoding time
 
     device_sync(device)
     t_start = time.perf_counter()
 
     # ---- prefill: the prompt in one forward, the first new token from its last position
-    drafter.begin(list(prompt_ids))
     t_draft = time.perf_counter()
     ids = torch.tensor([prompt_ids], device=device)  # (1, T_prompt)
-    logits = _target_forward(model, ids, cache, None, 0, keep=1)[-1]  # (V,)
+    logits = _target_forward(session, ids, None, 0, keep=1)[-1]  # (V,)
     tok, p_tok = choose(logits, sampling, generator)
     if sampling.greedy and decode.trace:
         p_tok = float(logits.float().softmax(-1)[tok])
@@ -121,10 +142,10 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
         past_len = len(context) - 1
         node_tokens = proposal.tokens if proposal is not None else []
         ids = torch.tensor([[context[-1]] + node_tokens], device=device)  # (1, 1+n)
-        logits = _target_forward(model, ids, cache, proposal, past_len)  # (1+n, V)
+        logits = _target_forward(session, ids, proposal, past_len)  # (1+n, V)
         verdict, p_nodes = _verify(logits, proposal, sampling, generator, decode.trace)
         # keep the root's and the accepted path's keys/values; drop the rejected ones
-        kv.keep_positions(cache, past_len, [0] + [i + 1 for i in verdict.accepted])
+        session.keep(past_len, [0] + [i + 1 for i in verdict.accepted])
         device_sync(device)
         t2 = time.perf_counter()
 

@@ -28,7 +28,8 @@ BACKPRESSURE = 64  # steps a worker may stream ahead of a slow caller
 def run_on_cluster(address: str, *, method: str, prompt: Any, target: str, draft: str | None,
                    params: dict[str, Any], sampling, max_new_tokens: int, chat: bool | None, device: str | None,
                    store: Any | None, log: bool, source: str, benchmark_id: str | None, trace: bool,
-                   on_step: Callable | None, progress: Callable[[str], None] | None, drafting_method: str | None):
+                   on_step: Callable | None, progress: Callable[[str], None] | None, drafting_method: str | None,
+                   backend: str = "eager"):
     """Decode on a worker of the cluster at `address`; returns an api.RunResult (with `worker` set)."""
     from ..api import RunResult, _chat_text
 
@@ -43,7 +44,7 @@ def run_on_cluster(address: str, *, method: str, prompt: Any, target: str, draft
         say(f"cluster: loading {target} on {worker.where}...")
         request = {"method": method, "prompt": prompt, "target": target, "draft": draft, "params": params,
                    "sampling": sampling.to_dict(), "max_new_tokens": max_new_tokens, "chat": chat, "device": device,
-                   "trace": trace, "drafting_method": drafting_method}
+                   "trace": trace, "drafting_method": drafting_method, "backend": backend}
         try:
             opened = ray.get(worker.handle.open_run.remote(request))
         except ray.exceptions.RayActorError as exc:

@@ -133,7 +133,7 @@ class ModelWorker:
 
     def open_run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Load, encode and check, then start decoding; returns the run's token, prompt ids, models and env."""
-        from ..api import check_fits
+        from ..api import check_fits, warm_up
         from ..config import ConfigError
 
         self._busy.acquire()
@@ -145,7 +145,8 @@ class ModelWorker:
                 raise ConfigError("the prompt encodes to no tokens")
             for lm in (m for m in (tgt, drf) if m is not None):
                 check_fits(lm, len(prompt_ids), request["max_new_tokens"], request.get("drafting_method"))
-            env = self._env(tgt)
+            env = {**self._env(tgt), **warm_up(request.get("backend", "eager"), [tgt, drf], len(prompt_ids),
+                                                request["max_new_tokens"])}
             token = uuid.uuid4().hex
             events = self._runs[token] = _Events()
             threading.Thread(target=self._decode, args=(request, tgt, drf, prompt_ids, events),
@@ -173,7 +174,7 @@ class ModelWorker:
                               sampling=SamplingConfig(**request["sampling"]),
                               decode=DecodeConfig(max_new_tokens=request["max_new_tokens"],
                                                   trace=request.get("trace", True)),
-                              on_step=on_step, trace=tr)
+                              on_step=on_step, trace=tr, backend=request.get("backend", "eager"))
             events.put({"kind": "end", "text": result.text, "wall_s": tr.wall_s,
                         "peak_mem_mb": None if tr.peak_mem_mb != tr.peak_mem_mb else tr.peak_mem_mb,
                         "stop_reason": tr.stop_reason}, final=True)

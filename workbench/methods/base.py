@@ -88,12 +88,32 @@ class Param:
 
 @dataclass
 class DrafterEnv:
-    """What a drafter may use: the models (read-only), sampling settings, the run's RNG."""
+    """What a drafter may use: the models (read-only), sampling settings, the run's RNG, the backend.
+
+    A drafter that runs a model (a draft model, a view of the target) opens its KV
+    cache with `session(lm)`: it runs on the run's backend (workbench.backend),
+    sized for the run, and the engine closes it when the run ends.
+    """
 
     target: Any  # workbench.models.LoadedModel
     draft: Any | None  # LoadedModel or None
     sampling: SamplingConfig
     generator: torch.Generator | None
+    backend: str = "eager"
+    max_len: int = 0  # positions a run may cache: prompt + new tokens + one draft
+    sessions: list = field(default_factory=list)
+
+    def session(self, lm: Any, backend: str | None = None) -> Any:
+        """A KV session for `lm` on the run's backend (or `backend`), closed with the run."""
+        from ..backend import open_session
+
+        s = open_session(backend or self.backend, lm, self.max_len)
+        self.sessions.append(s)
+        return s
+
+    def close_sessions(self) -> None:
+        while self.sessions:
+            self.sessions.pop().close()
 
 
 @dataclass

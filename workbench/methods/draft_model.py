@@ -1,27 +1,27 @@
 """A draft model with its own KV cache, kept in step with the committed tokens.
 
-Shared by every method that drafts with a small model. The cache holds a prefix
-of the context; `logits_after(context)` feeds whatever is missing and returns
-the next-token logits, and `rollback(n)` forgets everything past position n
-(rejected draft tokens) without recomputing what was accepted.
+Shared by every method that drafts with a small model. The cache (a backend
+session opened through the drafter's env, so the draft runs on the run's backend)
+holds a prefix of the context; `logits_after(context)` feeds whatever is missing
+and returns the next-token logits, and `rollback(n)` forgets everything past
+position n (rejected draft tokens) without recomputing what was accepted.
 """
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
-from .. import cache as kv
 from .. import tree_shape
 from ..sampling import logits_to_probs
 from ..tree import Draft
 
 
 class DraftModelRunner:
-    def __init__(self, loaded) -> None:
-        self.loaded = loaded
-        self.model = loaded.model
-        self.device = loaded.device
-        self.cache = DynamicCache(config=self.model.config)
+    def __init__(self, env, loaded=None, backend: str | None = None) -> None:
+        """env: the drafter's DrafterEnv; loaded: the draft LoadedModel (default env.draft)."""
+        self.loaded = loaded if loaded is not None else env.draft
+        self.model = self.loaded.model
+        self.device = self.loaded.device
+        self.session = env.session(self.loaded, backend)
         self.tokens: list[int] = []  # tokens whose keys/values are in the cache
 
     @torch.inference_mode()
@@ -32,18 +32,18 @@ class DraftModelRunner:
             n -= 1
         self.rollback(n)
         ids = torch.tensor([context[n:]], device=self.device)  # (1, T_new)
-        out = kv.forward(self.model, ids, self.cache, logits_to_keep=1)
+        logits = self.session.forward(ids, keep=1)
         self.tokens = list(context)
-        return out.logits[0, -1]  # (V,)
+        return logits[-1]  # (V,)
 
     @torch.inference_mode()
     def logits_along(self, context: list[int], proposal: list[int]) -> torch.Tensor:
         """(1 + len(proposal), V) logits after context and after each proposed token, in one forward."""
         self._ensure_prefix(context[:-1])
         ids = torch.tensor([[context[-1]] + proposal], device=self.device)
-        out = kv.forward(self.model, ids, self.cache)
+        logits = self.session.forward(ids)
         self.tokens = list(context) + list(proposal)
-        return out.logits[0]
+        return logits
 
     @torch.inference_mode()
     def draft_chain(self, context: list[int], n: int, sampling, generator: torch.Generator | None,
@@ -78,7 +78,7 @@ class DraftModelRunner:
         self.rollback(n)
         if n < len(prefix):
             ids = torch.tensor([prefix[n:]], device=self.device)
-            kv.forward(self.model, ids, self.cache, logits_to_keep=1)
+            self.session.forward(ids, keep=1)
             self.tokens = list(prefix)
 
     def _common_prefix(self, context: list[int]) -> int:
@@ -89,8 +89,8 @@ class DraftModelRunner:
         return n
 
     def rollback(self, n: int) -> None:
-        if n < len(self.tokens) or kv.cache_len(self.cache) > n:
-            kv.crop(self.cache, n)
+        if n < len(self.tokens) or self.session.length > n:
+            self.session.crop(n)
             self.tokens = self.tokens[:n]
 
 
@@ -125,21 +125,14 @@ class DraftTreeSession:
         upto = max(nodes) + 1
         new = list(range(self.fed, upto))
         if new:
-            model = self.runner.model
-            total = self.base + upto
-            allowed = torch.zeros(len(new), total, dtype=torch.bool)
-            allowed[:, : self.base] = True
+            block = torch.zeros(len(new), upto, dtype=torch.bool)  # visibility of tree nodes [0, upto)
             for r, i in enumerate(new):
-                for j in tree_shape.path_to(self.parents, i):  # the node and its ancestors
-                    allowed[r, self.base + j] = True
-            mask = torch.zeros(allowed.shape, dtype=model.dtype)
-            mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)
+                block[r, tree_shape.path_to(self.parents, i)] = True  # the node and its ancestors
             pos = torch.tensor([[self.base - 1 + self.depth[i] for i in new]], device=self.runner.device)
             ids = torch.tensor([[self.tokens[i] for i in new]], device=self.runner.device)
-            out = kv.forward(model, ids, self.runner.cache,
-                             attention_mask=mask[None, None].to(self.runner.device), position_ids=pos)
+            logits = self.runner.session.forward(ids, positions=pos, block=block.to(self.runner.device))
             for r, i in enumerate(new):
-                self._logits[i] = out.logits[0, r]
+                self._logits[i] = logits[r]
             self.fed = upto
         return torch.stack([self._logits[i] for i in nodes])
 

@@ -245,7 +245,7 @@ def replay(hits: list[bool], confs: list[float], gamma: int, threshold: float,
     return tokens, seconds
 
 
-def choose_skip(target: Any, max_draft: int, threshold: float) -> SkipChoice:
+def choose_skip(target: Any, max_draft: int, threshold: float, backend: str = "eager") -> SkipChoice:
     """The 'auto' decision from the (cached) calibration and this hardware's measured costs."""
     # the shared cost profiles (measured once per model, device and thread count)
     from . import sequoia
@@ -253,10 +253,10 @@ def choose_skip(target: Any, max_draft: int, threshold: float) -> SkipChoice:
     cal = calibration(target)
     if not cal.sets:
         return SkipChoice((), 1.0, float("nan"))
-    target_cost = sequoia.cost_profile(target)
+    target_cost = sequoia.cost_profile(target, backend)  # verification runs on the run's backend
     deepest = cal.sets[-1]
     t_full = sequoia.interpolate(target_cost, 1)
-    t_deep = sequoia.interpolate(sequoia.cost_profile(view_model(target, deepest)), 1)
+    t_deep = sequoia.interpolate(sequoia.cost_profile(view_model(target, deepest), "eager"), 1)  # views: eager
 
     def verify_cost(m: int) -> float:
         return sequoia.interpolate(target_cost, m)
@@ -301,9 +301,12 @@ class LayerSkip(Drafter):
         target = self.env.target
         self.choice = None
         if skip is None:
-            self.choice = choose_skip(target, self.params["max_draft"], self.params["threshold"])
+            self.choice = choose_skip(target, self.params["max_draft"], self.params["threshold"],
+                                      self.env.backend)
             skip = self.choice.skip
-        self.runner = DraftModelRunner(view_model(target, skip)) if skip else None
+        # eager always: a view shares the target's weights and differs per skip set, so compiling it
+        # would cost a full compile for each set tried
+        self.runner = DraftModelRunner(self.env, view_model(target, skip), backend="eager") if skip else None
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:

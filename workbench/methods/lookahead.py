@@ -95,8 +95,8 @@ class Lookahead(Drafter):
         self.pooled = 0  # context n-grams ending before this position are pooled
         self.rows: list[int] = []
         # node budget: between what is free on this hardware and what max_cost allows (module docstring)
-        self.max_nodes = affordable_nodes(self.env.target, self.params["max_cost"])
-        self.free_nodes = min(self.max_nodes, affordable_nodes(self.env.target, FREE_COST)) \
+        self.max_nodes = affordable_nodes(self.env.target, self.params["max_cost"], backend=self.env.backend)
+        self.free_nodes = min(self.max_nodes, affordable_nodes(self.env.target, FREE_COST, backend=self.env.backend)) \
             if self.params["max_cost"] > 0 else self.max_nodes
         self.room = self.max_nodes
         self._pool_context(list(prompt_ids))

@@ -84,18 +84,18 @@ class DraftBudget:
             self.cap = max(1, accepted + 1)
 
 
-def affordable_nodes(target, max_cost: float, most: int = 64) -> int:
+def affordable_nodes(target, max_cost: float, most: int = 64, backend: str = "eager") -> int:
     """Draft nodes that fit a verification forward costing at most max_cost x a one-token forward.
 
-    Read from the target's measured cost profile (workbench.methods.sequoia, cached per model,
-    device and thread count): on a GPU a forward over dozens of tokens costs what one does, on a
+    Read from the target's measured cost profile on `backend` (workbench.backend.profile, cached
+    per machine): on a GPU a forward over dozens of tokens costs what one does, on a
     CPU a few tokens already cost more. At least 1; max_cost <= 0 means no limit.
     """
     if max_cost <= 0:
         return most
     from . import sequoia
 
-    profile = sequoia.cost_profile(target)
+    profile = sequoia.cost_profile(target, backend)
     one = sequoia.interpolate(profile, 1)
     fits = [n for n in range(1, most + 2) if sequoia.interpolate(profile, n) <= max_cost * one]
     return max(2, max(fits, default=2)) - 1  # tokens = root + nodes; one node always (the budget can grow)

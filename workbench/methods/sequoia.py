@@ -5,9 +5,8 @@ Two measurements drive the choice:
   the one the target accepts, learned online from every verified step (with a
   weak prior until data arrive);
 - the *cost profile* t(n): seconds for one target forward over n new tokens
-  (and the same for the draft model), measured once per model, device and
-  thread count and cached in the workbench cache dir (`workbench profile`
-  prints it).
+  (and the same for the draft model) on the run's backend, measured once per
+  machine (workbench.backend.profile; `workbench profile` prints it).
 
 The best tree of every size m is found by dynamic programming over the
 acceptance vector, V(m) = max over child sizes s_r of sum_r p_r (1 + V(s_r - 1)),
@@ -16,78 +15,15 @@ and the size actually drafted maximises tokens per second:
 """
 from __future__ import annotations
 
-import json
-import statistics
-import time
-
 import torch
-from transformers import DynamicCache
 
-from .. import cache as kv
-from ..device import device_sync
+from ..backend.profile import PROFILE_SIZES, cost_profile, interpolate  # noqa: F401 - PROFILE_SIZES re-exported
 from ..tree import Draft
 from .base import DraftContext, Param, StepFeedback, register
 from .trees import TopKTreeDrafter, grow_from_paths
 
-PROFILE_SIZES = (1, 2, 4, 8, 16, 32, 64)
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)  # rank-r acceptance before any data
 PRIOR_WEIGHT = 8.0  # pseudo-visits of the prior
-
-
-def _profile_path():
-    from ..models import cache_dir
-
-    return cache_dir() / "cost_profiles.json"
-
-
-@torch.inference_mode()
-def measure_cost(loaded, sizes=PROFILE_SIZES, context: int = 128, repeats: int = 3) -> dict[int, float]:
-    """Median seconds of one forward over n new tokens after a `context`-token cache."""
-    model, dev = loaded.model, loaded.device
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, min(loaded.vocab_size, 1000), (1, context + max(sizes)), generator=g).to(dev)
-    cache = DynamicCache(config=model.config)
-    kv.forward(model, ids[:, :context], cache, logits_to_keep=1)
-    out: dict[int, float] = {}
-    for n in sizes:
-        times = []
-        for _ in range(repeats + 1):  # first one is a warm-up
-            device_sync(dev)
-            t0 = time.perf_counter()
-            kv.forward(model, ids[:, context:context + n], cache)
-            device_sync(dev)
-            times.append(time.perf_counter() - t0)
-            kv.crop(cache, context)
-        out[n] = statistics.median(times[1:])
-    return out
-
-
-def cost_profile(loaded, refresh: bool = False) -> dict[int, float]:
-    """The cached profile for this model, device and thread count (measured on first use)."""
-    key = f"{loaded.spec}|{loaded.device}|threads={torch.get_num_threads()}"
-    path = _profile_path()
-    data = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            data = {}
-    if refresh or key not in data:
-        data[key] = {str(n): t for n, t in measure_cost(loaded).items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1))
-    return {int(n): t for n, t in data[key].items()}
-
-
-def interpolate(profile: dict[int, float], n: int) -> float:
-    sizes = sorted(profile)
-    if n <= sizes[0]:
-        return profile[sizes[0]]
-    for a, b in zip(sizes, sizes[1:]):
-        if n <= b:
-            return profile[a] + (profile[b] - profile[a]) * (n - a) / (b - a)
-    a, b = sizes[-2], sizes[-1]
-    return profile[b] + (profile[b] - profile[a]) * (n - b) / (b - a)
 
 
 def best_trees(p: list[float], max_nodes: int) -> tuple[list[float], list[list[list[int]]]]:
@@ -140,8 +76,8 @@ class Sequoia(TopKTreeDrafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         super().begin(prompt_ids)
-        self.target_cost = cost_profile(self.env.target)
-        self.draft_cost = cost_profile(self.env.draft)
+        self.target_cost = cost_profile(self.env.target, self.env.backend)
+        self.draft_cost = cost_profile(self.env.draft, self.env.backend)
         K = self.params["max_branch"]
         self.hits = [PRIOR[r] * PRIOR_WEIGHT for r in range(K)]
         self.visits = [PRIOR_WEIGHT] * K

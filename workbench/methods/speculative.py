@@ -32,7 +32,7 @@ class Speculative(Drafter):
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
-        self.runner = DraftModelRunner(self.env.draft)
+        self.runner = DraftModelRunner(self.env)
         self.gamma = self.params["gamma"]
 
     @torch.inference_mode()

@@ -15,6 +15,10 @@ rank order), which is exact; under greedy the longest argmax path wins.
   child's cumulative probability never exceeds its parent's, the best n nodes
   always form a tree. Stops early when the next node's value drops below
   `threshold` (the adaptive size of the paper).
+
+Only the nodes that get expanded are fed to the draft model (a leaf needs no
+draft forward: nothing hangs under it), so a level of tree_dynamic costs a
+forward over its top_k expanded nodes, not over all top_k^2 candidates.
 """
 from __future__ import annotations
 
@@ -58,13 +62,52 @@ def parse_paths(text: str) -> list[list[int]]:
     return sorted(paths, key=lambda p: (len(p), p))
 
 
+class CandidateTree:
+    """Draft-tree nodes proposed so far; a node enters the draft model only when it is expanded.
+
+    Node ids are creation order. `expand(nodes)` feeds exactly `nodes` (those not
+    fed yet) to the draft session and returns the draft logits after each; -1 is
+    the root, whose logits the session already has. `draft(keep)` is the Draft
+    made of `keep` and its ancestors, renumbered in creation order.
+    """
+
+    def __init__(self, session: DraftTreeSession) -> None:
+        self.session = session
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depth: list[int] = []
+        self.q: list[float] = []  # the draft's probability of each node's token
+        self.slot: dict[int, int] = {-1: -1}  # node -> its index in the draft session, once expanded
+
+    def add(self, token: int, parent: int, q: float) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
+        self.q.append(q)
+        return len(self.tokens) - 1
+
+    def expand(self, nodes: list[int]) -> list[torch.Tensor]:
+        """Draft logits (V,) after each of `nodes`: the distribution of its children."""
+        for n in sorted(set(nodes) - self.slot.keys()):  # parents before children, as the session needs
+            self.slot[n] = self.session.add(self.tokens[n], self.slot[self.parents[n]])
+        fed = [self.slot[n] for n in nodes if n >= 0]
+        rows = iter(self.session.feed(fed)) if fed else iter(())  # (len(fed), V)
+        return [self.session.root_logits if n < 0 else next(rows) for n in nodes]
+
+    def draft(self, keep: list[int]) -> Draft:
+        keep = _close_under_ancestors(self.parents, keep)
+        new_index = {old: new for new, old in enumerate(keep)}
+        parents = [-1 if self.parents[i] < 0 else new_index[self.parents[i]] for i in keep]
+        return Draft([self.tokens[i] for i in keep], parents, [self.q[i] for i in keep])
+
+
 def grow_from_paths(drafter: "TopKTreeDrafter", ctx: DraftContext, paths: list[list[int]]) -> Draft | None:
     """Expand the draft model's top-k along rank paths, one draft forward per level."""
     if ctx.max_tokens <= 0:
         return None
     session = DraftTreeSession(drafter.runner, ctx.tokens)
+    tree = CandidateTree(session)
     node_of: dict[tuple[int, ...], int] = {(): -1}
-    q_tok: dict[int, float] = {}
     try:
         by_depth: dict[int, list[list[int]]] = {}
         for path in sorted(paths, key=lambda p: (len(p), p)):  # siblings in rank order
@@ -72,29 +115,17 @@ def grow_from_paths(drafter: "TopKTreeDrafter", ctx: DraftContext, paths: list[l
                 by_depth.setdefault(len(path), []).append(path)
         for depth in sorted(by_depth):
             parents = sorted({node_of[tuple(p[:-1])] for p in by_depth[depth]})
-            fed = [par for par in parents if par >= 0]
-            rows = iter(session.feed(fed)) if fed else iter(())
-            logits = {par: (session.root_logits if par < 0 else next(rows)) for par in parents}
+            logits = dict(zip(parents, tree.expand(parents)))
             need = {par: 1 + max(p[-1] for p in by_depth[depth] if node_of[tuple(p[:-1])] == par)
                     for par in parents}
             ranked = {par: drafter.topk(logits[par], need[par]) for par in parents}
             for path in by_depth[depth]:
                 par = node_of[tuple(path[:-1])]
                 toks, probs = ranked[par]
-                node = session.add(toks[path[-1]], par)
-                node_of[tuple(path)] = node
-                q_tok[node] = probs[path[-1]]
-        return subtree_draft(session, list(range(len(session.tokens))), q_tok)
+                node_of[tuple(path)] = tree.add(toks[path[-1]], par, probs[path[-1]])
+        return tree.draft(list(range(len(tree.tokens))))
     finally:
         session.close()
-
-
-def subtree_draft(session: DraftTreeSession, keep: list[int], q_token: dict[int, float]) -> Draft:
-    """Draft made of session nodes `keep` (ancestor-closed), renumbered in creation order."""
-    keep = sorted(set(keep))
-    new_index = {old: new for new, old in enumerate(keep)}
-    parents = [-1 if session.parents[i] < 0 else new_index[session.parents[i]] for i in keep]
-    return Draft([session.tokens[i] for i in keep], parents, [q_token.get(i) for i in keep])
 
 
 class TopKTreeDrafter(Drafter):
@@ -104,7 +135,7 @@ class TopKTreeDrafter(Drafter):
     tree = True
 
     def begin(self, prompt_ids: list[int]) -> None:
-        self.runner = DraftModelRunner(self.env.draft)
+        self.runner = DraftModelRunner(self.env)
 
     @staticmethod
     def topk(logits: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
@@ -149,23 +180,20 @@ class TreeDynamic(TopKTreeDrafter):
             return None
         k = self.params["top_k"]
         session = DraftTreeSession(self.runner, ctx.tokens)
-        score: dict[int, float] = {}  # cumulative draft probability of each node
-        q_tok: dict[int, float] = {}
+        tree = CandidateTree(session)
+        score: list[float] = []  # cumulative draft probability of each node
         try:
             frontier = [-1]
             for level in range(min(self.params["depth"], ctx.max_tokens)):
-                rows = [session.root_logits] if frontier == [-1] else list(session.feed(frontier))
                 children = []
-                for par, lg in zip(frontier, rows):
+                for par, lg in zip(frontier, tree.expand(frontier)):  # one draft forward over the frontier
                     toks, probs = self.topk(lg, k)
                     for t, q in zip(toks, probs):
-                        node = session.add(t, par)
-                        score[node] = (1.0 if par < 0 else score[par]) * q
-                        q_tok[node] = q
-                        children.append(node)
-                frontier = sorted(children, key=lambda n: -score[n])[:k]
-            keep = sorted(score, key=lambda n: -score[n])[: self.params["total_tokens"]]
-            return subtree_draft(session, _close_under_ancestors(session, keep), q_tok)
+                        children.append(tree.add(t, par, q))
+                        score.append((1.0 if par < 0 else score[par]) * q)
+                frontier = sorted(children, key=lambda n: -score[n])[:k]  # the nodes the next level expands
+            keep = sorted(range(len(score)), key=lambda n: -score[n])[: self.params["total_tokens"]]
+            return tree.draft(keep)
         finally:
             session.close()
 
@@ -189,7 +217,7 @@ class OptTree(TopKTreeDrafter):
         width, budget = self.params["width"], self.params["nodes"]
         max_depth = min(self.params["max_depth"], ctx.max_tokens)
         session = DraftTreeSession(self.runner, ctx.tokens)
-        q_tok: dict[int, float] = {}
+        tree = CandidateTree(session)
         heap: list[tuple[float, int, int, float]] = []  # (-value, token, parent, q)
         try:
             def push_children(par: int, logits: torch.Tensor, base: float) -> None:
@@ -198,32 +226,32 @@ class OptTree(TopKTreeDrafter):
                     heapq.heappush(heap, (-base * q, t, par, q))
 
             push_children(-1, session.root_logits, 1.0)
-            value: dict[int, float] = {}
-            while heap and len(session.tokens) < budget:
+            value: list[float] = []  # path probability of each node
+            while heap and len(tree.tokens) < budget:
                 batch = []
-                while heap and len(batch) < width and len(session.tokens) < budget:
+                while heap and len(batch) < width and len(tree.tokens) < budget:
                     neg, t, par, q = heapq.heappop(heap)
                     if -neg < self.params["threshold"]:
                         heap.clear()
                         break
-                    node = session.add(t, par)
-                    value[node], q_tok[node] = -neg, q
-                    batch.append(node)
-                expand = [n for n in batch if session.depth[n] < max_depth]
-                if expand and len(session.tokens) < budget:
-                    for node, logits in zip(expand, session.feed(expand)):
+                    batch.append(tree.add(t, par, q))
+                    value.append(-neg)
+                expand = [n for n in batch if tree.depth[n] < max_depth]
+                if expand and len(tree.tokens) < budget:
+                    for node, logits in zip(expand, tree.expand(expand)):  # one draft forward over `expand`
                         push_children(node, logits, value[node])
-            if not session.tokens:
+            if not tree.tokens:
                 return None
-            return subtree_draft(session, list(range(len(session.tokens))), q_tok)
+            return tree.draft(list(range(len(tree.tokens))))
         finally:
             session.close()
 
 
-def _close_under_ancestors(session: DraftTreeSession, keep: list[int]) -> list[int]:
+def _close_under_ancestors(parents: list[int], keep: list[int]) -> list[int]:
+    """`keep` plus every ancestor of its nodes, sorted."""
     out = set()
     for n in keep:
         while n >= 0 and n not in out:
             out.add(n)
-            n = session.parents[n]
+            n = parents[n]
     return sorted(out)

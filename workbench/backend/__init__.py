@@ -1,0 +1,80 @@
+"""How a forward runs: the backends the engine and every draft model decode through.
+
+The engine never talks to a KV cache directly. It opens a *session* for a model
+(`open_session(backend, lm, max_len)`) and asks it two things:
+
+    session.forward(ids, positions=None, block=None, keep=0) -> logits (T or keep, V)
+        run the model on ids (1, T) after the session's `length` cached positions;
+        `block` is a bool (T, W) visibility of the last W columns (a tree mask),
+        every column before them is visible; None means causal
+    session.keep(start, offsets) / session.crop(n)
+        keep positions [0, start) plus start + offsets (accepted tree nodes are
+        copied into place), or the first n positions (a rejected chain)
+
+Two backends answer those calls:
+- `eager`    stock transformers forwards over a DynamicCache (workbench.backend.eager);
+- `compiled` a preallocated StaticCache indexed by position, where rollback is
+             setting a length (gpt-fast), and `torch.compile`d forwards: one graph
+             for one token, one shape-dynamic graph for verification
+             (workbench.backend.compiled); CUDA graphs on a GPU.
+Methods never know which one runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from ..config import ConfigError
+
+BACKENDS = ("eager", "compiled")
+DEFAULT_BACKEND = "eager"
+
+
+class KVSession(Protocol):
+    """One model's KV cache for one run; see the module docstring."""
+
+    length: int
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
+                block: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor: ...
+
+    def keep(self, start: int, offsets: list[int]) -> None: ...
+
+    def crop(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def check_backend(name: Any) -> str:
+    """A backend name, validated (None: the default)."""
+    if name is None:
+        return DEFAULT_BACKEND
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ConfigError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    return name
+
+
+def open_session(backend: str, model: Any, max_len: int, *, progress=None) -> KVSession:
+    """A KV session of `backend` for `model` (a LoadedModel, or a bare transformers model: eager only).
+
+    max_len: the most positions the run will cache (prompt + new tokens + one draft).
+    """
+    from .eager import EagerSession
+
+    if check_backend(backend) == "compiled" and not isinstance(model, torch.nn.Module):
+        from .compiled import open_compiled
+
+        session = open_compiled(model, max_len, progress=progress)
+        if session is not None:
+            return session
+    return EagerSession(model.model if not isinstance(model, torch.nn.Module) else model)
+
+
+def prepare(backend: str, model: Any, max_len: int, *, progress=None) -> float:
+    """Compile (or load from the disk cache) what `backend` needs for `model`; seconds it took (0 for eager)."""
+    if check_backend(backend) != "compiled":
+        return 0.0
+    from .compiled import warm_up
+
+    return warm_up(model, max_len, progress=progress)

@@ -1,0 +1,257 @@
+"""The compiled backend: a static, position-indexed KV cache and `torch.compile`d forwards.
+
+A `CompiledForward` owns one transformers `StaticCache` of L positions for one
+model and two compiled graphs over it (no patched modeling code: the stock model
+is called with `cache=`, `position_ids=` and a 4D mask over all L columns):
+
+    one   T == 1 new token (plain decoding, drafting a chain)   static shapes
+    many  2 <= T <= MAX_COMPILED_T (verifying chains and trees)  T dynamic
+    prefill and larger T run the same model eagerly over the same cache
+
+Rollback is free (gpt-fast): the session's `length` says how many positions are
+valid; the mask hides every column from `length + T` on, and the next write
+overwrites them. Accepted tree nodes are copied into place (Medusa). On CPU the
+graphs are compiled with inductor's freezing, which pre-packs the weights so a
+forward of a few tokens costs little more than one; on CUDA the one-token graph
+runs as a CUDA graph ("reduce-overhead").
+
+Compiling takes a minute or two per model on a small CPU. It happens in
+`warm_up`, before a run's clock starts (reported as `warmup_s`), with progress
+and an estimate from the last time; inductor's on-disk cache lives in the
+workbench cache dir, so a second process starts warm. L is a bucket (a power of
+two, at least MIN_CACHE_LEN) so that runs of similar length share graphs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+
+from .. import cache as kv
+from ..config import ConfigError
+from ..device import device_sync
+
+logger = logging.getLogger(__name__)
+
+MIN_CACHE_LEN = 512
+MAX_COMPILED_T = 64  # verification forwards up to this many tokens use the compiled graph
+Progress = Callable[[str], None] | None
+
+_POOL: dict[tuple[int, int], list["CompiledForward"]] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def cache_len_bucket(max_len: int, limit: int | None) -> int:
+    """The static cache size for a run needing `max_len` positions: a power of two >= MIN_CACHE_LEN."""
+    n = MIN_CACHE_LEN
+    while n < max_len:
+        n *= 2
+    if limit is not None and n > limit:
+        if max_len > limit:
+            raise ConfigError(f"the compiled backend needs {max_len} cache positions; the model has {limit}")
+        n = limit
+    return n
+
+
+def _inductor_cache_dir() -> None:
+    """Keep inductor's compiled artefacts in the workbench cache (unless the user chose a place)."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        from ..models import cache_dir
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+
+
+def unsupported_reason(model: torch.nn.Module) -> str | None:
+    """Why `model` cannot use the compiled backend, or None."""
+    if kv.sliding_window(model.config) is not None:
+        return "sliding-window attention (its static cache rolls and cannot be rolled back)"
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        return "dynamically quantised linears (inductor does not compile them)"
+    return None
+
+
+class CompiledForward:
+    """One model's static cache of L positions and its compiled forwards; used by one session at a time."""
+
+    def __init__(self, lm: Any, L: int) -> None:
+        from transformers import StaticCache
+
+        self.lm, self.model, self.L = lm, lm.model, L
+        self.device = lm.device
+        self.cache = StaticCache(config=self.model.config, max_cache_len=L)
+        self.cols = torch.arange(L, device=self.device)
+        self.busy = False
+        self.warmup_s: float | None = None
+        cache_arg = kv.cache_arg_name(self.model)
+        model, cache = self.model, self.cache
+
+        def run(input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=True,
+                         **{cache_arg: cache}).logits
+
+        self.eager = run
+        cuda = self.device.type == "cuda"
+        self.one = torch.compile(run, dynamic=False, mode="reduce-overhead" if cuda else None,
+                                 options=None if cuda else {"freezing": True})
+        self.many = torch.compile(run, dynamic=True, options=None if cuda else {"freezing": True})
+
+    def call(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
+        for layer in self.cache.layers:  # where the new keys/values go
+            if getattr(layer, "is_initialized", False):
+                layer.cumulative_length.fill_(length)
+        T = ids.shape[1]
+        fn = self.one if T == 1 else self.many if T <= MAX_COMPILED_T and length > 0 else self.eager
+        return fn(ids, positions, mask)[0]  # (T, V)
+
+    def mask(self, length: int, T: int, block: torch.Tensor | None) -> torch.Tensor:
+        """(1, 1, T, L) additive mask: columns < length + T - W visible, `block` over the next W, the rest hidden."""
+        if block is None:
+            block = torch.ones(T, T, dtype=torch.bool, device=self.device).tril_()  # causal over the new tokens
+        W = block.shape[1]
+        start = length + T - W
+        allowed = (self.cols < start).expand(T, self.L).clone()  # (T, L)
+        allowed[:, start:start + W] = block.to(self.device)
+        mask = torch.zeros(T, self.L, dtype=self.model.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
+        return mask[None, None]
+
+    @torch.inference_mode()
+    def warm_up(self, progress: Progress = None) -> float:
+        """Compile both graphs (or load them from the disk cache) on dummy tokens; seconds taken."""
+        if self.warmup_s is not None:
+            return 0.0
+        name = self.lm.spec
+        guess = _estimate(self._key())
+        say = progress or (lambda msg: None)
+        say(f"compiling {name} for the compiled backend (cache of {self.L} positions; "
+            + (f"about {guess:.0f} s, as last time" if guess else "1-3 minutes the first time on a CPU, "
+               "then cached on disk") + ")...")
+        t0 = time.perf_counter()
+        session = StaticSession(self)
+        try:
+            session.forward(torch.zeros(1, 4, dtype=torch.long, device=self.device))  # eager: allocates the cache
+            for T in (1, 3, 2):
+                session.crop(4)
+                session.forward(torch.zeros(1, T, dtype=torch.long, device=self.device))
+        finally:
+            session.close()
+        device_sync(self.device)
+        self.warmup_s = time.perf_counter() - t0
+        _remember(self._key(), self.warmup_s)
+        say(f"compiled {name} in {self.warmup_s:.0f} s")
+        return self.warmup_s
+
+    def _key(self) -> str:
+        from ..api import _cpu_name
+
+        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name()
+        return f"{self.lm.spec}|{where}|L={self.L}|torch={torch.__version__}|threads={torch.get_num_threads()}"
+
+
+class StaticSession:
+    """A run's view of a CompiledForward: its valid length; rollback is setting it."""
+
+    def __init__(self, compiled: CompiledForward) -> None:
+        self.compiled = compiled
+        self.length = 0
+        compiled.busy = True
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
+                block: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
+        c = self.compiled
+        T = ids.shape[1]
+        if self.length + T > c.L:
+            raise ConfigError(f"the compiled backend's cache for {c.lm.spec} holds {c.L} positions; this forward "
+                              f"needs {self.length + T} (use a smaller draft or fewer new tokens)")
+        if positions is None:
+            positions = (self.length + torch.arange(T, device=c.device))[None]  # (1, T)
+        logits = c.call(ids, positions, c.mask(self.length, T, block), self.length)  # (T, V)
+        self.length += T
+        return logits[-keep:] if keep else logits
+
+    def keep(self, start: int, offsets: list[int]) -> None:
+        if offsets != list(range(len(offsets))):
+            src = torch.tensor([start + o for o in offsets], device=self.compiled.device)
+            end = start + len(offsets)
+            for layer in self.compiled.cache.layers:
+                layer.keys[:, :, start:end] = layer.keys.index_select(2, src)  # gathered first: overlap-safe
+                layer.values[:, :, start:end] = layer.values.index_select(2, src)
+        self.length = start + len(offsets)
+
+    def crop(self, n: int) -> None:
+        self.length = min(self.length, n)
+
+    def close(self) -> None:
+        self.compiled.busy = False
+
+
+def _acquire(lm: Any, L: int) -> CompiledForward:
+    """A free CompiledForward for (model, L), made when every existing one is in use."""
+    _inductor_cache_dir()
+    with _POOL_LOCK:
+        pool = _POOL.setdefault((id(lm.model), L), [])
+        for cf in pool:
+            if not cf.busy and cf.lm is lm:
+                cf.busy = True
+                return cf
+        cf = CompiledForward(lm, L)
+        cf.busy = True
+        pool.append(cf)
+        return cf
+
+
+def open_compiled(lm: Any, max_len: int, progress: Progress = None) -> StaticSession | None:
+    """A compiled session for `lm`, or None (with a warning) when the model cannot use this backend."""
+    reason = unsupported_reason(lm.model)
+    if reason is not None:
+        logger.warning("%s runs eagerly: the compiled backend does not support %s", lm.spec, reason)
+        return None
+    cf = _acquire(lm, cache_len_bucket(max_len, lm.max_positions))
+    try:
+        cf.warm_up(progress)
+    except BaseException:
+        cf.busy = False
+        raise
+    return StaticSession(cf)
+
+
+def warm_up(lm: Any, max_len: int, progress: Progress = None) -> float:
+    """Compile `lm` for runs of up to max_len positions before they start; seconds spent (0 when warm)."""
+    if unsupported_reason(lm.model) is not None:
+        return 0.0
+    cf = _acquire(lm, cache_len_bucket(max_len, lm.max_positions))
+    try:
+        return cf.warm_up(progress)
+    finally:
+        cf.busy = False
+
+
+def _estimates_path():
+    from ..models import cache_dir
+
+    return cache_dir() / "compile_times.json"
+
+
+def _estimate(key: str) -> float | None:
+    try:
+        return float(json.loads(_estimates_path().read_text())[key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember(key: str, seconds: float) -> None:
+    path = _estimates_path()
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data[key] = round(seconds, 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+    except (OSError, ValueError):
+        pass  # an estimate is a nicety

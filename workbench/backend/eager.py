@@ -1,0 +1,55 @@
+"""The eager backend: stock transformers forwards over a DynamicCache.
+
+Chains use the model's own causal mask; a tree block becomes a 4D additive mask
+over [cached positions + new tokens] (transformers takes a 4D mask as given),
+with depth positions. Rollback crops the cache; accepted tree nodes are copied
+into place (workbench.cache).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from .. import cache as kv
+
+
+def additive_mask(block: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+    """bool (T, W) visibility of the last W of `total` columns -> additive (1, 1, T, total) mask."""
+    T, W = block.shape
+    mask = torch.zeros(T, total, dtype=dtype, device=block.device)
+    mask[:, total - W:].masked_fill_(~block, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+class EagerSession:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        self.length = 0
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
+                block: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        T = ids.shape[1]
+        if block is not None:
+            kwargs["attention_mask"] = additive_mask(block, self.length + T, self.model.dtype)
+        if positions is not None:
+            kwargs["position_ids"] = positions
+        out = kv.forward(self.model, ids, self.cache, logits_to_keep=keep, **kwargs)
+        self.length += T
+        return out.logits[0]  # (T or keep, V)
+
+    def keep(self, start: int, offsets: list[int]) -> None:
+        kv.keep_positions(self.cache, start, offsets)
+        self.length = start + len(offsets)
+
+    def crop(self, n: int) -> None:
+        if n < self.length:
+            kv.crop(self.cache, n)
+            self.length = n
+
+    def close(self) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+        self.length = 0

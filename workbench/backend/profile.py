@@ -1,0 +1,139 @@
+"""Costs measured per machine: seconds of one forward over n new tokens, per model, backend and threads.
+
+What makes a drafting method win or lose on a machine is the shape of this curve:
+on a GPU a forward over dozens of tokens costs what one does; on a small CPU a few
+tokens already cost more, unless the backend pre-packs its weights (compiled).
+Cost-aware methods (sequoia, lookahead, layer_skip) size their drafts from it,
+`workbench profile` prints it and the app's Latency tab draws it. A profile is
+measured once and cached in the workbench cache dir under a key holding the model
+spec (so its dtype), the device and its CPU/GPU model, the backend, the thread
+count and the torch version: machines differ, and nothing here assumes one.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from ..device import device_sync
+
+PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
+CONTEXT = 128  # cached positions before the measured forward
+
+
+def _profile_path():
+    from ..models import cache_dir
+
+    return cache_dir() / "cost_profiles.json"
+
+
+def processor(device: torch.device) -> str:
+    """The CPU or GPU model a measurement ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from ..api import _cpu_name
+
+    return _cpu_name()
+
+
+@torch.inference_mode()
+def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: int = CONTEXT,
+                 repeats: int = 3) -> dict[int, float]:
+    """Median seconds of one forward over n new tokens after a `context`-token cache."""
+    from . import open_session
+
+    dev = loaded.device
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, min(loaded.vocab_size, 1000), (1, context + max(sizes)), generator=g).to(dev)
+    session = open_session(backend, loaded, context + max(sizes))
+    try:
+        session.forward(ids[:, :context], keep=1)
+        out: dict[int, float] = {}
+        for n in sizes:
+            times = []
+            for _ in range(repeats + 1):  # the first one is a warm-up
+                device_sync(dev)
+                t0 = time.perf_counter()
+                session.forward(ids[:, context:context + n])
+                device_sync(dev)
+                times.append(time.perf_counter() - t0)
+                session.crop(context)
+            out[n] = statistics.median(times[1:])
+        return out
+    finally:
+        session.close()
+
+
+def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> str:
+    threads = threads or torch.get_num_threads()
+    return (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
+            f"|torch={torch.__version__}")
+
+
+def cost_profile(loaded, backend: str = "eager", refresh: bool = False) -> dict[int, float]:
+    """The cached profile for this model, device, backend and thread count (measured on first use)."""
+    key = profile_key(loaded, backend)
+    path = _profile_path()
+    data = _read(path)
+    if refresh or key not in data:
+        data = _read(path)  # another process may have written meanwhile
+        data[key] = {str(n): t for n, t in measure_cost(loaded, backend).items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+    return {int(n): t for n, t in data[key].items()}
+
+
+def profile_table(loaded, backends: list[str], threads: list[int | None], refresh: bool = False,
+                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One row per (backend, thread count): the profile and what it was measured on."""
+    rows = []
+    before = torch.get_num_threads()
+    try:
+        for n_threads in threads:
+            if n_threads:
+                torch.set_num_threads(n_threads)
+            for backend in backends:
+                if progress:
+                    progress(f"profiling {loaded.spec} on {backend} with {torch.get_num_threads()} threads...")
+                rows.append({"model": loaded.spec, "device": str(loaded.device), "cpu": processor(loaded.device),
+                             "backend": backend, "threads": torch.get_num_threads(),
+                             "seconds": cost_profile(loaded, backend, refresh=refresh)})
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def cached_profiles() -> list[dict[str, Any]]:
+    """Every profile measured on this machine so far (for the app), parsed from the cache keys."""
+    rows = []
+    for key, prof in _read(_profile_path()).items():
+        parts = key.split("|")
+        fields = dict(p.split("=", 1) for p in parts[3:] if "=" in p)
+        if len(parts) < 4 or "backend" not in fields:
+            continue  # written by an older version
+        rows.append({"model": parts[0], "device": parts[1], "cpu": parts[2], "backend": fields["backend"],
+                     "threads": int(fields.get("threads", 0)), "seconds": {int(n): t for n, t in prof.items()}})
+    return rows
+
+
+def interpolate(profile: dict[int, float], n: int) -> float:
+    sizes = sorted(profile)
+    if n <= sizes[0]:
+        return profile[sizes[0]]
+    for a, b in zip(sizes, sizes[1:]):
+        if n <= b:
+            return profile[a] + (profile[b] - profile[a]) * (n - a) / (b - a)
+    a, b = sizes[-2], sizes[-1]
+    return profile[b] + (profile[b] - profile[a]) * (n - b) / (b - a)
+
+
+def _read(path) -> dict:
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
