@@ -1,9 +1,10 @@
 """Every lossless method, through the one decode loop, against plain decoding.
 
-Greedy: token-identical to `autoregressive`. Sampling: the joint distribution of
-the first three new tokens equals the target's (chi-square), which fails when
-the acceptance rule is broken. Methods come from the registry, so a newly
-registered method is tested without editing this file.
+Greedy: token-identical to `autoregressive` on the same backend. Sampling: the
+joint distribution of the first new tokens equals the target's (chi-square),
+which fails when the acceptance rule is broken. Both run under every backend
+(eager, compiled). Methods come from the registry, so a newly registered method
+is tested without editing this file.
 """
 
 import dataclasses
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import workbench.verify as verify
+from workbench.backend import BACKENDS
 from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
 from workbench.methods import list_methods
@@ -32,12 +34,14 @@ def _drafts_for(method, request):
     return [None]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
-def test_greedy_token_identical(method, tiny, request):
+def test_greedy_token_identical(method, backend, tiny, request):
     for draft in _drafts_for(method, request):
         for prompt in PROMPTS:
-            ref = generate(tiny, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=48))
-            out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=48))
+            ref = generate(tiny, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=48), backend=backend)
+            out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=48),
+                           backend=backend)
             assert out.output_ids == ref.output_ids, (method.name, getattr(draft, "spec", None), prompt[:4])
             assert out.summary.new_tokens == 48
 
@@ -169,13 +173,13 @@ def _exact_joint(model, prompt, cfg, depth=DEPTH, eos=(257,)):
     return out
 
 
-def _sample_joint(tiny, method, draft, prompt, params=None, n=N_RUNS, depths=None):
+def _sample_joint(tiny, method, draft, prompt, params=None, n=N_RUNS, depths=None, backend="eager"):
     """n seeded runs of DEPTH tokens; appends each run's deepest draft to `depths` when given."""
     out = []
     for seed in range(n):
         res = generate(tiny, method, prompt, draft=draft, params=params,
                        sampling=dataclasses.replace(SAMPLING, seed=seed),
-                       decode=DecodeConfig(max_new_tokens=DEPTH, trace=False))
+                       decode=DecodeConfig(max_new_tokens=DEPTH, trace=False), backend=backend)
         out.append(tuple(res.output_ids))
         if depths is not None:
             depths.append(max((s.draft_depth for s in res.trace.steps), default=0))
@@ -213,12 +217,14 @@ def sharp_draft(tiny):
     return dataclasses.replace(tiny, model=model, spec="tiny-random:sharpened")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
-def test_sampling_preserves_target_distribution(method, tiny, sharp_draft, sampling_prompt, flat_verify_cost):
+def test_sampling_preserves_target_distribution(method, backend, tiny, sharp_draft, sampling_prompt,
+                                                flat_verify_cost):
     draft = sharp_draft if method.needs_draft_model else None
     expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING, eos=tiny.eos_token_ids)
     depths: list[int] = []
-    samples = _sample_joint(tiny, method.name, draft, sampling_prompt, depths=depths)
+    samples = _sample_joint(tiny, method.name, draft, sampling_prompt, depths=depths, backend=backend)
     assert chi2_pvalue(samples, expected) > 1e-3
     assert max(depths) >= 2, f"{method.name} drafted at most {max(depths)} deep: the test would miss deep-draft bugs"
 

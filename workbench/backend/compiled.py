@@ -44,6 +44,9 @@ Progress = Callable[[str], None] | None
 
 _POOL: dict[tuple[int, int], list["CompiledForward"]] = {}
 _POOL_LOCK = threading.Lock()
+# Every CompiledForward compiles the same small function over its own model and cache (2 graphs each);
+# dynamo counts those as recompilations of one code object, 8 by default, then silently runs eagerly.
+RECOMPILE_LIMIT = 64
 
 
 def cache_len_bucket(max_len: int, limit: int | None) -> int:
@@ -58,8 +61,12 @@ def cache_len_bucket(max_len: int, limit: int | None) -> int:
     return n
 
 
-def _inductor_cache_dir() -> None:
-    """Keep inductor's compiled artefacts in the workbench cache (unless the user chose a place)."""
+def _compiler_settings() -> None:
+    """Keep inductor's compiled artefacts in the workbench cache (unless the user chose a place); room for
+    every model's graphs."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         from ..models import cache_dir
 
@@ -192,7 +199,7 @@ class StaticSession:
 
 def _acquire(lm: Any, L: int) -> CompiledForward:
     """A free CompiledForward for (model, L), made when every existing one is in use."""
-    _inductor_cache_dir()
+    _compiler_settings()
     with _POOL_LOCK:
         pool = _POOL.setdefault((id(lm.model), L), [])
         for cf in pool:

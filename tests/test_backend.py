@@ -1,0 +1,163 @@
+"""Backends answer the engine's two calls the same way: forward after n cached positions, keep positions.
+
+The compiled backend's static cache is checked against the eager DynamicCache on
+the tiny model: the same logits after chains, tree blocks, rollbacks and
+non-prefix tree acceptances (nodes copied into place). Lossless decoding under
+both backends is tested with every method in test_engine.py.
+"""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from workbench.api import run
+from workbench.backend import check_backend, open_session
+from workbench.backend import compiled as compiled_backend
+from workbench.backend.profile import cost_profile, interpolate
+from workbench.config import ConfigError, DecodeConfig
+from workbench.engine import generate
+
+ATOL = 1e-4
+
+
+def _ids(tokens):
+    return torch.tensor([tokens])
+
+
+def _tree_block():
+    """[root] + 4 nodes: 1 and 2 children of the root, 3 under 1, 4 under 2 (bool (5, 5), row may see column)."""
+    parents = [-1, -1, 0, 1]
+    block = torch.zeros(5, 5, dtype=torch.bool)
+    block[:, 0] = True
+    for i, par in enumerate(parents):
+        row, node = i + 1, i
+        while node >= 0:
+            block[row, node + 1] = True
+            node = parents[node]
+    return block, torch.tensor([[0, 1, 1, 2, 2]])
+
+
+@torch.inference_mode()
+def test_static_cache_matches_dynamic_cache(tiny):
+    prompt = list(range(40, 60))
+    block, depth = _tree_block()
+    tree_tokens = [prompt[-1], 7, 8, 9, 10]
+    logits = {}
+    for backend in ("eager", "compiled"):
+        s = open_session(backend, tiny, 256)
+        try:
+            out = []
+            out.append(s.forward(_ids(prompt[:-1]), keep=1))  # prefill all but the root
+            out.append(s.forward(_ids([prompt[-1], 5, 6])))  # a chain of 2 after the root
+            s.crop(len(prompt) - 1)  # both rejected, root too: roll back to before the root
+            # a tree after the root: keep root + node 1 + node 3 (a non-prefix path)
+            out.append(s.forward(_ids(tree_tokens), positions=depth + len(prompt) - 1, block=block))
+            s.keep(len(prompt) - 1, [0, 2, 4])
+            assert s.length == len(prompt) + 2
+            out.append(s.forward(_ids([11])))  # decode one token after the accepted path
+            out.append(s.forward(_ids([12, 13, 14])))  # and a chain
+            logits[backend] = out
+        finally:
+            s.close()
+    for a, b in zip(logits["eager"], logits["compiled"]):
+        assert torch.allclose(a, b, atol=ATOL), (a - b).abs().max()
+    # and both equal a fresh forward over the committed sequence (root, node 1 = 8, node 3 = 10, then 11..14)
+    fresh = tiny.model(input_ids=_ids(prompt + [8, 10, 11, 12, 13, 14])).logits[0]
+    assert torch.allclose(logits["eager"][-1], fresh[-3:], atol=ATOL)
+    assert torch.allclose(logits["compiled"][-1], fresh[-3:], atol=ATOL)
+
+
+def test_a_full_static_cache_is_a_clear_error(tiny):
+    s = open_session("compiled", tiny, 100)
+    try:
+        L = s.compiled.L
+        with pytest.raises(ConfigError, match=f"holds {L} positions"):
+            s.forward(torch.zeros(1, L + 1, dtype=torch.long))
+    finally:
+        s.close()
+
+
+def test_every_forward_of_the_compiled_backend_is_compiled_after_warm_up(tiny, monkeypatch):
+    """Decode steps and verification go through the compiled graphs, not the eager fallback."""
+    s = open_session("compiled", tiny, 256)
+
+    def eager(*args):
+        raise AssertionError("the eager fallback ran a decode or verification forward")
+
+    monkeypatch.setattr(s.compiled, "eager", eager)
+    try:
+        s.length = 10  # after the warm-up's prefill: any cached positions will do
+        with torch.inference_mode():
+            assert s.forward(_ids([5])).shape[0] == 1
+            assert s.forward(_ids([5, 6, 7, 8])).shape[0] == 4
+    finally:
+        s.close()
+
+
+def test_sessions_of_one_model_do_not_share_a_cache(tiny):
+    """Target and draft may be the same model: two open compiled sessions get two static caches."""
+    a = open_session("compiled", tiny, 256)
+    b = open_session("compiled", tiny, 256)
+    try:
+        assert a.compiled is not b.compiled and a.compiled.cache is not b.compiled.cache
+    finally:
+        a.close()
+        b.close()
+    c = open_session("compiled", tiny, 256)  # a closed one is reused: no third compile
+    try:
+        assert c.compiled in (a.compiled, b.compiled)
+    finally:
+        c.close()
+
+
+def test_sliding_window_models_run_eagerly_with_a_warning(tiny, caplog, monkeypatch):
+    monkeypatch.setattr(compiled_backend.kv, "sliding_window", lambda config: 8)
+    with caplog.at_level(logging.WARNING):
+        s = open_session("compiled", tiny, 64)
+    assert type(s).__name__ == "EagerSession"
+    assert "sliding-window" in caplog.text
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ConfigError, match="unknown backend 'fast'; available: eager, compiled"):
+        check_backend("fast")
+    with pytest.raises(ConfigError):
+        generate(None, "autoregressive", [1, 2], backend="fast")
+
+
+def test_run_records_backend_and_warmup_outside_the_clock(tmp_path):
+    from store import RunStore
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    messages = []
+    res = run("speculative", "hello hello", target="tiny-random", draft="tiny-random:bf16", chat=False,
+              max_new_tokens=12, store=store, backend="compiled", progress=messages.append)
+    env = store.get_run(res.run_id).env
+    assert env["backend"] == "compiled" and env["warmup_s"] >= 0
+    assert any("compiling tiny-random" in m for m in messages) or env["warmup_s"] == 0  # warm from an earlier test
+    run("autoregressive", "hello hello", target="tiny-random", chat=False, max_new_tokens=12, store=store,
+        backend="eager")
+    assert store.baseline_for(res.run_id) is None  # an eager run is no baseline for a compiled one
+    base = run("autoregressive", "hello hello", target="tiny-random", chat=False, max_new_tokens=12, store=store,
+               backend="compiled")
+    assert store.baseline_for(res.run_id).id == base.run_id
+    assert base.output_ids == res.output_ids
+
+
+def test_cost_profile_per_backend_is_cached(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    calls = []
+    import workbench.backend.profile as profile
+
+    measure = profile.measure_cost
+    monkeypatch.setattr(profile, "measure_cost", lambda lm, backend, **kw: calls.append(backend) or
+                        measure(lm, backend, sizes=(1, 2, 4), repeats=1))
+    a = cost_profile(tiny, "compiled")
+    b = cost_profile(tiny, "compiled")
+    cost_profile(tiny, "eager")
+    assert a == b and calls == ["compiled", "eager"]
+    assert sorted(a) == [1, 2, 4] and interpolate(a, 3) > 0
+    rows = profile.cached_profiles()
+    assert {r["backend"] for r in rows} == {"compiled", "eager"} and all(r["cpu"] for r in rows)
