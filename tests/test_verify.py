@@ -101,6 +101,101 @@ def test_misreported_q_is_detected():
     assert chi2_pvalue(_first_tokens(make, p), dict(enumerate(p.tolist()))) < 1e-6
 
 
+def _two_level(kind, g):
+    """Root -> two children -> two grandchildren each; every row of p differs, so a node judged
+    against the wrong row of probs shows."""
+    p = torch.softmax(torch.randn(7, V, generator=g) * 1.5, -1)  # rows: root, n0, n1, n00, n01, n10, n11
+    q = torch.softmax(torch.randn(3, V, generator=g) * 1.5, -1)  # the draft's q at root, n0, n1
+    p[0] = (p[0] + q[0]) / 2  # a root row the draft half agrees with: both children get accepted often
+    return p, q
+
+
+def _two_level_draft(kind, q, g):
+    if kind == "deterministic_topk":
+        top = [torch.topk(q[r], 2).indices.tolist() for r in range(3)]
+        return Draft(top[0] + top[1] + top[2], [-1, -1, 0, 0, 1, 1])
+    rows, xs = [], []
+    for r in (0, 0, 1, 1, 2, 2):  # two i.i.d. children from each q row
+        xs.append(int(torch.multinomial(q[r], 1, generator=g)))
+        rows.append(q[r])
+    return Draft(xs, [-1, -1, 0, 0, 1, 1], [float(w[x]) for w, x in zip(rows, xs)], torch.stack(rows))
+
+
+@pytest.mark.parametrize("kind", ["iid_siblings", "deterministic_topk"])
+def test_second_level_follows_the_accepted_nodes_row(kind):
+    """After node c is accepted, the next token is distributed as p's row c + 1 (each row differs)."""
+    g = torch.Generator().manual_seed(3)
+    p, q = _two_level(kind, g)
+    second: dict[int, list[int]] = {0: [], 1: []}
+    for _ in range(N):
+        draft = _two_level_draft(kind, q, g)
+        v = verify.verify_stochastic(p, draft, g)
+        if v.accepted:
+            c = v.accepted[0]
+            second[c].append(draft.tokens[v.accepted[1]] if len(v.accepted) > 1 else v.bonus_token)
+    for c, samples in second.items():
+        assert len(samples) > 150, (c, len(samples))
+        assert chi2_pvalue(samples, dict(enumerate(p[c + 1].tolist()))) > 1e-3, c
+
+
+def test_verdict_is_reproducible_and_reports_the_bonus_p():
+    g = torch.Generator().manual_seed(5)
+    p, q = _two_level("iid_siblings", g)
+    draft = _two_level_draft("iid_siblings", q, g)
+    runs = [verify.verify_stochastic(p, draft, torch.Generator().manual_seed(11)) for _ in range(2)]
+    assert runs[0] == runs[1]
+    v = runs[0]
+    row = v.accepted[-1] + 1 if v.accepted else 0
+    assert v.bonus_p == float(p[row, v.bonus_token])
+    assert verify.node_target_probs(p, draft) == [float(p[par + 1, x]) for par, x in zip(draft.parents, draft.tokens)]
+
+
+def _count_host_reads(monkeypatch):
+    """Count the tensor -> Python reads (each one a device sync on a GPU)."""
+    reads = [0]
+    for name in ("tolist", "item", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads[0] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_a_chain_costs_two_host_reads_whatever_its_length(monkeypatch):
+    """p(x), q(x) and the uniforms come back in one read, the final token and its p in another."""
+    g = torch.Generator().manual_seed(2)
+    p = torch.softmax(torch.randn(9, V, generator=g) * 1.5, -1)
+    q = torch.softmax(torch.randn(8, V, generator=g) * 1.5, -1)
+    drafts = [Draft.chain(torch.multinomial(q, 1, generator=g)[:, 0].tolist(), q_dist=q) for _ in range(50)]
+    drafts += [Draft.chain(torch.topk(q, 1).indices[:, 0].tolist()) for _ in range(50)]  # one-hot q
+    reads = _count_host_reads(monkeypatch)
+    lengths = set()
+    for draft in drafts:
+        before = reads[0]
+        v = verify.verify_stochastic(p, draft, g)
+        assert reads[0] - before == 2
+        lengths.add(len(v.accepted))
+    assert len(lengths) > 2  # rejections at several depths, and the count never changed
+
+
+def test_a_tree_reads_once_more_per_retried_sibling(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    p, q = _two_level("deterministic_topk", g)
+    draft = _two_level_draft("deterministic_topk", q, g)
+    reads = _count_host_reads(monkeypatch)
+    for _ in range(200):
+        before = reads[0]
+        v = verify.verify_stochastic(p, draft, g)
+        path = [-1] + v.accepted
+        # a sibling tried after a rejection reads the residual at its token: j reads before child j is
+        # accepted, and the last node reached rejected all its children before the bonus token
+        retried = sum(draft.children[node].index(nxt) for node, nxt in zip(path, path[1:]))
+        retried += max(len(draft.children[path[-1]]) - 1, 0)
+        assert reads[0] - before == 2 + retried
+
+
 def test_greedy_walks_longest_matching_path():
     # target argmax per row: root->11, n0(11)->13, n3(13)->15, n5->7
     draft = Draft([11, 12, 14, 13, 9, 15], [-1, -1, 0, 0, 1, 3])

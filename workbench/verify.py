@@ -38,12 +38,10 @@ class Verdict:
 
 
 def node_target_probs(probs: torch.Tensor, draft: Draft) -> list[float]:
-    """p of every node's token at its parent: probs (n+1, V) -> n floats."""
+    """p of every node's token at its parent: probs (n+1, V) -> n floats, one sync."""
     if len(draft) == 0:
         return []
-    rows = torch.tensor([par + 1 for par in draft.parents], device=probs.device)
-    toks = torch.tensor(draft.tokens, device=probs.device)
-    return probs[rows, toks].tolist()
+    return _p_at_parents(probs, draft).tolist()
 
 
 def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
@@ -54,9 +52,7 @@ def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
     else:
         out = torch.clamp(p - q.to(p.dtype), min=0.0)
     total = out.sum()
-    if total <= 0:  # p == q up to rounding: nothing left to correct, keep p
-        return p
-    return out / total
+    return torch.where(total > 0, out / total, p)  # total 0: p == q up to rounding, nothing to correct, keep p
 
 
 def verify_greedy(logits: torch.Tensor, draft: Draft) -> Verdict:
@@ -77,23 +73,65 @@ def verify_greedy(logits: torch.Tensor, draft: Draft) -> Verdict:
 def verify_stochastic(probs: torch.Tensor, draft: Draft, generator: torch.Generator | None) -> Verdict:
     """probs: (n+1, V) warped target distributions for [root] + nodes.
 
-    Recursive rejection sampling down the tree (see module docstring).
+    Recursive rejection sampling down the tree (see module docstring). p(x), q(x)
+    and a uniform r for every node come to the CPU in one sync (gpt-fast); each
+    node uses its own r at most once, so the draws stay independent. Only a
+    rejection followed by another sibling needs the residual's value at that
+    sibling's token (one more sync); the final sample and its p are one more.
     """
+    p_x, q_x, r = _node_draws(probs, draft, generator)
     children = draft.children
     path: list[int] = []
     node = -1
     while True:
         p = probs[node + 1]  # (V,) target distribution for this node's children
-        for c in children.get(node, ()):
+        for j, c in enumerate(children.get(node, ())):
             x = draft.tokens[c]
-            q_x = 1.0 if draft.q_dist is None else float(draft.q_dist[c, x])
-            r = float(torch.rand((), generator=generator, device=probs.device))
-            if q_x > 0 and r * q_x < float(p[x]):  # r < p(x)/q(x): accept (q <= p: always)
+            p_of_x = p_x[c] if j == 0 else float(p[x])  # after a rejection p is the residual
+            if q_x[c] > 0 and r[c] * q_x[c] < p_of_x:  # r < p(x)/q(x): accept (q <= p: always)
                 path.append(c)
                 node = c
                 break
             # rejected: continue from the residual norm(max(p - q, 0))
             p = residual(p, None if draft.q_dist is None else draft.q_dist[c], x)
         else:
-            tok = int(torch.multinomial(p, 1, generator=generator).item())
-            return Verdict(path, tok, float(probs[node + 1, tok]))
+            tok, bonus_p = _sample_with_p(p, probs[node + 1], generator)
+            return Verdict(path, tok, bonus_p)
+
+
+def _index(values: list[int], device: torch.device) -> torch.Tensor:
+    """A long tensor on `device`, copied without waiting for the device's queue."""
+    return torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)
+
+
+def _p_at_parents(probs: torch.Tensor, draft: Draft) -> torch.Tensor:
+    """(n,) p(x_i) from the row of node i's parent: probs[parents + 1, tokens]."""
+    V = probs.shape[-1]
+    flat = [(par + 1) * V + x for par, x in zip(draft.parents, draft.tokens)]
+    return probs.take(_index(flat, probs.device))  # (n,)
+
+
+def _node_draws(probs: torch.Tensor, draft: Draft,
+                generator: torch.Generator | None) -> tuple[list[float], list[float], list[float]]:
+    """p(x_i) at its parent, q_i(x_i) (1 for a one-hot q) and a uniform r_i for every node, in one sync."""
+    n = len(draft)
+    if n == 0:
+        return [], [], []  # nothing to judge: draw no uniforms, so plain sampling keeps its random stream
+    rows = [_p_at_parents(probs, draft)]  # (n,)
+    if draft.q_dist is not None:
+        q_dist = draft.q_dist
+        flat = [i * q_dist.shape[-1] + x for i, x in enumerate(draft.tokens)]
+        rows.append(q_dist.take(_index(flat, q_dist.device)).to(probs.device))  # (n,)
+    rows.append(torch.rand(n, generator=generator, device=probs.device))  # (n,)
+    # float64 holds every float32/bf16 value exactly: the same numbers float(t) would give
+    out = torch.stack([v.to(torch.float64) for v in rows]).tolist()  # (2 or 3, n) -> lists
+    p_x, r = out[0], out[-1]
+    q_x = out[1] if draft.q_dist is not None else [1.0] * n
+    return p_x, q_x, r
+
+
+def _sample_with_p(p: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None) -> tuple[int, float]:
+    """Draw a token from p (V,); return it and its probability under `target` (V,), in one sync."""
+    tok = torch.multinomial(p, 1, generator=generator)  # (1,)
+    tok_and_p = torch.cat([tok.to(torch.float64), target.gather(0, tok).to(torch.float64)]).tolist()
+    return int(tok_and_p[0]), tok_and_p[1]  # a token id is exact in float64
