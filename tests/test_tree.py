@@ -5,6 +5,7 @@ from transformers import DynamicCache
 
 from workbench import cache as kv
 from workbench import tree_shape
+from workbench.backend import open_session
 from workbench.engine import _target_forward
 from workbench.tree import Draft
 
@@ -64,9 +65,9 @@ def test_tree_forward_matches_sequential(tiny, attn):
     try:
         prompt = [72, 101, 108, 108, 111, 33]
         with torch.inference_mode():
-            cache = DynamicCache(config=model.config)
-            kv.forward(model, torch.tensor([prompt[:-1]]), cache)
-            logits = _target_forward(model, torch.tensor([[prompt[-1]] + TREE.tokens]), cache, TREE, len(prompt) - 1)
+            session = open_session("eager", model, 64)
+            session.forward(torch.tensor([prompt[:-1]]))
+            logits = _target_forward(session, torch.tensor([[prompt[-1]] + TREE.tokens]), TREE, len(prompt) - 1)
             for path in tree_shape.leaf_paths(TREE.parents):
                 seq = prompt + [TREE.tokens[i] for i in path]
                 ref = model(input_ids=torch.tensor([seq])).logits[0, len(prompt) - 1:]
@@ -74,8 +75,8 @@ def test_tree_forward_matches_sequential(tiny, attn):
                 torch.testing.assert_close(logits[rows], ref, atol=1e-4, rtol=1e-4)
             # keep the path root -> n0 -> n3 -> n5 and continue: same as decoding that path
             path = [0, 3, 5]
-            kv.keep_positions(cache, len(prompt) - 1, [0] + [i + 1 for i in path])
-            nxt = kv.forward(model, torch.tensor([[99]]), cache).logits[0, -1]
+            session.keep(len(prompt) - 1, [0] + [i + 1 for i in path])  # workbench.cache.keep_positions
+            nxt = session.forward(torch.tensor([[99]]))[-1]
             seq = prompt + [TREE.tokens[i] for i in path] + [99]
             torch.testing.assert_close(nxt, model(input_ids=torch.tensor([seq])).logits[0, -1], atol=1e-4, rtol=1e-4)
     finally:
