@@ -81,3 +81,33 @@ def test_tree_forward_matches_sequential(tiny, attn):
             torch.testing.assert_close(nxt, model(input_ids=torch.tensor([seq])).logits[0, -1], atol=1e-4, rtol=1e-4)
     finally:
         model.config._attn_implementation = old
+
+
+def _full_width_mask(draft: Draft, past_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """The mask from its definition: every row sees the past; the tree block is the ancestor matrix."""
+    n = len(draft)
+    allowed = torch.ones(n + 1, past_len + n + 1, dtype=torch.bool)
+    allowed[:, past_len:] = draft.ancestor_matrix()
+    mask = torch.zeros(allowed.shape, dtype=dtype)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_attention_mask_equals_its_definition(dtype):
+    for draft in (TREE, Draft.chain([1, 2, 3]), Draft([], []), Draft([5, 6, 7, 8], [-1, -1, 1, 1])):
+        for past_len in (0, 1, 9):
+            got = draft.attention_mask(past_len, dtype, torch.device("cpu"))
+            ref = _full_width_mask(draft, past_len, dtype)
+            assert got.dtype == ref.dtype and got.shape == ref.shape and got.is_contiguous()
+            assert torch.equal(got, ref)
+
+
+def test_ancestor_block_is_built_once_and_matches_the_matrix():
+    draft = Draft(TREE.tokens, TREE.parents)
+    block = draft.ancestor_block(torch.device("cpu"))
+    assert block.dtype == torch.bool and torch.equal(block, TREE.ancestor_matrix())
+    assert draft.ancestor_block("cpu") is block  # cached per device
+    copy = draft.ancestor_matrix()
+    copy.fill_(False)  # ancestor_matrix hands out a copy: the cached block is untouched
+    assert torch.equal(draft.ancestor_block("cpu"), TREE.ancestor_matrix())

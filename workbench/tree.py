@@ -73,19 +73,38 @@ class Draft:
         """Node -> its children in order; key -1 is the root."""
         return tree_shape.children(self.parents)
 
+    @cached_property
+    def _ancestors(self) -> torch.Tensor:
+        """(n+1, n+1) bool on the CPU, built once per draft."""
+        return torch.tensor(tree_shape.ancestor_rows(self.parents), dtype=torch.bool)
+
+    @cached_property
+    def _blocks(self) -> dict[torch.device, torch.Tensor]:
+        return {}  # device -> the ancestor block there
+
     def ancestor_matrix(self) -> torch.Tensor:
         """(n+1, n+1) bool: row r may attend to column c (root is row/column 0)."""
-        return torch.tensor(tree_shape.ancestor_rows(self.parents), dtype=torch.bool)
+        return self._ancestors.clone()
+
+    def ancestor_block(self, device: torch.device | str) -> torch.Tensor:
+        """(n+1, n+1) bool ancestor matrix on `device`, cached: the tree part of the attention mask.
+
+        For a backend that places it into a wider mask; read it, never write to it.
+        """
+        device = torch.device(device)
+        block = self._blocks.get(device)
+        if block is None:
+            block = self._blocks[device] = self._ancestors.to(device, non_blocking=True)
+        return block
 
     def attention_mask(self, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(1, 1, n+1, past_len+n+1) additive mask: 0 where attention is allowed, min(dtype) elsewhere."""
-        n = len(self.tokens)
-        allowed = torch.ones(n + 1, past_len + n + 1, dtype=torch.bool)
-        allowed[:, past_len:] = self.ancestor_matrix()
-        mask = torch.zeros(allowed.shape, dtype=dtype)
-        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-        return mask[None, None].to(device)
+        T = len(self.tokens) + 1
+        mask = torch.zeros(1, 1, T, past_len + T, dtype=dtype, device=device)  # every row sees the cached past
+        mask[0, 0, :, past_len:].masked_fill_(~self.ancestor_block(device), torch.finfo(dtype).min)  # (T, T)
+        return mask
 
     def position_ids(self, past_len: int, device: torch.device) -> torch.Tensor:
         """(1, n+1) positions: root at past_len, node i at past_len + depth(i)."""
-        return torch.tensor([[past_len] + [past_len + d for d in self.depths]], device=device)
+        pos = torch.tensor([[past_len] + [past_len + d for d in self.depths]])  # (1, n+1)
+        return pos.to(device, non_blocking=True)
