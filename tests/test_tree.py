@@ -111,3 +111,53 @@ def test_ancestor_block_is_built_once_and_matches_the_matrix():
     copy = draft.ancestor_matrix()
     copy.fill_(False)  # ancestor_matrix hands out a copy: the cached block is untouched
     assert torch.equal(draft.ancestor_block("cpu"), TREE.ancestor_matrix())
+
+
+def _reference_keep(t: torch.Tensor, start: int, keep: list[int]) -> torch.Tensor:
+    return torch.cat([t[..., :start, :], t[..., [start + k for k in keep], :]], dim=-2)
+
+
+@pytest.mark.parametrize("inference", [True, False])
+def test_keep_positions_equals_gathering_the_kept_rows(inference):
+    """Accepted rows copied into place (sources and destinations overlap) = the kept rows gathered.
+    Works in and out of inference mode, whichever mode made the cache."""
+    g = torch.Generator().manual_seed(0)
+    cases = [(4, [0, 2, 5]), (0, [0, 3]), (3, [0, 1, 4, 6]), (2, [0, 1, 2]), (5, [0]), (1, [0, 6])]
+    for start, keep in cases:
+        cache = DynamicCache()
+        with torch.inference_mode(inference):
+            for layer in range(3):
+                cache.update(torch.randn(1, 2, start + 7, 4, generator=g), torch.randn(1, 2, start + 7, 4, generator=g),
+                             layer)
+        expected = [(_reference_keep(l.keys, start, keep), _reference_keep(l.values, start, keep)) for l in cache.layers]
+        kv.keep_positions(cache, start, keep)  # outside inference mode
+        assert kv.cache_len(cache) == start + len(keep)
+        for layer, (k, v) in zip(cache.layers, expected):
+            assert torch.equal(layer.keys, k) and torch.equal(layer.values, v), (start, keep)
+
+
+def test_keep_positions_on_a_sliding_window_model():
+    """Inside the window a tree path is kept exactly; past it the rollback is refused, as for crop."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=1, sliding_window=12,
+                        max_position_embeddings=128)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(cfg).eval()
+    prompt = [3, 4, 5, 6]
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        kv.forward(model, torch.tensor([prompt[:-1]]), cache)
+        draft = Draft([7, 8, 9, 10], [-1, -1, 1, 2])  # accept n1 -> n2 -> n3
+        past = len(prompt) - 1
+        kv.forward(model, torch.tensor([[prompt[-1]] + draft.tokens]), cache,
+                   attention_mask=draft.attention_mask(past, model.dtype, torch.device("cpu")),
+                   position_ids=draft.position_ids(past, torch.device("cpu")))
+        kv.keep_positions(cache, past, [0, 2, 3, 4])
+        got = kv.forward(model, torch.tensor([[11]]), cache).logits[0, -1]
+        ref = model(input_ids=torch.tensor([prompt + [8, 9, 10, 11]])).logits[0, -1]
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        kv.forward(model, torch.arange(20, 32)[None], cache)  # past the window: early states dropped
+        with pytest.raises(kv.CacheRollbackError, match="sliding-window"):
+            kv.keep_positions(cache, 10, [0, 2])

@@ -96,15 +96,23 @@ def keep_positions(cache: DynamicCache, start: int, keep: list[int]) -> None:
     """Keep positions [0, start) plus `start + k` for k in keep (in that order), drop the rest.
 
     Used after tree verification: `start` is the root's slot, `keep` the offsets
-    (root = 0) of the accepted path. When the path is a prefix run this is a crop.
+    (root = 0) of the accepted path. When the path is a prefix run this is a crop;
+    otherwise the rows after the prefix run are copied into place (Medusa) and the
+    cache is cropped: no layer is rebuilt.
     """
-    if keep == list(range(len(keep))):
-        crop(cache, start + len(keep))
-        return
-    for layer in _layers(cache):
-        _check_window(layer, start + len(keep))
-        idx = torch.tensor([start + k for k in keep], device=layer.keys.device)
-        layer.keys = torch.cat([layer.keys[..., :start, :], layer.keys.index_select(-2, idx)], dim=-2)
-        layer.values = torch.cat([layer.values[..., :start, :], layer.values.index_select(-2, idx)], dim=-2)
-        if hasattr(layer, "cumulative_length"):
-            layer.cumulative_length = layer.keys.shape[-2]
+    run = next((j for j, k in enumerate(keep) if k != j), len(keep))  # keep[:run] is already in place
+    length = start + len(keep)
+    if run < len(keep):
+        src = torch.tensor([start + k for k in keep[run:]])  # (m,) rows that move to start+run .. length-1
+        idx: dict[torch.device, torch.Tensor] = {}  # src on each device the layers live on
+        for layer in _layers(cache):
+            _check_window(layer, length)
+            device = layer.keys.device
+            if device not in idx:
+                idx[device] = src.to(device, non_blocking=True)
+            # in place, in the mode the cache's tensors were made in (an inference tensor only changes there)
+            with torch.inference_mode(layer.keys.is_inference()):
+                for t in (layer.keys, layer.values):  # (B, heads, T, head_dim)
+                    rows = t.index_select(-2, idx[device])  # (B, heads, m, head_dim): gathered first, rows overlap
+                    t[..., start + run:length, :] = rows
+    crop(cache, length)
