@@ -196,7 +196,7 @@ def test_compare_hf_outputs_match_ours(tmp_path, capsys):
     assert rc == 0, captured.err
     report = json.loads(captured.out)
     hf = {h["hf"]: h for h in report["hf_comparison"]}
-    assert set(hf) == {"hf.generate", "hf.assisted", "hf.prompt_lookup"}
+    assert set(hf) == {"hf.generate", "hf.generate+static+compile", "hf.assisted", "hf.prompt_lookup"}
     for h in hf.values():
         assert h["identical_to_ours"] == 1.0 and h["identical_to_baseline"] == 1.0
         assert h["ours_over_hf"] is not None
@@ -207,6 +207,67 @@ def test_compare_hf_outputs_match_ours(tmp_path, capsys):
         assert trace.output_ids == rec.output_ids
         assert sum(len(s.committed) for s in trace.steps) == len(rec.output_ids)
         assert all(s.n_accepted <= s.n_draft for s in trace.steps)
+
+
+def test_every_arm_runs_on_each_backend_against_its_own_baseline(tmp_path, capsys):
+    """--backends eager,compiled: one process, interleaved, compiling before timing; both speedups; lossless.
+
+    The only test here that compiles (about 30-40 s per model the first time in a process).
+    """
+    db = tmp_path / "runs.sqlite"
+    rc = main(["--db", str(db), "bench", "--suite", "builtin", "--categories", "summarization", "--limit", "1",
+               "--methods", "autoregressive,speculative,prompt_lookup", "--backends", "eager,compiled",
+               "--compare-hf", "--no-trace-overhead", "-n", "12", "-r", "1", "--json", *TINY])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(captured.out)
+    assert report["backends"] == report["config"]["backends"] == ["eager", "compiled"]
+    assert report["cpu"] and report["cpu"] == report["env"]["cpu"]
+    assert set(report["warmup_s"]) == {"eager", "compiled"}
+    assert set(report["hf_warmup_s"]) == {"hf.generate", "hf.generate+static+compile", "hf.assisted",
+                                          "hf.prompt_lookup"}
+    err = captured.err
+    assert err.index("compiling tiny-random for the compiled backend") < err.index("ETA")  # compiled before timing
+    assert err.index("compiling hf.generate+static+compile") < err.index("ETA")
+    assert sum("ETA" in line for line in err.splitlines()) == 3 * 2 + 4  # 3 arms x 2 backends + 4 HF arms
+
+    rows = {(r["arm"], r["backend"]): r for r in report["rows"] if r["category"] == "all"}
+    ours = [(a, b) for b in ("eager", "compiled") for a in ("autoregressive", "speculative", "prompt_lookup")]
+    assert set(ours) <= set(rows)
+    assert rows[("hf.generate", "eager")] and rows[("hf.generate+static+compile", "compiled")]
+    for key, row in rows.items():
+        assert row["lossless_match"] == 1.0, key
+        assert row["speedup"] is not None and row["speedup_vs_eager"] is not None, key
+        assert row["lossless_vs"] == key[1]
+    assert rows[("autoregressive", "eager")]["speedup"] == pytest.approx(1.0)
+    assert rows[("autoregressive", "eager")]["speedup_vs_eager"] == pytest.approx(1.0)
+    assert rows[("autoregressive", "compiled")]["speedup"] == pytest.approx(1.0)
+    assert rows[("autoregressive", "compiled")]["speedup_vs_eager"] == pytest.approx(
+        rows[("autoregressive", "compiled")]["tokens_per_s"] / rows[("autoregressive", "eager")]["tokens_per_s"])
+    assert report["lossless_mismatches"] == []
+    hf = {h["hf"]: h for h in report["hf_comparison"]}
+    static = hf["hf.generate+static+compile"]
+    assert (static["ours"], static["ours_backend"], static["hf_backend"]) == ("autoregressive", "compiled", "compiled")
+    assert static["identical_to_ours"] == 1.0 and static["warmup_s"] is not None
+    assert static["params"]["cache_implementation"] == "static" and static["params"]["max_cache_len"] >= 12
+
+    store = _store(db)
+    bench_id = report["benchmark_id"]
+    runs = store.list_runs(benchmark_id=bench_id, limit=None)
+    assert len(runs) == 3 * 2 + 4
+    for r in runs:  # each run says where it ran, with that backend's warm-up, as api.run records it
+        assert r.env["backend"] == r.params["bench.backend"] and r.env["warmup_s"] is not None
+    compiled_spec = next(r for r in runs if r.method == "speculative" and r.env["backend"] == "compiled")
+    base = store.baseline_for(compiled_spec)
+    assert base.benchmark_id == bench_id and base.env["backend"] == "compiled"
+
+    table = benchmark_table(store, bench_id)
+    assert "speculative@compiled" in table.index and "hf.generate+static+compile" in table.index
+    assert table.loc["autoregressive@compiled", "all"] == pytest.approx(1.0)
+    assert main(["--db", str(db), "bench", "--show", bench_id]) == 0
+    text = capsys.readouterr().out
+    assert "| method | backend |" in text and "vs eager" in text and "Speedup against eager plain decoding" in text
+    assert f"CPU {report['cpu']}" in text and "warm-up before timing" in text
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -221,6 +282,10 @@ def test_compare_hf_outputs_match_ours(tmp_path, capsys):
     (["--methods", "prompt_lookup", "--categories", "poetry"], "no question in category"),
     (["--methods", "speculative", "--target", "tiny-random"], "needs a draft model"),
     (["--methods", "prompt_lookup", "--max-new-tokens", "x"], "invalid int value"),
+    (["--methods", "prompt_lookup", "--backends", "eager,nope"], "unknown backend 'nope'"),
+    (["--methods", "prompt_lookup", "--backends", ","], "--backends is empty"),
+    (["--methods", "prompt_lookup", "--backend", "nope"], "invalid choice: 'nope'"),
+    (["--methods", "prompt_lookup", "--backends", "eager,compiled", "--cluster", "local"], "runs in process only"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, extra, message):
     db = tmp_path / "runs.sqlite"

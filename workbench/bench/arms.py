@@ -5,6 +5,7 @@
 --param m.key=value       a fixed parameter of method m (repeatable)
 --sweep m.key=v1,v2,...   one arm per value (repeatable twice: two sweeps of one method make a grid,
                           sweeps of two methods sweep each on its own)
+--backends b1,b2          every arm runs on each backend (workbench.backend), its own baseline included
 
 Every value is checked against the method's declared parameters (workbench.methods)
 before anything is loaded, so bad input fails at once with one line.
@@ -12,7 +13,7 @@ before anything is loaded, so bad input fails at once with one line.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import ConfigError
@@ -32,6 +33,12 @@ class Arm:
     params: dict[str, Any] = field(default_factory=dict)
     swept: dict[str, Any] = field(default_factory=dict)  # the swept parameters' values (also in params)
     trace: bool = True  # False: decode with DecodeConfig(trace=False), for the tracing-overhead measurement
+    backend: str = "eager"  # how its forwards run (workbench.backend)
+
+    @property
+    def key(self) -> str:
+        """Unique among a benchmark's arms: the label and the backend."""
+        return f"{self.label}@{self.backend}"
 
     @property
     def lossless(self) -> bool:
@@ -40,6 +47,21 @@ class Arm:
     @property
     def needs_draft(self) -> bool:
         return get_method(self.method).needs_draft_model
+
+
+def parse_backends(text: str) -> list[str]:
+    """"eager,compiled" -> ["eager", "compiled"] (checked, duplicates dropped)."""
+    from ..backend import check_backend
+
+    names = [b.strip() for b in (text or "").split(",") if b.strip()]
+    if not names:
+        raise ConfigError("--backends is empty: give e.g. --backends eager,compiled")
+    return list(dict.fromkeys(check_backend(b) for b in names))
+
+
+def on_backends(arms: list[Arm], backends: list[str]) -> list[Arm]:
+    """Every arm once per backend, backend by backend (each backend's baseline first)."""
+    return [replace(a, backend=b) for b in backends for a in arms]
 
 
 def parse_methods(text: str) -> list[str]:

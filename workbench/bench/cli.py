@@ -10,6 +10,7 @@ from ..config import ConfigError
 EPILOG = """examples:
   workbench bench --suite builtin --methods speculative,prompt_lookup --draft smollm2-135m:bf16 --compare-hf
   workbench bench --suite builtin --methods speculative --draft smollm2-135m:bf16 --sweep speculative.gamma=1,2,4,8
+  workbench bench --suite builtin --methods prompt_lookup --backends eager,compiled --compare-hf
   workbench bench --suite ../shared/data/spec_bench/question.jsonl --limit 5 --categories summarization,rag \\
       --methods prompt_lookup
   workbench bench --suite builtin --methods speculative --draft smollm2-135m:bf16 \\
@@ -37,8 +38,16 @@ def add_bench_parser(sub) -> None:
                    help="fixed method parameter, e.g. speculative.gamma=4 (repeatable)")
     b.add_argument("--sweep", action="append", default=[], metavar="METHOD.KEY=V1,V2,...",
                    help="one arm per value; give twice for a grid")
+    from ..cli import add_backend_argument
+
+    add_backend_argument(b)
+    b.add_argument("--backends", default=None, metavar="B1,B2",
+                   help="run every arm on each of these backends in the same process, interleaved, each against "
+                        "its own plain-decoding baseline, e.g. eager,compiled (default: --backend); compiling "
+                        "happens before timing and is reported as warm-up")
     b.add_argument("--compare-hf", action="store_true",
-                   help="also time transformers' generate, assisted generation and prompt lookup")
+                   help="also time transformers' generate (also with its static cache + torch.compile), assisted "
+                        "generation and prompt lookup")
     b.add_argument("--no-trace-overhead", dest="trace_overhead", action="store_false",
                    help="skip the plain-decoding run with tracing off")
     b.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
@@ -66,7 +75,7 @@ def _store(args):
 
 
 def _config(args):
-    from .arms import parse_methods, parse_params, parse_sweeps
+    from .arms import parse_backends, parse_methods, parse_params, parse_sweeps
     from .runner import BenchConfig
 
     if not args.suite:
@@ -86,12 +95,16 @@ def _config(args):
     if args.workers is not None and (args.workers < 1 or cluster is None):
         raise ConfigError(f"--workers must be positive, got {args.workers}" if args.workers < 1
                           else "--workers needs --cluster (in process there is one worker: this process)")
+    backends = parse_backends(args.backends if args.backends is not None else args.backend)
+    if cluster is not None and len(backends) > 1:
+        raise ConfigError("--backends with more than one backend runs in process only: drop --cluster, or run "
+                          "one benchmark per backend")
     cfg = BenchConfig(suite=args.suite, methods=parse_methods(args.methods), target=args.target, draft=args.draft,
                       max_new_tokens=args.max_new_tokens, repeats=args.repeats, limit=args.limit,
                       categories=categories, params=parse_params(args.param), sweeps=parse_sweeps(args.sweep),
                       compare_hf=args.compare_hf, trace_overhead=args.trace_overhead, device=args.device,
                       warmup_tokens=args.warmup_tokens, bandwidth_mib=args.bandwidth_mib, threads=args.threads,
-                      cluster=cluster or "none", workers=args.workers)
+                      cluster=cluster or "none", workers=args.workers, backends=backends)
     cfg.check()
     return cfg
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .arms import BASELINE
 from .report import ALL, BenchmarkReport
 
 MAX_MISMATCH_ROWS = 40
@@ -33,56 +34,73 @@ def to_markdown(rep: BenchmarkReport) -> str:
     lines.append(f"suite `{b['suite']}` ({cfg.get('n_prompts', '?')} prompts from {cfg.get('n_questions', '?')} "
                  f"questions) · target `{cfg.get('target')}` ({env.get('dtype', '?')}) · draft "
                  f"`{cfg.get('draft') or '-'}` · {cfg.get('max_new_tokens')} new tokens · greedy · "
-                 f"{cfg.get('repeats')} repeats · status {b['status']}")
-    lines.append(f"environment: {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch "
-                 f"threads) · GPU {env.get('gpu') or '-'} · device {env.get('device')} · "
+                 f"{cfg.get('repeats')} repeats · backends {', '.join(rep.backends) or '-'} · status {b['status']}")
+    lines.append(f"environment: CPU {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} "
+                 f"torch threads) · GPU {env.get('gpu') or '-'} · device {env.get('device')} · "
                  f"torch {env.get('torch')} · transformers {env.get('transformers')} · Python {env.get('python')}")
+    warm = {**(env.get("warmup_s") or {}), **(env.get("hf_warmup_s") or {})}
+    if warm:
+        lines.append("warm-up before timing (compiling, then one short run per arm; never timed): "
+                     + " · ".join(f"{k} {_f(v, 1)} s" for k, v in warm.items()))
+    multi = len(rep.backends) > 1
+    vs_eager = "eager" in rep.backends and any(k[1] != "eager" for k in rep.keys)
     lines += ["", "Speedup = median over repeats of (total new tokens / total time) ÷ the same for plain greedy "
-              "decoding, same prompts, same process.", ""]
-    by = {(r["arm"], r["category"]): r for r in rep.rows}
+              "decoding on the same backend, same prompts, same process"
+              + ("; vs eager: ÷ plain greedy decoding on the eager backend." if vs_eager else "."), ""]
+    by = {(r["arm"], r["backend"], r["category"]): r for r in rep.rows}
     cats = rep.categories + [ALL]
 
-    lines += ["## Speedup against plain decoding (methods × categories)", ""]
-    lines += _table(["method"] + cats, [[a] + [_f(by.get((a, c), {}).get("speedup")) for c in cats]
-                                        for a in rep.arms])
+    lines += ["## Speedup against plain decoding on the same backend (methods × categories)", ""]
+    lines += _table(["method", "backend"] + cats,
+                    [[a, bk] + [_f(by.get((a, bk, c), {}).get("speedup")) for c in cats] for a, bk in rep.keys])
+    if vs_eager and multi:
+        lines += ["", "## Speedup against eager plain decoding (methods × categories)", ""]
+        lines += _table(["method", "backend"] + cats,
+                        [[a, bk] + [_f(by.get((a, bk, c), {}).get("speedup_vs_eager")) for c in cats]
+                         for a, bk in rep.keys])
     lines += ["", "## Tokens/s: median (min-max over repeats)", ""]
-    lines += _table(["method"] + cats, [[a] + [_speed(by.get((a, c))) for c in cats] for a in rep.arms])
+    lines += _table(["method", "backend"] + cats, [[a, bk] + [_speed(by.get((a, bk, c))) for c in cats]
+                                                   for a, bk in rep.keys])
 
     lines += ["", "## Per method (all categories)", ""]
-    header = ["method", "tok/s", "speedup", "theoretical", "efficiency", "τ", "τ-1", "α", "α by position",
-              "γ", "c", "verify×", "fwd/prompt", "draft", "verify", "peak MB", "lossless"]
+    header = ["method", "backend", "tok/s", "speedup"] + (["vs eager"] if vs_eager else []) + [
+        "theoretical", "efficiency", "τ", "τ-1", "α", "α by position", "γ", "c", "verify×", "fwd/prompt", "draft",
+        "verify", "peak MB", "lossless"]
     rows = []
-    for a in rep.arms:
-        r = by.get((a, ALL))
+    for a, bk in rep.keys:
+        r = by.get((a, bk, ALL))
         if r is None:
             continue
         acc = r.get("acceptance_by_position") or []
-        rows.append([a, _speed(r), _f(r["speedup"]), _f(r.get("theoretical_speedup")), _f(r.get("efficiency"), 2, True),
-                     _f(r["tau"]), _f(r["tau_minus_bonus"]), _f(r.get("alpha")),
-                     " ".join(_f(x) for x in acc[:8]) + (" …" if len(acc) > 8 else "") or "-",
-                     _f(r.get("gamma")), _f(r.get("c"), 3), _f(r.get("verify_x")), _f(r["target_forwards"], 1),
-                     _f(r["draft_share"], 1, True), _f(r["verify_share"], 1, True), _f(r["peak_mem_mb"], 0),
-                     _f(r["lossless_match"])])
+        rows.append([a, bk, _speed(r), _f(r["speedup"])] + ([_f(r.get("speedup_vs_eager"))] if vs_eager else []) + [
+            _f(r.get("theoretical_speedup")), _f(r.get("efficiency"), 2, True),
+            _f(r["tau"]), _f(r["tau_minus_bonus"]), _f(r.get("alpha")),
+            " ".join(_f(x) for x in acc[:8]) + (" …" if len(acc) > 8 else "") or "-",
+            _f(r.get("gamma")), _f(r.get("c"), 3), _f(r.get("verify_x")), _f(r["target_forwards"], 1),
+            _f(r["draft_share"], 1, True), _f(r["verify_share"], 1, True), _f(r["peak_mem_mb"], 0),
+            _f(r["lossless_match"])])
     lines += _table(header, rows)
 
     detail = [r for r in rep.rows if r["category"] != ALL and r.get("gamma")]
     if detail:
         lines += ["", "## Drafting methods by category", ""]
-        lines += _table(["method", "category", "speedup", "theoretical", "τ", "α", "γ", "c", "verify×", "lossless"],
-                        [[r["arm"], r["category"], _f(r["speedup"]), _f(r.get("theoretical_speedup")), _f(r["tau"]),
-                          _f(r.get("alpha")), _f(r.get("gamma")), _f(r.get("c"), 3), _f(r.get("verify_x")),
-                          _f(r["lossless_match"])] for r in detail])
+        lines += _table(["method", "backend", "category", "speedup", "theoretical", "τ", "α", "γ", "c", "verify×",
+                         "lossless"],
+                        [[r["arm"], r["backend"], r["category"], _f(r["speedup"]), _f(r.get("theoretical_speedup")),
+                          _f(r["tau"]), _f(r.get("alpha")), _f(r.get("gamma")), _f(r.get("c"), 3),
+                          _f(r.get("verify_x")), _f(r["lossless_match"])] for r in detail])
 
     if rep.hf:
         lines += ["", "## Against transformers (same prompts, same process)", ""]
         lines += _table(["ours", "transformers", "ours tok/s", "HF tok/s", "ours / HF", "τ ours", "τ HF",
-                         "HF tokens = ours", "HF settings"],
-                        [[h["ours"] or "-", h["hf"], _f(h["ours_tokens_per_s"]), _f(h["hf_tokens_per_s"]),
-                          _f(h["ours_over_hf"]), _f(h["ours_tau"]), _f(h["hf_tau"]), _f(h["identical_to_ours"]),
+                         "HF tokens = ours", "HF warm-up s", "HF settings"],
+                        [[f"{h['ours']} ({h['ours_backend']})" if h["ours"] else "-", h["hf"],
+                          _f(h["ours_tokens_per_s"]), _f(h["hf_tokens_per_s"]), _f(h["ours_over_hf"]),
+                          _f(h["ours_tau"]), _f(h["hf_tau"]), _f(h["identical_to_ours"]), _f(h.get("warmup_s"), 1),
                           ", ".join(f"{k}={v}" for k, v in h["params"].items()) or "-"] for h in rep.hf])
     if rep.trace_overhead:
         t = rep.trace_overhead
-        lines += ["", "## Tracing overhead (plain decoding)", "",
+        lines += ["", f"## Tracing overhead (plain decoding, {t.get('backend', 'eager')})", "",
                   f"tracing on {_f(t['tokens_per_s_trace_on'])} tok/s "
                   f"({_f(t['spread_on'][0])}-{_f(t['spread_on'][1])}), "
                   f"off {_f(t['tokens_per_s_trace_off'])} tok/s ({_f(t['spread_off'][0])}-{_f(t['spread_off'][1])}): "
@@ -90,25 +108,26 @@ def to_markdown(rep: BenchmarkReport) -> str:
                   f"(best repeats)"]
     if rep.roofline:
         r = rep.roofline
+        base = rep.name(BASELINE, r.get("backend", "eager"))
         extra = "".join(f"; {k} {_f(v, 2, True)}" for k, v in r.get("achieved_fraction_by_arm", {}).items()
-                        if k != rep.benchmark.get("config", {}).get("arms", [{}])[0].get("label"))
+                        if k != base)
         lines += ["", "## Memory-bandwidth roofline (plain decoding)", "",
                   f"weights read per token {r['weight_bytes_per_token'] / 2**20:.1f} MiB · copy bandwidth "
                   f"{_f(r['copy_bandwidth_GBps'])} GB/s · roofline {_f(r['roofline_tokens_per_s'], 1)} tok/s · "
-                  f"plain decoding {_f(r.get('measured_tokens_per_s'), 1)} tok/s = "
+                  f"plain decoding ({r.get('backend', 'eager')}) {_f(r.get('measured_tokens_per_s'), 1)} tok/s = "
                   f"{_f(r.get('achieved_fraction'), 2, True)} of the roofline{extra}"]
     lines += ["", "## Lossless match", ""]
     if rep.mismatches:
-        lines += _table(["method", "prompt", "category", "repeat", "first differing position", "length",
+        lines += _table(["method", "backend", "prompt", "category", "repeat", "first differing position", "length",
                          "baseline length", "p(baseline token) - p(its token)"],
-                        [[m["arm"], m["prompt"], m["category"], str(m["repeat"]), str(m["first_diff"]),
-                          str(m["len"]), str(m["baseline_len"]), _f(m.get("p_margin"), 4)]
+                        [[m["arm"], m.get("backend", "eager"), m["prompt"], m["category"], str(m["repeat"]),
+                          str(m["first_diff"]), str(m["len"]), str(m["baseline_len"]), _f(m.get("p_margin"), 4)]
                          for m in rep.mismatches[:MAX_MISMATCH_ROWS]])
         lines.append("(a margin near 0 is a floating-point tie between the top two tokens, not a broken method)")
         if len(rep.mismatches) > MAX_MISMATCH_ROWS:
             lines.append(f"... and {len(rep.mismatches) - MAX_MISMATCH_ROWS} more (all in --json and the store)")
     else:
-        lines.append("every run is token-identical to plain greedy decoding")
+        lines.append("every run is token-identical to plain greedy decoding on its backend")
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +145,7 @@ def write_markdown(rep: BenchmarkReport, path: str | Path) -> Path:
 
 
 def write_csv(rep: BenchmarkReport, path: str | Path) -> Path:
-    """One line per (method, category) with every metric; acceptance_by_position as a JSON list."""
+    """One line per (method, backend, category) with every metric; acceptance_by_position as a JSON list."""
     df = rep.frame()
     if "acceptance_by_position" in df:
         df["acceptance_by_position"] = df["acceptance_by_position"].map(

@@ -1,8 +1,22 @@
 """The transformers equivalents of our methods, timed on the same prompts in the same process.
 
-    hf.generate        model.generate(do_sample=False, max_new_tokens=N)            ~ autoregressive
-    hf.assisted        ... assistant_model=draft.model                              ~ speculative
-    hf.prompt_lookup   ... prompt_lookup_num_tokens=10                              ~ prompt_lookup
+    hf.generate                 model.generate(do_sample=False, max_new_tokens=N)   ~ autoregressive
+    hf.generate+static+compile  ... cache_implementation="static", compile_config     ~ autoregressive, compiled
+    hf.assisted                 ... assistant_model=draft.model                     ~ speculative
+    hf.prompt_lookup            ... prompt_lookup_num_tokens=10                     ~ prompt_lookup
+
+hf.generate+static+compile is generate at its own best, as transformers documents
+it: a StaticCache (`cache_implementation="static"`) and its automatic
+`torch.compile` of the one-token decode forward (`compile_config`; the prefill
+runs eagerly). The cache is sized once (`max_cache_len`, the benchmark's longest
+prompt + new tokens, rounded up like the compiled backend's) so no later call
+grows it and recompiles. The compiler settings are the compiled backend's: on a
+CPU inductor with freezing (transformers compiles on CPU only when asked, by
+CompileConfig's `_compile_all_devices`), on CUDA transformers' default
+("reduce-overhead": CUDA graphs). Compiling happens in the benchmark's warm-up
+(`hf_warm_up`), never in a timed run. Its arms are tagged with the backend they
+correspond to (HF_BACKEND), so its speedup is against our plain decoding on that
+backend.
 
 Settings, so the outputs are comparable token for token with ours:
 - An explicit GenerationConfig: greedy, one beam, no repetition penalty, no
@@ -26,7 +40,10 @@ Settings, so the outputs are comparable token for token with ours:
 Forward hooks on the target (and the assistant) record every forward pass, so
 each HF run is stored as an ordinary Trace: one step per target forward, the
 candidate tokens it verified, how many were kept, and draft/verify time (the
-draft time of prompt lookup, which runs no model, lands in "other").
+draft time of prompt lookup, which runs no model, lands in "other"). Hooks would
+be traced into a compiled forward (and break its graph), so the static+compile
+arm is timed instead by a stopping criterion, which transformers calls once per
+new token outside the model: one step per token (each one target forward).
 """
 from __future__ import annotations
 
@@ -39,13 +56,48 @@ from ..cache import cache_from_kwargs
 from ..device import device_sync, memory_mb
 from ..trace import Step, Trace
 
-HF_METHODS = ("hf.generate", "hf.assisted", "hf.prompt_lookup")
-OURS = {"hf.generate": "autoregressive", "hf.assisted": "speculative", "hf.prompt_lookup": "prompt_lookup"}
+STATIC = "hf.generate+static+compile"
+HF_METHODS = ("hf.generate", STATIC, "hf.assisted", "hf.prompt_lookup")
+OURS = {"hf.generate": "autoregressive", STATIC: "autoregressive", "hf.assisted": "speculative",
+        "hf.prompt_lookup": "prompt_lookup"}
+HF_BACKEND = {STATIC: "compiled"}  # the backend an HF arm corresponds to; the others: eager (a DynamicCache)
 PROMPT_LOOKUP_NUM_TOKENS = 10
 
 
-def hf_settings(method: str, target, draft=None) -> dict[str, Any]:
+def hf_backend(method: str) -> str:
+    return HF_BACKEND.get(method, "eager")
+
+
+_COMPILE_CONFIGS: dict[str, Any] = {}
+
+
+def compile_config(device_type: str):
+    """The CompileConfig of the static arm on this kind of device (one object, so transformers compiles once)."""
+    if device_type not in _COMPILE_CONFIGS:
+        from transformers import CompileConfig
+
+        if device_type == "cuda":
+            cc = CompileConfig()  # transformers' default: reduce-overhead (CUDA graphs)
+        else:  # the compiled backend's CPU settings: inductor with frozen, pre-packed weights
+            cc = CompileConfig(dynamic=False, mode=None, options={"freezing": True})
+            cc._compile_all_devices = True  # transformers' switch for compiling off CUDA
+        _COMPILE_CONFIGS[device_type] = cc
+    return _COMPILE_CONFIGS[device_type]
+
+
+def static_cache_len(longest: int, limit: int | None) -> int:
+    """The static arm's cache: room for `longest` positions, rounded up as the compiled backend's (a power of two)."""
+    from ..backend.compiled import cache_len_bucket
+
+    return cache_len_bucket(min(longest, limit) if limit else longest, limit)
+
+
+def hf_settings(method: str, target, draft=None, max_cache_len: int | None = None) -> dict[str, Any]:
     """The effective generation settings of an HF arm (recorded as the run's parameters)."""
+    if method == STATIC:
+        cc = compile_config(target.device.type)
+        return {"cache_implementation": "static", "max_cache_len": max_cache_len, "compile_mode": cc.mode,
+                "compile_dynamic": cc.dynamic, "compile_options": dict(cc.options or {})}
     if method == "hf.assisted":
         from transformers import GenerationConfig
 
@@ -64,7 +116,7 @@ def hf_settings(method: str, target, draft=None) -> dict[str, Any]:
     return {}
 
 
-def _generation_config(target, max_new_tokens: int, method: str):
+def _generation_config(target, max_new_tokens: int, method: str, max_cache_len: int | None = None):
     from transformers import GenerationConfig
 
     eos = list(target.eos_token_ids)
@@ -75,6 +127,9 @@ def _generation_config(target, max_new_tokens: int, method: str):
     )
     if method == "hf.prompt_lookup":
         kwargs["prompt_lookup_num_tokens"] = PROMPT_LOOKUP_NUM_TOKENS
+    if method == STATIC:
+        kwargs.update(cache_implementation="static", compile_config=compile_config(target.device.type),
+                      max_cache_len=max_cache_len)
     return GenerationConfig(**kwargs)
 
 
@@ -117,17 +172,40 @@ class _ForwardRecorder:
             h.remove()
 
 
+class _TokenClock:
+    """A stopping criterion that never stops: it notes the time of every new token, outside the model's forward.
+
+    Plain greedy decoding runs one forward per token, so token k's interval is that
+    forward (the first one: the prefill) in the same (t0, t1, n_in, cached, ids) form
+    as _ForwardRecorder's target calls.
+    """
+
+    def __init__(self, n_prompt: int) -> None:
+        self.n_prompt = n_prompt
+        self.times: list[float] = []
+        self.t_start = 0.0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def calls(self, n_new: int) -> list[tuple[float, float, int, int, list[int]]]:
+        starts = [self.t_start] + self.times
+        return [(starts[k], self.times[k], self.n_prompt if k == 0 else 1, 0 if k == 0 else self.n_prompt + k - 1,
+                 []) for k in range(min(n_new, len(self.times)))]
+
+
 def _build_trace(method: str, params: dict[str, Any], prompt_ids: list[int], output: list[int],
-                 rec: _ForwardRecorder, t_start: float, wall: float, eos: set[int]) -> Trace:
+                 calls: list[tuple[float, float, int, int, list[int]]], drafts: list[tuple[float, float]],
+                 t_start: float, wall: float, eos: set[int]) -> Trace:
     """One Step per target forward: committed tokens from the growth of the cache between forwards."""
     trace = Trace(method=method, params=dict(params), prompt_ids=list(prompt_ids), wall_s=wall)
     n_prompt = len(prompt_ids)
     seq = list(prompt_ids) + list(output)
-    calls = rec.target
     # length of prompt + committed tokens before call k: n_prompt for the first, then cache + 1 (one uncached root)
     lengths = [n_prompt] + [c[3] + 1 for c in calls[1:]] + [len(seq)]
     prev_end = t_start
-    draft_iter = list(rec.draft)
+    draft_iter = list(drafts)
     for k, (t0, t1, n_in, cached, tokens) in enumerate(calls):
         uncached_committed = lengths[k] - cached
         drafted = tokens[uncached_committed:] if tokens else []
@@ -145,17 +223,28 @@ def _build_trace(method: str, params: dict[str, Any], prompt_ids: list[int], out
 
 
 @torch.inference_mode()
-def hf_run(method: str, target, prompt_ids: list[int], max_new_tokens: int, draft=None) -> tuple[list[int], Trace]:
-    """Run one HF arm on one prompt -> (new token ids, Trace with wall time and per-forward steps)."""
+def hf_run(method: str, target, prompt_ids: list[int], max_new_tokens: int, draft=None,
+           max_cache_len: int | None = None) -> tuple[list[int], Trace]:
+    """Run one HF arm on one prompt -> (new token ids, Trace with wall time and per-forward steps).
+
+    max_cache_len: the static arm's cache size (None: transformers sizes it to this call).
+    """
     if method not in HF_METHODS:
         raise ValueError(f"unknown transformers arm {method!r}")
     model = target.model
-    gc = _generation_config(target, max_new_tokens, method)
+    gc = _generation_config(target, max_new_tokens, method, max_cache_len)
     ids = torch.tensor([prompt_ids], device=target.device)  # (1, T_prompt)
     kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(ids), "generation_config": gc}
     if method == "hf.assisted":
         kwargs["assistant_model"] = draft.model
-    rec = _ForwardRecorder(model, draft.model if method == "hf.assisted" else None)
+    rec = clock = None
+    if method == STATIC:
+        from transformers import StoppingCriteriaList
+
+        clock = _TokenClock(len(prompt_ids))
+        kwargs["stopping_criteria"] = StoppingCriteriaList([clock])
+    else:
+        rec = _ForwardRecorder(model, draft.model if method == "hf.assisted" else None)
     verbosity = _quiet_transformers()
     try:
         device_sync(target.device)
@@ -164,13 +253,28 @@ def hf_run(method: str, target, prompt_ids: list[int], max_new_tokens: int, draf
         device_sync(target.device)
         wall = time.perf_counter() - t0
     finally:
-        rec.close()
+        if rec is not None:
+            rec.close()
         _restore_transformers(verbosity)
     new = out[0, len(prompt_ids):].tolist()
-    trace = _build_trace(method, hf_settings(method, target, draft), prompt_ids, new, rec, t0, wall,
-                         set(target.eos_token_ids))
+    if clock is not None:
+        clock.t_start = t0
+        calls, drafts = clock.calls(len(new)), []
+    else:
+        calls, drafts = rec.target, rec.draft
+    trace = _build_trace(method, hf_settings(method, target, draft, max_cache_len), prompt_ids, new, calls, drafts,
+                         t0, wall, set(target.eos_token_ids))
     trace.peak_mem_mb = memory_mb(target.device)
     return new, trace
+
+
+def hf_warm_up(method: str, target, prompt_ids: list[int], max_new_tokens: int, draft=None,
+               max_cache_len: int | None = None) -> float:
+    """One unlogged generation of an HF arm (for the static arm: compiling its decode forward); seconds taken."""
+    t0 = time.perf_counter()
+    hf_run(method, target, prompt_ids, max(2, max_new_tokens) if method == STATIC else max_new_tokens, draft=draft,
+           max_cache_len=max_cache_len)  # the static arm compiles at its first decode step, after the prefill
+    return time.perf_counter() - t0
 
 
 def _quiet_transformers() -> int:

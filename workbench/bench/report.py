@@ -3,11 +3,16 @@
 How the per-run metrics of workbench.metrics (τ, α, α_k, γ, c, verify ×, theoretical
 speedup) are pooled over a benchmark's runs:
 
+- a row is one arm on one backend (workbench.backend: eager, compiled) on one
+  category; each run carries its backend (params["bench.backend"], env["backend"]).
+  A transformers arm is tagged with the backend it corresponds to (bench.hf.HF_BACKEND).
 - tokens/s of an arm on a category, repeat r: total new tokens / total wall time of
   that repeat's runs on the category's prompts. Reported: the median over
   repeats, and the min-max over repeats as the spread.
 - speedup = median tokens/s of the arm / median tokens/s of the autoregressive
-  baseline on the same prompts (a ratio of totals: long answers weigh more).
+  baseline on the same backend, same prompts (a ratio of totals: long answers
+  weigh more); speedup_vs_eager = the same against the eager backend's baseline
+  (when the benchmark ran eager): what the backend and the method give together.
 - τ = total new tokens / total target forward passes (counts the bonus token; 1.0
   for plain decoding); τ-1 = the same without the bonus token (gpt-fast's).
 - α = accepted / attempted draft positions; α_k per draft position k, conditional
@@ -21,12 +26,13 @@ speedup) are pooled over a benchmark's runs:
   (γ+1)-token verification really costs against one plain forward (Leviathan's
   formula assumes 1.0).
 - lossless match = fraction of prompts whose output is token-identical to the
-  baseline's (first repeat) in every repeat; mismatches keep the first differing
-  position.
+  baseline's (first repeat) on the same backend in every repeat (a transformers
+  arm whose backend did not run: the reference backend's); mismatches keep the
+  first differing position.
 - trace overhead = tokens/s with DecodeConfig(trace=False) / tokens/s with tracing - 1, from the
   medians; also from the best repeats (contention on a shared machine only ever slows a run down,
-  so the best repeat is the least disturbed one).
-- roofline: workbench.bench.roofline.
+  so the best repeat is the least disturbed one). On the reference backend (eager when it ran).
+- roofline: workbench.bench.roofline, against the reference backend's baseline.
 """
 from __future__ import annotations
 
@@ -38,9 +44,10 @@ from typing import Any
 from .. import metrics as M
 from ..trace import Step, Trace
 from .arms import BASELINE, TRACE_OFF_LABEL
-from .hf import OURS
+from .hf import OURS, hf_backend
 
 ALL = "all"
+EAGER = "eager"
 
 
 @dataclass
@@ -60,6 +67,7 @@ class _Run:
     peak_mem_mb: float
     output_ids: list[int]
     steps: list[Step] = field(default_factory=list)
+    backend: str = EAGER
 
 
 def _load(store, benchmark_id: str, with_steps: bool) -> tuple[dict[str, Any], list[_Run]]:
@@ -76,7 +84,8 @@ def _load(store, benchmark_id: str, with_steps: bool) -> tuple[dict[str, Any], l
             forwards=int(m.get("target_forward_passes") or 0), draft_s=float(m.get("draft_s") or 0.0),
             verify_s=float(m.get("verify_s") or 0.0), drafted=int(m.get("drafted_tokens") or 0),
             peak_mem_mb=_num(m.get("peak_mem_mb")), output_ids=list(rec.output_ids or []),
-            steps=store.load_trace(rec.id).steps if with_steps else []))
+            steps=store.load_trace(rec.id).steps if with_steps else [],
+            backend=p.get("bench.backend") or (rec.env or {}).get("backend") or EAGER))
     return bench, runs
 
 
@@ -84,10 +93,28 @@ def _num(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _arm_order(bench: dict[str, Any], runs: list[_Run]) -> list[str]:
+Key = tuple[str, str]  # (arm label, backend)
+
+
+def _keys(bench: dict[str, Any], runs: list[_Run]) -> list[Key]:
+    """Every (arm, backend) in the benchmark's order: ours backend by backend, then the transformers arms."""
     cfg = bench.get("config", {})
-    order = [a["label"] for a in cfg.get("arms", [])] + [a["label"] for a in cfg.get("hf_arms", [])]
-    return order + [a for a in dict.fromkeys(r.arm for r in runs) if a not in order]
+    order = [(a["label"], a.get("backend") or EAGER) for a in cfg.get("arms", [])]
+    order += [(a["label"], hf_backend(a["label"])) for a in cfg.get("hf_arms", [])]
+    order = list(dict.fromkeys(order))
+    return order + [k for k in dict.fromkeys((r.arm, r.backend) for r in runs) if k not in order]
+
+
+def _backends(bench: dict[str, Any], runs: list[_Run]) -> list[str]:
+    """The backends our arms ran on (not the transformers arms' tags)."""
+    named = list(bench.get("config", {}).get("backends") or [])
+    hf = {a["label"] for a in bench.get("config", {}).get("hf_arms", [])}
+    return named + [b for b in dict.fromkeys(r.backend for r in runs if r.arm not in hf) if b not in named]
+
+
+def reference_backend(backends: list[str]) -> str:
+    """The backend the report's single-backend sections use: eager when it ran, else the first."""
+    return EAGER if EAGER in backends or not backends else backends[0]
 
 
 def _categories(bench: dict[str, Any], runs: list[_Run]) -> list[str]:
@@ -153,7 +180,8 @@ def _lossless(runs: list[_Run], ref: dict[str, _Run]) -> tuple[float, list[dict[
             i = _first_diff(r.output_ids, want)
             p_base, p_ours = _target_p(base, i), _target_p(r, i)
             margin = p_base - p_ours if p_base is not None and p_ours is not None else None
-            mismatches.append({"arm": r.arm, "prompt": r.prompt, "category": r.category, "repeat": r.repeat,
+            mismatches.append({"arm": r.arm, "backend": r.backend, "prompt": r.prompt, "category": r.category,
+                               "repeat": r.repeat,
                                "first_diff": i, "len": len(r.output_ids), "baseline_len": len(want),
                                "p_baseline": p_base, "p_ours": p_ours, "p_margin": margin, "run_id": r.id})
     frac = sum(prompts.values()) / len(prompts) if prompts else math.nan
@@ -164,18 +192,21 @@ def _plain_forward_s(runs: list[_Run]) -> float:
     return M.plain_forward_s([s for r in runs for s in r.steps])
 
 
-def _row(arm: str, cat: str, runs: list[_Run], base_runs: list[_Run], ref: dict[str, _Run],
-         detailed: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _row(arm: str, backend: str, cat: str, runs: list[_Run], base_runs: list[_Run], eager_runs: list[_Run],
+         ref: dict[str, _Run], detailed: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     med, lo, hi, per = _speed(runs)
     base_med = _speed(base_runs)[0] if base_runs else math.nan
+    eager_med = _speed(eager_runs)[0] if eager_runs else math.nan
     tokens = sum(r.new_tokens for r in runs)
     forwards = sum(r.forwards for r in runs)
     wall = sum(r.wall_s for r in runs)
     match, mismatches = _lossless(runs, ref)
     row: dict[str, Any] = {
-        "arm": arm, "method": runs[0].method, "category": cat, "prompts": len({r.prompt for r in runs}),
+        "arm": arm, "backend": backend, "method": runs[0].method, "category": cat,
+        "prompts": len({r.prompt for r in runs}),
         "runs": len(runs), "tokens_per_s": med, "tokens_per_s_min": lo, "tokens_per_s_max": hi,
         "speedup": med / base_med if base_med and base_med == base_med else math.nan,
+        "speedup_vs_eager": med / eager_med if eager_med and eager_med == eager_med else math.nan,
         "tau": M.tau(tokens, forwards),
         "tau_minus_bonus": M.tau_without_bonus(tokens, forwards),
         "target_forwards": forwards / len(runs),
@@ -217,29 +248,43 @@ def _is_tree(method: str) -> bool:
 
 
 def _compute(bench: dict[str, Any], runs: list[_Run], detailed: bool) -> dict[str, Any]:
-    arms = _arm_order(bench, runs)
+    keys = _keys(bench, runs)
     cats = _categories(bench, runs)
+    backends = _backends(bench, runs)
+    ref_backend = reference_backend(backends)
+    arms = list(dict.fromkeys(a for a, _ in keys))
     baseline = next((a for a in arms if a == BASELINE), arms[0] if arms else BASELINE)
-    ref = _reference_outputs(runs, baseline)
+    refs = {b: _reference_outputs([r for r in runs if r.backend == b], baseline) for b in backends}
     rows, mismatches = [], []
-    for arm in arms:
-        mine = [r for r in runs if r.arm == arm]
+    for arm, backend in keys:
+        mine = [r for r in runs if r.arm == arm and r.backend == backend]
         if not mine:
             continue
+        lossless_vs = backend if refs.get(backend) else ref_backend  # a transformers arm's backend may not have run
         for cat in cats + [ALL]:
             sel = [r for r in mine if cat == ALL or r.category == cat]
             if not sel:
                 continue
             base = [r for r in runs if r.arm == baseline and (cat == ALL or r.category == cat)]
-            row, mm = _row(arm, cat, sel, base, ref, detailed)
+            row, mm = _row(arm, backend, cat, sel, [r for r in base if r.backend == backend],
+                           [r for r in base if r.backend == EAGER], refs.get(lossless_vs, {}), detailed)
+            row["lossless_vs"] = lossless_vs
             rows.append(row)
             if cat == ALL:
                 mismatches += mm
-    return {"arms": arms, "categories": cats, "baseline": baseline, "rows": rows, "mismatches": mismatches}
+    return {"keys": [k for k in keys if any((r["arm"], r["backend"]) == k for r in rows)], "arms": arms,
+            "backends": backends, "reference_backend": ref_backend, "categories": cats, "baseline": baseline,
+            "rows": rows, "mismatches": mismatches}
+
+
+def display_name(arm: str, backend: str, backends: list[str], hf_labels=OURS) -> str:
+    """An arm as tables name it: the label, with "@backend" when the benchmark ran several (not for transformers')."""
+    return arm if len(backends) <= 1 or arm in hf_labels else f"{arm}@{backend}"
 
 
 def benchmark_table(store, benchmark_id: str):
-    """Speedups against plain decoding: a DataFrame with one row per arm and one column per category + "all".
+    """Speedups against plain decoding on the same backend: a DataFrame with one row per arm (per backend:
+    "label@backend" when the benchmark ran several) and one column per category + "all".
 
     Fast (stored metrics only, no steps); used by the app's History tab and notebooks.
     """
@@ -248,16 +293,16 @@ def benchmark_table(store, benchmark_id: str):
     bench, runs = _load(store, benchmark_id, with_steps=False)
     res = _compute(bench, runs, detailed=False)
     cols = res["categories"] + [ALL]
-    table = pd.DataFrame(index=pd.Index([a for a in res["arms"] if any(r["arm"] == a for r in res["rows"])],
-                                        name="method"), columns=cols, dtype=float)
+    names = {k: display_name(*k, res["backends"]) for k in res["keys"]}
+    table = pd.DataFrame(index=pd.Index(list(names.values()), name="method"), columns=cols, dtype=float)
     for row in res["rows"]:
-        table.loc[row["arm"], row["category"]] = row["speedup"]
+        table.loc[names[(row["arm"], row["backend"])], row["category"]] = row["speedup"]
     return table
 
 
 @dataclass
 class BenchmarkReport:
-    """Everything a benchmark measured. `rows`: one dict per (arm, category), category "all" included."""
+    """Everything a benchmark measured. `rows`: one dict per (arm, backend, category), category "all" included."""
 
     benchmark: dict[str, Any]
     rows: list[dict[str, Any]]
@@ -266,7 +311,9 @@ class BenchmarkReport:
     trace_overhead: dict[str, Any] | None
     roofline: dict[str, Any] | None
     categories: list[str]
-    arms: list[str]
+    arms: list[str]  # labels, each once
+    backends: list[str] = field(default_factory=lambda: [EAGER])  # the backends our arms ran on
+    keys: list[tuple[str, str]] = field(default_factory=list)  # (arm, backend) of every row, in order
 
     @property
     def id(self) -> str:
@@ -278,13 +325,21 @@ class BenchmarkReport:
 
         return pd.DataFrame(self.rows)
 
-    def overall(self, arm: str) -> dict[str, Any] | None:
-        return next((r for r in self.rows if r["arm"] == arm and r["category"] == ALL), None)
+    def overall(self, arm: str, backend: str | None = None) -> dict[str, Any] | None:
+        """The "all" row of `arm` on `backend` (None: its first backend)."""
+        return next((r for r in self.rows if r["arm"] == arm and r["category"] == ALL
+                     and (backend is None or r["backend"] == backend)), None)
+
+    def name(self, arm: str, backend: str) -> str:
+        return display_name(arm, backend, self.backends)
 
     def to_json(self) -> dict[str, Any]:
         b = self.benchmark
+        env = b.get("env") or {}
         return _clean({"benchmark_id": b["id"], "suite": b["suite"], "status": b["status"],
                        "created_at": b["created_at"], "config": b["config"], "env": b["env"],
+                       "cpu": env.get("cpu"), "backends": self.backends, "warmup_s": env.get("warmup_s"),
+                       "hf_warmup_s": env.get("hf_warmup_s"),
                        "categories": self.categories, "arms": self.arms, "rows": self.rows,
                        "lossless_mismatches": self.mismatches, "hf_comparison": self.hf,
                        "trace_overhead": self.trace_overhead, "roofline": self.roofline})
@@ -305,50 +360,59 @@ def benchmark_report(store, benchmark_id: str) -> BenchmarkReport:
     bench, runs = _load(store, benchmark_id, with_steps=True)
     res = _compute(bench, runs, detailed=True)
     rows = res["rows"]
-    overall = {r["arm"]: r for r in rows if r["category"] == ALL}
+    backends, ref_backend = res["backends"], res["reference_backend"]
+    overall = {(r["arm"], r["backend"]): r for r in rows if r["category"] == ALL}
     hf = []
-    for arm, row in overall.items():
+    for (arm, backend), row in overall.items():
         if arm not in OURS:
             continue
-        ours_method = OURS[arm]
-        ours_label = next((a for a in res["arms"] if a in overall and overall[a]["method"] == ours_method
-                           and a != TRACE_OFF_LABEL), None)
-        ours = overall.get(ours_label) if ours_label else None
-        same = _identical(runs, arm, ours_label) if ours_label else math.nan
-        hf.append({"hf": arm, "ours": ours_label, "hf_tokens_per_s": row["tokens_per_s"],
+        # ours: the same method on the backend this transformers arm corresponds to, else on the reference backend
+        candidates = [k for k in res["keys"] if k in overall and overall[k]["method"] == OURS[arm]
+                      and k[0] != TRACE_OFF_LABEL and k[0] not in OURS]
+        ours_key = next((k for k in candidates if k[1] == backend),
+                        next((k for k in candidates if k[1] == ref_backend), None))
+        ours = overall.get(ours_key) if ours_key else None
+        same = _identical(runs, (arm, backend), ours_key) if ours_key else math.nan
+        hf.append({"hf": arm, "hf_backend": backend, "ours": ours_key[0] if ours_key else None,
+                   "ours_backend": ours_key[1] if ours_key else None, "hf_tokens_per_s": row["tokens_per_s"],
                    "ours_tokens_per_s": ours["tokens_per_s"] if ours else math.nan,
                    "ours_over_hf": (ours["tokens_per_s"] / row["tokens_per_s"]) if ours and row["tokens_per_s"]
                    else math.nan, "hf_tau": row["tau"], "ours_tau": ours["tau"] if ours else math.nan,
-                   "hf_speedup": row["speedup"], "identical_to_ours": same,
-                   "identical_to_baseline": row["lossless_match"],
+                   "hf_speedup": row["speedup"], "hf_speedup_vs_eager": row["speedup_vs_eager"],
+                   "identical_to_ours": same, "identical_to_baseline": row["lossless_match"],
+                   "warmup_s": (bench.get("env") or {}).get("hf_warmup_s", {}).get(arm),
                    "params": next((a.get("params", {}) for a in bench["config"].get("hf_arms", [])
                                    if a.get("label") == arm), {})})
     trace = None
-    if BASELINE in overall and TRACE_OFF_LABEL in overall:
-        on, off = overall[BASELINE]["tokens_per_s"], overall[TRACE_OFF_LABEL]["tokens_per_s"]
-        best_on, best_off = overall[BASELINE]["tokens_per_s_max"], overall[TRACE_OFF_LABEL]["tokens_per_s_max"]
-        trace = {"tokens_per_s_trace_on": on, "tokens_per_s_trace_off": off,
+    on_row, off_row = overall.get((BASELINE, ref_backend)), overall.get((TRACE_OFF_LABEL, ref_backend))
+    if on_row and off_row:
+        on, off = on_row["tokens_per_s"], off_row["tokens_per_s"]
+        best_on, best_off = on_row["tokens_per_s_max"], off_row["tokens_per_s_max"]
+        trace = {"backend": ref_backend, "tokens_per_s_trace_on": on, "tokens_per_s_trace_off": off,
                  "overhead_pct": (off / on - 1) * 100 if on and off else math.nan,
                  "overhead_pct_best": (best_off / best_on - 1) * 100 if best_on and best_off else math.nan,
-                 "spread_on": [overall[BASELINE]["tokens_per_s_min"], overall[BASELINE]["tokens_per_s_max"]],
-                 "spread_off": [overall[TRACE_OFF_LABEL]["tokens_per_s_min"],
-                                overall[TRACE_OFF_LABEL]["tokens_per_s_max"]]}
+                 "spread_on": [on_row["tokens_per_s_min"], on_row["tokens_per_s_max"]],
+                 "spread_off": [off_row["tokens_per_s_min"], off_row["tokens_per_s_max"]]}
     roof = None
     env = bench.get("env", {})
     if env.get("copy_bandwidth_Bps") and env.get("target_weight_bytes"):
         from .roofline import roofline
 
-        base = overall.get(res["baseline"])
+        base = overall.get((res["baseline"], ref_backend))
         roof = roofline(env["target_weight_bytes"], env["copy_bandwidth_Bps"],
                         base["tokens_per_s"] if base else None)
+        roof["backend"] = ref_backend
+        shown = [(res["baseline"], b) for b in backends] + [(TRACE_OFF_LABEL, ref_backend)]
+        shown += [k for k in res["keys"] if k[0] in OURS and OURS[k[0]] == BASELINE]
         roof["achieved_fraction_by_arm"] = {
-            label: overall[label]["tokens_per_s"] / roof["roofline_tokens_per_s"]
-            for label in (res["baseline"], TRACE_OFF_LABEL, "hf.generate") if label in overall}
+            display_name(*k, backends): overall[k]["tokens_per_s"] / roof["roofline_tokens_per_s"]
+            for k in shown if k in overall}
     return BenchmarkReport(benchmark=bench, rows=rows, mismatches=res["mismatches"], hf=hf, trace_overhead=trace,
-                           roofline=roof, categories=res["categories"], arms=[a for a in res["arms"] if a in overall])
+                           roofline=roof, categories=res["categories"],
+                           arms=list(dict.fromkeys(a for a, _ in res["keys"])), backends=backends, keys=res["keys"])
 
 
-def _identical(runs: list[_Run], arm: str, ours: str) -> float:
+def _identical(runs: list[_Run], arm: Key, ours: Key) -> float:
     """Fraction of prompts where every repeat of `arm` equals `ours`' first repeat, token for token."""
-    ref = _reference_outputs(runs, ours)
-    return _lossless([r for r in runs if r.arm == arm], ref)[0]
+    ref = _reference_outputs([r for r in runs if r.backend == ours[1]], ours[0])
+    return _lossless([r for r in runs if (r.arm, r.backend) == arm], ref)[0]

@@ -1,15 +1,24 @@
 """Run a benchmark: every arm on every prompt, R times, in one process, logged under one benchmark id.
 
 Order of work (all in this process, on the same prompts):
-1. load the target (and draft), measure copy bandwidth for the roofline, record
-   the environment with a new benchmark row;
-2. warm-up: one short generation per arm (and per transformers arm), not logged;
-3. for each repeat r: for each prompt: for each arm (the autoregressive
-   baseline, its untraced twin when measuring tracing overhead, the methods and
-   sweep points, the transformers arms with --compare-hf): decode and log the
-   run. All arms of a prompt run back to back, so a slow spell on a shared
-   machine hits every arm alike instead of whichever arm ran then; the arm
-   order rotates by one each repeat so no arm always runs first.
+1. load the target (and draft), measure copy bandwidth for the roofline;
+2. warm-up, before anything is timed, with progress: for each backend
+   (BenchConfig.backends, `--backends eager,compiled`), compile the models for
+   every cache size the prompts will need (workbench.backend.prepare: the compiled
+   backend's torch.compile, loaded from the disk cache when warm; nothing for
+   eager), then one short unlogged generation per arm on that backend; the
+   transformers arms (--compare-hf) likewise, the static+compile one compiling
+   its decode forward. The seconds each took are the benchmark's env
+   (`warmup_s` per backend, `hf_warmup_s` per transformers arm), and each run's
+   env carries its backend and that backend's warm-up, as workbench.api.run's;
+3. record the benchmark row, then for each repeat r: for each prompt: for each
+   arm on each backend (each backend's autoregressive baseline, its untraced
+   twin when measuring tracing overhead, the methods and sweep points), then the
+   transformers arms: decode and log the run. All arms of a prompt run back to
+   back, so a slow spell on a shared machine hits every arm and backend alike
+   instead of whichever ran then; the order rotates by one each repeat so no arm
+   always runs first. A run's clock never includes compiling: the engine opens
+   its sessions (which compile on a first use) before its clock starts.
 
 Multi-turn questions run turn by turn; turn k's prompt contains the baseline's
 own greedy answers to the earlier turns, which the baseline's first repeat
@@ -22,7 +31,7 @@ parameters: bench.arm, bench.category, bench.prompt ("question.turn"),
 bench.repeat, bench.trace. Everything the report shows is computed from those
 stored runs (workbench.bench.report), never from in-memory state.
 
-With a cluster (BenchConfig.cluster, `--cluster`), workbench.cluster.fanout
+With a cluster (BenchConfig.cluster, `--cluster`, one backend), workbench.cluster.fanout
 spreads the same work over Ray workers in *blocks*: one question (all its
 turns) for one repeat, every arm including the baseline interleaved as above
 (`decode_block`), after each worker's own warm-up, so every speedup stays a
@@ -37,12 +46,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from ..config import ConfigError, DecodeConfig, SamplingConfig
-from .arms import Arm, build_arms
-from .hf import HF_METHODS, hf_run, hf_settings
+from .arms import Arm, build_arms, on_backends
+from .hf import HF_METHODS, STATIC, hf_backend, hf_run, hf_settings, hf_warm_up, static_cache_len
 from .suites import PromptUnit, categories_of, filter_questions, load_suite, prompt_units, suite_path
 
 Progress = Callable[[str], None]
 GREEDY = SamplingConfig()
+# Room for the tokens of each earlier answer of a multi-turn prompt beyond max_new_tokens (its text is
+# re-encoded inside the chat template), when sizing caches before the answers exist.
+ANSWER_MARGIN = 16
 
 
 @dataclass
@@ -65,9 +77,18 @@ class BenchConfig:
     threads: int | None = None  # torch.set_num_threads for the benchmark (None: leave torch's setting)
     cluster: str | None = None  # a cluster address (workbench.cluster); None: $WORKBENCH_CLUSTER, else in process
     workers: int | None = None  # at most this many cluster workers (None: as many as the cluster has room for)
+    backends: list[str] = field(default_factory=lambda: ["eager"])  # every arm runs on each (workbench.backend)
 
     def check(self) -> None:
+        from ..backend import check_backend
+
         DecodeConfig(max_new_tokens=self.max_new_tokens)  # same range checks as a run
+        if not isinstance(self.backends, (list, tuple)) or not self.backends:
+            raise ConfigError(f"backends must be a non-empty list, e.g. ['eager', 'compiled'], got {self.backends!r}")
+        for b in self.backends:
+            check_backend(b)
+        if len(set(self.backends)) != len(self.backends):
+            raise ConfigError(f"a backend is given twice: {', '.join(self.backends)}")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
             raise ConfigError(f"--repeats must be a positive integer, got {self.repeats!r}")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
@@ -84,6 +105,15 @@ class HFArm:
 
     @property
     def method(self) -> str:
+        return self.label
+
+    @property
+    def backend(self) -> str:
+        """The backend this arm corresponds to (hf.HF_BACKEND); its speedup is against our baseline there."""
+        return hf_backend(self.label)
+
+    @property
+    def key(self) -> str:
         return self.label
 
 
@@ -130,9 +160,12 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
         raise ConfigError(f"method {', '.join(names)} needs a draft model: add --draft, e.g. smollm2-135m:bf16")
     address = cluster_address(cfg.cluster)
     if address is not None:
+        if len(cfg.backends) > 1:
+            raise ConfigError("--backends with more than one backend runs in process only: drop --cluster, or run "
+                              "one benchmark per backend")
         from ..cluster.fanout import run_benchmark_on_cluster
 
-        return run_benchmark_on_cluster(cfg, store, address, arms, questions, say)
+        return run_benchmark_on_cluster(cfg, store, address, on_backends(arms, cfg.backends), questions, say)
     if cfg.workers is not None:
         raise ConfigError("--workers needs --cluster (in process there is one worker: this process)")
 
@@ -145,35 +178,38 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
     drf = load_model(cfg.draft, device=cfg.device, progress=say) if cfg.draft else None
     if drf is not None:
         check_compatible(tgt, drf)
-    hf_arms = hf_arms_for(cfg, tgt, drf)
+    timed = on_backends(arms, cfg.backends)
+    hf_arms = hf_arms_for(cfg, tgt, drf, units)
 
     say(f"bench: measuring memory bandwidth ({cfg.bandwidth_mib} MiB copy)...")
     env = bench_env(tgt, drf, cfg)
-    config = bench_config(cfg, tgt.spec, drf.spec if drf else None, arms, hf_arms, questions, units)
+    env.update(_warm_up(timed, hf_arms, units[0], tgt, drf, cfg, generate, say, units=units))
+    config = bench_config(cfg, tgt.spec, drf.spec if drf else None, timed, hf_arms, questions, units)
     bench_id = store.start_benchmark(suite=cfg.suite, config=config, env=env)
+    jobs = list(timed) + hf_arms
     say(f"bench: benchmark {bench_id} | {len(units)} prompts ({len(questions)} questions) x "
-        f"{len(arms) + len(hf_arms)} arms x {cfg.repeats} repeats | target {tgt.spec}"
-        + (f" draft {drf.spec}" if drf else ""))
+        f"{len(arms)} arms x {len(cfg.backends)} backend{'s' * (len(cfg.backends) != 1)} "
+        f"({', '.join(cfg.backends)})" + (f" + {len(hf_arms)} transformers arms" if hf_arms else "")
+        + f" x {cfg.repeats} repeats | target {tgt.spec}" + (f" draft {drf.spec}" if drf else ""))
     try:
-        _warm_up(arms, hf_arms, units[0], tgt, drf, cfg, generate, say)
-        labels = [a.label for a in list(arms) + hf_arms]
-        eta = _Eta([lbl for _ in range(cfg.repeats) for lbl in labels for _ in units])
+        eta = _Eta([job.key for _ in range(cfg.repeats) for job in jobs for _ in units])
         total, n_done = len(eta.pending), 0
         encoded: dict[str, list[int]] = {}
         for r in range(cfg.repeats):
             for unit in units:
-                for arm in _arm_order(list(arms) + hf_arms, r):
+                for arm in _arm_order(jobs, r):
                     if unit.key not in encoded:
                         encoded[unit.key] = _encode(tgt, unit)
                     prompt_ids = encoded[unit.key]
+                    _compiled_for(arm, len(prompt_ids), tgt, drf, cfg, say)
                     t0 = time.perf_counter()
                     summary = _run_one(store, bench_id, arm, unit, r, prompt_ids, tgt, drf, cfg, env, generate)
-                    if arm.label == arms[0].label and r == 0 and len(unit.history) == unit.turn:
+                    if arm == jobs[0] and r == 0 and len(unit.history) == unit.turn:
                         unit.history.append(summary["text"])  # the baseline's answer feeds the next turn
                     n_done += 1
-                    left = eta.done(arm.label, time.perf_counter() - t0)
+                    left = eta.done(arm.key, time.perf_counter() - t0)
                     where = f"{unit.category}/{unit.key}"
-                    say(f"[{n_done}/{total}] r{r + 1}/{cfg.repeats} {arm.label:<28} {where:<22} "
+                    say(f"[{n_done}/{total}] r{r + 1}/{cfg.repeats} {_job_name(arm, cfg):<28} {where:<22} "
                         f"{summary['new_tokens']:>4} tok {summary['tokens_per_s']:6.1f} tok/s "
                         f"tau {summary['tau']:.2f} | ETA {_fmt_eta(left)}")
     except BaseException as exc:
@@ -183,11 +219,85 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
     return bench_id
 
 
-def hf_arms_for(cfg: BenchConfig, tgt, drf) -> list[HFArm]:
-    """The transformers arms of --compare-hf (assisted generation only with a draft model)."""
+def _job_name(arm, cfg: BenchConfig) -> str:
+    """An arm in progress lines: its label, with the backend when the benchmark runs several."""
+    return arm.label if isinstance(arm, HFArm) or len(cfg.backends) == 1 else f"{arm.label} @{arm.backend}"
+
+
+def hf_arms_for(cfg: BenchConfig, tgt, drf, units: list[PromptUnit] | None = None) -> list[HFArm]:
+    """The transformers arms of --compare-hf (assisted generation only with a draft model).
+
+    The static+compile arm's cache holds the longest prompt (`units`; None: the suite's) + max_new_tokens.
+    """
     if not cfg.compare_hf:
         return []
-    return [HFArm(m, hf_settings(m, tgt, drf)) for m in HF_METHODS if m != "hf.assisted" or drf is not None]
+    out = []
+    for m in HF_METHODS:
+        if m == "hf.assisted" and drf is None:
+            continue
+        size = None
+        if m == STATIC:
+            longest = max((hi for _, hi in _prompt_bounds(cfg, tgt, units)), default=0)
+            size = static_cache_len(longest + cfg.max_new_tokens, tgt.max_positions)
+        out.append(HFArm(m, hf_settings(m, tgt, drf, max_cache_len=size)))
+    return out
+
+
+def _prompt_bounds(cfg: BenchConfig, tgt, units: list[PromptUnit] | None = None) -> list[tuple[int, int]]:
+    """(fewest, most) tokens of each prompt; a later turn holds the baseline's answers, not known beforehand.
+
+    units None: the suite's, when this process can read it (a cluster worker may not: then none).
+    """
+    if units is None:
+        try:
+            units = prompt_units(filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit))
+        except ConfigError:
+            return []
+    out = []
+    for u in units:
+        fewest = len(_encode(tgt, PromptUnit(u.question, u.turn, [""] * u.turn)))
+        out.append((fewest, fewest + u.turn * (cfg.max_new_tokens + ANSWER_MARGIN)))
+    return out
+
+
+def _cache_sizes(bounds: list[tuple[int, int]], max_new_tokens: int) -> list[int]:
+    """Every static cache size (workbench.backend.compiled's buckets) a run on these prompts may open."""
+    from ..backend.compiled import cache_len_bucket
+    from ..engine import DRAFT_ROOM
+
+    sizes: set[int] = set()
+    for fewest, most in bounds:
+        n, top = fewest + max_new_tokens + DRAFT_ROOM, most + max_new_tokens + DRAFT_ROOM
+        while True:
+            bucket = cache_len_bucket(n, None)
+            sizes.add(bucket)
+            if bucket >= top:
+                break
+            n = bucket + 1
+    return sorted(sizes)
+
+
+def _prepare_models(backend: str, arms: list, tgt, drf, max_lens: list[int], say: Progress) -> float:
+    """Compile (or load) `backend` for the target (and the draft, if an arm uses it) at every size; seconds."""
+    from ..backend import prepare
+
+    models = [tgt] + ([drf] if drf is not None and any(a.needs_draft for a in arms) else [])
+    seconds = 0.0
+    for lm in models:
+        for n in max_lens:
+            seconds += prepare(backend, lm, min(n, lm.max_positions or n), progress=say)
+    return seconds
+
+
+def _compiled_for(arm, n_prompt: int, tgt, drf, cfg: BenchConfig, say: Progress) -> None:
+    """Before a run (and its clock): compile for its cache size if the warm-up's estimate missed it."""
+    if isinstance(arm, HFArm) or arm.backend == "eager":
+        return
+    from ..engine import DRAFT_ROOM
+
+    seconds = _prepare_models(arm.backend, [arm], tgt, drf, [n_prompt + cfg.max_new_tokens + DRAFT_ROOM], say)
+    if seconds:
+        say(f"bench: compiled {arm.backend} for a {n_prompt}-token prompt in {seconds:.0f} s (before the run's clock)")
 
 
 def bench_env(tgt, drf, cfg: BenchConfig) -> dict[str, Any]:
@@ -207,8 +317,8 @@ def bench_env(tgt, drf, cfg: BenchConfig) -> dict[str, Any]:
 
 def bench_config(cfg: BenchConfig, target: str, draft: str | None, arms: list[Arm], hf_arms: list[HFArm],
                  questions: list, units: list[PromptUnit]) -> dict[str, Any]:
-    """The benchmark row's config: what was asked, the arms and the prompts."""
-    return {
+    """The benchmark row's config: what was asked, the arms (one per backend) and the prompts."""
+    return {"backends": list(cfg.backends),
         "suite": cfg.suite, "suite_file": str(suite_path(cfg.suite)), "methods": list(cfg.methods),
         "target": target, "draft": draft, "max_new_tokens": cfg.max_new_tokens,
         "repeats": cfg.repeats, "limit": cfg.limit, "categories": categories_of(questions),
@@ -242,25 +352,56 @@ def _encode(tgt, unit: PromptUnit) -> list[int]:
     return ids
 
 
-def _warm_up(arms: list[Arm], hf_arms: list[HFArm], unit: PromptUnit, tgt, drf, cfg: BenchConfig, generate,
-             say: Progress) -> None:
-    """One short, unlogged generation per arm, so first-call costs (allocations, lazy init) are not timed."""
+def _warm_up(arms: list, hf_arms: list[HFArm], unit: PromptUnit, tgt, drf, cfg: BenchConfig, generate,
+             say: Progress, units: list[PromptUnit] | None = None) -> dict[str, Any]:
+    """Everything done before timing, backend by backend -> env entries {"warmup_s": {backend: s}, "hf_warmup_s"}.
+
+    Per backend: compile the models for every cache size the prompts need (`units`; None: the
+    suite's), then one short unlogged generation per arm, so first-call costs (compiling,
+    allocations, lazy init) are never timed. Then one unlogged generation per transformers arm.
+    """
     prompt_ids = _encode(tgt, PromptUnit(unit.question, 0))
     n = min(cfg.warmup_tokens, cfg.max_new_tokens)
-    t0 = time.perf_counter()
-    for arm in arms:
-        generate(tgt, arm.method, prompt_ids, draft=drf, params=arm.params, sampling=GREEDY,
-                 decode=DecodeConfig(max_new_tokens=n, trace=arm.trace))
+    sizes = None
+    warmup: dict[str, float] = {}
+    for backend in dict.fromkeys(a.backend for a in arms):
+        mine = [a for a in arms if a.backend == backend]
+        t0 = time.perf_counter()
+        if backend != "eager":
+            if sizes is None:
+                sizes = _cache_sizes(_prompt_bounds(cfg, tgt, units), cfg.max_new_tokens)
+            say(f"bench: preparing the {backend} backend (cache sizes {', '.join(map(str, sizes)) or '-'})...")
+            _prepare_models(backend, mine, tgt, drf, sizes, say)
+        for arm in mine:
+            generate(tgt, arm.method, prompt_ids, draft=drf, params=arm.params, sampling=GREEDY,
+                     decode=DecodeConfig(max_new_tokens=n, trace=arm.trace), backend=backend)
+        warmup[backend] = round(time.perf_counter() - t0, 3)
+        say(f"bench: warm-up on {backend} ({len(mine)} arms x {n} tokens"
+            + (", compiling first" if backend != "eager" else "") + f") took {warmup[backend]:.1f}s")
+    hf_warmup: dict[str, float] = {}
     for arm in hf_arms:
-        hf_run(arm.method, tgt, prompt_ids, n, draft=drf)
-    say(f"bench: warm-up ({len(arms) + len(hf_arms)} arms x {n} tokens) took {time.perf_counter() - t0:.1f}s")
+        if arm.method == STATIC:
+            say(f"bench: compiling {arm.label} (transformers' own torch.compile, static cache of "
+                f"{arm.params.get('max_cache_len')} positions)...")
+        hf_warmup[arm.label] = round(hf_warm_up(arm.method, tgt, prompt_ids, n, draft=drf,
+                                                max_cache_len=arm.params.get("max_cache_len")), 3)
+        say(f"bench: warm-up of {arm.label} took {hf_warmup[arm.label]:.1f}s")
+    return {"backends": list(warmup), "warmup_s": warmup, "hf_warmup_s": hf_warmup}
 
 
 def _run_params(arm, unit: PromptUnit, repeat: int, cfg: BenchConfig, trace: bool) -> dict[str, Any]:
     return {**arm.params, "max_new_tokens": cfg.max_new_tokens, "chat": True, "bench.arm": arm.label,
             "bench.category": unit.category, "bench.subcategory": unit.question.subcategory or unit.category,
             "bench.prompt": unit.key, "bench.question_id": unit.question.key, "bench.turn": unit.turn + 1,
-            "bench.repeat": repeat, "bench.trace": trace}
+            "bench.repeat": repeat, "bench.trace": trace, "bench.backend": arm.backend}
+
+
+def _run_env(env: dict[str, Any], arm) -> dict[str, Any]:
+    """A run's env: the benchmark's, with the run's backend and its warm-up (as workbench.api.run records them)."""
+    out = {k: v for k, v in env.items() if k not in ("backends", "warmup_s", "hf_warmup_s")}
+    warm = (env.get("hf_warmup_s") if isinstance(arm, HFArm) else env.get("warmup_s")) or {}
+    out.update(backend=arm.backend, warmup_s=warm.get(arm.key if isinstance(arm, HFArm) else arm.backend))
+    return out
 
 
 def _start_run(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], target: str,
@@ -272,18 +413,21 @@ def _start_run(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_
         method=arm.method, target=target, draft=draft if uses_draft else None,
         prompt="\n".join(f"{m['role']}: {m['content']}" for m in messages), prompt_json=messages,
         params=_run_params(arm, unit, repeat, cfg, True if is_hf else arm.trace),
-        sampling=GREEDY.to_dict(), env=env, benchmark_id=bench_id, source="bench-hf" if is_hf else "bench",
+        sampling=GREEDY.to_dict(), env=_run_env(env, arm), benchmark_id=bench_id,
+        source="bench-hf" if is_hf else "bench",
         prompt_ids=prompt_ids)
 
 
 def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, trace):
     """Decode one arm on one prompt -> (trace, text); `trace` is filled in place for our own arms."""
     if isinstance(arm, HFArm):
-        output, trace = hf_run(arm.method, tgt, prompt_ids, cfg.max_new_tokens, draft=drf)
+        output, trace = hf_run(arm.method, tgt, prompt_ids, cfg.max_new_tokens, draft=drf,
+                               max_cache_len=arm.params.get("max_cache_len"))
         return trace, tgt.decode(output)
     result = generate(tgt, arm.method, prompt_ids, draft=drf if arm.needs_draft else None,
                       params=arm.params, sampling=GREEDY,
-                      decode=DecodeConfig(max_new_tokens=cfg.max_new_tokens, trace=arm.trace), trace=trace)
+                      decode=DecodeConfig(max_new_tokens=cfg.max_new_tokens, trace=arm.trace), trace=trace,
+                      backend=arm.backend)
     return result.trace, result.text
 
 
@@ -332,7 +476,7 @@ def decode_block(question, repeat: int, history: list[str] | None, arms: list, t
         for arm in _arm_order(list(arms), repeat):
             trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
             trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
-            if arm.label == arms[0].label and len(answers) == turn:
+            if arm == arms[0] and len(answers) == turn:
                 answers.append(text)  # the baseline's answer feeds the next turn
             records.append({"arm": arm.label, "turn": turn, "repeat": repeat, "prompt_ids": list(prompt_ids),
                             "trace": trace.to_dict(), "text": text})
