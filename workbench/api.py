@@ -125,7 +125,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     the run's clock starts and is recorded as env["warmup_s"].
     """
     from .backend import check_backend
-    from .models import EMBEDDED_DEFAULT, check_compatible, load_model
+    from .models import EMBEDDED_DEFAULT, load_model
 
     # ---- validate cheap things first: nothing is loaded or recorded on bad input
     _check_prompt(prompt)
@@ -158,8 +158,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     # ---- models
     tgt = load_model(target, device=device, progress=progress)
     drf = load_model(draft, device=device, progress=progress) if draft else None
-    if drf is not None:
-        check_compatible(tgt, drf)
+    if drf is not None and not getattr(cls, "any_draft_tokenizer", False):  # cross_vocab re-tokenises
+        check_shared_vocabulary(tgt, drf)
     prompt_ids = tgt.encode_prompt(prompt, chat=chat)
     if not prompt_ids:
         raise ConfigError("the prompt encodes to no tokens")
@@ -213,6 +213,20 @@ def warm_up(backend: str, models: list, n_prompt: int, max_new_tokens: int,
     max_len = n_prompt + max_new_tokens + DRAFT_ROOM
     seconds = sum(prepare(backend, lm, max_len, progress=progress) for lm in models if lm is not None)
     return {"backend": backend, "warmup_s": round(seconds, 3)}
+
+
+def check_shared_vocabulary(target: Any, draft: Any) -> None:
+    """check_compatible, its error naming the methods that accept a draft with another vocabulary."""
+    from .methods import list_methods
+    from .models import IncompatibleModelsError, check_compatible
+
+    try:
+        check_compatible(target, draft)
+    except IncompatibleModelsError as exc:
+        names = [m.name for m in list_methods() if getattr(m, "any_draft_tokenizer", False)]
+        if not names:
+            raise
+        raise IncompatibleModelsError(f"{exc}; only {', '.join(names)} drafts across tokenizers") from None
 
 
 class StepWriter:
