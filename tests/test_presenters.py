@@ -243,3 +243,26 @@ def test_runs_and_compare_frames():
     assert list(cmp.columns) == ["", "aaaaaaaa", "bbbbbbbb"]
     row = cmp[cmp[""] == "speedup vs first"].iloc[0]
     assert row["aaaaaaaa"] == "1.00×" and row["bbbbbbbb"] == "0.50×"
+
+
+def test_metric_cards_show_the_backend_and_its_warm_up_apart():
+    tr = _trace()
+    assert 'data-metric="backend"' not in P.metric_cards_html(tr)  # notebooks: six cards as before
+    eager = P.metric_cards_html(tr, backend="eager", warmup_s=0.0)
+    assert 'data-metric="backend"' in eager and "not counted" not in eager
+    compiled = P.metric_cards_html(tr, backend="compiled", warmup_s=95.4)
+    assert "compiled in 95 s (not counted)" in compiled
+    assert f"{tr.summary().tokens_per_s:.1f}" in compiled  # tokens/s leaves the warm-up out
+    assert "already compiled" in P.metric_cards_html(tr, backend="compiled", warmup_s=0.0)
+
+
+def test_compare_and_runs_frames_show_the_backend():
+    recs = [{"id": "a" * 32, "method": "speculative", "target": "t", "status": "finished",
+             "metrics": {"tokens_per_s": 20.0}, "env": {"backend": "compiled", "warmup_s": 61.7}},
+            {"id": "b" * 32, "method": "autoregressive", "target": "t", "status": "finished",
+             "metrics": {"tokens_per_s": 10.0}, "env": {}}]  # stored before backends existed: eager
+    assert list(P.runs_frame(recs)["backend"]) == ["compiled", "eager"]
+    cmp = P.compare_frame(recs)
+    row = cmp[cmp[""] == "backend"].iloc[0]
+    assert row["aaaaaaaa"] == "compiled · 62 s warm-up" and row["bbbbbbbb"] == "eager"
+

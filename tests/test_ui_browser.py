@@ -66,6 +66,7 @@ def test_run_look_compare(app_url, tmp_path):
             _pick(page, "pg-method", "Speculative decoding (draft model)")
             expect(page.locator("#pg-method-info")).to_contain_text("lossless")
             expect(page.locator("#pg-draft input")).to_have_value("tiny-random:bf16")
+            expect(page.locator("#pg-backend input")).to_have_value("eager")  # the Backend choice, eager by default
 
             # an error first: the page says so and keeps working
             page.fill("#pg-prompt textarea", "")
@@ -79,7 +80,8 @@ def test_run_look_compare(app_url, tmp_path):
             assert page.locator("#pg-output .wb-tok-draft").count() > 0
             title = page.locator("#pg-output .wb-tok-draft").first.get_attribute("title")
             assert title.startswith("step ") and "q=" in title and "p=" in title
-            expect(page.locator("#pg-cards .wb-card")).to_have_count(6)
+            expect(page.locator("#pg-cards .wb-card")).to_have_count(7)
+            expect(page.locator('#pg-cards [data-metric="backend"] .wb-card-value')).to_have_text("eager")
             expect(page.locator("#pg-run-id")).to_contain_text("Run id")
             page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
 

@@ -255,7 +255,7 @@ def test_build_app():
     assert {"pg-run", "pg-output", "pg-cards", "tree-plot", "lat-bars", "hist-table", "hist-diff"} <= ids
 
 
-def test_backend_choice_is_per_session_and_reaches_the_run(ctx, monkeypatch):
+def test_run_on_choice_is_per_session_and_reaches_the_run(ctx, monkeypatch):
     """'in process' keeps a session's runs (and baselines) here even when the app serves a cluster."""
     import workbench.api as api
 
@@ -267,9 +267,106 @@ def test_backend_choice_is_per_session_and_reaches_the_run(ctx, monkeypatch):
         return real(*args, cluster="none", **kwargs)  # the test has no cluster: decode here either way
 
     monkeypatch.setattr(api, "run", spy)
-    mine = playground.set_backend(new_session_state(), "in process")
+    mine = playground.set_run_on(new_session_state(), "in process")
     other = new_session_state()
     state = _run(ctx, mine, method="autoregressive", draft="none")[-1][-1]
     _run(ctx, other, method="autoregressive", draft="none")
     list(playground.run_baseline(ctx, state))
     assert seen == ["none", None, "none"]  # session 1 in process (run and baseline), session 2 follows the app
+
+
+# ---------------------------------------------------------------- backends (eager / compiled)
+
+
+def _spy_backends(monkeypatch):
+    """api.run records the backend each call asked for, then decodes eagerly (tests never compile)."""
+    import workbench.api as api
+
+    seen = []
+    real = api.run
+
+    def spy(*args, backend=None, **kwargs):
+        seen.append(backend)
+        return real(*args, backend="eager", **kwargs)
+
+    monkeypatch.setattr(api, "run", spy)
+    return seen
+
+
+def test_backend_choice_reaches_the_run_and_its_baseline(ctx, monkeypatch):
+    seen = _spy_backends(monkeypatch)
+    inputs = ("tiny-random", "none", "autoregressive", "Hello there", False, 6, 0.0, 1.0, 0, 0, *SLOTS)
+    # the page sends the Backend dropdown as the keyword `backend` (/run's `backend`); each session its own
+    state = list(playground.run_stream(ctx, new_session_state(), *inputs[:2], "prompt_lookup", *inputs[3:],
+                                       backend="compiled"))[-1][-1]
+    assert state["last_settings"]["backend"] == "compiled"
+    other = list(playground.run_stream(ctx, new_session_state(), *inputs))[-1]  # no choice: the app's default
+    assert other[0].startswith("**Done:**") and other[-1]["last_settings"]["backend"] == "eager"
+    status, *_ = list(playground.run_baseline(ctx, state))[-1]  # the baseline runs on its run's backend
+    assert status.startswith("**Done:**") and "(compiled)" in status, status
+    assert seen == ["compiled", "eager", "compiled"]
+    # `workbench ui --backend compiled`: the default of every session that does not choose
+    ctx.default_backend = "compiled"
+    list(playground.run_stream(ctx, new_session_state(), *inputs))
+    assert seen[-1] == "compiled"
+
+
+def test_unknown_backend_is_a_message(ctx):
+    status, *_ = list(playground.run_stream(ctx, new_session_state(), "tiny-random", "none", "autoregressive",
+                                            "Hello", False, 4, 0.0, 1.0, 0, 0, *SLOTS, backend="turbo"))[-1]
+    assert status.startswith("**Error:**") and "unknown backend 'turbo'" in status
+    assert ctx.store.list_runs() == []
+
+
+def test_compiling_shows_in_the_status_and_the_cards(ctx, monkeypatch):
+    """What api.run says while compiling reaches the status line, ticking; the warm-up is shown apart."""
+    import workbench.api as api
+
+    def fake_warm_up(backend, models, n_prompt, max_new_tokens, progress=None):
+        progress("compiling tiny-random for the compiled backend (about 40 s, as last time)...")
+        time.sleep(2.5)
+        progress("compiled tiny-random in 95 s")
+        return {"backend": "compiled", "warmup_s": 95.2}
+
+    monkeypatch.setattr(api, "warm_up", fake_warm_up)  # the run itself decodes eagerly
+    outs = _run(ctx, new_session_state(), method="autoregressive", draft="none")
+    statuses = [o[0] for o in outs]
+    compiling = [s for s in statuses if "compiling tiny-random" in s]
+    assert compiling and compiling[0].startswith("**Working:**") and "about 40 s" in compiling[0]
+    assert any(s.endswith("s so far") for s in compiling), compiling  # the line ticks while it lasts
+    status, output, cards, *_ = outs[-1]
+    assert "Compiled in 95 s before the run (not counted)" in status, status
+    assert 'data-metric="backend"' in cards and "compiled in 95 s (not counted)" in cards
+
+
+def test_cards_name_the_backend(ctx):
+    status, output, cards, *_ = _run(ctx, new_session_state())[-1]
+    assert 'data-metric="backend"' in cards and "eager" in cards and "not counted" not in cards
+
+
+def test_app_backend_default_and_bad_backend():
+    import gradio as gr
+
+    from ui.app import build_app, launch
+    from workbench.config import ConfigError
+
+    demo = build_app(db=":memory:", default_target="tiny-random", default_backend="compiled")
+    drop = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pg-backend")
+    assert isinstance(drop, gr.Dropdown) and drop.value == "compiled"
+    assert [c[1] for c in drop.choices] == ["eager", "compiled"]
+    demo = build_app(db=":memory:", default_target="tiny-random")
+    assert next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pg-backend").value == "eager"
+    with pytest.raises(ConfigError, match="unknown backend"):
+        launch(port=1, default_target="tiny-random", backend="turbo", prevent_thread_lock=True)
+
+
+def test_compare_shows_each_runs_backend(ctx):
+    a = _run(ctx, new_session_state(), method="autoregressive", draft="none")[-1][-1]["last_run"]
+    b = _run(ctx, new_session_state(), method="prompt_lookup", draft="none")[-1][-1]["last_run"]
+    msg, frame, fig, diff = history.compare_runs(ctx, [a, b])
+    df = frame["value"]
+    row = df[df[""] == "backend"].iloc[0]
+    assert row[a[:8]] == "eager" and row[b[:8]] == "eager"
+    table, *_ = history.history_table(ctx, "", [], [])
+    assert list(table["backend"]) == ["eager", "eager"]
+

@@ -1,8 +1,9 @@
 """The Gradio app: four tabs over one run store.
 
-`build_app(db, default_target)` lays out the Blocks (Playground, Draft tree,
-Latency, History & compare); `launch(...)` serves it (127.0.0.1 by default),
-what `workbench ui` calls. Models are loaded once per process by
+`build_app(db, default_target, default_backend=...)` lays out the Blocks
+(Playground, Draft tree, Latency, History & compare); `launch(...)` serves it
+(127.0.0.1 by default), what `workbench ui` calls; its `backend` is the
+Playground's initial Backend choice (eager or compiled), which each session can change. Models are loaded once per process by
 workbench.models and shared read-only; the decoding events share one queue slot
 (concurrency_id "decode", limit 1) so runs from several tabs or users wait their
 turn instead of competing for the CPU. Everything per user lives in `gr.State`.
@@ -39,10 +40,15 @@ CSS = """
 
 
 def build_app(db: str | None = None, default_target: str | None = None,
-              policy: ExposurePolicy | None = None) -> gr.Blocks:
-    """The app's Blocks over the run store at `db` (None: $WORKBENCH_DB or the user data dir)."""
+              policy: ExposurePolicy | None = None, default_backend: str | None = None) -> gr.Blocks:
+    """The app's Blocks over the run store at `db` (None: $WORKBENCH_DB or the user data dir).
+
+    default_backend: the Backend dropdown's initial value (None: eager); raises ConfigError when unknown.
+    """
+    from workbench.backend import check_backend
+
     ctx = AppContext(store=RunStore(db), default_target=(default_target or EMBEDDED_DEFAULT).strip(),
-                     policy=policy or ExposurePolicy())
+                     policy=policy or ExposurePolicy(), default_backend=check_backend(default_backend))
     where = ("Shared server: a fixed set of models, deleting runs turned off." if ctx.policy.exposed
              else f"Store: `{ctx.store.path or 'memory'}`")
     if on_cluster():
@@ -70,12 +76,17 @@ def build_app(db: str | None = None, default_target: str | None = None,
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: str | None = None,
            default_target: str | None = None, *, auth_file: str | None = None, insecure: bool = False,
-           allow_models: Iterable[str] = (), cluster: str | None = None, **launch_kwargs: Any) -> gr.Blocks:
+           allow_models: Iterable[str] = (), cluster: str | None = None, backend: str | None = None,
+           **launch_kwargs: Any) -> gr.Blocks:
     """Serve the app; returns the Blocks (call .close() to stop it when launched with prevent_thread_lock=True).
 
+    backend: the Playground's initial Backend choice, "eager" (None: the default) or "compiled".
     Raises ConfigError before serving when an exposed app would have no login
-    (see ui.exposure). Extra keyword arguments go to gr.Blocks.launch.
+    (see ui.exposure) or the backend is unknown. Extra keyword arguments go to gr.Blocks.launch.
     """
+    from workbench.backend import check_backend
+
+    backend = check_backend(backend)
     plan = plan_launch(host, share, auth_file=auth_file, insecure=insecure, allow_models=allow_models,
                        default_target=default_target)
     if cluster is not None:  # the Playground decodes on cluster workers; an unreachable cluster fails here, in one line
@@ -85,7 +96,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: s
         if address is not None:
             connect(address)
         os.environ["WORKBENCH_CLUSTER"] = address or "none"  # what workbench.api.run uses when given no cluster
-    demo = build_app(db=db, default_target=default_target, policy=plan.policy)
+    demo = build_app(db=db, default_target=default_target, policy=plan.policy, default_backend=backend)
     demo.queue(default_concurrency_limit=4)
     launch_kwargs.setdefault("css", CSS)
     demo.launch(server_name=plan.host, server_port=port, share=plan.share, show_error=plan.show_error,

@@ -1,7 +1,7 @@
 """What the tabs share: the app context, per-session state, run pickers, error messages.
 
 `AppContext` holds what is the same for every user of one app (the run store,
-the default target, the exposure policy); handlers receive it bound with
+the default target and backend, the exposure policy); handlers receive it bound with
 functools.partial. Anything that belongs to one user lives in the session state
 dict (a `gr.State`): the ids of the runs this session made and the settings of
 its latest run. `check_run_request` is the server-side check of what a page
@@ -43,6 +43,8 @@ class AppContext:
     device_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Exposed servers: the model allow-list, no deleting (ui.exposure); the default allows everything.
     policy: ExposurePolicy = field(default_factory=ExposurePolicy)
+    # The Backend dropdown's initial value (`workbench ui --backend`); each session picks its own.
+    default_backend: str = "eager"
 
 
 # The longest generation one click may ask for: keeps the shared decode slot from being held for minutes.
@@ -108,6 +110,14 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, (ConfigError, ModelError, StoreError)):
         return msg or type(exc).__name__
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+TICK_EVERY_S = 1.0  # how often the status line of long work (compiling, loading) shows the seconds so far
+
+
+def ongoing(message: str) -> bool:
+    """A progress message about work still going on ("compiling ...", "loading ..."), not one saying it ended."""
+    return message.rstrip().endswith(("...", "…"))
 
 
 def status(kind: str, text: str) -> str:

@@ -20,7 +20,19 @@ def _short(text: str | None, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-RUN_COLUMNS = ["id", "date", "method", "status", "tok/s", "τ", "α", "tokens", "target", "draft", "prompt"]
+RUN_COLUMNS = ["id", "date", "method", "status", "tok/s", "τ", "α", "tokens", "backend", "target", "draft",
+               "prompt"]
+
+
+def run_backend(rec: Any) -> str:
+    """The backend a run decoded on, from its env (runs stored before backends existed ran eagerly)."""
+    return (_get(rec, "env", None) or {}).get("backend") or "eager"
+
+
+def backend_text(rec: Any) -> str:
+    """'compiled · 95 s warm-up' (warm-up: compiling before the run, not in its timings), or 'eager'."""
+    w = (_get(rec, "env", None) or {}).get("warmup_s")
+    return run_backend(rec) + (f" · {w:.0f} s warm-up" if isinstance(w, (int, float)) and w >= 1 else "")
 
 
 def runs_frame(records: Sequence[Any]) -> pd.DataFrame:
@@ -42,6 +54,7 @@ def runs_frame(records: Sequence[Any]) -> pd.DataFrame:
             "τ": _round(m.get("mean_accepted_tokens"), 2),
             "α": _round(m.get("acceptance_rate"), 2),
             "tokens": None if m.get("new_tokens") is None else int(m["new_tokens"]),
+            "backend": run_backend(r),
         })
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -59,8 +72,8 @@ COMPARE_METRICS = [
 
 
 def compare_frame(records: Sequence[Any], baseline_tokens_per_s: float | None = None) -> pd.DataFrame:
-    """Runs side by side: one column per run, one row per metric (plus method/models/status)."""
-    data: dict[str, list[Any]] = {"": ["method", "target", "draft", "status"]
+    """Runs side by side: one column per run, one row per metric (plus method/models/backend/status)."""
+    data: dict[str, list[Any]] = {"": ["method", "target", "draft", "backend", "status"]
                                   + [label for _, label, _ in COMPARE_METRICS] + ["speedup vs first"]}
     first_tps = None
     for r in records:
@@ -68,7 +81,8 @@ def compare_frame(records: Sequence[Any], baseline_tokens_per_s: float | None = 
         tps = m.get("tokens_per_s")
         if first_tps is None:
             first_tps = tps
-        col = [_get(r, "method", ""), _get(r, "target", ""), _get(r, "draft") or "—", _get(r, "status", "")]
+        col = [_get(r, "method", ""), _get(r, "target", ""), _get(r, "draft") or "—", backend_text(r),
+               _get(r, "status", "")]
         for key, _, nd in COMPARE_METRICS:
             v = m.get(key)
             col.append("—" if _nan(v) else (f"{v:.{nd}f}" if nd else f"{v:.0f}"))

@@ -84,9 +84,25 @@ def speedup(tokens_per_s: float, baseline_tokens_per_s: float | None) -> float:
     return tokens_per_s / baseline_tokens_per_s
 
 
+def backend_hint(backend: str, warmup_s: float | None) -> str:
+    """What a run's backend cost before it started: compiling is timed apart from the run."""
+    if warmup_s is not None and not _nan(warmup_s) and warmup_s > 0:
+        return f"compiled in {warmup_s:.0f} s (not counted)" if warmup_s >= 1 else \
+            f"compiled in {warmup_s:.1f} s (not counted)"
+    if backend == "compiled":
+        return "already compiled" if warmup_s is not None else ""  # None: still streaming, not known yet
+    return "stock transformers forwards" if backend == "eager" else ""
+
+
+def _value_px(value: str) -> int:
+    """A card value's font size: long values ("compiled", "1234 ms") smaller, so seven cards fit a row."""
+    return 22 if len(value) <= 5 else 18 if len(value) <= 7 else 16
+
+
 def metric_cards_html(trace: Trace, baseline_tokens_per_s: float | None = None, *,
-                      baseline_note: str = "") -> str:
-    """Cards: tokens/s, τ, acceptance rate, target forwards, TTFT and speedup vs plain decoding."""
+                      baseline_note: str = "", backend: str | None = None, warmup_s: float | None = None) -> str:
+    """Cards: tokens/s, τ, acceptance rate, target forwards, TTFT, speedup vs plain decoding and,
+    when `backend` is given, the backend with its warm-up (env["warmup_s"], never in tokens/s)."""
     s = live_summary(trace)
     sp = speedup(s.tokens_per_s, baseline_tokens_per_s)
     if trace.method == "autoregressive":
@@ -109,11 +125,14 @@ def metric_cards_html(trace: Trace, baseline_tokens_per_s: float | None = None, 
         ("ttft", "TTFT", "—" if _nan(s.ttft_s) else f"{1000 * s.ttft_s:.0f} ms", "time to first token"),
         ("speedup", "speedup", sp_text, sp_hint),
     ]
+    if backend:
+        cards.append(("backend", "backend", backend, backend_hint(backend, warmup_s)))
     body = "".join(
         f'<div class="wb-card" data-metric="{key}" style="flex:1 1 96px;min-width:96px;border:1px solid #0001;'
         f'border-radius:8px;padding:8px 12px;background:#fafafa;color:#222">'
         f'<div style="font-size:12px;color:#666">{html.escape(label)}</div>'
-        f'<div class="wb-card-value" style="font-size:22px;font-weight:600">{html.escape(value)}</div>'
+        f'<div class="wb-card-value" style="font-size:{_value_px(value)}px;font-weight:600;line-height:26px;'
+        f'white-space:nowrap">{html.escape(value)}</div>'
         f'<div style="font-size:11px;color:#888">{html.escape(hint)}</div></div>'
         for key, label, value, hint in cards)
     return f'<div class="wb-cards" style="display:flex;flex-wrap:wrap;gap:8px">{body}</div>'

@@ -4,8 +4,13 @@ The method's parameter form is drawn from its declared schema into a fixed pool
 of slots (each slot has a Number, a Dropdown, a Checkbox and a Textbox; the one
 that fits the parameter's type is shown and relabelled). `run_stream` runs
 `workbench.api.run` in a worker thread and yields the page as steps arrive; a
-plain-decoding baseline of the same prompt and settings is reused from the
-store when there is one, or made with one click ("Run baseline").
+plain-decoding baseline of the same prompt, settings and backend is reused from
+the store when there is one, or made with one click ("Run baseline").
+
+The Backend dropdown (eager / compiled, workbench.backend) is an input of each
+run; compiling happens before a run's clock starts, is shown in the status line
+while it lasts (with the estimate workbench.backend gives) and on the metric cards
+afterwards, never counted in tokens/s.
 """
 from __future__ import annotations
 
@@ -18,13 +23,14 @@ from typing import Any, Iterator
 
 import gradio as gr
 
+from workbench.backend import BACKENDS
 from workbench.config import ConfigError
 from workbench.methods import get_method, list_methods
 from workbench.trace import Trace
 
 from .. import presenters as P
-from ..common import (AppContext, check_run_request, default_draft, model_choices, model_decoder,
-                      norm_draft, status, texts_for, token_pieces, user_message)
+from ..common import (TICK_EVERY_S, AppContext, check_run_request, default_draft, model_choices, model_decoder,
+                      norm_draft, ongoing, status, texts_for, token_pieces, user_message)
 
 MIN_SLOTS = 6
 
@@ -147,16 +153,34 @@ def _sampling(temperature, top_p, top_k, seed):
 
 
 def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, bool]:
-    """Metric cards with the speedup from a stored baseline; and whether a baseline is still missing."""
-    if run_id is None or trace.method == "autoregressive":
+    """Metric cards with the backend, its warm-up and the speedup from a stored baseline (of the same
+    backend); and whether a baseline is still missing."""
+    if run_id is None:
         return P.metric_cards_html(trace), False
     rec = ctx.store.get_run(run_id)
+    env = rec.env or {}
+    run_env = dict(backend=env.get("backend") or "eager", warmup_s=env.get("warmup_s"))
+    if trace.method == "autoregressive":
+        return P.metric_cards_html(trace, **run_env), False
     base = ctx.store.baseline_for(rec)
     if base is None:
-        return P.metric_cards_html(trace, baseline_note="no baseline yet: click “Run baseline”"), True
+        return P.metric_cards_html(trace, baseline_note=f"no {run_env['backend']} baseline yet: click “Run baseline”",
+                                   **run_env), True
     tps = base.metrics.get("tokens_per_s")
-    return P.metric_cards_html(trace, tps, baseline_note=f"vs {tps:.1f} tok/s plain decoding (run {base.id[:8]})"), \
-        False
+    return P.metric_cards_html(trace, tps, baseline_note=f"vs {tps:.1f} tok/s plain decoding (run {base.id[:8]})",
+                               **run_env), False
+
+
+def warmup_note(ctx: AppContext, run_id: str | None) -> str:
+    """' Compiled in 95 s before the run (not counted).' for a run that compiled first, else ''."""
+    if not run_id:
+        return ""
+    try:
+        env = ctx.store.get_run(run_id).env or {}
+    except Exception:  # noqa: BLE001 - a nicety for the status line
+        return ""
+    w = env.get("warmup_s") or 0
+    return f" Compiled in {w:.0f} s before the run (not counted)." if w > 0 else ""
 
 
 def _decode_thread(device_lock: threading.Lock, kwargs: dict[str, Any], events: "queue.Queue",
@@ -189,34 +213,38 @@ def _decode_thread(device_lock: threading.Lock, kwargs: dict[str, Any], events: 
     return t
 
 
-BACKENDS = ("in process", "cluster workers")
+RUN_ON = ("in process", "cluster workers")
 
 
-def cluster_for(backend: str | None) -> str | None:
-    """workbench.api.run's `cluster` for a backend choice: "none" keeps the run in this process,
+def cluster_for(run_on: str | None) -> str | None:
+    """workbench.api.run's `cluster` for a Run on choice: "none" keeps the run in this process,
     None follows $WORKBENCH_CLUSTER (set by `workbench ui --cluster`)."""
-    return "none" if backend == BACKENDS[0] else None
+    return "none" if run_on == RUN_ON[0] else None
 
 
-def set_backend(state: dict, backend: str) -> dict:
-    """The Backend radio: this session's runs (and their baselines) go in process or to cluster workers."""
-    return {**(state or {}), "backend": backend}
+def set_run_on(state: dict, run_on: str) -> dict:
+    """The Run on radio: this session's runs (and their baselines) go in process or to cluster workers."""
+    return {**(state or {}), "run_on": run_on}
 
 
 def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft: str | None, params: dict,
-               sampling, max_new_tokens: int, chat: bool, cluster: str | None = None) -> Iterator[tuple[str, str, Any]]:
+               sampling, max_new_tokens: int, chat: bool, cluster: str | None = None,
+               backend: str | None = None) -> Iterator[tuple[str, str, Any]]:
     """Run in a thread; yield ("progress", message, None), ("tokens", html, trace) and finally
-    ("done", run_id, RunResult) or ("error", message, None)."""
+    ("done", run_id, RunResult) or ("error", message, None). A progress message about ongoing work
+    (compiling for the compiled backend takes minutes) is repeated every TICK_EVERY_S with the seconds so far."""
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
     kwargs = dict(method=method, prompt=prompt, target=target, draft=draft, params=params, sampling=sampling,
-                  max_new_tokens=max_new_tokens, chat=chat, store=ctx.store, source="ui", cluster=cluster)
+                  max_new_tokens=max_new_tokens, chat=chat, store=ctx.store, source="ui", cluster=cluster,
+                  backend=backend)
     _decode_thread(ctx.device_lock, kwargs, events, cancel)
     trace = Trace(method=method, params=params, prompt_ids=[])
     ids: list[int] = []
     texts: list[str] = []
     decode = None
     last_yield = 0.0
+    waiting: tuple[str, float] | None = None  # the latest ongoing-work message and when it came
     try:
         while True:
             try:
@@ -224,7 +252,13 @@ def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft:
             except queue.Empty:
                 kind, payload = "tick", None
             if kind == "progress":
-                yield "progress", str(payload), None
+                message = str(payload)
+                waiting = (message, time.monotonic()) if ongoing(message) else None
+                last_yield = time.monotonic()
+                yield "progress", message, None
+            elif kind == "tick" and waiting and not ids and time.monotonic() - last_yield >= TICK_EVERY_S:
+                last_yield = time.monotonic()
+                yield "progress", f"{waiting[0]} {last_yield - waiting[1]:.0f} s so far", None
             elif kind == "step":
                 trace.steps.append(payload)
                 ids.extend(payload.committed)
@@ -246,8 +280,10 @@ def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft:
 
 def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: str, prompt: str, chat: bool,
                max_new_tokens: float, temperature: float, top_p: float, top_k: float, seed: float,
-               *slot_values: Any) -> Iterator[tuple]:
-    """The Run button. Yields (status, output, cards, run id, baseline button, state)."""
+               *slot_values: Any, backend: str | None = None) -> Iterator[tuple]:
+    """The Run button. Yields (status, output, cards, run id, baseline button, state).
+
+    backend: "eager" or "compiled" (None: the app's default, `workbench ui --backend`)."""
     state = dict(state or {})
     keep = gr.update()
     draft = norm_draft(draft)
@@ -268,22 +304,23 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
         params = collect_params(method, slot_values)
         sampling = _sampling(temperature, top_p, top_k, seed)
         max_new = check_run_request(ctx, target, draft if cls.needs_draft_model else None, max_new_tokens)
+        backend = check_backend_choice(ctx, backend)
     except Exception as exc:  # noqa: BLE001
         yield fail(user_message(exc))
         return
 
-    yield (status("busy", f"Starting {cls.label or method} on {target}…"), P.token_html(Trace(method, {}, []), []),
-           "", "", gr.update(visible=False), state)
-    cluster = cluster_for(state.get("backend"))
+    yield (status("busy", f"Starting {cls.label or method} on {target} ({backend} backend)…"),
+           P.token_html(Trace(method, {}, []), []), "", "", gr.update(visible=False), state)
+    cluster = cluster_for(state.get("run_on"))
     for kind, payload, extra in stream_run(ctx, method=method, prompt=prompt, target=target, draft=draft,
                                            params=params, sampling=sampling, max_new_tokens=max_new, chat=bool(chat),
-                                           cluster=cluster):
+                                           cluster=cluster, backend=backend):
         if kind == "progress":
             yield status("busy", payload), keep, keep, keep, keep, state
         elif kind == "tokens":
             n = len(extra.output_ids)
             yield (status("busy", f"Decoding… {n} tokens, {len(extra.steps)} target forwards"), payload,
-                   P.metric_cards_html(extra), keep, keep, state)
+                   P.metric_cards_html(extra, backend=backend), keep, keep, state)
         elif kind == "error":
             yield fail(f"Run failed: {payload}")
             return
@@ -294,13 +331,21 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
             state["runs"] = list(state.get("runs", [])) + [res.run_id]
             state["last_run"] = res.run_id
             state["last_settings"] = dict(target=res.target, prompt=prompt, chat=bool(chat),
-                                          sampling=sampling.to_dict(), max_new_tokens=max_new, cluster=cluster)
+                                          sampling=sampling.to_dict(), max_new_tokens=max_new, cluster=cluster,
+                                          backend=backend)
             s = res.summary
-            msg = (f"{s.new_tokens} tokens in {s.wall_s:.2f} s ({res.trace.stop_reason or 'stopped'}). "
-                   f"Open *Draft tree* or *Latency* to look inside.")
+            msg = (f"{s.new_tokens} tokens in {s.wall_s:.2f} s ({res.trace.stop_reason or 'stopped'}).")
+            msg += warmup_note(ctx, res.run_id) + " Open *Draft tree* or *Latency* to look inside."
             yield (status("ok", msg), P.token_html(res.trace, texts), cards,
                    f"Run id: `{res.run_id}`" + worker_note(ctx, res), gr.update(visible=missing), state)
             return
+
+
+def check_backend_choice(ctx: AppContext, backend: Any) -> str:
+    """The page's Backend choice, validated (None or empty: the app's default)."""
+    from workbench.backend import check_backend
+
+    return check_backend(backend if backend not in (None, "") else ctx.default_backend)
 
 
 def worker_note(ctx: AppContext, res: Any) -> str:
@@ -330,12 +375,14 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
         yield status("error", "Run something first; the baseline repeats its prompt with plain decoding."), keep, \
             keep, state
         return
-    yield status("busy", "Running the plain-decoding baseline…"), keep, gr.update(interactive=False), state
+    backend = settings.get("backend") or "eager"  # the baseline runs where and how the run ran
+    yield status("busy", f"Running the plain-decoding baseline ({backend} backend)…"), keep, \
+        gr.update(interactive=False), state
     sampling = SamplingConfig(**settings["sampling"])
     for kind, payload, extra in stream_run(ctx, method="autoregressive", prompt=settings["prompt"],
                                            target=settings["target"], draft=None, params={}, sampling=sampling,
                                            max_new_tokens=settings["max_new_tokens"], chat=settings["chat"],
-                                           cluster=settings.get("cluster")):  # the baseline runs where the run ran
+                                           cluster=settings.get("cluster"), backend=backend):
         if kind == "progress":
             yield status("busy", payload), keep, keep, state
         elif kind == "tokens":
@@ -352,7 +399,8 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
                 yield status("error", user_message(exc)), keep, gr.update(interactive=True), state
                 return
             tps = extra.summary.tokens_per_s
-            yield (status("ok", f"Baseline run `{payload[:8]}`: {tps:.1f} tok/s plain decoding."), cards,
+            yield (status("ok", f"Baseline run `{payload[:8]}`: {tps:.1f} tok/s plain decoding ({backend})."
+                                + warmup_note(ctx, payload)), cards,
                    gr.update(visible=missing, interactive=True), state)
             return
 
@@ -389,6 +437,10 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
             c["method_info"] = gr.HTML(method_info_html(first), elem_id="pg-method-info")
             c["draft_note"] = gr.Markdown(draft_note(first, default_draft(ctx.default_target)),
                                           elem_id="pg-draft-note")
+            c["backend"] = gr.Dropdown(list(BACKENDS), value=ctx.default_backend, label="Backend",
+                                       elem_id="pg-backend",
+                                       info="eager: stock forwards; compiled: static KV cache + torch.compile "
+                                            "(compiles each model once, 1-3 min on a CPU, not counted)")
             slots: list[Any] = []
             initial = [{k: v for k, v in u.items() if k != "__type__"} for u in method_form(first)[1:]]
             with gr.Group():
@@ -413,9 +465,9 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                 c["chat"] = gr.Checkbox(True, label="chat (apply the model's chat template)", elem_id="pg-chat")
                 c["run"] = gr.Button("Run", variant="primary", elem_id="pg-run")
                 clustered = on_cluster()
-                c["backend"] = gr.Radio(list(BACKENDS), value=BACKENDS[1] if clustered else BACKENDS[0],
-                                        label="Backend", visible=clustered, elem_id="pg-backend",
-                                        info="decode on the cluster's workers or in this app's process")
+                c["run_on"] = gr.Radio(list(RUN_ON), value=RUN_ON[1] if clustered else RUN_ON[0],
+                                       label="Run on", visible=clustered, elem_id="pg-run-on",
+                                       info="decode on the cluster's workers or in this app's process")
                 c["stop"] = gr.Button("Stop", variant="stop", elem_id="pg-stop")
             c["status"] = gr.Markdown("", elem_id="pg-status")
             gr.HTML(P.legend_html(), elem_id="pg-legend")
@@ -427,16 +479,18 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
 
     c["method"].change(method_form, c["method"], [c["method_info"]] + slots, api_visibility="private")
     c["target"].change(draft_for_target, [c["target"], c["draft"]], c["draft"], api_visibility="private")
-    c["backend"].change(set_backend, [state, c["backend"]], state, api_name="backend")
+    c["run_on"].change(set_run_on, [state, c["run_on"]], state, api_name="run_on")
     for comp in (c["method"], c["draft"]):
         comp.change(draft_note, [c["method"], c["draft"]], c["draft_note"], api_visibility="private")
     inputs = [state, c["target"], c["draft"], c["method"], c["prompt"], c["chat"], c["max_new"], c["temperature"],
               c["top_p"], c["top_k"], c["seed"]] + slots
+    by_name = {"backend": c["backend"]}  # run_stream's keyword `backend`: /run's `backend` parameter, default eager
     outputs = [c["status"], c["output"], c["cards"], c["run_id"], c["baseline"], state]
     run_fn = functools.partial(run_stream, ctx)
-    ev = c["run"].click(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode", api_name="run")
-    ev2 = c["prompt"].submit(run_fn, inputs, outputs, concurrency_limit=1, concurrency_id="decode",
-                             api_visibility="private")
+    ev = c["run"].click(run_fn, inputs, outputs, inputs_kwargs=by_name, concurrency_limit=1,
+                        concurrency_id="decode", api_name="run")
+    ev2 = c["prompt"].submit(run_fn, inputs, outputs, inputs_kwargs=by_name, concurrency_limit=1,
+                             concurrency_id="decode", api_visibility="private")
     c["stop"].click(stopped_message, None, c["status"], cancels=[ev, ev2], api_name="stop")
     c["baseline"].click(functools.partial(run_baseline, ctx), state, [c["status"], c["cards"], c["baseline"], state],
                         concurrency_limit=1, concurrency_id="decode", api_name="baseline")
