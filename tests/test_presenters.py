@@ -266,3 +266,46 @@ def test_compare_and_runs_frames_show_the_backend():
     row = cmp[cmp[""] == "backend"].iloc[0]
     assert row["aaaaaaaa"] == "compiled · 62 s warm-up" and row["bbbbbbbb"] == "eager"
 
+
+PROFILES = [  # made up: eager climbs with n, compiled stays flat, bf16 is slower on this CPU
+    {"model": "m", "device": "cpu", "cpu": "Made-up CPU 9000", "backend": "eager", "threads": 2,
+     "seconds": {1: 0.020, 2: 0.024, 4: 0.032, 8: 0.048, 16: 0.080}},
+    {"model": "m", "device": "cpu", "cpu": "Made-up CPU 9000", "backend": "compiled", "threads": 2,
+     "seconds": {1: 0.012, 2: 0.0125, 4: 0.013, 16: 0.020}},
+    {"model": "m:bf16", "device": "cpu", "cpu": "Made-up CPU 9000", "backend": "eager", "threads": 1,
+     "seconds": {1: 0.030, 8: 0.060}},
+    {"model": "other", "device": "cpu", "cpu": "Made-up CPU 9000", "backend": "eager", "threads": 2,
+     "seconds": {2: 0.5, 4: 0.6}},
+]
+
+
+def test_cost_figure_one_line_per_model_backend_threads():
+    fig = P.cost_figure(PROFILES)
+    assert [t.name for t in fig.data] == ["m · compiled · 2 threads", "m · eager · 2 threads",
+                                          "m:bf16 · eager · 1 thread", "other · eager · 2 threads"]
+    eager = fig.data[1]
+    assert list(eager.x) == [1, 2, 4, 8, 16] and list(eager.y) == pytest.approx([20, 24, 32, 48, 80])
+    assert eager.line.dash == "solid" and fig.data[0].line.dash == "dash"
+    assert "Made-up CPU 9000" in fig.layout.title.text and fig.layout.xaxis.type == "log"
+    assert fig.layout.yaxis.title.text.startswith("ms per forward") and fig.layout.yaxis.type == "log"
+    rel = P.cost_figure(PROFILES, relative=True)
+    assert list(rel.data[1].y) == pytest.approx([1, 1.2, 1.6, 2.4, 4])
+    assert "one token" in rel.layout.yaxis.title.text
+    assert len(P.cost_figure([]).data) == 0  # nothing measured: a note, no lines
+
+
+def test_cost_at_interpolates_inside_the_measured_sizes_only():
+    compiled = PROFILES[1]
+    assert P.cost_at(compiled, 4) == 0.013
+    assert P.cost_at(compiled, 8) == pytest.approx(0.013 + 0.007 * 4 / 12)
+    assert P.cost_at(compiled, 32) is None and P.cost_at(PROFILES[3], 1) is None
+
+
+def test_cost_summary_names_the_fastest_for_1_and_8_tokens():
+    (line,) = P.cost_summary(PROFILES).split("  \n")  # "other" covers neither 1 nor 8 tokens: no line
+    assert line.startswith("**m** fastest") and line.endswith("3 profiles measured")
+    one, eight = line.split("; ")
+    assert "for 1 token: `m · compiled · 2 threads` (12.00 ms)" in one
+    assert "for 8 tokens: `m · compiled · 2 threads` (15.33 ms, 1.28× one token)" in eight
+    assert "Measure this machine" in P.cost_summary([])
+    assert [r["model"] for r in P.rows_for_model(PROFILES, "m:fp16")] == ["m", "m", "m:bf16"]

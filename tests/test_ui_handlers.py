@@ -370,3 +370,42 @@ def test_compare_shows_each_runs_backend(ctx):
     table, *_ = history.history_table(ctx, "", [], [])
     assert list(table["backend"]) == ["eager", "eager"]
 
+
+# ---------------------------------------------------------------- cost of a forward on this machine
+
+FAKE_PROFILES = [
+    {"model": "tiny-random", "device": "cpu", "cpu": "Test CPU", "backend": "eager", "threads": 1,
+     "seconds": {1: 0.010, 2: 0.012, 4: 0.016, 8: 0.030}},
+    {"model": "tiny-random:bf16", "device": "cpu", "cpu": "Test CPU", "backend": "compiled", "threads": 1,
+     "seconds": {1: 0.008, 2: 0.009, 4: 0.010, 8: 0.011}},
+    {"model": "smollm2-135m", "device": "cpu", "cpu": "Test CPU", "backend": "eager", "threads": 1,
+     "seconds": {1: 0.5, 8: 0.9}},
+]
+
+
+def test_cost_view_shows_the_targets_model(monkeypatch):
+    import workbench.backend.profile as profile
+
+    monkeypatch.setattr(profile, "cached_profiles", lambda: [dict(r) for r in FAKE_PROFILES])
+    summary, fig = latency.cost_view("tiny-random", "ms")
+    assert len(fig.data) == 2 and "Test CPU" in fig.layout.title.text  # both precisions of tiny-random only
+    assert "tiny-random:bf16 · compiled" in summary and "smollm2" not in summary
+    summary, fig = latency.cost_view("someone/other-model", "× one token")
+    assert len(fig.data) == 3 and "Nothing measured for someone/other-model" in summary
+    monkeypatch.setattr(profile, "cached_profiles", lambda: [])
+    summary, fig = latency.cost_view("tiny-random", "ms")
+    assert "Measure this machine" in summary
+
+
+def test_measure_this_machine_profiles_eagerly(ctx, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))  # never touch the user's cached profiles
+    outs = list(latency.measure_costs(ctx, "tiny-random", "eager", "ms"))
+    assert any("profiling tiny-random on eager" in o[0] for o in outs), [o[0] for o in outs]
+    status, summary, fig = outs[-1]
+    assert status.startswith("**Done:**") and "tiny-random · eager" in status, status
+    assert "**tiny-random** fastest for 1 token" in summary and len(fig.data) == 1
+    from workbench.backend.profile import cached_profiles
+
+    assert [(r["model"], r["backend"]) for r in cached_profiles()] == [("tiny-random", "eager")]
+    status, *_ = list(latency.measure_costs(ctx, "tiny-random", "turbo", "ms"))[-1]
+    assert status.startswith("**Error:**") and "unknown backend" in status

@@ -66,7 +66,8 @@ def build_app(db: str | None = None, default_target: str | None = None,
             with gr.Tab("History & compare", id="history", elem_id="tab-history") as hist_tab:
                 hist = build_history_tab(ctx, state)
         tree_tab.select(*tree["on_select"], api_visibility="private")
-        lat_tab.select(*lat["on_select"], api_visibility="private")
+        for fn, inputs, outputs in lat["on_select"]:
+            lat_tab.select(fn, inputs, outputs, api_visibility="private")
         for fn, inputs, outputs in hist["on_select"]:
             hist_tab.select(fn, inputs, outputs, api_visibility="private")
     demo.workbench_context = ctx  # for tests and embedding; not per-user

@@ -4,17 +4,30 @@ Per-step stacked bars (draft / verify / other), tokens generated against time
 (with the plain-decoding baseline of the same prompt and settings, when the
 store has one), the histogram of accepted draft tokens per step and the
 acceptance rate per draft position.
+
+Below them, what a forward costs on this machine: the cost of one forward over n
+tokens per model × backend × threads (workbench.backend.profile's cached
+profiles), which is why a drafting method wins or loses here; "Measure this
+machine" profiles the chosen target on the chosen backend (compiling it first for
+the compiled backend), holding the device like a run does.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
+import queue
+import threading
+import time
+from typing import Any, Iterator
 
 import gradio as gr
 
+from workbench.backend import BACKENDS
+
 from .. import presenters as P
-from ..common import AppContext, user_message
+from ..common import TICK_EVERY_S, AppContext, model_choices, ongoing, status, user_message
 from .tree_viewer import refresh_runs
+
+SCALES = ("ms", "× one token")
 
 
 def latency_view(ctx: AppContext, state: dict, run_id: str | None):
@@ -51,6 +64,97 @@ def latency_view(ctx: AppContext, state: dict, run_id: str | None):
             P.acceptance_position_figure(trace), state)
 
 
+# ---------------------------------------------------------------- cost of a forward on this machine
+
+
+def cost_view(target: str | None, scale: str | None):
+    """(summary markdown, figure) of the cached cost profiles of `target`'s model (every model when it has none)."""
+    from workbench.backend.profile import cached_profiles
+
+    try:
+        rows = cached_profiles()
+    except Exception as exc:  # noqa: BLE001
+        return status("error", user_message(exc)), P.empty_figure(user_message(exc))
+    mine = P.rows_for_model(rows, target)
+    note = ""
+    if rows and not mine:
+        note = f"  \nNothing measured for {P.model_family(target or '')} yet; showing every model measured here."
+    shown_rows = mine or rows
+    return P.cost_summary(shown_rows) + note, P.cost_figure(shown_rows, relative=scale == SCALES[1])
+
+
+def _measure_thread(ctx: AppContext, target: str, backend: str, events: "queue.Queue") -> threading.Thread:
+    """Load `target`, compile it when the backend needs that, and profile it, holding the device lock."""
+
+    def say(message: str) -> None:
+        events.put(("progress", message))
+
+    def work():
+        try:
+            if not ctx.device_lock.acquire(blocking=False):
+                say("Waiting for the run on the device to finish...")
+                ctx.device_lock.acquire()
+            try:
+                from workbench.backend import prepare
+                from workbench.backend.profile import CONTEXT, PROFILE_SIZES, profile_table
+                from workbench.models import load_model
+
+                lm = load_model(target, progress=say)
+                prepare(backend, lm, CONTEXT + max(PROFILE_SIZES), progress=say)  # what profiling opens
+                t0 = time.perf_counter()
+                rows = profile_table(lm, [backend], [None], refresh=True, progress=say)
+                events.put(("done", (rows, time.perf_counter() - t0)))
+            finally:
+                ctx.device_lock.release()
+        except BaseException as exc:  # noqa: BLE001 - reported in the page
+            events.put(("error", exc))
+
+    t = threading.Thread(target=work, name="workbench-profile", daemon=True)
+    t.start()
+    return t
+
+
+def measure_costs(ctx: AppContext, target: str | None, backend: str | None, scale: str | None) -> Iterator[tuple]:
+    """The Measure button: profile target × backend on this machine. Yields (status, summary, figure)."""
+    from workbench.backend import check_backend
+
+    keep = gr.update()
+    target = (target or "").strip() or ctx.default_target
+    try:
+        backend = check_backend(backend or ctx.default_backend)
+        ctx.policy.check_model(target)
+    except Exception as exc:  # noqa: BLE001
+        yield status("error", user_message(exc)), keep, keep
+        return
+    yield status("busy", f"Measuring {target} on the {backend} backend..."), keep, keep
+    events: queue.Queue = queue.Queue()
+    _measure_thread(ctx, target, backend, events)
+    waiting: tuple[str, float] | None = None
+    last = time.monotonic()
+    while True:
+        try:
+            kind, payload = events.get(timeout=TICK_EVERY_S)
+        except queue.Empty:
+            if waiting and time.monotonic() - last >= TICK_EVERY_S:
+                last = time.monotonic()
+                yield status("busy", f"{waiting[0]} {last - waiting[1]:.0f} s so far"), keep, keep
+            continue
+        if kind == "progress":
+            waiting = (payload, time.monotonic()) if ongoing(payload) else None
+            last = time.monotonic()
+            yield status("busy", payload), keep, keep
+        elif kind == "error":
+            yield status("error", f"Measuring failed: {user_message(payload)}"), keep, keep
+            return
+        else:
+            rows, seconds = payload
+            summary, fig = cost_view(target, scale)
+            row = rows[0] if rows else {}
+            yield (status("ok", f"Measured {P.profile_label(row) if row else target} in {seconds:.0f} s "
+                                f"on {row.get('cpu', 'this machine')}."), summary, fig)
+            return
+
+
 def build_latency_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     c: dict[str, Any] = {}
     with gr.Row():
@@ -63,9 +167,33 @@ def build_latency_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     with gr.Row():
         c["hist"] = gr.Plot(P.empty_figure("pick a run"), elem_id="lat-hist", show_label=False)
         c["alpha"] = gr.Plot(P.empty_figure("pick a run"), elem_id="lat-alpha", show_label=False)
+    gr.Markdown("### Cost of a forward on this machine\n"
+                "Drafting pays off when verifying n tokens in one forward costs little more than one token. "
+                "Measured per model, precision, backend and thread count; cached on this machine.",
+                elem_id="cost-intro")
+    targets, _ = model_choices(ctx.default_target)
+    with gr.Row():
+        c["cost_target"] = gr.Dropdown(targets, value=ctx.default_target, label="Target model",
+                                       allow_custom_value=True, elem_id="cost-target", scale=3)
+        c["cost_backend"] = gr.Dropdown(list(BACKENDS), value=ctx.default_backend, label="Backend",
+                                        elem_id="cost-backend", scale=2)
+        c["cost_scale"] = gr.Radio(list(SCALES), value=SCALES[0], label="y axis", elem_id="cost-scale", scale=2)
+        c["measure"] = gr.Button("Measure this machine", elem_id="cost-measure", scale=1, min_width=200)
+    c["cost_status"] = gr.Markdown("", elem_id="cost-status")
+    c["cost_summary"] = gr.Markdown("", elem_id="cost-summary")
+    c["cost_plot"] = gr.Plot(P.empty_figure("open this tab to see the measured costs"), elem_id="cost-plot",
+                             show_label=False)
+
     c["run"].change(functools.partial(latency_view, ctx), [state, c["run"]],
                     [c["summary"], c["bars"], c["time"], c["hist"], c["alpha"], state], api_name="latency")
     refresh = functools.partial(refresh_runs, ctx, "latency_seen")
     c["refresh"].click(refresh, [state, c["run"]], c["run"], api_visibility="private")
-    c["on_select"] = (refresh, [state, c["run"]], c["run"])
+    view_in = [c["cost_target"], c["cost_scale"]]
+    view_out = [c["cost_summary"], c["cost_plot"]]
+    for comp in (c["cost_target"], c["cost_scale"]):
+        comp.change(cost_view, view_in, view_out, api_visibility="private")
+    c["measure"].click(functools.partial(measure_costs, ctx), [c["cost_target"], c["cost_backend"], c["cost_scale"]],
+                       [c["cost_status"]] + view_out, concurrency_limit=1, concurrency_id="decode",
+                       api_name="measure")
+    c["on_select"] = [(refresh, [state, c["run"]], c["run"]), (cost_view, view_in, view_out)]
     return c

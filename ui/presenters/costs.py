@@ -1,0 +1,128 @@
+"""What a forward costs on this machine: seconds of one forward over n new tokens, per model × backend × threads.
+
+The rows are workbench.backend.profile's cost profiles (``cached_profiles()``),
+plain dicts ``{model, device, cpu, backend, threads, seconds: {n: s}}``. Drafting
+wins when verifying n tokens in one forward costs little more than one token:
+on a GPU the curve is flat for dozens of tokens, on a small CPU it climbs after a
+few, unless the backend pre-packs its weights (compiled). ``cost_figure`` draws
+the curves, ``cost_summary`` says in one line which precision and backend is
+fastest for 1 and for 8 tokens.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+import plotly.graph_objects as go
+
+from .base import PLOT_TEMPLATE
+
+SUMMARY_SIZES = (1, 8)  # one token (plain decoding, drafting a chain) and a typical verification
+BACKEND_DASH = {"eager": "solid", "compiled": "dash"}
+
+
+def model_family(spec: str) -> str:
+    """The model a spec names, without its precision and options ('smollm2-135m:bf16' -> 'smollm2-135m')."""
+    return str(spec or "").split(":")[0].split("|")[0].strip()
+
+
+def rows_for_model(rows: Sequence[dict[str, Any]], spec: str | None) -> list[dict[str, Any]]:
+    """The profiles of `spec`'s model in every precision, backend and thread count."""
+    family = model_family(spec or "")
+    return [r for r in rows if model_family(r.get("model", "")) == family]
+
+
+def cost_at(row: dict[str, Any], n: int) -> float | None:
+    """Seconds of one forward over n tokens: measured, or linearly between two measured sizes; None outside."""
+    prof = {int(k): float(v) for k, v in (row.get("seconds") or {}).items()}
+    if n in prof:
+        return prof[n]
+    below = [k for k in prof if k < n]
+    above = [k for k in prof if k > n]
+    if not below or not above:
+        return None
+    a, b = max(below), min(above)
+    return prof[a] + (prof[b] - prof[a]) * (n - a) / (b - a)
+
+
+def profile_label(row: dict[str, Any], with_device: bool = False) -> str:
+    """'smollm2-135m:bf16 · compiled · 2 threads' (plus the device when several are shown)."""
+    t = int(row.get("threads") or 0)
+    parts = [str(row.get("model", "?")), str(row.get("backend", "?")),
+             f"{t} thread{'s' * (t != 1)}" if t else "threads ?"]
+    if with_device:
+        parts.append(str(row.get("device", "")))
+    return " · ".join(parts)
+
+
+def _processors(rows: Sequence[dict[str, Any]]) -> str:
+    return "; ".join(dict.fromkeys(str(r.get("cpu") or "unknown processor") for r in rows))
+
+
+def cost_figure(rows: Sequence[dict[str, Any]], *, relative: bool = False) -> go.Figure:
+    """One line per model × backend × threads: x = tokens in one forward, y = ms (relative: × one token)."""
+    rows = [r for r in rows if r.get("seconds")]
+    fig = go.Figure()
+    if not rows:
+        fig.add_annotation(text="no costs measured on this machine yet", showarrow=False, x=0.5, y=0.5,
+                           xref="paper", yref="paper", font=dict(size=14, color="#888"))
+        fig.update_layout(template=PLOT_TEMPLATE, height=240, xaxis=dict(visible=False), yaxis=dict(visible=False),
+                          margin=dict(l=20, r=20, t=20, b=20))
+        return fig
+    several_devices = len({r.get("device") for r in rows}) > 1
+    rows = sorted(rows, key=lambda r: (str(r.get("model")), str(r.get("backend")), int(r.get("threads") or 0)))
+    sizes_seen: set[int] = set()
+    for r in rows:
+        prof = sorted((int(n), float(s)) for n, s in r["seconds"].items())
+        one = cost_at(r, 1)
+        xs = [n for n, _ in prof]
+        sizes_seen.update(xs)
+        ms = [1000 * s for _, s in prof]
+        ratio = [s / one if one else float("nan") for _, s in prof]
+        label = profile_label(r, several_devices)
+        fig.add_trace(go.Scatter(
+            x=xs, y=ratio if relative else ms, mode="lines+markers", name=label,
+            line=dict(dash=BACKEND_DASH.get(str(r.get("backend")), "dot")), customdata=list(zip(ms, ratio)),
+            hovertemplate="%{x} tokens: %{customdata[0]:.2f} ms, %{customdata[1]:.2f}× one token<extra>"
+                          + html.escape(label) + "</extra>"))
+    ticks = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if min(sizes_seen) <= n <= max(sizes_seen)]
+    fig.update_layout(
+        template=PLOT_TEMPLATE, height=380, margin=dict(l=20, r=20, t=60, b=20),
+        title=dict(text=f"cost of one forward over n tokens · {html.escape(_processors(rows))}", font=dict(size=14)),
+        xaxis=dict(title="tokens in one forward (n)", type="log", tickvals=ticks, ticktext=[str(t) for t in ticks]),
+        # ms on a log axis: models of very different sizes (and a noisy point) stay readable together
+        yaxis=dict(title="× the cost of one token", rangemode="tozero") if relative else
+        dict(title="ms per forward (log scale)", type="log"),
+        legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def fastest(rows: Sequence[dict[str, Any]], n: int) -> tuple[dict[str, Any], float] | None:
+    """The profile with the cheapest forward over n tokens, and its seconds (None when none covers n)."""
+    costs = [(r, c) for r in rows if (c := cost_at(r, n)) is not None]
+    return min(costs, key=lambda rc: rc[1]) if costs else None
+
+
+def cost_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """One markdown line per model: the precision/backend/threads fastest for 1 token and for 8 tokens."""
+    if not rows:
+        return ("No costs measured on this machine yet: pick a target and a backend and click "
+                "“Measure this machine” (or run `workbench profile`).")
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        families.setdefault(model_family(r.get("model", "")), []).append(r)
+    lines = []
+    for family, group in families.items():
+        parts = []
+        for n in SUMMARY_SIZES:
+            best = fastest(group, n)
+            if best is None:
+                continue
+            r, s = best
+            one = cost_at(r, 1)
+            rel = f", {s / one:.2f}× one token" if n > 1 and one else ""
+            parts.append(f"for {n} token{'s' * (n != 1)}: `{profile_label(r)}` ({1000 * s:.2f} ms{rel})")
+        if parts:
+            lines.append(f"**{family}** fastest " + "; ".join(parts) + f" — {len(group)} profile"
+                         + "s" * (len(group) != 1) + " measured")
+    return "  \n".join(lines)
