@@ -23,6 +23,7 @@ earlier ones; deterministic proposals get a one-hot q).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -123,8 +124,8 @@ def _node_draws(probs: torch.Tensor, draft: Draft,
         flat = [i * q_dist.shape[-1] + x for i, x in enumerate(draft.tokens)]
         rows.append(q_dist.take(_index(flat, q_dist.device)).to(probs.device))  # (n,)
     rows.append(torch.rand(n, generator=generator, device=probs.device))  # (n,)
-    # float64 holds every float32/bf16 value exactly: the same numbers float(t) would give
-    out = torch.stack([v.to(torch.float64) for v in rows]).tolist()  # (2 or 3, n) -> lists
+    dtype = functools.reduce(torch.promote_types, [v.dtype for v in rows])  # float32 holds bf16/fp16 exactly
+    out = torch.stack([v.to(dtype) for v in rows]).tolist()  # (2 or 3, n) -> lists: the numbers float(t) gives
     p_x, r = out[0], out[-1]
     q_x = out[1] if draft.q_dist is not None else [1.0] * n
     return p_x, q_x, r
@@ -133,5 +134,6 @@ def _node_draws(probs: torch.Tensor, draft: Draft,
 def _sample_with_p(p: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None) -> tuple[int, float]:
     """Draw a token from p (V,); return it and its probability under `target` (V,), in one sync."""
     tok = torch.multinomial(p, 1, generator=generator)  # (1,)
-    tok_and_p = torch.cat([tok.to(torch.float64), target.gather(0, tok).to(torch.float64)]).tolist()
-    return int(tok_and_p[0]), tok_and_p[1]  # a token id is exact in float64
+    dtype = torch.promote_types(target.dtype, torch.float32)  # token ids < 2^24 are exact in float32
+    tok_and_p = torch.cat([tok.to(dtype), target.gather(0, tok).to(dtype)]).tolist()
+    return int(tok_and_p[0]), tok_and_p[1]
