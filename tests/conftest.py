@@ -5,6 +5,9 @@ import os
 
 import pytest
 
+# Where the tiny models run: the CPU, or e.g. cuda for scripts/gpu_check.sh (WORKBENCH_TEST_DEVICE=cuda).
+DEVICE = os.environ.get("WORKBENCH_TEST_DEVICE", "cpu")
+
 
 def pytest_configure(config):
     # Any local Ray instance a test starts binds and advertises loopback only (see workbench.cluster.address).
@@ -26,7 +29,7 @@ def _isolated_db(tmp_path, monkeypatch):
 def tiny():
     from workbench.models import load_model
 
-    return load_model("tiny-random", device="cpu")
+    return load_model("tiny-random", device=DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +37,7 @@ def tiny_other():
     """Same vocabulary, different weights: a draft that is often wrong."""
     from workbench.models import load_model
 
-    return load_model("tiny-random:seed=1", device="cpu")
+    return load_model("tiny-random:seed=1", device=DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +45,7 @@ def tiny_bf16():
     """A lower-precision copy of the target: a draft that is usually right."""
     from workbench.models import load_model
 
-    return load_model("tiny-random:bf16", device="cpu")
+    return load_model("tiny-random:bf16", device=DEVICE)
 
 
 @pytest.fixture(scope="session")

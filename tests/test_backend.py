@@ -19,11 +19,13 @@ from workbench.backend.profile import cost_profile, interpolate
 from workbench.config import ConfigError, DecodeConfig
 from workbench.engine import generate
 
+from .conftest import DEVICE
+
 ATOL = 1e-4
 
 
 def _ids(tokens):
-    return torch.tensor([tokens])
+    return torch.tensor([tokens], device=DEVICE)
 
 
 def _tree_block():
@@ -36,7 +38,7 @@ def _tree_block():
         while node >= 0:
             block[row, node + 1] = True
             node = parents[node]
-    return block, torch.tensor([[0, 1, 1, 2, 2]])
+    return block.to(DEVICE), torch.tensor([[0, 1, 1, 2, 2]], device=DEVICE)
 
 
 @torch.inference_mode()
@@ -74,7 +76,7 @@ def test_a_full_static_cache_is_a_clear_error(tiny):
     try:
         L = s.compiled.L
         with pytest.raises(ConfigError, match=f"holds {L} positions"):
-            s.forward(torch.zeros(1, L + 1, dtype=torch.long))
+            s.forward(torch.zeros(1, L + 1, dtype=torch.long, device=DEVICE))
     finally:
         s.close()
 
@@ -159,5 +161,10 @@ def test_cost_profile_per_backend_is_cached(tiny, tmp_path, monkeypatch):
     cost_profile(tiny, "eager")
     assert a == b and calls == ["compiled", "eager"]
     assert sorted(a) == [1, 2, 4] and interpolate(a, 3) > 0
+    from workbench.methods.layer_skip import view_model
+
+    cost_profile(view_model(tiny, (1,)), "eager")  # a spec holding "|"
     rows = profile.cached_profiles()
     assert {r["backend"] for r in rows} == {"compiled", "eager"} and all(r["cpu"] for r in rows)
+    assert sorted(r["model"] for r in rows) == ["tiny-random", "tiny-random", "tiny-random|skip=1"]
+    assert {r["device"] for r in rows} == {str(tiny.device)}

@@ -112,9 +112,9 @@ def cached_profiles() -> list[dict[str, Any]]:
     """Every profile measured on this machine so far (for the app), parsed from the cache keys."""
     rows = []
     for key, prof in _read(_profile_path()).items():
-        parts = key.split("|")
+        parts = key.rsplit("|", 5)  # the spec itself may hold "|" (a layer_skip view: "model|skip=3,4")
         fields = dict(p.split("=", 1) for p in parts[3:] if "=" in p)
-        if len(parts) < 4 or "backend" not in fields:
+        if len(parts) < 6 or "backend" not in fields:
             continue  # written by an older version
         rows.append({"model": parts[0], "device": parts[1], "cpu": parts[2], "backend": fields["backend"],
                      "threads": int(fields.get("threads", 0)), "seconds": {int(n): t for n, t in prof.items()}})
