@@ -18,6 +18,14 @@ V = 8
 N = 6000
 
 
+@pytest.fixture(params=["cpu", "accelerator"])
+def host_reads(request, monkeypatch):
+    """Run a test on both code paths: the CPU's (host reads are free) and an accelerator's (avoid them)."""
+    if request.param == "accelerator":
+        monkeypatch.setattr(verify, "_host_read_is_free", lambda t: False)
+    return request.param
+
+
 def _pq(seed):
     g = torch.Generator().manual_seed(seed)
     p = torch.softmax(torch.randn(V, generator=g) * 1.5, -1)
@@ -74,7 +82,7 @@ MAKERS = {"chain": _chain, "iid_siblings": _iid_siblings, "without_replacement":
 
 
 @pytest.mark.parametrize("kind", list(MAKERS))
-def test_first_token_follows_target(kind):
+def test_first_token_follows_target(kind, host_reads):
     p, q = _pq(1)
     samples = _first_tokens(MAKERS[kind](q), p)
     assert chi2_pvalue(samples, dict(enumerate(p.tolist()))) > 1e-3
@@ -122,7 +130,7 @@ def _two_level_draft(kind, q, g):
 
 
 @pytest.mark.parametrize("kind", ["iid_siblings", "deterministic_topk"])
-def test_second_level_follows_the_accepted_nodes_row(kind):
+def test_second_level_follows_the_accepted_nodes_row(kind, host_reads):
     """After node c is accepted, the next token is distributed as p's row c + 1 (each row differs)."""
     g = torch.Generator().manual_seed(3)
     p, q = _two_level(kind, g)
@@ -164,7 +172,9 @@ def _count_host_reads(monkeypatch):
 
 
 def test_a_chain_costs_two_host_reads_whatever_its_length(monkeypatch):
-    """p(x), q(x) and the uniforms come back in one read, the final token and its p in another."""
+    """On an accelerator p(x), q(x) and the uniforms come back in one read, the final token and its p in
+    another."""
+    monkeypatch.setattr(verify, "_host_read_is_free", lambda t: False)
     g = torch.Generator().manual_seed(2)
     p = torch.softmax(torch.randn(9, V, generator=g) * 1.5, -1)
     q = torch.softmax(torch.randn(8, V, generator=g) * 1.5, -1)
@@ -181,6 +191,7 @@ def test_a_chain_costs_two_host_reads_whatever_its_length(monkeypatch):
 
 
 def test_a_tree_reads_once_more_per_retried_sibling(monkeypatch):
+    monkeypatch.setattr(verify, "_host_read_is_free", lambda t: False)
     g = torch.Generator().manual_seed(4)
     p, q = _two_level("deterministic_topk", g)
     draft = _two_level_draft("deterministic_topk", q, g)
@@ -216,11 +227,14 @@ def test_greedy_rejects_first_mismatch():
     assert v.accepted == [0] and v.bonus_token == 9
 
 
-def test_residual_of_deterministic_proposal_drops_the_token():
+def test_residual_of_deterministic_proposal_drops_the_token(host_reads):
     p = torch.tensor([0.5, 0.3, 0.2])
     torch.testing.assert_close(verify.residual(p, None, 0), torch.tensor([0.0, 0.6, 0.4]))
     torch.testing.assert_close(verify.residual(p, torch.tensor([0.2, 0.6, 0.2]), 1),
                                torch.tensor([1.0, 0.0, 0.0]))
+    # nothing left to correct (p == q, or p one-hot at x): keep p
+    assert torch.equal(verify.residual(p, p.clone(), 1), p)
+    assert torch.equal(verify.residual(torch.tensor([0.0, 1.0, 0.0]), None, 1), torch.tensor([0.0, 1.0, 0.0]))
 
 
 def test_warping_top_k_top_p():

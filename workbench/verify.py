@@ -52,8 +52,10 @@ def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
         out[x] = 0.0  # max(p - onehot(x), 0): p without x
     else:
         out = torch.clamp(p - q.to(p.dtype), min=0.0)
-    total = out.sum()
-    return torch.where(total > 0, out / total, p)  # total 0: p == q up to rounding, nothing to correct, keep p
+    total = out.sum()  # 0 when p == q up to rounding: nothing to correct, keep p
+    if _host_read_is_free(out):  # torch.where would cost another pass over V
+        return out.div_(total) if total > 0 else p
+    return torch.where(total > 0, out.div_(total), p)  # no host read
 
 
 def verify_greedy(logits: torch.Tensor, draft: Draft) -> Verdict:
@@ -98,6 +100,11 @@ def verify_stochastic(probs: torch.Tensor, draft: Draft, generator: torch.Genera
         else:
             tok, bonus_p = _sample_with_p(p, probs[node + 1], generator)
             return Verdict(path, tok, bonus_p)
+
+
+def _host_read_is_free(t: torch.Tensor) -> bool:
+    """On the CPU a value read back costs nothing; on an accelerator it waits for the queued work."""
+    return t.is_cpu
 
 
 def _index(values: list[int], device: torch.device) -> torch.Tensor:
