@@ -63,7 +63,7 @@ def _target_forward(session, ids: torch.Tensor, draft: Draft | None, past_len: i
     """Run the target on `ids` (1, T) after `past_len` cached positions -> logits (T or keep, V)."""
     session.crop(past_len)
     if draft is not None and len(draft) and not draft.is_chain:
-        block = draft.ancestor_matrix().to(ids.device)  # (T, T) tree visibility of [root] + nodes
+        block = draft.ancestor_block(ids.device)  # (T, T) tree visibility of [root] + nodes
         return session.forward(ids, positions=draft.position_ids(past_len, ids.device), block=block, keep=keep)
     return session.forward(ids, keep=keep)
 
