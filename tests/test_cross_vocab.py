@@ -265,6 +265,21 @@ def test_the_apps_run_handler_runs_cross_vocab(tmp_path, other_dir):
     assert last[0].startswith("**Error:**") and "their vocabularies differ" in last[0]
 
 
+def test_a_cluster_worker_opens_a_cross_vocab_run(other_dir):
+    """The same check where a Ray worker loads the models (called here without Ray)."""
+    from workbench.cluster.worker import ModelWorker
+
+    worker = ModelWorker()
+    request = {"method": "cross_vocab", "prompt": "Hello, world", "target": "tiny-random", "draft": other_dir,
+               "params": {"gamma": 5}, "sampling": SamplingConfig().to_dict(), "max_new_tokens": 12, "chat": False,
+               "device": "cpu", "trace": True, "drafting_method": "cross_vocab", "backend": "eager"}
+    opened = worker.open_run(request)
+    events = list(worker.stream(opened["token"]))
+    assert events[-1]["kind"] == "end" and sum(e["kind"] == "step" for e in events) < 12
+    with pytest.raises(IncompatibleModelsError, match="only cross_vocab drafts across tokenizers"):
+        worker.open_run({**request, "method": "speculative", "params": {}, "drafting_method": "speculative"})
+
+
 # ---------------------------------------------------------------- lossless under greedy, and drafting
 
 def _pairs(tiny, other, merged):

@@ -158,8 +158,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     # ---- models
     tgt = load_model(target, device=device, progress=progress)
     drf = load_model(draft, device=device, progress=progress) if draft else None
-    if drf is not None and not getattr(cls, "any_draft_tokenizer", False):  # cross_vocab re-tokenises
-        check_shared_vocabulary(tgt, drf)
+    if drf is not None:
+        check_draft_vocabulary(method, tgt, drf)
     prompt_ids = tgt.encode_prompt(prompt, chat=chat)
     if not prompt_ids:
         raise ConfigError("the prompt encodes to no tokens")
@@ -215,11 +215,14 @@ def warm_up(backend: str, models: list, n_prompt: int, max_new_tokens: int,
     return {"backend": backend, "warmup_s": round(seconds, 3)}
 
 
-def check_shared_vocabulary(target: Any, draft: Any) -> None:
-    """check_compatible, its error naming the methods that accept a draft with another vocabulary."""
-    from .methods import list_methods
+def check_draft_vocabulary(method: str | None, target: Any, draft: Any) -> None:
+    """Refuse a draft whose vocabulary differs from the target's (check_compatible), unless `method`
+    drafts across tokenizers (cross_vocab); the error names the methods that would accept the draft."""
+    from .methods import get_method, list_methods
     from .models import IncompatibleModelsError, check_compatible
 
+    if method is not None and getattr(get_method(method), "any_draft_tokenizer", False):
+        return
     try:
         check_compatible(target, draft)
     except IncompatibleModelsError as exc:

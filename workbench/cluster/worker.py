@@ -100,8 +100,10 @@ class ModelWorker:
         """(target spec, device) this worker holds, if any."""
         return self._target_key
 
-    def _models(self, target: str, draft: str | None, device: str | None):
-        from ..models import check_compatible, load_model
+    def _models(self, target: str, draft: str | None, device: str | None, method: str | None = None):
+        """The target and draft models; a draft must share the target's vocabulary unless `method` re-tokenises."""
+        from ..api import check_draft_vocabulary
+        from ..models import load_model
 
         key = (target, device)
         if self._target_key is not None and self._target_key != key:
@@ -110,7 +112,7 @@ class ModelWorker:
         tgt = load_model(target, device=device)
         drf = load_model(draft, device=device) if draft else None
         if drf is not None:
-            check_compatible(tgt, drf)
+            check_draft_vocabulary(method, tgt, drf)
         return tgt, drf
 
     def _free(self) -> None:
@@ -139,7 +141,7 @@ class ModelWorker:
         self._busy.acquire()
         started = False
         try:
-            tgt, drf = self._models(request["target"], request.get("draft"), request.get("device"))
+            tgt, drf = self._models(request["target"], request.get("draft"), request.get("device"), request["method"])
             prompt_ids = tgt.encode_prompt(request["prompt"], chat=request.get("chat"))
             if not prompt_ids:
                 raise ConfigError("the prompt encodes to no tokens")
