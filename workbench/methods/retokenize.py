@@ -85,7 +85,7 @@ class Vocab:
         for i, b in enumerate(self.bytes):
             if len(b) == 1 and self.byte_ids[b[0]] is None:
                 self.byte_ids[b[0]] = i
-        self._grows: list[bytes] | None = None
+        self._grows = sorted(set(b for b in self.bytes if b))  # every token's bytes, for may_grow
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
 
     def _piece_bytes(self, i: int, piece: str) -> bytes:
@@ -127,8 +127,6 @@ class Vocab:
 
     def may_grow(self, token: int) -> bool:
         """Whether more text could still change this token: its bytes begin a longer token's bytes."""
-        if self._grows is None:
-            self._grows = sorted(set(b for b in self.bytes if b))
         b = self.bytes[token] if self.has_text(token) else b""
         if not b:
             return False
