@@ -15,7 +15,8 @@
 # %% [markdown]
 # # 01 · Quickstart: plain, speculative and prompt-lookup decoding
 #
-# Decode a few prompts three ways with `workbench.run` and compare them:
+# Decode a few prompts three ways with `workbench.run` and compare them (then, briefly, the
+# methods that draft without a model, and a draft with another tokenizer):
 #
 # | method | who proposes tokens | cost of a proposal |
 # |---|---|---|
@@ -37,6 +38,9 @@ import os
 MODEL = os.environ.get("WORKBENCH_NOTEBOOK_MODEL", "smollm2-135m")
 DRAFT = os.environ.get("WORKBENCH_NOTEBOOK_DRAFT", f"{MODEL}:bf16")  # a bf16 copy of the target
 TOKENS = int(os.environ.get("WORKBENCH_NOTEBOOK_TOKENS", "48"))  # new tokens per run
+# A draft with another tokenizer, for `cross_vocab`; "" picks one: gemma3-270m when installed, else
+# smollm2-135m or tiny-random (whichever the target is not).
+CROSS_DRAFT = os.environ.get("WORKBENCH_NOTEBOOK_CROSS_DRAFT", "")
 
 # %%
 import html
@@ -188,6 +192,55 @@ P.tokens_time_figure({m: results[0, m].trace for m in METHODS}).show()
 # %%
 r = results[1, "prompt_lookup"]
 display(HTML(P.metric_cards_html(r.trace, results[1, "autoregressive"].summary.tokens_per_s)))
+
+# %% [markdown]
+# ## Drafting without a draft model
+#
+# More registered methods draft from the target and the context alone (see the README's method
+# table): `sam` (a suffix automaton over the context), `aded` (tri-gram statistics of the context),
+# `lookahead` (n-grams collected from parallel Jacobi guesses), `jacobi` (fixed-point iteration),
+# `layer_skip` (the target with some layers skipped, where the cost model says it pays) and
+# `prompt_lookup` again. All are lossless: on the second prompt, greedy, each must reproduce plain
+# decoding; τ says how many tokens each target forward committed.
+
+# %%
+MODEL_FREE = ["sam", "aded", "lookahead", "jacobi", "layer_skip", "prompt_lookup"]
+base = results[1, "autoregressive"]
+rows = []
+for method in MODEL_FREE:
+    workbench.run(method, PROMPTS[0], target=MODEL, sampling=GREEDY, max_new_tokens=4, source="notebook")  # warm-up
+    r = workbench.run(method, PROMPTS[1], target=MODEL, sampling=GREEDY, max_new_tokens=TOKENS, source="notebook")
+    s = r.summary
+    rows.append({"method": method, "τ": s.mean_accepted_tokens, "tok/s": s.tokens_per_s,
+                 "speedup": P.speedup(s.tokens_per_s, base.summary.tokens_per_s),
+                 "same as plain": r.output_ids == base.output_ids, "run": r.run_id[:8]})
+pd.DataFrame(rows).style.format(precision=2)
+
+# %% [markdown]
+# ## A draft with another tokenizer
+#
+# `speculative` needs a draft that shares the target's vocabulary, and refuses any other.
+# `cross_vocab` takes a draft with any tokenizer: each step the draft writes γ tokens in its own
+# vocabulary, their text is re-tokenised for the target, and the target verifies the result as
+# usual. Its proposal is deterministic (greedy), so it stays lossless under sampling too. Here
+# the draft is not smaller than the target, so expect τ, not speed.
+
+# %%
+from workbench.models import IncompatibleModelsError, available_models
+
+installed = {m["name"] for m in available_models() if m["installed"]}
+other = [n for n in ("gemma3-270m", "smollm2-135m", "tiny-random") if n in installed and n != MODEL.split(":")[0]]
+cross_draft = CROSS_DRAFT or other[0]
+try:
+    workbench.run("speculative", PROMPTS[0], target=MODEL, draft=cross_draft, max_new_tokens=4, source="notebook")
+except IncompatibleModelsError as err:
+    print("speculative:", err)
+r = workbench.run("cross_vocab", PROMPTS[1], target=MODEL, draft=cross_draft, sampling=GREEDY,
+                  max_new_tokens=TOKENS, source="notebook")
+print(f"cross_vocab with draft {cross_draft}: τ={r.summary.mean_accepted_tokens:.2f}, "
+      f"{r.summary.tokens_per_s:.1f} tok/s (plain {base.summary.tokens_per_s:.1f}), "
+      f"same as plain: {r.output_ids == base.output_ids}")
+display(HTML(P.token_html(r.trace, texts_for(r.target, r.output_ids))))
 
 # %% [markdown]
 # ## On a GPU box or a cluster
