@@ -21,11 +21,12 @@ Methods never know which one runs.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import ConfigError
+
+if TYPE_CHECKING:  # the names are read torch-free (CLI parsers of store-only commands)
+    import torch
 
 BACKENDS = ("eager", "compiled")
 DEFAULT_BACKEND = "eager"
@@ -60,6 +61,8 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None) -> KV
 
     max_len: the most positions the run will cache (prompt + new tokens + one draft).
     """
+    import torch
+
     from .eager import EagerSession
 
     if check_backend(backend) == "compiled" and not isinstance(model, torch.nn.Module):
