@@ -221,12 +221,12 @@ def check_draft_vocabulary(method: str | None, target: Any, draft: Any) -> None:
     from .methods import get_method, list_methods
     from .models import IncompatibleModelsError, check_compatible
 
-    if method is not None and getattr(get_method(method), "any_draft_tokenizer", False):
+    if method is not None and get_method(method).any_draft_tokenizer:
         return
     try:
         check_compatible(target, draft)
     except IncompatibleModelsError as exc:
-        names = [m.name for m in list_methods() if getattr(m, "any_draft_tokenizer", False)]
+        names = [m.name for m in list_methods() if m.any_draft_tokenizer]
         if not names:
             raise
         raise IncompatibleModelsError(f"{exc}; only {', '.join(names)} drafts across tokenizers") from None

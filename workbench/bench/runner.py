@@ -148,7 +148,8 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
     """Run the benchmark described by `cfg`, log it to `store`, return the benchmark id."""
     from ..cluster import cluster_address
     from ..engine import generate
-    from ..models import EMBEDDED_DEFAULT, check_compatible, load_model
+    from ..api import check_draft_vocabulary
+    from ..models import EMBEDDED_DEFAULT, load_model
 
     say = progress or (lambda _msg: None)
     cfg.check()
@@ -177,7 +178,8 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
     tgt = load_model(target_spec, device=cfg.device, progress=say)
     drf = load_model(cfg.draft, device=cfg.device, progress=say) if cfg.draft else None
     if drf is not None:
-        check_compatible(tgt, drf)
+        for method in sorted({a.method for a in arms if a.needs_draft}):
+            check_draft_vocabulary(method, tgt, drf)  # cross_vocab drafts across tokenizers; the rest need one
     timed = on_backends(arms, cfg.backends)
     hf_arms = hf_arms_for(cfg, tgt, drf, units)
 

@@ -145,6 +145,7 @@ class Drafter:
     lossless: ClassVar[bool] = True
     needs_draft_model: ClassVar[bool] = False
     tree: ClassVar[bool] = False  # proposes branching trees (not only chains)
+    any_draft_tokenizer: ClassVar[bool] = False  # drafts with a model of another vocabulary (cross_vocab)
     params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, env: DrafterEnv, **params: Any) -> None:
@@ -174,6 +175,7 @@ class Drafter:
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "label": cls.label or cls.name, "description": cls.description,
                 "lossless": cls.lossless, "needs_draft_model": cls.needs_draft_model, "tree": cls.tree,
+                "any_draft_tokenizer": cls.any_draft_tokenizer,
                 "params": [p.to_dict() for p in cls.params]}
 
 
