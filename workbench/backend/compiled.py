@@ -62,7 +62,7 @@ def cache_len_bucket(max_len: int, limit: int | None) -> int:
     return n
 
 
-def _compiler_settings() -> None:
+def compiler_settings() -> None:
     """Keep inductor's compiled artefacts in the workbench cache (unless the user chose a place); room for
     every model's graphs; freezing on.
 
@@ -210,7 +210,7 @@ class StaticSession:
 
 def _acquire(lm: Any, L: int) -> CompiledForward:
     """A free CompiledForward for (model, L), made when every existing one is in use."""
-    _compiler_settings()
+    compiler_settings()
     with _POOL_LOCK:
         pool = _POOL.setdefault((id(lm.model), L), [])
         for cf in pool:

@@ -79,7 +79,10 @@ def compile_config(device_type: str):
         if device_type == "cuda":
             cc = CompileConfig()  # transformers' default: reduce-overhead (CUDA graphs)
         else:  # the compiled backend's CPU settings: inductor with frozen, pre-packed weights
-            cc = CompileConfig(dynamic=False, mode=None, options={"freezing": True})
+            from ..backend.compiled import compiler_settings
+
+            compiler_settings()  # freezing as a global inductor setting (see there why not `options`)
+            cc = CompileConfig(dynamic=False, mode=None)
             cc._compile_all_devices = True  # transformers' switch for compiling off CUDA
         _COMPILE_CONFIGS[device_type] = cc
     return _COMPILE_CONFIGS[device_type]
