@@ -243,9 +243,8 @@ def test_bf16_close_to_fp32(tiny, tiny_bf16):
 def test_int8_close_to_fp32(tiny):
     q = load_model("tiny-random:int8", device="cpu")
     assert q.quant == "int8" and q.dtype == torch.float32
-    linears = [m for m in q.model.modules() if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == 1 and linears[0] is q.model.lm_head  # every other Linear is quantized
-    assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 2 * 7
+    assert not any(isinstance(m, torch.nn.Linear) for m in q.model.modules())  # on CPU the LM head too
+    assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 2 * 7 + 1
     assert q.describe()["params"] == tiny.describe()["params"]
     ids = _sample_ids()
     ref, low = _logits(tiny, ids), _logits(q, ids)

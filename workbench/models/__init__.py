@@ -9,7 +9,7 @@ Modules, one concern each:
   specs      "name[:opt...]" specs: parse_spec, normalize_spec, the allow-list; no torch import
   gguf       the built-in GGUF models (smollm2-135m, gemma3-270m): find, convert once, the cache dir
   tiny       the tiny seeded random Llama with a byte-level vocabulary (tiny-random)
-  quant      weight-only int8 (Int8Linear), the ``:int8`` option
+  quant      int8 weights, the ``:int8`` option: the CPU's int8 kernel (PackedInt8Linear), Int8Linear elsewhere
   hub        local model directories and Hugging Face hub ids (safetensors only, no remote code)
   loaded     LoadedModel (prompt encoding, decoding, facts) and check_compatible
   loading    load_model, resolve_device and the process-wide LRU ModelCache
@@ -35,7 +35,8 @@ _LAZY_MODULES = {
              "available_models", "cache_dir", "convert_gguf", "converted_dir", "is_converted"),
     "tiny": ("TINY_BOS", "TINY_CHAT_TEMPLATE", "TINY_EOS", "TINY_HEAD_STD", "TINY_INIT_STD", "TINY_PAD",
              "TINY_VOCAB", "build_tiny_model", "build_tiny_tokenizer", "tiny_config"),
-    "quant": ("Int8Linear", "quantize_int8", "quantize_model_int8"),
+    "quant": ("Int8Linear", "PackedInt8Linear", "can_pack", "quantize_int8", "quantize_model_int8",
+              "quantized_params"),
     "hub": ("PICKLE_WEIGHTS",),
     "loaded": ("LoadedModel", "check_compatible", "count_params", "eos_ids", "max_positions", "output_size"),
     "loading": ("DEFAULT_MAX_LOADED_MODELS", "DTYPES", "CacheKey", "ModelCache", "clear_loaded", "load_model",

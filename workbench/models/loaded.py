@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import IncompatibleModelsError, ModelError
-from .quant import Int8Linear
+from .quant import quantized_params
 
 
 @dataclass(eq=False)
@@ -98,13 +98,14 @@ def output_size(model: nn.Module) -> int:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and getattr(head, "weight", None) is not None:
         return int(head.weight.shape[0])
+    if isinstance(getattr(head, "out_features", None), int):  # an int8 head (quant.py) has no float weight
+        return head.out_features
     return int(model.config.vocab_size)
 
 
 def count_params(model: nn.Module) -> int:
     """Parameters plus int8-quantized weights (which are buffers, not parameters)."""
-    n = sum(p.numel() for p in model.parameters())
-    return n + sum(m.qweight.numel() for m in model.modules() if isinstance(m, Int8Linear))
+    return sum(p.numel() for p in model.parameters()) + quantized_params(model)
 
 
 def _check_messages(messages: list) -> list[dict]:

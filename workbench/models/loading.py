@@ -3,7 +3,8 @@
 `load_model(spec, device)` parses the spec, builds or reads the base model
 (tiny-random in process, a built-in GGUF model from its converted cache, a
 local directory or a hub id), casts it to the spec's dtype, quantises it for
-``:int8``, and moves it to the device (`resolve_device`: cuda when available).
+``:int8`` (with the device's int8 kernel, see quant.py), and moves it to the
+device (`resolve_device`: cuda when available).
 The result is cached per (normalized spec, device) in a `ModelCache`: the most
 recently used $WORKBENCH_MAX_LOADED_MODELS (default 4) are kept, and a dropped
 model still in use is found again rather than loaded twice. Loaded models are
@@ -154,7 +155,7 @@ def _load_uncached(name: str, opts: dict, norm: str, dev: torch.device, progress
     tell(progress, f"Loading {norm} on {dev}...")
     model, tokenizer = _load_base(name, opts, dtype, progress)
     if opts["quant"] == "int8":
-        quantize_model_int8(model)
+        quantize_model_int8(model, dev)  # the kernel depends on the device
     model = model.to(dev).eval()
     model.requires_grad_(False)
     loaded = LoadedModel(spec=norm, name=name, model=model, tokenizer=tokenizer, device=dev, dtype=dtype,
