@@ -226,7 +226,8 @@ def test_encode_prompt_errors(tiny):
 def test_describe(tiny):
     d = tiny.describe()
     assert d == {"spec": "tiny-random", "name": "tiny-random", "device": "cpu", "dtype": "float32",
-                 "quant": None, "params": sum(p.numel() for p in tiny.model.parameters()), "vocab_size": 272}
+                 "quant": None, "params": sum(p.numel() for p in tiny.model.parameters()), "vocab_size": 272,
+                 "speed_vs_fp32": None}
 
 
 # ---------------------------------------------------------------- bf16 / int8 variants

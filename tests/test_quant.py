@@ -1,17 +1,22 @@
-"""The ``:int8`` option's kernels.
+"""The ``:int8`` option's kernels and `precision_speed`.
 
 On CPU every Linear (the LM head too, untied from the embedding) runs through
 torch's weight-only int8 kernel (`PackedInt8Linear`); elsewhere `Int8Linear`
 keeps the dequantise-per-call path. An int8 draft stays lossless: speculative
-decoding with it is token-identical to plain greedy.
+decoding with it is token-identical to plain greedy. `precision_speed` times a
+spec against fp32 once per machine; these tests check its bookkeeping, never a
+wall-clock figure.
 """
+import json
+
 import pytest
 import torch
 from torch import nn
 
+from workbench.cli import main
 from workbench.config import DecodeConfig
 from workbench.engine import generate
-from workbench.models import load_model
+from workbench.models import ModelError, load_model, speed
 from workbench.models.loaded import count_params, output_size
 from workbench.models.quant import Int8Linear, PackedInt8Linear, can_pack, quantize_model_int8
 
@@ -21,6 +26,13 @@ PROMPTS = [[72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100], list(range
 @pytest.fixture(scope="module")
 def tiny_int8():
     return load_model("tiny-random:int8", device="cpu")
+
+
+@pytest.fixture
+def speed_cache(tmp_path, monkeypatch):
+    """precision_speed's cache in a temporary directory."""
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    return tmp_path / speed.CACHE_FILE
 
 
 def _logits(model: nn.Module, ids: list[int]) -> torch.Tensor:
@@ -124,3 +136,71 @@ def test_int8_draft_is_token_identical_to_greedy(tiny, tiny_int8, method):
         out = generate(tiny, method, prompt, draft=tiny_int8, decode=DecodeConfig(max_new_tokens=32))
         assert out.output_ids == ref.output_ids
         assert out.summary.accepted_draft_tokens > 0
+
+
+# ---------------------------------------------------------------- precision_speed
+
+
+def test_precision_speed_measures_once_then_reads_the_cache(speed_cache, monkeypatch):
+    first = speed.precision_speed("tiny-random:int8", "cpu", repeats=2)
+    assert first["spec"] == "tiny-random:int8" and first["baseline"] == "tiny-random"
+    assert first["precision"] == "int8" and first["rows"] == 1 and first["cached"] is False
+    assert first["ms"] > 0 and first["baseline_ms"] > 0 and first["speedup"] > 0
+    assert first["faster"] == (first["speedup"] >= 1.05) and first["summary"].startswith("int8: ")
+    assert first["threads"] == torch.get_num_threads() and first["torch"] == torch.__version__
+    assert "tiny-random:int8|cpu|" in next(iter(json.loads(speed_cache.read_text())))
+
+    monkeypatch.setattr(speed, "_time_pair", lambda *a: pytest.fail("measured again"))
+    again = speed.precision_speed("TINY-RANDOM:int8", "cpu")
+    assert again == {**first, "cached": True}
+    assert speed.cached_precision_speed("tiny-random:int8", "cpu") == again
+    assert speed.cached_precision_speeds("cpu") == [again]
+    assert load_model("tiny-random:int8", device="cpu").describe()["speed_vs_fp32"] == first["summary"]
+
+
+def test_precision_speed_of_fp32_measures_nothing(speed_cache, monkeypatch):
+    monkeypatch.setattr(speed, "_time_pair", lambda *a: pytest.fail("measured"))
+    out = speed.precision_speed("tiny-random:seed=3", "cpu")
+    assert out["baseline"] == "tiny-random:seed=3" and out["speedup"] is None
+    assert out["summary"] == "fp32: the reference precision"
+    assert not speed_cache.exists()
+
+
+def test_describe_never_measures(speed_cache, monkeypatch, tiny_int8):
+    monkeypatch.setattr(speed, "_time_pair", lambda *a: pytest.fail("measured"))
+    assert tiny_int8.describe()["speed_vs_fp32"] is None
+
+
+def test_speed_labels_and_summaries():
+    assert speed.baseline_spec("tiny-random:seed=2:bf16:int8") == "tiny-random:seed=2"
+    assert speed.precision_label("smollm2-135m:bf16:int8") == "bf16+int8"
+    assert speed.precision_label("smollm2-135m:int8") == "int8"
+    assert speed.speed_summary("int8", 1.62) == "int8: 1.6x faster than fp32 per token here"
+    assert speed.speed_summary("bf16", 0.5) == \
+        "bf16: 0.5x fp32 per token here (slower; prefer fp32 or int8 as a draft)"
+    assert "about as fast" in speed.speed_summary("int8", 1.0)
+    assert "prefer fp32 as a draft" in speed.speed_summary("int8", 0.7)
+    assert speed.speed_summary("bf16", 1.4, rows=16) == "bf16: 1.4x faster than fp32 per 16-token forward here"
+
+
+def test_precision_speed_bad_input(speed_cache):
+    with pytest.raises(ModelError, match="unknown option"):
+        speed.precision_speed("tiny-random:int4")
+    lm = load_model("tiny-random:int8", device="cpu")
+    with pytest.raises(ModelError, match="rows and repeats"):
+        speed._time_pair(lm, lm, 0, 1)
+
+
+def test_models_command_measures_and_lists(speed_cache, capsys):
+    assert main(["models"]) == 0
+    assert "workbench models --measure" in capsys.readouterr().out
+    assert main(["models", "--measure", "tiny-random:int8"]) == 0
+    out = capsys.readouterr().out
+    assert "Measured here" in out and "tiny-random:int8" in out and "fp32 per token here" in out
+    assert main(["models", "--json"]) == 0
+    rows = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert [s["spec"] for s in rows["tiny-random"]["precision_speed"]] == ["tiny-random:int8"]
+    assert rows["smollm2-135m"]["precision_speed"] == []
+    assert main(["models", "--measure", "tiny-random:int4"]) == 2
+    assert "unknown option" in capsys.readouterr().err
+

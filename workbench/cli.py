@@ -134,8 +134,18 @@ def cmd_methods(args) -> int:
 
 def cmd_models(args) -> int:
     from .models import available_models
+    from .models.speed import MEASURED_PRECISIONS, cached_precision_speeds, precision_speed
 
     models = available_models()
+    measured = None
+    if args.measure is not None:  # --measure [SPEC ...]: time them now (cached per machine)
+        specs = args.measure or [f"{m['name']}:{p}" for m in models if m["name"] != "tiny-random"
+                                 and m.get("installed") for p in MEASURED_PRECISIONS]
+        say = None if args.json else (lambda line: print(line, file=sys.stderr, flush=True))
+        measured = [precision_speed(spec, refresh=args.refresh, progress=say) for spec in specs]
+    speeds = cached_precision_speeds()
+    for m in models:
+        m["precision_speed"] = [s for s in speeds if s["baseline"] == m["name"]]
     if args.json:
         print(json.dumps(models))
         return 0
@@ -143,6 +153,14 @@ def cmd_models(args) -> int:
         print(f"{m['name']:<16} {'installed' if m.get('installed') else 'not installed':<14} {m.get('description', '')}")
     print("Options: append :bf16, :fp16 or :int8 to a name (e.g. smollm2-135m:bf16). "
           "Any local model directory or hub id also works.")
+    shown = [s for s in (speeds if measured is None else measured) if s["ms"] is not None and s["rows"] == 1]
+    if shown:
+        print(f"Measured here ({shown[0]['processor']}, {shown[0]['threads']} threads, torch {shown[0]['torch']}; "
+              "one forward of 1 token after a short cache, median):")
+        for s in shown:
+            print(f"  {s['spec']:<24} {s['summary']} ({s['ms']:.1f} ms vs {s['baseline_ms']:.1f} ms)")
+    elif measured is None:
+        print("Run `workbench models --measure` to time :int8 and :bf16 against fp32 on this machine.")
     return 0
 
 
@@ -240,8 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_methods)
 
-    mo = sub.add_parser("models", help="list built-in models")
+    mo = sub.add_parser("models", help="list built-in models (and whether :int8/:bf16 are faster here)")
     mo.add_argument("--json", action="store_true")
+    mo.add_argument("--measure", nargs="*", metavar="SPEC", default=None,
+                    help="time reduced-precision specs against fp32 on this machine (one forward of 1 token, "
+                         "median) and cache the result per CPU/GPU model, thread count and torch version; "
+                         "no SPEC: :int8 and :bf16 of every installed built-in model")
+    mo.add_argument("--refresh", action="store_true", help="with --measure: time again even when cached")
     mo.set_defaults(func=cmd_models)
 
     runs = sub.add_parser("runs", help="inspect recorded runs")

@@ -10,6 +10,7 @@ Modules, one concern each:
   gguf       the built-in GGUF models (smollm2-135m, gemma3-270m): find, convert once, the cache dir
   tiny       the tiny seeded random Llama with a byte-level vocabulary (tiny-random)
   quant      int8 weights, the ``:int8`` option: the CPU's int8 kernel (PackedInt8Linear), Int8Linear elsewhere
+  speed      precision_speed: is a :bf16/:int8 spec faster than fp32 on this machine (measured once, cached)
   hub        local model directories and Hugging Face hub ids (safetensors only, no remote code)
   loaded     LoadedModel (prompt encoding, decoding, facts) and check_compatible
   loading    load_model, resolve_device and the process-wide LRU ModelCache
@@ -37,6 +38,7 @@ _LAZY_MODULES = {
              "TINY_VOCAB", "build_tiny_model", "build_tiny_tokenizer", "tiny_config"),
     "quant": ("Int8Linear", "PackedInt8Linear", "can_pack", "quantize_int8", "quantize_model_int8",
               "quantized_params"),
+    "speed": ("cached_precision_speed", "cached_precision_speeds", "precision_speed"),
     "hub": ("PICKLE_WEIGHTS",),
     "loaded": ("LoadedModel", "check_compatible", "count_params", "eos_ids", "max_positions", "output_size"),
     "loading": ("DEFAULT_MAX_LOADED_MODELS", "DTYPES", "CacheKey", "ModelCache", "clear_loaded", "load_model",
