@@ -29,7 +29,7 @@ from workbench.methods.retokenize import (WINDOW, DraftMirror, Vocab, decoder_ki
 from workbench.models import IncompatibleModelsError, LoadedModel, check_compatible, load_model, tiny_config
 from workbench.models.tiny import build_tiny_tokenizer
 
-from .stats import chi2_pvalue
+from .stats import chi2_pvalue, exact_joint, oracle_probs
 
 SPECIALS = ["<pad>", "<s>", "</s>"] + [f"<unused{i}>" for i in range(13)]
 PROMPTS = [
@@ -329,44 +329,13 @@ N_RUNS = 600
 DEPTH = 5
 
 
-def _probs(logits: torch.Tensor, cfg: SamplingConfig) -> dict[int, float]:
-    """The warped next-token distribution from its definition (as tests/test_engine.py's oracle)."""
-    import math
-
-    z = [float(x) / cfg.temperature for x in logits.double().tolist()]
-    m = max(z)
-    w = sorted(((math.exp(v - m), tok) for tok, v in enumerate(z)), reverse=True)[: cfg.top_k]
-    total = sum(x for x, _ in w)
-    kept, mass = [], 0.0
-    for x, tok in w:
-        if mass >= cfg.top_p:
-            break
-        kept.append((x / total, tok))
-        mass += x / total
-    norm = sum(x for x, _ in kept)
-    return {tok: x / norm for x, tok in kept}
-
-
-def _exact_joint(model, prompt, eos):
-    out = {}
-    with torch.inference_mode():
-        def rec(prefix, prob):
-            if len(prefix) == len(prompt) + DEPTH or (len(prefix) > len(prompt) and prefix[-1] in eos):
-                out[tuple(prefix[len(prompt):])] = prob
-                return
-            for tok, p in _probs(model(input_ids=torch.tensor([prefix])).logits[0, -1], SAMPLING).items():
-                rec(prefix + [tok], prob * p)
-        rec(list(prompt), 1.0)
-    return out
-
-
 def _balanced_prompt(target: LoadedModel, tiny: LoadedModel) -> list[int]:
     """Every byte once, rotated so that the target's first two candidate tokens are as balanced as possible."""
     best = None
     with torch.inference_mode():
         for k in range(0, 256, 8):
             prompt = _in(target, tiny, list(range(k, 256)) + list(range(k)))
-            probs = _probs(target.model(input_ids=torch.tensor([prompt])).logits[0, -1], SAMPLING)
+            probs = oracle_probs(target.model(input_ids=torch.tensor([prompt])).logits[0, -1], SAMPLING)
             balance = min(probs.values()) if len(probs) > 1 else 0.0
             if best is None or balance > best[0]:
                 best = (balance, prompt)
@@ -378,7 +347,7 @@ def test_sampling_preserves_target_distribution(pair, tiny, other, merged):
     """The proposal is deterministic (q one-hot): accepted with probability p(x), else p without x."""
     target, draft = {"tiny<-other": (tiny, other), "merged<-tiny": (merged, tiny)}[pair]
     prompt = _balanced_prompt(target, tiny)
-    expected = _exact_joint(target.model, prompt, target.eos_token_ids)
+    expected = exact_joint(target.model, prompt, SAMPLING, DEPTH, eos=target.eos_token_ids)
     samples, depths, accepted, rejected = [], [], 0, 0
     for seed in range(N_RUNS):
         res = generate(target, "cross_vocab", prompt, draft=draft, sampling=dataclasses.replace(SAMPLING, seed=seed),

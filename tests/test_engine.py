@@ -18,7 +18,7 @@ from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
 from workbench.methods import list_methods
 
-from .stats import chi2_pvalue
+from .stats import chi2_pvalue, exact_joint, oracle_probs
 
 LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive"]
 PROMPTS = [
@@ -137,42 +137,6 @@ N_RUNS = 600
 DEPTH = 5  # new tokens per sampled run: the first decode step may draft up to DEPTH - 2 = 3 deep
 
 
-def _oracle_probs(logits: torch.Tensor, cfg: SamplingConfig) -> dict[int, float]:
-    """The warped next-token distribution from its definition, independently of workbench.sampling:
-    softmax(logits / T); keep the top_k most likely; renormalise; keep the smallest most-likely
-    prefix whose mass reaches top_p; renormalise."""
-    import math
-
-    z = [float(x) / cfg.temperature for x in logits.double().tolist()]
-    m = max(z)
-    w = sorted(((math.exp(v - m), tok) for tok, v in enumerate(z)), reverse=True)
-    if cfg.top_k:
-        w = w[: cfg.top_k]
-    total = sum(x for x, _ in w)
-    kept, mass = [], 0.0
-    for x, tok in w:
-        if mass >= cfg.top_p:
-            break
-        kept.append((x / total, tok))
-        mass += x / total
-    norm = sum(x for x, _ in kept)
-    return {tok: x / norm for x, tok in kept}
-
-
-def _exact_joint(model, prompt, cfg, depth=DEPTH, eos=(257,)):
-    """Exact probability of every continuation of `depth` tokens (or fewer, ending in EOS) under the warped target."""
-    out = {}
-    with torch.inference_mode():
-        def rec(prefix, prob):
-            if len(prefix) == len(prompt) + depth or (len(prefix) > len(prompt) and prefix[-1] in eos):
-                out[tuple(prefix[len(prompt):])] = prob
-                return
-            for tok, p in _oracle_probs(model(input_ids=torch.tensor([prefix])).logits[0, -1], cfg).items():
-                rec(prefix + [tok], prob * p)
-        rec(list(prompt), 1.0)
-    return out
-
-
 def _sample_joint(tiny, method, draft, prompt, params=None, n=N_RUNS, depths=None, backend="eager"):
     """n seeded runs of DEPTH tokens; appends each run's deepest draft to `depths` when given."""
     out = []
@@ -194,7 +158,7 @@ def sampling_prompt(tiny):
     with torch.inference_mode():
         for k in range(0, 256, 4):
             prompt = list(range(k, 256)) + list(range(k))
-            probs = _oracle_probs(tiny.model(input_ids=torch.tensor([prompt])).logits[0, -1], SAMPLING)
+            probs = oracle_probs(tiny.model(input_ids=torch.tensor([prompt])).logits[0, -1], SAMPLING)
             balance = min(probs.values()) if len(probs) > 1 else 0.0
             if best is None or balance > best[0]:
                 best = (balance, prompt)
@@ -222,7 +186,7 @@ def sharp_draft(tiny):
 def test_sampling_preserves_target_distribution(method, backend, tiny, sharp_draft, sampling_prompt,
                                                 flat_verify_cost):
     draft = sharp_draft if method.needs_draft_model else None
-    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING, eos=tiny.eos_token_ids)
+    expected = exact_joint(tiny.model, sampling_prompt, SAMPLING, DEPTH, eos=tiny.eos_token_ids)
     depths: list[int] = []
     samples = _sample_joint(tiny, method.name, draft, sampling_prompt, depths=depths, backend=backend)
     assert chi2_pvalue(samples, expected) > 1e-3
@@ -232,7 +196,7 @@ def test_sampling_preserves_target_distribution(method, backend, tiny, sharp_dra
 def test_sampling_test_detects_a_broken_rule(tiny, sharp_draft, sampling_prompt, monkeypatch):
     """The same statistical test fails when rejected tokens are resampled from p instead of the residual."""
     monkeypatch.setattr(verify, "residual", lambda p, q, x: p)
-    expected = _exact_joint(tiny.model, sampling_prompt, SAMPLING, eos=tiny.eos_token_ids)
+    expected = exact_joint(tiny.model, sampling_prompt, SAMPLING, DEPTH, eos=tiny.eos_token_ids)
     samples = _sample_joint(tiny, "speculative", sharp_draft, sampling_prompt, params={"gamma": 2}, n=1000)
     assert chi2_pvalue(samples, expected) < 1e-4
 
