@@ -10,10 +10,10 @@ it: a StaticCache (`cache_implementation="static"`) and its automatic
 `torch.compile` of the one-token decode forward (`compile_config`; the prefill
 runs eagerly). The cache is sized once (`max_cache_len`, the benchmark's longest
 prompt + new tokens, rounded up like the compiled backend's) so no later call
-grows it and recompiles. The compiler settings are the compiled backend's: on a
-CPU inductor with freezing (transformers compiles on CPU only when asked, by
-CompileConfig's `_compile_all_devices`), on CUDA transformers' default
-("reduce-overhead": CUDA graphs). Compiling happens in the benchmark's warm-up
+grows it and recompiles. The compiler settings are transformers' own: on a CPU
+inductor's defaults without freezing (transformers compiles on CPU only when asked,
+by CompileConfig's `_compile_all_devices`), on CUDA its default ("reduce-overhead":
+CUDA graphs). Compiling happens in the benchmark's warm-up
 (`hf_warm_up`), never in a timed run. Its arms are tagged with the backend they
 correspond to (HF_BACKEND), so its speedup is against our plain decoding on that
 backend.
@@ -78,14 +78,20 @@ def compile_config(device_type: str):
 
         if device_type == "cuda":
             cc = CompileConfig()  # transformers' default: reduce-overhead (CUDA graphs)
-        else:  # the compiled backend's CPU settings: inductor with frozen, pre-packed weights
-            from ..backend.compiled import compiler_settings
-
-            compiler_settings()  # freezing as a global inductor setting (see there why not `options`)
+        else:  # inductor's defaults (no freezing: see `_inductor_settings`)
             cc = CompileConfig(dynamic=False, mode=None)
             cc._compile_all_devices = True  # transformers' switch for compiling off CUDA
         _COMPILE_CONFIGS[device_type] = cc
     return _COMPILE_CONFIGS[device_type]
+
+
+def _inductor_settings():
+    """transformers' compile runs with inductor's defaults, freezing off: the compiled backend turns freezing on
+    globally, and with it transformers' static-cache graphs read wrong cache positions (its outputs differed from
+    plain decoding and the CPU kernel indexed past the cache)."""
+    import torch._inductor.config
+
+    return torch._inductor.config.patch(freezing=False)
 
 
 def static_cache_len(longest: int, limit: int | None) -> int:
@@ -250,11 +256,12 @@ def hf_run(method: str, target, prompt_ids: list[int], max_new_tokens: int, draf
         rec = _ForwardRecorder(model, draft.model if method == "hf.assisted" else None)
     verbosity = _quiet_transformers()
     try:
-        device_sync(target.device)
-        t0 = time.perf_counter()
-        out = model.generate(ids, **kwargs)  # (1, T_prompt + new)
-        device_sync(target.device)
-        wall = time.perf_counter() - t0
+        with _inductor_settings():
+            device_sync(target.device)
+            t0 = time.perf_counter()
+            out = model.generate(ids, **kwargs)  # (1, T_prompt + new)
+            device_sync(target.device)
+            wall = time.perf_counter() - t0
     finally:
         if rec is not None:
             rec.close()
