@@ -24,11 +24,13 @@ two, at least MIN_CACHE_LEN) so that runs of similar length share graphs.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import threading
 import time
+import types
 from typing import Any, Callable
 
 import torch
@@ -45,9 +47,17 @@ Progress = Callable[[str], None] | None
 
 _POOL: dict[tuple[int, int], list["CompiledForward"]] = {}
 _POOL_LOCK = threading.Lock()
-# Every CompiledForward compiles the same small function over its own model and cache (2 graphs each);
-# dynamo counts those as recompilations of one code object, 8 by default, then silently runs eagerly.
+# Graphs of one code object beyond dynamo's default of 8 silently run eagerly; every graph here has its
+# own code object (`_own_code`), so this is only a margin for its shape variants.
 RECOMPILE_LIMIT = 64
+_CODE_IDS = itertools.count()
+
+
+def _own_code(fn: Callable) -> Callable:
+    """`fn` with a code object of its own: dynamo keys compiled graphs and their guards by code object, so
+    graphs over different models and caches never share (or evict, or misapply) each other's entries."""
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_CODE_IDS)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
 def cache_len_bucket(max_len: int, limit: int | None) -> int:
@@ -110,8 +120,9 @@ class CompiledForward:
                          **{cache_arg: cache}).logits
 
         self.eager = run
-        self.one = torch.compile(run, dynamic=False, mode="reduce-overhead" if self.device.type == "cuda" else None)
-        self.many = torch.compile(run, dynamic=True)
+        self.one = torch.compile(_own_code(run), dynamic=False,
+                                 mode="reduce-overhead" if self.device.type == "cuda" else None)
+        self.many = torch.compile(_own_code(run), dynamic=True)
 
     @torch.inference_mode()
     def call(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
