@@ -100,12 +100,21 @@ class Draft:
 
     def attention_mask(self, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(1, 1, n+1, past_len+n+1) additive mask: 0 where attention is allowed, min(dtype) elsewhere."""
-        T = len(self.tokens) + 1
-        mask = torch.zeros(1, 1, T, past_len + T, dtype=dtype, device=device)  # every row sees the cached past
-        mask[0, 0, :, past_len:].masked_fill_(~self.ancestor_block(device), torch.finfo(dtype).min)  # (T, T)
-        return mask
+        return additive_mask(self.ancestor_block(device), past_len + len(self.tokens) + 1, dtype)
 
     def position_ids(self, past_len: int, device: torch.device) -> torch.Tensor:
         """(1, n+1) positions: root at past_len, node i at past_len + depth(i)."""
         pos = torch.tensor([[past_len] + [past_len + d for d in self.depths]])  # (1, n+1)
         return pos.to(device, non_blocking=True)
+
+
+def additive_mask(block: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
+    """bool (T, W) visibility of the last W of `total` columns -> additive (1, 1, T, total) mask.
+
+    Every column before the last W (the cached past) is visible; 0 where attention is allowed,
+    min(dtype) elsewhere.
+    """
+    T, W = block.shape
+    mask = torch.zeros(T, total, dtype=dtype, device=block.device)
+    mask[:, total - W:].masked_fill_(~block, torch.finfo(dtype).min)
+    return mask[None, None]

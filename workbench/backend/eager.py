@@ -13,14 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from .. import cache as kv
-
-
-def additive_mask(block: torch.Tensor, total: int, dtype: torch.dtype) -> torch.Tensor:
-    """bool (T, W) visibility of the last W of `total` columns -> additive (1, 1, T, total) mask."""
-    T, W = block.shape
-    mask = torch.zeros(T, total, dtype=dtype, device=block.device)
-    mask[:, total - W:].masked_fill_(~block, torch.finfo(dtype).min)
-    return mask[None, None]
+from ..tree import additive_mask
 
 
 class EagerSession:
