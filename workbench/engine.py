@@ -14,8 +14,9 @@ open their sessions on the same backend through DrafterEnv.session, and the
 engine closes them all when the run ends.
 
 Timing (gpt-fast): the device is synchronised before every timer read, so
-draft_s and verify_s are what the step really cost. A drafter's `begin` (e.g.
-prefilling its draft model, profiling) runs before the clock starts.
+draft_s and verify_s are what the step really cost. A drafter's `begin` (one-time
+set-up: calibration, profiling, loading a corpus) runs before the clock starts; a
+draft model's prompt prefill happens at its first `propose`, on the clock.
 """
 from __future__ import annotations
 
@@ -104,7 +105,7 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
     memory = PeakMemory(device)
-    drafter.begin(list(prompt_ids))  # set-up (a draft model's prefill, profiling) is not decoding time
+    drafter.begin(list(prompt_ids))  # one-time set-up (calibration, profiling, a corpus) is not decoding time
 
     device_sync(device)
     t_start = time.perf_counter()
