@@ -1,4 +1,4 @@
-"""Run store: every decoding run and benchmark, logged to one SQLite file.
+"""Run store: every decoding run, benchmark and training, logged to one SQLite file.
 
 Usage::
 
@@ -21,9 +21,9 @@ Importing this package loads SQLAlchemy, psutil and ``workbench.trace`` only
 upgrading), so history views start quickly.
 """
 from .db import StoreError, default_db_path
-from .models import RUN_STATUSES, SCHEMA_REVISION, SCHEMA_VERSION
+from .models import RUN_STATUSES, SCHEMA_REVISION, SCHEMA_VERSION, TRAINING_KINDS
 from .records import METRIC_KEYS, RunRecord
 from .repository import RunStore, same_sampling
 
 __all__ = ["METRIC_KEYS", "RUN_STATUSES", "RunRecord", "RunStore", "SCHEMA_REVISION", "SCHEMA_VERSION", "StoreError",
-           "default_db_path", "same_sampling"]
+           "TRAINING_KINDS", "default_db_path", "same_sampling"]

@@ -1,10 +1,11 @@
-"""Runs and benchmarks left ``running`` by a process that died: find them, mark them ``interrupted``.
+"""Runs, benchmarks and trainings left ``running`` by a process that died: find them, mark them ``interrupted``.
 
 A process killed mid-decode (SIGKILL, out of memory, a closed laptop) never
 calls ``finish_run`` or ``fail_run``. So a ``running`` row names its owner (pid,
 host name, the process's start time) and carries a heartbeat, written with its
-steps at most every :data:`HEARTBEAT_EVERY_S`. Whenever a RunStore opens, lists
-runs or lists benchmarks, each ``running`` row is checked:
+steps at most every :data:`HEARTBEAT_EVERY_S` (a training's with each of its
+updates). Whenever a RunStore opens, lists runs, benchmarks or trainings, each
+``running`` row is checked:
 
 - owner on this host: gone if no process has that pid, it is a zombie, or the
   pid now belongs to a process started at another time (pid reuse);
@@ -13,8 +14,10 @@ runs or lists benchmarks, each ``running`` row is checked:
 
 A gone run becomes ``interrupted`` with an error saying why; its stored steps
 are kept, and its output ids and metrics are rebuilt from them, so its partial
-trace can be viewed like any other. If the owner was only slow and writes
-again, ``append_steps`` / ``finish_run`` put the row back in its true state.
+trace can be viewed like any other; a gone training keeps the curves it had
+written. If the owner was only slow and writes again, ``append_steps`` /
+``finish_run`` (``update_training`` / ``finish_training``) put the row back in
+its true state.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from workbench.trace import Trace
 
-from .models import Benchmark, Metric, Run, StepRow, utcnow
+from .models import Benchmark, Metric, Run, StepRow, Training, utcnow
 from .records import param_from_text, row_to_step, summary_rows
 
 HEARTBEAT_EVERY_S = 30.0  # a run's heartbeat is written with its steps at most this often
@@ -118,7 +121,7 @@ def _interrupt_run(s: Session, run: Run, reason: str, now: datetime) -> bool:
 
 
 def reap(s: Session, now: datetime | None = None) -> int:
-    """Mark ``running`` runs and benchmarks whose owner is gone as ``interrupted``; returns how many.
+    """Mark ``running`` runs, benchmarks and trainings whose owner is gone as ``interrupted``; returns how many.
 
     Only reads unless something is found, so it is cheap to call often.
     """
@@ -129,12 +132,15 @@ def reap(s: Session, now: datetime | None = None) -> int:
                              run.heartbeat_at or run.created_at, now)
         if reason is not None and _interrupt_run(s, run, reason, now):
             n += 1
-    for bench in s.scalars(select(Benchmark).where(Benchmark.status == "running")).all():
-        reason = gone_reason(bench.owner_pid, bench.owner_host, bench.owner_started,
-                             bench.heartbeat_at or bench.created_at, now)
-        if reason is not None:
-            res = s.execute(update(Benchmark).where(Benchmark.id == bench.id, Benchmark.status == "running")
-                            .values(status="interrupted", finished_at=now, error=f"interrupted: {reason}")
-                            .execution_options(synchronize_session=False))
-            n += res.rowcount or 0
+    for model in (Benchmark, Training):  # rows with nothing to rebuild: only the status changes
+        cols = (model.id, model.owner_pid, model.owner_host, model.owner_started, model.heartbeat_at,
+                model.created_at)  # not a training's curves
+        for row in s.execute(select(*cols).where(model.status == "running")).all():
+            reason = gone_reason(row.owner_pid, row.owner_host, row.owner_started,
+                                 row.heartbeat_at or row.created_at, now)
+            if reason is not None:
+                res = s.execute(update(model).where(model.id == row.id, model.status == "running")
+                                .values(status="interrupted", finished_at=now, error=f"interrupted: {reason}")
+                                .execution_options(synchronize_session=False))
+                n += res.rowcount or 0
     return n

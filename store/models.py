@@ -4,11 +4,13 @@ Laid out like MLflow's tracking store: a ``runs`` table with a checked
 ``status``, and ``params`` / ``metrics`` tables keyed by ``(run_id, key)``.
 Per-step traces are typed ``steps`` rows (one per target forward pass), so a
 run's trace can be rebuilt exactly and queried without parsing blobs.
-``benchmarks`` groups the runs of one benchmark sweep; ``schema_info`` records
+``benchmarks`` groups the runs of one benchmark sweep; ``trainings`` records one
+self-distillation training each (``workbench train``: its settings, data sizes,
+loss curves and held-out accuracy, as JSON); ``schema_info`` records
 the schema version of the file (kept in step with Alembic's ``alembic_version``,
 see :mod:`store.schema`).
 
-A ``running`` run or benchmark names its owner (pid, host, process start time)
+A ``running`` run, benchmark or training names its owner (pid, host, process start time)
 and carries a heartbeat, so that one left behind by a killed process can be
 told apart from one still in progress and marked ``interrupted``
 (:mod:`store.liveness`).
@@ -27,10 +29,11 @@ from sqlalchemy import (JSON, CheckConstraint, DateTime, Float, ForeignKey, Inde
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Version N is Alembic revision "000N" (store/migrations/versions/000N_*.py).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_REVISION = f"{SCHEMA_VERSION:04d}"
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 _STATUS_CHECK = "status IN ('running', 'finished', 'failed', 'interrupted')"
+TRAINING_KINDS = ("eagle", "medusa", "hydra", "draft")  # drafter heads, or a distilled draft model
 
 
 def utcnow() -> datetime:
@@ -189,3 +192,36 @@ class StepRow(Base):
     t_end: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
 
     run: Mapped[Run] = relationship(back_populates="steps")
+
+
+class Training(Base):
+    """One self-distillation training (``workbench train``) of drafter heads or of a draft model.
+
+    Its measurements are JSON written by the trainer as it goes (store.trainings):
+    ``data`` the data sizes, ``curves`` ``{name: [[step, value], ...]}``, ``accuracy``
+    held-out ``{"top1": [per head/position], "top5": [...]}``, ``timings`` seconds per phase.
+    ``kind`` is checked by the repository, not the schema, so a new kind needs no migration.
+    """
+
+    __tablename__ = "trainings"
+    __table_args__ = (CheckConstraint(_STATUS_CHECK, name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    error: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # one of TRAINING_KINDS
+    target: Mapped[str] = mapped_column(Text, nullable=False)  # model spec
+    out_dir: Mapped[str | None] = mapped_column(Text)  # where the trained heads / model are written
+    config: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)  # training settings
+    data: Mapped[dict[str, Any] | None] = mapped_column(_json())  # prompts, responses, tokens, held-out tokens
+    curves: Mapped[dict[str, Any] | None] = mapped_column(_json())  # {"loss": [[step, value], ...], ...}
+    accuracy: Mapped[dict[str, Any] | None] = mapped_column(_json())  # {"top1": [...], "top5": [...], ...}
+    timings: Mapped[dict[str, Any] | None] = mapped_column(_json())  # generate_s, features_s, train_s, total_s
+    env: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)
+    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_started: Mapped[float | None] = mapped_column(Float)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life

@@ -16,7 +16,7 @@ from typing import Any
 from workbench.trace import Step, Summary
 
 from .db import nan_to_none
-from .models import Benchmark, Run, StepRow
+from .models import Benchmark, Run, StepRow, Training
 
 # The scalar Summary fields stored in the metrics table (the per-position
 # acceptance list goes to runs.acceptance_by_position instead).
@@ -150,6 +150,31 @@ def benchmark_dict(b: Benchmark, run_counts: dict[str, int] | None = None) -> di
     d["n_finished"] = counts.get("finished", 0)
     d["n_failed"] = counts.get("failed", 0)
     d["n_interrupted"] = counts.get("interrupted", 0)
+    return d
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+TRAINING_JSON = ("config", "data", "curves", "accuracy", "timings", "env")  # always dicts ({} until written)
+
+
+def training_dict(t: Training) -> dict[str, Any]:
+    """Every column of a ``trainings`` row; times as ISO 8601 strings (UTC), JSON columns as dicts."""
+    d: dict[str, Any] = {
+        "id": t.id,
+        "created_at": _iso(t.created_at),
+        "finished_at": _iso(t.finished_at),
+        "status": t.status,
+        "error": t.error,
+        "kind": t.kind,
+        "target": t.target,
+        "out_dir": t.out_dir,
+    }
+    d.update({k: dict(getattr(t, k) or {}) for k in TRAINING_JSON})
+    d.update(owner_pid=t.owner_pid, owner_host=t.owner_host, owner_started=t.owner_started,
+             heartbeat_at=_iso(t.heartbeat_at))
     return d
 
 

@@ -1,4 +1,4 @@
-"""RunStore: record, query, export and delete decoding runs and benchmarks.
+"""RunStore: record, query, export and delete decoding runs, benchmarks and trainings.
 
 A run's life: ``start_run`` writes a ``running`` row (committed at once, so a
 crash still leaves a trace of the attempt), ``append_steps`` streams steps as
@@ -9,9 +9,10 @@ Write methods wait out another writer's lock (store.retry) and report any
 other failure as one StoreError. A run whose process died without closing it
 is marked ``interrupted`` the next time a store is opened or runs are listed
 (store.liveness). Opening a file brings its schema up to date (store.schema).
+Benchmark methods live in store.benchmarks, training methods in store.trainings.
 
 Ids are 32-character uuid4 hex strings; ``get_run``, ``load_trace``,
-``delete_run`` and ``get_benchmark`` also accept a unique prefix (as shown in
+``delete_run``, ``get_benchmark``, ``get_training`` and ``delete_training`` also accept a unique prefix (as shown in
 tables, e.g. the first 8 characters).
 """
 from __future__ import annotations
@@ -36,10 +37,11 @@ from workbench.trace import Trace
 from . import db, liveness, schema
 from .db import StoreError
 from .benchmarks import BenchmarkMixin
-from .models import Benchmark, Metric, Param, Run, SchemaInfo, StepRow, utcnow
+from .models import Benchmark, Metric, Param, Run, SchemaInfo, StepRow, Training, utcnow
 from .records import (RunRecord, as_dict, param_from_text, param_to_text, record_from_run, row_to_step, step_to_row,
                       summary_rows)
 from .retry import RETRY_FOR_S, writes
+from .trainings import TrainingMixin
 
 if TYPE_CHECKING:
     import pandas
@@ -70,7 +72,7 @@ def same_sampling(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a == b
 
 
-class RunStore(BenchmarkMixin):
+class RunStore(BenchmarkMixin, TrainingMixin):
     """The run history: one SQLite database (file, ``:memory:`` or ``sqlite...`` URL).
 
     busy_timeout: seconds one statement waits for another writer's lock;
@@ -126,7 +128,7 @@ class RunStore(BenchmarkMixin):
             return int(s.execute(select(SchemaInfo.version)).scalar_one())
 
     def reap_interrupted(self) -> int:
-        """Mark runs and benchmarks whose process is gone ``interrupted`` (store.liveness); returns how many.
+        """Mark runs, benchmarks and trainings whose process is gone ``interrupted`` (store.liveness); returns how many.
 
         Best effort: a read-only or busy file is left as it is (listing still works).
         """
@@ -140,7 +142,7 @@ class RunStore(BenchmarkMixin):
     # -- helpers --------------------------------------------------------------------------
 
     @staticmethod
-    def _resolve(s: Session, model: type[Run] | type[Benchmark], ident: str, what: str) -> str:
+    def _resolve(s: Session, model: type[Run] | type[Benchmark] | type[Training], ident: str, what: str) -> str:
         """Exact id, or the one id starting with ``ident``."""
         key = str(ident).strip().lower()
         if not key:
