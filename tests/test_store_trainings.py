@@ -1,4 +1,4 @@
-"""The ``trainings`` table: a training's record round-trips, updates, is reaped when its process dies, upgrades from v2."""
+"""The ``trainings`` table: a training round-trips, updates, is reaped when its trainer dies, upgrades from v2."""
 from __future__ import annotations
 
 import json
