@@ -40,6 +40,30 @@ def forward(model: torch.nn.Module, input_ids: torch.Tensor, cache: DynamicCache
     return model(input_ids=input_ids, use_cache=True, **kwargs)
 
 
+def forward_hidden(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, keep: int = 0,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stock forward split at the LM head: (logits (1, T or keep, V), final hidden states (1, T, H)).
+
+    The decoder (`model.get_decoder()`, its final norm included) runs once with the cache; the LM head
+    then runs on the kept rows, as the model's own forward does, with the final logit soft-capping of
+    the models that have one. Drafter heads (EAGLE, Medusa, Hydra) read these hidden states: no extra
+    forward, no patched modeling code.
+    """
+    decoder = model.get_decoder()
+    kwargs[cache_arg_name(decoder)] = cache
+    hidden = decoder(input_ids=input_ids, use_cache=True, **kwargs).last_hidden_state  # (1, T, H)
+    return logits_from_hidden(model, hidden[:, -keep:] if keep else hidden), hidden
+
+
+def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's LM head on final hidden states (..., H) -> logits (..., V), soft-capped where the model is."""
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
 def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:
     """The KV cache a caller passed to a forward (either argument name), or None."""
     cache = kwargs.get("cache")

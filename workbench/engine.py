@@ -60,13 +60,16 @@ def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sam
     return cls(env, **resolved)
 
 
-def _target_forward(session, ids: torch.Tensor, draft: Draft | None, past_len: int, keep: int = 0) -> torch.Tensor:
-    """Run the target on `ids` (1, T) after `past_len` cached positions -> logits (T or keep, V)."""
+def _target_forward(session, ids: torch.Tensor, draft: Draft | None, past_len: int, keep: int = 0,
+                    hidden: bool = False):
+    """Run the target on `ids` (1, T) after `past_len` cached positions -> logits (T or keep, V),
+    and its final hidden states (T, H) too when `hidden`."""
     session.crop(past_len)
     if draft is not None and len(draft) and not draft.is_chain:
         block = draft.ancestor_block(ids.device)  # (T, T) tree visibility of [root] + nodes
-        return session.forward(ids, positions=draft.position_ids(past_len, ids.device), block=block, keep=keep)
-    return session.forward(ids, keep=keep)
+        return session.forward(ids, positions=draft.position_ids(past_len, ids.device), block=block, keep=keep,
+                               hidden=hidden)
+    return session.forward(ids, keep=keep, hidden=hidden)
 
 
 @torch.inference_mode()
@@ -101,6 +104,8 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     device = target.device
     # Drafters that learn from the target's own predictions (Jacobi, lookahead) get its argmax at every row.
     wants_argmax = getattr(drafter, "wants_target_argmax", False)
+    # Drafter heads (EAGLE, Medusa, Hydra) read the target's final hidden states of every committed position.
+    wants_hidden = drafter.needs_hidden_states
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
@@ -113,13 +118,18 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     # ---- prefill: the prompt in one forward, the first new token from its last position
     t_draft = time.perf_counter()
     ids = torch.tensor([prompt_ids], device=device)  # (1, T_prompt)
-    logits = _target_forward(session, ids, None, 0, keep=1)[-1]  # (V,)
+    out = _target_forward(session, ids, None, 0, keep=1, hidden=wants_hidden)
+    logits, hidden = (out[0][-1], out[1]) if wants_hidden else (out[-1], None)  # (V,), (T_prompt, H)
     tok, p_tok = choose(logits, sampling, generator)
     if sampling.greedy and decode.trace:
         p_tok = float(logits.float().softmax(-1)[tok])
     device_sync(device)
     t_now = time.perf_counter()
     context = list(prompt_ids) + [tok]
+    if wants_hidden:  # on the clock: a head's own prompt pass is part of its cost
+        drafter.observe(StepFeedback(draft=None, accepted=[], committed=[tok], tokens=list(context), hidden=hidden))
+        device_sync(device)
+        t_now = time.perf_counter()
     step = Step(index=0, kind="prefill", bonus_token=tok, bonus_p=p_tok, committed=[tok],
                 draft_s=t_draft - t_start, verify_s=t_now - t_draft, total_s=t_now - t_start, t_end=t_now - t_start)
     trace.steps.append(step)
@@ -143,7 +153,8 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
         past_len = len(context) - 1
         node_tokens = proposal.tokens if proposal is not None else []
         ids = torch.tensor([[context[-1]] + node_tokens], device=device)  # (1, 1+n)
-        logits = _target_forward(session, ids, proposal, past_len)  # (1+n, V)
+        out = _target_forward(session, ids, proposal, past_len, hidden=wants_hidden)
+        logits, hidden = out if wants_hidden else (out, None)  # (1+n, V), (1+n, H)
         verdict, p_nodes = _verify(logits, proposal, sampling, generator, decode.trace)
         # keep the root's and the accepted path's keys/values; drop the rejected ones
         session.keep(past_len, [0] + [i + 1 for i in verdict.accepted])
@@ -155,8 +166,9 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
         context.extend(committed)
         if wants_argmax:
             drafter.observe_target(logits.argmax(-1).tolist(), proposal)  # (1+n,) root row first, then each node
+        kept = hidden[[0] + [i + 1 for i in verdict.accepted]] if wants_hidden else None  # root + accepted rows
         drafter.observe(StepFeedback(draft=proposal, accepted=verdict.accepted, committed=committed,
-                                     tokens=context))
+                                     tokens=context, hidden=kept))
         t3 = time.perf_counter()
         step = Step(
             index=len(trace.steps), kind="decode",

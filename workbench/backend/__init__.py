@@ -3,10 +3,11 @@
 The engine never talks to a KV cache directly. It opens a *session* for a model
 (`open_session(backend, lm, max_len)`) and asks it two things:
 
-    session.forward(ids, positions=None, block=None, keep=0) -> logits (T or keep, V)
+    session.forward(ids, positions=None, block=None, keep=0, hidden=False) -> logits (T or keep, V)
         run the model on ids (1, T) after the session's `length` cached positions;
         `block` is a bool (T, W) visibility of the last W columns (a tree mask),
-        every column before them is visible; None means causal
+        every column before them is visible; None means causal; hidden=True
+        returns (logits, final hidden states (T, H)) from the same forward
     session.keep(start, offsets) / session.crop(n)
         keep positions [0, start) plus start + offsets (accepted tree nodes are
         copied into place), or the first n positions (a rejected chain)
@@ -38,7 +39,7 @@ class KVSession(Protocol):
     length: int
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor: ...
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool = False) -> Any: ...
 
     def keep(self, start: int, offsets: list[int]) -> None: ...
 

@@ -112,12 +112,13 @@ class CompiledForward:
         self.cols = torch.arange(L, device=self.device)
         self.busy = False
         self.warmup_s: float | None = None
-        cache_arg = kv.cache_arg_name(self.model)
         model, cache = self.model, self.cache
 
-        def run(input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask, use_cache=True,
-                         **{cache_arg: cache}).logits
+        def run(input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
+            # the stock forward split at the LM head, so the final hidden states come out too (drafter heads)
+            logits, hidden = kv.forward_hidden(model, input_ids, cache, position_ids=position_ids,
+                                               attention_mask=mask)
+            return logits[0], hidden[0]  # (T, V), (T, H)
 
         self.eager = run
         self.one = torch.compile(_own_code(run), dynamic=False,
@@ -125,7 +126,8 @@ class CompiledForward:
         self.many = torch.compile(_own_code(run), dynamic=True)
 
     @torch.inference_mode()
-    def call(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
+    def call(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+             length: int) -> tuple[torch.Tensor, torch.Tensor]:
         for layer in self.cache.layers:  # where the new keys/values go
             if getattr(layer, "is_initialized", False):
                 layer.cumulative_length.fill_(length)
@@ -135,7 +137,7 @@ class CompiledForward:
         # row or a tensor made outside inference mode would otherwise trigger a recompilation
         ids = ids.clone(memory_format=torch.contiguous_format)
         positions = positions.clone(memory_format=torch.contiguous_format)
-        return fn(ids, positions, mask)[0]  # (T, V)
+        return fn(ids, positions, mask)  # (T, V) logits, (T, H) final hidden states
 
     def mask(self, length: int, T: int, block: torch.Tensor | None) -> torch.Tensor:
         """(1, 1, T, L) additive mask: columns < length + T - W visible, `block` over the next W, the rest hidden."""
@@ -191,7 +193,7 @@ class StaticSession:
         compiled.busy = True
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool = False) -> Any:
         c = self.compiled
         T = ids.shape[1]
         if self.length + T > c.L:
@@ -199,9 +201,10 @@ class StaticSession:
                               f"needs {self.length + T} (use a smaller draft or fewer new tokens)")
         if positions is None:
             positions = (self.length + torch.arange(T, device=c.device))[None]  # (1, T)
-        logits = c.call(ids, positions, c.mask(self.length, T, block), self.length)  # (T, V)
+        logits, states = c.call(ids, positions, c.mask(self.length, T, block), self.length)  # (T, V), (T, H)
         self.length += T
-        return logits[-keep:] if keep else logits
+        logits = logits[-keep:] if keep else logits
+        return (logits, states) if hidden else logits
 
     def keep(self, start: int, offsets: list[int]) -> None:
         if offsets != list(range(len(offsets))):

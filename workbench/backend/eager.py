@@ -23,13 +23,17 @@ class EagerSession:
         self.length = 0
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0) -> torch.Tensor:
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool = False) -> Any:
         kwargs: dict[str, Any] = {}
         T = ids.shape[1]
         if block is not None:
             kwargs["attention_mask"] = additive_mask(block, self.length + T, self.model.dtype)
         if positions is not None:
             kwargs["position_ids"] = positions
+        if hidden:
+            logits, states = kv.forward_hidden(self.model, ids, self.cache, keep, **kwargs)
+            self.length += T
+            return logits[0], states[0]  # (T or keep, V), (T, H)
         out = kv.forward(self.model, ids, self.cache, logits_to_keep=keep, **kwargs)
         self.length += T
         return out.logits[0]  # (T or keep, V)

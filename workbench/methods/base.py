@@ -134,6 +134,11 @@ class StepFeedback:
     accepted: list[int]  # accepted node indices
     committed: list[int]  # tokens appended this step
     tokens: list[int] = field(default_factory=list)  # the full context after the step
+    # Only for drafters that declare `needs_hidden_states`: the target's final hidden states (k, H) of the
+    # positions this step added to its cache, from the forward it already ran. After prefill (draft None)
+    # every prompt position; after a decode step the root and each accepted node. Row j belongs to position
+    # len(tokens) - 1 - k + j, so the drafter holds states for every committed token but the last.
+    hidden: torch.Tensor | None = None
 
 
 class Drafter:
@@ -146,6 +151,7 @@ class Drafter:
     needs_draft_model: ClassVar[bool] = False
     tree: ClassVar[bool] = False  # proposes branching trees (not only chains)
     any_draft_tokenizer: ClassVar[bool] = False  # drafts with a model of another vocabulary (cross_vocab)
+    needs_hidden_states: ClassVar[bool] = False  # observe() gets the target's final hidden states (heads)
     params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, env: DrafterEnv, **params: Any) -> None:
@@ -175,7 +181,7 @@ class Drafter:
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "label": cls.label or cls.name, "description": cls.description,
                 "lossless": cls.lossless, "needs_draft_model": cls.needs_draft_model, "tree": cls.tree,
-                "any_draft_tokenizer": cls.any_draft_tokenizer,
+                "any_draft_tokenizer": cls.any_draft_tokenizer, "needs_hidden_states": cls.needs_hidden_states,
                 "params": [p.to_dict() for p in cls.params]}
 
 
