@@ -20,6 +20,7 @@ import torch
 from ..backend.profile import PROFILE_SIZES, cost_profile, interpolate  # noqa: F401 - PROFILE_SIZES re-exported
 from ..tree import Draft
 from .base import DraftContext, Param, StepFeedback, register
+from .draft_model import DraftTreeSession
 from .trees import TopKTreeDrafter, grow_from_paths
 
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)  # rank-r acceptance before any data
@@ -110,9 +111,9 @@ class Sequoia(TopKTreeDrafter):
         every = self.params["explore_every"]
         if not paths and every and self.steps % every == every - 1:
             paths = self.explore_paths
-        if not paths:
+        if not paths or ctx.max_tokens <= 0:
             return None
-        return grow_from_paths(self, ctx, paths)
+        return grow_from_paths(DraftTreeSession(self.runner, ctx.tokens), paths, ctx.max_tokens, self.topk)
 
     def observe(self, fb: StepFeedback) -> None:
         d = fb.draft

@@ -101,29 +101,51 @@ class CandidateTree:
         return Draft([self.tokens[i] for i in keep], parents, [self.q[i] for i in keep])
 
 
-def grow_from_paths(drafter: "TopKTreeDrafter", ctx: DraftContext, paths: list[list[int]]) -> Draft | None:
-    """Expand the draft model's top-k along rank paths, one draft forward per level."""
-    if ctx.max_tokens <= 0:
-        return None
-    session = DraftTreeSession(drafter.runner, ctx.tokens)
+def grow_from_paths(session, paths: list[list[int]], max_tokens: int, topk) -> Draft | None:
+    """Expand top-k along rank paths, one forward per level.
+
+    session: a tree session (DraftTreeSession, or a head's: root_logits, add, feed, close), closed here;
+    topk(logits, k) -> (tokens, probs) ranks a node's children.
+    """
     tree = CandidateTree(session)
     node_of: dict[tuple[int, ...], int] = {(): -1}
     try:
         by_depth: dict[int, list[list[int]]] = {}
         for path in sorted(paths, key=lambda p: (len(p), p)):  # siblings in rank order
-            if len(path) <= ctx.max_tokens:
+            if len(path) <= max_tokens:
                 by_depth.setdefault(len(path), []).append(path)
         for depth in sorted(by_depth):
             parents = sorted({node_of[tuple(p[:-1])] for p in by_depth[depth]})
             logits = dict(zip(parents, tree.expand(parents)))
             need = {par: 1 + max(p[-1] for p in by_depth[depth] if node_of[tuple(p[:-1])] == par)
                     for par in parents}
-            ranked = {par: drafter.topk(logits[par], need[par]) for par in parents}
+            ranked = {par: topk(logits[par], need[par]) for par in parents}
             for path in by_depth[depth]:
                 par = node_of[tuple(path[:-1])]
                 toks, probs = ranked[par]
                 node_of[tuple(path)] = tree.add(toks[path[-1]], par, probs[path[-1]])
-        return tree.draft(list(range(len(tree.tokens))))
+        return tree.draft(list(range(len(tree.tokens)))) if tree.tokens else None
+    finally:
+        session.close()
+
+
+def grow_dynamic(session, depth: int, top_k: int, total: int, topk) -> Draft | None:
+    """EAGLE-2's expansion: level by level, expand the top_k frontier nodes by cumulative draft probability
+    into top_k children each; keep the best `total` nodes. session/topk as in grow_from_paths."""
+    tree = CandidateTree(session)
+    score: list[float] = []  # cumulative draft probability of each node
+    try:
+        frontier = [-1]
+        for _ in range(depth):
+            children = []
+            for par, lg in zip(frontier, tree.expand(frontier)):  # one draft forward over the frontier
+                toks, probs = topk(lg, top_k)
+                for t, q in zip(toks, probs):
+                    children.append(tree.add(t, par, q))
+                    score.append((1.0 if par < 0 else score[par]) * q)
+            frontier = sorted(children, key=lambda n: -score[n])[:top_k]  # the nodes the next level expands
+        keep = sorted(range(len(score)), key=lambda n: -score[n])[:total]
+        return tree.draft(keep) if keep else None
     finally:
         session.close()
 
@@ -160,7 +182,9 @@ class TreeStatic(TopKTreeDrafter):
         self.paths = parse_paths(self.params["paths"]) if self.params["paths"] else NAMED_TREES[self.params["tree"]]
 
     def propose(self, ctx: DraftContext) -> Draft | None:
-        return grow_from_paths(self, ctx, self.paths)
+        if ctx.max_tokens <= 0:
+            return None
+        return grow_from_paths(DraftTreeSession(self.runner, ctx.tokens), self.paths, ctx.max_tokens, self.topk)
 
 
 @register
@@ -178,24 +202,8 @@ class TreeDynamic(TopKTreeDrafter):
     def propose(self, ctx: DraftContext) -> Draft | None:
         if ctx.max_tokens <= 0:
             return None
-        k = self.params["top_k"]
-        session = DraftTreeSession(self.runner, ctx.tokens)
-        tree = CandidateTree(session)
-        score: list[float] = []  # cumulative draft probability of each node
-        try:
-            frontier = [-1]
-            for level in range(min(self.params["depth"], ctx.max_tokens)):
-                children = []
-                for par, lg in zip(frontier, tree.expand(frontier)):  # one draft forward over the frontier
-                    toks, probs = self.topk(lg, k)
-                    for t, q in zip(toks, probs):
-                        children.append(tree.add(t, par, q))
-                        score.append((1.0 if par < 0 else score[par]) * q)
-                frontier = sorted(children, key=lambda n: -score[n])[:k]  # the nodes the next level expands
-            keep = sorted(range(len(score)), key=lambda n: -score[n])[: self.params["total_tokens"]]
-            return tree.draft(keep)
-        finally:
-            session.close()
+        return grow_dynamic(DraftTreeSession(self.runner, ctx.tokens), min(self.params["depth"], ctx.max_tokens),
+                            self.params["top_k"], self.params["total_tokens"], self.topk)
 
 
 @register
