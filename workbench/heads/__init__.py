@@ -1,0 +1,190 @@
+"""Trained drafter heads (EAGLE, Medusa, Hydra): save, find and load them, safely matched to their target.
+
+A head lives in a directory: `head.safetensors` (its own weights, fp16; never
+the target's embedding or LM head, which it reuses) and `card.json` (kind,
+shape, the target it was trained for with a fingerprint of that target's
+weights, the training settings and the held-out accuracy). Loading a head
+against another target fails with a clear error.
+
+Where heads are found (`workbench heads` lists them):
+- a directory given as `head=DIR`;
+- by name, in the user's heads dir ($WORKBENCH_HEADS, else $WORKBENCH_CACHE/heads/<name>, where
+  `workbench train` writes by default) and among the heads shipped with the
+  package (workbench/heads/builtin/<name>);
+- by default (`head=""`): `<target name>-<kind>` in those places, user first,
+  so a head the user trained for their model wins over the shipped one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError
+from .modules import HEAD_CLASSES, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
+
+HEAD_KINDS = tuple(HEAD_CLASSES)
+CARD = "card.json"
+WEIGHTS = "head.safetensors"
+FORMAT = 1
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+
+__all__ = ["BUILTIN_DIR", "EagleHead", "HEAD_KINDS", "HeadBase", "HeadError", "HydraHeads", "MedusaHeads",
+           "default_head_name", "find_head", "fingerprint", "list_heads", "load_head", "make_head", "save_head",
+           "user_heads_dir"]
+
+
+class HeadError(ConfigError):
+    """A head that cannot be found, read, or used with this target."""
+
+
+def user_heads_dir() -> Path:
+    """$WORKBENCH_HEADS, else <cache dir>/heads."""
+    env = os.environ.get("WORKBENCH_HEADS")
+    if env:
+        return Path(env).expanduser()
+    from ..models import cache_dir
+
+    return cache_dir() / "heads"
+
+
+def base_name(lm: Any) -> str:
+    """The target's name without precision options (a head serves every precision of its model)."""
+    return os.path.basename(str(lm.name).rstrip("/\\")) or str(lm.name)
+
+
+def default_head_name(lm: Any, kind: str) -> str:
+    return f"{base_name(lm)}-{kind}"
+
+
+def fingerprint(lm: Any) -> str:
+    """A short hash of the target's token embedding (rounded to bf16, so every precision of one model agrees)
+    and its shape: what a head's card is checked against."""
+    model = lm.model if hasattr(lm, "model") else lm
+    emb = model.get_input_embeddings().weight
+    rows = emb[: min(512, emb.shape[0])].detach().to("cpu", torch.bfloat16).view(torch.int16)
+    h = hashlib.sha256(rows.numpy().tobytes())
+    h.update(f"{tuple(emb.shape)}|{model.config.hidden_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def save_head(head: HeadBase, out_dir: str | Path, target: Any, *, training: dict | None = None,
+              accuracy: dict | None = None, extra: dict | None = None) -> Path:
+    """Write `head` (fp16 weights) and its card to out_dir; returns the directory."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, t in {**dict(head.named_parameters()), **dict(head.named_buffers())}.items():
+        t = t.detach().to("cpu").contiguous()
+        tensors[name] = t.to(torch.float16) if t.is_floating_point() and name != "inv_freq" else t
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(out / WEIGHTS)
+    card = {
+        "format": FORMAT, "kind": head.kind, "config": head.config,
+        "target": {"name": base_name(target), "spec": getattr(target, "spec", None), "fingerprint": fingerprint(target),
+                   "hidden_size": target.model.config.hidden_size, "vocab_size": int(target.vocab_size)},
+        "params": sum(p.numel() for p in head.parameters()),
+        "vocab_trim": int(head.vocab.numel()),
+        "training": training or {}, "accuracy": accuracy or {},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    (out / CARD).write_text(json.dumps(card, indent=1, allow_nan=False))
+    return out
+
+
+def read_card(path: str | Path) -> dict:
+    p = Path(path) / CARD
+    try:
+        card = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise HeadError(f"{path} is not a head directory (no {CARD})") from None
+    except (OSError, ValueError) as e:
+        raise HeadError(f"cannot read the head card {p}: {e}") from None
+    if not isinstance(card, dict) or card.get("kind") not in HEAD_KINDS:
+        raise HeadError(f"{p} is not a head card of a known kind ({', '.join(HEAD_KINDS)})")
+    return card
+
+
+def _places() -> list[tuple[str, Path]]:
+    return [("user", user_heads_dir()), ("builtin", BUILTIN_DIR)]
+
+
+def find_head(ref: str, target: Any, kind: str) -> Path:
+    """The directory of head `ref` (a path or a name; "" = the default head of `kind` for `target`)."""
+    ref = (ref or "").strip()
+    if ref and (os.sep in ref or "/" in ref or Path(ref).is_dir()):
+        if not Path(ref).is_dir():
+            raise HeadError(f"head directory {ref} does not exist")
+        return Path(ref)
+    name = ref or default_head_name(target, kind)
+    for _, root in _places():
+        if (root / name / CARD).exists():
+            return root / name
+    known = ", ".join(h["name"] for h in list_heads()) or "none yet"
+    how = (f"train one with `workbench train --kind {kind} --target {getattr(target, 'spec', base_name(target))}`"
+           if not ref else "pass a head directory or a name from `workbench heads`")
+    raise HeadError(f"no {kind} head {'named ' + repr(name) if ref else 'for ' + base_name(target)} "
+                    f"(heads: {known}); {how}")
+
+
+def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
+    """Head `ref` of `kind`, checked against `target`, on the target's device and dtype -> (head, card)."""
+    from safetensors.torch import load_file
+
+    path = find_head(ref, target, kind)
+    card = read_card(path)
+    if card["kind"] != kind:
+        raise HeadError(f"head {path} is a {card['kind']} head, not {kind}")
+    want, have = card.get("target", {}), fingerprint(target)
+    if want.get("fingerprint") != have:
+        raise HeadError(f"head {path} was trained for target '{want.get('name')}' (fingerprint "
+                        f"{want.get('fingerprint')}), not for '{getattr(target, 'spec', '?')}' ({have}); "
+                        "train a head for this target with `workbench train`")
+    head = HEAD_CLASSES[kind](card["config"])
+    try:
+        state = load_file(str(path / WEIGHTS))
+        if "vocab" in state:
+            head.vocab = state["vocab"]
+        missing, unexpected = head.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                                    for k, v in state.items()}, strict=False)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise HeadError(f"cannot load the head weights {path / WEIGHTS}: {e}") from None
+    if missing or unexpected:
+        raise HeadError(f"head weights {path / WEIGHTS} do not match its card (missing {missing}, "
+                        f"unexpected {unexpected})")
+    head.to(device=target.device, dtype=target.dtype if target.dtype.is_floating_point else torch.float32)
+    head.vocab = head.vocab.to(target.device)
+    if isinstance(head, EagleHead):
+        head.inv_freq = head.inv_freq.float()
+    return head.eval().requires_grad_(False), card
+
+
+def list_heads(kind: str | None = None) -> list[dict]:
+    """Every head found (user heads first, then shipped ones), with its card's facts."""
+    out = []
+    for where, root in _places():
+        if not root.is_dir():
+            continue
+        for d in sorted(root.iterdir()):
+            try:
+                card = read_card(d)
+            except HeadError:
+                continue
+            if kind and card["kind"] != kind:
+                continue
+            acc = card.get("accuracy", {})
+            out.append({"name": d.name, "kind": card["kind"], "target": card.get("target", {}).get("name"),
+                        "where": where, "path": str(d), "params": card.get("params"),
+                        "vocab_trim": card.get("vocab_trim", 0), "top1": acc.get("top1"), "top5": acc.get("top5"),
+                        "samples": card.get("training", {}).get("samples"),
+                        "created_at": card.get("created_at")})
+    return out
