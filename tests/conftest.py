@@ -68,3 +68,35 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "real" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_heads(tmp_path_factory):
+    """Default heads for tiny-random (eagle, medusa, hydra), trained for a few seconds on its own outputs.
+
+    The head methods find them by default through $WORKBENCH_HEADS, so the registry-driven
+    tests run them like every other method (subprocesses inherit the variable). A random
+    model's text is noise a small head cannot learn in general, so the heads are trained on
+    the target's responses to the engine tests' own prompts (greedy and sampled): enough for
+    them to draft there, so a feature or position misalignment shows as a failed "actually drafts".
+    """
+    import json
+
+    from workbench.train import TrainConfig, train
+
+    from .test_engine import PROMPTS
+
+    root = tmp_path_factory.mktemp("heads")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt_ids": p}) for p in PROMPTS))
+    old = os.environ.get("WORKBENCH_HEADS")
+    os.environ["WORKBENCH_HEADS"] = str(root)
+    for kind in ("eagle", "medusa", "hydra"):
+        train(TrainConfig(kind=kind, target="tiny-random", prompts=str(prompts), samples=24, max_new_tokens=64,
+                          steps=200, lr=3e-3, device=DEVICE, out=str(root / f"tiny-random-{kind}"), store=False,
+                          evaluate_prompts=0), quiet=True)
+    yield root
+    if old is None:
+        os.environ.pop("WORKBENCH_HEADS", None)
+    else:
+        os.environ["WORKBENCH_HEADS"] = old

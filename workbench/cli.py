@@ -380,7 +380,13 @@ def _add_profile(sub) -> None:
     pr.set_defaults(func=cmd_profile)
 
 
-_EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile]
+def _add_train(sub) -> None:
+    from .train_cli import add_train_parsers
+
+    add_train_parsers(sub, _int_in)
+
+
+_EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile, _add_train]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,177 @@
+"""Trained drafter heads: the hidden states the engine hands them, their cards, training, trimming, distilled drafts.
+
+The registry-driven tests (test_engine, test_properties, test_real_model) already run eagle,
+medusa and hydra for greedy identity, the sampling distribution and "actually drafts" with
+the tiny heads conftest trains; this file checks what those cannot see.
+"""
+import json
+
+import pytest
+import torch
+
+from workbench.backend import BACKENDS
+from workbench.config import DecodeConfig
+from workbench.engine import generate
+from workbench.heads import HeadError, list_heads, load_head
+from workbench.methods.heads import Eagle
+from workbench.train import TrainConfig, read_prompts, train
+
+from .conftest import DEVICE
+from .test_engine import PROMPTS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hidden_states_are_the_targets_own(tiny, backend, monkeypatch):
+    """Every committed position's state reaches the drafter once, equal to a fresh forward's final hidden state."""
+    seen: dict[int, torch.Tensor] = {}
+    original = Eagle.observe
+
+    def record(self, fb):
+        k = fb.hidden.shape[0]
+        start = len(fb.tokens) - 1 - k
+        for j in range(k):
+            assert start + j not in seen, "a position's state was handed over twice"
+            seen[start + j] = fb.hidden[j].clone()
+        final[:] = fb.tokens
+        original(self, fb)
+
+    final: list[int] = []
+    monkeypatch.setattr(Eagle, "observe", record)
+    out = generate(tiny, "eagle", PROMPTS[2], decode=DecodeConfig(max_new_tokens=40), backend=backend)
+    assert out.summary.mean_accepted_tokens > 1.0  # steps accepted several tokens, so rows were picked from trees
+    assert sorted(seen) == list(range(len(final) - 1))  # every committed token but the root
+    with torch.inference_mode():
+        ref = tiny.model.get_decoder()(input_ids=torch.tensor([final], device=tiny.device)).last_hidden_state[0]
+    got = torch.stack([seen[i] for i in range(len(final) - 1)])
+    torch.testing.assert_close(got, ref[:-1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_head_for_another_target_is_refused(tiny_other):
+    with pytest.raises(HeadError, match="trained for target"):
+        load_head("tiny-random-eagle", tiny_other, "eagle")
+
+
+def test_missing_head_says_how_to_train_one(tiny, tiny_heads, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_HEADS", str(tmp_path))
+    with pytest.raises(HeadError, match="workbench train --kind medusa"):
+        generate(tiny, "medusa", PROMPTS[0], decode=DecodeConfig(max_new_tokens=4))
+    with pytest.raises(HeadError, match="medusa head, not eagle"):
+        load_head(str(tiny_heads / "tiny-random-medusa"), tiny, "eagle")
+    with pytest.raises(HeadError, match="does not exist"):
+        load_head(str(tmp_path / "nowhere" / "x"), tiny, "eagle")
+
+
+def test_list_heads_shows_the_trained_ones(tiny_heads):
+    rows = {r["name"]: r for r in list_heads()}
+    for kind in ("eagle", "medusa", "hydra"):
+        row = rows[f"tiny-random-{kind}"]
+        assert row["kind"] == kind and row["target"] == "tiny-random" and row["where"] == "user"
+        assert row["top1"] and all(0.0 <= a <= 1.0 for a in row["top1"])
+
+
+def _tiny_config(tmp_path, **kw):
+    base = dict(target="tiny-random", samples=8, max_new_tokens=16, steps=6, device=DEVICE, store=False,
+                evaluate_prompts=0, checkpoint_every=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    import workbench.train as tr
+
+    cfg = _tiny_config(tmp_path, kind="medusa", out=str(tmp_path / "m"))
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, quiet=True)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    ckpt = torch.load(tmp_path / "m" / "training" / "checkpoint.pt")
+    assert ckpt["step"] == 3  # the last checkpoint before the interruption
+    generated = tr.generate_responses
+    monkeypatch.setattr(tr, "generate_responses", lambda *a, **k: pytest.fail("resume regenerated the data"))
+    res = train(TrainConfig(**{**cfg.__dict__, "resume": True}), quiet=True)
+    monkeypatch.setattr(tr, "generate_responses", generated)
+    assert [s for s, _ in res_curves(tmp_path / "m")] == list(range(1, 7))
+    assert res.accuracy["top1"] and (tmp_path / "m" / "head.safetensors").exists()
+
+
+def res_curves(out):
+    return torch.load(out / "training" / "checkpoint.pt")["curves"]["loss"]
+
+
+def test_training_is_recorded_in_the_store(tmp_path):
+    from store import RunStore
+
+    db = tmp_path / "runs.sqlite"
+    cfg = _tiny_config(tmp_path, kind="hydra", out=str(tmp_path / "h"), store=True, evaluate_prompts=1)
+    res = train(cfg, quiet=True, db=str(db))
+    rec = RunStore(str(db)).get_training(res.training_id)
+    assert rec["status"] == "finished" and rec["kind"] == "hydra" and rec["target"] == "tiny-random"
+    assert rec["data"]["responses"] == 8 and rec["data"]["heldout_responses"] >= 1
+    assert [s for s, _ in rec["curves"]["loss"]] == list(range(1, 7))
+    assert len(rec["accuracy"]["top1"]) == 4 and rec["accuracy"]["serving"]["prompts"] == 1
+    assert rec["timings"]["train_s"] > 0 and rec["env"]["torch"]
+
+
+def test_vocabulary_trimming_proposes_only_kept_tokens_and_stays_lossless(tiny, tmp_path):
+    out = tmp_path / "trim"
+    train(_tiny_config(tmp_path, kind="eagle", out=str(out), vocab_trim=40), quiet=True)
+    head, card = load_head(str(out), tiny, "eagle")
+    kept = set(head.vocab.tolist())
+    assert len(kept) == 40 and card["vocab_trim"] == 40
+    for prompt in PROMPTS:
+        ref = generate(tiny, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=24))
+        got = generate(tiny, "eagle", prompt, params={"head": str(out)}, decode=DecodeConfig(max_new_tokens=24))
+        assert got.output_ids == ref.output_ids
+        assert all(t in kept for st in got.trace.steps for t in st.tokens)
+
+
+def test_a_distilled_draft_is_an_ordinary_draft_model(tiny, tmp_path):
+    from workbench.models import load_model
+
+    out = tmp_path / "draft"
+    res = train(_tiny_config(tmp_path, kind="draft", out=str(out), layers=1), quiet=True)
+    card = json.loads((out / "card.json").read_text())
+    assert card["kind"] == "draft" and card["layers"] == 1 and res.accuracy["top1"]
+    draft = load_model(str(out), device=DEVICE)
+    assert draft.model.config.num_hidden_layers == 1
+    for prompt in PROMPTS:
+        ref = generate(tiny, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=24))
+        got = generate(tiny, "speculative", prompt, draft=draft, decode=DecodeConfig(max_new_tokens=24))
+        assert got.output_ids == ref.output_ids
+
+
+def test_train_and_heads_from_the_command_line(tmp_path, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "cli-medusa"
+    assert main(["train", "--kind", "medusa", "--target", "tiny-random", "--samples", "6", "--max-new-tokens", "12",
+                 "--steps", "3", "--out", str(out), "--no-log", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["out_dir"] == str(out) and len(res["accuracy"]["top1"]) == 4
+    assert main(["train", "--kind", "medusa", "--steps", "0"]) == 2
+    assert "must be >= 1" in capsys.readouterr().err
+    assert main(["heads", "--json"]) == 0
+    names = {r["name"] for r in json.loads(capsys.readouterr().out)}
+    assert {"tiny-random-eagle", "tiny-random-medusa", "tiny-random-hydra"} <= names
+
+
+def test_bad_training_settings_are_refused(tmp_path):
+    from workbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown training kind"):
+        TrainConfig(kind="lasso")
+    with pytest.raises(ConfigError, match="holdout"):
+        TrainConfig(kind="eagle", holdout=0.9)
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"other": 1}\n')
+    with pytest.raises(ConfigError, match="needs a 'prompt'"):
+        read_prompts(p)

@@ -1,0 +1,536 @@
+"""Train a drafter on the target's own outputs: EAGLE, Medusa and Hydra heads, or a distilled draft model.
+
+`train(TrainConfig(...))` runs four stages, each with progress and an ETA, each
+resumable (its output is saved in the out dir before the next one starts):
+
+1. generate  self-distillation data: the target's own greedy responses to a
+             prompt set (the project's workbench/suites/train_prompts.jsonl, or
+             the user's JSONL), batched; past one response per prompt, further
+             responses are sampled (temperature 0.7) for variety;
+2. features  one teacher-forced target forward per sequence: its final hidden
+             states f_t (fp16) and its argmax a_t (the token the target would
+             put at t + 1: what a greedy verifier accepts);
+3. train     AdamW on the held-in sequences, loss on response positions only:
+             medusa  head k: cross-entropy of LM-head(head_k(f_t)) against a_{t+k+1}
+             hydra   the same, head k also reading e(x_{t+1..t+k+1})
+             eagle   (f_t, x_{t+1}) -> f^_{t+1}: smooth-L1 to f_{t+1} plus
+                     cross-entropy of LM-head(f^_{t+1}) against a_{t+1}
+                     (EAGLE's two losses; features get uniform noise, as the paper)
+             draft   a few-layer copy of the target (its embedding, LM head and
+                     evenly spaced layers) trained by KL to the target's
+                     next-token distribution (knowledge distillation);
+             checkpoints every `checkpoint_every` steps (`resume=True` continues);
+4. evaluate  held-out top-1/top-5 per head (per draft position) and, for heads,
+             what serving sees: tau and alpha per position of the real method on a
+             few held-out prompts.
+
+A `training` record in the run store follows the whole thing (curves, accuracy,
+data sizes, timings), which the app's Train tab and notebook 05 draw.
+
+Vocabulary trimming (`vocab_trim=k`): the drafter may only propose the k tokens
+the target produced most often in the generated responses (VocabTrim /
+FR-Spec); its LM head shrinks to those rows. Still lossless.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import ConfigError
+from .train_config import KINDS, TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
+
+Progress = Callable[[str, int, int, str], None]  # (stage, done, total, message)
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    card: dict
+    training_id: str | None
+    accuracy: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+def read_prompts(path: str | Path | None) -> list[Any]:
+    """Prompts from a JSONL file: each line {"prompt": text}, {"messages": [...]} or {"prompt_ids": [ids]}
+    (already tokenised, used as they are) -> text, messages or token ids."""
+    p = Path(path) if path else TRAIN_PROMPTS
+    out = []
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read prompts {p}: {e}") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise ConfigError(f"{p}:{i}: not a JSON line") from None
+        prompt = (row.get("messages") or row.get("prompt") or row.get("text") or row.get("prompt_ids")
+                  if isinstance(row, dict) else None)
+        if not prompt or not isinstance(prompt, (str, list)):
+            raise ConfigError(f"{p}:{i}: needs a 'prompt' (text), 'messages' (chat) or 'prompt_ids' (token ids) field")
+        out.append(prompt)
+    if not out:
+        raise ConfigError(f"{p} holds no prompts")
+    return out
+
+
+class _Bar:
+    """A stage's progress: a tqdm bar on the terminal and/or a callback, with the ETA in its message."""
+
+    def __init__(self, stage: str, total: int, progress: Progress | None, quiet: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.stage, self.total, self.progress = stage, total, progress
+        self.bar = None if quiet else tqdm(total=total, desc=stage, unit="it", leave=True)
+        self.t0, self.done = time.perf_counter(), 0
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            if note:
+                self.bar.set_postfix_str(note)
+        if self.progress is not None:
+            el = time.perf_counter() - self.t0
+            eta = el / self.done * (self.total - self.done) if self.done else float("nan")
+            self.progress(self.stage, self.done, self.total, f"{note} ETA {eta:.0f} s" if eta == eta else note)
+
+    def close(self) -> float:
+        if self.bar is not None:
+            self.bar.close()
+        return time.perf_counter() - self.t0
+
+
+# ---------------------------------------------------------------- 1. generate
+
+@torch.inference_mode()
+def generate_responses(lm, prompts: list[Any], n: int, max_new_tokens: int, batch: int, seed: int,
+                       bar: _Bar) -> list[dict]:
+    """n self-distilled samples [{"prompt_ids", "response_ids"}]: greedy first, then sampled (T=0.7)."""
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
+    order = [(i % len(prompts), i >= len(prompts)) for i in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    out: list[dict] = []
+    for b in range(0, n, batch):
+        chunk = order[b:b + batch]
+        encoded = [list(prompts[i]) if _token_ids(prompts[i]) else lm.encode_prompt(prompts[i]) for i, _ in chunk]
+        for sampled in (False, True):
+            rows = [(e, c) for e, c in zip(encoded, chunk) if c[1] == sampled]
+            if not rows:
+                continue
+            width = max(len(e) for e, _ in rows)
+            ids = torch.tensor([[pad] * (width - len(e)) + e for e, _ in rows], device=lm.device)  # left padding
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e, _ in rows], device=lm.device)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            gen = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    do_sample=sampled, temperature=0.7 if sampled else None, top_p=None, top_k=None,
+                                    pad_token_id=pad, eos_token_id=list(lm.eos_token_ids) or None)
+            for (e, _), row in zip(rows, gen[:, width:].tolist()):
+                resp = []
+                for t in row:
+                    resp.append(t)
+                    if t in lm.eos_token_ids:
+                        break
+                out.append({"prompt_ids": e, "response_ids": resp})
+        bar.update(len(chunk), f"{sum(len(r['response_ids']) for r in out)} tokens")
+    return out
+
+
+def _token_ids(prompt: Any) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                             for t in prompt)
+
+
+# ---------------------------------------------------------------- 2. features
+
+@torch.inference_mode()
+def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8) -> list[dict]:
+    """Per sequence: tokens (T,), final hidden states f (T, H) fp16, argmax a (T,), and where the response starts."""
+    out = []
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i]["prompt_ids"]) + len(samples[i]["response_ids"]))
+    feats: dict[int, dict] = {}
+    for b in range(0, len(order), batch):
+        idx = order[b:b + batch]
+        seqs = [samples[i]["prompt_ids"] + samples[i]["response_ids"] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=lm.device)  # right padding
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=lm.device)
+        hidden = lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+        from .cache import logits_from_hidden
+
+        argmax = logits_from_hidden(lm.model, hidden).argmax(-1)  # (B, T)
+        for r, (i, s) in enumerate(zip(idx, seqs)):
+            feats[i] = {"tokens": torch.tensor(s, dtype=torch.int32), "f": hidden[r, :len(s)].to("cpu", torch.float16),
+                        "a": argmax[r, :len(s)].to("cpu", torch.int32), "start": len(samples[i]["prompt_ids"])}
+        bar.update(len(idx))
+    for i in range(len(samples)):
+        out.append(feats[i])
+    return out
+
+
+def frequent_tokens(data: list[dict], k: int, vocab_size: int) -> torch.Tensor:
+    """The k token ids the target produced most often (its argmax over response positions)."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for d in data:
+        counts += torch.bincount(d["a"][d["start"] - 1:].long(), minlength=vocab_size)[:vocab_size]
+    return counts.topk(min(k, vocab_size)).indices.sort().values
+
+
+# ---------------------------------------------------------------- 3. train
+
+def _batch(data: list[dict], idx: list[int], device) -> dict[str, torch.Tensor]:
+    T = max(len(data[i]["tokens"]) for i in idx)
+    B, H = len(idx), data[idx[0]]["f"].shape[1]
+    f = torch.zeros(B, T, H)
+    tok = torch.zeros(B, T, dtype=torch.long)
+    a = torch.zeros(B, T, dtype=torch.long)
+    resp = torch.zeros(B, T, dtype=torch.bool)  # positions t whose next token is a response token
+    for r, i in enumerate(idx):
+        d, n = data[i], len(data[i]["tokens"])
+        f[r, :n], tok[r, :n], a[r, :n] = d["f"].float(), d["tokens"].long(), d["a"].long()
+        resp[r, d["start"] - 1:n] = True
+    return {"f": f.to(device), "tok": tok.to(device), "a": a.to(device), "resp": resp.to(device),
+            "len": torch.tensor([len(data[i]["tokens"]) for i in idx], device=device)}
+
+
+class _LMHead:
+    """The target's LM head for training: frozen rows (trimmed to `ids` when given), labels mapped to rows."""
+
+    def __init__(self, lm, ids: torch.Tensor | None, device) -> None:
+        w = lm.model.get_output_embeddings().weight.detach().float().to(device)
+        self.ids = ids.to(device) if ids is not None else None
+        self.w = w[self.ids] if self.ids is not None else w  # (k, H)
+        self.row = None
+        if self.ids is not None:
+            self.row = torch.full((w.shape[0],), -1, dtype=torch.long, device=device)
+            self.row[self.ids] = torch.arange(len(self.ids), device=device)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.T
+
+    def labels(self, a: torch.Tensor) -> torch.Tensor:
+        """Token ids -> row indices; -100 (ignored) where a token is outside the trimmed vocabulary."""
+        if self.row is None:
+            return a
+        r = self.row[a]
+        return torch.where(r >= 0, r, torch.full_like(r, -100))
+
+
+def _shifted(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x[:, t + k] at t (zeros past the end)."""
+    out = torch.zeros_like(x)
+    if k < x.shape[1]:
+        out[:, : x.shape[1] - k] = x[:, k:]
+    return out
+
+
+def head_losses(kind: str, head, lmh: _LMHead, embed, b: dict, noise: float = 0.0):
+    """(loss, {name: value}, per-position (correct top1, correct top5, count) lists) on one batch."""
+    f, tok, a, resp = b["f"], b["tok"], b["a"], b["resp"]
+    B, T, _ = f.shape
+    valid_len = torch.arange(T, device=f.device)[None] < b["len"][:, None]
+    stats, parts = [], {}
+    if kind in ("medusa", "hydra"):
+        K = len(head.blocks) if kind == "medusa" else len(head.inp)
+        if kind == "medusa":
+            z = head(f)  # (B, T, K, H)
+        else:
+            embs = torch.stack([embed(_shifted(tok, k + 1)) for k in range(K)], dim=2)  # e(x_{t+1..t+K}) (B,T,K,H)
+            z = head(f, embs)
+        loss = 0.0
+        for k in range(K):
+            ok = resp & (torch.arange(T, device=f.device)[None] + k + 1 < b["len"][:, None])
+            logits = lmh.logits(z[:, :, k][ok])  # (N, k)
+            labels = lmh.labels(_shifted(a, k + 1)[ok])  # a_{t+k+1}: the target's token at t + k + 2
+            lk = F.cross_entropy(logits, labels, ignore_index=-100)
+            loss = loss + lk * (0.8 ** k)  # Medusa's decaying head weights
+            parts[f"head{k + 1}_loss"] = float(lk.detach())
+            stats.append(_topk_hits(logits, labels))
+        return loss, parts, stats
+    # eagle: pair t = (f_t, x_{t+1}) at position t + 1 -> f^_{t+1}
+    x_next = _shifted(tok, 1)
+    feats = f + (torch.rand_like(f) - 0.5) * 2 * noise if noise else f
+    pos = torch.arange(1, T + 1, device=f.device)[None].expand(B, T)
+    pred, _ = head(feats, embed(x_next), pos)  # (B, T, H)
+    ok = resp & (torch.arange(T, device=f.device)[None] + 1 < b["len"][:, None]) & valid_len
+    target_f = _shifted(f, 1)
+    f_loss = F.smooth_l1_loss(pred[ok], target_f[ok])
+    logits = lmh.logits(pred[ok])
+    labels = lmh.labels(_shifted(a, 1)[ok])
+    t_loss = F.cross_entropy(logits, labels, ignore_index=-100)
+    parts.update(feature_loss=float(f_loss.detach()), token_loss=float(t_loss.detach()))
+    stats.append(_topk_hits(logits, labels))
+    return f_loss * 1.0 + t_loss * 0.1, parts, stats
+
+
+def _topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
+    keep = labels >= 0
+    if not keep.any():
+        return 0, 0, 0
+    top = logits[keep].topk(min(5, logits.shape[-1]), dim=-1).indices
+    lab = labels[keep][:, None]
+    return int((top[:, :1] == lab).sum()), int((top == lab).any(-1).sum()), int(keep.sum())
+
+
+def draft_losses(model, teacher: _LMHead, b: dict):
+    """KL(target || draft) of the next-token distribution on response positions, plus top-k hits."""
+    f, tok, resp = b["f"], b["tok"], b["resp"]
+    mask = torch.arange(tok.shape[1], device=tok.device)[None] < b["len"][:, None]
+    logits = model(input_ids=tok, attention_mask=mask.long()).logits  # (B, T, V)
+    ok = resp & mask
+    with torch.no_grad():
+        p = teacher.logits(f[ok]).log_softmax(-1)  # the target's own distribution, from its stored features
+    q = logits[ok].float().log_softmax(-1)
+    kl = F.kl_div(q, p, log_target=True, reduction="batchmean")
+    return kl, {"kl": float(kl)}, [_topk_hits(q.detach(), p.argmax(-1))]
+
+
+def make_draft_model(lm, layers: int):
+    """A few-layer copy of the target: its config with `layers` decoder layers, initialised from evenly spaced
+    target layers (first and last included), the target's embedding, final norm and LM head."""
+    import copy
+
+    cfg = copy.deepcopy(lm.model.config)
+    n = cfg.num_hidden_layers
+    picks = sorted({round(i * (n - 1) / max(layers - 1, 1)) for i in range(layers)}) if layers > 1 else [n - 1]
+    cfg.num_hidden_layers = len(picks)
+    if getattr(cfg, "layer_types", None):
+        cfg.layer_types = [cfg.layer_types[i] for i in picks]
+    model = type(lm.model)(cfg)
+    src = lm.model.state_dict()
+    dst = {}
+    for k in model.state_dict():
+        if ".layers." in k:
+            pre, rest = k.split(".layers.", 1)
+            i, tail = rest.split(".", 1)
+            dst[k] = src[f"{pre}.layers.{picks[int(i)]}.{tail}"]
+        else:
+            dst[k] = src[k]
+    model.load_state_dict(dst)
+    model.config.workbench_source_layers = picks
+    return model.float()
+
+
+def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = False, db: str | None = None) -> TrainResult:
+    """Run the whole pipeline (see the module docstring); returns where the drafter went and its accuracy."""
+    from .api import environment
+    from .heads import default_head_name, save_head, user_heads_dir
+    from .models import load_model
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    lm = load_model(cfg.target, device=cfg.device)
+    out = Path(cfg.out) if cfg.out else (user_heads_dir() / default_head_name(lm, cfg.kind) if cfg.kind != "draft"
+                                         else user_heads_dir().parent / "drafts" / f"{default_head_name(lm, 'distilled')}")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "training"
+    ckpt_dir.mkdir(exist_ok=True)
+    if not cfg.resume:
+        for p in ckpt_dir.glob("*"):
+            p.unlink()
+    store, tid = _open_record(cfg, lm, out, db, environment(lm))
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    try:
+        # 1. generate
+        samples_path = ckpt_dir / "samples.json"
+        if samples_path.exists():
+            samples = json.loads(samples_path.read_text())
+        else:
+            prompts = read_prompts(cfg.prompts)
+            bar = _Bar("generate", cfg.samples, progress, quiet)
+            samples = generate_responses(lm, prompts, cfg.samples, cfg.max_new_tokens, cfg.gen_batch, cfg.seed, bar)
+            timings["generate_s"] = bar.close()
+            samples_path.write_text(json.dumps(samples))
+        # 2. features
+        feats_path = ckpt_dir / "features.pt"
+        if feats_path.exists():
+            data = torch.load(feats_path)
+        else:
+            bar = _Bar("features", len(samples), progress, quiet)
+            data = extract_features(lm, samples, bar)
+            timings["features_s"] = bar.close()
+            torch.save(data, feats_path)
+        rng = random.Random(cfg.seed)
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        n_hold = max(1, int(len(order) * cfg.holdout))
+        held, train_idx = order[:n_hold], order[n_hold:] or order[:1]
+        sizes = {"prompts": len({tuple(s["prompt_ids"]) for s in samples}), "responses": len(samples),
+                 "tokens": sum(len(s["response_ids"]) for s in samples),
+                 "train_responses": len(train_idx), "heldout_responses": len(held),
+                 "heldout_tokens": sum(len(samples[i]["response_ids"]) for i in held)}
+        _update(store, tid, data=sizes)
+        # 3. train
+        vocab = frequent_tokens([data[i] for i in train_idx], cfg.vocab_trim, lm.vocab_size) if cfg.vocab_trim else None
+        result = _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet, store, tid, timings)
+        drafter, curves, accuracy = result
+        # 4. save (+ evaluate)
+        training = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "resume", "store", "device")},
+                    "samples": len(samples), "tokens": sizes["tokens"]}
+        if cfg.kind == "draft":
+            card = _save_draft(drafter, lm, out, training, accuracy)
+        else:
+            save_head(drafter, out, lm, training=training, accuracy=accuracy)
+            card = json.loads((out / "card.json").read_text())
+            if cfg.evaluate_prompts:
+                t0 = time.perf_counter()
+                accuracy["serving"] = serving_acceptance(lm, cfg.kind, out, [samples[i] for i in held],
+                                                         cfg.evaluate_prompts, cfg.max_new_tokens)
+                timings["evaluate_s"] = time.perf_counter() - t0
+                card["accuracy"] = accuracy
+                (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False))
+        timings["total_s"] = time.perf_counter() - t_all
+        _finish(store, tid, "finished", accuracy=accuracy, timings=timings, curves=curves)
+        return TrainResult(out_dir=str(out), card=card, training_id=tid, accuracy=accuracy, timings=timings)
+    except KeyboardInterrupt:
+        _finish(store, tid, "interrupted", error="interrupted; continue with --resume", timings=timings)
+        raise
+    except BaseException as e:
+        _finish(store, tid, "failed", error=f"{type(e).__name__}: {e}", timings=timings)
+        raise
+
+
+def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet, store, tid, timings):
+    from .heads import make_head
+
+    device = lm.device
+    embed = lm.model.get_input_embeddings()
+    lmh = _LMHead(lm, vocab, device)
+    if cfg.kind == "draft":
+        model = make_draft_model(lm, cfg.layers).to(device)
+        model.get_input_embeddings().requires_grad_(False)
+        model.get_output_embeddings().requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        teacher = _LMHead(lm, None, device)
+    else:
+        model = make_head(cfg.kind, lm.model, cfg.heads).to(device).float()
+        if vocab is not None:
+            model.set_vocab(vocab)
+        params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.steps // 20)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    curves: dict[str, list] = {}
+    step = 0
+    ckpt = ckpt_dir / "checkpoint.pt"
+    if cfg.resume and ckpt.exists():
+        state = torch.load(ckpt)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        step, curves = state["step"], state["curves"]
+    rng = random.Random(cfg.seed + step)
+    bar = _Bar("train", cfg.steps, progress, quiet)
+    bar.update(step)
+    model.train()
+    while step < cfg.steps:
+        idx = rng.sample(train_idx, min(cfg.batch_size, len(train_idx)))
+        b = _batch(data, idx, device)
+        if cfg.kind == "draft":
+            loss, parts, _ = draft_losses(model, teacher, b)
+        else:
+            loss, parts, _ = head_losses(cfg.kind, model, lmh, embed, b, noise=0.1 if cfg.kind == "eagle" else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        for k, v in {"loss": float(loss.detach()), **parts, "lr": sched.get_last_lr()[0]}.items():
+            curves.setdefault(k, []).append([step, round(v, 6)])
+        bar.update(1, f"loss {float(loss.detach()):.3f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": step, "curves": curves}, ckpt)
+            _update(store, tid, curves=curves)
+    timings["train_s"] = bar.close()
+    model.eval()
+    accuracy = evaluate(cfg.kind, model, lmh, embed, data, held, teacher if cfg.kind == "draft" else None)
+    return model, curves, accuracy
+
+
+@torch.no_grad()
+def evaluate(kind, model, lmh, embed, data, held, teacher=None) -> dict:
+    """Held-out top-1 / top-5 per head (per draft position), teacher-forced."""
+    hits: list[list[int]] = []
+    for s in range(0, len(held), 8):
+        b = _batch(data, held[s:s + 8], lmh.w.device)
+        stats = draft_losses(model, teacher, b)[2] if kind == "draft" else head_losses(kind, model, lmh, embed, b)[2]
+        for k, st in enumerate(stats):
+            while len(hits) <= k:
+                hits.append([0, 0, 0])
+            for j in range(3):
+                hits[k][j] += st[j]
+    return {"top1": [round(h[0] / h[2], 4) if h[2] else None for h in hits],
+            "top5": [round(h[1] / h[2], 4) if h[2] else None for h in hits],
+            "positions": [h[2] for h in hits]}
+
+
+def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, max_new_tokens: int) -> dict:
+    """What serving sees: tau and alpha per draft position of the method on up to n held-out prompts (greedy)."""
+    from .config import DecodeConfig
+    from .engine import generate
+    from .metrics import acceptance_by_position
+
+    steps, new, forwards = [], 0, 0
+    for s in held[:n]:
+        out = generate(lm, kind, s["prompt_ids"], params={"head": str(head_dir)},
+                       decode=DecodeConfig(max_new_tokens=min(64, max_new_tokens)))
+        steps += out.trace.steps
+        new += out.summary.new_tokens
+        forwards += out.summary.target_forward_passes
+    alpha = acceptance_by_position(steps)
+    return {"tau": round(new / forwards, 3) if forwards else None, "prompts": min(n, len(held)),
+            "alpha_by_position": [round(a, 4) if a == a else None for a in alpha]}
+
+
+def _save_draft(model, lm, out: Path, training: dict, accuracy: dict) -> dict:
+    """A distilled draft model: an ordinary model directory (use it as a draft spec), with the target's tokenizer."""
+    from .heads import base_name, fingerprint
+
+    model = model.to(lm.dtype if lm.dtype.is_floating_point else torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    lm.tokenizer.save_pretrained(out)
+    card = {"kind": "draft", "target": {"name": base_name(lm), "spec": lm.spec, "fingerprint": fingerprint(lm)},
+            "layers": model.config.num_hidden_layers, "params": sum(p.numel() for p in model.parameters()),
+            "training": training, "accuracy": accuracy}
+    (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False))
+    return card
+
+
+def _open_record(cfg, lm, out, db, env):
+    if not cfg.store:
+        return None, None
+    from store import RunStore
+
+    store = RunStore(db) if db else RunStore()
+    tid = store.start_training(kind=cfg.kind, target=lm.spec, out_dir=str(out),
+                               config={k: v for k, v in asdict(cfg).items() if k != "store"}, env=env)
+    return store, tid
+
+
+def _update(store, tid, **fields) -> None:
+    if store is not None:
+        store.update_training(tid, **fields)
+
+
+def _finish(store, tid, status: str, error: str | None = None, *, accuracy=None, timings=None, curves=None) -> None:
+    if store is None:
+        return
+    if curves is not None:
+        store.update_training(tid, curves=curves)
+    store.finish_training(tid, status, error, accuracy=accuracy, timings=timings)

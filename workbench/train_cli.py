@@ -1,0 +1,86 @@
+"""`workbench train` and `workbench heads`: train a drafter on the target's own outputs; list trained heads."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_train_parsers(sub, int_in) -> None:
+    from .train_config import KINDS, TrainConfig
+
+    d = TrainConfig(kind="eagle")
+    t = sub.add_parser("train", help="train an EAGLE/Medusa/Hydra head or a distilled draft model by self-distillation")
+    t.add_argument("--kind", required=True, choices=KINDS)
+    t.add_argument("--target", "-t", default=d.target, help=f"target model spec (default: {d.target})")
+    t.add_argument("--prompts", default=None, metavar="FILE.jsonl",
+                   help="prompts, one JSON object per line with 'prompt' or chat 'messages' "
+                        "(default: the project's own training set, workbench/suites/train_prompts.jsonl)")
+    t.add_argument("--samples", type=int_in(1), default=d.samples, help=f"responses to generate (default {d.samples})")
+    t.add_argument("--max-new-tokens", type=int_in(1), default=d.max_new_tokens)
+    t.add_argument("--steps", type=int_in(1), default=d.steps, help=f"optimiser steps (default {d.steps})")
+    t.add_argument("--batch-size", type=int_in(1), default=d.batch_size, help="sequences per step")
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--heads", type=int_in(1, 16), default=d.heads, help="medusa/hydra: heads (draft positions)")
+    t.add_argument("--layers", type=int_in(1, 64), default=d.layers, help="draft: decoder layers kept")
+    t.add_argument("--vocab-trim", type=int_in(0), default=d.vocab_trim,
+                   help="restrict the drafter to the k tokens the target produced most often (0: full vocabulary)")
+    t.add_argument("--gen-batch", type=int_in(1), default=d.gen_batch, help="prompts generated per batch")
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--device", default=None)
+    t.add_argument("--out", default=None, help="output directory (default: the user heads dir, <target>-<kind>)")
+    t.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
+    t.add_argument("--no-log", action="store_true", help="do not record the training in the store")
+    t.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+    def cmd_train(args) -> int:
+        from .train import train
+
+        cfg = TrainConfig(kind=args.kind, target=args.target, prompts=args.prompts, samples=args.samples,
+                          max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
+                          lr=args.lr, heads=args.heads, layers=args.layers, vocab_trim=args.vocab_trim,
+                          gen_batch=args.gen_batch, seed=args.seed, device=args.device, out=args.out,
+                          resume=args.resume, store=not args.no_log)
+        res = train(cfg, db=args.db)
+        if args.json:
+            print(json.dumps({"out_dir": res.out_dir, "training_id": res.training_id, "accuracy": res.accuracy,
+                              "timings": res.timings}))
+            return 0
+        acc = res.accuracy
+        print(f"{args.kind} drafter for {args.target} saved to {res.out_dir}")
+        print("held-out top-1 per position: " + ", ".join(f"{a:.3f}" for a in acc.get("top1", []) if a is not None))
+        print("held-out top-5 per position: " + ", ".join(f"{a:.3f}" for a in acc.get("top5", []) if a is not None))
+        serving = acc.get("serving")
+        if serving:
+            print(f"serving on {serving['prompts']} held-out prompts: tau {serving['tau']}, alpha by position "
+                  + ", ".join(f"{a:.2f}" for a in serving["alpha_by_position"] if a is not None))
+        print("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in res.timings.items()))
+        if args.kind == "draft":
+            print(f"use it as a draft model: --draft {res.out_dir}")
+        else:
+            print(f"use it: workbench run --method {args.kind} --target {args.target} --param head={res.out_dir}")
+        return 0
+
+    t.set_defaults(func=cmd_train)
+
+    h = sub.add_parser("heads", help="list trained drafter heads (yours and the shipped ones) with their accuracy")
+    h.add_argument("--kind", default=None, choices=("eagle", "medusa", "hydra"))
+    h.add_argument("--json", action="store_true")
+
+    def cmd_heads(args) -> int:
+        from .heads import list_heads
+
+        rows = list_heads(args.kind)
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        if not rows:
+            print("no heads yet; train one: workbench train --kind eagle --target smollm2-135m", file=sys.stderr)
+            return 0
+        print(f"{'name':<28} {'kind':<7} {'target':<16} {'where':<8} {'params':>9} {'trim':>6} {'samples':>7}  top-1")
+        for r in rows:
+            top1 = ", ".join(f"{a:.2f}" for a in (r["top1"] or []) if a is not None)
+            print(f"{r['name']:<28} {r['kind']:<7} {str(r['target']):<16} {r['where']:<8} {r['params'] or 0:>9} "
+                  f"{r['vocab_trim'] or '-':>6} {r['samples'] or '-':>7}  {top1}")
+        return 0
+
+    h.set_defaults(func=cmd_heads)
