@@ -13,6 +13,12 @@ DynamicCache, or compiled over a static position-indexed cache); draft models
 open their sessions on the same backend through DrafterEnv.session, and the
 engine closes them all when the run ends.
 
+A drafter that declares `needs_hidden_states` (the EAGLE/Medusa/Hydra heads)
+gets, through `observe`, the target's final hidden states of the positions each
+forward committed: every prompt position after prefill, the root and the accepted
+nodes after a step. They come out of the same forwards (the backend splits the
+stock forward at the LM head), so a head never costs an extra target forward.
+
 Timing (gpt-fast): the device is synchronised before every timer read, so
 draft_s and verify_s are what the step really cost. A drafter's `begin` (one-time
 set-up: calibration, profiling, loading a corpus) runs before the clock starts; a

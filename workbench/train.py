@@ -117,14 +117,16 @@ class _Bar:
 
 @torch.inference_mode()
 def generate_responses(lm, prompts: list[Any], n: int, max_new_tokens: int, batch: int, seed: int,
-                       bar: _Bar) -> list[dict]:
-    """n self-distilled samples [{"prompt_ids", "response_ids"}]: greedy first, then sampled (T=0.7)."""
+                       bar: _Bar, done: list[dict] | None = None,
+                       save: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """n self-distilled samples [{"prompt_ids", "response_ids"}]: one greedy response per prompt, then
+    sampled ones (T = 0.7). `done`: samples already generated (continued from there); `save` is called
+    after every batch, so an interrupted generation resumes where it stopped."""
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
     order = [(i % len(prompts), i >= len(prompts)) for i in range(n)]
-    g = torch.Generator().manual_seed(seed)
-    out: list[dict] = []
-    for b in range(0, n, batch):
+    out: list[dict] = list(done or [])
+    for b in range(len(out), n, batch):
         chunk = order[b:b + batch]
         encoded = [list(prompts[i]) if _token_ids(prompts[i]) else lm.encode_prompt(prompts[i]) for i, _ in chunk]
         for sampled in (False, True):
@@ -134,7 +136,7 @@ def generate_responses(lm, prompts: list[Any], n: int, max_new_tokens: int, batc
             width = max(len(e) for e, _ in rows)
             ids = torch.tensor([[pad] * (width - len(e)) + e for e, _ in rows], device=lm.device)  # left padding
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e, _ in rows], device=lm.device)
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+            torch.manual_seed(seed * 1_000_003 + b)  # each batch's samples are reproducible, also when resumed
             gen = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                     do_sample=sampled, temperature=0.7 if sampled else None, top_p=None, top_k=None,
                                     pad_token_id=pad, eos_token_id=list(lm.eos_token_ids) or None)
@@ -145,6 +147,8 @@ def generate_responses(lm, prompts: list[Any], n: int, max_new_tokens: int, batc
                     if t in lm.eos_token_ids:
                         break
                 out.append({"prompt_ids": e, "response_ids": resp})
+        if save is not None:
+            save(out)
         bar.update(len(chunk), f"{sum(len(r['response_ids']) for r in out)} tokens")
     return out
 
@@ -237,7 +241,8 @@ def _shifted(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def head_losses(kind: str, head, lmh: _LMHead, embed, b: dict, noise: float = 0.0):
+def head_losses(kind: str, head, lmh: _LMHead, embed, b: dict, noise: float = 0.0,
+                weights: tuple[float, float] = (1.0, 0.1)):
     """(loss, {name: value}, per-position (correct top1, correct top5, count) lists) on one batch."""
     f, tok, a, resp = b["f"], b["tok"], b["a"], b["resp"]
     B, T, _ = f.shape
@@ -273,7 +278,7 @@ def head_losses(kind: str, head, lmh: _LMHead, embed, b: dict, noise: float = 0.
     t_loss = F.cross_entropy(logits, labels, ignore_index=-100)
     parts.update(feature_loss=float(f_loss.detach()), token_loss=float(t_loss.detach()))
     stats.append(_topk_hits(logits, labels))
-    return f_loss * 1.0 + t_loss * 0.1, parts, stats
+    return f_loss * weights[0] + t_loss * weights[1], parts, stats
 
 
 def _topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
@@ -285,17 +290,22 @@ def _topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, in
     return int((top[:, :1] == lab).sum()), int((top == lab).any(-1).sum()), int(keep.sum())
 
 
-def draft_losses(model, teacher: _LMHead, b: dict):
-    """KL(target || draft) of the next-token distribution on response positions, plus top-k hits."""
+def draft_losses(model, lmh: _LMHead, b: dict):
+    """KL(target || draft) of the next-token distribution on response positions, plus top-k hits.
+
+    The draft keeps the target's (frozen) LM head, so both distributions come from the same rows of it:
+    the target's from its stored features, the draft's from its own final hidden states; with a trimmed
+    vocabulary the KL runs over the kept rows (the draft model itself keeps its full head).
+    """
     f, tok, resp = b["f"], b["tok"], b["resp"]
     mask = torch.arange(tok.shape[1], device=tok.device)[None] < b["len"][:, None]
-    logits = model(input_ids=tok, attention_mask=mask.long()).logits  # (B, T, V)
+    hidden = model.get_decoder()(input_ids=tok, attention_mask=mask.long()).last_hidden_state  # (B, T, H)
     ok = resp & mask
     with torch.no_grad():
-        p = teacher.logits(f[ok]).log_softmax(-1)  # the target's own distribution, from its stored features
-    q = logits[ok].float().log_softmax(-1)
+        p = lmh.logits(f[ok]).log_softmax(-1)  # (N, k): the target's own distribution
+    q = lmh.logits(hidden[ok].float()).log_softmax(-1)  # (N, k)
     kl = F.kl_div(q, p, log_target=True, reduction="batchmean")
-    return kl, {"kl": float(kl)}, [_topk_hits(q.detach(), p.argmax(-1))]
+    return kl, {"kl": float(kl.detach())}, [_topk_hits(q.detach(), p.argmax(-1))]
 
 
 def make_draft_model(lm, layers: int):
@@ -346,24 +356,27 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
     t_all = time.perf_counter()
     try:
         # 1. generate
+        # (kept in the out dir: a resumed or larger training continues from them; a smaller one uses a prefix)
         samples_path = ckpt_dir / "samples.json"
-        if samples_path.exists():
-            samples = json.loads(samples_path.read_text())
-        else:
+        samples = json.loads(samples_path.read_text()) if samples_path.exists() else []
+        if len(samples) < cfg.samples:
             prompts = read_prompts(cfg.prompts)
             bar = _Bar("generate", cfg.samples, progress, quiet)
-            samples = generate_responses(lm, prompts, cfg.samples, cfg.max_new_tokens, cfg.gen_batch, cfg.seed, bar)
+            bar.update(len(samples))
+            samples = generate_responses(lm, prompts, cfg.samples, cfg.max_new_tokens, cfg.gen_batch, cfg.seed, bar,
+                                         done=samples, save=lambda s: _write_json(samples_path, s))
             timings["generate_s"] = bar.close()
-            samples_path.write_text(json.dumps(samples))
+        samples = samples[: cfg.samples]
         # 2. features
         feats_path = ckpt_dir / "features.pt"
-        if feats_path.exists():
-            data = torch.load(feats_path)
-        else:
+        data = torch.load(feats_path) if feats_path.exists() else []
+        if len(data) < len(samples):
             bar = _Bar("features", len(samples), progress, quiet)
-            data = extract_features(lm, samples, bar)
+            bar.update(len(data))
+            data = data + extract_features(lm, samples[len(data):], bar)
             timings["features_s"] = bar.close()
             torch.save(data, feats_path)
+        data = data[: len(samples)]
         rng = random.Random(cfg.seed)
         order = list(range(len(data)))
         rng.shuffle(order)
@@ -375,12 +388,14 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
                  "heldout_tokens": sum(len(samples[i]["response_ids"]) for i in held)}
         _update(store, tid, data=sizes)
         # 3. train
-        vocab = frequent_tokens([data[i] for i in train_idx], cfg.vocab_trim, lm.vocab_size) if cfg.vocab_trim else None
+        trim = 0 < cfg.vocab_trim < lm.vocab_size  # a k at least the vocabulary's size trims nothing
+        vocab = frequent_tokens([data[i] for i in train_idx], cfg.vocab_trim, lm.vocab_size) if trim else None
         result = _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet, store, tid, timings)
         drafter, curves, accuracy = result
         # 4. save (+ evaluate)
         training = {**{k: v for k, v in asdict(cfg).items() if k not in ("out", "resume", "store", "device")},
-                    "samples": len(samples), "tokens": sizes["tokens"]}
+                    "samples": len(samples), "tokens": sizes["tokens"], "command": cfg.command(),
+                    "train_s": round(timings.get("train_s", 0.0), 1)}
         if cfg.kind == "draft":
             card = _save_draft(drafter, lm, out, training, accuracy)
         else:
@@ -415,7 +430,6 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
         model.get_input_embeddings().requires_grad_(False)
         model.get_output_embeddings().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
-        teacher = _LMHead(lm, None, device)
     else:
         model = make_head(cfg.kind, lm.model, cfg.heads).to(device).float()
         if vocab is not None:
@@ -441,9 +455,10 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
         idx = rng.sample(train_idx, min(cfg.batch_size, len(train_idx)))
         b = _batch(data, idx, device)
         if cfg.kind == "draft":
-            loss, parts, _ = draft_losses(model, teacher, b)
+            loss, parts, _ = draft_losses(model, lmh, b)
         else:
-            loss, parts, _ = head_losses(cfg.kind, model, lmh, embed, b, noise=0.1 if cfg.kind == "eagle" else 0.0)
+            loss, parts, _ = head_losses(cfg.kind, model, lmh, embed, b, noise=0.1 if cfg.kind == "eagle" else 0.0,
+                                         weights=(cfg.feature_weight, cfg.token_weight))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -459,17 +474,17 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
             _update(store, tid, curves=curves)
     timings["train_s"] = bar.close()
     model.eval()
-    accuracy = evaluate(cfg.kind, model, lmh, embed, data, held, teacher if cfg.kind == "draft" else None)
+    accuracy = evaluate(cfg.kind, model, lmh, embed, data, held)
     return model, curves, accuracy
 
 
 @torch.no_grad()
-def evaluate(kind, model, lmh, embed, data, held, teacher=None) -> dict:
+def evaluate(kind, model, lmh, embed, data, held) -> dict:
     """Held-out top-1 / top-5 per head (per draft position), teacher-forced."""
     hits: list[list[int]] = []
     for s in range(0, len(held), 8):
         b = _batch(data, held[s:s + 8], lmh.w.device)
-        stats = draft_losses(model, teacher, b)[2] if kind == "draft" else head_losses(kind, model, lmh, embed, b)[2]
+        stats = draft_losses(model, lmh, b)[2] if kind == "draft" else head_losses(kind, model, lmh, embed, b)[2]
         for k, st in enumerate(stats):
             while len(hits) <= k:
                 hits.append([0, 0, 0])
@@ -510,6 +525,12 @@ def _save_draft(model, lm, out: Path, training: dict, accuracy: dict) -> dict:
             "training": training, "accuracy": accuracy}
     (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False))
     return card
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    tmp.replace(path)
 
 
 def _open_record(cfg, lm, out, db, env):

@@ -19,11 +19,14 @@ def add_train_parsers(sub, int_in) -> None:
     t.add_argument("--max-new-tokens", type=int_in(1), default=d.max_new_tokens)
     t.add_argument("--steps", type=int_in(1), default=d.steps, help=f"optimiser steps (default {d.steps})")
     t.add_argument("--batch-size", type=int_in(1), default=d.batch_size, help="sequences per step")
-    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-4 for eagle, 1e-3 otherwise)")
     t.add_argument("--heads", type=int_in(1, 16), default=d.heads, help="medusa/hydra: heads (draft positions)")
     t.add_argument("--layers", type=int_in(1, 64), default=d.layers, help="draft: decoder layers kept")
     t.add_argument("--vocab-trim", type=int_in(0), default=d.vocab_trim,
                    help="restrict the drafter to the k tokens the target produced most often (0: full vocabulary)")
+    t.add_argument("--feature-weight", type=float, default=d.feature_weight,
+                   help="eagle: weight of the feature-regression loss")
+    t.add_argument("--token-weight", type=float, default=d.token_weight, help="eagle: weight of the token loss")
     t.add_argument("--gen-batch", type=int_in(1), default=d.gen_batch, help="prompts generated per batch")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=None)
@@ -37,7 +40,8 @@ def add_train_parsers(sub, int_in) -> None:
 
         cfg = TrainConfig(kind=args.kind, target=args.target, prompts=args.prompts, samples=args.samples,
                           max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
-                          lr=args.lr, heads=args.heads, layers=args.layers, vocab_trim=args.vocab_trim,
+                          lr=args.lr, feature_weight=args.feature_weight, token_weight=args.token_weight,
+                          heads=args.heads, layers=args.layers, vocab_trim=args.vocab_trim,
                           gen_batch=args.gen_batch, seed=args.seed, device=args.device, out=args.out,
                           resume=args.resume, store=not args.no_log)
         res = train(cfg, db=args.db)

@@ -16,16 +16,19 @@ class TrainConfig:
     kind: str
     target: str = "smollm2-135m"
     prompts: str | None = None  # a JSONL file ("prompt" text or chat "messages"); None: the shipped set
-    samples: int = 300  # responses to generate
+    samples: int = 1000  # responses to generate (about 13 minutes on a 2-core CPU for SmolLM2-135M)
     max_new_tokens: int = 128  # per response
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 8  # sequences per step
-    lr: float = 1e-3
+    lr: float | None = None  # None: 5e-4 for eagle (a layer that starts from the target's), 1e-3 otherwise
     heads: int = 4  # medusa / hydra heads (draft positions)
     layers: int = 2  # distilled draft model: decoder layers kept
-    vocab_trim: int = 0  # 0: full vocabulary
+    vocab_trim: int = 8192  # propose only the k most frequent tokens of the target's outputs; 0: full vocabulary
+    # eagle: weights of the feature-regression (smooth L1) and token (cross-entropy) losses
+    feature_weight: float = 1.0
+    token_weight: float = 0.1
     holdout: float = 0.1  # fraction of responses held out for evaluation
-    gen_batch: int = 16
+    gen_batch: int = 32
     checkpoint_every: int = 100
     seed: int = 0
     device: str | None = None
@@ -33,6 +36,20 @@ class TrainConfig:
     resume: bool = False
     store: bool = True  # record the training in the run store
     evaluate_prompts: int = 4  # held-out prompts decoded with the trained head (0: skip)
+
+    def command(self) -> str:
+        """The `workbench train` command line that reproduces these settings (defaults left out)."""
+        from dataclasses import fields
+
+        skip = {"kind", "out", "resume", "store", "device", "evaluate_prompts"}
+        base = TrainConfig(kind=self.kind)
+        parts = ["workbench train", f"--kind {self.kind}"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in skip or value == getattr(base, f.name) and f.name != "target":
+                continue
+            parts.append(f"--{f.name.replace('_', '-')} {value}")
+        return " ".join(parts)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -46,7 +63,13 @@ class TrainConfig:
             raise ConfigError(f"vocab_trim must be a whole number >= 0, got {self.vocab_trim!r}")
         if not (0.0 < self.holdout < 0.5):
             raise ConfigError(f"holdout must be between 0 and 0.5, got {self.holdout!r}")
+        if self.lr is None:
+            self.lr = 5e-4 if self.kind == "eagle" else 1e-3
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("feature_weight", "token_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{name} must be a number >= 0, got {v!r}")
 
 
