@@ -175,3 +175,17 @@ def test_bad_training_settings_are_refused(tmp_path):
     p.write_text('{"other": 1}\n')
     with pytest.raises(ConfigError, match="needs a 'prompt'"):
         read_prompts(p)
+
+
+def test_trim_off_proposes_from_the_whole_vocabulary(tiny, tmp_path):
+    out = tmp_path / "trim-off"
+    train(_tiny_config(tmp_path, kind="medusa", out=str(out), vocab_trim=40), quiet=True)
+    kept = set(load_head(str(out), tiny, "medusa")[0].vocab.tolist())
+    proposed = set()
+    for prompt in PROMPTS:
+        ref = generate(tiny, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=24))
+        got = generate(tiny, "medusa", prompt, params={"head": str(out), "trim": False},
+                       decode=DecodeConfig(max_new_tokens=24))
+        assert got.output_ids == ref.output_ids
+        proposed |= {t for st in got.trace.steps for t in st.tokens}
+    assert proposed - kept  # tokens outside the trimmed vocabulary were proposed

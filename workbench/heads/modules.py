@@ -45,7 +45,8 @@ class HeadBase(nn.Module):
         self.register_buffer("vocab", torch.zeros(0, dtype=torch.long), persistent=True)  # empty: full vocabulary
 
     def set_vocab(self, ids: torch.Tensor | None) -> None:
-        self.vocab = torch.zeros(0, dtype=torch.long) if ids is None else ids.to(torch.long).sort().values
+        dev = self.vocab.device
+        self.vocab = torch.zeros(0, dtype=torch.long, device=dev) if ids is None else ids.to(dev, torch.long).sort().values
 
     @property
     def trimmed(self) -> bool:

@@ -33,6 +33,8 @@ from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .trees import NAMED_TREES, grow_dynamic, grow_from_paths, parse_paths
 
 HEAD_PARAM_HELP = "head name (see `workbench heads`) or directory; empty: the default head for the target"
+TRIM_PARAM = Param("trim", "bool", True, "propose only from the head's trimmed vocabulary, when it has one "
+                   "(off: the whole vocabulary, at a higher LM-head cost)")
 CHAIN4 = NAMED_TREES["chain4"]
 
 
@@ -80,7 +82,9 @@ class HeadDrafter(Drafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         target = self.env.target
-        self.head, self.card = load_head(self.params["head"], target, self.kind)
+        self.head, self.card = load_head(self.params["head"], target, self.kind)  # a fresh copy for this run
+        if not self.params["trim"]:
+            self.head.set_vocab(None)
         self.lm = HeadLM(target, self.head)
         self.embed = target.model.get_input_embeddings()
         self.last: torch.Tensor | None = None  # (H,) final hidden state at the position before the root
@@ -88,7 +92,7 @@ class HeadDrafter(Drafter):
     @torch.inference_mode()
     def observe(self, fb: StepFeedback) -> None:
         if fb.hidden is not None:
-            self.last = fb.hidden[-1].to(self.head.vocab.device)
+            self.last = fb.hidden[-1]
 
 
 def _paths_param(default: str) -> tuple[Param, Param]:
@@ -134,7 +138,7 @@ class Medusa(_StaticHeadTree):
     label = "Medusa heads (static tree)"
     description = ("K trained heads on the target's last hidden state predict the next K tokens at once; their "
                    "top-k form a static tree verified in one target pass. Lossless.")
-    params = (Param("head", "str", "", HEAD_PARAM_HELP),) + _paths_param("medusa16")
+    params = (Param("head", "str", "", HEAD_PARAM_HELP), TRIM_PARAM) + _paths_param("medusa16")
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
@@ -190,7 +194,7 @@ class Hydra(_StaticHeadTree):
     label = "Hydra heads (sequentially dependent, static tree)"
     description = ("Like Medusa, but each head also reads the tokens drafted before it, so every branch of the "
                    "tree gets its own continuation. Lossless.")
-    params = (Param("head", "str", "", HEAD_PARAM_HELP),) + _paths_param("medusa16")
+    params = (Param("head", "str", "", HEAD_PARAM_HELP), TRIM_PARAM) + _paths_param("medusa16")
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
@@ -299,6 +303,7 @@ class Eagle(HeadDrafter):
                    "as a chain or an EAGLE-2 dynamic tree verified in one target pass. Lossless.")
     params = (
         Param("head", "str", "", HEAD_PARAM_HELP),
+        TRIM_PARAM,
         Param("mode", "choice", "tree", "a chain (sampled from the head under sampling) or EAGLE-2's dynamic tree",
               choices=("tree", "chain")),
         Param("depth", "int", 5, "draft depth (chain length)", 1, 16),
