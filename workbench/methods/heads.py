@@ -110,25 +110,39 @@ class _StaticHeadTree(HeadDrafter):
         self.paths = [p for p in paths if len(p) <= K]  # a head predicts at most K tokens ahead
 
 
-class MedusaSession:
-    """A tree session (root_logits / add / feed / close) over Medusa heads: a node's children are head d's
-    top-k, whatever the node's token (Medusa's Cartesian candidates)."""
+class HeadTreeSession:
+    """What the tree growers (workbench.methods.trees) need from a session: `root_logits`, `add(token, parent)`
+    -> a node id, `feed(nodes)` -> the logits of each node's children, `close()`. Nodes are kept here in the
+    order they are added (parents first); subclasses compute `feed`."""
 
-    def __init__(self, drafter: "Medusa") -> None:
-        feats = drafter.head(drafter.last)  # (K, H)
-        self.rows = drafter.lm.logits(feats)  # (K, k): head k's logits, the distribution at depth k + 1
-        self.root_logits = self.rows[0]
+    root_logits: torch.Tensor
+
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
         self.depth: list[int] = []
 
     def add(self, token: int, parent: int) -> int:
+        self.tokens.append(token)
+        self.parents.append(parent)
         self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
-        return len(self.depth) - 1
-
-    def feed(self, nodes: list[int]) -> torch.Tensor:
-        return self.rows[[self.depth[n] for n in nodes]]
+        return len(self.tokens) - 1
 
     def close(self) -> None:
         pass
+
+
+class MedusaSession(HeadTreeSession):
+    """Medusa heads: a node's children are head d's top-k, whatever the node's token (Cartesian candidates)."""
+
+    def __init__(self, drafter: "Medusa") -> None:
+        super().__init__()
+        feats = drafter.head(drafter.last)  # (K, H)
+        self.rows = drafter.lm.logits(feats)  # (K, k): head k's logits, the distribution at depth k + 1
+        self.root_logits = self.rows[0]
+
+    def feed(self, nodes: list[int]) -> torch.Tensor:
+        return self.rows[[self.depth[n] for n in nodes]]
 
 
 @register
@@ -147,27 +161,17 @@ class Medusa(_StaticHeadTree):
         return grow_from_paths(MedusaSession(self), self.paths, ctx.max_tokens, self.lm.topk)
 
 
-class HydraSession:
-    """A tree session over Hydra heads: feeding a node at depth d runs head d on its parent's state and its
-    token, so each branch continues from its own tokens."""
+class HydraSession(HeadTreeSession):
+    """Hydra heads: feeding a node at depth d runs head d on its parent's state and its token, so each
+    branch continues from its own tokens."""
 
     def __init__(self, drafter: "Hydra", root_token: int) -> None:
+        super().__init__()
         self.d = drafter
         emb = drafter.embed(torch.tensor([root_token], device=drafter.last.device))[0]  # (H,)
-        root_state = drafter.head.step(0, drafter.last, emb)  # z_0: drafts the root's children
-        self.states: list[torch.Tensor] = []
-        self.root_state = root_state
-        self.root_logits = drafter.lm.logits(root_state)
-        self.tokens: list[int] = []
-        self.parents: list[int] = []
-        self.depth: list[int] = []
-
-    def add(self, token: int, parent: int) -> int:
-        self.tokens.append(token)
-        self.parents.append(parent)
-        self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
-        self.states.append(None)
-        return len(self.tokens) - 1
+        self.root_state = drafter.head.step(0, drafter.last, emb)  # z_0: drafts the root's children
+        self.root_logits = drafter.lm.logits(self.root_state)
+        self.states: dict[int, torch.Tensor] = {}
 
     def feed(self, nodes: list[int]) -> torch.Tensor:
         out = []
@@ -182,9 +186,6 @@ class HydraSession:
         for n in nodes:
             out.append(self.states[n])
         return self.d.lm.logits(torch.stack(out))  # (len(nodes), k)
-
-    def close(self) -> None:
-        pass
 
 
 @register
@@ -248,25 +249,18 @@ class EagleState:
         self.root_feature = out[-1]
 
 
-class EagleSession:
-    """A tree session (root_logits / add / feed / close) over the EAGLE head's cache."""
+class EagleSession(HeadTreeSession):
+    """The EAGLE head over its own cache: feeding nodes runs the head on (parent's predicted feature, token)
+    with tree attention over the committed pairs and the nodes' ancestors."""
 
     def __init__(self, drafter: "Eagle") -> None:
+        super().__init__()
         self.d = drafter
         st = drafter.state
         self.base = st.length  # tree slots start here
         self.root_pos = st.length  # position of the root token (pair slot length - 1 sits at position length)
         self.root_logits = drafter.lm.logits(st.root_feature)
-        self.tokens: list[int] = []
-        self.parents: list[int] = []
-        self.depth: list[int] = []
         self.feature: dict[int, torch.Tensor] = {}
-
-    def add(self, token: int, parent: int) -> int:
-        self.tokens.append(token)
-        self.parents.append(parent)
-        self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
-        return len(self.tokens) - 1
 
     def feed(self, nodes: list[int]) -> torch.Tensor:
         new = [n for n in nodes if n not in self.feature]
@@ -289,9 +283,6 @@ class EagleSession:
             for r, i in enumerate(rows):
                 self.feature[i] = out[r]
         return self.d.lm.logits(torch.stack([self.feature[n] for n in nodes]))  # (len(nodes), k)
-
-    def close(self) -> None:
-        pass
 
 
 @register
