@@ -103,6 +103,19 @@ def _paths_param(default: str) -> tuple[Param, Param]:
 
 
 class _StaticHeadTree(HeadDrafter):
+    """Medusa and Hydra: a static tree of rank paths, grown over the method's own session."""
+
+    params = (Param("head", "str", "", HEAD_PARAM_HELP), TRIM_PARAM) + _paths_param("medusa16")
+
+    def session(self, ctx: DraftContext) -> "HeadTreeSession":
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def propose(self, ctx: DraftContext) -> Draft | None:
+        if ctx.max_tokens <= 0 or self.last is None:
+            return None
+        return grow_from_paths(self.session(ctx), self.paths, ctx.max_tokens, self.lm.topk)
+
     def begin(self, prompt_ids: list[int]) -> None:
         super().begin(prompt_ids)
         paths = parse_paths(self.params["paths"]) if self.params["paths"] else NAMED_TREES[self.params["tree"]]
@@ -152,13 +165,9 @@ class Medusa(_StaticHeadTree):
     label = "Medusa heads (static tree)"
     description = ("K trained heads on the target's last hidden state predict the next K tokens at once; their "
                    "top-k form a static tree verified in one target pass. Lossless.")
-    params = (Param("head", "str", "", HEAD_PARAM_HELP), TRIM_PARAM) + _paths_param("medusa16")
 
-    @torch.inference_mode()
-    def propose(self, ctx: DraftContext) -> Draft | None:
-        if ctx.max_tokens <= 0 or self.last is None:
-            return None
-        return grow_from_paths(MedusaSession(self), self.paths, ctx.max_tokens, self.lm.topk)
+    def session(self, ctx: DraftContext) -> MedusaSession:
+        return MedusaSession(self)
 
 
 class HydraSession(HeadTreeSession):
@@ -195,13 +204,9 @@ class Hydra(_StaticHeadTree):
     label = "Hydra heads (sequentially dependent, static tree)"
     description = ("Like Medusa, but each head also reads the tokens drafted before it, so every branch of the "
                    "tree gets its own continuation. Lossless.")
-    params = (Param("head", "str", "", HEAD_PARAM_HELP), TRIM_PARAM) + _paths_param("medusa16")
 
-    @torch.inference_mode()
-    def propose(self, ctx: DraftContext) -> Draft | None:
-        if ctx.max_tokens <= 0 or self.last is None:
-            return None
-        return grow_from_paths(HydraSession(self, ctx.tokens[-1]), self.paths, ctx.max_tokens, self.lm.topk)
+    def session(self, ctx: DraftContext) -> HydraSession:
+        return HydraSession(self, ctx.tokens[-1])
 
 
 class EagleState:
