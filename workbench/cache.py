@@ -57,11 +57,13 @@ def forward_hidden(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, 
 
 def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """The model's LM head on final hidden states (..., H) -> logits (..., V), soft-capped where the model is."""
-    logits = model.get_output_embeddings()(hidden)
+    return softcap(model, model.get_output_embeddings()(hidden))
+
+
+def softcap(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """The model's final logit soft-capping (Gemma 2 style), or the logits as they are."""
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def cache_from_kwargs(kwargs: dict[str, Any]) -> Any:

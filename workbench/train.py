@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ConfigError
+from .heads.lm_head import HeadLM
 from .train_config import KINDS, TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, message)
@@ -210,29 +211,6 @@ def _batch(data: list[dict], idx: list[int], device) -> dict[str, torch.Tensor]:
             "len": torch.tensor([len(data[i]["tokens"]) for i in idx], device=device)}
 
 
-class _LMHead:
-    """The target's LM head for training: frozen rows (trimmed to `ids` when given), labels mapped to rows."""
-
-    def __init__(self, lm, ids: torch.Tensor | None, device) -> None:
-        w = lm.model.get_output_embeddings().weight.detach().float().to(device)
-        self.ids = ids.to(device) if ids is not None else None
-        self.w = w[self.ids] if self.ids is not None else w  # (k, H)
-        self.row = None
-        if self.ids is not None:
-            self.row = torch.full((w.shape[0],), -1, dtype=torch.long, device=device)
-            self.row[self.ids] = torch.arange(len(self.ids), device=device)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.w.T
-
-    def labels(self, a: torch.Tensor) -> torch.Tensor:
-        """Token ids -> row indices; -100 (ignored) where a token is outside the trimmed vocabulary."""
-        if self.row is None:
-            return a
-        r = self.row[a]
-        return torch.where(r >= 0, r, torch.full_like(r, -100))
-
-
 def _shifted(x: torch.Tensor, k: int) -> torch.Tensor:
     """x[:, t + k] at t (zeros past the end)."""
     out = torch.zeros_like(x)
@@ -241,7 +219,7 @@ def _shifted(x: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def head_losses(kind: str, head, lmh: _LMHead, embed, b: dict, noise: float = 0.0,
+def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0.0,
                 weights: tuple[float, float] = (1.0, 0.1)):
     """(loss, {name: value}, per-position (correct top1, correct top5, count) lists) on one batch."""
     f, tok, a, resp = b["f"], b["tok"], b["a"], b["resp"]
@@ -290,7 +268,7 @@ def _topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, in
     return int((top[:, :1] == lab).sum()), int((top == lab).any(-1).sum()), int(keep.sum())
 
 
-def draft_losses(model, lmh: _LMHead, b: dict):
+def draft_losses(model, lmh: "HeadLM", b: dict):
     """KL(target || draft) of the next-token distribution on response positions, plus top-k hits.
 
     The draft keeps the target's (frozen) LM head, so both distributions come from the same rows of it:
@@ -424,7 +402,7 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
 
     device = lm.device
     embed = lm.model.get_input_embeddings()
-    lmh = _LMHead(lm, vocab, device)
+    lmh = HeadLM(lm.model, None if vocab is None else vocab.to(device), dtype=torch.float32)  # frozen rows
     if cfg.kind == "draft":
         model = make_draft_model(lm, cfg.layers).to(device)
         model.get_input_embeddings().requires_grad_(False)
@@ -483,7 +461,7 @@ def evaluate(kind, model, lmh, embed, data, held) -> dict:
     """Held-out top-1 / top-5 per head (per draft position), teacher-forced."""
     hits: list[list[int]] = []
     for s in range(0, len(held), 8):
-        b = _batch(data, held[s:s + 8], lmh.w.device)
+        b = _batch(data, held[s:s + 8], embed.weight.device)
         stats = draft_losses(model, lmh, b)[2] if kind == "draft" else head_losses(kind, model, lmh, embed, b)[2]
         for k, st in enumerate(stats):
             while len(hits) <= k:

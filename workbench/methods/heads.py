@@ -21,12 +21,10 @@ workbench.heads); the draft's q is the head's own (trimmed) distribution.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from .. import cache as kv
 from ..heads import load_head
+from ..heads.lm_head import HeadLM
 from ..sampling import logits_to_probs
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
@@ -36,41 +34,6 @@ HEAD_PARAM_HELP = "head name (see `workbench heads`) or directory; empty: the de
 TRIM_PARAM = Param("trim", "bool", True, "propose only from the head's trimmed vocabulary, when it has one "
                    "(off: the whole vocabulary, at a higher LM-head cost)")
 CHAIN4 = NAMED_TREES["chain4"]
-
-
-class HeadLM:
-    """The target's LM head as a drafter head uses it: over the head's trimmed vocabulary when it has one."""
-
-    def __init__(self, target: Any, head: Any) -> None:
-        self.model = target.model
-        self.ids = head.vocab if head.trimmed else None  # (k,) token ids, sorted
-        weight = getattr(self.model.get_output_embeddings(), "weight", None)
-        self.weight = weight[self.ids] if self.ids is not None and weight is not None else None  # (k, H)
-        self.cap = getattr(self.model.config, "final_logit_softcapping", None)
-
-    def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        """(..., H) -> (..., k) logits over the head's vocabulary (k = V untrimmed)."""
-        if self.ids is None:
-            return kv.logits_from_hidden(self.model, feats)
-        if self.weight is None:  # an int8 LM head: full logits, then the trimmed columns
-            return kv.logits_from_hidden(self.model, feats)[..., self.ids]
-        logits = feats @ self.weight.T
-        return torch.tanh(logits / self.cap) * self.cap if self.cap else logits
-
-    def tokens(self, idx: torch.Tensor) -> list[int]:
-        return (self.ids[idx] if self.ids is not None else idx).tolist()
-
-    def full(self, probs: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """A distribution over the head's vocabulary (k,) as one over the target's (V,) (zeros elsewhere)."""
-        if self.ids is None:
-            return probs
-        out = torch.zeros(vocab_size, dtype=probs.dtype, device=probs.device)
-        return out.index_copy_(0, self.ids, probs)
-
-    def topk(self, logits: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
-        probs = logits.float().softmax(-1)
-        vals, idx = torch.topk(probs, min(k, probs.shape[-1]))
-        return self.tokens(idx), vals.tolist()
 
 
 class HeadDrafter(Drafter):
@@ -85,7 +48,7 @@ class HeadDrafter(Drafter):
         self.head, self.card = load_head(self.params["head"], target, self.kind)  # a fresh copy for this run
         if not self.params["trim"]:
             self.head.set_vocab(None)
-        self.lm = HeadLM(target, self.head)
+        self.lm = HeadLM(target.model, self.head.vocab if self.head.trimmed else None)
         self.embed = target.model.get_input_embeddings()
         self.last: torch.Tensor | None = None  # (H,) final hidden state at the position before the root
 
