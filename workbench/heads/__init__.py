@@ -161,10 +161,10 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
     if missing or unexpected:
         raise HeadError(f"head weights {path / WEIGHTS} do not match its card (missing {missing}, "
                         f"unexpected {unexpected})")
+    inv_freq = head.inv_freq.float() if isinstance(head, EagleHead) else None
     head.to(device=target.device, dtype=target.dtype if target.dtype.is_floating_point else torch.float32)
-    head.vocab = head.vocab.to(target.device)
-    if isinstance(head, EagleHead):
-        head.inv_freq = head.inv_freq.float()
+    if inv_freq is not None:  # rotary frequencies stay fp32 (as the target's own), whatever the weights' dtype
+        head.inv_freq = inv_freq.to(target.device)
     return head.eval().requires_grad_(False), card
 
 
