@@ -84,6 +84,7 @@ def environment(target=None) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": _cpu_name(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -94,6 +95,25 @@ def environment(target=None) -> dict[str, Any]:
     if target is not None:
         env.update(device=str(target.device), dtype=str(target.dtype).replace("torch.", ""), quant=target.quant)
     return env
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> str:
+    """The vector extensions that decide which CPU kernels and dtypes are fast, e.g. 'avx2 avx512f amx_bf16'.
+
+    Two machines with one model name ("Intel(R) Xeon(R) Processor" in a VM) can differ in exactly these.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return " ".join(flag for flag in ISA_FLAGS if flag in have)
+    except OSError:
+        pass
+    return ""
 
 
 def _cpu_name() -> str:

@@ -31,12 +31,13 @@ def _profile_path():
 
 
 def processor(device: torch.device) -> str:
-    """The CPU or GPU model a measurement ran on."""
+    """The CPU (with its vector extensions) or GPU model a measurement ran on."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from ..api import _cpu_name
+    from ..api import _cpu_name, cpu_isa
 
-    return _cpu_name()
+    isa = cpu_isa()
+    return f"{_cpu_name()} [{isa}]" if isa else _cpu_name()
 
 
 @torch.inference_mode()

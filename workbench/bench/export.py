@@ -35,7 +35,8 @@ def to_markdown(rep: BenchmarkReport) -> str:
                  f"questions) · target `{cfg.get('target')}` ({env.get('dtype', '?')}) · draft "
                  f"`{cfg.get('draft') or '-'}` · {cfg.get('max_new_tokens')} new tokens · greedy · "
                  f"{cfg.get('repeats')} repeats · backends {', '.join(rep.backends) or '-'} · status {b['status']}")
-    lines.append(f"environment: CPU {env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} "
+    isa = f", {env['cpu_isa']}" if env.get("cpu_isa") else ""
+    lines.append(f"environment: CPU {env.get('cpu')} ({env.get('cpu_count')} cores{isa}, {env.get('torch_threads')} "
                  f"torch threads) · GPU {env.get('gpu') or '-'} · device {env.get('device')} · "
                  f"torch {env.get('torch')} · transformers {env.get('transformers')} · Python {env.get('python')}")
     warm = {**(env.get("warmup_s") or {}), **(env.get("hf_warmup_s") or {})}
