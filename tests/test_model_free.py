@@ -22,6 +22,7 @@ from workbench.methods.base import DraftContext, DrafterEnv, StepFeedback
 from workbench.methods.jacobi import Jacobi
 from workbench.methods.layer_skip import choose_skip, parse_skip, replay, skip_view
 from workbench.methods.lookahead import Lookahead, NGramPool
+from workbench.methods.model_free import DraftGate
 from workbench.methods.suffix_automaton import Matcher, SuffixAutomaton, build_corpus
 
 TEXT_PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]  # "Hello, world"
@@ -185,6 +186,64 @@ def test_corpus_matcher_and_frequent_walk_match_brute_force():
                 assert walk == []
 
 
+# ---------------------------------------------------------------- the cost-aware gate
+
+CPU_RATIOS = [1.0 + 0.12 * k for k in range(17)]  # r(k): verifying k drafted tokens, in one-token forwards
+
+
+def test_gate_stops_drafting_what_is_never_accepted_and_probes_now_and_then():
+    gate = DraftGate(CPU_RATIOS, 16)
+    assert gate.length("miss", 10) >= 1  # the prior: worth a try
+    lengths = []
+    for _ in range(200):
+        k = gate.length("miss", 10)
+        lengths.append(k)
+        gate.update("miss", k, 0)
+    assert lengths[-DraftGate.EXPLORE:].count(0) == DraftGate.EXPLORE - 1  # a plain step, bar one probe
+    assert max(lengths[-DraftGate.EXPLORE:]) == 1
+    assert gate.expected("miss", 1)[1] < 1.1  # a_1 learned close to 0
+
+
+def test_gate_drafts_long_what_is_always_accepted_and_keeps_kinds_apart():
+    gate = DraftGate(CPU_RATIOS, 16)
+    for _ in range(50):
+        gate.update("hit", gate.length("hit", 12), 12)
+        gate.update("miss", max(1, gate.length("miss", 12)), 0)
+    assert gate.length("hit", 12) == 12
+    assert gate.length("miss", 12) == 0
+    # copy drafters: the first token is the gamble, the rest follows; per-position rates find the long draft
+    gate = DraftGate(CPU_RATIOS, 16)
+    for i in range(400):
+        gate.update("run", gate.length("run", 8) or 1, 8 if i % 2 else 0)
+    e = gate.expected("run", 8)
+    assert 0.4 < e[1] - e[0] < 0.6 and e[2] - e[1] > 0.9 * (e[1] - e[0])
+    assert gate.length("run", 8) == 8  # 1 + 0.5 * 8 = 5 tokens for 1.96 forwards beats any shorter draft
+
+
+def test_gate_off_or_on_flat_costs_drafts_everything_offered():
+    assert DraftGate(None, 10).length("x", 7) == 7
+    flat = DraftGate([1.0] * 11, 10)
+    for _ in range(20):
+        flat.update("x", 7, 1)
+    assert flat.length("x", 7) == 7 and flat.length("x", 30) == 10
+
+
+@pytest.mark.parametrize("method", ["prompt_lookup", "sam", "aded", "jacobi"])
+def test_cost_aware_drafting_drafts_less_on_steep_costs_and_stays_identical(tiny, method, monkeypatch):
+    """On a CPU-shaped cost curve the gate cuts drafts that miss; output is unchanged either way."""
+    monkeypatch.setattr(sequoia, "cost_profile", _flat_costs(verify_x=0.5))
+    decode = DecodeConfig(max_new_tokens=48)
+    ref = generate(tiny, "autoregressive", TEXT_PROMPT, decode=decode)
+    runs = {aware: generate(tiny, method, TEXT_PROMPT, params={"cost_aware": aware}, decode=decode)
+            for aware in (False, True)}
+    for out in runs.values():
+        assert out.output_ids == ref.output_ids
+    off, on = runs[False].summary, runs[True].summary
+    assert off.drafted_tokens > 0
+    assert on.drafted_tokens < off.drafted_tokens
+    assert on.drafted_tokens - on.accepted_draft_tokens < off.drafted_tokens - off.accepted_draft_tokens
+
+
 # ---------------------------------------------------------------- aded's table
 
 def test_trigram_table_counts_and_ranks():
@@ -206,7 +265,7 @@ def test_trigram_table_counts_and_ranks():
 def test_aded_learns_from_committed_tokens(tiny):
     from workbench.methods.aded import ADED
 
-    d = ADED(None, **resolve_params("aded", {"threshold": 0.0}))
+    d = ADED(None, **resolve_params("aded", {"threshold": 0.0, "cost_aware": False}))
     d.begin([5, 6, 7])
     assert d.propose(DraftContext(tokens=[5, 6, 7], n_prompt=3, max_tokens=8, step=1)) is None  # (6, 7) unseen
     ctx = [5, 6, 7, 5, 6, 7, 5, 6]
@@ -218,7 +277,8 @@ def test_aded_learns_from_committed_tokens(tiny):
 
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_jacobi_next_window_is_the_targets_predictions(adaptive):
-    d = Jacobi(None, **resolve_params("jacobi", {"window": 4, "init": "repeat", "adaptive": adaptive}))
+    d = Jacobi(None, **resolve_params("jacobi", {"window": 4, "init": "repeat", "adaptive": adaptive,
+                                                   "cost_aware": False}))
     d.begin([1, 2, 3])
     draft = d.propose(DraftContext(tokens=[1, 2, 3], n_prompt=3, max_tokens=10, step=1))
     assert draft.tokens == [3, 3, 3, 3] and draft.is_chain

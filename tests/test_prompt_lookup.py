@@ -17,6 +17,7 @@ class CountingDict(dict):
 
 def _drafter(**params):
     env = DrafterEnv(target=None, draft=None, sampling=SamplingConfig(), generator=None)
+    params.setdefault("cost_aware", False)  # no model here, so no cost profile: the index alone is tested
     d = PromptLookup(env, **resolve_params("prompt_lookup", params))
     d.begin([])
     return d

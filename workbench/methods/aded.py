@@ -10,6 +10,9 @@ less than one seen four times with the same answer (4/5); an unseen tri-gram
 context backs off to the bi-gram b -> c table, discounted by `backoff`. With
 `branches` = 2 the second most frequent first token becomes a second branch
 (a small tree; ADED explores alternatives with MCTS, which is left out here).
+With `cost_aware` (the default) the chain is cut to the length whose learned
+acceptance pays for verifying it on this hardware (model_free.DraftGate, keyed
+by the first token's estimated probability in fifths).
 
 Deterministic proposals, verified by the engine: lossless.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
-from .model_free import DraftBudget, GrowingText, TrieDraft
+from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft
 
 
 class NGramTable:
@@ -70,13 +73,18 @@ class ADED(Drafter):
               "(0: tri-grams only)", 0.0, 1.0),
         Param("branches", "int", 1, "1: a chain; 2: a small tree, also the second most frequent first token",
               1, 2),
-        Param("adaptive", "bool", True, "shrink the draft after a miss, grow it after a full accept"),
+        Param("adaptive", "bool", False, "shrink the draft after a miss, grow it after a full accept (cost_aware "
+              "learns the length per kind of match instead, and measured better)"),
+        Param("cost_aware", "bool", True, "draft only as many tokens as their learned acceptance (per estimated "
+              "probability of the first token) pays for on this hardware (measured cost profile)"),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
         self.table = NGramTable()
         self.text = GrowingText()
         self.budget = DraftBudget(self.params["num_draft"], self.params["adaptive"])
+        self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"])
+        self.kind = 0  # the gate's key of the pending draft: the first token's estimated probability, in fifths
         self._sync(list(prompt_ids))
 
     def _sync(self, tokens: list[int]) -> None:
@@ -111,11 +119,18 @@ class ADED(Drafter):
                   if p >= self.params["threshold"]]
         if not firsts:
             return None
+        self.kind = min(4, int(firsts[0][1] * 5))
+        chain = self._walk(a, b, firsts[0][0], firsts[0][1], k)
+        k = self.gate.length(self.kind, len(chain))
+        if k <= 0:
+            return None
         trie = TrieDraft()
-        for rank, (tok, p) in enumerate(firsts):
-            trie.add_path(self._walk(a, b, tok, p, k if rank == 0 else max(1, k // 2)))
+        trie.add_path(chain[:k])
+        for tok, p in firsts[1:]:
+            trie.add_path(self._walk(a, b, tok, p, max(1, k // 2)))
         return trie.draft()
 
     def observe(self, fb: StepFeedback) -> None:
         if fb.draft is not None:
             self.budget.update(max(fb.draft.depths), len(fb.accepted))
+            self.gate.update(self.kind, max(fb.draft.depths), len(fb.accepted))

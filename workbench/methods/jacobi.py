@@ -21,7 +21,11 @@ With `adaptive` only the first `cap` guesses are verified (and so refined)
 each step: cap drops to accepted + 1 after a miss and doubles after a fully
 accepted window, so where Jacobi iteration converges no faster than
 plain decoding (most real text) a step costs about a plain step; the
-unverified tail keeps its guesses.
+unverified tail keeps its guesses. With `cost_aware` (the default) the
+verified part is further cut to what the learned acceptance of guesses pays
+for on this hardware (model_free.DraftGate); on a CPU, where a wider forward
+costs more and real text rarely converges, that is usually a plain step, with
+a one-token probe now and then.
 
 No new Trace fields: each step's draft is the guess window of that iteration
 and its accepted prefix is what converged, so the Trace (and the app's draft
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
-from .model_free import DraftBudget, GrowingText
+from .model_free import DraftBudget, DraftGate, GrowingText
 from .suffix_automaton import SuffixAutomaton
 
 
@@ -72,6 +76,8 @@ class Jacobi(Drafter):
               "last token) / always the last token repeated", choices=("lookup", "repeat")),
         Param("adaptive", "bool", True, "verify only the first part of the window while little converges "
               "(shrinks after a miss, doubles after a full accept); the rest keeps iterating"),
+        Param("cost_aware", "bool", True, "verify only as many guesses as their learned acceptance pays for on "
+              "this hardware (measured cost profile)"),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
@@ -80,6 +86,7 @@ class Jacobi(Drafter):
         self.after = -1
         self.rows: list[int] = []
         self.budget = DraftBudget(self.params["window"], self.params["adaptive"])
+        self.gate = DraftGate.for_run(self.env, self.params["window"], self.params["cost_aware"])
 
     def _fill(self, tokens: list[int], have: list[int]) -> list[int]:
         k = self.params["window"] - len(have)
@@ -99,7 +106,8 @@ class Jacobi(Drafter):
             self.guess = []
         self.guess = self._fill(ctx.tokens, self.guess)
         self.after = len(ctx.tokens)
-        return Draft.chain(self.guess[:k])
+        k = self.gate.length("guess", k)
+        return Draft.chain(self.guess[:k]) if k else None
 
     def observe_target(self, argmax_rows: list[int], draft: Draft | None) -> None:
         self.rows = argmax_rows
@@ -112,3 +120,4 @@ class Jacobi(Drafter):
         self.guess = self.rows[c:] + self.guess[n + 1:]
         self.after = len(fb.tokens)
         self.budget.update(n, len(fb.accepted))
+        self.gate.update("guess", n, len(fb.accepted))

@@ -10,8 +10,14 @@
 - `DraftBudget`: an additive-increase / multiplicative-decrease cap on the draft
   length, so a drafter that keeps being wrong drafts one token (nearly free in
   a memory-bound forward) instead of a long, costly miss.
+- `DraftGate`: how many tokens of a proposal are worth verifying on this
+  hardware, from the acceptance learned online per kind of proposal and the
+  target's measured cost profile; none when drafting cannot beat a plain step.
 """
 from __future__ import annotations
+
+from collections import defaultdict
+from typing import Hashable
 
 from ..tree import Draft
 
@@ -82,6 +88,94 @@ class DraftBudget:
             self.cap = min(self.max_len, max(self.cap, drafted) * 2)
         else:
             self.cap = max(1, accepted + 1)
+
+
+class DraftGate:
+    """Cuts a proposed chain to the length that pays for its verification, learned online.
+
+    Per kind of proposal (`key`: e.g. how long a suffix match it copies), a_i is the
+    chance that draft position i is accepted given that the positions before it
+    were: hits_i / visits_i over the verified steps so far, after a weak prior
+    of PRIOR_WEIGHT visits at the rate of position i - 1 (PRIOR_RATE for the
+    first), so a position never tried yet counts as good as the one before it
+    and a long draft that keeps being accepted can grow. Drafting k tokens then
+    yields in expectation
+
+        E(k) = 1 + sum_{i<=k} prod_{j<=i} a_j      (the bonus token included; E(0) = 1)
+
+    tokens for one forward over k + 1 tokens, which costs r(k) = t(k+1) / t(1)
+    one-token forwards on this hardware (the target's measured cost profile,
+    workbench.backend.profile). `length` returns the k that maximises E(k) / r(k),
+    and 0 (a plain step) unless that beats 1 by MARGIN. A key refused EXPLORE
+    times in a row gets one 1-token probe, so a kind of proposal that starts to
+    work again (the text turns to quoting) is noticed. Copy drafters' chains are
+    accepted in runs (after the first token, the rest usually follows), which is
+    why a_i is kept per position rather than as one rate.
+    """
+
+    POSITIONS = 16  # a_i kept for i = 1..POSITIONS; deeper positions share the last
+    PRIOR_RATE, PRIOR_WEIGHT = 0.5, 2.0
+    MARGIN = 0.02
+    EXPLORE = 16
+
+    def __init__(self, ratios: list[float] | None, max_len: int) -> None:
+        """ratios[k] = r(k) for k = 0..max_len; None: verifying costs nothing extra (no gating)."""
+        self.max_len = max_len
+        self.ratios = ratios
+        self.hits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
+        self.visits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
+        self.refused: dict[Hashable, int] = defaultdict(int)
+
+    @classmethod
+    def for_run(cls, env, max_len: int, enabled: bool = True) -> "DraftGate":
+        """A gate reading the run's target's cost profile on its backend (measured once per machine, cached)."""
+        if not enabled:
+            return cls(None, max_len)
+        from . import sequoia
+
+        profile = sequoia.cost_profile(env.target, env.backend)
+        one = sequoia.interpolate(profile, 1)
+        return cls([sequoia.interpolate(profile, k + 1) / one for k in range(max_len + 1)], max_len)
+
+    def expected(self, key: Hashable, n: int) -> list[float]:
+        """E(k) for k = 0..n: expected tokens committed by a forward over k drafted tokens of this kind."""
+        hits, visits = self.hits[key], self.visits[key]
+        totals, reach, rate = [1.0], 1.0, self.PRIOR_RATE
+        for i in range(n):
+            j = min(i, self.POSITIONS - 1)
+            if i < self.POSITIONS:
+                rate = (hits[j] + self.PRIOR_WEIGHT * rate) / (visits[j] + self.PRIOR_WEIGHT)
+            reach *= rate
+            totals.append(totals[-1] + reach)
+        return totals
+
+    def length(self, key: Hashable, available: int) -> int:
+        """How many of `available` proposed tokens to draft (0: take a plain step)."""
+        available = min(available, self.max_len)
+        if self.ratios is None or available <= 0:
+            return max(0, available)
+        best, best_k = 1.0 + self.MARGIN, 0
+        for k, total in enumerate(self.expected(key, available)):
+            if k and total / self.ratios[k] > best:
+                best, best_k = total / self.ratios[k], k
+        if best_k == 0:
+            self.refused[key] += 1
+            if self.refused[key] >= self.EXPLORE:  # probe: one token, nearly free in a memory-bound forward
+                self.refused[key] = 0
+                return 1
+        else:
+            self.refused[key] = 0
+        return best_k
+
+    def update(self, key: Hashable, drafted: int, accepted: int) -> None:
+        """A verified draft of this kind: `drafted` tokens deep, `accepted` of them accepted."""
+        if drafted <= 0:
+            return
+        hits, visits = self.hits[key], self.visits[key]
+        for i in range(min(drafted, accepted + 1)):  # position i + 1 was tested iff all before it were accepted
+            j = min(i, self.POSITIONS - 1)
+            visits[j] += 1
+            hits[j] += accepted > i
 
 
 def affordable_nodes(target, max_cost: float, most: int = 64, backend: str = "eager") -> int:

@@ -5,6 +5,12 @@ up among earlier positions of prompt + generated text; the tokens that followed
 its most recent earlier occurrence become a chain draft. No draft model, so it
 shines when the output quotes the input (summarisation, editing, RAG).
 
+With `cost_aware` (the default) a match is drafted only as deep as it pays on
+this hardware: the acceptance of the positions of a copied chain is learned
+per matched n-gram length, and weighed against the target's measured cost of
+verifying that many tokens (model_free.DraftGate). Where copying rarely works
+(open-ended answers) that is a plain step, not a costly 10-token miss.
+
 The n-gram index is built incrementally: each step indexes only the tokens
 committed since the last one, O(max_ngram) work per new token; the lookup is
 O(max_ngram) too. The context only grows, so there is nothing to rescan.
@@ -15,7 +21,8 @@ from typing import Any
 
 from ..config import ConfigError
 from ..tree import Draft
-from .base import DraftContext, Drafter, Param, register
+from .base import DraftContext, Drafter, Param, StepFeedback, register
+from .model_free import DraftGate
 
 
 @register
@@ -27,6 +34,8 @@ class PromptLookup(Drafter):
         Param("max_ngram", "int", 3, "longest suffix n-gram to look up", 1, 16),
         Param("min_ngram", "int", 1, "shortest suffix n-gram to look up", 1, 16),
         Param("num_draft", "int", 10, "at most this many tokens copied per step", 1, 64),
+        Param("cost_aware", "bool", True, "copy only as many tokens as their learned acceptance pays for on this "
+              "hardware (measured cost profile); false: always num_draft"),
     )
 
     @classmethod
@@ -40,6 +49,9 @@ class PromptLookup(Drafter):
         self.index: list[dict[tuple[int, ...], int]] = [dict() for _ in range(self.params["max_ngram"] + 1)]
         self.indexed = 0  # n-grams ending before this position are indexed
         self.last: int | None = None  # tokens[indexed - 1] when last indexed, to notice a rewound context
+        if not hasattr(self, "gate"):  # kept across a rebuilt index: what was learned about acceptance still holds
+            self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"])
+        self.drafted_n = 0  # n-gram length of the pending draft's match
 
     def index_context(self, tokens: list[int]) -> None:
         """Index the committed context (call once per step, before `match`)."""
@@ -61,11 +73,21 @@ class PromptLookup(Drafter):
         if budget <= 0:
             return None
         self._extend_index(ctx.tokens)
-        cont = self.match(ctx.tokens, budget)
+        n, cont = self.lookup(ctx.tokens, budget)
+        cont = cont[: self.gate.length(n, len(cont))] if cont else cont
+        self.drafted_n = n
         return Draft.chain(cont) if cont else None
 
+    def observe(self, fb: StepFeedback) -> None:
+        if fb.draft is not None:
+            self.gate.update(self.drafted_n, len(fb.draft), len(fb.accepted))
+
     def match(self, tokens: list[int], budget: int) -> list[int]:
-        """What followed the latest indexed occurrence of the longest matching suffix n-gram of `tokens`.
+        """The continuation `lookup` finds (no gating: for callers that check it themselves)."""
+        return self.lookup(tokens, budget)[1]
+
+    def lookup(self, tokens: list[int], budget: int) -> tuple[int, list[int]]:
+        """(n, continuation): what followed the latest indexed occurrence of the longest matching suffix n-gram of `tokens`.
 
         `tokens` may run past the indexed context (a drafter's own provisional tokens): its suffix is
         looked up, and the continuation read from `tokens`, but nothing past the index is indexed.
@@ -73,5 +95,5 @@ class PromptLookup(Drafter):
         for n in range(min(self.params["max_ngram"], len(tokens) - 1), self.params["min_ngram"] - 1, -1):
             start = self.index[n].get(tuple(tokens[-n:]))
             if start is not None and start < len(tokens):
-                return list(tokens[start:start + budget])
-        return []
+                return n, list(tokens[start:start + budget])
+        return 0, []

@@ -18,6 +18,12 @@ a coin toss, and a draft the target rejects costs a wider forward). With
 token) becomes a second branch of the root. Verification is the engine's, so
 the method is lossless whatever it drafts.
 
+With `cost_aware` (the default) the chain is cut to the length that pays on
+this hardware: acceptance per draft position is learned for each source and
+match length (1, 2, 3, 4, 5-7, 8-15, 16+ tokens), and weighed against the
+target's measured cost of verifying that many tokens (model_free.DraftGate);
+nothing is drafted when no length beats a plain step.
+
 The engine's context only grows; a prefix check (GrowingText) notices if a
 caller rewinds it and the dynamic automaton is rebuilt.
 """
@@ -34,7 +40,7 @@ from typing import Any
 from ..config import ConfigError
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
-from .model_free import DraftBudget, GrowingText, TrieDraft
+from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft
 from .suffix_automaton import Matcher, SuffixAutomaton, build_corpus
 
 HISTORY_RUNS = 200  # newest finished runs of the same target read for corpus="history"
@@ -75,7 +81,10 @@ class SAMDecoding(Drafter):
               "target in the run store) or a .txt/.jsonl file", check=_check_corpus),
         Param("branches", "int", 1, "1: a chain; 2: a small tree, also the other source's (or the corpus' "
               "second) continuation as a second branch", 1, 2),
-        Param("adaptive", "bool", True, "shrink the draft after a miss, grow it after a full accept"),
+        Param("adaptive", "bool", False, "shrink the draft after a miss, grow it after a full accept (cost_aware "
+              "learns the length per kind of match instead, and measured better)"),
+        Param("cost_aware", "bool", True, "draft only as many tokens as their learned acceptance (per match "
+              "length) pays for on this hardware (measured cost profile)"),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
@@ -84,6 +93,8 @@ class SAMDecoding(Drafter):
         self.corpus = self._load_corpus(self.params["corpus"])
         self.matcher = Matcher(self.corpus) if self.corpus is not None else None
         self.budget = DraftBudget(self.params["num_draft"], self.params["adaptive"])
+        self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"])
+        self.kind: tuple[str, int] | None = None  # the gate's key of the pending draft
         self._sync(list(prompt_ids))
 
     # ---- keeping the automata in step with the context
@@ -102,14 +113,14 @@ class SAMDecoding(Drafter):
 
     # ---- drafting
 
-    def _candidates(self, k: int) -> list[tuple[int, list[int]]]:
-        """(match length, continuation) from each source, longest match first."""
+    def _candidates(self, k: int) -> list[tuple[int, list[int], str]]:
+        """(match length, continuation, source) from each source, longest match first."""
         out = []
         n, end = self.sam.earlier_match()
         if n:
-            out.append((n, self.sam.continuation(end, k)))
+            out.append((n, self.sam.continuation(end, k), "context"))
         if self.matcher is not None and self.matcher.length:
-            out.append((self.matcher.length, self.corpus.frequent_walk(self.matcher.state, k)))
+            out.append((self.matcher.length, self.corpus.frequent_walk(self.matcher.state, k), "corpus"))
         out = [c for c in out if c[0] >= self.params["min_match"] and c[1]]
         out.sort(key=lambda c: -c[0])
         return out
@@ -122,8 +133,13 @@ class SAMDecoding(Drafter):
         cands = self._candidates(k)
         if not cands:
             return None
+        n, chain, source = cands[0]
+        self.kind = (source, _length_bucket(n))
+        k = self.gate.length(self.kind, len(chain))
+        if k <= 0:
+            return None
         trie = TrieDraft()
-        trie.add_path(cands[0][1])
+        trie.add_path(chain[:k])
         if self.params["branches"] > 1:
             second = cands[1][1] if len(cands) > 1 else None
             if second is None and self.matcher is not None and self.matcher.length >= self.params["min_match"]:
@@ -137,6 +153,7 @@ class SAMDecoding(Drafter):
     def observe(self, fb: StepFeedback) -> None:
         if fb.draft is not None:
             self.budget.update(max(fb.draft.depths), len(fb.accepted))
+            self.gate.update(self.kind, max(fb.draft.depths), len(fb.accepted))
 
     # ---- the static corpus
 
@@ -184,6 +201,11 @@ class SAMDecoding(Drafter):
         runs = [r for r in runs if r.target == spec and r.output_ids]
         key = ("history", where, spec, tuple(r.id for r in runs))
         return key, [list(r.output_ids) for r in runs[::-1]]  # oldest first
+
+
+def _length_bucket(n: int) -> int:
+    """Match lengths grouped for the gate: 1, 2, 3, 4, then 5-7, 8-15, 16+ (as 5, 8, 16)."""
+    return n if n <= 4 else 5 if n < 8 else 8 if n < 16 else 16
 
 
 def _read_corpus_file(path: Path, tokenizer: Any) -> list[list[int]]:

@@ -38,7 +38,7 @@ class Staged(TopKTreeDrafter):
     def begin(self, prompt_ids: list[int]) -> None:
         self.runner = DraftModelRunner(self.env)
         self.lookup = PromptLookup(self.env, max_ngram=self.params["max_ngram"], min_ngram=1,
-                                   num_draft=self.params["inner_draft"])
+                                   num_draft=self.params["inner_draft"], cost_aware=False)
         self.lookup.begin(prompt_ids)
 
     def _dist(self, logits: torch.Tensor) -> torch.Tensor:
