@@ -20,7 +20,11 @@ equal prefixes share nodes. The engine verifies every root-to-node path, so
 a lookahead chain can be accepted too, and the step's draft tree (the
 candidates and the window) is what the app's Draft tree tab shows. With
 `context_ngrams` the pool also holds the n-grams of the prompt and the
-committed text (prompt lookup through the same pool). Needs the target's
+committed text (prompt lookup through the same pool), and the continuation of
+the longest earlier match of the text's suffix (MATCH_MIN tokens or more, from
+the suffix automaton that also fills new window slots) is the first candidate,
+as deep as the budget allows: where the output quotes the input, a pool
+n-gram keyed by one token is a weak guess and the long match a strong one. Needs the target's
 argmax at every node (`wants_target_argmax`). Lossless by verification.
 
 Lookahead spends spare parallel compute: on a GPU a forward over dozens of
@@ -47,6 +51,7 @@ from .model_free import TrieDraft, affordable_nodes
 
 POOL_PER_KEY = 16  # n-grams kept per first token (most recent)
 FREE_COST = 1.05  # a forward this close to a one-token forward's cost counts as free
+MATCH_MIN = 2  # a suffix match this long is copied first (a one-token match is what the pool holds anyway)
 
 
 class NGramPool:
@@ -81,7 +86,8 @@ class Lookahead(Drafter):
         Param("window", "int", 3, "W: window positions of the lookahead branch", 1, 32),
         Param("ngram", "int", 3, "N: n-gram size (the window keeps N-1 levels)", 2, 8),
         Param("guesses", "int", 3, "G: pool n-grams verified per step", 0, 32),
-        Param("context_ngrams", "bool", True, "also pool the n-grams of the prompt and the committed text"),
+        Param("context_ngrams", "bool", True, "also pool the n-grams of the prompt and the committed text, and "
+              "verify the continuation of the longest earlier suffix match first"),
         Param("max_cost", "float", 1.25, "keep the tree small enough that verifying it costs at most this "
               "many one-token forwards on this hardware (measured profile; 0 = no limit)", 0.0, 100.0),
     )
@@ -129,6 +135,11 @@ class Lookahead(Drafter):
         self.after = len(ctx.tokens)
         trie = TrieDraft()
         room = self.room
+        if self.params["context_ngrams"]:  # the longest earlier match of the text's suffix, copied on
+            self.filler.sync(ctx.tokens)
+            n, end = self.filler.sam.earlier_match()
+            if n >= MATCH_MIN:
+                trie.add_path(self.filler.sam.continuation(end, min(room, ctx.max_tokens)), limit=room)
         # verification branch: pool n-grams that continue the last token, most recent first
         for gram in self.pool.candidates(ctx.tokens[-1], self.params["guesses"]):
             trie.add_path(list(gram[: ctx.max_tokens]), limit=room)  # only what fits
