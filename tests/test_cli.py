@@ -46,6 +46,24 @@ def test_run_json_and_store(capsys, tmp_path):
     assert {r["method"] for r in rows} == {"speculative", "autoregressive"}
 
 
+def test_sam_history_reads_the_store_given_with_db(capsys, tmp_path):
+    """corpus=history is the store the command logs to (--db), not the default one."""
+    import os
+
+    db = str(tmp_path / "other.sqlite")
+    before = os.environ.get("WORKBENCH_DB")
+    common = ("--target", "tiny-random", "--prompt", "Hello, world", "--no-chat", "--max-new-tokens", "64", "--json")
+    code, out, err = _run(capsys, "--db", db, "run", "--method", "autoregressive", *common)
+    assert code == 0, err
+    first = json.loads(out)
+    code, out, err = _run(capsys, "--db", db, "run", "--method", "sam", "--param", "corpus=history", *common)
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["output_ids"] == first["output_ids"]
+    assert second["metrics"]["mean_accepted_tokens"] >= 3.0  # copied from the run just before, in `db`
+    assert os.environ.get("WORKBENCH_DB") == before  # the command's store does not outlive it
+
+
 def test_methods_lists_the_registry(capsys):
     code, out, _ = _run(capsys, "methods", "--json")
     names = {m["name"] for m in json.loads(out)}

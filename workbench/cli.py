@@ -9,6 +9,7 @@ and is refused before Gradio is even imported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -389,6 +390,24 @@ def _add_train(sub) -> None:
 _EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile, _add_train]
 
 
+@contextlib.contextmanager
+def _store_env(db: str | None):
+    """With --db, that store is the default one for the command: what reads "the run store" without
+    being handed one (sam's corpus=history) reads the store the command logs to."""
+    if not db:
+        yield
+        return
+    before = os.environ.get("WORKBENCH_DB")
+    os.environ["WORKBENCH_DB"] = db
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("WORKBENCH_DB", None)
+        else:
+            os.environ["WORKBENCH_DB"] = before
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .models.errors import ModelError  # torch-free: `runs list` and friends never import torch
 
@@ -400,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return 2
-        return args.func(args)
+        with _store_env(getattr(args, "db", None)):
+            return args.func(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
