@@ -83,7 +83,8 @@ class ADED(Drafter):
         self.table = NGramTable()
         self.text = GrowingText()
         self.budget = DraftBudget(self.params["num_draft"], self.params["adaptive"])
-        self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"])
+        self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"],
+                                      prior=lambda fifth: (fifth + 0.5) / 5)  # its own probability estimate
         self.kind = 0  # the gate's key of the pending draft: the first token's estimated probability, in fifths
         self._sync(list(prompt_ids))
 

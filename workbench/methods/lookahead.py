@@ -22,9 +22,11 @@ candidates and the window) is what the app's Draft tree tab shows. With
 `context_ngrams` the pool also holds the n-grams of the prompt and the
 committed text (prompt lookup through the same pool), and the continuation of
 the longest earlier match of the text's suffix (MATCH_MIN tokens or more, from
-the suffix automaton that also fills new window slots) is the first candidate,
-as deep as the budget allows: where the output quotes the input, a pool
-n-gram keyed by one token is a weak guess and the long match a strong one. Needs the target's
+the suffix automaton that also fills new window slots) is the first candidate:
+where the output quotes the input, a pool n-gram keyed by one token is a weak
+guess and the long match a strong one. That chain is as deep as its learned
+acceptance pays for on this hardware (model_free.DraftGate, per match length),
+on top of the node budget below, which the pool candidates and the window share. Needs the target's
 argmax at every node (`wants_target_argmax`). Lossless by verification.
 
 Lookahead spends spare parallel compute: on a GPU a forward over dozens of
@@ -47,11 +49,12 @@ from collections import OrderedDict
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .jacobi import GuessFiller
-from .model_free import TrieDraft, affordable_nodes
+from .model_free import DraftGate, TrieDraft, affordable_nodes, match_bucket
 
 POOL_PER_KEY = 16  # n-grams kept per first token (most recent)
 FREE_COST = 1.05  # a forward this close to a one-token forward's cost counts as free
 MATCH_MIN = 2  # a suffix match this long is copied first (a one-token match is what the pool holds anyway)
+MATCH_MAX = 16  # deepest copied chain
 
 
 class NGramPool:
@@ -105,6 +108,10 @@ class Lookahead(Drafter):
         self.free_nodes = min(self.max_nodes, affordable_nodes(self.env.target, FREE_COST, backend=self.env.backend)) \
             if self.params["max_cost"] > 0 else self.max_nodes
         self.room = self.max_nodes
+        # the suffix match's chain is sized by its own learned acceptance, apart from the node budget
+        self.gate = DraftGate.for_run(self.env, MATCH_MAX, self.params["max_cost"] > 0,
+                                      prior=lambda bucket: bucket / (bucket + 1))
+        self.match: tuple[int, int] = (0, 0)  # (gate key, chain length) of the pending draft's match chain
         self._pool_context(list(prompt_ids))
 
     def _pool_context(self, tokens: list[int]) -> None:
@@ -134,19 +141,24 @@ class Lookahead(Drafter):
             self.levels = [self._pad(ctx.tokens, [])]
         self.after = len(ctx.tokens)
         trie = TrieDraft()
-        room = self.room
+        limit = self.room  # tree size: the node budget, plus the match chain on top
+        self.match = (0, 0)
         if self.params["context_ngrams"]:  # the longest earlier match of the text's suffix, copied on
             self.filler.sync(ctx.tokens)
             n, end = self.filler.sam.earlier_match()
             if n >= MATCH_MIN:
-                trie.add_path(self.filler.sam.continuation(end, min(room, ctx.max_tokens)), limit=room)
+                chain = self.filler.sam.continuation(end, min(MATCH_MAX, ctx.max_tokens))
+                k = self.gate.length(match_bucket(n), len(chain))
+                trie.add_path(chain[:k])  # nodes 0..k-1
+                self.match = (match_bucket(n), k)
+                limit += k
         # verification branch: pool n-grams that continue the last token, most recent first
         for gram in self.pool.candidates(ctx.tokens[-1], self.params["guesses"]):
-            trie.add_path(list(gram[: ctx.max_tokens]), limit=room)  # only what fits
+            trie.add_path(list(gram[: ctx.max_tokens]), limit=limit)  # only what fits
         # lookahead branch: level 0 is a chain from the root, level l hangs off the diagonal below it;
         # as many window positions as fit, at least enough for one n-gram, else none this step
         levels = len(self.levels)
-        width = min(self.params["window"], (room - len(trie)) // levels)
+        width = min(self.params["window"], (limit - len(trie)) // levels)
         if width < max(1, self.params["ngram"] - 1):
             return trie.draft()
         for lvl, level in enumerate(self.levels):
@@ -176,6 +188,9 @@ class Lookahead(Drafter):
             levels = levels + [new]
             if len(levels) > self.params["ngram"] - 1:
                 levels = levels[1:]
+        key, k = self.match
+        if k:  # the match chain is nodes 0..k-1: how deep along it the accepted path went
+            self.gate.update(key, k, sum(1 for node in fb.accepted if node < k))
         if fb.draft is not None:  # halve the budget after a step with nothing accepted, double it after a hit
             self.room = max(self.free_nodes, self.room // 2) if not fb.accepted else \
                 min(self.max_nodes, 2 * self.room)

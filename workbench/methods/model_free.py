@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Hashable
+from typing import Callable, Hashable
 
 from ..tree import Draft
 
@@ -96,8 +96,9 @@ class DraftGate:
     Per kind of proposal (`key`: e.g. how long a suffix match it copies), a_i is the
     chance that draft position i is accepted given that the positions before it
     were: hits_i / visits_i over the verified steps so far, after a weak prior
-    of PRIOR_WEIGHT visits at the rate of position i - 1 (PRIOR_RATE for the
-    first), so a position never tried yet counts as good as the one before it
+    of PRIOR_WEIGHT visits at the rate of position i - 1 (for the first, the
+    drafter's `prior(key)`, e.g. n / (n + 1) for a match of n tokens, else
+    PRIOR_RATE), so a position never tried yet counts as good as the one before it
     and a long draft that keeps being accepted can grow. Drafting k tokens then
     yields in expectation
 
@@ -118,29 +119,36 @@ class DraftGate:
     MARGIN = 0.02
     EXPLORE = 16
 
-    def __init__(self, ratios: list[float] | None, max_len: int) -> None:
-        """ratios[k] = r(k) for k = 0..max_len; None: verifying costs nothing extra (no gating)."""
+    def __init__(self, ratios: list[float] | None, max_len: int,
+                 prior: Callable[[Hashable], float] | None = None) -> None:
+        """ratios[k] = r(k) for k = 0..max_len; None: verifying costs nothing extra (no gating).
+
+        prior(key): the first position's acceptance before any data, e.g. higher for a longer match
+        (default PRIOR_RATE).
+        """
         self.max_len = max_len
         self.ratios = ratios
+        self.prior = prior
         self.hits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
         self.visits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
         self.refused: dict[Hashable, int] = defaultdict(int)
 
     @classmethod
-    def for_run(cls, env, max_len: int, enabled: bool = True) -> "DraftGate":
+    def for_run(cls, env, max_len: int, enabled: bool = True,
+                prior: Callable[[Hashable], float] | None = None) -> "DraftGate":
         """A gate reading the run's target's cost profile on its backend (measured once per machine, cached)."""
         if not enabled:
-            return cls(None, max_len)
+            return cls(None, max_len, prior)
         from . import sequoia
 
         profile = sequoia.cost_profile(env.target, env.backend)
         one = sequoia.interpolate(profile, 1)
-        return cls([sequoia.interpolate(profile, k + 1) / one for k in range(max_len + 1)], max_len)
+        return cls([sequoia.interpolate(profile, k + 1) / one for k in range(max_len + 1)], max_len, prior)
 
     def expected(self, key: Hashable, n: int) -> list[float]:
         """E(k) for k = 0..n: expected tokens committed by a forward over k drafted tokens of this kind."""
         hits, visits = self.hits[key], self.visits[key]
-        totals, reach, rate = [1.0], 1.0, self.PRIOR_RATE
+        totals, reach, rate = [1.0], 1.0, self.prior(key) if self.prior else self.PRIOR_RATE
         for i in range(n):
             j = min(i, self.POSITIONS - 1)
             if i < self.POSITIONS:
@@ -149,23 +157,32 @@ class DraftGate:
             totals.append(totals[-1] + reach)
         return totals
 
+    def best(self, key: Hashable, available: int) -> tuple[int, float]:
+        """(k, E(k) / r(k)) for the best k <= available; k = 0 (value 1) when no draft beats a plain step.
+
+        Without a cost profile every token is free: k = available, valued at E(available).
+        """
+        available = max(0, min(available, self.max_len))
+        totals = self.expected(key, available)
+        if self.ratios is None:
+            return available, totals[available]
+        best, best_k = 1.0 + self.MARGIN, 0
+        for k in range(1, available + 1):
+            if totals[k] / self.ratios[k] > best:
+                best, best_k = totals[k] / self.ratios[k], k
+        return best_k, (best if best_k else 1.0)
+
     def length(self, key: Hashable, available: int) -> int:
         """How many of `available` proposed tokens to draft (0: take a plain step)."""
-        available = min(available, self.max_len)
-        if self.ratios is None or available <= 0:
-            return max(0, available)
-        best, best_k = 1.0 + self.MARGIN, 0
-        for k, total in enumerate(self.expected(key, available)):
-            if k and total / self.ratios[k] > best:
-                best, best_k = total / self.ratios[k], k
-        if best_k == 0:
+        k, _ = self.best(key, available)
+        if k == 0 and available > 0:
             self.refused[key] += 1
             if self.refused[key] >= self.EXPLORE:  # probe: one token, nearly free in a memory-bound forward
                 self.refused[key] = 0
                 return 1
         else:
             self.refused[key] = 0
-        return best_k
+        return k
 
     def update(self, key: Hashable, drafted: int, accepted: int) -> None:
         """A verified draft of this kind: `drafted` tokens deep, `accepted` of them accepted."""
@@ -176,6 +193,11 @@ class DraftGate:
             j = min(i, self.POSITIONS - 1)
             visits[j] += 1
             hits[j] += accepted > i
+
+
+def match_bucket(n: int) -> int:
+    """Suffix-match lengths grouped as a gate's key: 1, 2, 3, 4, then 5-7, 8-15, 16+ (as 5, 8, 16)."""
+    return n if n <= 4 else 5 if n < 8 else 8 if n < 16 else 16
 
 
 def affordable_nodes(target, max_cost: float, most: int = 64, backend: str = "eager") -> int:

@@ -50,7 +50,8 @@ class PromptLookup(Drafter):
         self.indexed = 0  # n-grams ending before this position are indexed
         self.last: int | None = None  # tokens[indexed - 1] when last indexed, to notice a rewound context
         if not hasattr(self, "gate"):  # kept across a rebuilt index: what was learned about acceptance still holds
-            self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"])
+            self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"],
+                                          prior=lambda n: n / (n + 1))  # a longer n-gram, a safer copy
         self.drafted_n = 0  # n-gram length of the pending draft's match
 
     def index_context(self, tokens: list[int]) -> None:

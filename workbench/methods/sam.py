@@ -11,8 +11,10 @@ Two automata (workbench.methods.suffix_automaton):
   for JSONL). The context's longest suffix in the corpus is tracked by
   matching statistics; the draft follows the most frequent continuation.
 
-Per step the longer of the two matches drafts, when it is at least
-`min_match` tokens long; otherwise nothing is drafted (a one-token match is
+Per step one of the two matches drafts, when it is at least `min_match`
+tokens long: the one whose source and match length have been accepted best
+so far (the gate's learned value below; the longer one while nothing is
+known). Otherwise nothing is drafted (a one-token match is
 a coin toss, and a draft the target rejects costs a wider forward). With
 `branches` = 2 the other source (or the corpus' second most frequent next
 token) becomes a second branch of the root. Verification is the engine's, so
@@ -40,7 +42,7 @@ from typing import Any
 from ..config import ConfigError
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
-from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft
+from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft, match_bucket
 from .suffix_automaton import Matcher, SuffixAutomaton, build_corpus
 
 HISTORY_RUNS = 200  # newest finished runs of the same target read for corpus="history"
@@ -93,7 +95,8 @@ class SAMDecoding(Drafter):
         self.corpus = self._load_corpus(self.params["corpus"])
         self.matcher = Matcher(self.corpus) if self.corpus is not None else None
         self.budget = DraftBudget(self.params["num_draft"], self.params["adaptive"])
-        self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"])
+        self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"],
+                                      prior=lambda kind: kind[1] / (kind[1] + 1))  # a longer match, a safer copy
         self.kind: tuple[str, int] | None = None  # the gate's key of the pending draft
         self._sync(list(prompt_ids))
 
@@ -133,15 +136,17 @@ class SAMDecoding(Drafter):
         cands = self._candidates(k)
         if not cands:
             return None
-        n, chain, source = cands[0]
-        self.kind = (source, _length_bucket(n))
+        # the source whose kind of match has paid best so far (the longer match while nothing is known)
+        ranked = sorted(cands, key=lambda c: -self.gate.best((c[2], match_bucket(c[0])), len(c[1]))[1])
+        n, chain, source = ranked[0]
+        self.kind = (source, match_bucket(n))
         k = self.gate.length(self.kind, len(chain))
         if k <= 0:
             return None
         trie = TrieDraft()
         trie.add_path(chain[:k])
         if self.params["branches"] > 1:
-            second = cands[1][1] if len(cands) > 1 else None
+            second = ranked[1][1] if len(ranked) > 1 else None
             if second is None and self.matcher is not None and self.matcher.length >= self.params["min_match"]:
                 ranked = self.corpus.ranked_next(self.matcher.state, 2)
                 if len(ranked) > 1:  # the corpus' second most frequent next token, then its best walk
@@ -201,11 +206,6 @@ class SAMDecoding(Drafter):
         runs = [r for r in runs if r.target == spec and r.output_ids]
         key = ("history", where, spec, tuple(r.id for r in runs))
         return key, [list(r.output_ids) for r in runs[::-1]]  # oldest first
-
-
-def _length_bucket(n: int) -> int:
-    """Match lengths grouped for the gate: 1, 2, 3, 4, then 5-7, 8-15, 16+ (as 5, 8, 16)."""
-    return n if n <= 4 else 5 if n < 8 else 8 if n < 16 else 16
 
 
 def _read_corpus_file(path: Path, tokenizer: Any) -> list[list[int]]:
