@@ -217,6 +217,17 @@ for method in MODEL_FREE:
 pd.DataFrame(rows).style.format(precision=2)
 
 # %% [markdown]
+# Repeated tasks: `sam` with `corpus=history` also matches the text in the outputs of earlier runs
+# of this target in the run store (SuffixDecoding's idea). The second prompt was decoded above, so
+# this time its whole answer is there to copy.
+
+# %%
+again = workbench.run("sam", PROMPTS[1], target=MODEL, sampling=GREEDY, max_new_tokens=TOKENS,
+                      params={"corpus": "history"}, source="notebook")
+print(f"sam, corpus=history: τ {again.summary.mean_accepted_tokens:.2f} "
+      f"(context only: {rows[0]['τ']:.2f}); same as plain: {again.output_ids == base.output_ids}")
+
+# %% [markdown]
 # ## A draft with another tokenizer
 #
 # `speculative` needs a draft that shares the target's vocabulary, and refuses any other.
