@@ -168,3 +168,44 @@ def test_cost_profile_per_backend_is_cached(tiny, tmp_path, monkeypatch):
     assert {r["backend"] for r in rows} == {"compiled", "eager"} and all(r["cpu"] for r in rows)
     assert sorted(r["model"] for r in rows) == ["tiny-random", "tiny-random", "tiny-random|skip=1"]
     assert {r["device"] for r in rows} == {str(tiny.device)}
+    compiled_row = next(r for r in rows if r["backend"] == "compiled")
+    assert compiled_row["static"] == ",".join(map(str, compiled_backend.static_buckets()))
+
+
+@torch.inference_mode()
+def test_static_verification_buckets_match_eager_also_at_the_cache_end(tiny):
+    """Every verification size, padded into its static bucket or not (no bucket, or no room left before the
+    cache's end), gives the eager backend's logits; the padding's keys and values are never seen."""
+    sizes = range(2, max(compiled_backend.static_buckets(), default=8) + 2)
+    s = open_session("compiled", tiny, 256)
+    e = open_session("eager", tiny, 256)
+    try:
+        c = s.compiled
+        assert {c.bucket(T, 10) for T in sizes} - {None} == set(c.buckets)  # every bucket is exercised
+        for start in (20, c.L - max(sizes) - 1):  # mid-cache, and where the larger buckets no longer fit
+            prefix = [(7 * i) % 50 + 3 for i in range(start)]
+            for T in sizes:
+                for session in (s, e):
+                    session.crop(0)
+                    session.forward(_ids(prefix))
+                new = [(11 * T + j) % 50 + 3 for j in range(T)]
+                a, b = s.forward(_ids(new)), e.forward(_ids(new))
+                assert a.shape == b.shape == (T, tiny.vocab_size)
+                assert torch.allclose(a, b, atol=ATOL), (start, T, (a - b).abs().max())
+                nxt = [5]  # one more token after the T: the padding's columns are behind the mask
+                assert torch.allclose(s.forward(_ids(nxt)), e.forward(_ids(nxt)), atol=ATOL), (start, T)
+        assert c.bucket(max(sizes), c.L - max(sizes)) is None  # no room for the bucket: the dynamic graph
+    finally:
+        s.close()
+        e.close()
+
+
+def test_static_bucket_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_STATIC_T", "8, 4")
+    assert compiled_backend.static_buckets() == (4, 8)
+    monkeypatch.setenv("WORKBENCH_STATIC_T", "")
+    assert compiled_backend.static_buckets() == ()
+    for bad in ("four", "1", "65"):
+        monkeypatch.setenv("WORKBENCH_STATIC_T", bad)
+        with pytest.raises(ConfigError, match="WORKBENCH_STATIC_T"):
+            compiled_backend.static_buckets()

@@ -4,9 +4,19 @@ A `CompiledForward` owns one transformers `StaticCache` of L positions for one
 model and two compiled graphs over it (no patched modeling code: the stock model
 is called with `cache=`, `position_ids=` and a 4D mask over all L columns):
 
-    one   T == 1 new token (plain decoding, drafting a chain)   static shapes
-    many  2 <= T <= MAX_COMPILED_T (verifying chains and trees)  T dynamic
+    one     T == 1 new token (plain decoding, drafting a chain)      static shapes
+    bucket  2 <= T <= max(STATIC_T): padded to the next of STATIC_T  static shapes, one graph each
+    many    larger T up to MAX_COMPILED_T (big trees)                 T dynamic
     prefill and larger T run the same model eagerly over the same cache
+
+Verification is what drafting methods pay for, so its common sizes get graphs of
+their own: a static-shape graph lets inductor plan its matmuls for that row count,
+measured flatter than the shape-dynamic graph (see STATIC_T). A forward of T
+tokens in bucket B runs B rows: the B - T padding rows repeat the last real token
+and position, see every real column and nothing after, and their logits are
+dropped; their keys and values land in the B - T cache columns after the real
+ones, which the mask hides and the next forward overwrites (the same argument as
+free rollback).
 
 Rollback is free (gpt-fast): the session's `length` says how many positions are
 valid; the mask hides every column from `length + T` on, and the next write
@@ -43,6 +53,11 @@ logger = logging.getLogger(__name__)
 
 MIN_CACHE_LEN = 512
 MAX_COMPILED_T = 64  # verification forwards up to this many tokens use the compiled graph
+# Verification sizes with a static-shape graph each (3 tokens run as 4, 5-8 as 8, 9-16 as 16). Measured on
+# SmolLM2-135M (2-core Xeon with AMX, torch 2.13, fp32, 128 cached), cost over a one-token forward, static graph
+# vs the shape-dynamic one: n=2 1.05 vs 1.65, n=4 1.22 vs 1.75, n=8 1.41 vs 1.96, n=16 1.73 vs 2.38. Each graph
+# costs about 35 s more compiling there. `WORKBENCH_STATIC_T` overrides it ("" = none: the dynamic graph).
+STATIC_T = (2, 4, 8, 16)
 Progress = Callable[[str], None] | None
 
 _POOL: dict[tuple[int, int], list["CompiledForward"]] = {}
@@ -91,6 +106,20 @@ def compiler_settings() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
 
 
+def static_buckets() -> tuple[int, ...]:
+    """The verification sizes that get a static graph: STATIC_T, or $WORKBENCH_STATIC_T ("4,8"; "" = none)."""
+    raw = os.environ.get("WORKBENCH_STATIC_T")
+    if raw is None:
+        return STATIC_T
+    try:
+        sizes = tuple(sorted({int(x) for x in raw.split(",") if x.strip()}))
+    except ValueError:
+        raise ConfigError(f"WORKBENCH_STATIC_T must be comma-separated token counts, got {raw!r}") from None
+    if any(not 2 <= b <= MAX_COMPILED_T for b in sizes):
+        raise ConfigError(f"WORKBENCH_STATIC_T sizes must lie in 2..{MAX_COMPILED_T}, got {raw!r}")
+    return sizes
+
+
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why `model` cannot use the compiled backend, or None."""
     if kv.sliding_window(model.config) is not None:
@@ -123,31 +152,49 @@ class CompiledForward:
         self.eager = run
         self.one = torch.compile(_own_code(run), dynamic=False,
                                  mode="reduce-overhead" if self.device.type == "cuda" else None)
+        self.buckets = {B: torch.compile(_own_code(run), dynamic=False) for B in static_buckets()}
         self.many = torch.compile(_own_code(run), dynamic=True)
 
+    def bucket(self, T: int, length: int) -> int | None:
+        """The static size a T-token verification at `length` runs as, or None (no bucket, or no room)."""
+        if T < 2 or length <= 0:
+            return None
+        B = next((b for b in sorted(self.buckets) if b >= T), None)
+        return B if B is not None and length + B <= self.L else None
+
     @torch.inference_mode()
-    def call(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+    def call(self, ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor | None,
              length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (T, V) and final hidden states (T, H) of T new tokens after `length` cached positions."""
         for layer in self.cache.layers:  # where the new keys/values go
             if getattr(layer, "is_initialized", False):
                 layer.cumulative_length.fill_(length)
         T = ids.shape[1]
+        B = self.bucket(T, length)
+        if B is not None:  # padded to B rows (module docstring); outputs of the padding dropped
+            pad = B - T
+            ids = torch.cat([ids, ids[:, -1:].expand(1, pad)], dim=1)  # (1, B)
+            positions = torch.cat([positions, positions[:, -1:].expand(1, pad)], dim=1)  # (1, B)
+            logits, hidden = self.buckets[B](ids, positions, self.mask(length, T, block, rows=B))
+            return logits[:T], hidden[:T]
         fn = self.one if T == 1 else self.many if T <= MAX_COMPILED_T and length > 0 else self.eager
         # inputs as the graphs were compiled for (dense strides, inference tensors): a slice of a longer
         # row or a tensor made outside inference mode would otherwise trigger a recompilation
         ids = ids.clone(memory_format=torch.contiguous_format)
         positions = positions.clone(memory_format=torch.contiguous_format)
-        return fn(ids, positions, mask)  # (T, V) logits, (T, H) final hidden states
+        return fn(ids, positions, self.mask(length, T, block))  # (T, V) logits, (T, H) final hidden states
 
-    def mask(self, length: int, T: int, block: torch.Tensor | None) -> torch.Tensor:
-        """(1, 1, T, L) additive mask: columns < length + T - W visible, `block` over the next W, the rest hidden."""
+    def mask(self, length: int, T: int, block: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+        """(1, 1, rows, L) additive mask: columns < length + T - W visible, `block` over the next W, the rest
+        hidden; rows past T (a bucket's padding) see the T real columns' context and nothing after."""
         if block is None:
             block = torch.ones(T, T, dtype=torch.bool, device=self.device).tril_()  # causal over the new tokens
+        rows = rows or T
         W = block.shape[1]
         start = length + T - W
-        allowed = (self.cols < start).expand(T, self.L).clone()  # (T, L)
-        allowed[:, start:start + W] = block.to(self.device)
-        mask = torch.zeros(T, self.L, dtype=self.model.dtype, device=self.device)
+        allowed = (self.cols < start).expand(rows, self.L).clone()  # (rows, L)
+        allowed[:T, start:start + W] = block.to(self.device)
+        mask = torch.zeros(rows, self.L, dtype=self.model.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
         return mask[None, None]
 
@@ -166,7 +213,8 @@ class CompiledForward:
         session = StaticSession(self)
         try:
             session.forward(torch.zeros(1, 4, dtype=torch.long, device=self.device))  # eager: allocates the cache
-            for T in (1, 3, 2):
+            dynamic = [T for T in range(2, MAX_COMPILED_T + 1) if self.bucket(T, 4) is None][:2]
+            for T in [1, *sorted(self.buckets), *reversed(dynamic)]:  # every graph once; the dynamic one twice
                 session.crop(4)
                 session.forward(torch.zeros(1, T, dtype=torch.long, device=self.device))
         finally:
@@ -201,7 +249,7 @@ class StaticSession:
                               f"needs {self.length + T} (use a smaller draft or fewer new tokens)")
         if positions is None:
             positions = (self.length + torch.arange(T, device=c.device))[None]  # (1, T)
-        logits, states = c.call(ids, positions, c.mask(self.length, T, block), self.length)  # (T, V), (T, H)
+        logits, states = c.call(ids, positions, block, self.length)  # (T, V), (T, H)
         self.length += T
         logits = logits[-keep:] if keep else logits
         return (logits, states) if hidden else logits

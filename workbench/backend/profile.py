@@ -22,6 +22,7 @@ from ..device import device_sync
 
 PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
 CONTEXT = 128  # cached positions before the measured forward
+KEY_FIELDS = ("backend", "static", "threads", "torch")  # the named fields at the end of a profile's key
 
 
 def _profile_path():
@@ -70,6 +71,10 @@ def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: i
 
 def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> str:
     threads = threads or torch.get_num_threads()
+    if backend == "compiled":  # its static verification sizes shape the curve
+        from .compiled import static_buckets
+
+        backend = f"compiled|static={','.join(map(str, static_buckets())) or 'none'}"
     return (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
             f"|torch={torch.__version__}")
 
@@ -113,11 +118,17 @@ def cached_profiles() -> list[dict[str, Any]]:
     """Every profile measured on this machine so far (for the app), parsed from the cache keys."""
     rows = []
     for key, prof in _read(_profile_path()).items():
-        parts = key.rsplit("|", 5)  # the spec itself may hold "|" (a layer_skip view: "model|skip=3,4")
-        fields = dict(p.split("=", 1) for p in parts[3:] if "=" in p)
-        if len(parts) < 6 or "backend" not in fields:
+        # spec|device|cpu|backend=..[|static=..]|threads=..|torch=..; the spec itself may hold "|" (a
+        # layer_skip view: "model|skip=3,4"), so the named fields are read from the right
+        parts = key.split("|")
+        fields = {}
+        while parts and parts[-1].split("=", 1)[0] in KEY_FIELDS:
+            name, _, value = parts.pop().partition("=")
+            fields[name] = value
+        if len(parts) < 3 or "backend" not in fields:
             continue  # written by an older version
-        rows.append({"model": parts[0], "device": parts[1], "cpu": parts[2], "backend": fields["backend"],
+        rows.append({"model": "|".join(parts[:-2]), "device": parts[-2], "cpu": parts[-1],
+                     "backend": fields["backend"], "static": fields.get("static"),
                      "threads": int(fields.get("threads", 0)), "seconds": {int(n): t for n, t in prof.items()}})
     return rows
 
