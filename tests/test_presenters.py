@@ -309,3 +309,11 @@ def test_cost_summary_names_the_fastest_for_1_and_8_tokens():
     assert "for 8 tokens: `m · compiled · 2 threads` (15.33 ms, 1.28× one token)" in eight
     assert "Measure this machine" in P.cost_summary([])
     assert [r["model"] for r in P.rows_for_model(PROFILES, "m:fp16")] == ["m", "m", "m:bf16"]
+
+
+def test_profile_label_names_the_static_verification_sizes():
+    from ui.presenters.costs import profile_label
+
+    row = {"model": "m", "backend": "compiled", "static": "2,4,8,16", "threads": 2}
+    assert profile_label(row) == "m · compiled (static 2,4,8,16) · 2 threads"
+    assert profile_label({**row, "static": None}) == "m · compiled · 2 threads"

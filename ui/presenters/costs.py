@@ -46,9 +46,12 @@ def cost_at(row: dict[str, Any], n: int) -> float | None:
 
 
 def profile_label(row: dict[str, Any], with_device: bool = False) -> str:
-    """'smollm2-135m:bf16 · compiled · 2 threads' (plus the device when several are shown)."""
+    """'smollm2-135m:bf16 · compiled (static 2,4,8,16) · 2 threads' (plus the device when several are shown)."""
     t = int(row.get("threads") or 0)
-    parts = [str(row.get("model", "?")), str(row.get("backend", "?")),
+    backend = str(row.get("backend", "?"))
+    if row.get("static"):  # the compiled backend's static verification sizes shape its curve
+        backend += f" (static {row['static']})"
+    parts = [str(row.get("model", "?")), backend,
              f"{t} thread{'s' * (t != 1)}" if t else "threads ?"]
     if with_device:
         parts.append(str(row.get("device", "")))
