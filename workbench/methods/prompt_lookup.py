@@ -45,14 +45,16 @@ class PromptLookup(Drafter):
                               f"({params['max_ngram']}); it would never draft")
 
     def begin(self, prompt_ids: list[int]) -> None:
+        self._reset_index()
+        self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"],
+                                      prior=lambda n: n / (n + 1))  # a longer n-gram, a safer copy
+        self.drafted_n = 0  # n-gram length of the pending draft's match
+
+    def _reset_index(self) -> None:
         # index[n][ngram] = position right after the ngram's most recent occurrence
         self.index: list[dict[tuple[int, ...], int]] = [dict() for _ in range(self.params["max_ngram"] + 1)]
         self.indexed = 0  # n-grams ending before this position are indexed
         self.last: int | None = None  # tokens[indexed - 1] when last indexed, to notice a rewound context
-        if not hasattr(self, "gate"):  # kept across a rebuilt index: what was learned about acceptance still holds
-            self.gate = DraftGate.for_run(self.env, self.params["num_draft"], self.params["cost_aware"],
-                                          prior=lambda n: n / (n + 1))  # a longer n-gram, a safer copy
-        self.drafted_n = 0  # n-gram length of the pending draft's match
 
     def index_context(self, tokens: list[int]) -> None:
         """Index the committed context (call once per step, before `match`)."""
@@ -60,7 +62,7 @@ class PromptLookup(Drafter):
 
     def _extend_index(self, tokens: list[int]) -> None:
         if len(tokens) < self.indexed or (self.indexed and tokens[self.indexed - 1] != self.last):
-            self.begin([])  # another context than the one indexed (e.g. staged's draft branches): rebuild
+            self._reset_index()  # another context than the one indexed (e.g. staged's draft branches): rebuild
         # index n-grams tokens[end-n:end] for end < len(tokens): each has a continuation tokens[end]
         for end in range(max(self.indexed, 1), len(tokens)):
             for n in range(self.params["min_ngram"], self.params["max_ngram"] + 1):
@@ -88,7 +90,8 @@ class PromptLookup(Drafter):
         return self.lookup(tokens, budget)[1]
 
     def lookup(self, tokens: list[int], budget: int) -> tuple[int, list[int]]:
-        """(n, continuation): what followed the latest indexed occurrence of the longest matching suffix n-gram of `tokens`.
+        """(n, continuation): what followed the latest indexed occurrence of the longest matching suffix
+        n-gram of `tokens` (its length n; (0, []) without a match).
 
         `tokens` may run past the indexed context (a drafter's own provisional tokens): its suffix is
         looked up, and the continuation read from `tokens`, but nothing past the index is indexed.

@@ -137,8 +137,8 @@ class SAMDecoding(Drafter):
         if not cands:
             return None
         # the source whose kind of match has paid best so far (the longer match while nothing is known)
-        ranked = sorted(cands, key=lambda c: -self.gate.best((c[2], match_bucket(c[0])), len(c[1]))[1])
-        n, chain, source = ranked[0]
+        order = sorted(cands, key=lambda c: -self.gate.best((c[2], match_bucket(c[0])), len(c[1]))[1])
+        n, chain, source = order[0]
         self.kind = (source, match_bucket(n))
         k = self.gate.length(self.kind, len(chain))
         if k <= 0:
@@ -146,7 +146,7 @@ class SAMDecoding(Drafter):
         trie = TrieDraft()
         trie.add_path(chain[:k])
         if self.params["branches"] > 1:
-            second = ranked[1][1] if len(ranked) > 1 else None
+            second = order[1][1] if len(order) > 1 else None
             if second is None and self.matcher is not None and self.matcher.length >= self.params["min_match"]:
                 ranked = self.corpus.ranked_next(self.matcher.state, 2)
                 if len(ranked) > 1:  # the corpus' second most frequent next token, then its best walk
