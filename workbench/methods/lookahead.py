@@ -26,8 +26,9 @@ the suffix automaton that also fills new window slots) is the first candidate:
 where the output quotes the input, a pool n-gram keyed by one token is a weak
 guess and the long match a strong one. That chain is as deep as its learned
 acceptance pays for on this hardware (model_free.DraftGate, per match length),
-on top of the node budget below, which the pool candidates and the window share. Needs the target's
-argmax at every node (`wants_target_argmax`). Lossless by verification.
+on top of the node budget below, which the pool candidates and the window
+share. Needs the target's argmax at every node (`wants_target_argmax`).
+Lossless by verification.
 
 Lookahead spends spare parallel compute: on a GPU a forward over dozens of
 tokens costs what one does, on a CPU a few tokens already cost more. So the
