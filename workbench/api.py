@@ -105,26 +105,24 @@ def cpu_isa() -> str:
 
     Two machines with one model name ("Intel(R) Xeon(R) Processor" in a VM) can differ in exactly these.
     """
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return " ".join(flag for flag in ISA_FLAGS if flag in have)
-    except OSError:
-        pass
-    return ""
+    have = set((_cpuinfo("flags") or "").split())
+    return " ".join(flag for flag in ISA_FLAGS if flag in have)
 
 
 def _cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (None where there is no such file or line)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
 
 
 def run(method: str, prompt: str | list[dict], *, target: str | None = None, draft: str | None = None,

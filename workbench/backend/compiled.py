@@ -207,7 +207,7 @@ class CompiledForward:
         guess = _estimate(self._key())
         say = progress or (lambda msg: None)
         say(f"compiling {name} for the compiled backend (cache of {self.L} positions; "
-            + (f"about {guess:.0f} s, as last time" if guess else "1-3 minutes the first time on a CPU, "
+            + (f"about {guess:.0f} s, as last time" if guess else "2-5 minutes the first time on a CPU, "
                "then cached on disk") + ")...")
         t0 = time.perf_counter()
         session = StaticSession(self)
@@ -226,10 +226,11 @@ class CompiledForward:
         return self.warmup_s
 
     def _key(self) -> str:
-        from ..api import _cpu_name
+        from .profile import processor
 
-        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else _cpu_name()
-        return f"{self.lm.spec}|{where}|L={self.L}|torch={torch.__version__}|threads={torch.get_num_threads()}"
+        static = ",".join(map(str, sorted(self.buckets)))  # every static graph is compiled in the warm-up
+        return (f"{self.lm.spec}|{processor(self.device)}|L={self.L}|static={static}|torch={torch.__version__}"
+                f"|threads={torch.get_num_threads()}")
 
 
 class StaticSession:
