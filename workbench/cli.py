@@ -300,7 +300,7 @@ def add_backend_argument(parser) -> None:
 
     parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("WORKBENCH_BACKEND") or DEFAULT_BACKEND,
                         help="how forwards run: eager (stock transformers, DynamicCache) or compiled (static KV "
-                             "cache + torch.compile; compiles once per model, 1-3 min on a CPU, cached on disk); "
+                             "cache + torch.compile; compiles once per model, 2-5 min on a CPU, cached on disk); "
                              "default $WORKBENCH_BACKEND, else eager")
 
 

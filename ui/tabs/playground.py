@@ -440,7 +440,7 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
             c["backend"] = gr.Dropdown(list(BACKENDS), value=ctx.default_backend, label="Backend",
                                        elem_id="pg-backend",
                                        info="eager: stock forwards; compiled: static KV cache + torch.compile "
-                                            "(compiles each model once, 1-3 min on a CPU, not counted)")
+                                            "(compiles each model once, 2-5 min on a CPU, not counted)")
             slots: list[Any] = []
             initial = [{k: v for k, v in u.items() if k != "__type__"} for u in method_form(first)[1:]]
             with gr.Group():
