@@ -5,6 +5,7 @@ Tests marked `real` load the embedded SmolLM2 model from the default cache
 (converting it from GGUF the first time), so the suite converts only once.
 """
 
+import os
 from collections import OrderedDict
 
 import pytest
@@ -134,6 +135,32 @@ def test_resolve_device_cuda_unavailable():
         resolve_device("cuda")
     with pytest.raises(ModelError, match="CUDA is not available"):
         load_model("tiny-random", device="cuda:0")
+
+
+def test_cpu_attention_takes_grouped_kv_heads_as_they_are_and_computes_the_same(tiny, monkeypatch):
+    """Without CUDA, SDPA gets the grouped key/value heads directly (no repeat_kv copy); a user's own setting
+    wins; and both ways give the same logits, with a tree mask and over a cache (the tiny model has GQA)."""
+    assert tiny.model.config.num_key_value_heads < tiny.model.config.num_attention_heads
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loading.cpu_gqa_attention() and os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
+    assert not loading.cpu_gqa_attention() and os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
+    from workbench.backend import open_session
+
+    block = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)  # a root and two siblings
+    outs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", flag)
+        s = open_session("eager", tiny, 64)
+        with torch.inference_mode():
+            s.forward(torch.tensor([[3, 9, 4, 7, 2]], device=tiny.device))
+            outs.append((s.forward(torch.tensor([[5]], device=tiny.device)),
+                         s.forward(torch.tensor([[6, 8, 10]], device=tiny.device), block=block.to(tiny.device),
+                                   positions=torch.tensor([[6, 7, 7]], device=tiny.device))))
+        s.close()
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
 def test_cache_dir(monkeypatch, tmp_path):

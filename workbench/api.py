@@ -91,6 +91,7 @@ def environment(target=None) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "sdpa_gqa": os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == "1",  # workbench.models.loading
     }
     if target is not None:
         env.update(device=str(target.device), dtype=str(target.dtype).replace("torch.", ""), quant=target.quant)

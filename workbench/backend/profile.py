@@ -12,6 +12,7 @@ count and the torch version: machines differ, and nothing here assumes one.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from ..device import device_sync
 
 PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
 CONTEXT = 128  # cached positions before the measured forward
-KEY_FIELDS = ("backend", "static", "threads", "torch")  # the named fields at the end of a profile's key
+KEY_FIELDS = ("backend", "static", "threads", "torch", "attn")  # the named fields at the end of a profile's key
 
 
 def _profile_path():
@@ -75,8 +76,9 @@ def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> s
         from .compiled import static_buckets
 
         backend = f"compiled|static={','.join(map(str, static_buckets())) or 'none'}"
+    attn = "gqa" if os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == "1" else "default"  # models.loading
     return (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
-            f"|torch={torch.__version__}")
+            f"|torch={torch.__version__}|attn={attn}")
 
 
 def cost_profile(loaded, backend: str = "eager", refresh: bool = False) -> dict[int, float]:

@@ -9,6 +9,16 @@ The result is cached per (normalized spec, device) in a `ModelCache`: the most
 recently used $WORKBENCH_MAX_LOADED_MODELS (default 4) are kept, and a dropped
 model still in use is found again rather than loaded twice. Loaded models are
 shared, so treat them as read-only.
+
+Grouped-query attention on a CPU (`cpu_gqa_attention`): on a machine without a
+GPU, transformers' SDPA attention is told to pass grouped key/value heads to
+the kernel as they are (`enable_gqa`) instead of first copying every cached
+key and value once per query head (`repeat_kv`). Same attention, less memory
+traffic: under `torch.compile` the copy of a 512-position cache cost ~3.5 ms of
+a ~34 ms one-token forward of SmolLM2-135M (2 threads), and an eager
+verification of 4-16 tokens ran its attention 1.5-2.5x faster. On CUDA,
+transformers keeps its own choice (GQA with a mask falls back to the slow math
+kernel there). $TRANSFORMERS_SDPA_FORCE_GQA set by the user is left alone.
 """
 from __future__ import annotations
 
@@ -127,10 +137,20 @@ _LOADED: MutableMapping = ModelCache()
 _LOCK = threading.RLock()
 
 
+def cpu_gqa_attention() -> bool:
+    """On a machine without CUDA, make SDPA take grouped key/value heads as they are (module docstring);
+    True when that is in effect."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
+    return os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == "1"
+
+
 def load_model(spec: str, device: str | None = None, progress: Progress | None = None) -> LoadedModel:
     """Load (or fetch from the in-process cache) the model named by `spec` on `device`."""
     name, opts = parse_spec(spec)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        cpu_gqa_attention()
     norm = normalize_spec(name, opts)
     key = (cache_key(name, norm), str(dev))
     max_loaded_models()  # a bad setting fails before a slow load, not after it
