@@ -8,6 +8,7 @@ both backends is tested with every method in test_engine.py.
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -209,3 +210,40 @@ def test_static_bucket_setting_is_checked(monkeypatch):
         monkeypatch.setenv("WORKBENCH_STATIC_T", bad)
         with pytest.raises(ConfigError, match="WORKBENCH_STATIC_T"):
             compiled_backend.static_buckets()
+
+
+def test_compiled_artefacts_go_to_the_workbench_cache_unless_the_user_chose_a_place(tmp_path, monkeypatch):
+    """Importing inductor writes its /tmp default into $TORCHINDUCTOR_CACHE_DIR: that is not a choice."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "wb"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    compiled_backend.compiler_settings()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "wb" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compiled_backend.compiler_settings()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+@torch.inference_mode()
+def test_few_token_graphs_read_weights_as_they_are_and_larger_ones_pre_pack(tiny):
+    """The one- and two-token graphs are compiled without freezing (nothing pre-packed; faster for a row, and
+    inductor's disk cache can keep them); the larger static graphs pre-pack their weights. Pre-packing is set
+    up once per process, by the first frozen compilation: a per-graph switch of the packing itself would
+    silently turn it off (or on) for every graph."""
+    from torch._dynamo.utils import counters
+
+    s = open_session("compiled", tiny, 300)  # a cache size of its own: fresh graphs, compiled here
+    try:
+        packed = {}
+        for T in (1, 2, *sorted(b for b in s.compiled.buckets if b > compiled_backend.UNPACKED_MAX_T)):
+            fresh = compiled_backend.CompiledForward(tiny, 512 + T)  # new code objects: compiles again
+            before = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
+            fn = fresh.one if T == 1 else fresh.buckets[T]
+            ids = torch.full((1, T), 5, device=DEVICE)
+            fn(ids, torch.arange(T, device=DEVICE)[None] + 3, fresh.mask(3, T, None))
+            packed[T] = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > before
+        assert packed[1] is False and packed[2] is False
+        assert all(packed[T] for T in packed if T > 2) and len(packed) > 2, packed
+    finally:
+        s.close()

@@ -21,16 +21,20 @@ free rollback).
 Rollback is free (gpt-fast): the session's `length` says how many positions are
 valid; the mask hides every column from `length + T` on, and the next write
 overwrites them. Accepted tree nodes are copied into place (Medusa). On CPU the
-graphs are compiled with inductor's freezing, which pre-packs the weights so a
-forward of a few tokens costs little more than one (inductor's freezing is a
-global setting, switched on when the first compiled session opens); on CUDA the
-one-token graph runs as a CUDA graph ("reduce-overhead").
+graphs are compiled with inductor's freezing (a global setting, switched on when
+the first compiled session opens), which pre-packs the weights so that a forward
+of a few tokens costs little more than one; the one- and two-token graphs
+(UNPACKED_MAX_T) are compiled without it and read the weights as they are, which
+is faster for a single row. On CUDA the one-token graph runs as a CUDA graph
+("reduce-overhead").
 
-Compiling takes a minute or two per model on a small CPU. It happens in
-`warm_up`, before a run's clock starts (reported as `warmup_s`), with progress
-and an estimate from the last time; inductor's on-disk cache lives in the
-workbench cache dir, so a second process starts warm. L is a bucket (a power of
-two, at least MIN_CACHE_LEN) so that runs of similar length share graphs.
+Compiling takes a few minutes per model on a small CPU. It happens in `warm_up`,
+before a run's clock starts (reported as `warmup_s`), with progress and an
+estimate from the last time. Inductor's on-disk cache lives in the workbench
+cache dir: a second process reloads the unpacked graphs from it, but compiles
+the pre-packed ones again (their packed weights cannot be stored). L is a bucket
+(a power of two, at least MIN_CACHE_LEN) so that runs of similar length share
+graphs.
 """
 from __future__ import annotations
 
@@ -58,6 +62,14 @@ MAX_COMPILED_T = 64  # verification forwards up to this many tokens use the comp
 # vs the shape-dynamic one: n=2 1.05 vs 1.65, n=4 1.22 vs 1.75, n=8 1.41 vs 1.96, n=16 1.73 vs 2.38. Each graph
 # costs about 35 s more compiling there. `WORKBENCH_STATIC_T` overrides it ("" = none: the dynamic graph).
 STATIC_T = (2, 4, 8, 16)
+# Graphs of at most this many tokens are compiled without freezing, so nothing is pre-packed; the larger static
+# graphs freeze and pre-pack their weights. Measured on SmolLM2-135M (same machine), one forward after 100
+# cached positions: T=1 29.3 ms unfrozen against 30-33 ms pre-packed, but T=8 42.5 ms pre-packed against 57
+# unpacked. Unfrozen graphs are also the ones inductor's disk cache keeps: pre-packed weights are bound to
+# their addresses and are compiled afresh in every process. (Packing is switched per graph through freezing,
+# not through inductor's `cpp.weight_prepack`: its packing passes are set up once per process, by the first
+# frozen compilation, so that switch would turn packing off or on for every graph at once.)
+UNPACKED_MAX_T = 2
 Progress = Callable[[str], None] | None
 
 _POOL: dict[tuple[int, int], list["CompiledForward"]] = {}
@@ -73,6 +85,15 @@ def _own_code(fn: Callable) -> Callable:
     graphs over different models and caches never share (or evict, or misapply) each other's entries."""
     code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_CODE_IDS)}")
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
+    """`run` compiled for exactly T new tokens (module docstring: which graphs pre-pack their weights)."""
+    if device.type == "cuda":
+        return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
+    if T <= UNPACKED_MAX_T:
+        return torch.compile(_own_code(run), dynamic=False, options={"freezing": False})
+    return torch.compile(_own_code(run), dynamic=False)
 
 
 def cache_len_bucket(max_len: int, limit: int | None) -> int:
@@ -97,10 +118,14 @@ def compiler_settings() -> None:
     """
     import torch._dynamo
     import torch._inductor.config
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._inductor.config.freezing = True  # pre-packed weights: a few tokens cost little more than one
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    # importing inductor's config already wrote its default (a per-user folder under /tmp) into the
+    # variable, so "unset" is "unset or that default"; inductor reads the variable at every compilation
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
         from ..models import cache_dir
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
@@ -150,9 +175,8 @@ class CompiledForward:
             return logits[0], hidden[0]  # (T, V), (T, H)
 
         self.eager = run
-        self.one = torch.compile(_own_code(run), dynamic=False,
-                                 mode="reduce-overhead" if self.device.type == "cuda" else None)
-        self.buckets = {B: torch.compile(_own_code(run), dynamic=False) for B in static_buckets()}
+        self.one = _compile_static(run, 1, self.device)
+        self.buckets = {B: _compile_static(run, B, self.device) for B in static_buckets()}
         self.many = torch.compile(_own_code(run), dynamic=True)
 
     def bucket(self, T: int, length: int) -> int | None:
