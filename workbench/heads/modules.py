@@ -14,7 +14,9 @@ from h_t, the target's final hidden state at the position before the root
   so every branch of a tree gets its own continuation.
 - EagleHead (EAGLE; Li et al. 2024): one decoder layer over the feature
   sequence. Position t reads [f_t; e(x_{t+1})] (feature and the token it
-  produced), fc -> a Llama-style decoder layer (initialised from the target's
+  produced; the embedding RMS-normalised first, as EAGLE-3 does, because a
+  small model's embeddings can be an order of magnitude smaller than its
+  final features), fc -> a Llama-style decoder layer (initialised from the target's
   own top layer when the architectures match) -> final norm, and predicts
   f_{t+1}, whose LM-head logits draft x_{t+2}. Drafting continues on its own
   predicted features, with a KV cache over the committed positions.
@@ -168,6 +170,8 @@ class EagleHead(HeadBase):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         H = config["hidden_size"]
+        # heads saved before the embedding norm existed have no "embed_norm" in their card: read as before
+        self.embed_norm = RMSNorm(H, config["eps"]) if config.get("embed_norm") else None
         self.fc = nn.Linear(2 * H, H)
         self.layer = DecoderLayer(config)
         self.norm = RMSNorm(H, config["eps"])
@@ -186,6 +190,8 @@ class EagleHead(HeadBase):
 
         Returns (predicted features f_{t+1} (B, T, H), new (k, v)).
         """
+        if self.embed_norm is not None:
+            embs = self.embed_norm(embs)
         x = self.fc(torch.cat([feats, embs], dim=-1))  # (B, T, H)
         cos, sin = self.rope(positions, x.dtype)
         x, new = self.layer(x, cos, sin, mask, past)
@@ -203,7 +209,7 @@ def eagle_config(model_config: Any) -> dict[str, Any]:
             "head_dim": getattr(model_config, "head_dim", None) or H // nh,
             "intermediate_size": getattr(model_config, "intermediate_size", 4 * H),
             "eps": float(getattr(model_config, "rms_norm_eps", 1e-6)),
-            "attention_bias": bool(getattr(model_config, "attention_bias", False))}
+            "attention_bias": bool(getattr(model_config, "attention_bias", False)), "embed_norm": True}
 
 
 def init_eagle_from_target(head: EagleHead, model: nn.Module) -> bool:
