@@ -164,6 +164,37 @@ def test_train_and_heads_from_the_command_line(tmp_path, capsys):
     assert {"tiny-random-eagle", "tiny-random-medusa", "tiny-random-hydra"} <= names
 
 
+@torch.no_grad()
+def test_eagle_training_unrolls_as_drafting_does(tiny):
+    """Draft position j of the unrolled training is what drafting computes j steps after a root: the head
+    run over the teacher-forced pairs up to t, then on its own predictions, one pair at a time."""
+    from workbench.heads import make_head
+    from workbench.train import eagle_unroll
+
+    torch.manual_seed(0)
+    head = make_head("eagle", tiny.model).float().to(DEVICE)
+    for p in head.parameters():  # away from the identity-like start, so a misplaced pair shows
+        p.add_(0.05 * torch.randn_like(p))
+    embed = tiny.model.get_input_embeddings()
+    T = 9
+    feats = torch.randn(1, T, tiny.model.config.hidden_size, device=DEVICE)
+    tok = torch.randint(3, 50, (1, T), device=DEVICE)
+    preds = eagle_unroll(head, feats, tok, embed, 3)
+    checked = 0
+    for t in (0, 3, 5):  # root x_{t+1}; pair i = (f_i, x_{i+1}) at position i + 1
+        x, (k, v) = head(feats[:, :t + 1], embed(tok[:, 1:t + 2]), torch.arange(1, t + 2, device=DEVICE)[None])
+        x = x[:, -1:]
+        assert torch.allclose(x[0, 0], preds[0][0, t], atol=1e-5)
+        for j in (2, 3):
+            seen = torch.ones(1, 1, k.shape[2] + 1, dtype=torch.bool, device=DEVICE)
+            x, (k2, v2) = head(x, embed(tok[:, t + j:t + j + 1]), torch.tensor([[t + j]], device=DEVICE),
+                               mask=seen, past=(k, v))
+            k, v = torch.cat([k, k2], dim=2), torch.cat([v, v2], dim=2)
+            assert torch.allclose(x[0, 0], preds[j - 1][0, t], atol=1e-5), (t, j)
+            checked += 1
+    assert checked == 6
+
+
 def test_bad_training_settings_are_refused(tmp_path):
     from workbench.config import ConfigError
 
@@ -171,6 +202,8 @@ def test_bad_training_settings_are_refused(tmp_path):
         TrainConfig(kind="lasso")
     with pytest.raises(ConfigError, match="holdout"):
         TrainConfig(kind="eagle", holdout=0.9)
+    with pytest.raises(ConfigError, match="unroll"):
+        TrainConfig(kind="eagle", unroll=9)
     p = tmp_path / "p.jsonl"
     p.write_text('{"other": 1}\n')
     with pytest.raises(ConfigError, match="needs a 'prompt'"):

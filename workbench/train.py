@@ -61,6 +61,9 @@ class TrainResult:
     timings: dict = field(default_factory=dict)
 
 
+EVAL_UNROLL = 3  # eagle heads are evaluated at draft positions 1-3 (the first teacher-forced)
+
+
 def read_prompts(path: str | Path | None) -> list[Any]:
     """Prompts from a JSONL file: each line {"prompt": text}, {"messages": [...]} or {"prompt_ids": [ids]}
     (already tokenised, used as they are) -> text, messages or token ids."""
@@ -220,11 +223,14 @@ def _shifted(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0.0,
-                weights: tuple[float, float] = (1.0, 0.1)):
-    """(loss, {name: value}, per-position (correct top1, correct top5, count) lists) on one batch."""
+                weights: tuple[float, float] = (1.0, 0.1), unroll: int = 1):
+    """(loss, {name: value}, per-position (correct top1, correct top5, count) lists) on one batch.
+
+    unroll (eagle): draft positions trained, the first teacher-forced, each next one on the head's own
+    predicted features (see `_eagle_losses`).
+    """
     f, tok, a, resp = b["f"], b["tok"], b["a"], b["resp"]
     B, T, _ = f.shape
-    valid_len = torch.arange(T, device=f.device)[None] < b["len"][:, None]
     stats, parts = [], {}
     if kind in ("medusa", "hydra"):
         K = len(head.blocks) if kind == "medusa" else len(head.inp)
@@ -243,20 +249,50 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
             parts[f"head{k + 1}_loss"] = float(lk.detach())
             stats.append(_topk_hits(logits, labels))
         return loss, parts, stats
-    # eagle: pair t = (f_t, x_{t+1}) at position t + 1 -> f^_{t+1}
-    x_next = _shifted(tok, 1)
+    return _eagle_losses(head, lmh, embed, b, noise, weights, unroll)
+
+
+def _eagle_losses(head, lmh: "HeadLM", embed, b: dict, noise: float, weights: tuple[float, float], unroll: int):
+    """EAGLE's feature-regression and token losses over `unroll` draft positions (`eagle_unroll`); later
+    positions weigh 0.8^(j-1)."""
+    f, a, resp = b["f"], b["a"], b["resp"]
+    col = torch.arange(f.shape[1], device=f.device)
     feats = f + (torch.rand_like(f) - 0.5) * 2 * noise if noise else f
-    pos = torch.arange(1, T + 1, device=f.device)[None].expand(B, T)
-    pred, _ = head(feats, embed(x_next), pos)  # (B, T, H)
-    ok = resp & (torch.arange(T, device=f.device)[None] + 1 < b["len"][:, None]) & valid_len
-    target_f = _shifted(f, 1)
-    f_loss = F.smooth_l1_loss(pred[ok], target_f[ok])
-    logits = lmh.logits(pred[ok])
-    labels = lmh.labels(_shifted(a, 1)[ok])
-    t_loss = F.cross_entropy(logits, labels, ignore_index=-100)
-    parts.update(feature_loss=float(f_loss.detach()), token_loss=float(t_loss.detach()))
-    stats.append(_topk_hits(logits, labels))
-    return f_loss * weights[0] + t_loss * weights[1], parts, stats
+    loss, parts, stats = 0.0, {}, []
+    for j, pred in enumerate(eagle_unroll(head, feats, b["tok"], embed, unroll), start=1):
+        ok = resp & (col[None] + j < b["len"][:, None])
+        f_loss = F.smooth_l1_loss(pred[ok], _shifted(f, j)[ok])
+        logits = lmh.logits(pred[ok])
+        labels = lmh.labels(_shifted(a, j)[ok])
+        t_loss = F.cross_entropy(logits, labels, ignore_index=-100)
+        suffix = "" if j == 1 else f"_{j}"
+        parts.update({f"feature_loss{suffix}": float(f_loss.detach()), f"token_loss{suffix}": float(t_loss.detach())})
+        stats.append(_topk_hits(logits, labels))
+        loss = loss + (f_loss * weights[0] + t_loss * weights[1]) * 0.8 ** (j - 1)
+    return loss, parts, stats
+
+
+def eagle_unroll(head, feats: torch.Tensor, tok: torch.Tensor, embed, steps: int) -> list[torch.Tensor]:
+    """The EAGLE head's predicted features at draft positions 1..steps for every pair t, each (B, T, H).
+
+    Step 1 is teacher-forced: pair t = (f_t, x_{t+1}) at position t + 1 predicts f^_{t+1} (whose LM-head
+    logits give the target's token after x_{t+1}). Step j >= 2 reads the head's own previous prediction, as
+    drafting does: pair t = (f^_{t+j-1}, x_{t+j}) at position t + j, attending to the teacher-forced pairs up
+    to t (the committed context when drafting from root x_{t+1}) and to pair t of the steps before it; it
+    predicts f_{t+j} (EAGLE-3's training-time test, for a chain).
+    """
+    B, T, _ = feats.shape
+    col = torch.arange(T, device=feats.device)
+    pos = torch.arange(1, T + 1, device=feats.device)[None].expand(B, T)
+    pred, (keys, values) = head(feats, embed(_shifted(tok, 1)), pos)  # (B, T, H)
+    out = [pred]
+    eye = torch.eye(T, dtype=torch.bool, device=feats.device)
+    for j in range(2, steps + 1):
+        mask = torch.cat([col[None] <= col[:, None]] + [eye] * (j - 1), dim=1)[None]  # (1, T, j T)
+        pred, (k, v) = head(pred, embed(_shifted(tok, j)), pos + j - 1, mask=mask, past=(keys, values))
+        keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
+        out.append(pred)
+    return out
 
 
 def _topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
@@ -436,7 +472,7 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
             loss, parts, _ = draft_losses(model, lmh, b)
         else:
             loss, parts, _ = head_losses(cfg.kind, model, lmh, embed, b, noise=0.1 if cfg.kind == "eagle" else 0.0,
-                                         weights=(cfg.feature_weight, cfg.token_weight))
+                                         weights=(cfg.feature_weight, cfg.token_weight), unroll=cfg.unroll)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -462,7 +498,8 @@ def evaluate(kind, model, lmh, embed, data, held) -> dict:
     hits: list[list[int]] = []
     for s in range(0, len(held), 8):
         b = _batch(data, held[s:s + 8], embed.weight.device)
-        stats = draft_losses(model, lmh, b)[2] if kind == "draft" else head_losses(kind, model, lmh, embed, b)[2]
+        stats = draft_losses(model, lmh, b)[2] if kind == "draft" else \
+            head_losses(kind, model, lmh, embed, b, unroll=EVAL_UNROLL)[2]
         for k, st in enumerate(stats):
             while len(hits) <= k:
                 hits.append([0, 0, 0])

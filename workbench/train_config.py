@@ -27,6 +27,7 @@ class TrainConfig:
     # eagle: weights of the feature-regression (smooth L1) and token (cross-entropy) losses
     feature_weight: float = 1.0
     token_weight: float = 0.1
+    unroll: int = 1  # eagle: draft positions trained; each after the first reads the head's own prediction
     holdout: float = 0.1  # fraction of responses held out for evaluation
     gen_batch: int = 32
     checkpoint_every: int = 100
@@ -55,10 +56,12 @@ class TrainConfig:
         if self.kind not in KINDS:
             raise ConfigError(f"unknown training kind {self.kind!r}; kinds: {', '.join(KINDS)}")
         for name in ("samples", "max_new_tokens", "steps", "batch_size", "heads", "layers", "gen_batch",
-                     "checkpoint_every"):
+                     "checkpoint_every", "unroll"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
+        if self.unroll > 8:
+            raise ConfigError(f"unroll must be at most 8, got {self.unroll!r}")
         if not (isinstance(self.vocab_trim, int) and self.vocab_trim >= 0):
             raise ConfigError(f"vocab_trim must be a whole number >= 0, got {self.vocab_trim!r}")
         if not (0.0 < self.holdout < 0.5):
