@@ -79,6 +79,8 @@ def environment(target=None) -> dict[str, Any]:
     """What a result depends on besides the code: hardware, versions, precision, threads."""
     import transformers
 
+    from .models.loading import gqa_attention_in_effect
+
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -91,7 +93,7 @@ def environment(target=None) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "sdpa_gqa": os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == "1",  # workbench.models.loading
+        "sdpa_gqa": gqa_attention_in_effect(),
     }
     if target is not None:
         env.update(device=str(target.device), dtype=str(target.dtype).replace("torch.", ""), quant=target.quant)

@@ -12,7 +12,6 @@ count and the torch version: machines differ, and nothing here assumes one.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 from typing import Any, Callable
@@ -76,7 +75,9 @@ def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> s
         from .compiled import static_buckets
 
         backend = f"compiled|static={','.join(map(str, static_buckets())) or 'none'}"
-    attn = "gqa" if os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == "1" else "default"  # models.loading
+    from ..models.loading import gqa_attention_in_effect
+
+    attn = "gqa" if gqa_attention_in_effect() else "default"
     return (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
             f"|torch={torch.__version__}|attn={attn}")
 

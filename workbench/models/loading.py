@@ -137,12 +137,20 @@ _LOADED: MutableMapping = ModelCache()
 _LOCK = threading.RLock()
 
 
+GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"  # transformers' own switch (integrations/sdpa_attention.py)
+
+
 def cpu_gqa_attention() -> bool:
     """On a machine without CUDA, make SDPA take grouped key/value heads as they are (module docstring);
     True when that is in effect."""
     if not torch.cuda.is_available():
-        os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
-    return os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA") == "1"
+        os.environ.setdefault(GQA_SWITCH, "1")
+    return gqa_attention_in_effect()
+
+
+def gqa_attention_in_effect() -> bool:
+    """Whether SDPA takes grouped key/value heads as they are in this process (recorded with runs and costs)."""
+    return os.environ.get(GQA_SWITCH) == "1"
 
 
 def load_model(spec: str, device: str | None = None, progress: Progress | None = None) -> LoadedModel:
