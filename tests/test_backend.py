@@ -155,13 +155,16 @@ def test_cost_profile_per_backend_is_cached(tiny, tmp_path, monkeypatch):
     import workbench.backend.profile as profile
 
     measure = profile.measure_cost
+    monkeypatch.setattr(profile, "PROFILE_SIZES", (1, 2, 4))
     monkeypatch.setattr(profile, "measure_cost", lambda lm, backend, **kw: calls.append(backend) or
-                        measure(lm, backend, sizes=(1, 2, 4), repeats=1))
+                        measure(lm, backend, sizes=profile.PROFILE_SIZES, repeats=1))
     a = cost_profile(tiny, "compiled")
     b = cost_profile(tiny, "compiled")
     cost_profile(tiny, "eager")
     assert a == b and calls == ["compiled", "eager"]
     assert sorted(a) == [1, 2, 4] and interpolate(a, 3) > 0
+    monkeypatch.setattr(profile, "PROFILE_SIZES", (1, 2, 4, 5))  # a version measuring one more size
+    assert sorted(cost_profile(tiny, "compiled")) == [1, 2, 4, 5] and calls == ["compiled", "eager", "compiled"]
     from workbench.methods.layer_skip import view_model
 
     cost_profile(view_model(tiny, (1,)), "eager")  # a spec holding "|"

@@ -20,7 +20,10 @@ import torch
 
 from ..device import device_sync
 
-PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
+# 9 and 17: one past the compiled backend's static sizes 8 and 16, where its cost steps up (a forward of 9 runs
+# the 16-token graph, one of 17 the shape-dynamic one), so that interpolating between sizes does not smooth the
+# steps away
+PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32, 48, 64)
 CONTEXT = 128  # cached positions before the measured forward
 KEY_FIELDS = ("backend", "static", "threads", "torch", "attn")  # the named fields at the end of a profile's key
 
@@ -83,11 +86,12 @@ def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> s
 
 
 def cost_profile(loaded, backend: str = "eager", refresh: bool = False) -> dict[int, float]:
-    """The cached profile for this model, device, backend and thread count (measured on first use)."""
+    """The cached profile for this model, device, backend and thread count (measured on first use, and again
+    when the cached one lacks a size of PROFILE_SIZES: written by an older version)."""
     key = profile_key(loaded, backend)
     path = _profile_path()
     data = _read(path)
-    if refresh or key not in data:
+    if refresh or key not in data or not {str(n) for n in PROFILE_SIZES} <= data[key].keys():
         data = _read(path)  # another process may have written meanwhile
         data[key] = {str(n): t for n, t in measure_cost(loaded, backend).items()}
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -139,11 +139,9 @@ class DraftGate:
         """A gate reading the run's target's cost profile on its backend (measured once per machine, cached)."""
         if not enabled:
             return cls(None, max_len, prior)
-        from . import sequoia
+        from .sequoia import forward_ratios
 
-        profile = sequoia.cost_profile(env.target, env.backend)
-        one = sequoia.interpolate(profile, 1)
-        return cls([sequoia.interpolate(profile, k + 1) / one for k in range(max_len + 1)], max_len, prior)
+        return cls(forward_ratios(env.target, env.backend, max_len)[0], max_len, prior)
 
     def expected(self, key: Hashable, n: int) -> list[float]:
         """E(k) for k = 0..n: expected tokens committed by a forward over k drafted tokens of this kind."""

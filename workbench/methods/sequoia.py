@@ -23,6 +23,14 @@ from .base import DraftContext, Param, StepFeedback, register
 from .draft_model import DraftTreeSession
 from .trees import TopKTreeDrafter, grow_from_paths
 
+def forward_ratios(target, backend: str, most: int) -> tuple[list[float], float]:
+    """r[k] = t(k + 1) / t(1) for k = 0..most: what one forward verifying k drafted tokens (and the bonus)
+    costs in one-token forwards, on this machine and backend; and t(1) in seconds. From the cached profile."""
+    profile = cost_profile(target, backend)
+    one = interpolate(profile, 1)
+    return [interpolate(profile, k + 1) / one for k in range(most + 1)], one
+
+
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)  # rank-r acceptance before any data
 PRIOR_WEIGHT = 8.0  # pseudo-visits of the prior
 
