@@ -82,7 +82,7 @@ def _decode_steps(out):
 @pytest.mark.parametrize("k, depth, total", [(4, 4, 16), (3, 5, 10), (2, 3, 20)])
 def test_tree_dynamic_is_eagle2_and_feeds_top_k_per_level(tiny, tiny_other, fed, k, depth, total):
     out = generate(tiny, "tree_dynamic", PROMPT, draft=tiny_other,
-                   params={"top_k": k, "depth": depth, "total_tokens": total},
+                   params={"top_k": k, "depth": depth, "total_tokens": total, "sizing": "fixed"},
                    decode=DecodeConfig(max_new_tokens=NEW))
     expected_fed = 0
     with torch.inference_mode():
@@ -107,3 +107,104 @@ def test_tree_static_feeds_only_nodes_with_children(tiny, tiny_other, fed):
         assert len(st.tokens) == len(kept)
         expected_fed += len({p[:-1] for p in kept if len(p) > 1})  # inner nodes; the root needs no feed
     assert fed.n == expected_fed
+
+
+# ---------------------------------------------------------------- tree sizing by cost (TreeBudget)
+
+def _scored_tree():
+    """A candidate tree with known path probabilities: 0.9 -> 0.72 -> 0.36, 0.9 -> 0.09, and 0.05, 0.02."""
+    from workbench.methods.trees import CandidateTree
+
+    tree = CandidateTree(session=None)  # nodes are only added: nothing is fed to a session
+    a = tree.add(1, -1, 0.9)
+    b = tree.add(2, a, 0.8)
+    tree.add(3, b, 0.5)
+    tree.add(4, a, 0.1)
+    tree.add(5, -1, 0.05)
+    tree.add(6, -1, 0.02)
+    return tree
+
+
+def _best_n(scores, ratios, margin):
+    """Brute force: the n maximising (1 + sum of the n best scores) / r(n), 0 unless it beats 1 by the margin."""
+    ranked = sorted(scores, reverse=True)
+    values = [(1 + sum(ranked[:n])) / ratios[n] for n in range(len(ranked) + 1)]
+    n = max(range(1, len(values)), key=lambda k: values[k])
+    return n if values[n] > 1 + margin else 0
+
+
+@pytest.mark.parametrize("ratios", [
+    [1.0] * 7,                          # flat (a GPU): every node with a chance is worth verifying
+    [1.0 + 0.15 * k for k in range(7)],  # a CPU's slope: the likely nodes only
+    [1.0 + 0.95 * k for k in range(7)],  # nothing pays: a plain step
+    [1.0, 1.05, 1.1, 1.6, 1.6, 1.6, 1.6],  # a step up past two nodes (a static graph's size)
+])
+def test_tree_budget_keeps_the_share_that_pays_for_its_verification(ratios):
+    from workbench.methods.trees import TreeBudget
+
+    tree = _scored_tree()
+    budget = TreeBudget(ratios, one_s=1.0)
+    kept = budget.cut(tree, list(range(6)), draft_s=0.0)
+    n = _best_n(tree.score, ratios, TreeBudget.MARGIN)
+    assert len(kept) == n
+    assert sorted(tree.score[i] for i in kept) == sorted(tree.score, reverse=True)[:n][::-1]
+    for i in kept:  # a tree: every kept node's parent is kept
+        assert tree.parents[i] < 0 or tree.parents[i] in kept
+
+
+def test_tree_budget_learns_how_deep_its_drafts_are_accepted():
+    from workbench.methods.trees import TreeBudget
+    from workbench.tree import Draft
+
+    ratios = [1.0 + 0.1 * k for k in range(7)]
+    tree = _scored_tree()
+    budget = TreeBudget(ratios, one_s=1.0)
+    first = budget.cut(tree, list(range(6)), draft_s=0.0)
+    assert {tree.depth[i] for i in first} >= {1, 2, 3}  # trusting the draft: the likely path in full
+    draft = tree.draft(first)
+    for _ in range(30):  # the target takes the first token and never the second
+        budget.pending = [(tree.depth[i], tree.score[i]) for i in sorted(first)]
+        budget.observe(draft, [0])
+    assert budget.scale(1) > 1.0 and budget.scale(2) < 0.1 and budget.scale(3) < 0.2
+    later = budget.cut(tree, list(range(6)), draft_s=0.0)
+    assert [tree.depth[i] for i in later] == [1]  # the node that keeps being accepted, nothing under it
+    assert budget.depth(5) == 4  # a recent cut kept depth 3: drafting may go one deeper
+    for _ in range(TreeBudget.RECENT):
+        budget.cut(tree, list(range(6)), draft_s=0.0)
+    assert budget.depth(5) == 2 and budget.depth(1) == 1  # only depth 1 kept lately: draft two levels
+
+
+def test_tree_budget_counts_the_drafting_already_spent():
+    """Drafting is paid either way; a slow draft makes a longer verification worth more than a plain step."""
+    from workbench.methods.trees import TreeBudget
+
+    ratios = [1.0 + 0.8 * k for k in range(7)]
+    tree = _scored_tree()
+    assert TreeBudget(ratios, one_s=1.0).cut(tree, list(range(6)), draft_s=0.0) == [0]
+    assert len(TreeBudget(ratios, one_s=1.0).cut(tree, list(range(6)), draft_s=2.0)) == 2
+
+
+@pytest.mark.parametrize("method, params", [("eagle", {}), ("medusa", {}), ("hydra", {}),
+                                            ("tree_dynamic", {"depth": 3})])
+def test_cost_sizing_verifies_fewer_nodes_where_they_cost_more(tiny, tiny_other, method, params, monkeypatch):
+    """The same trees, cut on a steep cost profile, kept whole on a flat one; lossless either way."""
+    from workbench.methods import sequoia
+
+    def costs(verify_x):
+        def profile(loaded, backend="eager", refresh=False):
+            return {n: 1.0 + verify_x * (n - 1) for n in sequoia.PROFILE_SIZES}
+        return profile
+
+    draft = tiny_other if method == "tree_dynamic" else None
+    ref = generate(tiny, "autoregressive", PROMPT, decode=DecodeConfig(max_new_tokens=NEW))
+    sizes = {}
+    for name, verify_x in (("flat", 0.0), ("steep", 0.3)):
+        monkeypatch.setattr(sequoia, "cost_profile", costs(verify_x))
+        out = generate(tiny, method, PROMPT, draft=draft, params=params, decode=DecodeConfig(max_new_tokens=NEW))
+        assert out.output_ids == ref.output_ids
+        sizes[name] = [len(st.tokens) for st in out.trace.steps[1:]]
+    fixed = generate(tiny, method, PROMPT, draft=draft, params={**params, "sizing": "fixed"},
+                     decode=DecodeConfig(max_new_tokens=NEW))
+    assert out.output_ids == fixed.output_ids
+    assert max(sizes["flat"]) == max(len(st.tokens) for st in fixed.trace.steps[1:])
+    assert sum(sizes["steep"]) < sum(sizes["flat"])

@@ -518,7 +518,7 @@ def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, 
 
     steps, new, forwards = [], 0, 0
     for s in held[:n]:
-        out = generate(lm, kind, s["prompt_ids"], params={"head": str(head_dir)},
+        out = generate(lm, kind, s["prompt_ids"], params={"head": str(head_dir), "sizing": "fixed"},  # the whole tree
                        decode=DecodeConfig(max_new_tokens=min(64, max_new_tokens)))
         steps += out.trace.steps
         new += out.summary.new_tokens

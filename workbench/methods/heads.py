@@ -28,7 +28,7 @@ from ..heads.lm_head import HeadLM
 from ..sampling import logits_to_probs
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
-from .trees import NAMED_TREES, grow_dynamic, grow_from_paths, parse_paths
+from .trees import NAMED_TREES, SIZING_PARAM, grow_dynamic, grow_from_paths, parse_paths, tree_budget
 
 HEAD_PARAM_HELP = "head name (see `workbench heads`) or directory; empty: the default head for the target"
 TRIM_PARAM = Param("trim", "bool", True, "propose only from the head's trimmed vocabulary, when it has one "
@@ -68,7 +68,7 @@ def _paths_param(default: str) -> tuple[Param, Param]:
 class _StaticHeadTree(HeadDrafter):
     """Medusa and Hydra: a static tree of rank paths, grown over the method's own session."""
 
-    params = (Param("head", "str", "", HEAD_PARAM_HELP), TRIM_PARAM) + _paths_param("medusa16")
+    params = (Param("head", "str", "", HEAD_PARAM_HELP), TRIM_PARAM) + _paths_param("medusa16") + (SIZING_PARAM,)
 
     def session(self, ctx: DraftContext) -> "HeadTreeSession":
         raise NotImplementedError
@@ -77,13 +77,20 @@ class _StaticHeadTree(HeadDrafter):
     def propose(self, ctx: DraftContext) -> Draft | None:
         if ctx.max_tokens <= 0 or self.last is None:
             return None
-        return grow_from_paths(self.session(ctx), self.paths, ctx.max_tokens, self.lm.topk)
+        return grow_from_paths(self.session(ctx), self.paths, ctx.max_tokens, self.lm.topk, self.budget)
 
     def begin(self, prompt_ids: list[int]) -> None:
         super().begin(prompt_ids)
         paths = parse_paths(self.params["paths"]) if self.params["paths"] else NAMED_TREES[self.params["tree"]]
         K = len(self.head.blocks) if hasattr(self.head, "blocks") else len(self.head.inp)
         self.paths = [p for p in paths if len(p) <= K]  # a head predicts at most K tokens ahead
+        self.budget = tree_budget(self, len(self.paths))
+
+    @torch.inference_mode()
+    def observe(self, fb: StepFeedback) -> None:
+        super().observe(fb)
+        if self.budget is not None:
+            self.budget.observe(fb.draft, fb.accepted)
 
 
 class HeadTreeSession:
@@ -267,11 +274,13 @@ class Eagle(HeadDrafter):
               choices=("tree", "chain")),
         Param("depth", "int", 5, "draft depth (chain length)", 1, 16),
         Param("top_k", "int", 4, "tree: children per expanded node, and nodes expanded per level", 1, 16),
-        Param("total_tokens", "int", 16, "tree: nodes kept for verification", 1, 128),
+        Param("total_tokens", "int", 16, "tree: nodes kept for verification (with sizing=cost: at most)", 1, 128),
+        SIZING_PARAM,
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
         super().begin(prompt_ids)
+        self.budget = tree_budget(self, self.params["total_tokens"]) if self.params["mode"] == "tree" else None
         # committed pairs, plus the tree nodes a step may feed (at most depth x top_k)
         room = self.params["depth"] * max(self.params["top_k"], 1) + 1
         self.state = EagleState(self.head, self.embed, max(self.env.max_len, len(prompt_ids) + 128) + room)
@@ -280,6 +289,8 @@ class Eagle(HeadDrafter):
     def observe(self, fb: StepFeedback) -> None:
         if fb.hidden is not None:
             self.state.commit(fb.hidden, fb.tokens)
+        if self.budget is not None:
+            self.budget.observe(fb.draft, fb.accepted)
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
@@ -288,7 +299,7 @@ class Eagle(HeadDrafter):
         depth = min(self.params["depth"], ctx.max_tokens)
         if self.params["mode"] == "tree":
             return grow_dynamic(EagleSession(self), depth, self.params["top_k"], self.params["total_tokens"],
-                                self.lm.topk)
+                                self.lm.topk, self.budget)
         return self._chain(depth)
 
     def _chain(self, depth: int) -> Draft:

@@ -22,14 +22,16 @@ forward over its top_k expanded nodes, not over all top_k^2 candidates.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 import json
+import time
 
 import torch
 
 from ..config import ConfigError
 from ..tree import Draft
-from .base import DraftContext, Drafter, Param, register
+from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .draft_model import DraftModelRunner, DraftTreeSession
 
 NAMED_TREES: dict[str, list[list[int]]] = {
@@ -77,6 +79,7 @@ class CandidateTree:
         self.parents: list[int] = []
         self.depth: list[int] = []
         self.q: list[float] = []  # the draft's probability of each node's token
+        self.score: list[float] = []  # the draft's probability of each node's whole path from the root
         self.slot: dict[int, int] = {-1: -1}  # node -> its index in the draft session, once expanded
 
     def add(self, token: int, parent: int, q: float) -> int:
@@ -84,6 +87,7 @@ class CandidateTree:
         self.parents.append(parent)
         self.depth.append(1 if parent < 0 else self.depth[parent] + 1)
         self.q.append(q)
+        self.score.append(q if parent < 0 else self.score[parent] * q)
         return len(self.tokens) - 1
 
     def expand(self, nodes: list[int]) -> list[torch.Tensor]:
@@ -94,21 +98,34 @@ class CandidateTree:
         rows = iter(self.session.feed(fed)) if fed else iter(())  # (len(fed), V)
         return [self.session.root_logits if n < 0 else next(rows) for n in nodes]
 
-    def draft(self, keep: list[int]) -> Draft:
+    def draft(self, keep: list[int], budget: "TreeBudget | None" = None, started: float = 0.0) -> Draft | None:
+        """The Draft of `keep` (and its ancestors); with a budget, of the share of it that pays for its
+        verification (None: none does), `started` being when drafting began (time.perf_counter())."""
+        if budget is not None:
+            keep = budget.cut(self, keep, time.perf_counter() - started)
+        if not keep:
+            return None
         keep = _close_under_ancestors(self.parents, keep)
+        if budget is not None:
+            budget.pending = [(self.depth[i], self.score[i]) for i in keep]
         new_index = {old: new for new, old in enumerate(keep)}
         parents = [-1 if self.parents[i] < 0 else new_index[self.parents[i]] for i in keep]
         return Draft([self.tokens[i] for i in keep], parents, [self.q[i] for i in keep])
 
 
-def grow_from_paths(session, paths: list[list[int]], max_tokens: int, topk) -> Draft | None:
+def grow_from_paths(session, paths: list[list[int]], max_tokens: int, topk,
+                    budget: "TreeBudget | None" = None) -> Draft | None:
     """Expand top-k along rank paths, one forward per level.
 
     session: a tree session (DraftTreeSession, or a head's: root_logits, add, feed, close), closed here;
-    topk(logits, k) -> (tokens, probs) ranks a node's children.
+    topk(logits, k) -> (tokens, probs) ranks a node's children; budget: keep only the nodes that pay
+    for their verification (TreeBudget), else all.
     """
+    started = time.perf_counter()
     tree = CandidateTree(session)
     node_of: dict[tuple[int, ...], int] = {(): -1}
+    if budget is not None:
+        max_tokens = budget.depth(max_tokens)
     try:
         by_depth: dict[int, list[list[int]]] = {}
         for path in sorted(paths, key=lambda p: (len(p), p)):  # siblings in rank order
@@ -124,16 +141,21 @@ def grow_from_paths(session, paths: list[list[int]], max_tokens: int, topk) -> D
                 par = node_of[tuple(path[:-1])]
                 toks, probs = ranked[par]
                 node_of[tuple(path)] = tree.add(toks[path[-1]], par, probs[path[-1]])
-        return tree.draft(list(range(len(tree.tokens)))) if tree.tokens else None
+        return tree.draft(list(range(len(tree.tokens))), budget, started)
     finally:
         session.close()
 
 
-def grow_dynamic(session, depth: int, top_k: int, total: int, topk) -> Draft | None:
+def grow_dynamic(session, depth: int, top_k: int, total: int, topk,
+                 budget: "TreeBudget | None" = None) -> Draft | None:
     """EAGLE-2's expansion: level by level, expand the top_k frontier nodes by cumulative draft probability
-    into top_k children each; keep the best `total` nodes. session/topk as in grow_from_paths."""
+    into top_k children each; keep the best `total` nodes (with a budget, at most that many).
+    session/topk/budget as in grow_from_paths."""
+    started = time.perf_counter()
     tree = CandidateTree(session)
-    score: list[float] = []  # cumulative draft probability of each node
+    score = tree.score
+    if budget is not None:
+        depth = budget.depth(depth)
     try:
         frontier = [-1]
         for _ in range(depth):
@@ -142,12 +164,101 @@ def grow_dynamic(session, depth: int, top_k: int, total: int, topk) -> Draft | N
                 toks, probs = topk(lg, top_k)
                 for t, q in zip(toks, probs):
                     children.append(tree.add(t, par, q))
-                    score.append((1.0 if par < 0 else score[par]) * q)
             frontier = sorted(children, key=lambda n: -score[n])[:top_k]  # the nodes the next level expands
         keep = sorted(range(len(score)), key=lambda n: -score[n])[:total]
-        return tree.draft(keep) if keep else None
+        return tree.draft(keep, budget, started)
     finally:
         session.close()
+
+
+class TreeBudget:
+    """How many of a draft tree's nodes to verify: the count that pays for its verification here, learned
+    online (the tree counterpart of model_free.DraftGate).
+
+    A node's score v is its path's draft probability, the draft's own estimate of the chance that the target
+    accepts the whole path; verifying nodes 1..n (ranked by v; a child never outranks its parent, so any
+    top n is a tree) then yields in expectation
+
+        E(n) = 1 + sum_{i<=n} min(1, s_d(i) v_i)      tokens (the bonus included),
+
+    where s_d corrects the draft's over- or under-confidence at depth d, learned from the verified steps:
+    s_d = (accepted_d + PRIOR) / (predicted_d + PRIOR), accepted_d counting the steps whose accepted path
+    reached depth d and predicted_d the scores of the nodes verified there. The step costs r(n) + D
+    one-token forwards: r(n) = t(n + 1) / t(1) from the target's measured cost profile on this backend
+    (workbench.backend.profile; on the compiled backend it steps up past each static size), and D the
+    drafting just done. `cut` keeps the n <= len(keep) that maximises E(n) / (r(n) + D), and nothing (a
+    plain step) unless that beats 1 / (1 + D) by MARGIN.
+
+    Drafting deeper than what gets kept is wasted, so `depth` lets a tree grow one level past the deepest
+    node kept over the last RECENT steps (at least one level): the depth follows what pays.
+    """
+
+    POSITIONS = 16  # s_d kept for d = 1..POSITIONS; deeper nodes share the last
+    PRIOR = 2.0  # pseudo-counts: calibrated until data arrive
+    MARGIN = 0.02
+    RECENT = 8
+
+    def __init__(self, ratios: list[float], one_s: float) -> None:
+        """ratios[k] = r(k) for k = 0..most; one_s = t(1) in seconds."""
+        self.ratios, self.one_s = ratios, one_s
+        self.accepted = [0.0] * self.POSITIONS
+        self.predicted = [0.0] * self.POSITIONS
+        self.pending: list[tuple[int, float]] = []  # (depth, score) of each node of the last draft
+        self.kept_depth: collections.deque[int] = collections.deque(maxlen=self.RECENT)  # deepest kept, per cut
+
+    @classmethod
+    def for_run(cls, env, most: int) -> "TreeBudget":
+        """A budget for trees of at most `most` nodes, reading the run's target's cost profile on its backend
+        (measured once per machine, cached)."""
+        from .sequoia import forward_ratios
+
+        return cls(*forward_ratios(env.target, env.backend, most))
+
+    def depth(self, most: int) -> int:
+        """How deep to draft this step: one level past the deepest node kept recently, at most `most`."""
+        return min(most, 1 + max(self.kept_depth)) if self.kept_depth else most
+
+    def scale(self, depth: int) -> float:
+        d = min(depth, self.POSITIONS) - 1
+        return (self.accepted[d] + self.PRIOR) / (self.predicted[d] + self.PRIOR)
+
+    def cut(self, tree: CandidateTree, keep: list[int], draft_s: float) -> list[int]:
+        """The best share of `keep` (ranked best first) to verify; [] for a plain step."""
+        ranked = sorted(keep, key=lambda n: -tree.score[n])[: len(self.ratios) - 1]
+        draft_x = draft_s / self.one_s
+        best, best_n, expected = (1.0 + self.MARGIN) / (1.0 + draft_x), 0, 1.0
+        for n, node in enumerate(ranked, start=1):
+            expected += min(1.0, self.scale(tree.depth[node]) * tree.score[node])
+            value = expected / (self.ratios[n] + draft_x)
+            if value > best:
+                best, best_n = value, n
+        self.pending = []
+        self.kept_depth.append(max((tree.depth[n] for n in ranked[:best_n]), default=0))
+        return ranked[:best_n]
+
+    def observe(self, draft: Draft | None, accepted: list[int]) -> None:
+        """Learn from the verified draft (the one the last `cut` made) and which of its nodes were accepted."""
+        if draft is None or len(draft) != len(self.pending):
+            self.pending = []
+            return
+        reached = len(accepted)  # the accepted nodes are one path: depths 1..len(accepted)
+        for depth, score in self.pending:
+            self.predicted[min(depth, self.POSITIONS) - 1] += score
+        for d in range(1, min(reached, self.POSITIONS) + 1):
+            self.accepted[d - 1] += 1.0
+        for d in range(self.POSITIONS + 1, reached + 1):
+            self.accepted[-1] += 1.0
+        self.pending = []
+
+
+SIZING_PARAM = Param("sizing", "choice", "cost", "how many of the tree's nodes to verify: `cost` the count that "
+                     "pays for its verification on this machine (expected accepted tokens per unit of cost, "
+                     "learned online; TreeBudget), `fixed` all of them", choices=("cost", "fixed"))
+
+
+def tree_budget(drafter: Drafter, most: int) -> "TreeBudget | None":
+    """The run's TreeBudget when the drafter's `sizing` is `cost`."""
+    return TreeBudget.for_run(drafter.env, most) if drafter.params["sizing"] == "cost" else None
 
 
 class TopKTreeDrafter(Drafter):
@@ -196,14 +307,23 @@ class TreeDynamic(TopKTreeDrafter):
     params = (
         Param("depth", "int", 4, "levels to expand", 1, 16),
         Param("top_k", "int", 4, "children per expanded node, and nodes expanded per level", 1, 16),
-        Param("total_tokens", "int", 16, "nodes kept for verification", 1, 128),
+        Param("total_tokens", "int", 16, "nodes kept for verification (with sizing=cost: at most)", 1, 128),
+        SIZING_PARAM,
     )
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        super().begin(prompt_ids)
+        self.budget = tree_budget(self, self.params["total_tokens"])
 
     def propose(self, ctx: DraftContext) -> Draft | None:
         if ctx.max_tokens <= 0:
             return None
         return grow_dynamic(DraftTreeSession(self.runner, ctx.tokens), min(self.params["depth"], ctx.max_tokens),
-                            self.params["top_k"], self.params["total_tokens"], self.topk)
+                            self.params["top_k"], self.params["total_tokens"], self.topk, self.budget)
+
+    def observe(self, fb: StepFeedback) -> None:
+        if self.budget is not None:
+            self.budget.observe(fb.draft, fb.accepted)
 
 
 @register
