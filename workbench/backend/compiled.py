@@ -88,12 +88,22 @@ def _own_code(fn: Callable) -> Callable:
 
 
 def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
-    """`run` compiled for exactly T new tokens (module docstring: which graphs pre-pack their weights)."""
+    """`run` compiled for exactly T new tokens (module docstring: which graphs pre-pack their weights).
+
+    On CPU a static graph runs without dynamo's guards (`skip_all_guards_unsafe`): checking them, hundreds
+    over the model's modules, cost ~1.9 ms of a 29 ms one-token forward (SmolLM2-135M, 2-core Xeon, torch
+    2.13; 27.2 ms without). It is safe here because nothing a guard would catch can change: each graph
+    has a code object of its own (`_own_code`), is called only through `CompiledForward.call` with tensors
+    of exactly its shapes, dtypes and device, under inference mode, over one model and one cache that
+    live as long as it does; every Python value that varies (length, positions, mask) enters as a tensor.
+    The shape-dynamic graph keeps its guards: its shapes do vary.
+    """
     if device.type == "cuda":
         return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
+    options = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
     if T <= UNPACKED_MAX_T:
-        return torch.compile(_own_code(run), dynamic=False, options={"freezing": False})
-    return torch.compile(_own_code(run), dynamic=False)
+        options["freezing"] = False
+    return torch.compile(_own_code(run), dynamic=False, options=options)
 
 
 def cache_len_bucket(max_len: int, limit: int | None) -> int:
