@@ -216,11 +216,16 @@ print(f"total variation distance to p: {0.5 * float((counts / N - p_k).abs().sum
 # each node see the cached prefix, the root and its own ancestors only. Verification follows the
 # longest path the target agrees with.
 #
+# By default (`sizing="cost"`) the method then verifies only the share of the tree that pays for
+# its verification on this machine (the target's measured cost profile against the drafter's path
+# probabilities, corrected by what has been accepted so far); on a small CPU that is often one or
+# two nodes. Here `sizing="fixed"` keeps all `total_tokens`, to show the whole tree.
+#
 # Here a real run (greedy, logged to the store like any other), and one of its steps from the Trace.
 
 # %%
 run = workbench.run("tree_dynamic", PROMPT, target=MODEL, draft=DRAFT, params={"depth": 4, "top_k": 3,
-                    "total_tokens": 12}, sampling=SamplingConfig(temperature=0.0), max_new_tokens=TOKENS,
+                    "total_tokens": 12, "sizing": "fixed"}, sampling=SamplingConfig(temperature=0.0), max_new_tokens=TOKENS,
                     source="notebook")
 trace = run.trace
 s = run.summary
