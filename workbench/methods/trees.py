@@ -253,7 +253,7 @@ class TreeBudget:
 
 SIZING_PARAM = Param("sizing", "choice", "cost", "how many of the tree's nodes to verify: `cost` the count that "
                      "pays for its verification on this machine (expected accepted tokens per unit of cost, "
-                     "learned online; TreeBudget), `fixed` all of them", choices=("cost", "fixed"))
+                     "learned during the run), `fixed` all of them", choices=("cost", "fixed"))
 
 
 def tree_budget(drafter: Drafter, most: int) -> "TreeBudget | None":
