@@ -207,9 +207,7 @@ def affordable_nodes(target, max_cost: float, most: int = 64, backend: str = "ea
     """
     if max_cost <= 0:
         return most
-    from . import sequoia
+    from .sequoia import forward_ratios
 
-    profile = sequoia.cost_profile(target, backend)
-    one = sequoia.interpolate(profile, 1)
-    fits = [n for n in range(1, most + 2) if sequoia.interpolate(profile, n) <= max_cost * one]
-    return max(2, max(fits, default=2)) - 1  # tokens = root + nodes; one node always (the budget can grow)
+    ratios = forward_ratios(target, backend, most)[0]  # ratios[k]: a forward over the root and k nodes
+    return max([k for k in range(1, most + 1) if ratios[k] <= max_cost], default=1)  # one node always

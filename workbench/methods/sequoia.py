@@ -23,6 +23,7 @@ from .base import DraftContext, Param, StepFeedback, register
 from .draft_model import DraftTreeSession
 from .trees import TopKTreeDrafter, grow_from_paths
 
+
 def forward_ratios(target, backend: str, most: int) -> tuple[list[float], float]:
     """r[k] = t(k + 1) / t(1) for k = 0..most: what one forward verifying k drafted tokens (and the bonus)
     costs in one-token forwards, on this machine and backend; and t(1) in seconds. From the cached profile."""

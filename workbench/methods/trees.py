@@ -106,8 +106,6 @@ class CandidateTree:
         if not keep:
             return None
         keep = _close_under_ancestors(self.parents, keep)
-        if budget is not None:
-            budget.pending = [(self.depth[i], self.score[i]) for i in keep]
         new_index = {old: new for new, old in enumerate(keep)}
         parents = [-1 if self.parents[i] < 0 else new_index[self.parents[i]] for i in keep]
         return Draft([self.tokens[i] for i in keep], parents, [self.q[i] for i in keep])
@@ -223,7 +221,8 @@ class TreeBudget:
         return (self.accepted[d] + self.PRIOR) / (self.predicted[d] + self.PRIOR)
 
     def cut(self, tree: CandidateTree, keep: list[int], draft_s: float) -> list[int]:
-        """The best share of `keep` (ranked best first) to verify; [] for a plain step."""
+        """The best share of `keep` to verify, in creation order (the Draft's: any top n is a tree, so it
+        is the draft as it stands); [] for a plain step."""
         ranked = sorted(keep, key=lambda n: -tree.score[n])[: len(self.ratios) - 1]
         draft_x = draft_s / self.one_s
         best, best_n, expected = (1.0 + self.MARGIN) / (1.0 + draft_x), 0, 1.0
@@ -232,9 +231,10 @@ class TreeBudget:
             value = expected / (self.ratios[n] + draft_x)
             if value > best:
                 best, best_n = value, n
-        self.pending = []
-        self.kept_depth.append(max((tree.depth[n] for n in ranked[:best_n]), default=0))
-        return ranked[:best_n]
+        kept = sorted(ranked[:best_n])
+        self.pending = [(tree.depth[n], tree.score[n]) for n in kept]
+        self.kept_depth.append(max((tree.depth[n] for n in kept), default=0))
+        return kept
 
     def observe(self, draft: Draft | None, accepted: list[int]) -> None:
         """Learn from the verified draft (the one the last `cut` made) and which of its nodes were accepted."""
