@@ -97,10 +97,18 @@ def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
     of exactly its shapes, dtypes and device, under inference mode, over one model and one cache that
     live as long as it does; every Python value that varies (length, positions, mask) enters as a tensor.
     The shape-dynamic graph keeps its guards: its shapes do vary.
+
+    On CPU a static graph's wrapper (the code that allocates buffers and calls its kernels and matmuls,
+    hundreds per forward) is C++, not Python (`cpp_wrapper`), built apart from the kernels
+    (`cpp_wrapper_build_separate`). Measured on SmolLM2-135M (same machine, one process, graphs taking
+    turns, median ms after 100 cached positions): T=1 30.41 -> 28.56, T=4 37.92 -> 35.35, T=8 44.92 ->
+    43.58, identical logits. Building the wrapper together with the kernels ran no faster and took ~90 s
+    more per graph to compile; built apart it costs a few seconds.
     """
     if device.type == "cuda":
         return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
-    options = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
+    options = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe,
+               "cpp_wrapper": True, "cpp_wrapper_build_separate": True}
     if T <= UNPACKED_MAX_T:
         options["freezing"] = False
     return torch.compile(_own_code(run), dynamic=False, options=options)
