@@ -25,7 +25,10 @@ from ..device import device_sync
 # steps away
 PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32, 48, 64)
 CONTEXT = 128  # cached positions before the measured forward
-KEY_FIELDS = ("backend", "static", "threads", "torch", "attn")  # the named fields at the end of a profile's key
+ROUNDS = 5  # timed forwards per size (medians), the sizes taking turns
+# the named fields at the end of a profile's key; "wrapper" (the compiled CPU graphs' C++ wrappers) and
+# "rounds" mark profiles of graphs and of a measurement that older versions did not have, which are measured anew
+KEY_FIELDS = ("backend", "static", "wrapper", "threads", "torch", "attn", "rounds")
 
 
 def _profile_path():
@@ -46,8 +49,13 @@ def processor(device: torch.device) -> str:
 
 @torch.inference_mode()
 def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: int = CONTEXT,
-                 repeats: int = 3) -> dict[int, float]:
-    """Median seconds of one forward over n new tokens after a `context`-token cache."""
+                 repeats: int = ROUNDS) -> dict[int, float]:
+    """Median seconds of one forward over n new tokens after a `context`-token cache.
+
+    The sizes take turns, one forward each per round, after one warm-up round: a slow spell of the
+    machine then lands on every size alike instead of skewing one (with 3 back-to-back repeats per size,
+    one profile measured a one-token forward of an int8 model slower than its two-token one).
+    """
     from . import open_session
 
     dev = loaded.device
@@ -56,18 +64,16 @@ def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: i
     session = open_session(backend, loaded, context + max(sizes))
     try:
         session.forward(ids[:, :context], keep=1)
-        out: dict[int, float] = {}
-        for n in sizes:
-            times = []
-            for _ in range(repeats + 1):  # the first one is a warm-up
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for _ in range(repeats + 1):  # the first round is a warm-up
+            for n in sizes:
                 device_sync(dev)
                 t0 = time.perf_counter()
                 session.forward(ids[:, context:context + n])
                 device_sync(dev)
-                times.append(time.perf_counter() - t0)
+                times[n].append(time.perf_counter() - t0)
                 session.crop(context)
-            out[n] = statistics.median(times[1:])
-        return out
+        return {n: statistics.median(t[1:]) for n, t in times.items()}
     finally:
         session.close()
 
@@ -78,11 +84,13 @@ def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> s
         from .compiled import static_buckets
 
         backend = f"compiled|static={','.join(map(str, static_buckets())) or 'none'}"
+        if loaded.device.type == "cpu":
+            backend += "|wrapper=cpp"
     from ..models.loading import gqa_attention_in_effect
 
     attn = "gqa" if gqa_attention_in_effect() else "default"
     return (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
-            f"|torch={torch.__version__}|attn={attn}")
+            f"|torch={torch.__version__}|attn={attn}|rounds={ROUNDS}")
 
 
 def cost_profile(loaded, backend: str = "eager", refresh: bool = False) -> dict[int, float]:
