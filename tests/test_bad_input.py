@@ -218,7 +218,7 @@ def store(tmp_path):
     (dict(max_new_tokens=2100), "lower max_new_tokens to at most 2042"),
     (dict(params={"gamma": True}, method="speculative", draft="tiny-random:bf16"), "expects int, got True"),
     (dict(params={"gamma": float("nan")}, method="speculative", draft="tiny-random:bf16"), "expects int"),
-    (dict(params={"gamma": -2}, method="speculative", draft="tiny-random:bf16"), "must be >= 1"),
+    (dict(params={"gamma": -2}, method="speculative", draft="tiny-random:bf16"), "must be >= 0"),
     (dict(params=[("gamma", 3)], method="speculative", draft="tiny-random:bf16"), "must be a mapping"),
     (dict(params={"branching": "0,2"}, method="recursive", draft="tiny-random:bf16"), "branching must be"),
     (dict(method=["speculative"]), "unknown method"),

@@ -74,7 +74,7 @@ def test_errors_are_messages_not_exceptions(ctx):
     status, *_ = _run(ctx, state, draft="none")[-1]
     assert "needs a draft model" in status
     bad = list(SLOTS)
-    bad[0] = 0  # gamma = 0 is out of range
+    bad[0] = 65  # gamma = 65 is out of range
     status, *_ = _run(ctx, state, slots=bad)[-1]
     assert status.startswith("**Error:**") and "gamma" in status
     status, *_ = list(playground.run_stream(ctx, state, "no-such-model-anywhere", "none", "autoregressive", "hi",

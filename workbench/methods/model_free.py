@@ -106,8 +106,9 @@ class DraftGate:
 
     tokens for one forward over k + 1 tokens, which costs r(k) = t(k+1) / t(1)
     one-token forwards on this hardware (the target's measured cost profile,
-    workbench.backend.profile). `length` returns the k that maximises E(k) / r(k),
-    and 0 (a plain step) unless that beats 1 by MARGIN. A key refused EXPLORE
+    workbench.backend.profile), plus k * c where drafting a token costs c of them
+    (a draft model; copying is free). `length` returns the k that maximises
+    E(k) / (r(k) + k c), and 0 (a plain step) unless that beats 1 by MARGIN. A key refused EXPLORE
     times in a row gets one 1-token probe, so a kind of proposal that starts to
     work again (the text turns to quoting) is noticed. Copy drafters' chains are
     accepted in runs (after the first token, the rest usually follows), which is
@@ -120,15 +121,17 @@ class DraftGate:
     EXPLORE = 16
 
     def __init__(self, ratios: list[float] | None, max_len: int,
-                 prior: Callable[[Hashable], float] | None = None) -> None:
+                 prior: Callable[[Hashable], float] | None = None, draft_cost: float = 0.0) -> None:
         """ratios[k] = r(k) for k = 0..max_len; None: verifying costs nothing extra (no gating).
 
         prior(key): the first position's acceptance before any data, e.g. higher for a longer match
-        (default PRIOR_RATE).
+        (default PRIOR_RATE). draft_cost: what drafting one token costs, in one-token target forwards
+        (0 for copying; a draft model's c), so k tokens cost r(k) + k * draft_cost.
         """
         self.max_len = max_len
         self.ratios = ratios
         self.prior = prior
+        self.draft_cost = draft_cost
         self.hits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
         self.visits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
         self.refused: dict[Hashable, int] = defaultdict(int)
@@ -156,7 +159,8 @@ class DraftGate:
         return totals
 
     def best(self, key: Hashable, available: int) -> tuple[int, float]:
-        """(k, E(k) / r(k)) for the best k <= available; k = 0 (value 1) when no draft beats a plain step.
+        """(k, E(k) / cost(k)) for the best k <= available, cost(k) = r(k) + k * draft_cost; k = 0 (value 1)
+        when no draft beats a plain step.
 
         Without a cost profile every token is free: k = available, valued at E(available).
         """
@@ -166,8 +170,9 @@ class DraftGate:
             return available, totals[available]
         best, best_k = 1.0 + self.MARGIN, 0
         for k in range(1, available + 1):
-            if totals[k] / self.ratios[k] > best:
-                best, best_k = totals[k] / self.ratios[k], k
+            value = totals[k] / (self.ratios[k] + k * self.draft_cost)
+            if value > best:
+                best, best_k = value, k
         return best_k, (best if best_k else 1.0)
 
     def length(self, key: Hashable, available: int) -> int:

@@ -5,8 +5,20 @@ one forward pass with the shared rejection rule (workbench.verify). Under
 greedy decoding the output is token-identical to plain greedy; under sampling
 it is distributed exactly as the target's.
 
-schedule="adaptive" follows transformers' heuristic: γ += 2 after a fully
-accepted draft, γ -= 1 (to at least 1) otherwise.
+How γ is chosen each step:
+
+- gamma = N (default 4) with schedule=fixed: always N tokens.
+- gamma = 0: the γ that commits the most tokens per unit of time
+  on this machine. Drafting a token costs c one-token target forwards (c = the
+  draft's one-token forward time over the target's, from both models' measured
+  cost profiles on the run's backend) and verifying γ tokens costs r(γ) (the
+  target's profile); the acceptance of each draft position is learned during
+  the run (model_free.DraftGate). γ = argmax E(γ) / (r(γ) + γ c) up to
+  `max_gamma`, and no draft at all (a plain step) when none beats it: a draft
+  as slow as the target is then left alone instead of making the run slower
+  than plain decoding. The choice reads only earlier steps, so it is lossless.
+- schedule=adaptive: transformers' heuristic, from gamma (4 when 0): γ += 2
+  after a fully accepted draft, γ -= 1 (to at least 1) otherwise.
 """
 from __future__ import annotations
 
@@ -15,6 +27,15 @@ import torch
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .draft_model import DraftModelRunner
+from .model_free import DraftGate
+
+
+def draft_cost(env) -> float:
+    """c: one forward of the draft model over one token, in one-token forwards of the target, on the run's
+    backend (both from their measured cost profiles, cached per machine)."""
+    from .sequoia import forward_ratios
+
+    return forward_ratios(env.draft, env.backend, 0)[1] / forward_ratios(env.target, env.backend, 0)[1]
 
 
 @register
@@ -25,27 +46,42 @@ class Speculative(Drafter):
                    "in one forward pass. Lossless.")
     needs_draft_model = True
     params = (
-        Param("gamma", "int", 4, "draft length γ: tokens drafted per step (initial value when adaptive)", 1, 64),
-        Param("schedule", "choice", "fixed", "fixed γ, or adapt γ to how many drafts get accepted",
-              choices=("fixed", "adaptive")),
-        Param("max_gamma", "int", 16, "upper bound on γ for the adaptive schedule", 1, 64),
+        Param("gamma", "int", 4, "draft length γ: tokens drafted per step; 0: chosen each step to pay most on "
+              "this machine (measured costs and the acceptance so far; no draft when drafting does not pay)",
+              0, 64),
+        Param("schedule", "choice", "fixed", "fixed γ, or adapt γ to how many drafts get accepted (transformers' "
+              "heuristic, from γ, or 4 when γ is 0)", choices=("fixed", "adaptive")),
+        Param("max_gamma", "int", 16, "upper bound on γ when it is chosen by cost or adapted", 1, 64),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
         self.runner = DraftModelRunner(self.env)
-        self.gamma = self.params["gamma"]
+        adaptive = self.params["schedule"] == "adaptive"
+        self.gamma = self.params["gamma"] or (4 if adaptive else 0)
+        self.gate = None
+        if self.gamma == 0:  # chosen by cost
+            from .sequoia import forward_ratios
+
+            most = self.params["max_gamma"]
+            self.gate = DraftGate(forward_ratios(self.env.target, self.env.backend, most)[0], most,
+                                  draft_cost=draft_cost(self.env))
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
         g = min(self.gamma, ctx.max_tokens)
+        if self.gate is not None:
+            g = self.gate.length((), min(self.params["max_gamma"], ctx.max_tokens))
         if g <= 0:
             return None
         return self.runner.draft_chain(ctx.tokens, g, self.env.sampling, self.env.generator)
 
     def observe(self, fb: StepFeedback) -> None:
-        if self.params["schedule"] != "adaptive" or fb.draft is None:
+        if fb.draft is None:
             return
-        if len(fb.accepted) == len(fb.draft):
-            self.gamma = min(self.gamma + 2, self.params["max_gamma"])
-        else:
-            self.gamma = max(1, self.gamma - 1)
+        if self.gate is not None:
+            self.gate.update((), len(fb.draft), len(fb.accepted))
+        elif self.params["schedule"] == "adaptive":
+            if len(fb.accepted) == len(fb.draft):
+                self.gamma = min(self.gamma + 2, self.params["max_gamma"])
+            else:
+                self.gamma = max(1, self.gamma - 1)
