@@ -91,16 +91,6 @@ def test_speculative_with_good_draft_accepts_several_tokens(tiny, tiny_bf16):
     assert s.acceptance_by_position[0] > 0.5
 
 
-def _costs(draft_c: float, verify_x: float):
-    """sequoia.cost_profile stand-in: the target's n-token forward costs 1 + verify_x (n - 1), a draft's draft_c x."""
-    import workbench.methods.sequoia as sequoia
-
-    def profile(loaded, backend="eager", refresh=False):
-        scale = 1.0 if loaded.spec == "tiny-random" else draft_c
-        return {n: scale * (1.0 + verify_x * (n - 1)) for n in sequoia.PROFILE_SIZES}
-    return profile
-
-
 def test_speculative_gamma_by_cost_follows_the_machine(tiny, tiny_bf16, monkeypatch):
     """gamma=0 picks γ from measured costs and the acceptance so far: a draft that costs what
     the target does is left alone (plain steps, but for a rare one-token probe); a cheap one with flat
@@ -108,10 +98,12 @@ def test_speculative_gamma_by_cost_follows_the_machine(tiny, tiny_bf16, monkeypa
     drafts short chains. Token-identical to plain decoding every time."""
     import workbench.methods.sequoia as sequoia
 
+    from .test_model_free import _flat_costs
+
     ref = generate(tiny, "autoregressive", PROMPTS[0], decode=DecodeConfig(max_new_tokens=64)).output_ids
     depth = {}
     for name, draft_c, verify_x in [("slow draft", 1.0, 0.1), ("flat", 0.02, 0.0), ("steep", 0.02, 0.5)]:
-        monkeypatch.setattr(sequoia, "cost_profile", _costs(draft_c, verify_x))
+        monkeypatch.setattr(sequoia, "cost_profile", _flat_costs(draft_scale=draft_c, verify_x=verify_x))
         out = generate(tiny, "speculative", PROMPTS[0], draft=tiny_bf16, params={"gamma": 0},
                        decode=DecodeConfig(max_new_tokens=64))
         assert out.output_ids == ref, name

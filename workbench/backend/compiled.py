@@ -102,8 +102,9 @@ def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
     hundreds per forward) is C++, not Python (`cpp_wrapper`), built apart from the kernels
     (`cpp_wrapper_build_separate`). Measured on SmolLM2-135M (same machine, one process, graphs taking
     turns, median ms after 100 cached positions): T=1 30.41 -> 28.56, T=4 37.92 -> 35.35, T=8 44.92 ->
-    43.58, identical logits. Building the wrapper together with the kernels ran no faster and took ~90 s
-    more per graph to compile; built apart it costs a few seconds.
+    43.58 (the same logits where compared, T=2). Building the wrapper together with the kernels ran no
+    faster and took ~90 s more per graph to compile. Built apart, compiling still takes longer: in one
+    benchmark's warm-up the embedded model took 196 s (about 160 s before) and its int8 copy 231 s (129 s).
     """
     if device.type == "cuda":
         return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
