@@ -30,14 +30,6 @@ from .draft_model import DraftModelRunner
 from .model_free import DraftGate
 
 
-def draft_cost(env) -> float:
-    """c: one forward of the draft model over one token, in one-token forwards of the target, on the run's
-    backend (both from their measured cost profiles, cached per machine)."""
-    from .sequoia import forward_ratios
-
-    return forward_ratios(env.draft, env.backend, 0)[1] / forward_ratios(env.target, env.backend, 0)[1]
-
-
 @register
 class Speculative(Drafter):
     name = "speculative"
@@ -63,8 +55,9 @@ class Speculative(Drafter):
             from .sequoia import forward_ratios
 
             most = self.params["max_gamma"]
-            self.gate = DraftGate(forward_ratios(self.env.target, self.env.backend, most)[0], most,
-                                  draft_cost=draft_cost(self.env))
+            ratios, t_target = forward_ratios(self.env.target, self.env.backend, most)
+            c = forward_ratios(self.env.draft, self.env.backend, 0)[1] / t_target  # both one-token forwards
+            self.gate = DraftGate(ratios, most, draft_cost=c)
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
