@@ -87,6 +87,11 @@ def _own_code(fn: Callable) -> Callable:
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
+def cpp_wrapped(device: torch.device) -> bool:
+    """Whether this device's static graphs run with C++ wrappers (`_compile_static`): every device but CUDA."""
+    return device.type != "cuda"
+
+
 def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
     """`run` compiled for exactly T new tokens (module docstring: which graphs pre-pack their weights).
 
@@ -106,7 +111,7 @@ def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
     faster and took ~90 s more per graph to compile. Built apart, compiling still takes longer: in one
     benchmark's warm-up the embedded model took 196 s (about 160 s before) and its int8 copy 231 s (129 s).
     """
-    if device.type == "cuda":
+    if not cpp_wrapped(device):
         return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
     options = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe,
                "cpp_wrapper": True, "cpp_wrapper_build_separate": True}

@@ -81,10 +81,10 @@ def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: i
 def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> str:
     threads = threads or torch.get_num_threads()
     if backend == "compiled":  # its static verification sizes shape the curve
-        from .compiled import static_buckets
+        from .compiled import cpp_wrapped, static_buckets
 
         backend = f"compiled|static={','.join(map(str, static_buckets())) or 'none'}"
-        if loaded.device.type == "cpu":
+        if cpp_wrapped(loaded.device):
             backend += "|wrapper=cpp"
     from ..models.loading import gqa_attention_in_effect
 
