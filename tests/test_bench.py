@@ -104,6 +104,12 @@ def test_arms_baseline_first_and_sweep_grid():
     assert not build_arms(["prompt_lookup"], trace_overhead=False)[0].swept
     assert [a.label for a in build_arms(["prompt_lookup"], trace_overhead=False)] == ["autoregressive",
                                                                                      "prompt_lookup"]
+    # the two-parameter limit is per method: three methods each sweep on their own in one benchmark
+    three = build_arms([], sweeps=parse_sweeps(["speculative.gamma=2,4", "prompt_lookup.num_draft=4,8",
+                                                "medusa.tree=chain4,binary3"]), trace_overhead=False)
+    assert [a.label for a in three][1:] == ["speculative[gamma=2]", "speculative[gamma=4]",
+                                           "prompt_lookup[num_draft=4]", "prompt_lookup[num_draft=8]",
+                                           "medusa[tree=chain4]", "medusa[tree=binary3]"]
 
 
 # ---------------------------------------------------------------- the command
@@ -277,7 +283,8 @@ def test_every_arm_runs_on_each_backend_against_its_own_baseline(tmp_path, capsy
     (["--methods", "speculative", "--param", "speculative.gamma=many"], "expects int"),
     (["--methods", "speculative", "--sweep", "speculative.gamma"], "--sweep expects METHOD.KEY=V1,V2"),
     (["--methods", "speculative", "--sweep", "speculative.gamma=1,,2"], "no empty value"),
-    (["--methods", "speculative", "--sweep", "a.b=1", "--sweep", "c.d=2", "--sweep", "e.f=3"], "at most 2"),
+    (["--methods", "speculative", "--sweep", "speculative.gamma=1,2", "--sweep", "speculative.schedule=fixed",
+      "--sweep", "speculative.max_gamma=8"], "at most 2 --sweep options per method"),
     (["--methods", "prompt_lookup", "--repeats", "0"], "--repeats must be a positive"),
     (["--methods", "prompt_lookup", "--categories", "poetry"], "no question in category"),
     (["--methods", "speculative", "--target", "tiny-random"], "needs a draft model"),

@@ -3,8 +3,8 @@
 --methods m1,m2           methods to compare; plain greedy decoding (autoregressive) is always the
                           baseline and always runs first
 --param m.key=value       a fixed parameter of method m (repeatable)
---sweep m.key=v1,v2,...   one arm per value (repeatable twice: two sweeps of one method make a grid,
-                          sweeps of two methods sweep each on its own)
+--sweep m.key=v1,v2,...   one arm per value (repeatable: two sweeps of one method make a grid, at
+                          most two per method; sweeps of two methods sweep each on its own)
 --backends b1,b2          every arm runs on each backend (workbench.backend), its own baseline included
 
 Every value is checked against the method's declared parameters (workbench.methods)
@@ -21,7 +21,7 @@ from ..methods import get_method, resolve_params
 
 BASELINE = "autoregressive"
 TRACE_OFF_LABEL = "autoregressive[trace=off]"
-MAX_SWEEPS = 2
+MAX_SWEEPS = 2  # per method: a grid over two parameters
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,6 @@ def parse_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
 def parse_sweeps(specs: list[str]) -> list[tuple[str, str, list[Any]]]:
     """["speculative.gamma=1,2,4"] -> [("speculative", "gamma", [1, 2, 4])] (typed, validated)."""
     specs = list(specs or [])
-    if len(specs) > MAX_SWEEPS:
-        raise ConfigError(f"at most {MAX_SWEEPS} --sweep options (a grid over two parameters), got {len(specs)}")
     out: list[tuple[str, str, list[Any]]] = []
     for spec in specs:
         method, key, values = _split_key(spec, "--sweep")
@@ -112,6 +110,9 @@ def parse_sweeps(specs: list[str]) -> list[tuple[str, str, list[Any]]]:
         typed = [resolve_params(method, {key: v})[key] for v in raw]
         if any((m, k) == (method, key) for m, k, _ in out):
             raise ConfigError(f"--sweep {method}.{key} is given twice")
+        if sum(m == method for m, _, _ in out) >= MAX_SWEEPS:
+            raise ConfigError(f"at most {MAX_SWEEPS} --sweep options per method (a grid over two parameters); "
+                              f"{method} has more")
         out.append((method, key, list(dict.fromkeys(typed))))
     return out
 
