@@ -21,7 +21,9 @@
 # hidden state; block k guesses the token k+1 places ahead. **Hydra** is Medusa whose heads also
 # read the tokens drafted before theirs. **EAGLE** is one decoder layer that predicts the target's
 # *next hidden state* from (feature, token) and drafts on its own predictions, as a chain or a
-# dynamic tree. The target verifies every draft as usual, so all three stay lossless.
+# dynamic tree. The target verifies every draft as usual, so all three stay lossless. By default
+# every head also reads a low and a middle layer of the target (EAGLE-3's *fused features*) and
+# learns how much of them to add to the final hidden state; `fuse=False` trains on the final one alone.
 #
 # `workbench train` trains them by self-distillation, in four stages: **generate** (the target
 # answers prompts), **features** (one teacher-forced forward per answer: hidden states and the

@@ -22,7 +22,10 @@ from .test_engine import PROMPTS
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hidden_states_are_the_targets_own(tiny, backend, monkeypatch):
-    """Every committed position's state reaches the drafter once, equal to a fresh forward's final hidden state."""
+    """Every committed position's states reach the drafter once, equal to a fresh forward's: the final hidden
+    state, then (the shipped default: a head with fused features) the feature layers' outputs."""
+    from workbench.cache import feature_layers
+
     seen: dict[int, torch.Tensor] = {}
     original = Eagle.observe
 
@@ -41,9 +44,72 @@ def test_hidden_states_are_the_targets_own(tiny, backend, monkeypatch):
     assert out.summary.mean_accepted_tokens > 1.0  # steps accepted several tokens, so rows were picked from trees
     assert sorted(seen) == list(range(len(final) - 1))  # every committed token but the root
     with torch.inference_mode():
-        ref = tiny.model.get_decoder()(input_ids=torch.tensor([final], device=tiny.device)).last_hidden_state[0]
+        ref = tiny.model.get_decoder()(input_ids=torch.tensor([final], device=tiny.device), output_hidden_states=True)
+    layers = [ref.last_hidden_state[0]] + [ref.hidden_states[i][0] for i in feature_layers(tiny.model.config)]
     got = torch.stack([seen[i] for i in range(len(final) - 1)])
-    torch.testing.assert_close(got, ref[:-1], rtol=1e-4, atol=1e-4)
+    assert got.shape[1] == len(layers) * tiny.model.config.hidden_size  # the tiny default head fuses features
+    torch.testing.assert_close(got, torch.cat(layers, -1)[:-1], rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+def test_serving_reads_the_features_training_read(tiny, tiny_heads):
+    """The fused EAGLE head's prediction at the root after prefill (serving: the engine's states through
+    `committed`) is the training path's prediction at that pair (extract_features -> _batch -> the fused
+    input), so a head drafts from the very features it was trained on."""
+    from workbench.heads.modules import EagleHead
+    from workbench.methods.heads import EagleState
+    from workbench.train import _Bar, _batch, _shifted, extract_features
+
+    roots: list[torch.Tensor] = []
+    original = EagleState.commit
+
+    def record(self, hidden, tokens):
+        original(self, hidden, tokens)
+        roots.append(self.root_feature.clone())
+
+    prompt = PROMPTS[-1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EagleState, "commit", record)
+        out = generate(tiny, "eagle", prompt, decode=DecodeConfig(max_new_tokens=2))
+    head, _ = load_head("", tiny, "eagle")
+    assert isinstance(head, EagleHead) and head.fused
+    data = extract_features(tiny, [{"prompt_ids": prompt, "response_ids": out.output_ids[:1]}],
+                            _Bar("features", 1, None, True), layers=True)
+    b = _batch(data, [0], tiny.device)
+    feats = head.committed(torch.cat([b["f"], b["g"]], -1).to(head.fc.weight.dtype))
+    T = b["f"].shape[1]
+    pred, _ = head(feats, tiny.model.get_input_embeddings()(_shifted(b["tok"], 1)),
+                   torch.arange(1, T + 1, device=tiny.device)[None])
+    # training keeps its features in fp16: equal up to that rounding (a wrong layer or order is off by O(1))
+    torch.testing.assert_close(roots[0], pred[0, len(prompt) - 1], rtol=2e-2, atol=2e-3)
+
+
+def test_a_head_without_fused_features_reads_the_final_states_alone(tiny, tmp_path):
+    """`--no-fuse` (and every EAGLE head saved before fused features): the card has no feature layers, the
+    engine hands the final hidden states alone, and the head drafts losslessly; a card whose feature layers
+    are not the target's is refused."""
+    seen: list[int] = []
+    head = tmp_path / "plain"
+    train(_tiny_config(tmp_path, kind="eagle", out=str(head), fuse=False), quiet=True)
+    card = json.loads((head / "card.json").read_text())
+    assert "feature_layers" not in card["config"] and "--no-fuse" in card["training"]["command"]
+    original = Eagle.observe
+
+    def record(self, fb):
+        seen.append(fb.hidden.shape[1])
+        original(self, fb)
+
+    ref = generate(tiny, "autoregressive", PROMPTS[1], decode=DecodeConfig(max_new_tokens=20))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Eagle, "observe", record)
+        out = generate(tiny, "eagle", PROMPTS[1], params={"head": str(head)}, decode=DecodeConfig(max_new_tokens=20))
+    assert out.output_ids == ref.output_ids
+    assert set(seen) == {tiny.model.config.hidden_size}
+    fused = json.loads((tmp_path / "plain" / "card.json").read_text())
+    fused["config"]["feature_layers"] = [1, 99]
+    (head / "card.json").write_text(json.dumps(fused))
+    with pytest.raises(HeadError, match=r"fuses the target's layers \[1, 99\]"):
+        load_head(str(head), tiny, "eagle")
 
 
 def test_a_head_for_another_target_is_refused(tiny_other):

@@ -41,18 +41,40 @@ def forward(model: torch.nn.Module, input_ids: torch.Tensor, cache: DynamicCache
 
 
 def forward_hidden(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, keep: int = 0,
-                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                   layers: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The stock forward split at the LM head: (logits (1, T or keep, V), final hidden states (1, T, H)).
 
     The decoder (`model.get_decoder()`, its final norm included) runs once with the cache; the LM head
     then runs on the kept rows, as the model's own forward does, with the final logit soft-capping of
     the models that have one. Drafter heads (EAGLE, Medusa, Hydra) read these hidden states: no extra
-    forward, no patched modeling code.
+    forward, no patched modeling code. `layers`: the states are (1, T, H (1 + k)), the final ones
+    followed by the outputs of the k decoder layers `feature_layers` picks (the model's own
+    `output_hidden_states`), which a head with fused features adds to the final ones.
     """
     decoder = model.get_decoder()
     kwargs[cache_arg_name(decoder)] = cache
-    hidden = decoder(input_ids=input_ids, use_cache=True, **kwargs).last_hidden_state  # (1, T, H)
-    return logits_from_hidden(model, hidden[:, -keep:] if keep else hidden), hidden
+    if layers:
+        kwargs["output_hidden_states"] = True
+    out = decoder(input_ids=input_ids, use_cache=True, **kwargs)
+    hidden = out.last_hidden_state  # (1, T, H)
+    logits = logits_from_hidden(model, hidden[:, -keep:] if keep else hidden)
+    if layers:
+        hidden = torch.cat([hidden, layer_states(out, model.config)], dim=-1)
+    return logits, hidden
+
+
+def layer_states(out: Any, config: Any) -> torch.Tensor:
+    """The feature layers' outputs side by side, (..., T, H k), from a decoder output that has `hidden_states`."""
+    return torch.cat([out.hidden_states[i] for i in feature_layers(config)], dim=-1)
+
+
+def feature_layers(config: Any) -> tuple[int, ...]:
+    """The decoder layers whose outputs a head with fused features reads besides the final hidden states:
+    a low and a middle one, as EAGLE-3 picks them (the 2nd and the N/2-th of N; their index in the model's
+    `hidden_states`, where 0 is the embeddings). The top one is the final hidden state itself."""
+    cfg = getattr(config, "text_config", None) or config
+    n = int(cfg.num_hidden_layers)
+    return (min(2, n), max(1, n // 2))
 
 
 def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,10 @@ engine closes them all when the run ends.
 A drafter that declares `needs_hidden_states` (the EAGLE/Medusa/Hydra heads)
 gets, through `observe`, the target's final hidden states of the positions each
 forward committed: every prompt position after prefill, the root and the accepted
-nodes after a step. They come out of the same forwards (the backend splits the
-stock forward at the LM head), so a head never costs an extra target forward.
+nodes after a step (and a few middle layers' outputs, for a head that fuses
+them: `wants_feature_layers`). They come out of the same forwards (the backend
+splits the stock forward at the LM head), so a head never costs an extra
+target forward.
 
 Timing (gpt-fast): the device is synchronised before every timer read, so
 draft_s and verify_s are what the step really cost. A drafter's `begin` (one-time
@@ -67,9 +69,9 @@ def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sam
 
 
 def _target_forward(session, ids: torch.Tensor, draft: Draft | None, past_len: int, keep: int = 0,
-                    hidden: bool = False):
+                    hidden: bool | str = False):
     """Run the target on `ids` (1, T) after `past_len` cached positions -> logits (T or keep, V),
-    and its final hidden states (T, H) too when `hidden`."""
+    and its hidden states too when `hidden` (True: the final ones (T, H); "layers": see KVSession)."""
     session.crop(past_len)
     if draft is not None and len(draft) and not draft.is_chain:
         block = draft.ancestor_block(ids.device)  # (T, T) tree visibility of [root] + nodes
@@ -110,13 +112,15 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     device = target.device
     # Drafters that learn from the target's own predictions (Jacobi, lookahead) get its argmax at every row.
     wants_argmax = getattr(drafter, "wants_target_argmax", False)
-    # Drafter heads (EAGLE, Medusa, Hydra) read the target's final hidden states of every committed position.
-    wants_hidden = drafter.needs_hidden_states
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
     memory = PeakMemory(device)
     drafter.begin(list(prompt_ids))  # one-time set-up (calibration, profiling, a corpus) is not decoding time
+    # Drafter heads (EAGLE, Medusa, Hydra) read the target's final hidden states of every committed position
+    # (an EAGLE head with fused features also its feature layers': known once `begin` has loaded the head).
+    wants_hidden: bool | str = ("layers" if drafter.wants_feature_layers else True) if drafter.needs_hidden_states \
+        else False
 
     device_sync(device)
     t_start = time.perf_counter()

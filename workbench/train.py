@@ -9,7 +9,9 @@ resumable (its output is saved in the out dir before the next one starts):
              responses are sampled (temperature 0.7) for variety;
 2. features  one teacher-forced target forward per sequence: its final hidden
              states f_t (fp16) and its argmax a_t (the token the target would
-             put at t + 1: what a greedy verifier accepts);
+             put at t + 1: what a greedy verifier accepts); for a head with
+             fused features (the default) also a low and a middle layer's
+             outputs, which the head projects onto f_t (EAGLE-3);
 3. train     AdamW on the held-in sequences, loss on response positions only:
              medusa  head k: cross-entropy of LM-head(head_k(f_t)) against a_{t+k+1}
              hydra   the same, head k also reading e(x_{t+1..t+k+1})
@@ -165,8 +167,11 @@ def _token_ids(prompt: Any) -> bool:
 # ---------------------------------------------------------------- 2. features
 
 @torch.inference_mode()
-def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8) -> list[dict]:
-    """Per sequence: tokens (T,), final hidden states f (T, H) fp16, argmax a (T,), and where the response starts."""
+def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8, layers: bool = False) -> list[dict]:
+    """Per sequence: tokens (T,), final hidden states f (T, H) fp16, argmax a (T,), and where the response starts;
+    with `layers`, also g (T, H k) fp16: the outputs of the k feature layers (`cache.feature_layers`)."""
+    from .cache import layer_states, logits_from_hidden
+
     out = []
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]["prompt_ids"]) + len(samples[i]["response_ids"]))
     feats: dict[int, dict] = {}
@@ -176,13 +181,16 @@ def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8) -> list
         width = max(len(s) for s in seqs)
         ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=lm.device)  # right padding
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=lm.device)
-        hidden = lm.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-        from .cache import logits_from_hidden
-
+        res = lm.model.get_decoder()(input_ids=ids, attention_mask=mask,
+                                     **({"output_hidden_states": True} if layers else {}))
+        hidden = res.last_hidden_state  # (B, T, H)
+        extra = layer_states(res, lm.model.config) if layers else None
         argmax = logits_from_hidden(lm.model, hidden).argmax(-1)  # (B, T)
         for r, (i, s) in enumerate(zip(idx, seqs)):
             feats[i] = {"tokens": torch.tensor(s, dtype=torch.int32), "f": hidden[r, :len(s)].to("cpu", torch.float16),
                         "a": argmax[r, :len(s)].to("cpu", torch.int32), "start": len(samples[i]["prompt_ids"])}
+            if extra is not None:
+                feats[i]["g"] = extra[r, :len(s)].to("cpu", torch.float16)
         bar.update(len(idx))
     for i in range(len(samples)):
         out.append(feats[i])
@@ -210,8 +218,14 @@ def _batch(data: list[dict], idx: list[int], device) -> dict[str, torch.Tensor]:
         d, n = data[i], len(data[i]["tokens"])
         f[r, :n], tok[r, :n], a[r, :n] = d["f"].float(), d["tokens"].long(), d["a"].long()
         resp[r, d["start"] - 1:n] = True
-    return {"f": f.to(device), "tok": tok.to(device), "a": a.to(device), "resp": resp.to(device),
-            "len": torch.tensor([len(data[i]["tokens"]) for i in idx], device=device)}
+    out = {"f": f.to(device), "tok": tok.to(device), "a": a.to(device), "resp": resp.to(device),
+           "len": torch.tensor([len(data[i]["tokens"]) for i in idx], device=device)}
+    if "g" in data[idx[0]]:  # the feature layers' outputs (an EAGLE head with fused features)
+        g = torch.zeros(B, T, data[idx[0]]["g"].shape[1])
+        for r, i in enumerate(idx):
+            g[r, :len(data[i]["tokens"])] = data[i]["g"].float()
+        out["g"] = g.to(device)
+    return out
 
 
 def _shifted(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -233,6 +247,8 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
     B, T, _ = f.shape
     stats, parts = [], {}
     if kind in ("medusa", "hydra"):
+        if head.fused:  # the final states fused with the feature layers' (as `committed` does when drafting)
+            f = head.committed(torch.cat([f, b["g"]], dim=-1))
         K = len(head.blocks) if kind == "medusa" else len(head.inp)
         if kind == "medusa":
             z = head(f)  # (B, T, K, H)
@@ -258,6 +274,8 @@ def _eagle_losses(head, lmh: "HeadLM", embed, b: dict, noise: float, weights: tu
     f, a, resp = b["f"], b["a"], b["resp"]
     col = torch.arange(f.shape[1], device=f.device)
     feats = f + (torch.rand_like(f) - 0.5) * 2 * noise if noise else f
+    if head.fused:  # the committed positions' features: the final states fused with the feature layers'
+        feats = head.committed(torch.cat([feats, b["g"]], dim=-1))
     loss, parts, stats = 0.0, {}, []
     for j, pred in enumerate(eagle_unroll(head, feats, b["tok"], embed, unroll), start=1):
         ok = resp & (col[None] + j < b["len"][:, None])
@@ -384,10 +402,13 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
         # 2. features
         feats_path = ckpt_dir / "features.pt"
         data = torch.load(feats_path) if feats_path.exists() else []
+        layers = cfg.kind != "draft" and cfg.fuse
+        if layers and data and "g" not in data[0]:  # features saved without the feature layers: extract again
+            data = []
         if len(data) < len(samples):
             bar = _Bar("features", len(samples), progress, quiet)
             bar.update(len(data))
-            data = data + extract_features(lm, samples[len(data):], bar)
+            data = data + extract_features(lm, samples[len(data):], bar, layers=layers)
             timings["features_s"] = bar.close()
             torch.save(data, feats_path)
         data = data[: len(samples)]
@@ -445,7 +466,7 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
         model.get_output_embeddings().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
     else:
-        model = make_head(cfg.kind, lm.model, cfg.heads).to(device).float()
+        model = make_head(cfg.kind, lm.model, cfg.heads, fuse=cfg.fuse).to(device).float()
         if vocab is not None:
             model.set_vocab(vocab)
         params = list(model.parameters())

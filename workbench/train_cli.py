@@ -30,6 +30,9 @@ def add_train_parsers(sub, int_in) -> None:
     t.add_argument("--unroll", type=int_in(1, 8), default=d.unroll,
                    help=f"eagle: draft positions trained; each after the first reads the head's own previous "
                         f"prediction, as drafting does (default {d.unroll}; 1: teacher-forced only)")
+    t.add_argument("--no-fuse", action="store_true",
+                   help="heads: read the target's final hidden states alone (default: also a low and a middle "
+                        "layer's outputs, fused as EAGLE-3 does)")
     t.add_argument("--gen-batch", type=int_in(1), default=d.gen_batch, help="prompts generated per batch")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=None)
@@ -44,7 +47,7 @@ def add_train_parsers(sub, int_in) -> None:
         cfg = TrainConfig(kind=args.kind, target=args.target, prompts=args.prompts, samples=args.samples,
                           max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, feature_weight=args.feature_weight, token_weight=args.token_weight,
-                          unroll=args.unroll,
+                          unroll=args.unroll, fuse=not args.no_fuse,
                           heads=args.heads, layers=args.layers, vocab_trim=args.vocab_trim,
                           gen_batch=args.gen_batch, seed=args.seed, device=args.device, out=args.out,
                           resume=args.resume, store=not args.no_log)
@@ -84,11 +87,13 @@ def add_train_parsers(sub, int_in) -> None:
         if not rows:
             print("no heads yet; train one: workbench train --kind eagle --target smollm2-135m", file=sys.stderr)
             return 0
-        print(f"{'name':<28} {'kind':<7} {'target':<16} {'where':<8} {'params':>9} {'trim':>6} {'samples':>7}  top-1")
+        print(f"{'name':<28} {'kind':<7} {'target':<16} {'where':<8} {'params':>9} {'trim':>6} {'samples':>7} "
+              f"{'fused':>6}  top-1")
         for r in rows:
             top1 = ", ".join(f"{a:.2f}" for a in (r["top1"] or []) if a is not None)
+            fused = ",".join(map(str, r["feature_layers"])) or "-"
             print(f"{r['name']:<28} {r['kind']:<7} {str(r['target']):<16} {r['where']:<8} {r['params'] or 0:>9} "
-                  f"{r['vocab_trim'] or '-':>6} {r['samples'] or '-':>7}  {top1}")
+                  f"{r['vocab_trim'] or '-':>6} {r['samples'] or '-':>7} {fused:>6}  {top1}")
         return 0
 
     h.set_defaults(func=cmd_heads)

@@ -28,6 +28,7 @@ class TrainConfig:
     feature_weight: float = 1.0
     token_weight: float = 0.1
     unroll: int = 1  # eagle: draft positions trained; each after the first reads the head's own prediction
+    fuse: bool = True  # heads: also read a low and a middle layer of the target (EAGLE-3's fused features)
     holdout: float = 0.1  # fraction of responses held out for evaluation
     gen_batch: int = 32
     checkpoint_every: int = 100
@@ -49,6 +50,9 @@ class TrainConfig:
             value = getattr(self, f.name)
             if f.name in skip or value == getattr(base, f.name) and f.name != "target":
                 continue
+            if isinstance(value, bool):
+                parts.append(f"--{'' if value else 'no-'}{f.name.replace('_', '-')}")
+                continue
             parts.append(f"--{f.name.replace('_', '-')} {value}")
         return " ".join(parts)
 
@@ -60,6 +64,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
+        if not isinstance(self.fuse, bool):
+            raise ConfigError(f"fuse must be true or false, got {self.fuse!r}")
         if self.unroll > 8:
             raise ConfigError(f"unroll must be at most 8, got {self.unroll!r}")
         if not (isinstance(self.vocab_trim, int) and self.vocab_trim >= 0):

@@ -7,7 +7,9 @@ The engine never talks to a KV cache directly. It opens a *session* for a model
         run the model on ids (1, T) after the session's `length` cached positions;
         `block` is a bool (T, W) visibility of the last W columns (a tree mask),
         every column before them is visible; None means causal; hidden=True
-        returns (logits, final hidden states (T, H)) from the same forward
+        returns (logits, final hidden states (T, H)) from the same forward,
+        hidden="layers" (logits, (T, H (1 + k))): the final hidden states, then
+        the outputs of the k decoder layers `cache.feature_layers` picks
     session.keep(start, offsets) / session.crop(n)
         keep positions [0, start) plus start + offsets (accepted tree nodes are
         copied into place), or the first n positions (a rejected chain)
@@ -39,7 +41,7 @@ class KVSession(Protocol):
     length: int
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0, hidden: bool = False) -> Any: ...
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str = False) -> Any: ...
 
     def keep(self, start: int, offsets: list[int]) -> None: ...
 

@@ -186,6 +186,7 @@ class CompiledForward:
 
         self.lm, self.model, self.L = lm, lm.model, L
         self.device = lm.device
+        self.hidden_size = int(lm.model.config.hidden_size)  # the final states' width in the graphs' output
         self.cache = StaticCache(config=self.model.config, max_cache_len=L)
         self.cols = torch.arange(L, device=self.device)
         self.busy = False
@@ -193,10 +194,11 @@ class CompiledForward:
         model, cache = self.model, self.cache
 
         def run(input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
-            # the stock forward split at the LM head, so the final hidden states come out too (drafter heads)
-            logits, hidden = kv.forward_hidden(model, input_ids, cache, position_ids=position_ids,
+            # the stock forward split at the LM head, so the hidden states come out too (drafter heads): the
+            # final ones and the feature layers' (a few (T, H) copies; one graph serves every drafter)
+            logits, hidden = kv.forward_hidden(model, input_ids, cache, layers=True, position_ids=position_ids,
                                                attention_mask=mask)
-            return logits[0], hidden[0]  # (T, V), (T, H)
+            return logits[0], hidden[0]  # (T, V), (T, H (1 + k))
 
         self.eager = run
         self.one = _compile_static(run, 1, self.device)
@@ -213,7 +215,8 @@ class CompiledForward:
     @torch.inference_mode()
     def call(self, ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor | None,
              length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (T, V) and final hidden states (T, H) of T new tokens after `length` cached positions."""
+        """Logits (T, V) and hidden states (T, H (1 + k)) of T new tokens after `length` cached positions
+        (the final ones first, then the feature layers': `cache.forward_hidden`)."""
         for layer in self.cache.layers:  # where the new keys/values go
             if getattr(layer, "is_initialized", False):
                 layer.cumulative_length.fill_(length)
@@ -230,7 +233,7 @@ class CompiledForward:
         # row or a tensor made outside inference mode would otherwise trigger a recompilation
         ids = ids.clone(memory_format=torch.contiguous_format)
         positions = positions.clone(memory_format=torch.contiguous_format)
-        return fn(ids, positions, self.mask(length, T, block))  # (T, V) logits, (T, H) final hidden states
+        return fn(ids, positions, self.mask(length, T, block))  # (T, V) logits, (T, H (1 + k)) hidden states
 
     def mask(self, length: int, T: int, block: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
         """(1, 1, rows, L) additive mask: columns < length + T - W visible, `block` over the next W, the rest
@@ -290,7 +293,7 @@ class StaticSession:
         compiled.busy = True
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0, hidden: bool = False) -> Any:
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str = False) -> Any:
         c = self.compiled
         T = ids.shape[1]
         if self.length + T > c.L:
@@ -298,10 +301,12 @@ class StaticSession:
                               f"needs {self.length + T} (use a smaller draft or fewer new tokens)")
         if positions is None:
             positions = (self.length + torch.arange(T, device=c.device))[None]  # (1, T)
-        logits, states = c.call(ids, positions, block, self.length)  # (T, V), (T, H)
+        logits, states = c.call(ids, positions, block, self.length)  # (T, V), (T, H (1 + k))
         self.length += T
         logits = logits[-keep:] if keep else logits
-        return (logits, states) if hidden else logits
+        if not hidden:
+            return logits
+        return logits, (states if hidden == "layers" else states[:, :c.hidden_size])
 
     def keep(self, start: int, offsets: list[int]) -> None:
         if offsets != list(range(len(offsets))):

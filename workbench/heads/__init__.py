@@ -149,6 +149,14 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
         raise HeadError(f"head {path} was trained for target '{want.get('name')}' (fingerprint "
                         f"{want.get('fingerprint')}), not for '{getattr(target, 'spec', '?')}' ({have}); "
                         "train a head for this target with `workbench train`")
+    layers = card["config"].get("feature_layers")
+    if layers:
+        from ..cache import feature_layers
+
+        if list(layers) != list(feature_layers(target.model.config)):
+            raise HeadError(f"head {path} fuses the target's layers {list(layers)}, but "
+                            f"'{getattr(target, 'spec', '?')}' gives {list(feature_layers(target.model.config))}; "
+                            "train a head for this target with `workbench train`")
     head = HEAD_CLASSES[kind](card["config"])
     try:
         state = load_file(str(path / WEIGHTS))
@@ -185,6 +193,7 @@ def list_heads(kind: str | None = None) -> list[dict]:
             out.append({"name": d.name, "kind": card["kind"], "target": card.get("target", {}).get("name"),
                         "where": where, "path": str(d), "params": card.get("params"),
                         "vocab_trim": card.get("vocab_trim", 0), "top1": acc.get("top1"), "top5": acc.get("top5"),
+                        "feature_layers": (card.get("config") or {}).get("feature_layers") or [],
                         "samples": card.get("training", {}).get("samples"),
                         "created_at": card.get("created_at")})
     return out

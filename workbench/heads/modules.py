@@ -21,6 +21,13 @@ from h_t, the target's final hidden state at the position before the root
   f_{t+1}, whose LM-head logits draft x_{t+2}. Drafting continues on its own
   predicted features, with a KV cache over the committed positions.
 
+Fused features (EAGLE-3; any kind, `feature_layers` in the config): a committed
+position's h_t is the target's final hidden state plus a learned projection of
+a low and a middle layer's outputs (RMS-normalised; zero-initialised, so
+training starts from the plain head): `committed(hidden)`. A small model's top
+layer has little left but its next token; the lower layers still carry the
+context a guess further ahead needs.
+
 Vocabulary trimming (VocabTrim / FR-Spec): a head may carry `vocab`, the ids
 of the k tokens it may propose (the most frequent in the target's own
 outputs); its logits are then computed over those rows of the LM head only.
@@ -36,8 +43,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class FeatureFuse(nn.Module):
+    """f + W [norm_1(l_1); ...; norm_k(l_k)]: the final hidden state f plus a projection of k other layers'
+    outputs, each RMS-normalised (a middle layer's residual stream is far larger than f); W starts at zero."""
+
+    def __init__(self, hidden: int, k: int, eps: float) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.norms = nn.ModuleList(RMSNorm(hidden, eps) for _ in range(k))
+        self.proj = nn.Linear(k * hidden, hidden)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., H (1 + k)) -> (..., H)."""
+        f, *layers = states.split(self.hidden, dim=-1)
+        return f + self.proj(torch.cat([n(x) for n, x in zip(self.norms, layers)], dim=-1))
+
+
 class HeadBase(nn.Module):
-    """What every head shares: its kind, its config (saved in the card) and an optional trimmed vocabulary."""
+    """What every head shares: its kind, its config (saved in the card), an optional trimmed vocabulary, and
+    optional fused features (`feature_layers` in the config)."""
 
     kind = ""
 
@@ -45,6 +71,19 @@ class HeadBase(nn.Module):
         super().__init__()
         self.config = dict(config)
         self.register_buffer("vocab", torch.zeros(0, dtype=torch.long), persistent=True)  # empty: full vocabulary
+        # heads saved before fused features have no "feature_layers": they read the final states alone
+        layers = config.get("feature_layers") or []
+        self.fuse = FeatureFuse(config["hidden_size"], len(layers), float(config.get("eps", 1e-6))) if layers else None
+
+    @property
+    def fused(self) -> bool:
+        """Whether the head reads the target's feature layers too (the engine's hidden="layers")."""
+        return self.fuse is not None
+
+    def committed(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The feature h_t of committed positions from the target's hidden states: (..., H), or with fused
+        features (..., H (1 + k)) as the backends' hidden="layers" gives them -> (..., H)."""
+        return self.fuse(hidden) if self.fuse is not None else hidden
 
     def set_vocab(self, ids: torch.Tensor | None) -> None:
         dev = self.vocab.device
@@ -248,15 +287,20 @@ def init_eagle_from_target(head: EagleHead, model: nn.Module) -> bool:
     return True
 
 
-def make_head(kind: str, model: nn.Module, heads: int = 4) -> HeadBase:
-    """A fresh (untrained) head of `kind` for the target transformers model `model`."""
+def make_head(kind: str, model: nn.Module, heads: int = 4, fuse: bool = True) -> HeadBase:
+    """A fresh (untrained) head of `kind` for the target transformers model `model`; `fuse`: read the target's
+    feature layers (`cache.feature_layers`) as well as its final hidden states."""
     H = model.config.hidden_size
+    from ..cache import feature_layers
+
+    fused = {"feature_layers": list(feature_layers(model.config)),
+             "eps": float(getattr(model.config, "rms_norm_eps", 1e-6))} if fuse else {}
     if kind == "medusa":
-        return MedusaHeads({"hidden_size": H, "heads": heads})
+        return MedusaHeads({"hidden_size": H, "heads": heads, **fused})
     if kind == "hydra":
-        return HydraHeads({"hidden_size": H, "heads": heads})
+        return HydraHeads({"hidden_size": H, "heads": heads, **fused})
     if kind == "eagle":
-        head = EagleHead(eagle_config(model.config))
+        head = EagleHead({**eagle_config(model.config), **fused})
         head.config["init_from_target"] = init_eagle_from_target(head, model)
         return head
     raise ValueError(f"unknown head kind {kind!r}; kinds: {', '.join(HEAD_CLASSES)}")

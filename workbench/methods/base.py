@@ -137,7 +137,9 @@ class StepFeedback:
     # Only for drafters that declare `needs_hidden_states`: the target's final hidden states (k, H) of the
     # positions this step added to its cache, from the forward it already ran. After prefill (draft None)
     # every prompt position; after a decode step the root and each accepted node. Row j belongs to position
-    # len(tokens) - 1 - k + j, so the drafter holds states for every committed token but the last.
+    # len(tokens) - 1 - k + j, so the drafter holds states for every committed token but the last. A drafter
+    # whose `wants_feature_layers` is true after `begin` gets (k, H (1 + m)): the final states, then the
+    # outputs of the m decoder layers `cache.feature_layers` picks (an EAGLE head with fused features).
     hidden: torch.Tensor | None = None
 
 
@@ -152,6 +154,7 @@ class Drafter:
     tree: ClassVar[bool] = False  # proposes branching trees (not only chains)
     any_draft_tokenizer: ClassVar[bool] = False  # drafts with a model of another vocabulary (cross_vocab)
     needs_hidden_states: ClassVar[bool] = False  # observe() gets the target's final hidden states (heads)
+    wants_feature_layers: bool = False  # ... and its feature layers' too (set by `begin`: it depends on the head)
     params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, env: DrafterEnv, **params: Any) -> None:

@@ -2,8 +2,9 @@
 
 Each declares `needs_hidden_states`, so the engine hands it the target's final
 hidden states of every committed position from the verification forward it
-already ran (workbench.engine); the head reuses the target's embedding and LM
-head (workbench.heads). Verification is the engine's, as for every method:
+already ran (workbench.engine), with a low and a middle layer's outputs for a
+head with fused features; the head reuses the target's embedding and LM head
+(workbench.heads). Verification is the engine's, as for every method:
 
 - medusa: a static tree (Medusa's "choices": paths over child ranks) whose
   node at depth d is a top-rank token of head d. Deterministic proposals, so
@@ -50,12 +51,13 @@ class HeadDrafter(Drafter):
             self.head.set_vocab(None)
         self.lm = HeadLM(target.model, self.head.vocab if self.head.trimmed else None)
         self.embed = target.model.get_input_embeddings()
-        self.last: torch.Tensor | None = None  # (H,) final hidden state at the position before the root
+        self.last: torch.Tensor | None = None  # (H,) the head's feature of the position before the root
+        self.wants_feature_layers = self.head.fused  # the engine hands over the feature layers' states too
 
     @torch.inference_mode()
     def observe(self, fb: StepFeedback) -> None:
         if fb.hidden is not None:
-            self.last = fb.hidden[-1]
+            self.last = self.head.committed(fb.hidden[-1])
 
 
 def _paths_param(default: str) -> tuple[Param, Param]:
@@ -288,7 +290,7 @@ class Eagle(HeadDrafter):
     @torch.inference_mode()
     def observe(self, fb: StepFeedback) -> None:
         if fb.hidden is not None:
-            self.state.commit(fb.hidden, fb.tokens)
+            self.state.commit(self.head.committed(fb.hidden), fb.tokens)
         if self.budget is not None:
             self.budget.observe(fb.draft, fb.accepted)
 
