@@ -21,9 +21,9 @@
 # hidden state; block k guesses the token k+1 places ahead. **Hydra** is Medusa whose heads also
 # read the tokens drafted before theirs. **EAGLE** is one decoder layer that predicts the target's
 # *next hidden state* from (feature, token) and drafts on its own predictions, as a chain or a
-# dynamic tree. The target verifies every draft as usual, so all three stay lossless. By default
-# every head also reads a low and a middle layer of the target (EAGLE-3's *fused features*) and
-# learns how much of them to add to the final hidden state; `fuse=False` trains on the final one alone.
+# dynamic tree. The target verifies every draft as usual, so all three stay lossless. With
+# `fuse=True` a head also reads a low and a middle layer of the target (EAGLE-3's *fused features*)
+# and learns how much of them to add to the final hidden state (the EAGLE head below does).
 #
 # `workbench train` trains them by self-distillation, in four stages: **generate** (the target
 # answers prompts), **features** (one teacher-forced forward per answer: hidden states and the
@@ -100,7 +100,7 @@ def config(kind, **kw):
 
 results = {}
 for kind in ("eagle", "medusa"):
-    results[kind] = train(config(kind), progress=printer(kind), quiet=True, db=TRAIN_DB)
+    results[kind] = train(config(kind, fuse=kind == "eagle"), progress=printer(kind), quiet=True, db=TRAIN_DB)
     print(f"{kind}: saved to {results[kind].out_dir}\n")
 
 # %% [markdown]

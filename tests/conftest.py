@@ -79,6 +79,8 @@ def tiny_heads(tmp_path_factory):
     model's text is noise a small head cannot learn in general, so the heads are trained on
     the target's responses to the engine tests' own prompts (greedy and sampled): enough for
     them to draft there, so a feature or position misalignment shows as a failed "actually drafts".
+    The eagle and hydra heads fuse features (the engine hands them the feature layers' states too),
+    the medusa head reads the final hidden states alone: both paths run through every registry test.
     """
     import json
 
@@ -93,6 +95,7 @@ def tiny_heads(tmp_path_factory):
     os.environ["WORKBENCH_HEADS"] = str(root)
     for kind in ("eagle", "medusa", "hydra"):
         train(TrainConfig(kind=kind, target="tiny-random", prompts=str(prompts), samples=24, max_new_tokens=64,
+                          fuse=kind != "medusa",
                           steps=200, lr=3e-3, device=DEVICE, out=str(root / f"tiny-random-{kind}"), store=False,
                           evaluate_prompts=0), quiet=True)
     yield root

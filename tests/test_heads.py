@@ -23,7 +23,7 @@ from .test_engine import PROMPTS
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hidden_states_are_the_targets_own(tiny, backend, monkeypatch):
     """Every committed position's states reach the drafter once, equal to a fresh forward's: the final hidden
-    state, then (the shipped default: a head with fused features) the feature layers' outputs."""
+    state, then (a head with fused features, as the tiny eagle head is) the feature layers' outputs."""
     from workbench.cache import feature_layers
 
     seen: dict[int, torch.Tensor] = {}
@@ -47,7 +47,7 @@ def test_hidden_states_are_the_targets_own(tiny, backend, monkeypatch):
         ref = tiny.model.get_decoder()(input_ids=torch.tensor([final], device=tiny.device), output_hidden_states=True)
     layers = [ref.last_hidden_state[0]] + [ref.hidden_states[i][0] for i in feature_layers(tiny.model.config)]
     got = torch.stack([seen[i] for i in range(len(final) - 1)])
-    assert got.shape[1] == len(layers) * tiny.model.config.hidden_size  # the tiny default head fuses features
+    assert got.shape[1] == len(layers) * tiny.model.config.hidden_size  # the tiny eagle head fuses features
     torch.testing.assert_close(got, torch.cat(layers, -1)[:-1], rtol=1e-4, atol=1e-4)
 
 
@@ -85,14 +85,14 @@ def test_serving_reads_the_features_training_read(tiny, tiny_heads):
 
 
 def test_a_head_without_fused_features_reads_the_final_states_alone(tiny, tmp_path):
-    """`--no-fuse` (and every EAGLE head saved before fused features): the card has no feature layers, the
+    """Without `--fuse` (and every head saved before fused features): the card has no feature layers, the
     engine hands the final hidden states alone, and the head drafts losslessly; a card whose feature layers
     are not the target's is refused."""
     seen: list[int] = []
     head = tmp_path / "plain"
     train(_tiny_config(tmp_path, kind="eagle", out=str(head), fuse=False), quiet=True)
     card = json.loads((head / "card.json").read_text())
-    assert "feature_layers" not in card["config"] and "--no-fuse" in card["training"]["command"]
+    assert "feature_layers" not in card["config"] and "fuse" not in card["training"]["command"]
     original = Eagle.observe
 
     def record(self, fb):

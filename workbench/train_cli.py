@@ -30,9 +30,9 @@ def add_train_parsers(sub, int_in) -> None:
     t.add_argument("--unroll", type=int_in(1, 8), default=d.unroll,
                    help=f"eagle: draft positions trained; each after the first reads the head's own previous "
                         f"prediction, as drafting does (default {d.unroll}; 1: teacher-forced only)")
-    t.add_argument("--no-fuse", action="store_true",
-                   help="heads: read the target's final hidden states alone (default: also a low and a middle "
-                        "layer's outputs, fused as EAGLE-3 does)")
+    t.add_argument("--fuse", action="store_true",
+                   help="heads: also read a low and a middle layer's outputs, fused with the final hidden states as "
+                        "EAGLE-3 does (default: the final hidden states alone)")
     t.add_argument("--gen-batch", type=int_in(1), default=d.gen_batch, help="prompts generated per batch")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--device", default=None)
@@ -47,7 +47,7 @@ def add_train_parsers(sub, int_in) -> None:
         cfg = TrainConfig(kind=args.kind, target=args.target, prompts=args.prompts, samples=args.samples,
                           max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, feature_weight=args.feature_weight, token_weight=args.token_weight,
-                          unroll=args.unroll, fuse=not args.no_fuse,
+                          unroll=args.unroll, fuse=args.fuse,
                           heads=args.heads, layers=args.layers, vocab_trim=args.vocab_trim,
                           gen_batch=args.gen_batch, seed=args.seed, device=args.device, out=args.out,
                           resume=args.resume, store=not args.no_log)

@@ -28,7 +28,7 @@ class TrainConfig:
     feature_weight: float = 1.0
     token_weight: float = 0.1
     unroll: int = 1  # eagle: draft positions trained; each after the first reads the head's own prediction
-    fuse: bool = True  # heads: also read a low and a middle layer of the target (EAGLE-3's fused features)
+    fuse: bool = False  # heads: also read a low and a middle layer of the target (EAGLE-3's fused features)
     holdout: float = 0.1  # fraction of responses held out for evaluation
     gen_batch: int = 32
     checkpoint_every: int = 100

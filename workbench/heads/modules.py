@@ -287,7 +287,7 @@ def init_eagle_from_target(head: EagleHead, model: nn.Module) -> bool:
     return True
 
 
-def make_head(kind: str, model: nn.Module, heads: int = 4, fuse: bool = True) -> HeadBase:
+def make_head(kind: str, model: nn.Module, heads: int = 4, fuse: bool = False) -> HeadBase:
     """A fresh (untrained) head of `kind` for the target transformers model `model`; `fuse`: read the target's
     feature layers (`cache.feature_layers`) as well as its final hidden states."""
     H = model.config.hidden_size
