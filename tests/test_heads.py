@@ -71,8 +71,8 @@ def test_serving_reads_the_features_training_read(tiny, tiny_heads):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(EagleState, "commit", record)
         out = generate(tiny, "eagle", prompt, decode=DecodeConfig(max_new_tokens=2))
-    head, _ = load_head("", tiny, "eagle")
-    assert isinstance(head, EagleHead) and head.fused
+    head, card = load_head("", tiny, "eagle")
+    assert isinstance(head, EagleHead) and head.fused and "--fuse" in card["training"]["command"]
     data = extract_features(tiny, [{"prompt_ids": prompt, "response_ids": out.output_ids[:1]}],
                             _Bar("features", 1, None, True), layers=True)
     b = _batch(data, [0], tiny.device)

@@ -50,8 +50,8 @@ class TrainConfig:
             value = getattr(self, f.name)
             if f.name in skip or value == getattr(base, f.name) and f.name != "target":
                 continue
-            if isinstance(value, bool):
-                parts.append(f"--{'' if value else 'no-'}{f.name.replace('_', '-')}")
+            if isinstance(value, bool):  # a switch, off by default (`--fuse`)
+                parts.append(f"--{f.name.replace('_', '-')}")
                 continue
             parts.append(f"--{f.name.replace('_', '-')} {value}")
         return " ".join(parts)

@@ -290,9 +290,9 @@ def init_eagle_from_target(head: EagleHead, model: nn.Module) -> bool:
 def make_head(kind: str, model: nn.Module, heads: int = 4, fuse: bool = False) -> HeadBase:
     """A fresh (untrained) head of `kind` for the target transformers model `model`; `fuse`: read the target's
     feature layers (`cache.feature_layers`) as well as its final hidden states."""
-    H = model.config.hidden_size
     from ..cache import feature_layers
 
+    H = model.config.hidden_size
     fused = {"feature_layers": list(feature_layers(model.config)),
              "eps": float(getattr(model.config, "rms_norm_eps", 1e-6))} if fuse else {}
     if kind == "medusa":
