@@ -60,7 +60,8 @@ MAX_COMPILED_T = 64  # verification forwards up to this many tokens use the comp
 # Verification sizes with a static-shape graph each (3 tokens run as 4, 5-8 as 8, 9-16 as 16). Measured on
 # SmolLM2-135M (2-core Xeon with AMX, torch 2.13, fp32, 128 cached), cost over a one-token forward, static graph
 # vs the shape-dynamic one: n=2 1.05 vs 1.65, n=4 1.22 vs 1.75, n=8 1.41 vs 1.96, n=16 1.73 vs 2.38. Each graph
-# costs about 35 s more compiling there. `WORKBENCH_STATIC_T` overrides it ("" = none: the dynamic graph).
+# costs about 35 s more compiling there. Graphs of 5 and 6 tokens cost 1.37 and 1.40 (5 padded to 8: 1.53), too
+# little gained for their compile time. `WORKBENCH_STATIC_T` overrides it ("" = none: the dynamic graph).
 STATIC_T = (2, 4, 8, 16)
 # Graphs of at most this many tokens are compiled without freezing, so nothing is pre-packed; the larger static
 # graphs freeze and pre-pack their weights. Measured on SmolLM2-135M (same machine), one forward after 100
