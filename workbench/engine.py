@@ -118,9 +118,10 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     memory = PeakMemory(device)
     drafter.begin(list(prompt_ids))  # one-time set-up (calibration, profiling, a corpus) is not decoding time
     # Drafter heads (EAGLE, Medusa, Hydra) read the target's final hidden states of every committed position
-    # (an EAGLE head with fused features also its feature layers': known once `begin` has loaded the head).
-    wants_hidden: bool | str = ("layers" if drafter.wants_feature_layers else True) if drafter.needs_hidden_states \
-        else False
+    # (a head with fused features also its feature layers': known once `begin` has loaded the head).
+    wants_hidden: bool | str = False
+    if drafter.needs_hidden_states:
+        wants_hidden = "layers" if drafter.wants_feature_layers else True
 
     device_sync(device)
     t_start = time.perf_counter()

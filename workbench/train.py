@@ -10,7 +10,7 @@ resumable (its output is saved in the out dir before the next one starts):
 2. features  one teacher-forced target forward per sequence: its final hidden
              states f_t (fp16) and its argmax a_t (the token the target would
              put at t + 1: what a greedy verifier accepts); for a head with
-             fused features (the default) also a low and a middle layer's
+             fused features (`fuse`) also a low and a middle layer's
              outputs, which the head projects onto f_t (EAGLE-3);
 3. train     AdamW on the held-in sequences, loss on response positions only:
              medusa  head k: cross-entropy of LM-head(head_k(f_t)) against a_{t+k+1}
@@ -220,7 +220,7 @@ def _batch(data: list[dict], idx: list[int], device) -> dict[str, torch.Tensor]:
         resp[r, d["start"] - 1:n] = True
     out = {"f": f.to(device), "tok": tok.to(device), "a": a.to(device), "resp": resp.to(device),
            "len": torch.tensor([len(data[i]["tokens"]) for i in idx], device=device)}
-    if "g" in data[idx[0]]:  # the feature layers' outputs (an EAGLE head with fused features)
+    if "g" in data[idx[0]]:  # the feature layers' outputs (a head with fused features)
         g = torch.zeros(B, T, data[idx[0]]["g"].shape[1])
         for r, i in enumerate(idx):
             g[r, :len(data[i]["tokens"])] = data[i]["g"].float()
@@ -247,8 +247,7 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
     B, T, _ = f.shape
     stats, parts = [], {}
     if kind in ("medusa", "hydra"):
-        if head.fused:  # the final states fused with the feature layers' (as `committed` does when drafting)
-            f = head.committed(torch.cat([f, b["g"]], dim=-1))
+        f = _committed(head, b)
         K = len(head.blocks) if kind == "medusa" else len(head.inp)
         if kind == "medusa":
             z = head(f)  # (B, T, K, H)
@@ -268,14 +267,21 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
     return _eagle_losses(head, lmh, embed, b, noise, weights, unroll)
 
 
+def _committed(head, b: dict, noise: float = 0.0) -> torch.Tensor:
+    """A head's input at the batch's committed positions, as `committed` gives it when drafting: the final
+    states (with uniform noise of +-noise, EAGLE's), fused with the feature layers' for a fused head."""
+    f = b["f"]
+    if noise:
+        f = f + (torch.rand_like(f) - 0.5) * 2 * noise
+    return head.committed(torch.cat([f, b["g"]], dim=-1)) if head.fused else f
+
+
 def _eagle_losses(head, lmh: "HeadLM", embed, b: dict, noise: float, weights: tuple[float, float], unroll: int):
     """EAGLE's feature-regression and token losses over `unroll` draft positions (`eagle_unroll`); later
     positions weigh 0.8^(j-1)."""
     f, a, resp = b["f"], b["a"], b["resp"]
     col = torch.arange(f.shape[1], device=f.device)
-    feats = f + (torch.rand_like(f) - 0.5) * 2 * noise if noise else f
-    if head.fused:  # the committed positions' features: the final states fused with the feature layers'
-        feats = head.committed(torch.cat([feats, b["g"]], dim=-1))
+    feats = _committed(head, b, noise)
     loss, parts, stats = 0.0, {}, []
     for j, pred in enumerate(eagle_unroll(head, feats, b["tok"], embed, unroll), start=1):
         ok = resp & (col[None] + j < b["len"][:, None])

@@ -139,7 +139,7 @@ class StepFeedback:
     # every prompt position; after a decode step the root and each accepted node. Row j belongs to position
     # len(tokens) - 1 - k + j, so the drafter holds states for every committed token but the last. A drafter
     # whose `wants_feature_layers` is true after `begin` gets (k, H (1 + m)): the final states, then the
-    # outputs of the m decoder layers `cache.feature_layers` picks (an EAGLE head with fused features).
+    # outputs of the m decoder layers `cache.feature_layers` picks (a head with fused features).
     hidden: torch.Tensor | None = None
 
 
