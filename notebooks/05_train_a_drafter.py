@@ -44,6 +44,7 @@ STEPS = int(os.environ.get("WORKBENCH_NOTEBOOK_TRAIN_STEPS", "150"))  # optimise
 GEN_TOKENS = 48  # tokens per training response
 
 # %%
+import json
 import shutil
 import sys
 import tempfile
@@ -77,7 +78,10 @@ print(f"target {target.spec}: vocabulary {target.vocab_size:,}; writing to {WORK
 # `(stage, done, total, message)` on every item with the ETA in the message; this one prints a line
 # at every quarter of a stage. Each training generates its own data (the first `SAMPLES` prompts of
 # the shipped prompt set, `workbench/suites/train_prompts.jsonl`), holds out 10% of the responses
-# for evaluation, and records itself in the training store (`db=`).
+# for evaluation, and records itself in the training store (`db=`). The Medusa head also trains on
+# `SELF_PROMPTS` instructions the target wrote itself (`self_prompts`, `--self-prompts` on the command
+# line; Magpie): given its chat template up to where a user's message starts, a chat model writes a
+# plausible user message, which it then answers. More data with no prompt file to write.
 
 # %%
 def printer(name):
@@ -98,10 +102,21 @@ def config(kind, **kw):
                        out=str(WORK / kind), **kw)
 
 
+SELF_PROMPTS = 8
 results = {}
 for kind in ("eagle", "medusa"):
-    results[kind] = train(config(kind, fuse=kind == "eagle"), progress=printer(kind), quiet=True, db=TRAIN_DB)
+    results[kind] = train(config(kind, fuse=kind == "eagle", self_prompts=SELF_PROMPTS if kind == "medusa" else 0),
+                          progress=printer(kind), quiet=True, db=TRAIN_DB)
     print(f"{kind}: saved to {results[kind].out_dir}\n")
+
+# %% [markdown]
+# The instructions the target wrote for itself (kept with the training data, in
+# `training/self_prompts.json`; the tiny random model writes noise):
+
+# %%
+own = json.loads((WORK / "medusa" / "training" / "self_prompts.json").read_text())
+for text in own[:5]:
+    print("-", " ".join(text.split())[:160])
 
 # %% [markdown]
 # Where the time went (`TrainResult.timings`, seconds): generating the responses and the

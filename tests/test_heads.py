@@ -187,6 +187,41 @@ def test_training_is_recorded_in_the_store(tmp_path):
     assert rec["timings"]["train_s"] > 0 and rec["env"]["torch"]
 
 
+def test_the_target_writes_its_own_prompts(tiny, tmp_path, monkeypatch):
+    """--self-prompts: n distinct instructions the target wrote (continuing its template's user turn), each
+    answered once on top of the prompt set's samples, in the record and the card's command; resumed, not
+    written again."""
+    from types import SimpleNamespace
+
+    import workbench.train as tr
+    from store import RunStore
+    from workbench.config import ConfigError
+
+    db, out = tmp_path / "runs.sqlite", tmp_path / "own"
+    cfg = _tiny_config(tmp_path, kind="medusa", out=str(out), samples=6, self_prompts=5, gen_batch=4, store=True)
+    res = train(cfg, quiet=True, db=str(db))
+    own = json.loads((out / "training" / "self_prompts.json").read_text())
+    assert len(own) == 5 and len({" ".join(p.lower().split()) for p in own}) == 5 and all(p.strip() for p in own)
+    answers = json.loads((out / "training" / "self_samples.json").read_text())
+    assert [a["prompt_ids"] for a in answers] == [tiny.encode_prompt(p) for p in own]
+    rec = RunStore(str(db)).get_training(res.training_id)
+    assert rec["data"]["responses"] == 11 and rec["data"]["self_prompts"] == 5
+    assert "--self-prompts 5" in res.card["training"]["command"]
+    monkeypatch.setattr(tr, "write_prompts", lambda *a, **k: pytest.fail("resume wrote the prompts again"))
+    monkeypatch.setattr(tr, "generate_responses", lambda *a, **k: pytest.fail("resume regenerated the data"))
+    train(TrainConfig(**{**cfg.__dict__, "resume": True, "store": False}), quiet=True)
+    # fewer prompt-set samples: the answers move up, and their features are extracted again for their new places
+    fewer = train(TrainConfig(**{**cfg.__dict__, "resume": True, "store": False, "samples": 4, "steps": 7}),
+                  quiet=True)
+    monkeypatch.undo()
+    samples = json.loads((out / "training" / "samples.json").read_text())[:4] + answers
+    features = torch.load(out / "training" / "features.pt")
+    assert "features_s" in fewer.timings
+    assert [d["tokens"].tolist() for d in features] == [s["prompt_ids"] + s["response_ids"] for s in samples]
+    with pytest.raises(ConfigError, match="no chat template"):
+        tr.write_prompts(SimpleNamespace(has_chat_template=False, spec="plain-lm"), 3, 2, 0, None)
+
+
 def test_vocabulary_trimming_proposes_only_kept_tokens_and_stays_lossless(tiny, tmp_path):
     out = tmp_path / "trim"
     train(_tiny_config(tmp_path, kind="eagle", out=str(out), vocab_trim=40), quiet=True)
@@ -270,6 +305,8 @@ def test_bad_training_settings_are_refused(tmp_path):
         TrainConfig(kind="eagle", holdout=0.9)
     with pytest.raises(ConfigError, match="unroll"):
         TrainConfig(kind="eagle", unroll=9)
+    with pytest.raises(ConfigError, match="self_prompts"):
+        TrainConfig(kind="eagle", self_prompts=-1)
     p = tmp_path / "p.jsonl"
     p.write_text('{"other": 1}\n')
     with pytest.raises(ConfigError, match="needs a 'prompt'"):

@@ -6,7 +6,10 @@ resumable (its output is saved in the out dir before the next one starts):
 1. generate  self-distillation data: the target's own greedy responses to a
              prompt set (the project's workbench/suites/train_prompts.jsonl, or
              the user's JSONL), batched; past one response per prompt, further
-             responses are sampled (temperature 0.7) for variety;
+             responses are sampled (temperature 0.7) for variety; with
+             `self_prompts=n` the target also writes n instructions of its own
+             (Magpie: it continues its chat template's opening of a user turn)
+             and answers each once, greedily;
 2. features  one teacher-forced target forward per sequence: its final hidden
              states f_t (fp16) and its argmax a_t (the token the target would
              put at t + 1: what a greedy verifier accepts); for a head with
@@ -96,10 +99,12 @@ class _Bar:
     """A stage's progress: a tqdm bar on the terminal and/or a callback, with the ETA in its message."""
 
     def __init__(self, stage: str, total: int, progress: Progress | None, quiet: bool) -> None:
-        from tqdm.auto import tqdm
-
         self.stage, self.total, self.progress = stage, total, progress
-        self.bar = None if quiet else tqdm(total=total, desc=stage, unit="it", leave=True)
+        self.bar = None
+        if not quiet:  # (imported only here: tqdm.auto warns in a notebook without ipywidgets)
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=stage, unit="it", leave=True)
         self.t0, self.done = time.perf_counter(), 0
 
     def update(self, n: int = 1, note: str = "") -> None:
@@ -156,6 +161,59 @@ def generate_responses(lm, prompts: list[Any], n: int, max_new_tokens: int, batc
         if save is not None:
             save(out)
         bar.update(len(chunk), f"{sum(len(r['response_ids']) for r in out)} tokens")
+    return out
+
+
+PROMPT_TOKENS = 64  # the most tokens of one instruction the target writes for itself
+
+
+@torch.inference_mode()
+def write_prompts(lm, n: int, batch: int, seed: int, bar: _Bar, done: list[str] | None = None,
+                  save: Callable[[list[str]], None] | None = None) -> list[str]:
+    """n distinct instructions written by the target itself (Magpie): its chat template up to
+    where a user's message starts, continued by sampling (T = 1, top-p 0.95) until the turn ends.
+    An instruction cut off at PROMPT_TOKENS ends at its last full sentence; empty and repeated
+    ones are dropped. `done`/`save` resume as in `generate_responses`."""
+    if not lm.has_chat_template:
+        raise ConfigError(f"self-written prompts need a chat model: '{lm.spec}' has no chat template "
+                          "(give --prompts FILE.jsonl instead)")
+    tok = lm.tokenizer
+    marker = "\u2063PROMPT\u2063"
+    opening = tok.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
+    if marker not in opening:
+        raise ConfigError(f"the chat template of '{lm.spec}' does not show a user message; cannot write prompts")
+    prefix = list(tok(opening.split(marker)[0], add_special_tokens=False)["input_ids"])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
+    stops = set(lm.eos_token_ids)
+    out = list(done or [])
+    seen = {" ".join(p.lower().split()) for p in out}
+    idle = 0  # batches in a row that added nothing new
+    while len(out) < n:
+        torch.manual_seed(seed * 1_000_003 + 7_919 * len(out) + idle)  # reproducible, also when resumed
+        ids = torch.tensor([prefix] * batch, device=lm.device)
+        gen = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=PROMPT_TOKENS,
+                                do_sample=True, temperature=1.0, top_p=0.95, top_k=None, pad_token_id=pad,
+                                eos_token_id=list(stops) or None)
+        added = 0
+        for row in gen[:, len(prefix):].tolist():
+            ended = next((i for i, t in enumerate(row) if t in stops), None)
+            text = tok.decode(row[:ended], skip_special_tokens=True).strip()
+            if ended is None:  # cut off: keep it up to its last full sentence
+                cut = max(text.rfind(c) for c in ".?!\n")
+                text = text[:cut + 1].strip() if cut > 0 else ""
+            key = " ".join(text.lower().split())
+            if len(key) < 8 or key in seen or len(out) >= n:
+                continue
+            seen.add(key)
+            out.append(text)
+            added += 1
+        idle = 0 if added else idle + 1
+        if idle >= 20:
+            raise ConfigError(f"'{lm.spec}' wrote only {len(out)} distinct prompts of the {n} asked for; "
+                              "ask for fewer, or give --prompts FILE.jsonl")
+        if save is not None:
+            save(out)
+        bar.update(added, f"{len(out)} prompts")
     return out
 
 
@@ -405,12 +463,35 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
                                          done=samples, save=lambda s: _write_json(samples_path, s))
             timings["generate_s"] = bar.close()
         samples = samples[: cfg.samples]
+        if cfg.self_prompts:  # the target's own instructions, each answered once (greedy)
+            own_path, answers_path = ckpt_dir / "self_prompts.json", ckpt_dir / "self_samples.json"
+            own = json.loads(own_path.read_text()) if own_path.exists() else []
+            if len(own) < cfg.self_prompts:
+                bar = _Bar("prompts", cfg.self_prompts, progress, quiet)
+                bar.update(len(own))
+                own = write_prompts(lm, cfg.self_prompts, cfg.gen_batch, cfg.seed, bar, done=own,
+                                    save=lambda s: _write_json(own_path, s))
+                timings["prompts_s"] = bar.close()
+            own = own[: cfg.self_prompts]
+            answers = json.loads(answers_path.read_text()) if answers_path.exists() else []
+            if len(answers) < len(own):
+                bar = _Bar("generate (own prompts)", len(own), progress, quiet)
+                bar.update(len(answers))
+                answers = generate_responses(lm, own, len(own), cfg.max_new_tokens, cfg.gen_batch, cfg.seed, bar,
+                                             done=answers, save=lambda s: _write_json(answers_path, s))
+                timings["generate_s"] = timings.get("generate_s", 0.0) + bar.close()
+            samples = samples + answers[: len(own)]
         # 2. features
         feats_path = ckpt_dir / "features.pt"
         data = torch.load(feats_path) if feats_path.exists() else []
         layers = cfg.kind != "draft" and cfg.fuse
         if layers and data and "g" not in data[0]:  # features saved without the feature layers: extract again
             data = []
+        # features are kept for the samples they were extracted from (a resumed training with other
+        # --samples or --self-prompts has other samples at the same places)
+        same = next((i for i, (d, smp) in enumerate(zip(data, samples))
+                     if d["tokens"].tolist() != smp["prompt_ids"] + smp["response_ids"]), min(len(data), len(samples)))
+        data = data[:same]
         if len(data) < len(samples):
             bar = _Bar("features", len(samples), progress, quiet)
             bar.update(len(data))
@@ -423,7 +504,8 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
         rng.shuffle(order)
         n_hold = max(1, int(len(order) * cfg.holdout))
         held, train_idx = order[:n_hold], order[n_hold:] or order[:1]
-        sizes = {"prompts": len({tuple(s["prompt_ids"]) for s in samples}), "responses": len(samples),
+        sizes = {"prompts": len({tuple(s["prompt_ids"]) for s in samples}), "self_prompts": cfg.self_prompts,
+                 "responses": len(samples),
                  "tokens": sum(len(s["response_ids"]) for s in samples),
                  "train_responses": len(train_idx), "heldout_responses": len(held),
                  "heldout_tokens": sum(len(samples[i]["response_ids"]) for i in held)}

@@ -16,6 +16,9 @@ def add_train_parsers(sub, int_in) -> None:
                    help="prompts, one JSON object per line with 'prompt' or chat 'messages' "
                         "(default: the project's own training set, workbench/suites/train_prompts.jsonl)")
     t.add_argument("--samples", type=int_in(1), default=d.samples, help=f"responses to generate (default {d.samples})")
+    t.add_argument("--self-prompts", type=int_in(0), default=d.self_prompts, metavar="N",
+                   help="the target also writes N instructions of its own (Magpie) and answers each once "
+                        "(a chat model; default 0)")
     t.add_argument("--max-new-tokens", type=int_in(1), default=d.max_new_tokens)
     t.add_argument("--steps", type=int_in(1), default=d.steps, help=f"optimiser steps (default {d.steps})")
     t.add_argument("--batch-size", type=int_in(1), default=d.batch_size, help="sequences per step")
@@ -45,6 +48,7 @@ def add_train_parsers(sub, int_in) -> None:
         from .train import train
 
         cfg = TrainConfig(kind=args.kind, target=args.target, prompts=args.prompts, samples=args.samples,
+                          self_prompts=args.self_prompts,
                           max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, feature_weight=args.feature_weight, token_weight=args.token_weight,
                           unroll=args.unroll, fuse=args.fuse,

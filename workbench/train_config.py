@@ -17,6 +17,8 @@ class TrainConfig:
     target: str = "smollm2-135m"
     prompts: str | None = None  # a JSONL file ("prompt" text or chat "messages"); None: the shipped set
     samples: int = 1000  # responses to generate (about 13 minutes on a 2-core CPU for SmolLM2-135M)
+    # instructions the target writes itself (Magpie), each answered once, on top of `samples`; 0: none
+    self_prompts: int = 0
     max_new_tokens: int = 128  # per response
     steps: int = 1200
     batch_size: int = 8  # sequences per step
@@ -64,6 +66,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
+        if not (isinstance(self.self_prompts, int) and not isinstance(self.self_prompts, bool)
+                and self.self_prompts >= 0):
+            raise ConfigError(f"self_prompts must be a whole number >= 0, got {self.self_prompts!r}")
         if not isinstance(self.fuse, bool):
             raise ConfigError(f"fuse must be true or false, got {self.fuse!r}")
         if self.unroll > 8:

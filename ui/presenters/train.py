@@ -24,11 +24,12 @@ from .latency import empty_figure
 
 TRAINING_COLUMNS = ["id", "when", "kind", "target", "status", "responses", "tokens", "steps", "top-1 per head",
                     "time"]
-DATA_LABELS = {"prompts": "prompts", "responses": "responses", "tokens": "tokens",
+DATA_LABELS = {"prompts": "prompts", "self_prompts": "self-written prompts", "responses": "responses",
+               "tokens": "tokens",
                "train_responses": "training responses", "heldout_responses": "held-out responses",
                "heldout_tokens": "held-out tokens"}
-TIMING_LABELS = {"generate_s": "generate", "features_s": "features", "train_s": "train", "evaluate_s": "evaluate",
-                 "total_s": "total"}
+TIMING_LABELS = {"prompts_s": "prompts", "generate_s": "generate", "features_s": "features", "train_s": "train",
+                 "evaluate_s": "evaluate", "total_s": "total"}
 ACCURACY_COLORS = {"top1": "#2e9d4a", "top5": "#8fd19e"}
 ACCURACY_LABELS = {"top1": "top-1", "top5": "top-5"}
 HIDDEN = "(hidden on a shared server)"
