@@ -453,34 +453,21 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
     try:
         # 1. generate
         # (kept in the out dir: a resumed or larger training continues from them; a smaller one uses a prefix)
-        samples_path = ckpt_dir / "samples.json"
-        samples = json.loads(samples_path.read_text()) if samples_path.exists() else []
-        if len(samples) < cfg.samples:
-            prompts = read_prompts(cfg.prompts)
-            bar = _Bar("generate", cfg.samples, progress, quiet)
-            bar.update(len(samples))
-            samples = generate_responses(lm, prompts, cfg.samples, cfg.max_new_tokens, cfg.gen_batch, cfg.seed, bar,
-                                         done=samples, save=lambda s: _write_json(samples_path, s))
-            timings["generate_s"] = bar.close()
-        samples = samples[: cfg.samples]
+        def stage(name: str, timing: str, path: Path, n: int, make: Callable) -> list:
+            return _resumed(path, n, make, lambda: _Bar(name, n, progress, quiet), timing, timings)
+
+        samples = stage("generate", "generate_s", ckpt_dir / "samples.json", cfg.samples,
+                        lambda bar, done, save: generate_responses(
+                            lm, read_prompts(cfg.prompts), cfg.samples, cfg.max_new_tokens, cfg.gen_batch, cfg.seed,
+                            bar, done=done, save=save))
         if cfg.self_prompts:  # the target's own instructions, each answered once (greedy)
-            own_path, answers_path = ckpt_dir / "self_prompts.json", ckpt_dir / "self_samples.json"
-            own = json.loads(own_path.read_text()) if own_path.exists() else []
-            if len(own) < cfg.self_prompts:
-                bar = _Bar("prompts", cfg.self_prompts, progress, quiet)
-                bar.update(len(own))
-                own = write_prompts(lm, cfg.self_prompts, cfg.gen_batch, cfg.seed, bar, done=own,
-                                    save=lambda s: _write_json(own_path, s))
-                timings["prompts_s"] = bar.close()
-            own = own[: cfg.self_prompts]
-            answers = json.loads(answers_path.read_text()) if answers_path.exists() else []
-            if len(answers) < len(own):
-                bar = _Bar("generate (own prompts)", len(own), progress, quiet)
-                bar.update(len(answers))
-                answers = generate_responses(lm, own, len(own), cfg.max_new_tokens, cfg.gen_batch, cfg.seed, bar,
-                                             done=answers, save=lambda s: _write_json(answers_path, s))
-                timings["generate_s"] = timings.get("generate_s", 0.0) + bar.close()
-            samples = samples + answers[: len(own)]
+            own = stage("prompts", "prompts_s", ckpt_dir / "self_prompts.json", cfg.self_prompts,
+                        lambda bar, done, save: write_prompts(lm, cfg.self_prompts, cfg.gen_batch, cfg.seed, bar,
+                                                              done=done, save=save))
+            samples = samples + stage("generate (own prompts)", "generate_s", ckpt_dir / "self_samples.json", len(own),
+                                      lambda bar, done, save: generate_responses(
+                                          lm, own, len(own), cfg.max_new_tokens, cfg.gen_batch, cfg.seed, bar,
+                                          done=done, save=save))
         # 2. features
         feats_path = ckpt_dir / "features.pt"
         data = torch.load(feats_path) if feats_path.exists() else []
@@ -649,6 +636,19 @@ def _save_draft(model, lm, out: Path, training: dict, accuracy: dict) -> dict:
             "training": training, "accuracy": accuracy}
     (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False))
     return card
+
+
+def _resumed(path: Path, n: int, make: Callable, new_bar: Callable[[], "_Bar"], timing: str, timings: dict) -> list:
+    """The first n items of a stage's output kept at `path`, the missing ones made first by
+    make(bar, done, save) (which saves after every batch, so an interrupted stage resumes); the
+    stage's time is added to timings[timing]."""
+    done = json.loads(path.read_text()) if path.exists() else []
+    if len(done) < n:
+        bar = new_bar()
+        bar.update(len(done))
+        done = make(bar, done, lambda items: _write_json(path, items))
+        timings[timing] = timings.get(timing, 0.0) + bar.close()
+    return done[:n]
 
 
 def _write_json(path: Path, obj: Any) -> None:
