@@ -133,8 +133,7 @@ def generate_responses(lm, prompts: list[Any], n: int, max_new_tokens: int, batc
     """n self-distilled samples [{"prompt_ids", "response_ids"}]: one greedy response per prompt, then
     sampled ones (T = 0.7). `done`: samples already generated (continued from there); `save` is called
     after every batch, so an interrupted generation resumes where it stopped."""
-    tok = lm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
+    pad = _pad_id(lm)
     order = [(i % len(prompts), i >= len(prompts)) for i in range(n)]
     out: list[dict] = list(done or [])
     for b in range(len(out), n, batch):
@@ -183,10 +182,10 @@ def write_prompts(lm, n: int, batch: int, seed: int, bar: _Bar, done: list[str] 
     if marker not in opening:
         raise ConfigError(f"the chat template of '{lm.spec}' does not show a user message; cannot write prompts")
     prefix = list(tok(opening.split(marker)[0], add_special_tokens=False)["input_ids"])
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
+    pad = _pad_id(lm)
     stops = set(lm.eos_token_ids)
     out = list(done or [])
-    seen = {" ".join(p.lower().split()) for p in out}
+    seen = {_prompt_key(p) for p in out}
     idle = 0  # batches in a row that added nothing new
     while len(out) < n:
         torch.manual_seed(seed * 1_000_003 + 7_919 * len(out) + idle)  # reproducible, also when resumed
@@ -201,7 +200,7 @@ def write_prompts(lm, n: int, batch: int, seed: int, bar: _Bar, done: list[str] 
             if ended is None:  # cut off: keep it up to its last full sentence
                 cut = max(text.rfind(c) for c in ".?!\n")
                 text = text[:cut + 1].strip() if cut > 0 else ""
-            key = " ".join(text.lower().split())
+            key = _prompt_key(text)
             if len(key) < 8 or key in seen or len(out) >= n:
                 continue
             seen.add(key)
@@ -215,6 +214,17 @@ def write_prompts(lm, n: int, batch: int, seed: int, bar: _Bar, done: list[str] 
             save(out)
         bar.update(added, f"{len(out)} prompts")
     return out
+
+
+def _pad_id(lm) -> int:
+    """The id batched generation pads with: the tokenizer's pad token, else the first end-of-sequence token."""
+    tok = lm.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else (lm.eos_token_ids[0] if lm.eos_token_ids else 0)
+
+
+def _prompt_key(text: str) -> str:
+    """What makes two self-written prompts the same: their words, lower-cased."""
+    return " ".join(text.lower().split())
 
 
 def _token_ids(prompt: Any) -> bool:
@@ -454,7 +464,15 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
         # 1. generate
         # (kept in the out dir: a resumed or larger training continues from them; a smaller one uses a prefix)
         def stage(name: str, timing: str, path: Path, n: int, make: Callable) -> list:
-            return _resumed(path, n, make, lambda: _Bar(name, n, progress, quiet), timing, timings)
+            """The first n items of a stage's output kept at `path`, the missing ones made first by
+            make(bar, done, save) (which saves after every batch, so an interrupted stage resumes)."""
+            done = json.loads(path.read_text()) if path.exists() else []
+            if len(done) < n:
+                bar = _Bar(name, n, progress, quiet)
+                bar.update(len(done))
+                done = make(bar, done, lambda items: _write_json(path, items))
+                timings[timing] = timings.get(timing, 0.0) + bar.close()
+            return done[:n]
 
         samples = stage("generate", "generate_s", ckpt_dir / "samples.json", cfg.samples,
                         lambda bar, done, save: generate_responses(
@@ -636,19 +654,6 @@ def _save_draft(model, lm, out: Path, training: dict, accuracy: dict) -> dict:
             "training": training, "accuracy": accuracy}
     (out / "card.json").write_text(json.dumps(card, indent=1, allow_nan=False))
     return card
-
-
-def _resumed(path: Path, n: int, make: Callable, new_bar: Callable[[], "_Bar"], timing: str, timings: dict) -> list:
-    """The first n items of a stage's output kept at `path`, the missing ones made first by
-    make(bar, done, save) (which saves after every batch, so an interrupted stage resumes); the
-    stage's time is added to timings[timing]."""
-    done = json.loads(path.read_text()) if path.exists() else []
-    if len(done) < n:
-        bar = new_bar()
-        bar.update(len(done))
-        done = make(bar, done, lambda items: _write_json(path, items))
-        timings[timing] = timings.get(timing, 0.0) + bar.close()
-    return done[:n]
 
 
 def _write_json(path: Path, obj: Any) -> None:

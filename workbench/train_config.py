@@ -61,20 +61,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"unknown training kind {self.kind!r}; kinds: {', '.join(KINDS)}")
-        for name in ("samples", "max_new_tokens", "steps", "batch_size", "heads", "layers", "gen_batch",
-                     "checkpoint_every", "unroll"):
+        counts = {name: 1 for name in ("samples", "max_new_tokens", "steps", "batch_size", "heads", "layers",
+                                       "gen_batch", "checkpoint_every", "unroll")} | {"self_prompts": 0, "vocab_trim": 0}
+        for name, least in counts.items():
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a whole number >= 1, got {v!r}")
-        if not (isinstance(self.self_prompts, int) and not isinstance(self.self_prompts, bool)
-                and self.self_prompts >= 0):
-            raise ConfigError(f"self_prompts must be a whole number >= 0, got {self.self_prompts!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise ConfigError(f"{name} must be a whole number >= {least}, got {v!r}")
         if not isinstance(self.fuse, bool):
             raise ConfigError(f"fuse must be true or false, got {self.fuse!r}")
         if self.unroll > 8:
             raise ConfigError(f"unroll must be at most 8, got {self.unroll!r}")
-        if not (isinstance(self.vocab_trim, int) and self.vocab_trim >= 0):
-            raise ConfigError(f"vocab_trim must be a whole number >= 0, got {self.vocab_trim!r}")
         if not (0.0 < self.holdout < 0.5):
             raise ConfigError(f"holdout must be between 0 and 0.5, got {self.holdout!r}")
         if self.lr is None:
