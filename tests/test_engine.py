@@ -13,19 +13,14 @@ import pytest
 import torch
 
 import workbench.verify as verify
-from workbench.backend import BACKENDS
 from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
 from workbench.methods import list_methods
 
+from .helpers import BACKEND_PARAMS, PROMPTS, FlatCosts
 from .stats import chi2_pvalue, exact_joint, oracle_probs
 
 LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive"]
-PROMPTS = [
-    [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100],
-    [1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2],
-    list(range(40, 90)),
-]
 
 
 def _drafts_for(method, request):
@@ -34,7 +29,7 @@ def _drafts_for(method, request):
     return [None]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
 def test_greedy_token_identical(method, backend, tiny, request):
     for draft in _drafts_for(method, request):
@@ -46,21 +41,13 @@ def test_greedy_token_identical(method, backend, tiny, request):
             assert out.summary.new_tokens == 48
 
 
-@pytest.fixture
-def flat_verify_cost(monkeypatch):
-    """Hardware where verifying n tokens costs what one does and drafting is cheap (a GPU's shape):
-    the case in which every drafting method should draft, cost-aware ones (sequoia) included."""
-    import workbench.methods.sequoia as sequoia
-
-    def profile(loaded, backend="eager", refresh=False):
-        scale = 1.0 if loaded.spec == "tiny-random" else 0.05
-        return {n: scale for n in sequoia.PROFILE_SIZES}
-
-    monkeypatch.setattr(sequoia, "cost_profile", profile)
+# Hardware where verifying n tokens costs what one does and drafting is cheap (a GPU's shape):
+# the case in which every drafting method should draft, cost-aware ones (sequoia) included.
+FLAT_VERIFY_COST = FlatCosts()
 
 
 @pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
-def test_every_lossless_method_actually_drafts(method, tiny, request, flat_verify_cost):
+def test_every_lossless_method_actually_drafts(method, tiny, request):
     """A method that never drafts passes the identity tests vacuously; this one it fails.
 
     The case is built to be draftable: a repeating prompt (n-gram drafters find matches), an
@@ -71,7 +58,8 @@ def test_every_lossless_method_actually_drafts(method, tiny, request, flat_verif
     taus, branch_hits = [], 0
     for draft in _drafts_for(method, request):
         for prompt in PROMPTS:
-            out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=48))
+            out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=48),
+                           costs=FLAT_VERIFY_COST)
             taus.append(out.summary.mean_accepted_tokens)
             for st in out.trace.steps:
                 for node in st.accepted:
@@ -91,21 +79,16 @@ def test_speculative_with_good_draft_accepts_several_tokens(tiny, tiny_bf16):
     assert s.acceptance_by_position[0] > 0.5
 
 
-def test_speculative_gamma_by_cost_follows_the_machine(tiny, tiny_bf16, monkeypatch):
+def test_speculative_gamma_by_cost_follows_the_machine(tiny, tiny_bf16):
     """gamma=0 picks γ from measured costs and the acceptance so far: a draft that costs what
     the target does is left alone (plain steps, but for a rare one-token probe); a cheap one with flat
     verification drafts deeper than the fixed default of 4; a draft that is cheap but verifying is steep
     drafts short chains. Token-identical to plain decoding every time."""
-    import workbench.methods.sequoia as sequoia
-
-    from .test_model_free import _flat_costs
-
     ref = generate(tiny, "autoregressive", PROMPTS[0], decode=DecodeConfig(max_new_tokens=64)).output_ids
     depth = {}
     for name, draft_c, verify_x in [("slow draft", 1.0, 0.1), ("flat", 0.02, 0.0), ("steep", 0.02, 0.5)]:
-        monkeypatch.setattr(sequoia, "cost_profile", _flat_costs(draft_scale=draft_c, verify_x=verify_x))
         out = generate(tiny, "speculative", PROMPTS[0], draft=tiny_bf16, params={"gamma": 0},
-                       decode=DecodeConfig(max_new_tokens=64))
+                       decode=DecodeConfig(max_new_tokens=64), costs=FlatCosts(draft_scale=draft_c, verify_x=verify_x))
         assert out.output_ids == ref, name
         steps = out.trace.steps[1:]
         depth[name] = max(s.draft_depth for s in steps)
@@ -167,7 +150,7 @@ def _sample_joint(tiny, method, draft, prompt, params=None, n=N_RUNS, depths=Non
     for seed in range(n):
         res = generate(tiny, method, prompt, draft=draft, params=params,
                        sampling=dataclasses.replace(SAMPLING, seed=seed),
-                       decode=DecodeConfig(max_new_tokens=DEPTH, trace=False), backend=backend)
+                       decode=DecodeConfig(max_new_tokens=DEPTH, trace=False), backend=backend, costs=FLAT_VERIFY_COST)
         out.append(tuple(res.output_ids))
         if depths is not None:
             depths.append(max((s.draft_depth for s in res.trace.steps), default=0))
@@ -205,10 +188,9 @@ def sharp_draft(tiny):
     return dataclasses.replace(tiny, model=model, spec="tiny-random:sharpened")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
-def test_sampling_preserves_target_distribution(method, backend, tiny, sharp_draft, sampling_prompt,
-                                                flat_verify_cost):
+def test_sampling_preserves_target_distribution(method, backend, tiny, sharp_draft, sampling_prompt):
     draft = sharp_draft if method.needs_draft_model else None
     expected = exact_joint(tiny.model, sampling_prompt, SAMPLING, DEPTH, eos=tiny.eos_token_ids)
     depths: list[int] = []

@@ -9,22 +9,21 @@ import json
 import pytest
 import torch
 
-from workbench.backend import BACKENDS
 from workbench.config import DecodeConfig
 from workbench.engine import generate
 from workbench.heads import HeadError, list_heads, load_head
 from workbench.methods.heads import Eagle
 from workbench.train import TrainConfig, read_prompts, train
 
-from .conftest import DEVICE
-from .test_engine import PROMPTS
+from .helpers import BACKEND_PARAMS, DEVICE, PROMPTS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.heads
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_hidden_states_are_the_targets_own(tiny, backend, monkeypatch):
     """Every committed position's states reach the drafter once, equal to a fresh forward's: the final hidden
     state, then (a head with fused features, as the tiny eagle head is) the feature layers' outputs."""
-    from workbench.cache import feature_layers
+    from workbench.kv_cache import feature_layers
 
     seen: dict[int, torch.Tensor] = {}
     original = Eagle.observe
@@ -112,6 +111,7 @@ def test_a_head_without_fused_features_reads_the_final_states_alone(tiny, tmp_pa
         load_head(str(head), tiny, "eagle")
 
 
+@pytest.mark.heads
 def test_a_head_for_another_target_is_refused(tiny_other):
     with pytest.raises(HeadError, match="trained for target"):
         load_head("tiny-random-eagle", tiny_other, "eagle")
@@ -250,6 +250,7 @@ def test_a_distilled_draft_is_an_ordinary_draft_model(tiny, tmp_path):
         assert got.output_ids == ref.output_ids
 
 
+@pytest.mark.heads
 def test_train_and_heads_from_the_command_line(tmp_path, capsys):
     from workbench.cli import main
 

@@ -15,7 +15,7 @@ import transformers
 from transformers import DynamicCache
 from transformers.utils import logging as hf_logging
 
-from workbench import cache as kv
+from workbench import kv_cache as kv
 from workbench.bench.hf import hf_run
 from workbench.config import DecodeConfig
 from workbench.engine import generate

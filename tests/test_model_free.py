@@ -9,6 +9,7 @@ through the run store.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
-from workbench.methods import resolve_params, sequoia
+from workbench.methods import get_method, resolve_params
 from workbench.methods.aded import NGramTable
 from workbench.methods.base import DraftContext, DrafterEnv, StepFeedback
 from workbench.methods.jacobi import Jacobi
@@ -24,6 +25,8 @@ from workbench.methods.layer_skip import choose_skip, parse_skip, replay, skip_v
 from workbench.methods.lookahead import Lookahead, NGramPool
 from workbench.methods.model_free import DraftGate
 from workbench.methods.suffix_automaton import Matcher, SuffixAutomaton, build_corpus
+
+from .helpers import FlatCosts
 
 TEXT_PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]  # "Hello, world"
 
@@ -46,24 +49,16 @@ def repetitive_prompt(tiny, one_token_runs):
     return [t] * 24
 
 
-def _flat_costs(target_spec: str = "tiny-random", draft_scale: float = 0.05, verify_x: float = 0.0):
-    """sequoia.cost_profile stand-in: the target's n-token forward costs 1 + verify_x (n - 1), any view draft_scale."""
-    def profile(loaded, backend="eager", refresh=False):
-        scale = 1.0 if loaded.spec == target_spec else draft_scale
-        return {n: scale * (1.0 + verify_x * (n - 1)) for n in sequoia.PROFILE_SIZES}
-    return profile
-
-
 # ---------------------------------------------------------------- each method drafts where it should
 
 @pytest.mark.parametrize("method,params", [
     ("sam", {}), ("sam", {"branches": 2}), ("aded", {}), ("aded", {"branches": 2}), ("jacobi", {}),
     ("lookahead", {}),
 ])
-def test_drafts_on_a_repetitive_continuation(tiny, repetitive_prompt, method, params, monkeypatch):
-    monkeypatch.setattr(sequoia, "cost_profile", _flat_costs())  # lookahead sizes its tree from it
+def test_drafts_on_a_repetitive_continuation(tiny, repetitive_prompt, method, params):
     ref = generate(tiny, "autoregressive", repetitive_prompt, decode=DecodeConfig(max_new_tokens=64))
-    out = generate(tiny, method, repetitive_prompt, params=params, decode=DecodeConfig(max_new_tokens=64))
+    out = generate(tiny, method, repetitive_prompt, params=params, decode=DecodeConfig(max_new_tokens=64),
+                   costs=FlatCosts())  # lookahead sizes its tree from the costs
     s = out.summary
     assert out.output_ids == ref.output_ids
     assert s.drafted_tokens > 0 and s.mean_accepted_draft_tokens > 0
@@ -229,12 +224,12 @@ def test_gate_off_or_on_flat_costs_drafts_everything_offered():
 
 
 @pytest.mark.parametrize("method", ["prompt_lookup", "sam", "aded", "jacobi"])
-def test_cost_aware_drafting_drafts_less_on_steep_costs_and_stays_identical(tiny, method, monkeypatch):
+def test_cost_aware_drafting_drafts_less_on_steep_costs_and_stays_identical(tiny, method):
     """On a CPU-shaped cost curve the gate cuts drafts that miss; output is unchanged either way."""
-    monkeypatch.setattr(sequoia, "cost_profile", _flat_costs(verify_x=0.5))
+    steep = FlatCosts(verify_x=0.5)
     decode = DecodeConfig(max_new_tokens=48)
     ref = generate(tiny, "autoregressive", TEXT_PROMPT, decode=decode)
-    runs = {aware: generate(tiny, method, TEXT_PROMPT, params={"cost_aware": aware}, decode=decode)
+    runs = {aware: generate(tiny, method, TEXT_PROMPT, params={"cost_aware": aware}, decode=decode, costs=steep)
             for aware in (False, True)}
     for out in runs.values():
         assert out.output_ids == ref.output_ids
@@ -359,23 +354,81 @@ def test_replay_counts_steps_like_the_decode_loop():
     assert (tokens, seconds) == (3.0, 3.75)
 
 
-def test_auto_drafts_nothing_when_no_skip_set_pays_off(tiny, monkeypatch):
-    monkeypatch.setattr(sequoia, "cost_profile", _flat_costs(verify_x=1.0, draft_scale=0.6))  # a CPU's shape
-    assert choose_skip(tiny, 4, 0.5).skip == ()
-    out = generate(tiny, "layer_skip", TEXT_PROMPT, decode=DecodeConfig(max_new_tokens=16))
+def test_auto_drafts_nothing_when_no_skip_set_pays_off(tiny):
+    cpu = FlatCosts(verify_x=1.0, draft_scale=0.6)  # a CPU's shape
+    assert choose_skip(tiny, 4, 0.5, cpu).skip == ()
+    out = generate(tiny, "layer_skip", TEXT_PROMPT, decode=DecodeConfig(max_new_tokens=16), costs=cpu)
     assert out.summary.drafted_tokens == 0
-    monkeypatch.setattr(sequoia, "cost_profile", _flat_costs())  # flat verification, cheap drafts: a GPU's shape
-    choice = choose_skip(tiny, 4, 0.5)
+    gpu = FlatCosts()  # flat verification, cheap drafts: a GPU's shape
+    choice = choose_skip(tiny, 4, 0.5, gpu)
     assert choice.skip == (1,) and choice.speedup > 1.0
-    out = generate(tiny, "layer_skip", TEXT_PROMPT, decode=DecodeConfig(max_new_tokens=16))
+    out = generate(tiny, "layer_skip", TEXT_PROMPT, decode=DecodeConfig(max_new_tokens=16), costs=gpu)
     assert out.summary.drafted_tokens > 0
 
 
-@pytest.mark.parametrize("method", ["sam", "aded", "jacobi", "lookahead", "layer_skip"])
-def test_short_budgets_and_a_step_without_a_draft(tiny, method):
-    """At max_tokens = 0 the drafter proposes nothing; its state must survive that step."""
+# settings under which each drafts on the repetitive prompt whatever this machine's costs (no gate, no cost limit)
+UNGATED = {"sam": {"cost_aware": False}, "aded": {"cost_aware": False}, "jacobi": {"cost_aware": False},
+           "lookahead": {"max_cost": 0.0}, "layer_skip": {"skip": "1", "threshold": 0.0}}
+
+
+def _learned(drafter) -> dict:
+    """What a drafter has learned about its acceptance so far: its draft budget, its gate's counts (positions
+    never visited left out: the gate's tables fill in zeros when read), its tree's room."""
+    state = {}
+    if hasattr(drafter, "budget"):
+        state["cap"] = drafter.budget.cap
+    if hasattr(drafter, "gate"):
+        g = drafter.gate
+        state["gate"] = ({k: list(v) for k, v in g.visits.items() if any(v)},
+                         {k: list(v) for k, v in g.hits.items() if any(v)},
+                         {k: v for k, v in g.refused.items() if v})
+    if hasattr(drafter, "room"):
+        state["room"] = drafter.room
+    return state
+
+
+@pytest.mark.parametrize("method", ["sam", "aded", "jacobi",
+                                    pytest.param("lookahead", marks=pytest.mark.xfail(
+                                        strict=True, reason="lookahead.observe counts the previous step's match "
+                                        "chain as missed when it proposed nothing at max_tokens = 0")),
+                                    "layer_skip"])
+def test_short_budgets_and_a_step_without_a_draft(tiny, method, repetitive_prompt, monkeypatch):
+    """At max_tokens = 0 the drafter proposes nothing; its state must survive that step.
+
+    Short budgets end a run at such a step (output: plain decoding's). Forced in the middle of a run (step
+    FORCED proposes at max_tokens = 0), the step leaves what the drafter learned (its budget, its gate's
+    counts) as it was, and the drafter drafts again on the next steps.
+    """
+    params = UNGATED[method]
     for n in (1, 2, 3, 5):
         ref = generate(tiny, "autoregressive", TEXT_PROMPT, decode=DecodeConfig(max_new_tokens=n))
-        out = generate(tiny, method, TEXT_PROMPT, params={"skip": "1"} if method == "layer_skip" else None,
-                       decode=DecodeConfig(max_new_tokens=n))
+        out = generate(tiny, method, TEXT_PROMPT, params=params, decode=DecodeConfig(max_new_tokens=n))
         assert out.output_ids == ref.output_ids
+
+    FORCED = 2
+    cls = get_method(method)
+    propose, observe = cls.propose, cls.observe
+    seen: dict = {}
+
+    def forced_propose(self, ctx):
+        if ctx.step != FORCED:
+            return propose(self, ctx)
+        seen["before"] = _learned(self)
+        seen["draft"] = propose(self, dataclasses.replace(ctx, max_tokens=0))
+        return seen["draft"]
+
+    def observing(self, fb):
+        observe(self, fb)
+        if "before" in seen and "after" not in seen:
+            seen["after"] = _learned(self)
+
+    monkeypatch.setattr(cls, "propose", forced_propose)
+    monkeypatch.setattr(cls, "observe", observing)
+    decode = DecodeConfig(max_new_tokens=64)
+    ref = generate(tiny, "autoregressive", repetitive_prompt, decode=decode)
+    out = generate(tiny, method, repetitive_prompt, params=params, decode=decode)
+    steps = out.trace.steps
+    assert out.output_ids == ref.output_ids
+    assert steps[1].tokens and seen["draft"] is None and not steps[FORCED].tokens  # drafted, then a plain step
+    assert seen["after"] == seen["before"], method
+    assert any(st.tokens for st in steps[FORCED + 1:]), f"{method} never drafted again after a step without a draft"

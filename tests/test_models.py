@@ -20,13 +20,13 @@ from workbench.models import (
     available_models,
     build_tiny_model,
     build_tiny_tokenizer,
-    cache_dir,
     check_compatible,
     load_model,
     load_tokenizer,
     parse_spec,
     resolve_device,
 )
+from workbench.paths import cache_dir
 from workbench.tokens import single_texts, texts_for, token_pieces
 
 FP32 = {"dtype": "fp32", "quant": None, "seed": None}
@@ -250,11 +250,10 @@ def test_encode_prompt_errors(tiny):
         tiny.encode_prompt([])
 
 
-def test_describe(tiny):
-    d = tiny.describe()
+def test_facts(tiny):
+    d = tiny.facts()
     assert d == {"spec": "tiny-random", "name": "tiny-random", "device": "cpu", "dtype": "float32",
-                 "quant": None, "params": sum(p.numel() for p in tiny.model.parameters()), "vocab_size": 272,
-                 "speed_vs_fp32": None}
+                 "quant": None, "params": sum(p.numel() for p in tiny.model.parameters()), "vocab_size": 272}
 
 
 # ---------------------------------------------------------------- bf16 / int8 variants
@@ -273,7 +272,7 @@ def test_int8_close_to_fp32(tiny):
     assert q.quant == "int8" and q.dtype == torch.float32
     assert not any(isinstance(m, torch.nn.Linear) for m in q.model.modules())  # on CPU the LM head too
     assert sum(isinstance(m, Int8Linear) for m in q.model.modules()) == 2 * 7 + 1
-    assert q.describe()["params"] == tiny.describe()["params"]
+    assert q.facts()["params"] == tiny.facts()["params"]
     ids = _sample_ids()
     ref, low = _logits(tiny, ids), _logits(q, ids)
     assert (ref - low).abs().mean() < 0.05 * ref.abs().mean()

@@ -16,7 +16,8 @@ from torch import nn
 from workbench.cli import main
 from workbench.config import DecodeConfig
 from workbench.engine import generate
-from workbench.models import ModelError, load_model, speed
+from workbench.backend import speed
+from workbench.models import ModelError, load_model
 from workbench.models.loaded import count_params, output_size
 from workbench.models.quant import Int8Linear, PackedInt8Linear, can_pack, quantize_model_int8
 
@@ -155,7 +156,7 @@ def test_precision_speed_measures_once_then_reads_the_cache(speed_cache, monkeyp
     assert again == {**first, "cached": True}
     assert speed.cached_precision_speed("tiny-random:int8", "cpu") == again
     assert speed.cached_precision_speeds("cpu") == [again]
-    assert load_model("tiny-random:int8", device="cpu").describe()["speed_vs_fp32"] == first["summary"]
+    assert speed.speed_vs_fp32(load_model("tiny-random:int8", device="cpu")) == first["summary"]
 
 
 def test_precision_speed_of_fp32_measures_nothing(speed_cache, monkeypatch):
@@ -168,7 +169,7 @@ def test_precision_speed_of_fp32_measures_nothing(speed_cache, monkeypatch):
 
 def test_describe_never_measures(speed_cache, monkeypatch, tiny_int8):
     monkeypatch.setattr(speed, "_time_pair", lambda *a: pytest.fail("measured"))
-    assert tiny_int8.describe()["speed_vs_fp32"] is None
+    assert speed.speed_vs_fp32(tiny_int8) is None
 
 
 def test_speed_labels_and_summaries():

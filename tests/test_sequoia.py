@@ -5,19 +5,13 @@ import workbench.methods.sequoia as sequoia
 from workbench.config import DecodeConfig
 from workbench.engine import generate
 
-
-def _costs(verify_x: float, draft_scale: float = 0.05):
-    """Cost profiles: a target forward of n tokens costs 1 + verify_x * (n - 1); the draft draft_scale times that."""
-    def profile(loaded, backend="eager", refresh=False):
-        scale = draft_scale if "bf16" in loaded.spec else 1.0
-        return {n: scale * (1.0 + verify_x * (n - 1)) for n in sequoia.PROFILE_SIZES}
-    return profile
+from .helpers import FlatCosts
 
 
-def test_empty_plan_still_explores_and_updates_acceptance(tiny, tiny_bf16, monkeypatch):
-    monkeypatch.setattr(sequoia, "cost_profile", _costs(verify_x=50.0))  # any tree costs far more than it gives
+def test_empty_plan_still_explores_and_updates_acceptance(tiny, tiny_bf16):
     res = generate(tiny, "sequoia", [72, 101, 108, 108, 111], draft=tiny_bf16,
-                   params={"explore_every": 4, "replan_every": 4}, decode=DecodeConfig(max_new_tokens=40))
+                   params={"explore_every": 4, "replan_every": 4}, decode=DecodeConfig(max_new_tokens=40),
+                   costs=FlatCosts(verify_x=50.0))  # any tree costs far more than it gives
     decode = [s for s in res.trace.steps if s.kind == "decode"]
     drafted = [s for s in decode if s.tokens]
     assert drafted, "never explored: the acceptance estimate could not learn"
@@ -25,8 +19,8 @@ def test_empty_plan_still_explores_and_updates_acceptance(tiny, tiny_bf16, monke
     assert all(s.n_draft <= sequoia.EXPLORE_NODES for s in drafted)
 
 
-def test_cheap_verification_plans_a_tree(tiny, tiny_bf16, monkeypatch):
-    monkeypatch.setattr(sequoia, "cost_profile", _costs(verify_x=0.0))  # a flat verify cost (a GPU)
-    res = generate(tiny, "sequoia", [72, 101, 108, 108, 111], draft=tiny_bf16, decode=DecodeConfig(max_new_tokens=24))
+def test_cheap_verification_plans_a_tree(tiny, tiny_bf16):
+    res = generate(tiny, "sequoia", [72, 101, 108, 108, 111], draft=tiny_bf16, decode=DecodeConfig(max_new_tokens=24),
+                   costs=FlatCosts(verify_x=0.0))  # a flat verify cost (a GPU)
     sizes = [s.n_draft for s in res.trace.steps if s.kind == "decode"]
     assert max(sizes) > sequoia.EXPLORE_NODES and res.summary.mean_accepted_tokens > 1

@@ -18,9 +18,13 @@ from sqlalchemy import update
 from sqlalchemy.engine import URL
 
 import workbench.api as api
+import workbench.record as record
+from workbench.record import RunResult
 from store import RUN_STATUSES, SCHEMA_REVISION, SCHEMA_VERSION, RunStore, StoreError, db, liveness
 from store.models import Benchmark, Run, utcnow
 from workbench.cli import main as cli_main
+
+from .helpers import dead_pid
 
 ROOT = Path(__file__).resolve().parents[1]
 V1 = Path(__file__).with_name("data") / "store_v1.sqlite"
@@ -37,22 +41,18 @@ def _set(store: RunStore, model, row_id: str, **values) -> None:
         s.execute(update(model).where(model.id == row_id).values(**values))
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 # ---------------------------------------------------------------- interrupted runs
 
 CHILD = r"""
 import sys, time
 import torch
 import workbench.api as api
+from workbench.record import RunResult
+import workbench.record as record
 from store import RunStore
 
 torch.set_num_threads(1)
-api.STEP_FLUSH_EVERY = 2
+record.STEP_FLUSH_EVERY = 2
 
 def wait_to_be_killed(step, trace):
     if len(trace.steps) >= 12:  # 12 steps are stored by now (flushed before this callback)
@@ -113,7 +113,7 @@ def test_owner_checks(tmp_path):
     store = RunStore(tmp_path / "owners.sqlite")
     me = liveness.this_process()
     live, dead, reused, far_fresh, far_stale, ownerless = (_start(store) for _ in range(6))
-    _set(store, Run, dead, owner_pid=_dead_pid())
+    _set(store, Run, dead, owner_pid=dead_pid())
     _set(store, Run, reused, owner_started=me.started - 3600)  # our pid, but a process started an hour ago
     _set(store, Run, far_fresh, owner_host="elsewhere", owner_pid=1)
     old = utcnow() - timedelta(seconds=liveness.STALE_AFTER_S + 60)
@@ -121,7 +121,7 @@ def test_owner_checks(tmp_path):
     _set(store, Run, ownerless, owner_pid=None, owner_host=None, owner_started=None, heartbeat_at=None,
          created_at=old)
     bench = store.start_benchmark(suite="smoke", config={}, env={})
-    _set(store, Benchmark, bench, owner_pid=_dead_pid())
+    _set(store, Benchmark, bench, owner_pid=dead_pid())
     assert store.reap_interrupted() == 5
 
     status = {r.id: r for r in store.list_runs()}
@@ -180,7 +180,7 @@ def test_history_tab_offers_interrupted():
 def test_locked_database_delays_writes_not_the_run(tmp_path, monkeypatch, caplog):
     path = tmp_path / "locked.sqlite"
     store = RunStore(path, busy_timeout=0.05)
-    monkeypatch.setattr(api, "STEP_FLUSH_EVERY", 2)
+    monkeypatch.setattr(record, "STEP_FLUSH_EVERY", 2)
     held = threading.Event()
 
     def hold_lock() -> None:
@@ -237,7 +237,7 @@ def _break(store: RunStore, tmp_path: Path):
 
 def test_failed_step_writes_do_not_stop_the_decode(tmp_path, monkeypatch, caplog):
     store = RunStore(tmp_path / "flaky.sqlite")
-    monkeypatch.setattr(api, "STEP_FLUSH_EVERY", 2)
+    monkeypatch.setattr(record, "STEP_FLUSH_EVERY", 2)
     heal = []
 
     def flaky(step, trace) -> None:
@@ -256,7 +256,7 @@ def test_failed_step_writes_do_not_stop_the_decode(tmp_path, monkeypatch, caplog
 
 def test_broken_store_does_not_hide_the_decode_error(tmp_path, monkeypatch, caplog):
     store = RunStore(tmp_path / "broken.sqlite")
-    monkeypatch.setattr(api, "STEP_FLUSH_EVERY", 2)
+    monkeypatch.setattr(record, "STEP_FLUSH_EVERY", 2)
 
     def break_then_fail(step, trace) -> None:
         if len(trace.steps) == 3:
@@ -275,9 +275,9 @@ def test_broken_store_does_not_hide_the_decode_error(tmp_path, monkeypatch, capl
 def test_four_threads_one_file(tmp_path, monkeypatch):
     path = tmp_path / "shared.sqlite"
     RunStore(path).close()
-    monkeypatch.setattr(api, "STEP_FLUSH_EVERY", 1)  # as many writes as possible
+    monkeypatch.setattr(record, "STEP_FLUSH_EVERY", 1)  # as many writes as possible
     prompts = ["Hello there", "Once upon a time", "abc abc abc", "The capital of France is"]
-    results: dict[str, api.RunResult] = {}
+    results: dict[str, RunResult] = {}
     errors: list[BaseException] = []
 
     def work(prompt: str) -> None:

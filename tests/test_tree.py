@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from workbench import cache as kv
+from workbench import kv_cache as kv
 from workbench import tree_shape
 from workbench.backend import open_session
 from workbench.engine import _target_forward
@@ -75,7 +75,7 @@ def test_tree_forward_matches_sequential(tiny, attn):
                 torch.testing.assert_close(logits[rows], ref, atol=1e-4, rtol=1e-4)
             # keep the path root -> n0 -> n3 -> n5 and continue: same as decoding that path
             path = [0, 3, 5]
-            session.keep(len(prompt) - 1, [0] + [i + 1 for i in path])  # workbench.cache.keep_positions
+            session.keep(len(prompt) - 1, [0] + [i + 1 for i in path])  # workbench.kv_cache.keep_positions
             nxt = session.forward(torch.tensor([[99]]))[-1]
             seq = prompt + [TREE.tokens[i] for i in path] + [99]
             torch.testing.assert_close(nxt, model(input_ids=torch.tensor([seq])).logits[0, -1], atol=1e-4, rtol=1e-4)

@@ -10,6 +10,8 @@ import torch
 
 from workbench.config import DecodeConfig
 from workbench.engine import generate
+
+from .helpers import FlatCosts
 from workbench.methods.trees import NAMED_TREES
 
 PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]
@@ -186,21 +188,14 @@ def test_tree_budget_counts_the_drafting_already_spent():
 
 @pytest.mark.parametrize("method, params", [("eagle", {}), ("medusa", {}), ("hydra", {}),
                                             ("tree_dynamic", {"depth": 3})])
-def test_cost_sizing_verifies_fewer_nodes_where_they_cost_more(tiny, tiny_other, method, params, monkeypatch):
+def test_cost_sizing_verifies_fewer_nodes_where_they_cost_more(tiny, tiny_other, method, params):
     """The same trees, cut on a steep cost profile, kept whole on a flat one; lossless either way."""
-    from workbench.methods import sequoia
-
-    def costs(verify_x):
-        def profile(loaded, backend="eager", refresh=False):
-            return {n: 1.0 + verify_x * (n - 1) for n in sequoia.PROFILE_SIZES}
-        return profile
-
     draft = tiny_other if method == "tree_dynamic" else None
     ref = generate(tiny, "autoregressive", PROMPT, decode=DecodeConfig(max_new_tokens=NEW))
     sizes = {}
     for name, verify_x in (("flat", 0.0), ("steep", 0.3)):
-        monkeypatch.setattr(sequoia, "cost_profile", costs(verify_x))
-        out = generate(tiny, method, PROMPT, draft=draft, params=params, decode=DecodeConfig(max_new_tokens=NEW))
+        out = generate(tiny, method, PROMPT, draft=draft, params=params, decode=DecodeConfig(max_new_tokens=NEW),
+                       costs=FlatCosts(draft_scale=1.0, verify_x=verify_x))
         assert out.output_ids == ref.output_ids
         sizes[name] = [len(st.tokens) for st in out.trace.steps[1:]]
     fixed = generate(tiny, method, PROMPT, draft=draft, params={**params, "sizing": "fixed"},

@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "run": ("workbench.api", "run"),
-    "RunResult": ("workbench.api", "RunResult"),
+    "RunResult": ("workbench.record", "RunResult"),
+    "run_benchmark": ("workbench.api", "run_benchmark"),
     "generate": ("workbench.engine", "generate"),
     "load_model": ("workbench.models", "load_model"),
     "load_tokenizer": ("workbench.models", "load_tokenizer"),

@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from .backend import add_backend_argument
 from .config import ConfigError, SamplingConfig
 
 
@@ -118,7 +119,7 @@ def cmd_run(args) -> int:
 def cmd_methods(args) -> int:
     from .methods import list_methods
 
-    methods = [m.describe() for m in list_methods()]
+    methods = [m.facts() for m in list_methods()]
     if args.json:
         print(json.dumps(methods))
         return 0
@@ -135,7 +136,7 @@ def cmd_methods(args) -> int:
 
 def cmd_models(args) -> int:
     from .models import available_models
-    from .models.speed import MEASURED_PRECISIONS, cached_precision_speeds, precision_speed
+    from .backend.speed import MEASURED_PRECISIONS, cached_precision_speeds, precision_speed
 
     models = available_models()
     measured = None
@@ -294,16 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_backend_argument(parser) -> None:
-    """--backend eager|compiled (default: $WORKBENCH_BACKEND, else eager)."""
-    from .backend import BACKENDS, DEFAULT_BACKEND
-
-    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("WORKBENCH_BACKEND") or DEFAULT_BACKEND,
-                        help="how forwards run: eager (stock transformers, DynamicCache) or compiled (static KV "
-                             "cache + torch.compile; compiles once per model, 2-5 min on a CPU, cached on disk); "
-                             "default $WORKBENCH_BACKEND, else eager")
-
-
 def _add_ui(sub) -> None:
     u = sub.add_parser("ui", help="launch the Gradio app")
     u.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -338,7 +329,7 @@ def _add_ui(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench import add_bench_parser
+    from .bench.cli import add_bench_parser
 
     add_bench_parser(sub)
 

@@ -1,4 +1,8 @@
-"""Device helpers shared by the engine, the benchmarks and the profilers: sync, and peak memory.
+"""Device facts and helpers shared by the engine, the benchmarks and the profilers.
+
+What machine this is (the CPU model and the vector extensions that decide which
+kernels and dtypes are fast, or the GPU model), synchronising before a clock
+read, and peak memory.
 
 Timing follows gpt-fast: synchronise the device before every clock read, so a
 timer measures what the step cost, not what was queued. Peak memory is the CUDA
@@ -6,8 +10,47 @@ allocator's peak on a GPU and the process's resident set on the CPU.
 """
 from __future__ import annotations
 
+import platform
+
 import psutil
 import torch
+
+# The vector extensions that decide which CPU kernels and dtypes are fast.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, e.g. 'AMD EPYC' ('unknown' where the system does not say)."""
+    return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def cpu_isa() -> str:
+    """The vector extensions that decide which CPU kernels and dtypes are fast, e.g. 'avx2 avx512f amx_bf16'.
+
+    Two machines with one model name ("Intel(R) Xeon(R) Processor" in a VM) can differ in exactly these.
+    """
+    have = set((_cpuinfo("flags") or "").split())
+    return " ".join(flag for flag in ISA_FLAGS if flag in have)
+
+
+def processor(device: torch.device) -> str:
+    """The CPU (with its vector extensions) or GPU model a measurement ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    isa = cpu_isa()
+    return f"{cpu_name()} [{isa}]" if isa else cpu_name()
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (None where there is no such file or line)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(field):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def device_sync(device: torch.device) -> None:

@@ -33,10 +33,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from .backend import check_backend, open_session
+from .backend import check_backend, open_session, prepare
+from .backend.profile import CostModel
 from .config import ConfigError, DecodeConfig, SamplingConfig
 from .device import PeakMemory, device_sync
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
+from .methods.base import RunHistory
+from .preflight import check_draft_given
 from .sampling import choose, logits_to_probs, make_generator
 from .trace import Step, Summary, Trace
 from .tree import Draft
@@ -58,14 +61,23 @@ DRAFT_ROOM = 128
 
 
 def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sampling: SamplingConfig,
-                  generator: torch.Generator | None, backend: str = "eager", max_len: int = 0) -> Drafter:
+                  generator: torch.Generator | None, backend: str = "eager", max_len: int = 0,
+                  costs: CostModel | None = None, history: RunHistory | None = None) -> Drafter:
     cls = get_method(method)
     resolved = resolve_params(method, params)
-    if cls.needs_draft_model and draft is None:
-        raise ConfigError(f"method '{method}' needs a draft model (--draft), e.g. smollm2-135m:bf16")
+    check_draft_given(method, draft is not None)
     env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator, backend=backend,
-                     max_len=max_len)
+                     max_len=max_len, costs=costs or CostModel(), history=history)
     return cls(env, **resolved)
+
+
+def prepare_run(backend: str, models: list, n_prompt: int, max_new_tokens: int,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Compile (or load) what `generate` will open on `backend` for these models (None entries skipped),
+    before a run's clock starts -> the run's env entries {backend, warmup_s} (seconds it took)."""
+    max_len = n_prompt + max_new_tokens + DRAFT_ROOM
+    seconds = sum(prepare(backend, lm, max_len, progress=progress) for lm in models if lm is not None)
+    return {"backend": backend, "warmup_s": round(seconds, 3)}
 
 
 def _target_forward(session, ids: torch.Tensor, draft: Draft | None, past_len: int, keep: int = 0,
@@ -84,12 +96,15 @@ def _target_forward(session, ids: torch.Tensor, draft: Draft | None, past_len: i
 def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: dict[str, Any] | None = None,
              sampling: SamplingConfig = SamplingConfig(), decode: DecodeConfig = DecodeConfig(),
              on_step: StepCallback | None = None, trace: Trace | None = None,
-             backend: str = "eager") -> GenerationResult:
+             backend: str = "eager", costs: CostModel | None = None,
+             history: RunHistory | None = None) -> GenerationResult:
     """Decode up to decode.max_new_tokens tokens after prompt_ids with `method`.
 
     target/draft are workbench.models.LoadedModel. `trace`, when given, is filled
     in place (so a caller still has the partial steps if decoding fails).
     backend: "eager" or "compiled" (workbench.backend); the target and every draft model run on it.
+    costs: what forwards cost here, for cost-aware drafters (None: the machine's measured profiles).
+    history: earlier runs' outputs for drafters that read them (workbench.record.run_history).
     """
     if not prompt_ids:
         raise ConfigError("the prompt is empty")
@@ -97,7 +112,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     device = target.device
     generator = make_generator(sampling.seed, device)
     max_len = len(prompt_ids) + decode.max_new_tokens + DRAFT_ROOM
-    drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len)
+    drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len, costs, history)
     session = open_session(backend, target, max_len)
     try:
         return _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
@@ -110,8 +125,6 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
 def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: list[int],
             sampling: SamplingConfig, decode: DecodeConfig, generator, on_step, trace) -> GenerationResult:
     device = target.device
-    # Drafters that learn from the target's own predictions (Jacobi, lookahead) get its argmax at every row.
-    wants_argmax = getattr(drafter, "wants_target_argmax", False)
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
@@ -175,7 +188,7 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
         new = [node_tokens[i] for i in verdict.accepted] + [verdict.bonus_token]
         committed, stop = _apply_stops(new, eos, decode.max_new_tokens - generated)
         context.extend(committed)
-        if wants_argmax:
+        if drafter.wants_target_argmax:  # drafters that learn from the target's own predictions (Jacobi, lookahead)
             drafter.observe_target(logits.argmax(-1).tolist(), proposal)  # (1+n,) root row first, then each node
         kept = hidden[[0] + [i + 1 for i in verdict.accepted]] if wants_hidden else None  # root + accepted rows
         drafter.observe(StepFeedback(draft=proposal, accepted=verdict.accepted, committed=committed,

@@ -18,10 +18,25 @@ no torch import.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .trace import Step
+
+class Step(Protocol):
+    """The fields of a step these metrics read (workbench.trace.Step has them; this module needs no more)."""
+
+    kind: str  # "prefill" | "decode"
+    tokens: list[int]  # the draft's nodes
+    draft_s: float
+    verify_s: float
+
+    @property
+    def n_draft(self) -> int: ...
+
+    @property
+    def n_accepted(self) -> int: ...
+
+    @property
+    def draft_depth(self) -> int: ...
 
 NAN = float("nan")
 
@@ -40,22 +55,22 @@ def tau_without_bonus(new_tokens: int, forwards: int) -> float:
     return _ratio(new_tokens - forwards, forwards)
 
 
-def decode_steps(steps: Iterable["Step"]) -> list["Step"]:
+def decode_steps(steps: Iterable[Step]) -> list[Step]:
     return [s for s in steps if s.kind == "decode"]
 
 
-def attempts(step: "Step") -> int:
+def attempts(step: Step) -> int:
     """Draft positions the step attempted: the accepted ones and the rejection that ended it."""
     return step.n_accepted + (1 if step.n_accepted < step.draft_depth else 0)
 
 
-def acceptance_rate(steps: Iterable["Step"]) -> float:
+def acceptance_rate(steps: Iterable[Step]) -> float:
     """α over decode steps that drafted (NaN when nothing was drafted)."""
     drafted = [s for s in decode_steps(steps) if s.tokens]
     return _ratio(sum(s.n_accepted for s in drafted), sum(attempts(s) for s in drafted))
 
 
-def acceptance_by_position(steps: Iterable["Step"]) -> list[float]:
+def acceptance_by_position(steps: Iterable[Step]) -> list[float]:
     """α_k = P(draft position k accepted | positions < k accepted and a draft node exists at depth k)."""
     reached: list[int] = []
     accepted: list[int] = []
@@ -72,19 +87,19 @@ def acceptance_by_position(steps: Iterable["Step"]) -> list[float]:
     return [a / r if r else NAN for a, r in zip(accepted, reached)]
 
 
-def mean_draft_length(steps: Iterable["Step"]) -> float:
+def mean_draft_length(steps: Iterable[Step]) -> float:
     """γ: mean deepest-path length over decode steps, empty drafts included (0 with no decode step)."""
     decode = decode_steps(steps)
     return sum(s.draft_depth for s in decode) / len(decode) if decode else 0.0
 
 
-def plain_forward_s(plain_steps: Iterable["Step"]) -> float:
+def plain_forward_s(plain_steps: Iterable[Step]) -> float:
     """Mean target time of one plain-decoding decode step (the prefill excluded)."""
     decode = decode_steps(plain_steps)
     return _ratio(sum(s.verify_s for s in decode), len(decode))
 
 
-def cost_ratio(steps: Sequence["Step"], t_plain: float) -> float:
+def cost_ratio(steps: Sequence[Step], t_plain: float) -> float:
     """c: draft time per drafted token / one plain target forward."""
     decode = decode_steps(steps)
     drafted = sum(s.n_draft for s in decode)
@@ -93,7 +108,7 @@ def cost_ratio(steps: Sequence["Step"], t_plain: float) -> float:
     return sum(s.draft_s for s in decode) / drafted / t_plain
 
 
-def verify_cost_ratio(steps: Sequence["Step"], t_plain: float) -> float:
+def verify_cost_ratio(steps: Sequence[Step], t_plain: float) -> float:
     """verify ×: the mean target time of a verification step / one plain target forward."""
     decode = decode_steps(steps)
     if not decode or not (t_plain == t_plain and t_plain > 0):

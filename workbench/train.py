@@ -238,7 +238,7 @@ def _token_ids(prompt: Any) -> bool:
 def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8, layers: bool = False) -> list[dict]:
     """Per sequence: tokens (T,), final hidden states f (T, H) fp16, argmax a (T,), and where the response starts;
     with `layers`, also g (T, H k) fp16: the outputs of the k feature layers (`cache.feature_layers`)."""
-    from .cache import layer_states, logits_from_hidden
+    from .kv_cache import layer_states, logits_from_hidden
 
     out = []
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]["prompt_ids"]) + len(samples[i]["response_ids"]))
@@ -442,7 +442,7 @@ def make_draft_model(lm, layers: int):
 
 def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = False, db: str | None = None) -> TrainResult:
     """Run the whole pipeline (see the module docstring); returns where the drafter went and its accuracy."""
-    from .api import environment
+    from .record import environment
     from .heads import default_head_name, save_head, user_heads_dir
     from .models import load_model
 

@@ -15,13 +15,14 @@ import sqlite3, sys
 from pathlib import Path
 
 import workbench.api as api
+import workbench.record as record
 from store import RunStore
 from workbench.config import SamplingConfig
 
 out = Path(sys.argv[1])
 out.unlink(missing_ok=True)
 s = RunStore(out)
-api.STEP_FLUSH_EVERY = 4
+record.STEP_FLUSH_EVERY = 4
 # finished greedy run
 api.run("autoregressive", "Hello there", target="tiny-random", chat=False, max_new_tokens=12, store=s, device="cpu")
 # finished speculative run with a draft model and sampling

@@ -24,6 +24,7 @@ Methods never know which one runs.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import ConfigError
@@ -64,12 +65,12 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None) -> KV
 
     max_len: the most positions the run will cache (prompt + new tokens + one draft).
     """
-    import torch
+    import torch  # here, not above: check_backend and --backend serve torch-free commands
 
-    from .eager import EagerSession
+    from .eager import EagerSession  # (the same)
 
     if check_backend(backend) == "compiled" and not isinstance(model, torch.nn.Module):
-        from .compiled import open_compiled
+        from .compiled import open_compiled  # (the same)
 
         session = open_compiled(model, max_len, progress=progress)
         if session is not None:
@@ -81,6 +82,14 @@ def prepare(backend: str, model: Any, max_len: int, *, progress=None) -> float:
     """Compile (or load from the disk cache) what `backend` needs for `model`; seconds it took (0 for eager)."""
     if check_backend(backend) != "compiled":
         return 0.0
-    from .compiled import warm_up
+    from .compiled import warm_up  # torch-free until a model is prepared (above)
 
     return warm_up(model, max_len, progress=progress)
+
+
+def add_backend_argument(parser) -> None:
+    """--backend eager|compiled (default: $WORKBENCH_BACKEND, else eager)."""
+    parser.add_argument("--backend", choices=BACKENDS, default=os.environ.get("WORKBENCH_BACKEND") or DEFAULT_BACKEND,
+                        help="how forwards run: eager (stock transformers, DynamicCache) or compiled (static KV "
+                             "cache + torch.compile; compiles once per model, 2-5 min on a CPU, cached on disk); "
+                             "default $WORKBENCH_BACKEND, else eager")

@@ -49,9 +49,10 @@ from typing import Any, Callable
 
 import torch
 
-from .. import cache as kv
+from .. import kv_cache as kv
 from ..config import ConfigError
-from ..device import device_sync
+from ..device import device_sync, processor
+from ..paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +152,6 @@ def compiler_settings() -> None:
     # variable, so "unset" is "unset or that default"; inductor reads the variable at every compilation
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        from ..models import cache_dir
-
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
 
 
@@ -278,8 +277,6 @@ class CompiledForward:
         return self.warmup_s
 
     def _key(self) -> str:
-        from .profile import processor
-
         static = ",".join(map(str, sorted(self.buckets)))  # every static graph is compiled in the warm-up
         return (f"{self.lm.spec}|{processor(self.device)}|L={self.L}|static={static}|torch={torch.__version__}"
                 f"|threads={torch.get_num_threads()}")
@@ -367,8 +364,6 @@ def warm_up(lm: Any, max_len: int, progress: Progress = None) -> float:
 
 
 def _estimates_path():
-    from ..models import cache_dir
-
     return cache_dir() / "compile_times.json"
 
 

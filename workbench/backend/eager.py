@@ -3,7 +3,7 @@
 Chains use the model's own causal mask; a tree block becomes a 4D additive mask
 over [cached positions + new tokens] (transformers takes a 4D mask as given),
 with depth positions. Rollback crops the cache; accepted tree nodes are copied
-into place (workbench.cache).
+into place (workbench.kv_cache).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from .. import cache as kv
+from .. import kv_cache as kv
 from ..tree import additive_mask
 
 

@@ -3,8 +3,10 @@
 What makes a drafting method win or lose on a machine is the shape of this curve:
 on a GPU a forward over dozens of tokens costs what one does; on a small CPU a few
 tokens already cost more, unless the backend pre-packs its weights (compiled).
-Cost-aware methods (sequoia, lookahead, layer_skip) size their drafts from it,
-`workbench profile` prints it and the app's Latency tab draws it. A profile is
+Cost-aware methods (speculative gamma=0, sequoia, lookahead, layer_skip, the
+cost-sized trees and gates) size their drafts from it through `CostModel`, the one
+reader they get in their DrafterEnv; `workbench profile` prints it and the app's
+Latency tab draws it. A profile is
 measured once and cached in the workbench cache dir under a key holding the model
 spec (so its dtype), the device and its CPU/GPU model, the backend, the thread
 count and the torch version: machines differ, and nothing here assumes one.
@@ -18,7 +20,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..device import device_sync
+from ..device import device_sync, processor
+from ..models.loading import gqa_attention_in_effect
+from ..paths import cache_dir
+from . import open_session
+from .compiled import cpp_wrapped, static_buckets
 
 # 9 and 17: one past the compiled backend's static sizes 8 and 16, where its cost steps up (a forward of 9 runs
 # the 16-token graph, one of 17 the shape-dynamic one), so that interpolating between sizes does not smooth the
@@ -32,19 +38,7 @@ KEY_FIELDS = ("backend", "static", "wrapper", "threads", "torch", "attn", "round
 
 
 def _profile_path():
-    from ..models import cache_dir
-
     return cache_dir() / "cost_profiles.json"
-
-
-def processor(device: torch.device) -> str:
-    """The CPU (with its vector extensions) or GPU model a measurement ran on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    from ..api import _cpu_name, cpu_isa
-
-    isa = cpu_isa()
-    return f"{_cpu_name()} [{isa}]" if isa else _cpu_name()
 
 
 @torch.inference_mode()
@@ -56,8 +50,6 @@ def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: i
     machine then lands on every size alike instead of skewing one (with 3 back-to-back repeats per size,
     one profile measured a one-token forward of an int8 model slower than its two-token one).
     """
-    from . import open_session
-
     dev = loaded.device
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, min(loaded.vocab_size, 1000), (1, context + max(sizes)), generator=g).to(dev)
@@ -81,13 +73,9 @@ def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: i
 def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> str:
     threads = threads or torch.get_num_threads()
     if backend == "compiled":  # its static verification sizes shape the curve
-        from .compiled import cpp_wrapped, static_buckets
-
         backend = f"compiled|static={','.join(map(str, static_buckets())) or 'none'}"
         if cpp_wrapped(loaded.device):
             backend += "|wrapper=cpp"
-    from ..models.loading import gqa_attention_in_effect
-
     attn = "gqa" if gqa_attention_in_effect() else "default"
     return (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
             f"|torch={torch.__version__}|attn={attn}|rounds={ROUNDS}")
@@ -146,6 +134,29 @@ def cached_profiles() -> list[dict[str, Any]]:
                      "backend": fields["backend"], "static": fields.get("static"),
                      "threads": int(fields.get("threads", 0)), "seconds": {int(n): t for n, t in prof.items()}})
     return rows
+
+
+class CostModel:
+    """What forwards cost here: the cost-aware drafters' one reader of the machine's cached profiles.
+
+    A drafter gets it as `DrafterEnv.costs` and never reads the machine itself, so a test hands
+    a drafter a stand-in (a subclass whose `profile` returns chosen seconds) through the env.
+    """
+
+    def profile(self, lm, backend: str = "eager") -> dict[int, float]:
+        """Seconds of one forward over n new tokens, for the profile's sizes n (measured on first use)."""
+        return cost_profile(lm, backend)
+
+    def seconds(self, lm, backend: str, n: int) -> float:
+        """Seconds of one forward over n new tokens (interpolated between the profile's sizes)."""
+        return interpolate(self.profile(lm, backend), n)
+
+    def forward_ratios(self, lm, backend: str, most: int) -> tuple[list[float], float]:
+        """r[k] = t(k + 1) / t(1) for k = 0..most: what one forward verifying k drafted tokens (and the bonus)
+        costs in one-token forwards; and t(1) in seconds."""
+        profile = self.profile(lm, backend)
+        one = interpolate(profile, 1)
+        return [interpolate(profile, k + 1) / one for k in range(most + 1)], one
 
 
 def interpolate(profile: dict[int, float], n: int) -> float:

@@ -10,11 +10,11 @@ Modules: suites (Spec-Bench-format prompt files), arms (methods, --param,
 --sweep), runner (the timed loop), hf (transformers' equivalents), roofline
 (memory bandwidth), report (every metric, from the store; the definitions are
 in its docstring), export (Markdown, CSV), cli (`workbench bench`).
-"""
-from .cli import add_bench_parser
 
-__all__ = ["BenchmarkReport", "add_bench_parser", "benchmark_report", "benchmark_table", "run_benchmark",
-           "BenchConfig", "load_suite"]
+`workbench.run_benchmark(cfg, store)` runs one in this process or over a cluster
+(workbench.api); `run_in_process` here is the in-process runner alone.
+"""
+__all__ = ["BenchmarkReport", "benchmark_report", "benchmark_table", "run_in_process", "BenchConfig", "load_suite"]
 
 
 def __getattr__(name):  # the runner and the report pull in torch; load them only when asked for
@@ -22,7 +22,7 @@ def __getattr__(name):  # the runner and the report pull in torch; load them onl
         from . import report
 
         return getattr(report, name)
-    if name in ("run_benchmark", "BenchConfig"):
+    if name in ("run_in_process", "BenchConfig"):
         from . import runner
 
         return getattr(runner, name)

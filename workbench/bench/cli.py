@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from ..backend import add_backend_argument
 from ..config import ConfigError
 
 EPILOG = """examples:
@@ -38,8 +39,6 @@ def add_bench_parser(sub) -> None:
                    help="fixed method parameter, e.g. speculative.gamma=4 (repeatable)")
     b.add_argument("--sweep", action="append", default=[], metavar="METHOD.KEY=V1,V2,...",
                    help="one arm per value; give twice for a grid")
-    from ..cli import add_backend_argument
-
     add_backend_argument(b)
     b.add_argument("--backends", default=None, metavar="B1,B2",
                    help="run every arm on each of these backends in the same process, interleaved, each against "
@@ -120,13 +119,11 @@ def cmd_bench(args) -> int:
         store = _store(args)
     else:
         cfg = _config(args)  # every input is checked before a model is loaded or a row written
-        from .arms import build_arms
-        from .suites import filter_questions, load_suite
+        from ..api import run_benchmark  # loads torch: only for a benchmark that decodes
+        from ..cluster import cluster_address
+        from .runner import plan_benchmark
 
-        build_arms(cfg.methods, cfg.params, cfg.sweeps, cfg.trace_overhead)
-        filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit)
-        from .runner import run_benchmark
-
+        plan_benchmark(cfg, cluster=cluster_address(cfg.cluster) is not None)
         store = _store(args)
         bench_id = run_benchmark(cfg, store)
     report = benchmark_report(store, bench_id)

@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from ..cache import cache_from_kwargs
+from ..kv_cache import cache_from_kwargs
 from ..device import device_sync, memory_mb
 from ..trace import Step, Trace
 

@@ -43,11 +43,23 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Callable
 
+import torch
+
+from .. import engine
+from ..backend import check_backend, prepare
+from ..backend.compiled import cache_len_bucket
 from ..config import ConfigError, DecodeConfig, SamplingConfig
+from ..engine import DRAFT_ROOM
+from ..models import EMBEDDED_DEFAULT, load_model
+from ..preflight import check_draft_given, check_draft_vocabulary
+from ..record import Recording, environment, run_history
+from ..trace import Trace
 from .arms import Arm, build_arms, on_backends
 from .hf import HF_METHODS, STATIC, hf_backend, hf_run, hf_settings, hf_warm_up, static_cache_len
+from .roofline import copy_bandwidth, weight_bytes_per_token
 from .suites import PromptUnit, categories_of, filter_questions, load_suite, prompt_units, suite_path
 
 Progress = Callable[[str], None]
@@ -80,8 +92,6 @@ class BenchConfig:
     backends: list[str] = field(default_factory=lambda: ["eager"])  # every arm runs on each (workbench.backend)
 
     def check(self) -> None:
-        from ..backend import check_backend
-
         DecodeConfig(max_new_tokens=self.max_new_tokens)  # same range checks as a run
         if not isinstance(self.backends, (list, tuple)) or not self.backends:
             raise ConfigError(f"backends must be a non-empty list, e.g. ['eager', 'compiled'], got {self.backends!r}")
@@ -117,18 +127,18 @@ class HFArm:
         return self.label
 
 
-def _stderr(msg: str) -> None:
+def to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _fmt_eta(seconds: float) -> str:
+def fmt_eta(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-class _Eta:
+class Eta:
     """Remaining time: each pending job costs the mean time of its arm so far (else of all jobs)."""
 
     def __init__(self, jobs: list[str]) -> None:
@@ -144,43 +154,41 @@ class _Eta:
         return sum(mean.get(lbl, overall) for lbl in self.pending)
 
 
-def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) -> str:
-    """Run the benchmark described by `cfg`, log it to `store`, return the benchmark id."""
-    from ..cluster import cluster_address
-    from ..engine import generate
-    from ..api import check_draft_vocabulary
-    from ..models import EMBEDDED_DEFAULT, load_model
-
-    say = progress or (lambda _msg: None)
+def plan_benchmark(cfg: BenchConfig, cluster: bool = False) -> tuple[list[Arm], list]:
+    """Check `cfg` and expand it -> (its arms on each of its backends, its questions); ConfigError on bad input,
+    before anything is loaded or recorded. cluster: the plan is for a cluster's workers (one backend)."""
     cfg.check()
     arms = build_arms(cfg.methods, cfg.params, cfg.sweeps, trace_overhead=cfg.trace_overhead)
     questions = filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit)
-    units = prompt_units(questions)
-    if any(a.needs_draft for a in arms) and not cfg.draft:
-        names = sorted({a.method for a in arms if a.needs_draft})
-        raise ConfigError(f"method {', '.join(names)} needs a draft model: add --draft, e.g. smollm2-135m:bf16")
-    address = cluster_address(cfg.cluster)
-    if address is not None:
-        if len(cfg.backends) > 1:
-            raise ConfigError("--backends with more than one backend runs in process only: drop --cluster, or run "
-                              "one benchmark per backend")
-        from ..cluster.fanout import run_benchmark_on_cluster
-
-        return run_benchmark_on_cluster(cfg, store, address, on_backends(arms, cfg.backends), questions, say)
-    if cfg.workers is not None:
+    check_draft_given([a.method for a in arms], bool(cfg.draft))
+    if cluster and len(cfg.backends) > 1:
+        raise ConfigError("--backends with more than one backend runs in process only: drop --cluster, or run "
+                          "one benchmark per backend")
+    if not cluster and cfg.workers is not None:
         raise ConfigError("--workers needs --cluster (in process there is one worker: this process)")
+    return on_backends(arms, cfg.backends), questions
 
+
+def check_bench_models(arms: list[Arm], tgt, drf) -> None:
+    """The draft's vocabulary against each arm that uses it (cross_vocab drafts across tokenizers)."""
+    if drf is not None:
+        for method in sorted({a.method for a in arms if a.needs_draft}):
+            check_draft_vocabulary(method, tgt, drf)
+
+
+def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stderr) -> str:
+    """Run the benchmark described by `cfg` in this process, log it to `store`, return the benchmark id.
+    (workbench.api.run_benchmark also fans one out over a cluster.)"""
+    say = progress or (lambda _msg: None)
+    timed, questions = plan_benchmark(cfg)
+    units = prompt_units(questions)
+    generate = partial(engine.generate, history=run_history(store))  # sam corpus=history reads this store
     if cfg.threads is not None:
-        import torch
-
         torch.set_num_threads(cfg.threads)
     target_spec = cfg.target or EMBEDDED_DEFAULT
     tgt = load_model(target_spec, device=cfg.device, progress=say)
     drf = load_model(cfg.draft, device=cfg.device, progress=say) if cfg.draft else None
-    if drf is not None:
-        for method in sorted({a.method for a in arms if a.needs_draft}):
-            check_draft_vocabulary(method, tgt, drf)  # cross_vocab drafts across tokenizers; the rest need one
-    timed = on_backends(arms, cfg.backends)
+    check_bench_models(timed, tgt, drf)
     hf_arms = hf_arms_for(cfg, tgt, drf, units)
 
     say(f"bench: measuring memory bandwidth ({cfg.bandwidth_mib} MiB copy)...")
@@ -190,11 +198,11 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
     bench_id = store.start_benchmark(suite=cfg.suite, config=config, env=env)
     jobs = list(timed) + hf_arms
     say(f"bench: benchmark {bench_id} | {len(units)} prompts ({len(questions)} questions) x "
-        f"{len(arms)} arms x {len(cfg.backends)} backend{'s' * (len(cfg.backends) != 1)} "
+        f"{len(timed) // len(cfg.backends)} arms x {len(cfg.backends)} backend{'s' * (len(cfg.backends) != 1)} "
         f"({', '.join(cfg.backends)})" + (f" + {len(hf_arms)} transformers arms" if hf_arms else "")
         + f" x {cfg.repeats} repeats | target {tgt.spec}" + (f" draft {drf.spec}" if drf else ""))
     try:
-        eta = _Eta([job.key for _ in range(cfg.repeats) for job in jobs for _ in units])
+        eta = Eta([job.key for _ in range(cfg.repeats) for job in jobs for _ in units])
         total, n_done = len(eta.pending), 0
         encoded: dict[str, list[int]] = {}
         for r in range(cfg.repeats):
@@ -213,7 +221,7 @@ def run_benchmark(cfg: BenchConfig, store, progress: Progress | None = _stderr) 
                     where = f"{unit.category}/{unit.key}"
                     say(f"[{n_done}/{total}] r{r + 1}/{cfg.repeats} {_job_name(arm, cfg):<28} {where:<22} "
                         f"{summary['new_tokens']:>4} tok {summary['tokens_per_s']:6.1f} tok/s "
-                        f"tau {summary['tau']:.2f} | ETA {_fmt_eta(left)}")
+                        f"tau {summary['tau']:.2f} | ETA {fmt_eta(left)}")
     except BaseException as exc:
         store.finish_benchmark(bench_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -264,9 +272,6 @@ def _prompt_bounds(cfg: BenchConfig, tgt, units: list[PromptUnit] | None = None)
 
 def _cache_sizes(bounds: list[tuple[int, int]], max_new_tokens: int) -> list[int]:
     """Every static cache size (workbench.backend.compiled's buckets) a run on these prompts may open."""
-    from ..backend.compiled import cache_len_bucket
-    from ..engine import DRAFT_ROOM
-
     sizes: set[int] = set()
     for fewest, most in bounds:
         n, top = fewest + max_new_tokens + DRAFT_ROOM, most + max_new_tokens + DRAFT_ROOM
@@ -281,8 +286,6 @@ def _cache_sizes(bounds: list[tuple[int, int]], max_new_tokens: int) -> list[int
 
 def _prepare_models(backend: str, arms: list, tgt, drf, max_lens: list[int], say: Progress) -> float:
     """Compile (or load) `backend` for the target (and the draft, if an arm uses it) at every size; seconds."""
-    from ..backend import prepare
-
     models = [tgt] + ([drf] if drf is not None and any(a.needs_draft for a in arms) else [])
     seconds = 0.0
     for lm in models:
@@ -295,8 +298,6 @@ def _compiled_for(arm, n_prompt: int, tgt, drf, cfg: BenchConfig, say: Progress)
     """Before a run (and its clock): compile for its cache size if the warm-up's estimate missed it."""
     if isinstance(arm, HFArm) or arm.backend == "eager":
         return
-    from ..engine import DRAFT_ROOM
-
     seconds = _prepare_models(arm.backend, [arm], tgt, drf, [n_prompt + cfg.max_new_tokens + DRAFT_ROOM], say)
     if seconds:
         say(f"bench: compiled {arm.backend} for a {n_prompt}-token prompt in {seconds:.0f} s (before the run's clock)")
@@ -304,9 +305,6 @@ def _compiled_for(arm, n_prompt: int, tgt, drf, cfg: BenchConfig, say: Progress)
 
 def bench_env(tgt, drf, cfg: BenchConfig) -> dict[str, Any]:
     """The environment a benchmark's results depend on, with the models and the measured copy bandwidth."""
-    from ..api import environment
-    from .roofline import copy_bandwidth, weight_bytes_per_token
-
     env = environment(tgt)
     env.update(
         draft=drf.spec if drf else None, draft_dtype=str(drf.dtype).replace("torch.", "") if drf else None,
@@ -406,18 +404,17 @@ def _run_env(env: dict[str, Any], arm) -> dict[str, Any]:
     return out
 
 
-def _start_run(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], target: str,
-               draft: str | None, cfg: BenchConfig, env: dict[str, Any]) -> str:
+def _recording(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], target: str,
+               draft: str | None, cfg: BenchConfig, env: dict[str, Any], trace: Trace,
+               decode_text=None) -> Recording:
+    """Record one of the benchmark's runs (workbench.record), with the benchmark's labels as parameters."""
     is_hf = isinstance(arm, HFArm)
     uses_draft = (arm.method == "hf.assisted") if is_hf else arm.needs_draft
-    messages = unit.messages()
-    return store.start_run(
-        method=arm.method, target=target, draft=draft if uses_draft else None,
-        prompt="\n".join(f"{m['role']}: {m['content']}" for m in messages), prompt_json=messages,
-        params=_run_params(arm, unit, repeat, cfg, True if is_hf else arm.trace),
-        sampling=GREEDY.to_dict(), env=_run_env(env, arm), benchmark_id=bench_id,
-        source="bench-hf" if is_hf else "bench",
-        prompt_ids=prompt_ids)
+    return Recording(store, trace, prompt=unit.messages(), decode_text=decode_text,
+                     method=arm.method, target=target, draft=draft if uses_draft else None,
+                     params=_run_params(arm, unit, repeat, cfg, True if is_hf else arm.trace),
+                     sampling=GREEDY.to_dict(), env=_run_env(env, arm), benchmark_id=bench_id,
+                     source="bench-hf" if is_hf else "bench", prompt_ids=prompt_ids)
 
 
 def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, trace):
@@ -441,20 +438,12 @@ def _brief(run_id: str | None, trace, text: str) -> dict[str, Any]:
 
 def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], tgt, drf,
              cfg: BenchConfig, env: dict[str, Any], generate) -> dict[str, Any]:
-    from ..trace import Trace
-
-    run_id = _start_run(store, bench_id, arm, unit, repeat, prompt_ids, tgt.spec, drf.spec if drf else None,
-                        cfg, env)
     trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
-    try:
+    with _recording(store, bench_id, arm, unit, repeat, prompt_ids, tgt.spec, drf.spec if drf else None, cfg, env,
+                    trace, decode_text=tgt.decode) as rec:
         trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
-    except BaseException as exc:
-        from ..api import close_unfinished
-
-        close_unfinished(store, run_id, exc, trace, tgt.decode(trace.output_ids))
-        raise
-    store.finish_run(run_id, trace, text)
-    return _brief(run_id, trace, text)
+        rec.finish(trace, text)
+    return _brief(rec.run_id, trace, text)
 
 
 # ---------------------------------------------------------------- blocks (cluster workers)
@@ -468,8 +457,6 @@ def decode_block(question, repeat: int, history: list[str] | None, arms: list, t
     (from repeat 0), or None to make them here, as repeat 0 does in process.
     Returns one record per run (the trace as a dict) and the history.
     """
-    from ..trace import Trace
-
     answers = list(history or [])
     records: list[dict[str, Any]] = []
     for turn in range(len(question.turns)):
@@ -490,10 +477,9 @@ def decode_block(question, repeat: int, history: list[str] | None, arms: list, t
 def store_run(store, bench_id: str, record: dict[str, Any], arm, question, history: list[str], cfg: BenchConfig,
               target: str, draft: str | None, env: dict[str, Any]) -> dict[str, Any]:
     """Write one run of a block that came back whole (a `decode_block` record) under the benchmark."""
-    from ..trace import Trace
-
     unit = PromptUnit(question, record["turn"], history)
     trace = Trace.from_dict(record["trace"])
-    run_id = _start_run(store, bench_id, arm, unit, record["repeat"], record["prompt_ids"], target, draft, cfg, env)
-    store.finish_run(run_id, trace, record["text"])
-    return _brief(run_id, trace, record["text"])
+    with _recording(store, bench_id, arm, unit, record["repeat"], record["prompt_ids"], target, draft, cfg, env,
+                    trace) as rec:
+        rec.finish(trace, record["text"])
+    return _brief(rec.run_id, trace, record["text"])

@@ -18,17 +18,29 @@ path through a worker; a worker that dies mid-run leaves the run
 and repeat, each with its own plain-decoding baseline, retried elsewhere when
 its worker dies).
 
-Ray is imported only when a cluster is used; this package itself is cheap.
+The cluster is an executor its callers choose (workbench.api): nothing below
+it reaches up to it. Ray is imported only when a cluster is used, and this
+package itself is cheap: `cluster_address` serves light commands (the CLI's
+parsers, the app's settings) without loading torch, so the executors load on
+first use.
 """
 from __future__ import annotations
 
 from .address import ClusterError, WorkerDiedError, cluster_address, connect
 
-__all__ = ["ClusterError", "WorkerDiedError", "cluster_address", "connect", "run_on_cluster"]
+__all__ = ["ClusterError", "WorkerDiedError", "cluster_address", "connect", "run_benchmark_on_cluster",
+           "run_on_cluster"]
 
 
-def run_on_cluster(address: str, **kwargs):
+def run_on_cluster(address: str, req, **kwargs):
     """workbench.api.run's decode on a cluster worker (see remote_run.run_on_cluster)."""
-    from .remote_run import run_on_cluster as run
+    from .remote_run import run_on_cluster as run  # loads torch: only when a cluster is used (above)
 
-    return run(address, **kwargs)
+    return run(address, req, **kwargs)
+
+
+def run_benchmark_on_cluster(cfg, store, address: str, arms: list, questions: list, say) -> str:
+    """A benchmark's blocks on a cluster's workers (see fanout.run_benchmark_on_cluster)."""
+    from .fanout import run_benchmark_on_cluster as run  # loads torch: only when a cluster is used (above)
+
+    return run(cfg, store, address, arms, questions, say)

@@ -23,8 +23,12 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..bench.runner import Eta, bench_config, fmt_eta, store_run
+from ..bench.suites import prompt_units
+from ..models import EMBEDDED_DEFAULT
 from .address import ClusterError, WorkerDiedError, _first_line, connect, require_ray
 from .pool import Worker, WorkerPool, get_pool
+from .remote_run import unwrap
 
 MAX_ATTEMPTS = 3  # times one block is tried before the benchmark fails
 
@@ -41,10 +45,6 @@ class Block:
 
 def run_benchmark_on_cluster(cfg, store, address: str, arms: list, questions: list, say) -> str:
     """Run the benchmark's blocks on the cluster at `address`; returns the benchmark id (see the module doc)."""
-    from ..bench.runner import bench_config
-    from ..bench.suites import prompt_units
-    from ..models import EMBEDDED_DEFAULT
-
     ray = require_ray()
     address = connect(address)
     pool = get_pool(address)
@@ -87,8 +87,6 @@ def run_benchmark_on_cluster(cfg, store, address: str, arms: list, questions: li
 
 def _prepare(ray, pool: WorkerPool, workers: list[Worker], spec: dict[str, Any]) -> dict[Worker, dict[str, Any]]:
     """Every worker loads the models, measures its env and warms up, in parallel; dead ones are dropped."""
-    from .remote_run import unwrap
-
     refs = [(w, w.handle.prepare_benchmark.remote(spec)) for w in workers]
     preps: dict[Worker, dict[str, Any]] = {}
     for w, ref in refs:
@@ -120,9 +118,7 @@ class _Fanout:
         self.n_done = 0
 
     def run(self, blocks: list[Block]) -> None:
-        from ..bench.runner import _Eta
-
-        self.eta = _Eta([lbl for b in blocks for _ in b.question.turns for lbl in self.labels])
+        self.eta = Eta([lbl for b in blocks for _ in b.question.turns for lbl in self.labels])
         self.total = len(self.eta.pending)
         pending = deque(blocks)
         idle = list(self.workers)
@@ -146,8 +142,6 @@ class _Fanout:
                 pending.appendleft(block)
                 continue
             except self.ray.exceptions.RayTaskError as exc:
-                from .remote_run import unwrap
-
                 raise unwrap(exc) from None
             self._store(block, result, w)
             idle.append(w)
@@ -178,8 +172,6 @@ class _Fanout:
         return new
 
     def _store(self, block: Block, result: dict[str, Any], w: Worker) -> None:
-        from ..bench.runner import _fmt_eta, store_run
-
         if block.repeat == 0:
             self.history[block.question.key] = list(result["history"])
         history = self.history.get(block.question.key, result["history"])
@@ -194,4 +186,4 @@ class _Fanout:
             where = f"{block.question.category}/{block.question.key}.{rec['turn'] + 1}"
             self.say(f"[{self.n_done}/{self.total}] r{r + 1}/{self.cfg.repeats} {arm.label:<28} {where:<22} "
                      f"{summary['new_tokens']:>4} tok {summary['tokens_per_s']:6.1f} tok/s "
-                     f"tau {summary['tau']:.2f} | ETA {_fmt_eta(left)} | {w.where}")
+                     f"tau {summary['tau']:.2f} | ETA {fmt_eta(left)} | {w.where}")

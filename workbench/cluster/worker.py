@@ -30,6 +30,16 @@ import time
 import uuid
 from typing import Any, Iterator
 
+import torch
+
+from ..bench import runner
+from ..config import DecodeConfig, SamplingConfig
+from ..engine import generate, prepare_run
+from ..models import clear_loaded, load_model
+from ..preflight import check_models
+from ..record import environment, run_history
+from ..trace import Trace
+
 POLL_WAIT_S = 1.0  # longest a poll waits for a new event
 
 
@@ -39,7 +49,6 @@ class RunCancelled(Exception):
 
 class _Events:
     """One run's events, appended by the decode thread and read by stream / poll."""
-
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
         self.done = False
@@ -70,20 +79,17 @@ def _picklable(exc: BaseException) -> BaseException:
 
 class ModelWorker:
     """The actor body (pool.py makes it a Ray actor with the worker's resources)."""
-
     def __init__(self) -> None:
         self._busy = threading.Lock()  # one decode or block at a time
         self._target_key: tuple[str, str | None] | None = None  # (target spec, device) loaded
         self._runs: dict[str, _Events] = {}
         self._benches: dict[str, dict[str, Any]] = {}  # fan-out session -> env, hf arms, warmed
-        self._crash_in_next_block = False
 
     # ---------------------------------------------------------------- who and where
 
     def info(self) -> dict[str, Any]:
         """Node, host, process and accelerator of this worker (what each run's env records)."""
         import ray
-        import torch
 
         ctx = ray.get_runtime_context()
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -100,26 +106,22 @@ class ModelWorker:
         """(target spec, device) this worker holds, if any."""
         return self._target_key
 
-    def _models(self, target: str, draft: str | None, device: str | None, method: str | None = None):
-        """The target and draft models; a draft must share the target's vocabulary unless `method` re-tokenises."""
-        from ..api import check_draft_vocabulary
-        from ..models import load_model
-
+    def _models(self, target: str, draft: str | None, device: str | None):
+        """The target and draft models (the caller checks them: preflight.check_models, or a benchmark's arms)."""
         key = (target, device)
         if self._target_key is not None and self._target_key != key:
             self._free()
         self._target_key = key
         tgt = load_model(target, device=device)
         drf = load_model(draft, device=device) if draft else None
-        if drf is not None:
-            check_draft_vocabulary(method, tgt, drf)
         return tgt, drf
 
+    @staticmethod
+    def _generate(*args, **kwargs):
+        """The engine's generate reading this machine's run store as run history (sam corpus=history)."""
+        return generate(*args, history=run_history(), **kwargs)
+
     def _free(self) -> None:
-        import torch
-
-        from ..models import clear_loaded
-
         clear_loaded()
         self._benches.clear()
         self._target_key = None
@@ -127,28 +129,20 @@ class ModelWorker:
             torch.cuda.empty_cache()
 
     def _env(self, tgt) -> dict[str, Any]:
-        from ..api import environment
-
         return {**environment(tgt), "worker": self.info()}
 
     # ---------------------------------------------------------------- one run
 
     def open_run(self, request: dict[str, Any]) -> dict[str, Any]:
         """Load, encode and check, then start decoding; returns the run's token, prompt ids, models and env."""
-        from ..api import check_fits, warm_up
-        from ..config import ConfigError
-
         self._busy.acquire()
         started = False
         try:
-            tgt, drf = self._models(request["target"], request.get("draft"), request.get("device"), request["method"])
+            tgt, drf = self._models(request["target"], request.get("draft"), request.get("device"))
             prompt_ids = tgt.encode_prompt(request["prompt"], chat=request.get("chat"))
-            if not prompt_ids:
-                raise ConfigError("the prompt encodes to no tokens")
-            for lm in (m for m in (tgt, drf) if m is not None):
-                check_fits(lm, len(prompt_ids), request["max_new_tokens"], request.get("drafting_method"))
-            env = {**self._env(tgt), **warm_up(request.get("backend", "eager"), [tgt, drf], len(prompt_ids),
-                                                request["max_new_tokens"])}
+            check_models(request["method"], tgt, drf, prompt_ids, request["max_new_tokens"])
+            env = {**self._env(tgt), **prepare_run(request.get("backend", "eager"), [tgt, drf], len(prompt_ids),
+                                                    request["max_new_tokens"])}
             token = uuid.uuid4().hex
             events = self._runs[token] = _Events()
             threading.Thread(target=self._decode, args=(request, tgt, drf, prompt_ids, events),
@@ -161,10 +155,6 @@ class ModelWorker:
                 "draft": drf.spec if drf else None, "env": env}
 
     def _decode(self, request: dict[str, Any], tgt, drf, prompt_ids: list[int], events: _Events) -> None:
-        from ..config import DecodeConfig, SamplingConfig
-        from ..engine import generate
-        from ..trace import Trace
-
         def on_step(step, _trace) -> None:
             if events.cancel.is_set():
                 raise RunCancelled("the caller stopped the run")
@@ -176,7 +166,8 @@ class ModelWorker:
                               sampling=SamplingConfig(**request["sampling"]),
                               decode=DecodeConfig(max_new_tokens=request["max_new_tokens"],
                                                   trace=request.get("trace", True)),
-                              on_step=on_step, trace=tr, backend=request.get("backend", "eager"))
+                              on_step=on_step, trace=tr, backend=request.get("backend", "eager"),
+                              history=run_history())  # this machine's run store
             events.put({"kind": "end", "text": result.text, "wall_s": tr.wall_s,
                         "peak_mem_mb": None if tr.peak_mem_mb != tr.peak_mem_mb else tr.peak_mem_mb,
                         "stop_reason": tr.stop_reason}, final=True)
@@ -224,22 +215,19 @@ class ModelWorker:
             return self._prepared(spec)
 
     def _prepared(self, spec: dict[str, Any]) -> dict[str, Any]:
-        from ..bench import runner
-        from ..engine import generate
 
         cfg = spec["cfg"]
         tgt, drf = self._models(spec["target"], cfg.draft, cfg.device)
         got = self._benches.get(spec["session"])
         if got is None:
+            runner.check_bench_models(spec["arms"], tgt, drf)
             if cfg.threads is not None:
-                import torch
-
                 torch.set_num_threads(cfg.threads)
             hf_arms = runner.hf_arms_for(cfg, tgt, drf)
             env = {**runner.bench_env(tgt, drf, cfg), "worker": self.info()}
             t0 = time.perf_counter()
             runner._warm_up(spec["arms"], hf_arms, runner.PromptUnit(spec["warm_question"], 0), tgt, drf, cfg,
-                            generate, lambda _msg: None)
+                            self._generate, lambda _msg: None)
             got = self._benches[spec["session"]] = {
                 "env": env, "hf_arms": hf_arms, "target": tgt.spec, "draft": drf.spec if drf else None,
                 "warm_up_s": time.perf_counter() - t0}
@@ -247,21 +235,12 @@ class ModelWorker:
 
     def run_block(self, spec: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
         """Decode one block (a question's turns x every arm, one repeat); returns its runs whole."""
-        from ..bench import runner
-        from ..engine import generate
-
         with self._busy:
             prep = self._prepared(spec)
             tgt, drf = self._models(spec["target"], spec["cfg"].draft, spec["cfg"].device)
-            crash = self._crash_in_next_block
-            self._crash_in_next_block = False
             t0 = time.perf_counter()
             records, history = runner.decode_block(
                 block["question"], block["repeat"], block.get("history"), list(spec["arms"]) + prep["hf_arms"],
-                tgt, drf, spec["cfg"], generate, after_run=(lambda: os._exit(1)) if crash else None)
+                tgt, drf, spec["cfg"], self._generate)
             return {"records": records, "history": history, "env": prep["env"],
                     "seconds": time.perf_counter() - t0}
-
-    def crash_in_next_block(self) -> None:
-        """Fault injection for tests: the next block ends this process after its first run, as a crash would."""
-        self._crash_in_next_block = True

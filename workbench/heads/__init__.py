@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
+from ..paths import cache_dir
 from .modules import HEAD_CLASSES, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
 
 HEAD_KINDS = tuple(HEAD_CLASSES)
@@ -48,8 +49,6 @@ def user_heads_dir() -> Path:
     env = os.environ.get("WORKBENCH_HEADS")
     if env:
         return Path(env).expanduser()
-    from ..models import cache_dir
-
     return cache_dir() / "heads"
 
 
@@ -151,7 +150,7 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
                         "train a head for this target with `workbench train`")
     layers = card["config"].get("feature_layers")
     if layers:
-        from ..cache import feature_layers
+        from ..kv_cache import feature_layers
 
         if list(layers) != list(feature_layers(target.model.config)):
             raise HeadError(f"head {path} fuses the target's layers {list(layers)}, but "

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import cache as kv
+from .. import kv_cache as kv
 
 
 class HeadLM:

@@ -19,7 +19,7 @@ Deterministic proposals, verified by the engine: lossless.
 from __future__ import annotations
 
 from ..tree import Draft
-from .base import DraftContext, Drafter, Param, StepFeedback, register
+from .base import DraftContext, Drafter, Param, StepFeedback, adaptive_length_param, cost_aware_param, register
 from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft
 
 
@@ -73,10 +73,8 @@ class ADED(Drafter):
               "(0: tri-grams only)", 0.0, 1.0),
         Param("branches", "int", 1, "1: a chain; 2: a small tree, also the second most frequent first token",
               1, 2),
-        Param("adaptive", "bool", False, "shrink the draft after a miss, grow it after a full accept (cost_aware "
-              "learns the length per kind of match instead, and measured better)"),
-        Param("cost_aware", "bool", True, "draft only as many tokens as their learned acceptance (per estimated "
-              "probability of the first token) pays for on this hardware (measured cost profile)"),
+        adaptive_length_param(),
+        cost_aware_param("draft only as many tokens", per="estimated probability of the first token"),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 
+from ..backend import open_session
+from ..backend.profile import CostModel
 from ..config import ConfigError, SamplingConfig, is_int, is_number, shown
 from ..tree import Draft
 
@@ -86,9 +88,33 @@ class Param:
                 "min": self.min, "max": self.max, "choices": list(self.choices)}
 
 
+def cost_aware_param(action: str, per: str = "", extra: str = "") -> Param:
+    """The shared `cost_aware` switch: cut the draft to the length its learned acceptance pays for here.
+
+    action: what is cut ("draft only as many tokens"); per: what acceptance is learned per; extra: a
+    closing clause of the method's own (what false means).
+    """
+    per = f" (per {per})" if per else ""
+    return Param("cost_aware", "bool", True, f"{action} as their learned acceptance{per} pays for on this "
+                 f"hardware (measured cost profile){extra}")
+
+
+def adaptive_length_param(default: bool = False) -> Param:
+    """The shared `adaptive` switch of the match-length drafters: shrink after a miss, grow after a full accept."""
+    return Param("adaptive", "bool", default, "shrink the draft after a miss, grow it after a full accept "
+                 "(cost_aware learns the length per kind of match instead)")
+
+
+# A run's history: (target spec, at most n runs) -> (a key naming that history, the output ids of the newest
+# finished runs of that target, oldest first). The caller that owns a run store hands it in (workbench.record).
+RunHistory = Callable[[str, int], "tuple[tuple, list[list[int]]]"]
+
+
 @dataclass
 class DrafterEnv:
-    """What a drafter may use: the models (read-only), sampling settings, the run's RNG, the backend.
+    """What a drafter may use from outside: the models (read-only), sampling settings, the run's RNG, the
+    backend, the machine's cost model and the run history. A drafter reads nothing else: not the machine,
+    not the store.
 
     A drafter that runs a model (a draft model, a view of the target) opens its KV
     cache with `session(lm)`: it runs on the run's backend (workbench.backend),
@@ -101,12 +127,13 @@ class DrafterEnv:
     generator: torch.Generator | None
     backend: str = "eager"
     max_len: int = 0  # positions a run may cache: prompt + new tokens + one draft
+    # what forwards cost on this machine (cost-aware drafters size their drafts from it); tests hand in a stand-in
+    costs: CostModel = field(default_factory=CostModel)
+    history: RunHistory | None = None  # earlier runs' outputs (sam corpus=history); None: no run store at hand
     sessions: list = field(default_factory=list)
 
     def session(self, lm: Any, backend: str | None = None) -> Any:
         """A KV session for `lm` on the run's backend (or `backend`), closed with the run."""
-        from ..backend import open_session
-
         s = open_session(backend or self.backend, lm, self.max_len)
         self.sessions.append(s)
         return s
@@ -144,7 +171,12 @@ class StepFeedback:
 
 
 class Drafter:
-    """Base class of every decoding method. Subclass, declare, register."""
+    """Base class of every decoding method. Subclass, declare, register.
+
+    The engine calls, in this order: `begin` once (before the clock starts), then per step
+    `propose`, one verification forward, `observe_target` (only when `wants_target_argmax`) and
+    `observe`. Nothing else of a drafter is called; every hook is declared here.
+    """
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
@@ -155,6 +187,7 @@ class Drafter:
     any_draft_tokenizer: ClassVar[bool] = False  # drafts with a model of another vocabulary (cross_vocab)
     needs_hidden_states: ClassVar[bool] = False  # observe() gets the target's final hidden states (heads)
     wants_feature_layers: bool = False  # ... and its feature layers' too (set by `begin`: it depends on the head)
+    wants_target_argmax: ClassVar[bool] = False  # observe_target() gets the target's argmax at every verified row
     params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, env: DrafterEnv, **params: Any) -> None:
@@ -167,6 +200,14 @@ class Drafter:
     def propose(self, ctx: DraftContext) -> Draft | None:
         """Return a draft tree for the next step, or None to let the target decode one token."""
         return None
+
+    def observe_target(self, argmax_rows: list[int], draft: Draft | None) -> None:
+        """Called after every verification when `wants_target_argmax`, before `observe`.
+
+        argmax_rows: the target's most likely token at every row of the verification forward, the
+        root's row first, then each draft node's (in node order): what the target itself would put
+        after each position, accepted or not (Jacobi iteration and lookahead learn from them).
+        """
 
     def observe(self, fb: StepFeedback) -> None:
         """Adaptive hook, called after every verification."""
@@ -181,7 +222,8 @@ class Drafter:
         return cls.propose is not Drafter.propose
 
     @classmethod
-    def describe(cls) -> dict[str, Any]:
+    def facts(cls) -> dict[str, Any]:
+        """The method's declared facts and parameter schema (what `workbench methods` and the app list)."""
         return {"name": cls.name, "label": cls.label or cls.name, "description": cls.description,
                 "lossless": cls.lossless, "needs_draft_model": cls.needs_draft_model, "tree": cls.tree,
                 "any_draft_tokenizer": cls.any_draft_tokenizer, "needs_hidden_states": cls.needs_hidden_states,

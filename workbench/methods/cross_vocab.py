@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ..cache import sliding_window
+from ..kv_cache import sliding_window
 from ..models.loaded import max_positions
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, register

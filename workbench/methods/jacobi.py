@@ -36,7 +36,7 @@ used as deterministic proposals.
 from __future__ import annotations
 
 from ..tree import Draft
-from .base import DraftContext, Drafter, Param, StepFeedback, register
+from .base import DraftContext, Drafter, Param, StepFeedback, cost_aware_param, register
 from .model_free import DraftBudget, DraftGate, GrowingText
 from .suffix_automaton import SuffixAutomaton
 
@@ -76,8 +76,7 @@ class Jacobi(Drafter):
               "last token) / always the last token repeated", choices=("lookup", "repeat")),
         Param("adaptive", "bool", True, "verify only the first part of the window while little converges "
               "(shrinks after a miss, doubles after a full accept); the rest keeps iterating"),
-        Param("cost_aware", "bool", True, "verify only as many guesses as their learned acceptance pays for on "
-              "this hardware (measured cost profile)"),
+        cost_aware_param("verify only as many guesses"),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:

@@ -11,19 +11,19 @@ when the draft's top probability falls below `threshold`.
 
 `skip` is a comma list of layer indices ("4,5,6") or "auto":
 1. calibration (once per model spec, cached in memory and, except for the
-   in-process tiny-random models, in workbench.models.cache_dir()): the full
+   in-process tiny-random models, in workbench.paths.cache_dir()): the full
    model greedily continues a few built-in prompts; each layer is ranked by the
    top-1 agreement of the view that skips it alone, and nested skip sets are
    built in that order. For each set the view's agreement and top probability
    at every continuation position are recorded;
 2. decision (every run, cheap): the gated drafting loop is replayed on those
    positions for every set, with this run's max_draft and threshold, the
-   measured cost of verifying n tokens (sequoia.cost_profile of the target)
+   measured cost of verifying n tokens (the target's cost profile, workbench.backend.profile)
    and of one draft forward (the profile of the most-skipping view,
    interpolated linearly in the number of skipped layers). The set with the
    best replayed tokens per second wins if it beats plain decoding by
    MIN_GAIN; otherwise "auto" chooses to draft nothing and every step is a
-   plain target step. `choose_skip(target, ...)` returns the decision with its numbers.
+   plain target step. `choose_skip(target, ..., costs)` returns the decision with its numbers.
 On the 30-layer SmolLM2-135M skipping 6 layers keeps about half of the top-1
 agreement, and on a CPU verifying several tokens costs more than one, so
 "auto" drafts little or nothing there; with a flat verification cost and
@@ -45,8 +45,10 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from .. import cache as kv
+from .. import kv_cache as kv
+from ..backend.profile import CostModel
 from ..config import ConfigError
+from ..paths import cache_dir
 from ..tree import Draft
 from .base import DraftContext, Drafter, Param, register
 from .draft_model import DraftModelRunner
@@ -191,8 +193,6 @@ def calibration(target: Any) -> Calibration:
             return _CALIBRATIONS[key]
     path = None
     if not str(target.spec).startswith("tiny-random"):
-        from ..models import cache_dir
-
         path = cache_dir() / "layer_skip_calibration.json"
         try:
             stored = json.loads(path.read_text()).get(key)
@@ -245,21 +245,18 @@ def replay(hits: list[bool], confs: list[float], gamma: int, threshold: float,
     return tokens, seconds
 
 
-def choose_skip(target: Any, max_draft: int, threshold: float, backend: str = "eager") -> SkipChoice:
-    """The 'auto' decision from the (cached) calibration and this hardware's measured costs."""
-    # the shared cost profiles (measured once per model, device and thread count)
-    from . import sequoia
-
+def choose_skip(target: Any, max_draft: int, threshold: float, costs: CostModel,
+                backend: str = "eager") -> SkipChoice:
+    """The 'auto' decision from the (cached) calibration and this hardware's measured costs (`costs`)."""
     cal = calibration(target)
     if not cal.sets:
         return SkipChoice((), 1.0, float("nan"))
-    target_cost = sequoia.cost_profile(target, backend)  # verification runs on the run's backend
     deepest = cal.sets[-1]
-    t_full = sequoia.interpolate(target_cost, 1)
-    t_deep = sequoia.interpolate(sequoia.cost_profile(view_model(target, deepest), "eager"), 1)  # views: eager
+    t_full = costs.seconds(target, backend, 1)  # verification runs on the run's backend
+    t_deep = costs.seconds(view_model(target, deepest), "eager", 1)  # views run eager
 
     def verify_cost(m: int) -> float:
-        return sequoia.interpolate(target_cost, m)
+        return costs.seconds(target, backend, m)
 
     best = SkipChoice((), 1.0, float("nan"))
     agreements = []
@@ -302,7 +299,7 @@ class LayerSkip(Drafter):
         self.choice = None
         if skip is None:
             self.choice = choose_skip(target, self.params["max_draft"], self.params["threshold"],
-                                      self.env.backend)
+                                      self.env.costs, self.env.backend)
             skip = self.choice.skip
         # eager always: a view shares the target's weights and differs per skip set, so compiling it
         # would cost a full compile for each set tried

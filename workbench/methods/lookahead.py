@@ -37,7 +37,7 @@ positions as fit (at least N-1, else the window sits out that step and keeps
 its guesses). The budget lies between the nodes that are free (a forward
 within FREE_COST of a one-token forward) and those within `max_cost` (at
 least one node either way, so the budget can grow again), both read from
-the target's measured cost profile (sequoia's, cached per model, device and
+the target's measured cost profile (env.costs, cached per model, device and
 threads); it halves after a step that accepted nothing and doubles
 after one that accepted a token. On a GPU both bounds are large and the full
 W x (N-1) window runs every step; on a CPU the tree stays small unless it
@@ -105,8 +105,8 @@ class Lookahead(Drafter):
         self.pooled = 0  # context n-grams ending before this position are pooled
         self.rows: list[int] = []
         # node budget: between what is free on this hardware and what max_cost allows (module docstring)
-        self.max_nodes = affordable_nodes(self.env.target, self.params["max_cost"], backend=self.env.backend)
-        self.free_nodes = min(self.max_nodes, affordable_nodes(self.env.target, FREE_COST, backend=self.env.backend)) \
+        self.max_nodes = affordable_nodes(self.env, self.params["max_cost"])
+        self.free_nodes = min(self.max_nodes, affordable_nodes(self.env, FREE_COST)) \
             if self.params["max_cost"] > 0 else self.max_nodes
         self.room = self.max_nodes
         # the suffix match's chain is sized by its own learned acceptance, apart from the node budget

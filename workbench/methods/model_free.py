@@ -142,9 +142,7 @@ class DraftGate:
         """A gate reading the run's target's cost profile on its backend (measured once per machine, cached)."""
         if not enabled:
             return cls(None, max_len, prior)
-        from .sequoia import forward_ratios
-
-        return cls(forward_ratios(env.target, env.backend, max_len)[0], max_len, prior)
+        return cls(env.costs.forward_ratios(env.target, env.backend, max_len)[0], max_len, prior)
 
     def expected(self, key: Hashable, n: int) -> list[float]:
         """E(k) for k = 0..n: expected tokens committed by a forward over k drafted tokens of this kind."""
@@ -203,16 +201,14 @@ def match_bucket(n: int) -> int:
     return n if n <= 4 else 5 if n < 8 else 8 if n < 16 else 16
 
 
-def affordable_nodes(target, max_cost: float, most: int = 64, backend: str = "eager") -> int:
+def affordable_nodes(env, max_cost: float, most: int = 64) -> int:
     """Draft nodes that fit a verification forward costing at most max_cost x a one-token forward.
 
-    Read from the target's measured cost profile on `backend` (workbench.backend.profile, cached
-    per machine): on a GPU a forward over dozens of tokens costs what one does, on a
-    CPU a few tokens already cost more. At least 1; max_cost <= 0 means no limit.
+    Read from the run's target's measured cost profile on its backend (env.costs, cached per
+    machine): on a GPU a forward over dozens of tokens costs what one does, on a CPU a few
+    tokens already cost more. At least 1; max_cost <= 0 means no limit.
     """
     if max_cost <= 0:
         return most
-    from .sequoia import forward_ratios
-
-    ratios = forward_ratios(target, backend, most)[0]  # ratios[k]: a forward over the root and k nodes
+    ratios = env.costs.forward_ratios(env.target, env.backend, most)[0]  # ratios[k]: the root and k nodes
     return max([k for k in range(1, most + 1) if ratios[k] <= max_cost], default=1)  # one node always

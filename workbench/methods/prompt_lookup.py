@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..tree import Draft
-from .base import DraftContext, Drafter, Param, StepFeedback, register
+from .base import DraftContext, Drafter, Param, StepFeedback, cost_aware_param, register
 from .model_free import DraftGate
 
 
@@ -34,8 +34,7 @@ class PromptLookup(Drafter):
         Param("max_ngram", "int", 3, "longest suffix n-gram to look up", 1, 16),
         Param("min_ngram", "int", 1, "shortest suffix n-gram to look up", 1, 16),
         Param("num_draft", "int", 10, "at most this many tokens copied per step", 1, 64),
-        Param("cost_aware", "bool", True, "copy only as many tokens as their learned acceptance pays for on this "
-              "hardware (measured cost profile); false: always num_draft"),
+        cost_aware_param("copy only as many tokens", extra="; false: always num_draft"),
     )
 
     @classmethod

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..config import ConfigError
 from ..tree import Draft
-from .base import DraftContext, Drafter, Param, StepFeedback, register
+from .base import DraftContext, Drafter, Param, StepFeedback, adaptive_length_param, cost_aware_param, register
 from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft, match_bucket
 from .suffix_automaton import Matcher, SuffixAutomaton, build_corpus
 
@@ -83,10 +83,8 @@ class SAMDecoding(Drafter):
               "target in the run store) or a .txt/.jsonl file", check=_check_corpus),
         Param("branches", "int", 1, "1: a chain; 2: a small tree, also the other source's (or the corpus' "
               "second) continuation as a second branch", 1, 2),
-        Param("adaptive", "bool", False, "shrink the draft after a miss, grow it after a full accept (cost_aware "
-              "learns the length per kind of match instead, and measured better)"),
-        Param("cost_aware", "bool", True, "draft only as many tokens as their learned acceptance (per match "
-              "length) pays for on this hardware (measured cost profile)"),
+        adaptive_length_param(),
+        cost_aware_param("draft only as many tokens", per="match length"),
     )
 
     def begin(self, prompt_ids: list[int]) -> None:
@@ -188,24 +186,19 @@ class SAMDecoding(Drafter):
         return sam
 
     def _history(self) -> tuple[tuple, list[list[int]]]:
-        """Output ids of the newest finished runs of this target (empty when the store cannot be read)."""
+        """Output ids of the newest finished runs of this target, from the run history the caller handed in
+        (DrafterEnv.history; empty when there is none or it cannot be read)."""
         spec = self.env.target.spec
+        if self.env.history is None:
+            warnings.warn("sam: no run history was given (a run outside the run store); drafting from the "
+                          "context only", stacklevel=2)
+            return ("history", spec, ()), []
         try:
-            from store import RunStore
-
-            store = RunStore()
-            try:
-                runs = store.list_runs(status="finished", search=spec, limit=HISTORY_RUNS)
-                where = store.where
-            finally:
-                store.close()
+            return self.env.history(spec, HISTORY_RUNS)
         except Exception as exc:  # noqa: BLE001 - the corpus is optional: draft from the context alone
             warnings.warn(f"sam: no history corpus ({type(exc).__name__}: {exc}); drafting from the context only",
                           stacklevel=2)
             return ("history", spec, ()), []
-        runs = [r for r in runs if r.target == spec and r.output_ids]
-        key = ("history", where, spec, tuple(r.id for r in runs))
-        return key, [list(r.output_ids) for r in runs[::-1]]  # oldest first
 
 
 def _read_corpus_file(path: Path, tokenizer: Any) -> list[list[int]]:

@@ -17,19 +17,11 @@ from __future__ import annotations
 
 import torch
 
-from ..backend.profile import PROFILE_SIZES, cost_profile, interpolate  # noqa: F401 - PROFILE_SIZES re-exported
+from ..backend.profile import interpolate
 from ..tree import Draft
 from .base import DraftContext, Param, StepFeedback, register
 from .draft_model import DraftTreeSession
 from .trees import TopKTreeDrafter, grow_from_paths
-
-
-def forward_ratios(target, backend: str, most: int) -> tuple[list[float], float]:
-    """r[k] = t(k + 1) / t(1) for k = 0..most: what one forward verifying k drafted tokens (and the bonus)
-    costs in one-token forwards, on this machine and backend; and t(1) in seconds. From the cached profile."""
-    profile = cost_profile(target, backend)
-    one = interpolate(profile, 1)
-    return [interpolate(profile, k + 1) / one for k in range(most + 1)], one
 
 
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)  # rank-r acceptance before any data
@@ -86,8 +78,8 @@ class Sequoia(TopKTreeDrafter):
 
     def begin(self, prompt_ids: list[int]) -> None:
         super().begin(prompt_ids)
-        self.target_cost = cost_profile(self.env.target, self.env.backend)
-        self.draft_cost = cost_profile(self.env.draft, self.env.backend)
+        self.target_cost = self.env.costs.profile(self.env.target, self.env.backend)
+        self.draft_cost = self.env.costs.profile(self.env.draft, self.env.backend)
         K = self.params["max_branch"]
         self.hits = [PRIOR[r] * PRIOR_WEIGHT for r in range(K)]
         self.visits = [PRIOR_WEIGHT] * K

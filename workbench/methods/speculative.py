@@ -52,11 +52,9 @@ class Speculative(Drafter):
         self.gamma = self.params["gamma"] or (4 if adaptive else 0)
         self.gate = None
         if self.gamma == 0:  # chosen by cost
-            from .sequoia import forward_ratios
-
-            most = self.params["max_gamma"]
-            ratios, t_target = forward_ratios(self.env.target, self.env.backend, most)
-            c = forward_ratios(self.env.draft, self.env.backend, 0)[1] / t_target  # both one-token forwards
+            most, costs = self.params["max_gamma"], self.env.costs
+            ratios, t_target = costs.forward_ratios(self.env.target, self.env.backend, most)
+            c = costs.seconds(self.env.draft, self.env.backend, 1) / t_target  # both one-token forwards
             self.gate = DraftGate(ratios, most, draft_cost=c)
 
     @torch.inference_mode()

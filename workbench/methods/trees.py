@@ -208,9 +208,7 @@ class TreeBudget:
     def for_run(cls, env, most: int) -> "TreeBudget":
         """A budget for trees of at most `most` nodes, reading the run's target's cost profile on its backend
         (measured once per machine, cached)."""
-        from .sequoia import forward_ratios
-
-        return cls(*forward_ratios(env.target, env.backend, most))
+        return cls(*env.costs.forward_ratios(env.target, env.backend, most))
 
     def depth(self, most: int) -> int:
         """How deep to draft this step: one level past the deepest node kept recently, at most `most`."""

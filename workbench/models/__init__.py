@@ -7,10 +7,9 @@
 Modules, one concern each:
   errors     ModelError (and the progress-line helpers); no torch import
   specs      "name[:opt...]" specs: parse_spec, normalize_spec, the allow-list; no torch import
-  gguf       the built-in GGUF models (smollm2-135m, gemma3-270m): find, convert once, the cache dir
+  gguf       the built-in GGUF models (smollm2-135m, gemma3-270m): find, convert once (into workbench.paths.cache_dir)
   tiny       the tiny seeded random Llama with a byte-level vocabulary (tiny-random)
   quant      int8 weights, the ``:int8`` option: the CPU's int8 kernel (PackedInt8Linear), Int8Linear elsewhere
-  speed      precision_speed: is a :bf16/:int8 spec faster than fp32 on this machine (measured once, cached)
   hub        local model directories and Hugging Face hub ids (safetensors only, no remote code)
   loaded     LoadedModel (prompt encoding, decoding, facts) and check_compatible
   loading    load_model, resolve_device and the process-wide LRU ModelCache
@@ -33,12 +32,11 @@ from .specs import (BUILTIN_NAMES, DTYPE_NAMES, EMBEDDED_DEFAULT, GEMMA3_NAME, Q
 _LAZY_MODULES = {
     "gguf": ("CACHE_MARKER", "CHATML_TEMPLATE", "GEMMA3", "GEMMA3_FILE", "GEMMA3_MODULE", "GEMMA3_PARTS",
              "GEMMA3_SHA256", "GGUF_SOURCES", "GGUFSource", "SMOLLM2", "SMOLLM2_FILE", "SMOLLM2_MODULE",
-             "available_models", "cache_dir", "convert_gguf", "converted_dir", "is_converted"),
+             "available_models", "convert_gguf", "converted_dir", "is_converted"),
     "tiny": ("TINY_BOS", "TINY_CHAT_TEMPLATE", "TINY_EOS", "TINY_HEAD_STD", "TINY_INIT_STD", "TINY_PAD",
              "TINY_VOCAB", "build_tiny_model", "build_tiny_tokenizer", "tiny_config"),
     "quant": ("Int8Linear", "PackedInt8Linear", "can_pack", "quantize_int8", "quantize_model_int8",
               "quantized_params"),
-    "speed": ("cached_precision_speed", "cached_precision_speeds", "precision_speed"),
     "hub": ("PICKLE_WEIGHTS",),
     "loaded": ("LoadedModel", "check_compatible", "count_params", "eos_ids", "max_positions", "output_size"),
     "loading": ("DEFAULT_MAX_LOADED_MODELS", "DTYPES", "CacheKey", "ModelCache", "clear_loaded", "load_model",

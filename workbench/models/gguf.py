@@ -6,7 +6,7 @@
                  (and its four ``-partN`` packages), joined and checksummed.
 
 `convert_gguf` dequantises one to a safetensors model directory under
-`cache_dir()` ($WORKBENCH_CACHE, else the user cache dir), writing to a temporary
+`workbench.paths.cache_dir()` ($WORKBENCH_CACHE, else the user cache dir), writing to a temporary
 directory renamed into place, so an interrupted conversion leaves nothing behind.
 `from_converted` reads the cache (the model, or just its tokenizer) through a
 loader, converting first if needed and rebuilding a damaged cache once.
@@ -28,6 +28,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from ..paths import cache_dir
 from .errors import ModelError, Progress, announce, short
 from .specs import GEMMA3_NAME, SMOLLM2_NAME, TINY_NAME
 
@@ -81,16 +82,6 @@ CACHE_MARKER = "workbench-source.txt"
 
 
 # ---------------------------------------------------------------- the cache and the catalogue
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $WORKBENCH_CACHE, else the user cache dir."""
-    env = os.environ.get("WORKBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("decoding-workbench"))
 
 
 def converted_dir(name: str) -> Path:

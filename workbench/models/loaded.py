@@ -72,14 +72,8 @@ class LoadedModel:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def describe(self) -> dict:
-        """The model's facts; `speed_vs_fp32` is the cached `precision_speed` line for a reduced precision
-        (e.g. "int8: 1.4x faster than fp32 per token here"), None when fp32 or not measured on this machine
-        (describe never measures: `workbench models --measure` or `precision_speed(spec)` does)."""
-        from .speed import cached_precision_speed
-
-        measured = None if self.quant is None and self.dtype == torch.float32 else \
-            cached_precision_speed(self.spec, self.device)
+    def facts(self) -> dict:
+        """The model's facts (how fast a reduced precision runs here: workbench.backend.speed.speed_vs_fp32)."""
         return {
             "spec": self.spec,
             "name": self.name,
@@ -88,7 +82,6 @@ class LoadedModel:
             "quant": self.quant,
             "params": count_params(self.model),
             "vocab_size": self.vocab_size,
-            "speed_vs_fp32": measured["summary"] if measured else None,
         }
 
 

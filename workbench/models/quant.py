@@ -36,7 +36,7 @@ carry outliers (absmax ~3000 where other layers see ~5-30): its drafts were
 accepted far less often, which cost more than its speed won back, and its
 quantized-tensor API is deprecated. bf16 (oneDNN, AMX) wins from ~8 tokens on
 this CPU: a drafter that forwards wide trees may prefer ``:bf16``
-(`precision_speed(spec, rows=16)` measures that on any machine).
+(`workbench.backend.speed.precision_speed(spec, rows=16)` measures that on any machine).
 
 torch.compile: a model of PackedInt8Linear compiles (dynamo captures
 ``_weight_int8pack_mm`` without graph breaks; checked on tiny-random:int8 over a

@@ -19,7 +19,7 @@ engine's eager backend, so it times what a draft step costs. Results are cached
 in ``$WORKBENCH_CACHE/precision_speed.json`` under a key holding the spec, the
 device and its CPU/GPU model, the thread count and the torch version;
 `cached_precision_speed` reads that cache without ever measuring (what
-`LoadedModel.describe` and `workbench models` show), `precision_speed` measures
+`speed_vs_fp32` and `workbench models` show), `precision_speed` measures
 on a miss (or with refresh=True). Loading a model never waits for this.
 """
 from __future__ import annotations
@@ -32,9 +32,12 @@ from typing import Any
 
 import torch
 
-from ..device import device_sync
-from .errors import ModelError
-from .specs import normalize_spec, parse_spec
+from ..device import device_sync, processor
+from ..models.errors import ModelError
+from ..models.loading import load_model, resolve_device
+from ..models.specs import normalize_spec, parse_spec
+from ..paths import cache_dir
+from . import open_session
 
 CONTEXT = 32  # cached positions before each measured forward
 REPEATS = 15
@@ -56,8 +59,6 @@ def precision_label(spec: str) -> str:
 
 
 def speed_key(spec: str, device: torch.device, rows: int = 1, threads: int | None = None) -> str:
-    from ..backend.profile import processor
-
     return (f"{normalize_spec(*parse_spec(spec))}|{device}|{processor(device)}|rows={rows}"
             f"|threads={threads or torch.get_num_threads()}|torch={torch.__version__}")
 
@@ -69,7 +70,6 @@ def precision_speed(spec: str, device: str | None = None, *, rows: int = 1, repe
     Returns the dict described in the module docstring; `cached` says whether it
     came from the cache. An fp32 spec is its own baseline: speedup None, nothing measured or cached.
     """
-    from .loading import load_model, resolve_device
 
     dev = resolve_device(device)
     base = baseline_spec(spec)
@@ -103,8 +103,6 @@ def cached_precision_speed(spec: str, device: str | torch.device | None = None, 
 
 def cached_precision_speeds(device: str | torch.device | None = None) -> list[dict]:
     """Every cached result measured on this machine: this device, CPU/GPU model, thread count and torch."""
-    from ..backend.profile import processor
-
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     here = {"device": str(dev), "processor": processor(dev), "threads": torch.get_num_threads(),
             "torch": torch.__version__}
@@ -130,8 +128,6 @@ def _time_pair(lm, ref, rows: int, repeats: int) -> tuple[float, float, float]:
     """Median ms of one forward over `rows` new tokens for lm and for ref, and the median of the per-turn
     ratios ref/lm. The two take turns, and each turn's ratio compares neighbours in time, so a burst of load
     from another process (which can slow a 2-thread forward many times over) hits both sides alike."""
-    from ..backend import open_session
-
     if rows < 1 or repeats < 1:
         raise ModelError(f"rows and repeats must be >= 1, got rows={rows}, repeats={repeats}")
     g = torch.Generator().manual_seed(0)
@@ -160,8 +156,6 @@ def _time_pair(lm, ref, rows: int, repeats: int) -> tuple[float, float, float]:
 
 def _result(spec: str, base: str, dev: torch.device, rows: int, ms: float | None, base_ms: float | None,
             speedup: float | None, cached: bool) -> dict[str, Any]:
-    from ..backend.profile import processor
-
     label = precision_label(spec)
     return {"spec": spec, "baseline": base, "precision": label, "device": str(dev), "processor": processor(dev),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows,
@@ -172,8 +166,6 @@ def _result(spec: str, base: str, dev: torch.device, rows: int, ms: float | None
 
 
 def _path() -> Path:
-    from .gguf import cache_dir
-
     return cache_dir() / CACHE_FILE
 
 
@@ -189,3 +181,12 @@ def _write(path: Path, data: dict) -> None:
     tmp = path.with_suffix(f".{id(data)}.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)
+
+
+def speed_vs_fp32(lm) -> str | None:
+    """The cached `precision_speed` line of a loaded model in a reduced precision (e.g. "int8: 1.4x faster
+    than fp32 per token here"); None when it is fp32 or not measured on this machine. Never measures."""
+    if lm.quant is None and lm.dtype == torch.float32:
+        return None
+    measured = cached_precision_speed(lm.spec, lm.device)
+    return measured["summary"] if measured else None

@@ -1,0 +1,135 @@
+"""Every check made before a run is recorded, in one place: the CLI, the app, the benchmark, cluster
+workers and the Python API call these, so they can never disagree about what a valid run is.
+
+Two stages, because some checks need the models and some must not wait for them:
+- `check_request`: what needs no model (prompt, method and its parameters, a draft model given when the
+  method needs one, sampling, the token budget, the backend) -> a `Request` of validated values;
+- `check_models`: what needs the loaded models (the draft's vocabulary, the prompt encoding to some
+  tokens, prompt + new tokens fitting each model's positions and sliding window).
+
+Each raises ConfigError (IncompatibleModelsError for vocabularies) with one line that says what to change;
+nothing here loads, records or decodes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .backend import check_backend
+from .config import ConfigError, DecodeConfig, SamplingConfig
+from .kv_cache import sliding_window
+from .methods import get_method, list_methods, resolve_params
+from .models import IncompatibleModelsError, check_compatible
+
+# Room for one step's draft nodes in a sliding-window cache: every built-in method's default
+# draft is smaller; a larger custom tree still meets the cache's own CacheRollbackError.
+SLIDING_WINDOW_MARGIN = 64
+# What a surface without its own words says to do when a method lacks its draft model.
+GIVE_DRAFT = "add --draft, e.g. smollm2-135m:bf16"
+
+
+@dataclass(frozen=True)
+class Request:
+    """A run's settings once checked: what a runner may rely on without checking again."""
+
+    method: str
+    params: dict[str, Any]  # every declared parameter, parsed, defaults filled in
+    sampling: SamplingConfig
+    decode: DecodeConfig
+    backend: str
+    draft: str | None  # None where the method drafts without a model (a draft given to it is not recorded)
+    drafts: bool  # the method proposes drafts (so it rolls the cache back)
+
+
+def check_request(method: str, prompt: Any, *, draft: str | None = None, params: dict[str, Any] | None = None,
+                  sampling: SamplingConfig | None = None, max_new_tokens: int = 128, chat: bool | None = None,
+                  backend: str | None = None, trace: bool = True, give_draft: str = GIVE_DRAFT) -> Request:
+    """Check everything about a run that needs no model; raise ConfigError with one line, else the Request.
+
+    give_draft: how this surface tells a user to give a draft model (the CLI's flag, the app's dropdown).
+    """
+    check_prompt(prompt)
+    if chat is not None and not isinstance(chat, bool):
+        raise ConfigError(f"chat must be True, False or None, got {chat!r}")
+    cls = get_method(method)
+    resolved = resolve_params(method, params)
+    sampling = SamplingConfig() if sampling is None else sampling
+    if not isinstance(sampling, SamplingConfig):
+        raise ConfigError(f"sampling must be a SamplingConfig, not {type(sampling).__name__}")
+    decode = DecodeConfig(max_new_tokens=max_new_tokens, trace=trace)
+    backend = check_backend(backend)
+    check_draft_given(method, bool(draft), give_draft)
+    return Request(method=method, params=resolved, sampling=sampling, decode=decode, backend=backend,
+                   draft=draft if cls.needs_draft_model else None, drafts=cls.drafts())
+
+
+def check_prompt(prompt: Any) -> None:
+    """A prompt is non-blank text or a list of chat messages with some content."""
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ConfigError("the prompt is empty")
+        return
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) for m in prompt):
+        raise ConfigError(f"a prompt must be text or a list of chat messages ({{'role', 'content'}} dicts), "
+                          f"not {type(prompt).__name__}")
+    if not any(str(m.get("content", "")).strip() for m in prompt):
+        raise ConfigError("the prompt is empty")
+
+
+def check_draft_given(methods: str | Iterable[str], draft_given: bool, give_draft: str = GIVE_DRAFT) -> None:
+    """Refuse methods that need a draft model when none is given, naming them and how to give one."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    missing = sorted({m for m in names if get_method(m).needs_draft_model}) if not draft_given else []
+    if missing:
+        raise ConfigError(f"method {', '.join(missing)} needs a draft model: {give_draft}")
+
+
+def check_models(method: str | None, target: Any, draft: Any | None, prompt_ids: list[int],
+                 max_new_tokens: int) -> None:
+    """The checks that need the loaded models (see the module docstring); `method` None: plain decoding."""
+    if draft is not None:
+        check_draft_vocabulary(method, target, draft)
+    if not prompt_ids:
+        raise ConfigError("the prompt encodes to no tokens")
+    drafting = method if method is not None and get_method(method).drafts() else None
+    for lm in (m for m in (target, draft) if m is not None):
+        check_fits(lm, len(prompt_ids), max_new_tokens, drafting)
+
+
+def check_draft_vocabulary(method: str | None, target: Any, draft: Any) -> None:
+    """Refuse a draft whose vocabulary differs from the target's (check_compatible), unless `method`
+    drafts across tokenizers (cross_vocab); the error names the methods that would accept the draft."""
+    if method is not None and get_method(method).any_draft_tokenizer:
+        return
+    try:
+        check_compatible(target, draft)
+    except IncompatibleModelsError as exc:
+        names = [m.name for m in list_methods() if m.any_draft_tokenizer]
+        if not names:
+            raise
+        raise IncompatibleModelsError(f"{exc}; only {', '.join(names)} drafts across tokenizers") from None
+
+
+def check_fits(lm: Any, n_prompt: int, max_new_tokens: int, drafting_method: str | None = None) -> None:
+    """Refuse a prompt + max_new_tokens longer than `lm` can attend to, with the numbers.
+
+    Drafts never reach past the token budget (the engine caps their depth), so
+    positions stay below n_prompt + max_new_tokens. A drafting method also rolls
+    the cache back, which a sliding-window layer allows only while nothing has
+    left its window: prompt + new tokens + one draft must stay below window - 1.
+    """
+    total = n_prompt + max_new_tokens
+    limit = lm.max_positions
+    if limit is not None and total > limit:
+        room = (f"lower max_new_tokens to at most {limit - n_prompt}" if n_prompt < limit
+                else "shorten the prompt")
+        raise ConfigError(f"the prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {total} tokens is "
+                          f"more than '{lm.spec}' can attend to ({limit} positions); {room}")
+    window = sliding_window(lm.model.config) if drafting_method else None
+    if window is not None and total + SLIDING_WINDOW_MARGIN >= window - 1:
+        most = window - 2 - SLIDING_WINDOW_MARGIN - n_prompt
+        room = f"lower max_new_tokens to at most {most}" if most >= 1 else "shorten the prompt"
+        raise ConfigError(f"'{lm.spec}' has sliding-window attention (window {window}) and '{drafting_method}' "
+                          f"rolls its cache back, which needs prompt ({n_prompt}) + max_new_tokens "
+                          f"({max_new_tokens}) + {SLIDING_WINDOW_MARGIN} (one draft) below {window - 1}; "
+                          f"{room}, or decode with 'autoregressive'")
