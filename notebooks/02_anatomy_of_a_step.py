@@ -58,7 +58,7 @@ from ui import presenters as P
 from workbench import SamplingConfig, load_model
 from workbench.sampling import logits_to_probs, make_generator, sample
 from workbench.tokens import single_texts, texts_for
-from workbench.tree import Draft
+from workbench.draft import Draft
 from workbench.verify import residual, verify_stochastic
 
 # %%

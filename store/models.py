@@ -28,12 +28,13 @@ from sqlalchemy import (JSON, CheckConstraint, DateTime, Float, ForeignKey, Inde
                         TypeDecorator)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from workbench.config import TRAINING_KINDS
+
 # Version N is Alembic revision "000N" (store/migrations/versions/000N_*.py).
 SCHEMA_VERSION = 3
 SCHEMA_REVISION = f"{SCHEMA_VERSION:04d}"
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 _STATUS_CHECK = "status IN ('running', 'finished', 'failed', 'interrupted')"
-TRAINING_KINDS = ("eagle", "medusa", "hydra", "draft")  # drafter heads, or a distilled draft model
 
 
 def utcnow() -> datetime:
@@ -137,8 +138,8 @@ class Run(Base):
     owner_started: Mapped[float | None] = mapped_column(Float)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
 
-    params: Mapped[list[Param]] = relationship(
-        back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Param.key")
+    params: Mapped[list[RunParam]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="RunParam.key")
     metrics: Mapped[list[Metric]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="Metric.key")
     steps: Mapped[list[StepRow]] = relationship(
@@ -146,7 +147,7 @@ class Run(Base):
         lazy="raise_on_sql")
 
 
-class Param(Base):
+class RunParam(Base):
     """A method parameter (or max_new_tokens) as text; the primary key makes (run_id, key) unique."""
 
     __tablename__ = "params"

@@ -32,12 +32,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, selectinload
 
+from workbench.config import BASELINE, SamplingConfig
 from workbench.trace import Trace
 
 from . import db, liveness, schema
 from .db import StoreError
 from .benchmarks import BenchmarkMixin
-from .models import Benchmark, Metric, Param, Run, SchemaInfo, StepRow, Training, utcnow
+from .models import Benchmark, Metric, RunParam, Run, SchemaInfo, StepRow, Training, utcnow
 from .records import (RunRecord, as_dict, param_from_text, param_to_text, record_from_run, row_to_step, step_to_row,
                       summary_rows)
 from .retry import RETRY_FOR_S, writes
@@ -50,7 +51,7 @@ log = logging.getLogger("store")
 
 _STEP_UPDATE_COLS = [c for c in StepRow.__table__.columns.keys() if c not in ("run_id", "idx")]
 _GREEDY_IGNORED = ("seed", "top_k", "top_p")  # irrelevant when temperature == 0 (argmax)
-_SAMPLING_DEFAULTS = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0}
+_SAMPLING_DEFAULTS = SamplingConfig().to_dict()  # what a run stored without some setting decoded with
 
 
 def _norm_sampling(d: dict[str, Any]) -> dict[str, Any]:
@@ -218,7 +219,7 @@ class RunStore(BenchmarkMixin, TrainingMixin):
                       sampling=json.loads(db.json_dumps(as_dict(sampling))),
                       env=json.loads(db.json_dumps(as_dict(env))), benchmark_id=benchmark_id, source=source,
                       **owner)
-            run.params = [Param(key=str(k), value=param_to_text(v)) for k, v in (params or {}).items()]
+            run.params = [RunParam(key=str(k), value=param_to_text(v)) for k, v in (params or {}).items()]
             s.add(run)
         self._beats[run_id] = time.monotonic()
         return run_id
@@ -383,9 +384,9 @@ class RunStore(BenchmarkMixin, TrainingMixin):
         """
         sampling = as_dict(sampling)
         stmt = (select(Run)
-                .join(Param, and_(Param.run_id == Run.id, Param.key == "max_new_tokens"))
-                .where(Run.method == "autoregressive", Run.status == "finished", Run.target == str(target),
-                       Run.prompt == prompt, Param.value == param_to_text(int(max_new_tokens)))
+                .join(RunParam, and_(RunParam.run_id == Run.id, RunParam.key == "max_new_tokens"))
+                .where(Run.method == BASELINE, Run.status == "finished", Run.target == str(target),
+                       Run.prompt == prompt, RunParam.value == param_to_text(int(max_new_tokens)))
                 .order_by(Run.created_at.desc(), literal_column("runs.rowid").desc()))
         with self.session_scope() as s:
             for rec in self._records(s, stmt):

@@ -20,7 +20,7 @@ from workbench.backend.profile import cost_profile, interpolate
 from workbench.config import ConfigError, DecodeConfig
 from workbench.engine import generate
 
-from .conftest import DEVICE
+from .helpers import DEVICE
 
 ATOL = 1e-4
 
@@ -42,6 +42,7 @@ def _tree_block():
     return block.to(DEVICE), torch.tensor([[0, 1, 1, 2, 2]], device=DEVICE)
 
 
+@pytest.mark.compiled
 @torch.inference_mode()
 def test_static_cache_matches_dynamic_cache(tiny):
     prompt = list(range(40, 60))
@@ -72,6 +73,7 @@ def test_static_cache_matches_dynamic_cache(tiny):
     assert torch.allclose(logits["compiled"][-1], fresh[-3:], atol=ATOL)
 
 
+@pytest.mark.compiled
 def test_a_full_static_cache_is_a_clear_error(tiny):
     s = open_session("compiled", tiny, 100)
     try:
@@ -82,6 +84,7 @@ def test_a_full_static_cache_is_a_clear_error(tiny):
         s.close()
 
 
+@pytest.mark.compiled
 def test_every_forward_of_the_compiled_backend_is_compiled_after_warm_up(tiny, monkeypatch):
     """Decode steps and verification go through the compiled graphs, not the eager fallback."""
     s = open_session("compiled", tiny, 256)
@@ -99,6 +102,7 @@ def test_every_forward_of_the_compiled_backend_is_compiled_after_warm_up(tiny, m
         s.close()
 
 
+@pytest.mark.compiled
 def test_sessions_of_one_model_do_not_share_a_cache(tiny):
     """Target and draft may be the same model: two open compiled sessions get two static caches."""
     a = open_session("compiled", tiny, 256)
@@ -130,25 +134,56 @@ def test_unknown_backend_is_refused():
         generate(None, "autoregressive", [1, 2], backend="fast")
 
 
-def test_run_records_backend_and_warmup_outside_the_clock(tmp_path):
+@pytest.mark.compiled
+def test_run_records_backend_and_warmup_outside_the_clock(tmp_path, monkeypatch):
+    """A compiled run compiles its models before its first step and records the seconds in env["warmup_s"];
+    an eager run, and a compiled run whose models are compiled already, record 0."""
     from store import RunStore
+
+    events: list[tuple] = []
+    compile_graphs = compiled_backend.CompiledForward.compile
+
+    def recording(self, progress=None):
+        fresh = self.warmup_s is None  # else warm already: returns 0 at once
+        seconds = compile_graphs(self, progress)
+        if fresh:
+            events.append(("compiled", self.lm.spec, seconds))
+        return seconds
+
+    monkeypatch.setattr(compiled_backend.CompiledForward, "compile", recording)
+    monkeypatch.setattr(compiled_backend, "_POOL", {})  # as in a fresh process: nothing compiled yet
+    monkeypatch.setenv("WORKBENCH_STATIC_T", "")  # the one-token and the dynamic graph: fewer to compile
+
+    def on_step(step, _trace):
+        events.append(("step", step.index))
 
     store = RunStore(tmp_path / "runs.sqlite")
     messages = []
     res = run("speculative", "hello hello", target="tiny-random", draft="tiny-random:bf16", chat=False,
-              max_new_tokens=12, store=store, backend="compiled", progress=messages.append)
+              max_new_tokens=12, store=store, backend="compiled", progress=messages.append, on_step=on_step)
     env = store.get_run(res.run_id).env
-    assert env["backend"] == "compiled" and env["warmup_s"] >= 0
-    assert any("compiling tiny-random" in m for m in messages) or env["warmup_s"] == 0  # warm from an earlier test
-    run("autoregressive", "hello hello", target="tiny-random", chat=False, max_new_tokens=12, store=store,
-        backend="eager")
+    compiled = [e for e in events if e[0] == "compiled"]
+    assert [spec for _, spec, _ in compiled] == ["tiny-random", "tiny-random:bf16"], events  # each once
+    assert all(seconds > 0 for _, _, seconds in compiled) and events[2] == ("step", 0)  # before any step
+    assert env["backend"] == "compiled" and env["warmup_s"] == round(sum(s for _, _, s in compiled), 3)
+    assert any(m.startswith("compiling tiny-random ") for m in messages), messages
+    assert any(m.startswith("compiling tiny-random:bf16 ") for m in messages), messages
+
+    eager = run("autoregressive", "hello hello", target="tiny-random", chat=False, max_new_tokens=12, store=store,
+                backend="eager")
+    assert store.get_run(eager.run_id).env["backend"] == "eager"
+    assert store.get_run(eager.run_id).env["warmup_s"] == 0
     assert store.baseline_for(res.run_id) is None  # an eager run is no baseline for a compiled one
+    events.clear()
     base = run("autoregressive", "hello hello", target="tiny-random", chat=False, max_new_tokens=12, store=store,
                backend="compiled")
+    assert [e for e in events if e[0] == "compiled"] == []  # the target was compiled by the first run
+    assert store.get_run(base.run_id).env["warmup_s"] == 0
     assert store.baseline_for(res.run_id).id == base.run_id
     assert base.output_ids == res.output_ids
 
 
+@pytest.mark.compiled
 def test_cost_profile_per_backend_is_cached(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
     calls = []
@@ -176,6 +211,7 @@ def test_cost_profile_per_backend_is_cached(tiny, tmp_path, monkeypatch):
     assert compiled_row["static"] == ",".join(map(str, compiled_backend.static_buckets()))
 
 
+@pytest.mark.compiled
 @torch.inference_mode()
 def test_static_verification_buckets_match_eager_also_at_the_cache_end(tiny):
     """Every verification size, padded into its static bucket or not (no bucket, or no room left before the
@@ -228,6 +264,7 @@ def test_compiled_artefacts_go_to_the_workbench_cache_unless_the_user_chose_a_pl
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
+@pytest.mark.compiled
 @torch.inference_mode()
 def test_few_token_graphs_read_weights_as_they_are_and_larger_ones_pre_pack(tiny):
     """The one- and two-token graphs are compiled without freezing (nothing pre-packed; faster for a row, and

@@ -18,6 +18,14 @@ from workbench.train import TrainConfig, read_prompts, train
 from .helpers import BACKEND_PARAMS, DEVICE, PROMPTS
 
 
+def test_every_head_kind_has_its_module():
+    """The kinds the CLI, the trainer and the store accept are the kinds a head module exists for."""
+    from workbench.config import HEAD_KINDS, TRAINING_KINDS
+    from workbench.heads.modules import HEAD_CLASSES
+
+    assert sorted(HEAD_CLASSES) == sorted(HEAD_KINDS) and set(HEAD_KINDS) < set(TRAINING_KINDS)
+
+
 @pytest.mark.heads
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_hidden_states_are_the_targets_own(tiny, backend, monkeypatch):

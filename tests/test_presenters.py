@@ -141,7 +141,7 @@ def test_tree_figure_without_draft():
 
 
 def test_attention_mask_matches_the_engine_buffer():
-    from workbench.tree import Draft
+    from workbench.draft import Draft
 
     for parents in ([-1, -1, 0, 1], [-1, 0, 1], [-1, 0, 0, 2, -1], []):
         ours = P.attention_mask(parents)

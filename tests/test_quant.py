@@ -18,7 +18,7 @@ from workbench.config import DecodeConfig
 from workbench.engine import generate
 from workbench.backend import speed
 from workbench.models import ModelError, load_model
-from workbench.models.loaded import count_params, output_size
+from workbench.models.loaded_model import count_params, output_size
 from workbench.models.quant import Int8Linear, PackedInt8Linear, can_pack, quantize_model_int8
 
 PROMPTS = [[72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100], list(range(40, 90))]

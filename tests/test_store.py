@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from store import METRIC_KEYS, SCHEMA_VERSION, RunStore, StoreError, default_db_path
-from store.models import Metric, Param, Run, StepRow
+from store.models import Metric, RunParam, Run, StepRow
 from workbench.trace import Step, Trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,14 +200,14 @@ def test_delete_cascades(store: RunStore) -> None:
     ids = [start(store) for _ in range(3)]
     for rid in ids:
         store.finish_run(rid, make_trace(), "x")
-    assert _count(store, StepRow, ids) == 12 and _count(store, Metric, ids) > 0 and _count(store, Param, ids) == 12
+    assert _count(store, StepRow, ids) == 12 and _count(store, Metric, ids) > 0 and _count(store, RunParam, ids) == 12
 
     store.delete_run(ids[0][:10])
     assert _count(store, StepRow, ids[:1]) == 0 and _count(store, Metric, ids[:1]) == 0
-    assert _count(store, Param, ids[:1]) == 0
+    assert _count(store, RunParam, ids[:1]) == 0
     assert _count(store, StepRow, ids[1:]) == 8
     assert store.delete_runs([ids[1], ids[2], "f" * 32, ids[1]]) == 2
-    assert _count(store, StepRow, ids) == 0 and _count(store, Metric, ids) == 0 and _count(store, Param, ids) == 0
+    assert _count(store, StepRow, ids) == 0 and _count(store, Metric, ids) == 0 and _count(store, RunParam, ids) == 0
     assert store.list_runs() == []
     with pytest.raises(StoreError):
         store.delete_run(ids[0])

@@ -7,7 +7,7 @@ from workbench import kv_cache as kv
 from workbench import tree_shape
 from workbench.backend import open_session
 from workbench.engine import _target_forward
-from workbench.tree import Draft
+from workbench.draft import Draft
 
 #        root
 #       /    \

@@ -12,7 +12,7 @@ from workbench.config import DecodeConfig
 from workbench.engine import generate
 
 from .helpers import FlatCosts
-from workbench.methods.trees import NAMED_TREES
+from workbench.methods.top_k_trees import NAMED_TREES
 
 PROMPT = [72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100]
 NEW = 24
@@ -115,7 +115,7 @@ def test_tree_static_feeds_only_nodes_with_children(tiny, tiny_other, fed):
 
 def _scored_tree():
     """A candidate tree with known path probabilities: 0.9 -> 0.72 -> 0.36, 0.9 -> 0.09, and 0.05, 0.02."""
-    from workbench.methods.trees import CandidateTree
+    from workbench.methods.top_k_trees import CandidateTree
 
     tree = CandidateTree(session=None)  # nodes are only added: nothing is fed to a session
     a = tree.add(1, -1, 0.9)
@@ -142,7 +142,7 @@ def _best_n(scores, ratios, margin):
     [1.0, 1.05, 1.1, 1.6, 1.6, 1.6, 1.6],  # a step up past two nodes (a static graph's size)
 ])
 def test_tree_budget_keeps_the_share_that_pays_for_its_verification(ratios):
-    from workbench.methods.trees import TreeBudget
+    from workbench.methods.top_k_trees import TreeBudget
 
     tree = _scored_tree()
     budget = TreeBudget(ratios, one_s=1.0)
@@ -155,8 +155,8 @@ def test_tree_budget_keeps_the_share_that_pays_for_its_verification(ratios):
 
 
 def test_tree_budget_learns_how_deep_its_drafts_are_accepted():
-    from workbench.methods.trees import TreeBudget
-    from workbench.tree import Draft
+    from workbench.methods.top_k_trees import TreeBudget
+    from workbench.draft import Draft
 
     ratios = [1.0 + 0.1 * k for k in range(7)]
     tree = _scored_tree()
@@ -178,7 +178,7 @@ def test_tree_budget_learns_how_deep_its_drafts_are_accepted():
 
 def test_tree_budget_counts_the_drafting_already_spent():
     """Drafting is paid either way; a slow draft makes a longer verification worth more than a plain step."""
-    from workbench.methods.trees import TreeBudget
+    from workbench.methods.top_k_trees import TreeBudget
 
     ratios = [1.0 + 0.8 * k for k in range(7)]
     tree = _scored_tree()

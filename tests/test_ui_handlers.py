@@ -319,7 +319,7 @@ def test_unknown_backend_is_a_message(ctx):
 
 
 def test_compiling_shows_in_the_status_and_the_cards(ctx, monkeypatch):
-    """What api.run says while compiling reaches the status line, ticking; the warm-up is shown apart."""
+    """What api.run says while compiling reaches the status line, ticking; the compile time is shown apart."""
     import workbench.api as api
 
     def fake_warm_up(backend, models, n_prompt, max_new_tokens, progress=None):
@@ -328,7 +328,7 @@ def test_compiling_shows_in_the_status_and_the_cards(ctx, monkeypatch):
         progress("compiled tiny-random in 95 s")
         return {"backend": "compiled", "warmup_s": 95.2}
 
-    monkeypatch.setattr(api, "warm_up", fake_warm_up)  # the run itself decodes eagerly
+    monkeypatch.setattr(api, "prepare_run", fake_warm_up)  # the run itself decodes eagerly
     outs = _run(ctx, new_session_state(), method="autoregressive", draft="none")
     statuses = [o[0] for o in outs]
     compiling = [s for s in statuses if "compiling tiny-random" in s]

@@ -10,7 +10,7 @@ import torch
 import workbench.verify as verify
 from workbench.config import SamplingConfig
 from workbench.sampling import logits_to_probs
-from workbench.tree import Draft
+from workbench.draft import Draft
 
 from .stats import chi2_pvalue
 

@@ -17,7 +17,7 @@ import sys
 from typing import Any, Sequence
 
 from .backend import add_backend_argument
-from .config import ConfigError, SamplingConfig
+from .config import BASELINE, ConfigError, SamplingConfig
 
 
 class UsageError(Exception):
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     r = sub.add_parser("run", help="decode a prompt with a method and log the run")
-    r.add_argument("--method", "-m", default="autoregressive", help="see `workbench methods`")
+    r.add_argument("--method", "-m", default=BASELINE, help="see `workbench methods`")
     r.add_argument("--target", "-t", default=None, help="target model spec (default: smollm2-135m)")
     r.add_argument("--draft", "-d", default=None, help="draft model spec, e.g. smollm2-135m:bf16")
     r.add_argument("--prompt", "-p", default=None, help="prompt text")

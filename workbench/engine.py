@@ -42,7 +42,7 @@ from .methods.base import RunHistory
 from .preflight import check_draft_given
 from .sampling import choose, logits_to_probs, make_generator
 from .trace import Step, Summary, Trace
-from .tree import Draft
+from .draft import Draft
 from .verify import Verdict, node_target_probs, verify_greedy, verify_stochastic
 
 StepCallback = Callable[[Step, Trace], None]

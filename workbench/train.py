@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from .config import ConfigError
 from .heads.lm_head import HeadLM
-from .train_config import KINDS, TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
+from .train_config import TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, message)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 import json
 import sys
 
+from .config import HEAD_KINDS, TRAINING_KINDS
+
 
 def add_train_parsers(sub, int_in) -> None:
-    from .train_config import KINDS, TrainConfig
+    from .train_config import TrainConfig
 
     d = TrainConfig(kind="eagle")
     t = sub.add_parser("train", help="train an EAGLE/Medusa/Hydra head or a distilled draft model by self-distillation")
-    t.add_argument("--kind", required=True, choices=KINDS)
+    t.add_argument("--kind", required=True, choices=TRAINING_KINDS)
     t.add_argument("--target", "-t", default=d.target, help=f"target model spec (default: {d.target})")
     t.add_argument("--prompts", default=None, metavar="FILE.jsonl",
                    help="prompts, one JSON object per line with 'prompt' or chat 'messages' "
@@ -78,7 +80,7 @@ def add_train_parsers(sub, int_in) -> None:
     t.set_defaults(func=cmd_train)
 
     h = sub.add_parser("heads", help="list trained drafter heads (yours and the shipped ones) with their accuracy")
-    h.add_argument("--kind", default=None, choices=("eagle", "medusa", "hydra"))
+    h.add_argument("--kind", default=None, choices=HEAD_KINDS)
     h.add_argument("--json", action="store_true")
 
     def cmd_heads(args) -> int:

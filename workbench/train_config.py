@@ -5,9 +5,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
-
-KINDS = ("eagle", "medusa", "hydra", "draft")
+from .config import TRAINING_KINDS, ConfigError
 TRAIN_PROMPTS = Path(__file__).resolve().parent / "suites" / "train_prompts.jsonl"
 
 
@@ -59,8 +57,8 @@ class TrainConfig:
         return " ".join(parts)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"unknown training kind {self.kind!r}; kinds: {', '.join(KINDS)}")
+        if self.kind not in TRAINING_KINDS:
+            raise ConfigError(f"unknown training kind {self.kind!r}; kinds: {', '.join(TRAINING_KINDS)}")
         counts = {name: 1 for name in ("samples", "max_new_tokens", "steps", "batch_size", "heads", "layers",
                                        "gen_batch", "checkpoint_every", "unroll")} | {"self_prompts": 0, "vocab_trim": 0}
         for name, least in counts.items():

@@ -2,7 +2,7 @@
 
 A tree of n nodes hangs under the root (the last committed token); node i's
 parent is ``parents[i]`` (-1 = the root) and parents come before children. The
-torch ``workbench.tree.Draft``, the Trace's ``Step`` and the presenters all read
+torch ``workbench.draft.Draft``, the Trace's ``Step`` and the presenters all read
 the shape from here. No torch import, so the store and the UI can use it.
 """
 from __future__ import annotations

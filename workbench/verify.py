@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tree import Draft
+from .draft import Draft
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 from typing import Any, Iterable, Sequence
 
+from workbench.config import BASELINE
 from workbench.trace import Trace
 
 from .base import (
@@ -105,7 +106,7 @@ def metric_cards_html(trace: Trace, baseline_tokens_per_s: float | None = None, 
     when `backend` is given, the backend with its warm-up (env["warmup_s"], never in tokens/s)."""
     s = live_summary(trace)
     sp = speedup(s.tokens_per_s, baseline_tokens_per_s)
-    if trace.method == "autoregressive":
+    if trace.method == BASELINE:
         sp_text, sp_hint = "1.00×", "this run is plain decoding"
     elif _nan(sp):
         sp_text, sp_hint = "—", baseline_note or "no plain-decoding run of this prompt yet"

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from workbench.backend import BACKENDS
+from workbench.config import BASELINE
 
 from .. import presenters as P
 from ..common import TICK_EVERY_S, AppContext, model_choices, ongoing, status, user_message
@@ -40,7 +41,7 @@ def latency_view(ctx: AppContext, state: dict, run_id: str | None):
     try:
         rec = ctx.store.get_run(run_id)
         trace = ctx.store.load_trace(run_id)
-        base = ctx.store.baseline_for(rec) if rec.method != "autoregressive" else None
+        base = ctx.store.baseline_for(rec) if rec.method != BASELINE else None
         base_trace = ctx.store.load_trace(base.id) if base is not None else None
     except Exception as exc:  # noqa: BLE001
         msg = user_message(exc)
@@ -58,7 +59,7 @@ def latency_view(ctx: AppContext, state: dict, run_id: str | None):
           f"other {100 * s.other_s / total:.0f}%")
     if base is not None:
         md += f"  \nBaseline: plain-decoding run `{base.id[:8]}`, {base.metrics.get('tokens_per_s', 0):.1f} tok/s."
-    elif rec.method != "autoregressive":
+    elif rec.method != BASELINE:
         md += "  \nNo plain-decoding run of this prompt yet (the Playground's “Run baseline” makes one)."
     return (md, P.latency_figure(trace), P.tokens_time_figure(series), P.acceptance_histogram_figure(trace),
             P.acceptance_position_figure(trace), state)

@@ -24,8 +24,9 @@ from typing import Any, Iterator
 import gradio as gr
 
 from workbench.backend import BACKENDS
-from workbench.config import ConfigError
+from workbench.config import BASELINE, ConfigError
 from workbench.methods import get_method, list_methods
+from workbench.preflight import check_request
 from workbench.trace import Trace
 
 from .. import presenters as P
@@ -160,7 +161,7 @@ def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, bool
     rec = ctx.store.get_run(run_id)
     env = rec.env or {}
     run_env = dict(backend=env.get("backend") or "eager", warmup_s=env.get("warmup_s"))
-    if trace.method == "autoregressive":
+    if trace.method == BASELINE:
         return P.metric_cards_html(trace, **run_env), False
     base = ctx.store.baseline_for(rec)
     if base is None:
@@ -293,18 +294,14 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
         return (status("error", msg), keep, keep, keep, gr.update(visible=False), state)
 
     try:
-        if not (prompt or "").strip():
-            yield fail("The prompt is empty: type something to decode.")
-            return
         cls = get_method(method)
-        if cls.needs_draft_model and not draft:
-            yield fail(f"{cls.label or cls.name} needs a draft model: pick one under *Draft model* "
-                       f"(e.g. `{default_draft(target)}`), or choose a method that drafts without one.")
-            return
-        params = collect_params(method, slot_values)
-        sampling = _sampling(temperature, top_p, top_k, seed)
         max_new = check_run_request(ctx, target, draft if cls.needs_draft_model else None, max_new_tokens)
         backend = check_backend_choice(ctx, backend)
+        req = check_request(method, prompt or "", draft=draft, params=collect_params(method, slot_values),
+                            sampling=_sampling(temperature, top_p, top_k, seed), max_new_tokens=max_new,
+                            backend=backend, give_draft=f"pick one under *Draft model* (e.g. `{default_draft(target)}`), "
+                                                        "or choose a method that drafts without one")
+        params, sampling = req.params, req.sampling
     except Exception as exc:  # noqa: BLE001
         yield fail(user_message(exc))
         return
@@ -379,7 +376,7 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
     yield status("busy", f"Running the plain-decoding baseline ({backend} backend)…"), keep, \
         gr.update(interactive=False), state
     sampling = SamplingConfig(**settings["sampling"])
-    for kind, payload, extra in stream_run(ctx, method="autoregressive", prompt=settings["prompt"],
+    for kind, payload, extra in stream_run(ctx, method=BASELINE, prompt=settings["prompt"],
                                            target=settings["target"], draft=None, params={}, sampling=sampling,
                                            max_new_tokens=settings["max_new_tokens"], chat=settings["chat"],
                                            cluster=settings.get("cluster"), backend=backend):

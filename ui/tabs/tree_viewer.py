@@ -4,7 +4,7 @@ A run picker (defaulting to this session's latest run) and a step slider; the
 step's draft tree is drawn with plotly (accepted path highlighted, rejected
 branches dimmed, the target's bonus/correction token as an extra node). Steps
 whose draft branches also show the tree attention mask (computed by
-workbench.tree, the same buffer the engine feeds the target).
+workbench.draft, the same buffer the engine feeds the target).
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ def first_interesting_step(trace: Trace) -> int:
 
 
 def mask_matrix(step: Step) -> list[list[bool]]:
-    """The tree attention mask, from workbench.tree (the engine's own buffer)."""
-    from workbench.tree import Draft
+    """The tree attention mask, from workbench.draft (the engine's own buffer)."""
+    from workbench.draft import Draft
 
     return Draft(list(step.tokens), list(step.parents)).ancestor_matrix().tolist()
 

@@ -82,9 +82,9 @@ def prepare(backend: str, model: Any, max_len: int, *, progress=None) -> float:
     """Compile (or load from the disk cache) what `backend` needs for `model`; seconds it took (0 for eager)."""
     if check_backend(backend) != "compiled":
         return 0.0
-    from .compiled import warm_up  # torch-free until a model is prepared (above)
+    from .compiled import prepare as compile_for  # torch-free until a model is prepared (above)
 
-    return warm_up(model, max_len, progress=progress)
+    return compile_for(model, max_len, progress=progress)
 
 
 def add_backend_argument(parser) -> None:

@@ -28,7 +28,7 @@ of a few tokens costs little more than one; the one- and two-token graphs
 is faster for a single row. On CUDA the one-token graph runs as a CUDA graph
 ("reduce-overhead").
 
-Compiling takes a few minutes per model on a small CPU. It happens in `warm_up`,
+Compiling takes a few minutes per model on a small CPU. It happens in `prepare`,
 before a run's clock starts (reported as `warmup_s`), with progress and an
 estimate from the last time. Inductor's on-disk cache lives in the workbench
 cache dir: a second process reloads the unpacked graphs from it, but compiles
@@ -250,7 +250,7 @@ class CompiledForward:
         return mask[None, None]
 
     @torch.inference_mode()
-    def warm_up(self, progress: Progress = None) -> float:
+    def compile(self, progress: Progress = None) -> float:
         """Compile both graphs (or load them from the disk cache) on dummy tokens; seconds taken."""
         if self.warmup_s is not None:
             return 0.0
@@ -345,20 +345,20 @@ def open_compiled(lm: Any, max_len: int, progress: Progress = None) -> StaticSes
         return None
     cf = _acquire(lm, cache_len_bucket(max_len, lm.max_positions))
     try:
-        cf.warm_up(progress)
+        cf.compile(progress)
     except BaseException:
         cf.busy = False
         raise
     return StaticSession(cf)
 
 
-def warm_up(lm: Any, max_len: int, progress: Progress = None) -> float:
+def prepare(lm: Any, max_len: int, progress: Progress = None) -> float:
     """Compile `lm` for runs of up to max_len positions before they start; seconds spent (0 when warm)."""
     if unsupported_reason(lm.model) is not None:
         return 0.0
     cf = _acquire(lm, cache_len_bucket(max_len, lm.max_positions))
     try:
-        return cf.warm_up(progress)
+        return cf.compile(progress)
     finally:
         cf.busy = False
 

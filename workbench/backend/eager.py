@@ -13,7 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from .. import kv_cache as kv
-from ..tree import additive_mask
+from ..draft import additive_mask
 
 
 class EagerSession:

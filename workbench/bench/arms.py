@@ -16,10 +16,9 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..config import ConfigError
+from ..config import BASELINE, ConfigError
 from ..methods import get_method, resolve_params
 
-BASELINE = "autoregressive"
 TRACE_OFF_LABEL = "autoregressive[trace=off]"
 MAX_SWEEPS = 2  # per method: a grid over two parameters
 

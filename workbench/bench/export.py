@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .arms import BASELINE
+from ..config import BASELINE
 from .report import ALL, BenchmarkReport
 
 MAX_MISMATCH_ROWS = 40

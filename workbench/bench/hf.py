@@ -54,11 +54,12 @@ import torch
 
 from ..kv_cache import cache_from_kwargs
 from ..device import device_sync, memory_mb
+from ..config import BASELINE
 from ..trace import Step, Trace
 
 STATIC = "hf.generate+static+compile"
 HF_METHODS = ("hf.generate", STATIC, "hf.assisted", "hf.prompt_lookup")
-OURS = {"hf.generate": "autoregressive", STATIC: "autoregressive", "hf.assisted": "speculative",
+OURS = {"hf.generate": BASELINE, STATIC: BASELINE, "hf.assisted": "speculative",
         "hf.prompt_lookup": "prompt_lookup"}
 HF_BACKEND = {STATIC: "compiled"}  # the backend an HF arm corresponds to; the others: eager (a DynamicCache)
 PROMPT_LOOKUP_NUM_TOKENS = 10

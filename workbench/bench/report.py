@@ -43,7 +43,8 @@ from typing import Any
 
 from .. import metrics as M
 from ..trace import Step, Trace
-from .arms import BASELINE, TRACE_OFF_LABEL
+from ..config import BASELINE
+from .arms import TRACE_OFF_LABEL
 from .hf import OURS, hf_backend
 
 ALL = "all"

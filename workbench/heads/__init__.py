@@ -25,11 +25,10 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError
+from ..config import HEAD_KINDS, ConfigError
 from ..paths import cache_dir
 from .modules import HEAD_CLASSES, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
 
-HEAD_KINDS = tuple(HEAD_CLASSES)
 CARD = "card.json"
 WEIGHTS = "head.safetensors"
 FORMAT = 1

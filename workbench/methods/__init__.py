@@ -1,7 +1,7 @@
 """Decoding methods. Importing this package registers every built-in method."""
 from .base import (DraftContext, Drafter, DrafterEnv, Param, StepFeedback, get_method, list_methods, register,
                    resolve_params)
-from . import autoregressive, multi, prompt_lookup, sequoia, speculative, staged, trees  # noqa: F401  (registration)
+from . import autoregressive, multi, prompt_lookup, sequoia, speculative, staged, top_k_trees  # noqa: F401  (registration)
 from . import aded, jacobi, layer_skip, lookahead, sam  # noqa: F401  (registration: drafting without a draft model)
 from . import cross_vocab  # noqa: F401  (registration: a draft model with another tokenizer)
 from . import heads  # noqa: F401  (registration: trained heads on the target's hidden states)

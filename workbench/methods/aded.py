@@ -18,7 +18,7 @@ Deterministic proposals, verified by the engine: lossless.
 """
 from __future__ import annotations
 
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, adaptive_length_param, cost_aware_param, register
 from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft
 

@@ -1,11 +1,12 @@
 """Plain decoding: the target produces one token per forward pass (the baseline)."""
 from __future__ import annotations
 
+from ..config import BASELINE
 from .base import Drafter, register
 
 
 @register
 class Autoregressive(Drafter):
-    name = "autoregressive"
+    name = BASELINE
     label = "Plain decoding (autoregressive)"
     description = "One target forward per token: greedy or sampling. The baseline every speedup is measured against."

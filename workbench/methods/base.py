@@ -17,7 +17,7 @@ import torch
 from ..backend import open_session
 from ..backend.profile import CostModel
 from ..config import ConfigError, SamplingConfig, is_int, is_number, shown
-from ..tree import Draft
+from ..draft import Draft
 
 
 # A longer parameter string is a mistake (or an attack on a shared server), never a tree spec.

@@ -31,8 +31,8 @@ from __future__ import annotations
 import torch
 
 from ..kv_cache import sliding_window
-from ..models.loaded import max_positions
-from ..tree import Draft
+from ..models.loaded_model import max_positions
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, register
 from .draft_model import DraftModelRunner
 from .retokenize import DraftMirror, target_proposal, translate, vocab_of

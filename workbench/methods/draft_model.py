@@ -12,7 +12,7 @@ import torch
 
 from .. import tree_shape
 from ..sampling import logits_to_probs
-from ..tree import Draft
+from ..draft import Draft
 
 
 class DraftModelRunner:

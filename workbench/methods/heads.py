@@ -27,9 +27,9 @@ import torch
 from ..heads import load_head
 from ..heads.lm_head import HeadLM
 from ..sampling import logits_to_probs
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
-from .trees import NAMED_TREES, SIZING_PARAM, grow_dynamic, grow_from_paths, parse_paths, tree_budget
+from .top_k_trees import NAMED_TREES, SIZING_PARAM, grow_dynamic, grow_from_paths, parse_paths, tree_budget
 
 HEAD_PARAM_HELP = "head name (see `workbench heads`) or directory; empty: the default head for the target"
 TRIM_PARAM = Param("trim", "bool", True, "propose only from the head's trimmed vocabulary, when it has one "
@@ -96,7 +96,7 @@ class _StaticHeadTree(HeadDrafter):
 
 
 class HeadTreeSession:
-    """What the tree growers (workbench.methods.trees) need from a session: `root_logits`, `add(token, parent)`
+    """What the tree growers (workbench.methods.top_k_trees) need from a session: `root_logits`, `add(token, parent)`
     -> a node id, `feed(nodes)` -> the logits of each node's children, `close()`. Nodes are kept here in the
     order they are added (parents first); subclasses compute `feed`."""
 

@@ -35,7 +35,7 @@ used as deterministic proposals.
 """
 from __future__ import annotations
 
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, cost_aware_param, register
 from .model_free import DraftBudget, DraftGate, GrowingText
 from .suffix_automaton import SuffixAutomaton

@@ -49,7 +49,7 @@ from .. import kv_cache as kv
 from ..backend.profile import CostModel
 from ..config import ConfigError
 from ..paths import cache_dir
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, register
 from .draft_model import DraftModelRunner
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .jacobi import GuessFiller
 from .model_free import DraftGate, TrieDraft, affordable_nodes, match_bucket

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Hashable
 
-from ..tree import Draft
+from ..draft import Draft
 
 
 class GrowingText:

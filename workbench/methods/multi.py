@@ -23,10 +23,10 @@ import torch
 
 from ..config import ConfigError
 from ..sampling import logits_to_probs
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Param, register
 from .draft_model import DraftTreeSession
-from .trees import TopKTreeDrafter
+from .top_k_trees import TopKTreeDrafter
 
 
 def _draft_dist(logits: torch.Tensor, drafter) -> torch.Tensor:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ConfigError
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, cost_aware_param, register
 from .model_free import DraftGate
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, adaptive_length_param, cost_aware_param, register
 from .model_free import DraftBudget, DraftGate, GrowingText, TrieDraft, match_bucket
 from .suffix_automaton import Matcher, SuffixAutomaton, build_corpus

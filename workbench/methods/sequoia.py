@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from ..backend.profile import interpolate
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Param, StepFeedback, register
 from .draft_model import DraftTreeSession
-from .trees import TopKTreeDrafter, grow_from_paths
+from .top_k_trees import TopKTreeDrafter, grow_from_paths
 
 
 PRIOR = (0.55, 0.12, 0.06, 0.04, 0.03, 0.02, 0.015, 0.01)  # rank-r acceptance before any data

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .draft_model import DraftModelRunner
 from .model_free import DraftGate

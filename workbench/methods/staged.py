@@ -14,12 +14,12 @@ from __future__ import annotations
 import torch
 
 from ..sampling import logits_to_probs
-from ..tree import Draft
+from ..draft import Draft
 from ..verify import residual
 from .base import DraftContext, Param, register
 from .draft_model import DraftModelRunner
 from .prompt_lookup import PromptLookup
-from .trees import TopKTreeDrafter
+from .top_k_trees import TopKTreeDrafter
 
 
 @register

@@ -5,15 +5,15 @@
     tok = load_tokenizer("smollm2-135m")       # the tokenizer alone, never the weights
 
 Modules, one concern each:
-  errors     ModelError (and the progress-line helpers); no torch import
-  specs      "name[:opt...]" specs: parse_spec, normalize_spec, the allow-list; no torch import
-  gguf       the built-in GGUF models (smollm2-135m, gemma3-270m): find, convert once (into workbench.paths.cache_dir)
-  tiny       the tiny seeded random Llama with a byte-level vocabulary (tiny-random)
-  quant      int8 weights, the ``:int8`` option: the CPU's int8 kernel (PackedInt8Linear), Int8Linear elsewhere
-  hub        local model directories and Hugging Face hub ids (safetensors only, no remote code)
-  loaded     LoadedModel (prompt encoding, decoding, facts) and check_compatible
-  loading    load_model, resolve_device and the process-wide LRU ModelCache
-  tokenizer  load_tokenizer: only the tokenizer, cached per model name
+  errors        ModelError (and the progress-line helpers); no torch import
+  specs         "name[:opt...]" specs: parse_spec, normalize_spec, the allow-list; no torch import
+  gguf          the built-in GGUF models (smollm2-135m, gemma3-270m): find, convert once (into workbench.paths.cache_dir)
+  tiny          the tiny seeded random Llama with a byte-level vocabulary (tiny-random)
+  quant         int8 weights, the ``:int8`` option: the CPU's int8 kernel (PackedInt8Linear), Int8Linear elsewhere
+  hub           local model directories and Hugging Face hub ids (safetensors only, no remote code)
+  loaded_model  LoadedModel (prompt encoding, decoding, facts) and check_compatible
+  loading       load_model, resolve_device and the process-wide LRU ModelCache
+  tokenizer     load_tokenizer: only the tokenizer, cached per model name
 
 Importing this package is cheap: errors and specs load at once (no torch); every
 other name loads its module on first use, so `from workbench.models import
@@ -38,7 +38,7 @@ _LAZY_MODULES = {
     "quant": ("Int8Linear", "PackedInt8Linear", "can_pack", "quantize_int8", "quantize_model_int8",
               "quantized_params"),
     "hub": ("PICKLE_WEIGHTS",),
-    "loaded": ("LoadedModel", "check_compatible", "count_params", "eos_ids", "max_positions", "output_size"),
+    "loaded_model": ("LoadedModel", "check_compatible", "count_params", "eos_ids", "max_positions", "output_size"),
     "loading": ("DEFAULT_MAX_LOADED_MODELS", "DTYPES", "CacheKey", "ModelCache", "clear_loaded", "load_model",
                 "max_loaded_models", "resolve_device"),
     "tokenizer": ("MAX_TOKENIZERS", "clear_tokenizers", "load_tokenizer"),

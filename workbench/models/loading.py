@@ -37,7 +37,7 @@ from ..config import env_number
 from .errors import ModelError, Progress, tell
 from .gguf import GGUF_SOURCES, from_converted
 from .hub import from_pretrained, load_directory, load_hub
-from .loaded import LoadedModel, eos_ids
+from .loaded_model import LoadedModel, eos_ids
 from .quant import quantize_model_int8
 from .specs import TINY_NAME, cache_key, normalize_spec, parse_spec
 from .tiny import build_tiny_model, build_tiny_tokenizer

@@ -1,4 +1,7 @@
-"""Draft trees: the structure every drafter returns and the buffers verification needs.
+"""The Draft: the tree of tokens every drafter proposes, and the buffers verification needs.
+
+(Its shape alone, torch-free, is workbench.tree_shape; the drafters that grow top-k trees are
+workbench.methods.top_k_trees.)
 
 A draft is a tree of n nodes hanging under a *root*, the last committed token
 (which the target has not processed yet). Node i has a token and a parent

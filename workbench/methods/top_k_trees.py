@@ -30,7 +30,7 @@ import time
 import torch
 
 from ..config import ConfigError
-from ..tree import Draft
+from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .draft_model import DraftModelRunner, DraftTreeSession
 
