@@ -5,8 +5,7 @@ import os
 
 import pytest
 
-# Where the tiny models run: the CPU, or e.g. cuda for scripts/gpu_check.sh (WORKBENCH_TEST_DEVICE=cuda).
-DEVICE = os.environ.get("WORKBENCH_TEST_DEVICE", "cpu")
+from .helpers import DEVICE, PROMPTS
 
 
 def pytest_configure(config):
@@ -70,15 +69,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-@pytest.fixture(scope="session", autouse=True)
+HEAD_METHODS = ("eagle", "medusa", "hydra")  # the methods that draft with a trained head
+
+
+@pytest.fixture(scope="session")
 def tiny_heads(tmp_path_factory):
     """Default heads for tiny-random (eagle, medusa, hydra), trained for a few seconds on its own outputs.
 
-    The head methods find them by default through $WORKBENCH_HEADS, so the registry-driven
-    tests run them like every other method (subprocesses inherit the variable). A random
-    model's text is noise a small head cannot learn in general, so the heads are trained on
-    the target's responses to the engine tests' own prompts (greedy and sampled): enough for
-    them to draft there, so a feature or position misalignment shows as a failed "actually drafts".
+    The head methods find them by default through $WORKBENCH_HEADS (`_heads_dir` points it here for the
+    tests that need them), so the registry-driven tests run them like every other method (subprocesses
+    inherit the variable). A random model's text is noise a small head cannot learn in general, so the
+    heads are trained on the target's responses to the engine tests' own prompts (greedy and sampled):
+    enough for them to draft there, so a feature or position misalignment shows as a failed "actually drafts".
     The eagle and hydra heads fuse features (the engine hands them the feature layers' states too),
     the medusa head reads the final hidden states alone: both paths run through every registry test.
     """
@@ -86,20 +88,61 @@ def tiny_heads(tmp_path_factory):
 
     from workbench.train import TrainConfig, train
 
-    from .test_engine import PROMPTS
-
     root = tmp_path_factory.mktemp("heads")
     prompts = root / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt_ids": p}) for p in PROMPTS))
-    old = os.environ.get("WORKBENCH_HEADS")
-    os.environ["WORKBENCH_HEADS"] = str(root)
-    for kind in ("eagle", "medusa", "hydra"):
+    for kind in HEAD_METHODS:
         train(TrainConfig(kind=kind, target="tiny-random", prompts=str(prompts), samples=24, max_new_tokens=64,
                           fuse=kind != "medusa",
                           steps=200, lr=3e-3, device=DEVICE, out=str(root / f"tiny-random-{kind}"), store=False,
                           evaluate_prompts=0), quiet=True)
-    yield root
-    if old is None:
-        os.environ.pop("WORKBENCH_HEADS", None)
+    return root
+
+
+def _needs_heads(item) -> bool:
+    """A test that runs a head method: marked `heads`, asking for `tiny_heads`, or parametrized with a head
+    method (its name, or its registry class, as the registry-driven tests pass it)."""
+    if item.get_closest_marker("heads") or "tiny_heads" in item.fixturenames:
+        return True
+    if item.get_closest_marker("real"):  # the embedded model's heads ship with the package
+        return False
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(getattr(v, "name", v) in HEAD_METHODS for v in params.values() if isinstance(v, (str, type)))
+
+
+@pytest.fixture(autouse=True)
+def _heads_dir(request, tmp_path, monkeypatch):
+    """$WORKBENCH_HEADS: the trained tiny heads for a test that needs them (trained once, on first need),
+    an empty folder of its own for any other, so no test reads the user's heads or depends on another's."""
+    if _needs_heads(request.node):
+        monkeypatch.setenv("WORKBENCH_HEADS", str(request.getfixturevalue("tiny_heads")))
     else:
-        os.environ["WORKBENCH_HEADS"] = old
+        monkeypatch.setenv("WORKBENCH_HEADS", str(tmp_path / "no-heads"))
+
+
+@pytest.fixture
+def recordings(monkeypatch) -> list[dict]:
+    """Every Recording made while the test runs: its row and how it ended (a spy on the one class)."""
+    from workbench.record import Recording
+
+    made: list[dict] = []
+    init, finish, fail = Recording.__init__, Recording.finish, Recording.fail
+
+    def spy_init(self, store, trace, **row):
+        init(self, store, trace, **row)
+        made.append({"source": row.get("source"), "method": row.get("method"), "run_id": self.run_id, "ended": None})
+        self._spied = made[-1]
+
+    def spy_finish(self, trace, output_text):
+        finish(self, trace, output_text)
+        self._spied["ended"] = "finished"
+
+    def spy_fail(self, exc, output_text=None, *, interrupted=False, error=None):
+        if not self.closed:
+            self._spied["ended"] = "interrupted" if interrupted else "failed"
+        fail(self, exc, output_text, interrupted=interrupted, error=error)
+
+    monkeypatch.setattr(Recording, "__init__", spy_init)
+    monkeypatch.setattr(Recording, "finish", spy_finish)
+    monkeypatch.setattr(Recording, "fail", spy_fail)
+    return made

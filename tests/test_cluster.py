@@ -101,7 +101,7 @@ def test_unreachable_or_bad_address_fails_fast_with_one_line(capsys):
 # ---------------------------------------------------------------- runs
 
 
-def test_a_run_through_a_worker_equals_the_in_process_run(cluster, tmp_path, monkeypatch):
+def test_a_run_through_a_worker_equals_the_in_process_run(cluster, tmp_path, monkeypatch, recordings):
     store = _store(tmp_path)
     local = {}
     for method, draft in (("speculative", DRAFT), ("autoregressive", None)):
@@ -117,6 +117,9 @@ def test_a_run_through_a_worker_equals_the_in_process_run(cluster, tmp_path, mon
         assert rec.env["worker"]["node_id"] and "torch" in rec.env and rec.env["device"] == "cpu"
         assert there.worker["pid"] == rec.env["worker"]["pid"]
         assert store.get_run(here.run_id).env.get("worker") is None
+        # recorded by the same lifecycle as the run in this process (workbench.record)
+        assert [(r["run_id"], r["ended"]) for r in recordings[-2:]] == [(here.run_id, "finished"),
+                                                                          (there.run_id, "finished")]
     # Ray Client cannot stream generators; the long-poll path gives the same run
     monkeypatch.setattr("workbench.cluster.remote_run.is_client", lambda: True)
     polled = api.run("speculative", "Tell me about the sea.", target=TARGET, draft=DRAFT, max_new_tokens=24,
@@ -145,7 +148,7 @@ def test_steps_stream_to_on_step_one_by_one_before_the_run_ends(cluster, tmp_pat
     assert store.get_run(res.run_id).status == "finished"
 
 
-def test_a_worker_that_dies_mid_run_leaves_the_run_interrupted(cluster, tmp_path):
+def test_a_worker_that_dies_mid_run_leaves_the_run_interrupted(cluster, tmp_path, recordings):
     store = _store(tmp_path)
 
     def kill_at_step_2(step, _trace):
@@ -159,6 +162,7 @@ def test_a_worker_that_dies_mid_run_leaves_the_run_interrupted(cluster, tmp_path
                 on_step=kill_at_step_2)
     rec = store.list_runs(limit=1)[0]
     assert rec.status == "interrupted" and "died" in rec.error and rec.stop_reason == "interrupted"
+    assert recordings == [{"source": "api", "method": "autoregressive", "run_id": rec.id, "ended": "interrupted"}]
     assert 3 <= len(store.load_trace(rec.id).steps) < 300
     assert all(w.info["pid"] != rec.env["worker"]["pid"] for w in get_pool(cluster).workers())
     again = api.run("autoregressive", "Hello", target=TARGET, max_new_tokens=4, store=store, cluster=cluster)
@@ -181,7 +185,7 @@ def _rows(report):
     return {(r["arm"], r["category"]): (r["method"], r["lossless_match"]) for r in report["rows"]}
 
 
-def test_a_cluster_benchmark_gives_the_in_process_rows(cluster, tmp_path, capsys):
+def test_a_cluster_benchmark_gives_the_in_process_rows(cluster, tmp_path, capsys, recordings):
     suite = _suite(tmp_path)
     common = ["bench", "--suite", suite, "--methods", "speculative,prompt_lookup", "-n", "8", "-r", "1", "--json",
               *TINY]
@@ -201,6 +205,8 @@ def test_a_cluster_benchmark_gives_the_in_process_rows(cluster, tmp_path, capsys
     store = RunStore(tmp_path / "there.sqlite")
     runs = store.list_runs(limit=None)
     assert len(runs) == 4 * 4 and {r.status for r in runs} == {"finished"}
+    there_ids = {r["run_id"] for r in recordings if r["source"] == "bench" and r["ended"] == "finished"}
+    assert {r.id for r in runs} <= there_ids  # each stored through the same lifecycle as in process
     assert {r.env["worker"]["pid"] for r in runs} <= {w["pid"] for w in there["env"]["workers"]}
     by = {(r.params["bench.arm"], r.params["bench.prompt"]): r for r in runs}
     second = by[("speculative", "81.2")]  # turn 2 carries the baseline's own answer to turn 1
@@ -209,12 +215,28 @@ def test_a_cluster_benchmark_gives_the_in_process_rows(cluster, tmp_path, capsys
 
 def test_a_worker_killed_mid_benchmark_loses_and_doubles_nothing(cluster, tmp_path):
     from store import RunStore
-    from workbench.bench.runner import BenchConfig, run_benchmark
+    from workbench.api import run_benchmark
+    from workbench.bench.runner import BenchConfig
+
+    def crash_in_next_block(_worker):
+        """Run in the worker's process (a closure, so Ray sends it by value): its next benchmark block ends the
+        process after the block's first run, as a crash would."""
+        import os
+
+        from workbench.bench import runner
+
+        decode_block = runner.decode_block
+
+        def crashing(*args, **kwargs):
+            runner.decode_block = decode_block
+            return decode_block(*args, **kwargs, after_run=lambda: os._exit(1))
+
+        runner.decode_block = crashing
 
     pool = get_pool(cluster)
     workers = pool.acquire_many(2, TARGET, None)
     assert len(workers) == 2
-    ray.get(workers[0].handle.crash_in_next_block.remote())  # it dies after the first run of its next block
+    ray.get(workers[0].handle.__ray_call__.remote(crash_in_next_block))  # Ray's hook to run code in an actor
     for w in workers:
         pool.release(w, models=(TARGET, None))
     store = RunStore(tmp_path / "runs.sqlite")
