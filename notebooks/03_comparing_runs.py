@@ -219,12 +219,13 @@ everything.groupby("source").size().rename("runs").to_frame() if len(everything)
 #
 # A benchmark (`workbench bench ...`) logs every run under one benchmark id, each labelled with its
 # arm, category, prompt and repeat (`param.bench.*`). With no benchmark in the store, a very small
-# one runs here (one summarization prompt, one repeat; `workbench.bench.run_benchmark`).
+# one runs here (one summarization prompt, one repeat; `workbench.run_benchmark`).
 
 # %%
 benches = store.list_benchmarks()
 if BENCHMARK_ID is None and not benches:
-    from workbench.bench import BenchConfig, run_benchmark
+    from workbench import run_benchmark
+    from workbench.bench import BenchConfig
 
     cfg = BenchConfig(suite="builtin", methods=["speculative", "prompt_lookup"], target=MODEL, draft=DRAFT,
                       max_new_tokens=min(TOKENS, 32), repeats=1, limit=1, categories=["summarization"],
