@@ -223,7 +223,7 @@ P.acceptance_position_figure(r.trace).show()
 # its training responses (VocabTrim / FR-Spec): its LM head shrinks to those rows, which is most of
 # a head's cost on a large vocabulary. It stays lossless (a token outside the set is never
 # proposed; the target still verifies every token); what it costs is the acceptance of the rare
-# tokens it can no longer propose.
+# tokens outside the set, which it cannot propose.
 
 # %%
 TRIM = max(16, min(8192, target.vocab_size // 4))

@@ -76,8 +76,8 @@ def memory_mb(device: torch.device) -> float:
 class PeakMemory:
     """Peak memory during a run: CUDA allocator peak, or the process's resident set on CPU.
 
-    On CPU the resident set is read every EVERY samples (a /proc read costs ~0.1 ms, which
-    is visible next to a tiny model's forward) and once more at the end.
+    On CPU the resident set is read every EVERY samples (a /proc read is visible next to a
+    tiny model's forward) and once more at the end.
     """
 
     EVERY = 16

@@ -79,7 +79,7 @@ class Draft:
 
     @cached_property
     def _ancestors(self) -> torch.Tensor:
-        """(n+1, n+1) bool on the CPU, built once per draft (through numpy: 3x faster than from nested lists)."""
+        """(n+1, n+1) bool on the CPU, built once per draft (through numpy: cheaper than from nested lists)."""
         return torch.from_numpy(np.array(tree_shape.ancestor_rows(self.parents), dtype=bool))
 
     @cached_property

@@ -1,10 +1,11 @@
 """KV-cache helpers over transformers' DynamicCache: pass it, roll it back, keep accepted tree nodes.
 
 `forward` hands the cache to a stock transformers model under the argument name
-the installed version declares (`cache` from transformers 5.24, `past_key_values`
-before), so no call site depends on the version. `crop` and `keep_positions`
-operate on every layer's (B, heads, T, head_dim) key/value tensors along T, so
-the accepted prefix is never recomputed. Sliding-window layers (Gemma 3) are
+the installed version declares (`cache` in transformers 5.24 and later,
+`past_key_values` in earlier 5.x releases), so no call site depends on the
+version. `crop` and `keep_positions` operate on every layer's
+(B, heads, T, head_dim) key/value tensors along T, so the accepted prefix is
+never recomputed. Sliding-window layers (Gemma 3) are
 only cut while they still hold every position; past the window a rollback would
 need states the layer has already dropped, so it is refused with a clear error.
 """

@@ -11,12 +11,12 @@ is called with `cache=`, `position_ids=` and a 4D mask over all L columns):
 
 Verification is what drafting methods pay for, so its common sizes get graphs of
 their own: a static-shape graph lets inductor plan its matmuls for that row count,
-measured flatter than the shape-dynamic graph (see STATIC_T). A forward of T
-tokens in bucket B runs B rows: the B - T padding rows repeat the last real token
-and position, see every real column and nothing after, and their logits are
-dropped; their keys and values land in the B - T cache columns after the real
-ones, which the mask hides and the next forward overwrites (the same argument as
-free rollback).
+so its cost grows more slowly with T than the shape-dynamic graph's (see
+STATIC_T). A forward of T tokens in bucket B runs B rows: the B - T padding rows
+repeat the last real token and position, see every real column and nothing
+after, and their logits are dropped; their keys and values land in the B - T
+cache columns after the real ones, which the mask hides and the next forward
+overwrites (the same argument as free rollback).
 
 Rollback is free (gpt-fast): the session's `length` says how many positions are
 valid; the mask hides every column from `length + T` on, and the next write
@@ -58,16 +58,15 @@ logger = logging.getLogger(__name__)
 
 MIN_CACHE_LEN = 512
 MAX_COMPILED_T = 64  # verification forwards up to this many tokens use the compiled graph
-# Verification sizes with a static-shape graph each (3 tokens run as 4, 5-8 as 8, 9-16 as 16). Measured on
-# SmolLM2-135M (2-core Xeon with AMX, torch 2.13, fp32, 128 cached), cost over a one-token forward, static graph
-# vs the shape-dynamic one: n=2 1.05 vs 1.65, n=4 1.22 vs 1.75, n=8 1.41 vs 1.96, n=16 1.73 vs 2.38. Each graph
-# costs about 35 s more compiling there. Graphs of 5 and 6 tokens cost 1.37 and 1.40 (5 padded to 8: 1.53), too
-# little gained for their compile time. `WORKBENCH_STATIC_T` overrides it ("" = none: the dynamic graph).
+# Verification sizes with a static-shape graph each (3 tokens run as 4, 5-8 as 8, 9-16 as 16). Each static graph
+# costs clearly less per forward than the shape-dynamic one, but adds its own compile time; graphs of their own
+# for sizes in between (5, 6) gain too little over padding to the next size to pay for that. The measurements:
+# docs/results/2026-12-05-compiled-backend.md. `WORKBENCH_STATIC_T` overrides it ("" = none: the dynamic graph).
 STATIC_T = (2, 4, 8, 16)
 # Graphs of at most this many tokens are compiled without freezing, so nothing is pre-packed; the larger static
-# graphs freeze and pre-pack their weights. Measured on SmolLM2-135M (same machine), one forward after 100
-# cached positions: T=1 29.3 ms unfrozen against 30-33 ms pre-packed, but T=8 42.5 ms pre-packed against 57
-# unpacked. Unfrozen graphs are also the ones inductor's disk cache keeps: pre-packed weights are bound to
+# graphs freeze and pre-pack their weights: pre-packing pays off over several rows but not for a single one
+# (docs/results/2026-12-05-compiled-backend.md, pre-packed weights).
+# Unfrozen graphs are also the ones inductor's disk cache keeps: pre-packed weights are bound to
 # their addresses and are compiled afresh in every process. (Packing is switched per graph through freezing,
 # not through inductor's `cpp.weight_prepack`: its packing passes are set up once per process, by the first
 # frozen compilation, so that switch would turn packing off or on for every graph at once.)
@@ -98,20 +97,19 @@ def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
     """`run` compiled for exactly T new tokens (module docstring: which graphs pre-pack their weights).
 
     On CPU a static graph runs without dynamo's guards (`skip_all_guards_unsafe`): checking them, hundreds
-    over the model's modules, cost ~1.9 ms of a 29 ms one-token forward (SmolLM2-135M, 2-core Xeon, torch
-    2.13; 27.2 ms without). It is safe here because nothing a guard would catch can change: each graph
-    has a code object of its own (`_own_code`), is called only through `CompiledForward.call` with tensors
-    of exactly its shapes, dtypes and device, under inference mode, over one model and one cache that
-    live as long as it does; every Python value that varies (length, positions, mask) enters as a tensor.
+    over the model's modules, is a visible share of a small model's one-token forward. It is safe here
+    because nothing a guard would catch can change: each graph has a code object of its own (`_own_code`),
+    is called only through `CompiledForward.call` with tensors of exactly its shapes, dtypes and device,
+    under inference mode, over one model and one cache that live as long as it does; every Python value
+    that varies (length, positions, mask) enters as a tensor.
     The shape-dynamic graph keeps its guards: its shapes do vary.
 
     On CPU a static graph's wrapper (the code that allocates buffers and calls its kernels and matmuls,
     hundreds per forward) is C++, not Python (`cpp_wrapper`), built apart from the kernels
-    (`cpp_wrapper_build_separate`). Measured on SmolLM2-135M (same machine, one process, graphs taking
-    turns, median ms after 100 cached positions): T=1 30.41 -> 28.56, T=4 37.92 -> 35.35, T=8 44.92 ->
-    43.58 (the same logits where compared, T=2). Building the wrapper together with the kernels ran no
-    faster and took ~90 s more per graph to compile. Built apart, compiling still takes longer: in one
-    benchmark's warm-up the embedded model took 196 s (about 160 s before) and its int8 copy 231 s (129 s).
+    (`cpp_wrapper_build_separate`): each forward runs a little faster (the same logits, where compared).
+    Building the wrapper together with the kernels runs no faster and compiles much longer; built apart,
+    compiling still takes longer than with a Python wrapper. The measurements:
+    docs/results/2026-12-05-compiled-backend.md.
     """
     if not cpp_wrapped(device):
         return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
@@ -138,9 +136,9 @@ def compiler_settings() -> None:
     """Keep inductor's compiled artefacts in the workbench cache (unless the user chose a place); room for
     every model's graphs; freezing on.
 
-    Freezing is set in inductor's global config, not per call through torch.compile's `options`:
-    measured on SmolLM2-135M (torch 2.13, CPU), a one-token graph compiled with
-    options={"freezing": True} ran 35x slower (1.2 s) than the same graph under the global setting.
+    Freezing is set in inductor's global config, not per call through torch.compile's `options`: a
+    one-token graph compiled with options={"freezing": True} runs many times slower than the same graph
+    under the global setting (docs/results/2026-12-05-compiled-backend.md).
     """
     import torch._dynamo
     import torch._inductor.config

@@ -33,7 +33,8 @@ PROFILE_SIZES = (1, 2, 3, 4, 5, 6, 8, 9, 12, 16, 17, 24, 32, 48, 64)
 CONTEXT = 128  # cached positions before the measured forward
 ROUNDS = 5  # timed forwards per size (medians), the sizes taking turns
 # the named fields at the end of a profile's key; "wrapper" (the compiled CPU graphs' C++ wrappers) and
-# "rounds" mark profiles of graphs and of a measurement that older versions did not have, which are measured anew
+# "rounds" (timed rounds per size) are part of it, so a profile cached without them (by an older version of the
+# workbench, which measured other graphs or measured another way) does not match and is measured again
 KEY_FIELDS = ("backend", "static", "wrapper", "threads", "torch", "attn", "rounds")
 
 
@@ -47,8 +48,8 @@ def measure_cost(loaded, backend: str = "eager", sizes=PROFILE_SIZES, context: i
     """Median seconds of one forward over n new tokens after a `context`-token cache.
 
     The sizes take turns, one forward each per round, after one warm-up round: a slow spell of the
-    machine then lands on every size alike instead of skewing one (with 3 back-to-back repeats per size,
-    one profile measured a one-token forward of an int8 model slower than its two-token one).
+    machine then lands on every size alike instead of skewing one (back-to-back repeats per size can make
+    a smaller forward look slower than a larger one).
     """
     dev = loaded.device
     g = torch.Generator().manual_seed(0)

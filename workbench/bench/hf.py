@@ -88,8 +88,8 @@ def compile_config(device_type: str):
 
 def _inductor_settings():
     """transformers' compile runs with inductor's defaults, freezing off: the compiled backend turns freezing on
-    globally, and with it transformers' static-cache graphs read wrong cache positions (its outputs differed from
-    plain decoding and the CPU kernel indexed past the cache)."""
+    globally, and with it transformers' static-cache graphs read wrong cache positions (their outputs differ from
+    plain decoding and the CPU kernel indexes past the cache)."""
     import torch._inductor.config
 
     return torch._inductor.config.patch(freezing=False)

@@ -5,7 +5,8 @@ arm including the plain-decoding baseline, interleaved and rotated exactly as
 the in-process runner does (workbench.bench.runner.decode_block). A block runs
 in one worker process on one device after that worker's own warm-up, so each
 speedup is still a ratio measured side by side on one device; the report
-(computed from the store, unchanged) pools the blocks as it pools prompts.
+(computed from the store by the same code as an in-process benchmark's) pools
+the blocks as it pools prompts.
 
 Scheduling: every worker loads the models and warms up first (in parallel),
 then takes the next block whenever it is idle. A later repeat of a multi-turn

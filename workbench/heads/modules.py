@@ -209,7 +209,7 @@ class EagleHead(HeadBase):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         H = config["hidden_size"]
-        # heads saved before the embedding norm existed have no "embed_norm" in their card: read as before
+        # a card without "embed_norm" (one written by an older version of the workbench) is a head without the norm
         self.embed_norm = RMSNorm(H, config["eps"]) if config.get("embed_norm") else None
         self.fc = nn.Linear(2 * H, H)
         self.layer = DecoderLayer(config)

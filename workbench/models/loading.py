@@ -14,9 +14,8 @@ Grouped-query attention on a CPU (`cpu_gqa_attention`): on a machine without a
 GPU, transformers' SDPA attention is told to pass grouped key/value heads to
 the kernel as they are (`enable_gqa`) instead of first copying every cached
 key and value once per query head (`repeat_kv`). Same attention, less memory
-traffic: under `torch.compile` the copy of a 512-position cache cost ~3.5 ms of
-a ~34 ms one-token forward of SmolLM2-135M (2 threads), and an eager
-verification of 4-16 tokens ran its attention 1.5-2.5x faster. On CUDA,
+traffic, which on a CPU is a visible share of a small model's forward, compiled
+or eager (docs/results/2026-12-05-compiled-backend.md). On CUDA,
 transformers keeps its own choice (GQA with a mask falls back to the slow math
 kernel there). $TRANSFORMERS_SDPA_FORCE_GQA set by the user is left alone.
 """

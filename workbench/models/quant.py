@@ -15,28 +15,19 @@ the model is quantised for (`quantize_model_int8(model, device)`):
 - CUDA, MPS (or a torch without the kernel): `Int8Linear`, which dequantises the
   weight to the input's dtype at each call (the LM head stays float).
 
-Measured on SmolLM2-135M (Intel Xeon with AVX-512 VNNI and AMX, 2 threads,
-torch 2.13): ms of one forward over n new tokens after a 64-token cache, medians
-of 15 rounds in which the variants take turns; "alpha" is the acceptance rate of
-the variant as a greedy chain draft for the fp32 model (speculative, gamma 4,
-6 prompts x 48 tokens):
-
-    n new tokens                        1      4      8     16   alpha
-    fp32                               39     59     72     80   -
-    Int8Linear (dequantise per call)   44     57     73     86   0.99
-    PackedInt8Linear, LM head too      28     34     51     74   0.99
-    bf16                               46     47     46     51   0.995
-    fbgemm dynamic int8, every Linear  25     30     36     38   0.81
-    ... down_proj left in fp32         28     36     40     47   0.91
-
-fbgemm's dynamic quantisation (``torch.ao.quantization.quantize_dynamic``, int8
-weights per channel) is faster at many tokens, but it quantises each call's
-activations with one scale for the whole tensor, and SmolLM2's down_proj inputs
-carry outliers (absmax ~3000 where other layers see ~5-30): its drafts were
-accepted far less often, which cost more than its speed won back, and its
-quantized-tensor API is deprecated. bf16 (oneDNN, AMX) wins from ~8 tokens on
-this CPU: a drafter that forwards wide trees may prefer ``:bf16``
-(`workbench.backend.speed.precision_speed(spec, rows=16)` measures that on any machine).
+Why this kernel (compared on a CPU with AVX-512 VNNI and AMX:
+docs/results/2026-12-04-draft-models.md): PackedInt8Linear with the LM head
+quantised too is the fastest variant that keeps the draft's acceptance, while
+dequantising at each call (Int8Linear) runs no faster than fp32. fbgemm's dynamic
+quantisation (``torch.ao.quantization.quantize_dynamic``, int8 weights per
+channel) is faster at many tokens, but it quantises each call's activations with
+one scale for the whole tensor, and SmolLM2's down_proj inputs carry outliers far
+larger than other layers' activations: its drafts are accepted far less often,
+which costs more than its speed wins back, and its quantized-tensor API is
+deprecated. bf16 (oneDNN, AMX) overtakes int8 once a forward holds several tokens:
+a drafter that forwards wide trees may prefer ``:bf16``
+(`workbench.backend.speed.precision_speed(spec, rows=16)` measures that on any
+machine).
 
 torch.compile: a model of PackedInt8Linear compiles (dynamo captures
 ``_weight_int8pack_mm`` without graph breaks; checked on tiny-random:int8 over a
@@ -144,7 +135,7 @@ def _is_tied(model: nn.Module, head: nn.Module) -> bool:
 
 
 def _untie(model: nn.Module) -> None:
-    """The head is its own int8 module now; keep transformers from tying it back to the embedding."""
+    """The head is an int8 module of its own; keep transformers from tying it back to the embedding."""
     for cfg in (model.config, getattr(model.config, "text_config", None)):
         if cfg is not None and getattr(cfg, "tie_word_embeddings", False):
             cfg.tie_word_embeddings = False
