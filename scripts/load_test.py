@@ -15,10 +15,10 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.load_clients
 
 from store import RunStore  # noqa: E402
-from ui.load import check_against_store, drive, local_app  # noqa: E402
+from tests.load_clients import check_against_store, drive, local_app  # noqa: E402
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 

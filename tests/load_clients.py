@@ -1,4 +1,4 @@
-"""Drive a running app with concurrent API clients: the concurrency test and the load test share this.
+"""Drive a running app with concurrent API clients: tests/test_concurrency.py and scripts/load_test.py share this.
 
 Each client is a separate `gradio_client.Client` (its own Gradio session, so its
 own `gr.State`) that runs prompts through the app's `/run` endpoint and, when

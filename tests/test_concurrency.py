@@ -15,9 +15,10 @@ import pytest
 
 from store import RunStore
 from ui.common import AppContext
-from ui.load import check_against_store, drive, local_app
 from ui.tabs import playground
 from workbench.config import SamplingConfig
+
+from .load_clients import check_against_store, drive, local_app
 
 
 @pytest.fixture
