@@ -215,6 +215,7 @@ def test_compare_hf_outputs_match_ours(tmp_path, capsys):
         assert all(s.n_accepted <= s.n_draft for s in trace.steps)
 
 
+@pytest.mark.compiled
 def test_every_arm_runs_on_each_backend_against_its_own_baseline(tmp_path, capsys):
     """--backends eager,compiled: one process, interleaved, compiling before timing; both speedups; lossless.
 

@@ -165,6 +165,7 @@ def _value(p):
     return TEXT_VALUES.get(p.name, st.just(p.default))
 
 
+@pytest.mark.heads  # eagle, medusa and hydra are among the methods drawn
 @settings(max_examples=30, deadline=None, database=None)
 @given(data=st.data())
 def test_lossless_methods_equal_plain_greedy(tiny, tiny_bf16, tiny_other, data):
