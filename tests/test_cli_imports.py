@@ -25,20 +25,22 @@ def _run_cli(argv: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(argv)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "err": proc.stderr}
 
 
-@pytest.mark.parametrize("command", [
-    ["runs", "list"],
-    ["runs", "list", "--json"],
-    ["runs", "show", "no-such-run"],
-    ["runs", "export", "--csv", "{tmp}/runs.csv"],
-    ["runs", "delete", "no-such-run"],
+@pytest.mark.parametrize("command, code", [
+    (["runs", "list"], 0),
+    (["runs", "list", "--json"], 0),
+    (["runs", "show", "no-such-run"], 2),  # an unknown run id is a one-line error (exit 2), not a crash
+    (["runs", "export", "--csv", "{tmp}/runs.csv"], 0),
+    (["runs", "delete", "no-such-run"], 2),
 ])
-def test_store_commands_do_not_import_torch(tmp_path, command):
+def test_store_commands_do_not_import_torch(tmp_path, command, code):
     argv = ["--db", str(tmp_path / "runs.sqlite")] + [c.replace("{tmp}", str(tmp_path)) for c in command]
     out = _run_cli(argv)
-    assert out["rc"] in (0, 2)  # an unknown run id is a one-line error, not a crash
+    assert out["rc"] == code, out
+    if code:
+        assert out["err"].splitlines() == ["error: no run with id 'no-such-run'"], out["err"]
     assert out["torch"] is False and out["transformers"] is False
 
 
