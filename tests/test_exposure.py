@@ -15,9 +15,10 @@ from store import RunStore
 from ui.common import AppContext, new_session_state
 from ui.exposure import ExposurePolicy, is_loopback, plan_launch
 from ui.tabs import history, playground
-from workbench.cli import main
 from workbench.config import ConfigError
 from workbench.models import AllowList, ModelCache, ModelError, hub, load_model, loading
+
+from .helpers import run_cli
 
 SLOTS = [None] * (playground.N_SLOTS * len(playground.SLOT_KINDS))
 
@@ -45,12 +46,6 @@ def auth_file(tmp_path):
     return str(path)
 
 
-def _cli(capsys, *args):
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 # ---------------------------------------------------------------- refusing to start
 
 
@@ -59,7 +54,7 @@ def _cli(capsys, *args):
                                         (["--host", "192.168.1.5"], "serve on 192.168.1.5"),
                                         (["--share"], "public share link")])
 def test_ui_refuses_to_expose_without_a_login(capsys, launches, args, words):
-    code, out, err = _cli(capsys, "ui", *args)
+    code, out, err = run_cli(capsys, "ui", *args)
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: refusing to") and words in lines[0], err
@@ -69,18 +64,18 @@ def test_ui_refuses_to_expose_without_a_login(capsys, launches, args, words):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.0.0.2", "::1", "[::1]"])
 def test_ui_on_loopback_needs_no_login(capsys, launches, host):
-    code, _, err = _cli(capsys, "ui", "--host", host)
+    code, _, err = run_cli(capsys, "ui", "--host", host)
     assert code == 0, err
     assert launches[0]["host"] == host and launches[0]["insecure"] is False
     assert is_loopback(host)
 
 
 def test_ui_accepts_an_auth_file_an_env_login_or_insecure(capsys, launches, auth_file, monkeypatch):
-    assert _cli(capsys, "ui", "--host", "0.0.0.0", "--auth-file", auth_file)[0] == 0
+    assert run_cli(capsys, "ui", "--host", "0.0.0.0", "--auth-file", auth_file)[0] == 0
     assert launches[-1]["auth_file"] == auth_file
-    assert _cli(capsys, "ui", "--share", "--insecure")[0] == 0
+    assert run_cli(capsys, "ui", "--share", "--insecure")[0] == 0
     monkeypatch.setenv("WORKBENCH_AUTH", "carol:pw1,dave:pw2")
-    assert _cli(capsys, "ui", "--host", "0.0.0.0", "--allow-model", "org/model")[0] == 0
+    assert run_cli(capsys, "ui", "--host", "0.0.0.0", "--allow-model", "org/model")[0] == 0
     assert launches[-1]["allow_models"] == ["org/model"]
 
 
@@ -119,7 +114,7 @@ def test_bad_auth_sources(tmp_path, capsys):
         plan_launch("0.0.0.0", environ={"WORKBENCH_AUTH": "a:b,nopassword"})
     with pytest.raises(ConfigError, match="--host is empty"):
         plan_launch("  ", environ={})
-    code, _, err = _cli(capsys, "ui", "--host", "0.0.0.0", "--auth-file", str(tmp_path / "missing"))
+    code, _, err = run_cli(capsys, "ui", "--host", "0.0.0.0", "--auth-file", str(tmp_path / "missing"))
     assert code == 2 and err.startswith("error: cannot read --auth-file") and len(err.strip().splitlines()) == 1
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +13,8 @@ from sqlalchemy import create_engine, update
 
 from store import SCHEMA_REVISION, SCHEMA_VERSION, TRAINING_KINDS, RunStore, StoreError, liveness
 from store.models import Training, utcnow
+
+from .helpers import dead_pid
 
 V1 = Path(__file__).with_name("data") / "store_v1.sqlite"
 KEYS = {"id", "created_at", "finished_at", "status", "error", "kind", "target", "out_dir", "config", "data", "curves",
@@ -142,17 +142,11 @@ def test_json_refuses_nan(store: RunStore) -> None:
         json.loads(text, parse_constant=pytest.fail)
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
-
-
 def test_a_killed_trainers_training_is_interrupted_with_its_curves(store: RunStore) -> None:
     live, dead, far = _start(store), _start(store, kind="medusa"), _start(store, kind="hydra")
     curves = {"loss": [[0, 3.0], [5, 2.0]]}
     store.update_training(dead, curves=curves)
-    _set(store, dead, owner_pid=_dead_pid())
+    _set(store, dead, owner_pid=dead_pid())
     _set(store, far, owner_host="elsewhere", owner_pid=1,
          heartbeat_at=utcnow() - timedelta(seconds=liveness.STALE_AFTER_S + 60))
     by_id = {t["id"]: t for t in store.list_trainings()}  # listing reaps
