@@ -14,6 +14,7 @@ chi-square test of tests/test_engine.py), and drafts (tau > 1).
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from collections import Counter
 
@@ -265,10 +266,12 @@ def test_the_apps_run_handler_runs_cross_vocab(tmp_path, other_dir):
     assert last[0].startswith("**Error:**") and "their vocabularies differ" in last[0]
 
 
-def test_a_cluster_worker_opens_a_cross_vocab_run(other_dir):
+def test_a_cluster_worker_opens_a_cross_vocab_run(other_dir, monkeypatch):
     """The same check where a Ray worker loads the models (called here without Ray)."""
     from workbench.cluster.worker import ModelWorker
 
+    # who and where the worker is: Ray's runtime context, which would start a local Ray instance here
+    monkeypatch.setattr(ModelWorker, "info", lambda self: {"pid": os.getpid(), "hostname": "test"})
     worker = ModelWorker()
     request = {"method": "cross_vocab", "prompt": "Hello, world", "target": "tiny-random", "draft": other_dir,
                "params": {"gamma": 5}, "sampling": SamplingConfig().to_dict(), "max_new_tokens": 12, "chat": False,
