@@ -39,8 +39,8 @@ from . import db, liveness, schema
 from .db import StoreError
 from .benchmarks import BenchmarkMixin
 from .models import Benchmark, Metric, RunParam, Run, SchemaInfo, StepRow, Training, utcnow
-from .records import (RunRecord, as_dict, param_from_text, param_to_text, record_from_run, row_to_step, step_to_row,
-                      summary_rows)
+from .records import (METRIC_KEYS, RunRecord, as_dict, param_from_text, param_to_text, record_from_run, row_to_step,
+                      step_to_row, summary_rows)
 from .retry import RETRY_FOR_S, writes
 from .trainings import TrainingMixin
 
@@ -404,7 +404,7 @@ class RunStore(BenchmarkMixin, TrainingMixin):
 
     def runs_dataframe(self, **filters: Any) -> "pandas.DataFrame":
         """One row per run; ``filters`` are list_runs' (default: no limit)."""
-        import pandas as pd
+        import pandas as pd  # here: only for tables; `workbench runs list` and the other store reads stay light
 
         filters.setdefault("limit", None)
         base = ["id", "created_at", "finished_at", "status", "error", "method", "target", "draft", "prompt",
@@ -419,8 +419,6 @@ class RunStore(BenchmarkMixin, TrainingMixin):
             rows.append(row)
         df = pd.DataFrame(rows)
         if df.empty:
-            from .records import METRIC_KEYS
-
             return pd.DataFrame(columns=base + list(METRIC_KEYS) + ["acceptance_by_position"])
         return df
 

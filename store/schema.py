@@ -85,7 +85,7 @@ def _check_known(state: SchemaState, where: str) -> None:
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Any:
     """An Alembic Config for the store's migrations (for ``connection``, or ``url`` in Alembic's own commands)."""
-    from alembic.config import Config
+    from alembic.config import Config  # here: as in _create_or_upgrade
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -113,6 +113,8 @@ def _migration_engine(url: URL, busy_timeout_ms: int) -> Engine:
 
 
 def _create_or_upgrade(conn: Connection, where: str) -> None:
+    # here: Alembic loads only to create or upgrade a file; opening an up-to-date store (`workbench runs list`)
+    # does without it
     from alembic import command
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory

@@ -22,6 +22,8 @@ from typing import Any, Iterable
 import gradio as gr
 
 from store import RunStore
+from workbench.backend import check_backend
+from workbench.cluster import cluster_address, connect
 from workbench.models import EMBEDDED_DEFAULT
 
 from .common import AppContext, new_session_state
@@ -46,8 +48,6 @@ def build_app(db: str | None = None, default_target: str | None = None,
 
     default_backend: the Backend dropdown's initial value (None: eager); raises ConfigError when unknown.
     """
-    from workbench.backend import check_backend
-
     ctx = AppContext(store=RunStore(db), default_target=(default_target or EMBEDDED_DEFAULT).strip(),
                      policy=policy or ExposurePolicy(), default_backend=check_backend(default_backend))
     where = ("Shared server: a fixed set of models, deleting runs turned off." if ctx.policy.exposed
@@ -90,14 +90,10 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, db: s
     Raises ConfigError before serving when an exposed app would have no login
     (see ui.exposure) or the backend is unknown. Extra keyword arguments go to gr.Blocks.launch.
     """
-    from workbench.backend import check_backend
-
     backend = check_backend(backend)
     plan = plan_launch(host, share, auth_file=auth_file, insecure=insecure, allow_models=allow_models,
                        default_target=default_target)
     if cluster is not None:  # the Playground decodes on cluster workers; an unreachable cluster fails here, in one line
-        from workbench.cluster import cluster_address, connect
-
         address = cluster_address(cluster)
         if address is not None:
             connect(address)

@@ -18,6 +18,7 @@ from typing import Any
 
 from store import RunStore, StoreError
 from workbench.config import ConfigError, is_int, shown
+from workbench.models import available_models
 from workbench.models.errors import ModelError
 from workbench.tokens import decoder as model_decoder  # noqa: F401  (re-exported for the tabs)
 from workbench.tokens import single_texts, texts_for, token_pieces  # noqa: F401  (re-exported for the tabs)
@@ -76,8 +77,6 @@ def model_choices(default_target: str) -> tuple[list[str], list[str]]:
     targets = list(BUILTIN_TARGETS)
     drafts = list(BUILTIN_DRAFTS)
     try:
-        from workbench.models import available_models
-
         for m in available_models():
             if m["name"] not in targets and m.get("installed"):
                 targets.append(m["name"])

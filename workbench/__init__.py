@@ -6,6 +6,8 @@
 
 Importing the package is cheap (no torch); the heavy modules load on first use.
 """
+import importlib
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -25,8 +27,6 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -16,8 +16,13 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .backend import add_backend_argument
+from store import RunStore, StoreError
+
+from .backend import add_backend_argument, check_backend
+from .bench.cli import add_bench_parser
 from .config import BASELINE, ConfigError, SamplingConfig
+from .models import EMBEDDED_DEFAULT, ModelError
+from .train_cli import add_train_parsers
 
 
 class UsageError(Exception):
@@ -57,8 +62,6 @@ def _int_in(lo: int, hi: int | None = None):
 
 
 def _open_store(args):
-    from store import RunStore
-
     return RunStore(args.db) if getattr(args, "db", None) else RunStore()
 
 
@@ -80,7 +83,7 @@ def _progress_printer():
     """
     tty = sys.stderr.isatty()
     if not tty:
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging  # here: transformers only for commands with a model
 
         hf_logging.disable_progress_bar()  # its weight-loading bar would bury the one error line
 
@@ -92,7 +95,7 @@ def _progress_printer():
 
 
 def cmd_run(args) -> int:
-    from .api import run
+    from .api import run  # here: loads torch, which the CLI's parsers and store commands must not
 
     if args.prompt is None or not args.prompt.strip():
         raise UsageError("the prompt is empty: pass --prompt TEXT")
@@ -117,7 +120,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods import list_methods
+    from .methods import list_methods  # here: the methods load torch (as cmd_run)
 
     methods = [m.facts() for m in list_methods()]
     if args.json:
@@ -135,8 +138,9 @@ def cmd_methods(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .models import available_models
+    # here: the model catalogue and the precision timings load torch (as cmd_run)
     from .backend.speed import MEASURED_PRECISIONS, cached_precision_speeds, precision_speed
+    from .models import available_models
 
     models = available_models()
     measured = None
@@ -315,6 +319,8 @@ def _add_ui(sub) -> None:
     add_backend_argument(u)
 
     def cmd_ui(args) -> int:
+        # here: the app's package sits above the library and loads only for `workbench ui` (Gradio and torch
+        # only after the exposure check)
         from ui.exposure import plan_launch
 
         options = dict(auth_file=args.auth_file, insecure=args.insecure, allow_models=args.allow_model)
@@ -329,8 +335,6 @@ def _add_ui(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench.cli import add_bench_parser
-
     add_bench_parser(sub)
 
 
@@ -346,9 +350,8 @@ def _add_profile(sub) -> None:
     pr.add_argument("--json", action="store_true")
 
     def cmd_profile(args) -> int:
-        from .backend import check_backend
-        from .backend.profile import profile_table
-        from .models import EMBEDDED_DEFAULT, load_model
+        from .backend.profile import profile_table  # here: loads torch (as cmd_run)
+        from .models import load_model
 
         backends = [check_backend(b.strip()) for b in (args.backends or args.backend).split(",") if b.strip()]
         threads = [_int_in(1, 1024)(t.strip()) for t in args.threads.split(",")] if args.threads else [None]
@@ -373,8 +376,6 @@ def _add_profile(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    from .train_cli import add_train_parsers
-
     add_train_parsers(sub, _int_in)
 
 
@@ -400,9 +401,6 @@ def _store_env(db: str | None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .models.errors import ModelError  # torch-free: `runs list` and friends never import torch
-
-    from store import StoreError
     debug = os.environ.get("WORKBENCH_DEBUG") == "1"
     try:
         parser = build_parser()

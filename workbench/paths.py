@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 
 def cache_dir() -> Path:
     """The workbench's disk cache: $WORKBENCH_CACHE, else the user cache dir."""
     env = os.environ.get("WORKBENCH_CACHE")
     if env:
         return Path(env).expanduser()
-    import platformdirs  # only when no $WORKBENCH_CACHE is set
-
     return Path(platformdirs.user_cache_dir("decoding-workbench"))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+import transformers
 
 from store import RunStore
 
@@ -42,8 +43,6 @@ STEP_FLUSH_EVERY = 16
 
 def environment(target=None) -> dict[str, Any]:
     """What a result depends on besides the code: hardware, versions, precision, threads."""
-    import transformers  # its version only; loaded already wherever a model is
-
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from .models import load_tokenizer
+
 Decode = Callable[[list], str]
 
 
@@ -38,8 +40,6 @@ def token_pieces(decode: Decode, ids: Sequence[int], start: int = 0, window: int
 def decoder(spec: str) -> Decode | None:
     """decode(ids) -> str with the tokenizer of model `spec` (special tokens kept), or None if it cannot load."""
     try:
-        from .models import load_tokenizer
-
         tokenizer = load_tokenizer(spec)
     except Exception:  # noqa: BLE001 - the caller falls back to showing token ids
         return None

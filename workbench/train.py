@@ -38,6 +38,7 @@ FR-Spec); its LM head shrinks to those rows. Still lossless.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -50,8 +51,16 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError
+from store import RunStore
+
+from .config import ConfigError, DecodeConfig
+from .engine import generate
+from .heads import base_name, default_head_name, fingerprint, make_head, save_head, user_heads_dir
 from .heads.lm_head import HeadLM
+from .kv_cache import layer_states, logits_from_hidden
+from .metrics import acceptance_by_position
+from .models import load_model
+from .record import environment
 from .train_config import TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, message)
@@ -238,8 +247,6 @@ def _token_ids(prompt: Any) -> bool:
 def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8, layers: bool = False) -> list[dict]:
     """Per sequence: tokens (T,), final hidden states f (T, H) fp16, argmax a (T,), and where the response starts;
     with `layers`, also g (T, H k) fp16: the outputs of the k feature layers (`cache.feature_layers`)."""
-    from .kv_cache import layer_states, logits_from_hidden
-
     out = []
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]["prompt_ids"]) + len(samples[i]["response_ids"]))
     feats: dict[int, dict] = {}
@@ -417,8 +424,6 @@ def draft_losses(model, lmh: "HeadLM", b: dict):
 def make_draft_model(lm, layers: int):
     """A few-layer copy of the target: its config with `layers` decoder layers, initialised from evenly spaced
     target layers (first and last included), the target's embedding, final norm and LM head."""
-    import copy
-
     cfg = copy.deepcopy(lm.model.config)
     n = cfg.num_hidden_layers
     picks = sorted({round(i * (n - 1) / max(layers - 1, 1)) for i in range(layers)}) if layers > 1 else [n - 1]
@@ -442,10 +447,6 @@ def make_draft_model(lm, layers: int):
 
 def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = False, db: str | None = None) -> TrainResult:
     """Run the whole pipeline (see the module docstring); returns where the drafter went and its accuracy."""
-    from .record import environment
-    from .heads import default_head_name, save_head, user_heads_dir
-    from .models import load_model
-
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     lm = load_model(cfg.target, device=cfg.device)
@@ -548,8 +549,6 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
 
 
 def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet, store, tid, timings):
-    from .heads import make_head
-
     device = lm.device
     embed = lm.model.get_input_embeddings()
     lmh = HeadLM(lm.model, None if vocab is None else vocab.to(device), dtype=torch.float32)  # frozen rows
@@ -626,10 +625,6 @@ def evaluate(kind, model, lmh, embed, data, held) -> dict:
 
 def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, max_new_tokens: int) -> dict:
     """What serving sees: tau and alpha per draft position of the method on up to n held-out prompts (greedy)."""
-    from .config import DecodeConfig
-    from .engine import generate
-    from .metrics import acceptance_by_position
-
     steps, new, forwards = [], 0, 0
     for s in held[:n]:
         out = generate(lm, kind, s["prompt_ids"], params={"head": str(head_dir), "sizing": "fixed"},  # the whole tree
@@ -644,8 +639,6 @@ def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, 
 
 def _save_draft(model, lm, out: Path, training: dict, accuracy: dict) -> dict:
     """A distilled draft model: an ordinary model directory (use it as a draft spec), with the target's tokenizer."""
-    from .heads import base_name, fingerprint
-
     model = model.to(lm.dtype if lm.dtype.is_floating_point else torch.float32)
     model.save_pretrained(out, safe_serialization=True)
     lm.tokenizer.save_pretrained(out)
@@ -665,8 +658,6 @@ def _write_json(path: Path, obj: Any) -> None:
 def _open_record(cfg, lm, out, db, env):
     if not cfg.store:
         return None, None
-    from store import RunStore
-
     store = RunStore(db) if db else RunStore()
     tid = store.start_training(kind=cfg.kind, target=lm.spec, out_dir=str(out),
                                config={k: v for k, v in asdict(cfg).items() if k != "store"}, env=env)

@@ -5,11 +5,10 @@ import json
 import sys
 
 from .config import HEAD_KINDS, TRAINING_KINDS
+from .train_config import TrainConfig
 
 
 def add_train_parsers(sub, int_in) -> None:
-    from .train_config import TrainConfig
-
     d = TrainConfig(kind="eagle")
     t = sub.add_parser("train", help="train an EAGLE/Medusa/Hydra head or a distilled draft model by self-distillation")
     t.add_argument("--kind", required=True, choices=TRAINING_KINDS)
@@ -47,7 +46,7 @@ def add_train_parsers(sub, int_in) -> None:
     t.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     def cmd_train(args) -> int:
-        from .train import train
+        from .train import train  # here: loads torch, which the CLI's parsers must not
 
         cfg = TrainConfig(kind=args.kind, target=args.target, prompts=args.prompts, samples=args.samples,
                           self_prompts=args.self_prompts,
@@ -84,7 +83,7 @@ def add_train_parsers(sub, int_in) -> None:
     h.add_argument("--json", action="store_true")
 
     def cmd_heads(args) -> int:
-        from .heads import list_heads
+        from .heads import list_heads  # here: loads torch, which the CLI's parsers must not
 
         rows = list_heads(args.kind)
         if args.json:

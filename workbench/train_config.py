@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .config import TRAINING_KINDS, ConfigError
@@ -41,8 +41,6 @@ class TrainConfig:
 
     def command(self) -> str:
         """The `workbench train` command line that reproduces these settings (defaults left out)."""
-        from dataclasses import fields
-
         skip = {"kind", "out", "resume", "store", "device", "evaluate_prompts"}
         base = TrainConfig(kind=self.kind)
         parts = ["workbench train", f"--kind {self.kind}"]

@@ -154,7 +154,7 @@ def show_benchmark(ctx: AppContext, bench_id: str | None):
     """(message, table) for one benchmark: workbench.bench.benchmark_table (methods × categories)."""
     if not bench_id:
         return "Pick a benchmark.", pd.DataFrame()
-    try:
+    try:  # here: an installation without the benchmark code still serves the app; the page says so
         from workbench.bench import benchmark_table
     except ImportError as exc:
         return status("error", f"Benchmark tables are not available in this installation ({exc})."), \

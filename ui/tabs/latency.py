@@ -21,8 +21,10 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from workbench.backend import BACKENDS
+from workbench.backend import BACKENDS, check_backend, prepare
+from workbench.backend import profile
 from workbench.config import BASELINE
+from workbench.models import load_model
 
 from .. import presenters as P
 from ..common import TICK_EVERY_S, AppContext, model_choices, ongoing, status, user_message
@@ -70,10 +72,8 @@ def latency_view(ctx: AppContext, state: dict, run_id: str | None):
 
 def cost_view(target: str | None, scale: str | None):
     """(summary markdown, figure) of the cached cost profiles of `target`'s model (every model when it has none)."""
-    from workbench.backend.profile import cached_profiles
-
     try:
-        rows = cached_profiles()
+        rows = profile.cached_profiles()
     except Exception as exc:  # noqa: BLE001
         return status("error", user_message(exc)), P.empty_figure(user_message(exc))
     mine = P.rows_for_model(rows, target)
@@ -96,14 +96,10 @@ def _measure_thread(ctx: AppContext, target: str, backend: str, events: "queue.Q
                 say("Waiting for the run on the device to finish...")
                 ctx.device_lock.acquire()
             try:
-                from workbench.backend import prepare
-                from workbench.backend.profile import CONTEXT, PROFILE_SIZES, profile_table
-                from workbench.models import load_model
-
                 lm = load_model(target, progress=say)
-                prepare(backend, lm, CONTEXT + max(PROFILE_SIZES), progress=say)  # what profiling opens
+                prepare(backend, lm, profile.CONTEXT + max(profile.PROFILE_SIZES), progress=say)  # what profiling opens
                 t0 = time.perf_counter()
-                rows = profile_table(lm, [backend], [None], refresh=True, progress=say)
+                rows = profile.profile_table(lm, [backend], [None], refresh=True, progress=say)
                 events.put(("done", (rows, time.perf_counter() - t0)))
             finally:
                 ctx.device_lock.release()
@@ -117,8 +113,6 @@ def _measure_thread(ctx: AppContext, target: str, backend: str, events: "queue.Q
 
 def measure_costs(ctx: AppContext, target: str | None, backend: str | None, scale: str | None) -> Iterator[tuple]:
     """The Measure button: profile target × backend on this machine. Yields (status, summary, figure)."""
-    from workbench.backend import check_backend
-
     keep = gr.update()
     target = (target or "").strip() or ctx.default_target
     try:

@@ -23,8 +23,10 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from workbench.backend import BACKENDS
-from workbench.config import BASELINE, ConfigError
+from workbench import api
+from workbench.backend import BACKENDS, check_backend
+from workbench.cluster import cluster_address
+from workbench.config import BASELINE, ConfigError, SamplingConfig
 from workbench.methods import get_method, list_methods
 from workbench.preflight import check_request
 from workbench.trace import Trace
@@ -147,8 +149,6 @@ def draft_for_target(target: str, draft: str | None):
 
 
 def _sampling(temperature, top_p, top_k, seed):
-    from workbench.config import SamplingConfig
-
     return SamplingConfig(temperature=float(temperature or 0.0), top_p=float(top_p if top_p is not None else 1.0),
                           top_k=int(top_k or 0), seed=int(seed or 0))
 
@@ -187,8 +187,6 @@ def warmup_note(ctx: AppContext, run_id: str | None) -> str:
 def _decode_thread(device_lock: threading.Lock, kwargs: dict[str, Any], events: "queue.Queue",
                    cancel: threading.Event) -> threading.Thread:
     """Run api.run in a thread that holds the device lock from before loading until the run is closed."""
-    from workbench import api
-
     def on_step(step, tr):
         if cancel.is_set():
             raise RunCancelled("stopped before the end")
@@ -340,8 +338,6 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
 
 def check_backend_choice(ctx: AppContext, backend: Any) -> str:
     """The page's Backend choice, validated (None or empty: the app's default)."""
-    from workbench.backend import check_backend
-
     return check_backend(backend if backend not in (None, "") else ctx.default_backend)
 
 
@@ -363,8 +359,6 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
     """The Run baseline button: plain decoding with the latest run's settings, then the speedup.
 
     Yields (status, cards, baseline button, state)."""
-    from workbench.config import SamplingConfig
-
     state = dict(state or {})
     keep = gr.update()
     settings = state.get("last_settings")
@@ -407,8 +401,6 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
 
 def on_cluster() -> bool:
     """Whether this app was started with a cluster (`workbench ui --cluster`, which sets $WORKBENCH_CLUSTER)."""
-    from workbench.cluster import cluster_address
-
     try:
         return cluster_address() is not None
     except ValueError:  # a bad address: each run says so in one line

@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 
+from workbench.draft import Draft
 from workbench.trace import Step, Trace
 
 from .. import presenters as P
@@ -41,8 +42,6 @@ def first_interesting_step(trace: Trace) -> int:
 
 def mask_matrix(step: Step) -> list[list[bool]]:
     """The tree attention mask, from workbench.draft (the engine's own buffer)."""
-    from workbench.draft import Draft
-
     return Draft(list(step.tokens), list(step.parents)).ancestor_matrix().tolist()
 
 

@@ -48,6 +48,7 @@ import types
 from typing import Any, Callable
 
 import torch
+from transformers import StaticCache
 
 from .. import kv_cache as kv
 from ..config import ConfigError
@@ -140,6 +141,8 @@ def compiler_settings() -> None:
     one-token graph compiled with options={"freezing": True} runs many times slower than the same graph
     under the global setting (docs/results/2026-12-05-compiled-backend.md).
     """
+    # here: dynamo and inductor are slow to import; only compiling needs them, not every importer of this
+    # module (the cost profiles and the benchmark read its buckets)
     import torch._dynamo
     import torch._inductor.config
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
@@ -180,8 +183,6 @@ class CompiledForward:
     """One model's static cache of L positions and its compiled forwards; used by one session at a time."""
 
     def __init__(self, lm: Any, L: int) -> None:
-        from transformers import StaticCache
-
         self.lm, self.model, self.L = lm, lm.model, L
         self.device = lm.device
         self.hidden_size = int(lm.model.config.hidden_size)  # the final states' width in the graphs' output

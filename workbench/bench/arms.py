@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..backend import check_backend
 from ..config import BASELINE, ConfigError
 from ..methods import get_method, resolve_params
 
@@ -50,8 +51,6 @@ class Arm:
 
 def parse_backends(text: str) -> list[str]:
     """"eager,compiled" -> ["eager", "compiled"] (checked, duplicates dropped)."""
-    from ..backend import check_backend
-
     names = [b.strip() for b in (text or "").split(",") if b.strip()]
     if not names:
         raise ConfigError("--backends is empty: give e.g. --backends eager,compiled")

@@ -5,7 +5,10 @@ import argparse
 import json
 import sys
 
+from store import RunStore
+
 from ..backend import add_backend_argument
+from ..cluster import cluster_address
 from ..config import ConfigError
 
 EPILOG = """examples:
@@ -68,12 +71,11 @@ def add_bench_parser(sub) -> None:
 
 
 def _store(args):
-    from store import RunStore
-
     return RunStore(args.db) if getattr(args, "db", None) else RunStore()
 
 
 def _config(args):
+    # here: the arms and the runner load torch (the methods); the CLI's parsers must not
     from .arms import parse_backends, parse_methods, parse_params, parse_sweeps
     from .runner import BenchConfig
 
@@ -88,8 +90,6 @@ def _config(args):
         raise ConfigError(f"--threads must be positive, got {args.threads}")
     if args.warmup_tokens < 1:
         raise ConfigError(f"--warmup-tokens must be positive, got {args.warmup_tokens}")
-    from ..cluster import cluster_address
-
     cluster = cluster_address(args.cluster)
     if args.workers is not None and (args.workers < 1 or cluster is None):
         raise ConfigError(f"--workers must be positive, got {args.workers}" if args.workers < 1
@@ -109,6 +109,7 @@ def _config(args):
 
 
 def cmd_bench(args) -> int:
+    # here: the report loads torch (the methods, transformers' arms); the CLI's parsers must not
     from .export import to_markdown, write_csv, write_markdown
     from .report import benchmark_report
 
@@ -120,7 +121,6 @@ def cmd_bench(args) -> int:
     else:
         cfg = _config(args)  # every input is checked before a model is loaded or a row written
         from ..api import run_benchmark  # loads torch: only for a benchmark that decodes
-        from ..cluster import cluster_address
         from .runner import plan_benchmark
 
         plan_benchmark(cfg, cluster=cluster_address(cfg.cluster) is not None)

@@ -47,11 +47,15 @@ new token outside the model: one step per token (each one target forward).
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from typing import Any
 
 import torch
+from transformers import CompileConfig, GenerationConfig, StoppingCriteriaList
+from transformers.utils import logging as hf_logging
 
+from ..backend.compiled import cache_len_bucket
 from ..kv_cache import cache_from_kwargs
 from ..device import device_sync, memory_mb
 from ..config import BASELINE
@@ -75,8 +79,6 @@ _COMPILE_CONFIGS: dict[str, Any] = {}
 def compile_config(device_type: str):
     """The CompileConfig of the static arm on this kind of device (one object, so transformers compiles once)."""
     if device_type not in _COMPILE_CONFIGS:
-        from transformers import CompileConfig
-
         if device_type == "cuda":
             cc = CompileConfig()  # transformers' default: reduce-overhead (CUDA graphs)
         else:  # inductor's defaults (no freezing: see `_inductor_settings`)
@@ -90,15 +92,13 @@ def _inductor_settings():
     """transformers' compile runs with inductor's defaults, freezing off: the compiled backend turns freezing on
     globally, and with it transformers' static-cache graphs read wrong cache positions (their outputs differ from
     plain decoding and the CPU kernel indexes past the cache)."""
-    import torch._inductor.config
+    import torch._inductor.config  # here: inductor is slow to import; only the static arm needs it
 
     return torch._inductor.config.patch(freezing=False)
 
 
 def static_cache_len(longest: int, limit: int | None) -> int:
     """The static arm's cache: room for `longest` positions, rounded up as the compiled backend's (a power of two)."""
-    from ..backend.compiled import cache_len_bucket
-
     return cache_len_bucket(min(longest, limit) if limit else longest, limit)
 
 
@@ -109,16 +109,12 @@ def hf_settings(method: str, target, draft=None, max_cache_len: int | None = Non
         return {"cache_implementation": "static", "max_cache_len": max_cache_len, "compile_mode": cc.mode,
                 "compile_dynamic": cc.dynamic, "compile_options": dict(cc.options or {})}
     if method == "hf.assisted":
-        from transformers import GenerationConfig
-
         defaults = GenerationConfig._get_default_generation_params()
         cfg = draft.model.generation_config
         out = {}
         for key in ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold"):
             value = getattr(cfg, key, None)
             out[key] = defaults.get(key) if value is None else value
-        import importlib.util
-
         out["confidence_threshold_adapts"] = importlib.util.find_spec("sklearn") is not None
         return out
     if method == "hf.prompt_lookup":
@@ -127,8 +123,6 @@ def hf_settings(method: str, target, draft=None, max_cache_len: int | None = Non
 
 
 def _generation_config(target, max_new_tokens: int, method: str, max_cache_len: int | None = None):
-    from transformers import GenerationConfig
-
     eos = list(target.eos_token_ids)
     pad = getattr(target.tokenizer, "pad_token_id", None)
     kwargs: dict[str, Any] = dict(
@@ -249,8 +243,6 @@ def hf_run(method: str, target, prompt_ids: list[int], max_new_tokens: int, draf
         kwargs["assistant_model"] = draft.model
     rec = clock = None
     if method == STATIC:
-        from transformers import StoppingCriteriaList
-
         clock = _TokenClock(len(prompt_ids))
         kwargs["stopping_criteria"] = StoppingCriteriaList([clock])
     else:
@@ -290,14 +282,10 @@ def hf_warm_up(method: str, target, prompt_ids: list[int], max_new_tokens: int, 
 
 def _quiet_transformers() -> int:
     """Silence transformers' notice that assisted generation passes length arguments next to a config."""
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     return level
 
 
 def _restore_transformers(level: int) -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity(level)
+    hf_logging.set_verbosity(level)

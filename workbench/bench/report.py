@@ -41,11 +41,15 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
 from .. import metrics as M
 from ..trace import Step, Trace
-from ..config import BASELINE
+from ..config import BASELINE, ConfigError
+from ..methods import get_method
 from .arms import TRACE_OFF_LABEL
 from .hf import OURS, hf_backend
+from .roofline import roofline
 
 ALL = "all"
 EAGER = "eager"
@@ -239,9 +243,6 @@ def _row(arm: str, backend: str, cat: str, runs: list[_Run], base_runs: list[_Ru
 
 
 def _is_tree(method: str) -> bool:
-    from ..config import ConfigError
-    from ..methods import get_method
-
     try:
         return bool(get_method(method).tree)
     except ConfigError:  # a transformers arm: chains
@@ -289,8 +290,6 @@ def benchmark_table(store, benchmark_id: str):
 
     Fast (stored metrics only, no steps); used by the app's History tab and notebooks.
     """
-    import pandas as pd
-
     bench, runs = _load(store, benchmark_id, with_steps=False)
     res = _compute(bench, runs, detailed=False)
     cols = res["categories"] + [ALL]
@@ -322,8 +321,6 @@ class BenchmarkReport:
 
     def frame(self):
         """`rows` as a pandas DataFrame (acceptance_by_position kept as a list column)."""
-        import pandas as pd
-
         return pd.DataFrame(self.rows)
 
     def overall(self, arm: str, backend: str | None = None) -> dict[str, Any] | None:
@@ -397,8 +394,6 @@ def benchmark_report(store, benchmark_id: str) -> BenchmarkReport:
     roof = None
     env = bench.get("env", {})
     if env.get("copy_bandwidth_Bps") and env.get("target_weight_bytes"):
-        from .roofline import roofline
-
         base = overall.get((res["baseline"], ref_backend))
         roof = roofline(env["target_weight_bytes"], env["copy_bandwidth_Bps"],
                         base["tokens_per_s"] if base else None)

@@ -91,7 +91,7 @@ def keep_local_on_loopback() -> None:
 def require_ray():
     """The ray module, or a ClusterError saying how to install it."""
     try:
-        import ray
+        import ray  # here: Ray only when a cluster is used (an optional extra, named below when missing)
     except ImportError:
         raise ClusterError(f"running on a cluster needs Ray: {INSTALL_HINT}") from None
     return ray

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..config import env_number
 from .address import ClusterError, _first_line, require_ray
+from .worker import ModelWorker
 
 ENV_IDLE_S = "WORKBENCH_WORKER_IDLE_S"
 ENV_MAX = "WORKBENCH_MAX_WORKERS"
@@ -146,8 +147,6 @@ class WorkerPool:
     def _spawn(self, kind: str) -> Worker:
         ray = require_ray()
         if self._actor_class is None:
-            from .worker import ModelWorker
-
             self._actor_class = ray.remote(ModelWorker)
         opts: dict[str, Any] = {"num_cpus": self._cpus(), "max_concurrency": MAX_CONCURRENCY}
         if kind == "gpu":

@@ -89,7 +89,7 @@ class ModelWorker:
 
     def info(self) -> dict[str, Any]:
         """Node, host, process and accelerator of this worker (what each run's env records)."""
-        import ray
+        import ray  # here: Ray only when a cluster is used (an optional extra); inside an actor it is there
 
         ctx = ray.get_runtime_context()
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..config import HEAD_KINDS, ConfigError
 from ..paths import cache_dir
@@ -74,8 +75,6 @@ def fingerprint(lm: Any) -> str:
 def save_head(head: HeadBase, out_dir: str | Path, target: Any, *, training: dict | None = None,
               accuracy: dict | None = None, extra: dict | None = None) -> Path:
     """Write `head` (fp16 weights) and its card to out_dir; returns the directory."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -136,8 +135,6 @@ def find_head(ref: str, target: Any, kind: str) -> Path:
 
 def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
     """Head `ref` of `kind`, checked against `target`, on the target's device and dtype -> (head, card)."""
-    from safetensors.torch import load_file
-
     path = find_head(ref, target, kind)
     card = read_card(path)
     if card["kind"] != kind:
@@ -149,7 +146,7 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
                         "train a head for this target with `workbench train`")
     layers = card["config"].get("feature_layers")
     if layers:
-        from ..kv_cache import feature_layers
+        from ..kv_cache import feature_layers  # here: kv_cache loads transformers; `workbench heads` needs none
 
         if list(layers) != list(feature_layers(target.model.config)):
             raise HeadError(f"head {path} fuses the target's layers {list(layers)}, but "

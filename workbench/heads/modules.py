@@ -290,7 +290,7 @@ def init_eagle_from_target(head: EagleHead, model: nn.Module) -> bool:
 def make_head(kind: str, model: nn.Module, heads: int = 4, fuse: bool = False) -> HeadBase:
     """A fresh (untrained) head of `kind` for the target transformers model `model`; `fuse`: read the target's
     feature layers (`cache.feature_layers`) as well as its final hidden states."""
-    from ..kv_cache import feature_layers
+    from ..kv_cache import feature_layers  # here: kv_cache loads transformers; `workbench heads` needs none
 
     H = model.config.hidden_size
     fused = {"feature_layers": list(feature_layers(model.config)),

@@ -231,6 +231,7 @@ def _assemble_parts(parts: list[Path], out: Path, progress: Progress | None) -> 
 
 
 def _convert_file(src: GGUFSource, gguf: Path, out: Path, progress: Progress | None) -> None:
+    # here: transformers' model classes load only to build a model; `workbench models` lists without them
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -252,7 +253,7 @@ def _convert_file(src: GGUFSource, gguf: Path, out: Path, progress: Progress | N
 
 def _rebuild_clean(gguf_model: nn.Module) -> nn.Module:
     """A plain (non-'quantized') copy of a GGUF-loaded model; save_pretrained refuses the original."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # here: as in _convert_file
 
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
@@ -266,7 +267,7 @@ def _rebuild_clean(gguf_model: nn.Module) -> nn.Module:
 
 
 def _skip_weight_init() -> Any:
-    try:
+    try:  # here: as in _convert_file, and the module is not in every transformers version
         from transformers.initialization import no_init_weights
     except ImportError:  # pragma: no cover - older/newer transformers: just initialise
         return contextlib.nullcontext()

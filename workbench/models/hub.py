@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub.utils import validate_repo_id
 from torch import nn
 
 from .errors import ModelError, short
@@ -119,6 +120,7 @@ def _via_hub(name: str, load: Callable[..., T]) -> T:
 
 def tokenizer_from_pretrained(source: str, **kwargs: Any) -> Any:
     """A hub id's or directory's tokenizer through transformers, never running its own Python code."""
+    # here: transformers' auto classes load only to read a model; `workbench models` lists without them
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(source, trust_remote_code=False, **kwargs)
@@ -126,7 +128,7 @@ def tokenizer_from_pretrained(source: str, **kwargs: Any) -> Any:
 
 def from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.Module, Any]:
     """A hub id or directory through transformers: never its own Python code, weights from safetensors only."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # here: as in tokenizer_from_pretrained
 
     tokenizer = tokenizer_from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=False, use_safetensors=True,
@@ -136,8 +138,6 @@ def from_pretrained(source: str, dtype: torch.dtype, **kwargs: Any) -> tuple[nn.
 
 def _invalid_hub_id(name: str) -> str | None:
     try:
-        from huggingface_hub.utils import validate_repo_id
-
         validate_repo_id(name)
     except Exception:  # noqa: BLE001 - the library's message is long; ours says enough
         return "it is not a valid hub id of the form 'owner/name'"

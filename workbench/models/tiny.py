@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import nn
 
 TINY_VOCAB = 272
@@ -27,6 +28,7 @@ TINY_CHAT_TEMPLATE = (
 
 
 def tiny_config() -> Any:
+    # here: transformers' model classes load only to build a model; `workbench models` lists without them
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -39,7 +41,7 @@ def tiny_config() -> Any:
 
 def build_tiny_model(seed: int = 0) -> nn.Module:
     """The tiny-random Llama for `seed`, built without touching the global RNG."""
-    from transformers import GenerationConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaForCausalLM  # here: as in tiny_config
 
     config = tiny_config()
     with torch.random.fork_rng(devices=[]):
@@ -67,8 +69,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def build_tiny_tokenizer() -> Any:
     """Byte-level tokenizer: ids 0-255 are bytes, 256 <s>, 257 </s>, 258 <pad>, 259-271 unused."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # here: as in tiny_config
 
     vocab = {ch: b for b, ch in _bytes_to_unicode().items()}
     specials = ["<s>", "</s>", "<pad>"] + [f"<unused{i}>" for i in range(TINY_VOCAB - TINY_PAD - 1)]
