@@ -198,12 +198,13 @@ display(HTML(P.metric_cards_html(r.trace, results[1, "autoregressive"].summary.t
 # %% [markdown]
 # ## Drafting without a draft model
 #
-# More registered methods draft from the target and the context alone (see the README's method
-# table): `sam` (a suffix automaton over the context), `aded` (tri-gram statistics of the context),
-# `lookahead` (n-grams collected from parallel Jacobi guesses), `jacobi` (fixed-point iteration),
-# `layer_skip` (the target with some layers skipped, where the cost model says it pays) and
-# `prompt_lookup` again. All are lossless: on the second prompt, greedy, each must reproduce plain
-# decoding; τ says how many tokens each target forward committed.
+# More registered methods draft from the target and the context alone (see docs/methods.md,
+# *Without a draft model*): `sam` (a suffix automaton over the context), `aded` (tri-gram
+# statistics of the context), `lookahead` (n-grams collected from parallel Jacobi guesses),
+# `jacobi` (fixed-point iteration), `layer_skip` (the target with some layers skipped, where the
+# cost model says it pays) and `prompt_lookup` again. All are lossless: on the second prompt,
+# greedy, each must reproduce plain decoding; τ says how many tokens each target forward
+# committed.
 
 # %%
 MODEL_FREE = ["sam", "aded", "lookahead", "jacobi", "layer_skip", "prompt_lookup"]
@@ -258,11 +259,10 @@ display(HTML(P.token_html(r.trace, texts_for(r.target, r.output_ids))))
 # %% [markdown]
 # ## On a GPU box or a cluster
 #
-# With `WORKBENCH_CLUSTER` set (`local`, `auto` or `ray://HOST:PORT`; see the README's
-# *On a GPU box / on a cluster*), `workbench.run` decodes on a Ray worker and still stores the
-# run here, with the worker in its env; so every run above already went there. This cell runs
-# one more on the cluster and checks it against an in-process run; without the variable it is
-# skipped.
+# With `WORKBENCH_CLUSTER` set (`local`, `auto` or `ray://HOST:PORT`; see docs/cluster.md),
+# `workbench.run` decodes on a Ray worker and still stores the run here, with the worker in its
+# env; so every run above already went there. This cell runs one more on the cluster and checks
+# it against an in-process run; without the variable it is skipped.
 
 # %%
 from workbench.cluster import cluster_address

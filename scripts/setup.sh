@@ -6,7 +6,7 @@
 #   WORKBENCH_TORCH   the torch requirement installed first (default torch==2.13.0,
 #                     a CPU build here). For a GPU: WORKBENCH_TORCH="torch==2.13.0"
 #                     plus PIP_EXTRA_INDEX_URL pointing at the CUDA wheel index,
-#                     see the README.
+#                     see docs/install.md (GPU machines).
 #   WORKBENCH_PYTHON  the interpreter that creates the venv (default python3.11, else python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -20,8 +20,8 @@ only from the cluster it joined, and with Ray's token authentication
 (RAY_AUTH_MODE=token; on by default for a `local` instance) only from holders
 of its token. Ray Client does not send the token to an address unless
 RAY_AUTH_MODE=token is set in this process (Ray's choice: an explicit address
-never enables it). See the README before a head node leaves a private
-network (it never should).
+never enables it). See docs/cluster.md (Security) before a head node leaves a
+private network (it never should).
 """
 from __future__ import annotations
 
