@@ -193,6 +193,7 @@ def test_sweep_gives_one_row_per_value_and_multi_turn_uses_baseline_answer(tmp_p
     assert by[("speculative[gamma=3]", "1.1")].typed_params["gamma"] == 3
 
 
+@pytest.mark.slow  # transformers' generate beside ours
 def test_compare_hf_outputs_match_ours(tmp_path, capsys):
     db = tmp_path / "runs.sqlite"
     rc = main(["--db", str(db), "bench", "--suite", "builtin", "--categories", "summarization", "--limit", "1",

@@ -28,6 +28,7 @@ def app_url(tmp_path):
         yield url, db
 
 
+@pytest.mark.slow  # an app in a subprocess
 def test_four_concurrent_sessions_each_see_only_their_own_runs(app_url):
     url, db = app_url
     report = drive(url, clients=4, runs_per_client=2, max_new_tokens=24, baseline=True, timeout_s=240)
@@ -81,6 +82,7 @@ def test_stop_never_lets_two_decodes_overlap(tmp_path, monkeypatch):
     store.close()
 
 
+@pytest.mark.slow  # an app in a subprocess
 def test_api_has_stable_names_and_reads_metrics(app_url):
     """What a user of "Use via API" sees: named user-facing endpoints, and a run's metrics as data."""
     from gradio_client import Client

@@ -345,6 +345,7 @@ def _balanced_prompt(target: LoadedModel, tiny: LoadedModel) -> list[int]:
     return best[1]
 
 
+@pytest.mark.slow  # hundreds of sampled runs
 @pytest.mark.parametrize("pair", ["tiny<-other", "merged<-tiny"])
 def test_sampling_preserves_target_distribution(pair, tiny, other, merged):
     """The proposal is deterministic (q one-hot): accepted with probability p(x), else p without x."""

@@ -188,6 +188,7 @@ def sharp_draft(tiny):
     return dataclasses.replace(tiny, model=model, spec="tiny-random:sharpened")
 
 
+@pytest.mark.slow  # N_RUNS sampled runs per method
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
 def test_sampling_preserves_target_distribution(method, backend, tiny, sharp_draft, sampling_prompt):
@@ -199,6 +200,7 @@ def test_sampling_preserves_target_distribution(method, backend, tiny, sharp_dra
     assert max(depths) >= 2, f"{method.name} drafted at most {max(depths)} deep: the test would miss deep-draft bugs"
 
 
+@pytest.mark.slow
 def test_sampling_test_detects_a_broken_rule(tiny, sharp_draft, sampling_prompt, monkeypatch):
     """The same statistical test fails when rejected tokens are resampled from p instead of the residual."""
     monkeypatch.setattr(verify, "residual", lambda p, q, x: p)

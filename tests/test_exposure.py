@@ -118,6 +118,7 @@ def test_bad_auth_sources(tmp_path, capsys):
     assert code == 2 and err.startswith("error: cannot read --auth-file") and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # builds and launches the app
 def test_launch_passes_the_login_and_hides_errors(monkeypatch, tmp_path, auth_file):
     """ui.app.launch hands Gradio the credentials, show_error=False and a policy-bound context."""
     import gradio as gr

@@ -71,6 +71,7 @@ def _stored_steps(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow  # a child process that decodes until killed
 def test_killed_run_is_interrupted_with_its_steps(tmp_path, capsys):
     path = tmp_path / "killed.sqlite"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
