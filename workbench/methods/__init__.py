@@ -2,7 +2,7 @@
 from .base import (DraftContext, Drafter, DrafterEnv, Param, StepFeedback, get_method, list_methods, register,
                    resolve_params)
 from . import autoregressive, multi, prompt_lookup, sequoia, speculative, staged, top_k_trees  # noqa: F401  (registration)
-from . import aded, jacobi, layer_skip, lookahead, sam  # noqa: F401  (registration: drafting without a draft model)
+from . import aded, jacobi, layer_skip, lookahead, recycling, sam  # noqa: F401  (registration: drafting without a draft model)
 from . import cross_vocab  # noqa: F401  (registration: a draft model with another tokenizer)
 from . import heads  # noqa: F401  (registration: trained heads on the target's hidden states)
 
