@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from store import RunStore, StoreError
 
 from .backend import add_backend_argument, check_backend
-from .bench.cli import add_bench_parser
+from .bench_cli import add_bench_parser
 from .config import BASELINE, ConfigError, SamplingConfig
 from .models import EMBEDDED_DEFAULT, ModelError
 from .train_cli import add_train_parsers

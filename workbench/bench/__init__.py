@@ -9,7 +9,7 @@
 Modules: suites (Spec-Bench-format prompt files), arms (methods, --param,
 --sweep), runner (the timed loop), hf (transformers' equivalents), roofline
 (memory bandwidth), report (every metric, from the store; the definitions are
-in its docstring), export (Markdown, CSV), cli (`workbench bench`).
+in its docstring), export (Markdown, CSV); `workbench bench` is workbench.bench_cli.
 
 `workbench.run_benchmark(cfg, store)` runs one in this process or over a cluster
 (workbench.api); `run_in_process` here is the in-process runner alone.
