@@ -132,6 +132,7 @@ class Lookahead(Drafter):
 
     def propose(self, ctx: DraftContext) -> Draft | None:
         self.nodes = []  # the window slots in this step's draft (none unless added below)
+        self.match = (0, 0)  # (gate key, length) of this step's match chain (none unless added below)
         if ctx.max_tokens <= 0:
             return None
         if self.after != len(ctx.tokens):  # first step, or a context we did not follow: start over
@@ -143,7 +144,6 @@ class Lookahead(Drafter):
         self.after = len(ctx.tokens)
         trie = TrieDraft()
         limit = self.room  # tree size: the node budget, plus the match chain on top
-        self.match = (0, 0)
         if self.params["context_ngrams"]:  # the longest earlier match of the text's suffix, copied on
             self.filler.sync(ctx.tokens)
             n, end = self.filler.sam.earlier_match()
