@@ -20,8 +20,10 @@ Importing this package loads SQLAlchemy, psutil and ``workbench.trace`` only
 (no torch, no transformers; Alembic only when a file needs creating or
 upgrading), so history views start quickly.
 """
+from workbench.config import TRAINING_KINDS
+
 from .db import StoreError, default_db_path
-from .models import RUN_STATUSES, SCHEMA_REVISION, SCHEMA_VERSION, TRAINING_KINDS
+from .models import RUN_STATUSES, SCHEMA_REVISION, SCHEMA_VERSION
 from .records import METRIC_KEYS, RunRecord
 from .repository import RunStore, same_sampling
 

@@ -28,7 +28,6 @@ from sqlalchemy import (JSON, CheckConstraint, DateTime, Float, ForeignKey, Inde
                         TypeDecorator)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from workbench.config import TRAINING_KINDS
 
 # Version N is Alembic revision "000N" (store/migrations/versions/000N_*.py).
 SCHEMA_VERSION = 3
@@ -212,7 +211,7 @@ class Training(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     error: Mapped[str | None] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # one of TRAINING_KINDS
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # one of workbench.config.TRAINING_KINDS
     target: Mapped[str] = mapped_column(Text, nullable=False)  # model spec
     out_dir: Mapped[str | None] = mapped_column(Text)  # where the trained heads / model are written
     config: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)  # training settings

@@ -29,9 +29,11 @@ from typing import Any
 
 from sqlalchemy import delete, literal_column, select, update
 
+from workbench.config import TRAINING_KINDS
+
 from . import liveness
 from .db import StoreError
-from .models import RUN_STATUSES, TRAINING_KINDS, Training, utcnow
+from .models import RUN_STATUSES, Training, utcnow
 from .records import as_dict, training_dict
 from .retry import writes
 

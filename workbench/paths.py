@@ -8,8 +8,11 @@ a decode is another thing: workbench.kv_cache.) The run store has its own locati
 """
 from __future__ import annotations
 
+import json
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 
@@ -20,3 +23,21 @@ def cache_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(platformdirs.user_cache_dir("decoding-workbench"))
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object cached on disk, or {} when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json(path: Path, data: Any, indent: int | None = 1) -> None:
+    """Write `data` to `path` atomically: readers see the old file or the new one, never half of either,
+    and two processes (or threads) writing at once each write their own temporary file first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    tmp.replace(path)

@@ -41,7 +41,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field

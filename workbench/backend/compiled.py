@@ -53,7 +53,7 @@ from transformers import StaticCache
 from .. import kv_cache as kv
 from ..config import ConfigError
 from ..device import device_sync, processor
-from ..paths import cache_dir
+from ..paths import cache_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -376,11 +376,8 @@ def _estimate(key: str) -> float | None:
 def _remember(key: str, seconds: float) -> None:
     path = _estimates_path()
     try:
-        data = json.loads(path.read_text()) if path.exists() else {}
+        data = read_json(path)
         data[key] = round(seconds, 1)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
-    except (OSError, ValueError):
+        write_json(path, data)
+    except OSError:
         pass  # an estimate is a nicety

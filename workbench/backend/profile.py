@@ -13,7 +13,6 @@ count and the torch version: machines differ, and nothing here assumes one.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from typing import Any, Callable
@@ -22,7 +21,7 @@ import torch
 
 from ..device import device_sync, processor
 from ..models.loading import gqa_attention_in_effect
-from ..paths import cache_dir
+from ..paths import cache_dir, read_json, write_json
 from . import open_session
 from .compiled import cpp_wrapped, static_buckets
 
@@ -87,14 +86,12 @@ def cost_profile(loaded, backend: str = "eager", refresh: bool = False) -> dict[
     when the cached one lacks a size of PROFILE_SIZES: written by an older version)."""
     key = profile_key(loaded, backend)
     path = _profile_path()
-    data = _read(path)
+    data = read_json(path)
     if refresh or key not in data or not {str(n) for n in PROFILE_SIZES} <= data[key].keys():
-        data = _read(path)  # another process may have written meanwhile
-        data[key] = {str(n): t for n, t in measure_cost(loaded, backend).items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
+        measured = {str(n): t for n, t in measure_cost(loaded, backend).items()}
+        data = read_json(path)  # another process may have written meanwhile
+        data[key] = measured
+        write_json(path, data)
     return {int(n): t for n, t in data[key].items()}
 
 
@@ -121,7 +118,7 @@ def profile_table(loaded, backends: list[str], threads: list[int | None], refres
 def cached_profiles() -> list[dict[str, Any]]:
     """Every profile measured on this machine so far (for the app), parsed from the cache keys."""
     rows = []
-    for key, prof in _read(_profile_path()).items():
+    for key, prof in read_json(_profile_path()).items():
         # spec|device|cpu|backend=..[|static=..]|threads=..|torch=..; the spec itself may hold "|" (a
         # layer_skip view: "model|skip=3,4"), so the named fields are read from the right
         parts = key.split("|")
@@ -169,10 +166,3 @@ def interpolate(profile: dict[int, float], n: int) -> float:
             return profile[a] + (profile[b] - profile[a]) * (n - a) / (b - a)
     a, b = sizes[-2], sizes[-1]
     return profile[b] + (profile[b] - profile[a]) * (n - b) / (b - a)
-
-
-def _read(path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}

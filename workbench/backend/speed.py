@@ -24,7 +24,6 @@ on a miss (or with refresh=True). Loading a model never waits for this.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from ..device import device_sync, processor
 from ..models.errors import ModelError
 from ..models.loading import load_model, resolve_device
 from ..models.specs import normalize_spec, parse_spec
-from ..paths import cache_dir
+from ..paths import cache_dir, read_json, write_json
 from . import open_session
 
 CONTEXT = 32  # cached positions before each measured forward
@@ -76,7 +75,7 @@ def precision_speed(spec: str, device: str | None = None, *, rows: int = 1, repe
     if base == normalize_spec(*parse_spec(spec)):
         return _result(base, base, dev, rows, None, None, None, cached=False)
     key = speed_key(spec, dev, rows)
-    data = _read(_path())
+    data = read_json(_path())
     if not refresh and key in data:
         return {**data[key], "cached": True}
     if progress:
@@ -84,9 +83,9 @@ def precision_speed(spec: str, device: str | None = None, *, rows: int = 1, repe
     lm, ref = load_model(spec, str(dev), progress), load_model(base, str(dev), progress)
     ms, base_ms, speedup = _time_pair(lm, ref, rows, repeats)
     out = _result(lm.spec, ref.spec, dev, rows, ms, base_ms, speedup, cached=False)
-    data = _read(_path())  # another process may have written meanwhile
+    data = read_json(_path())  # another process may have written meanwhile
     data[key] = {k: v for k, v in out.items() if k != "cached"}
-    _write(_path(), data)
+    write_json(_path(), data)
     return out
 
 
@@ -95,7 +94,7 @@ def cached_precision_speed(spec: str, device: str | torch.device | None = None, 
     try:
         dev = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
-        hit = _read(_path()).get(speed_key(spec, dev, rows))
+        hit = read_json(_path()).get(speed_key(spec, dev, rows))
     except (ModelError, RuntimeError, ValueError):
         return None
     return {**hit, "cached": True} if hit else None
@@ -106,7 +105,7 @@ def cached_precision_speeds(device: str | torch.device | None = None) -> list[di
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     here = {"device": str(dev), "processor": processor(dev), "threads": torch.get_num_threads(),
             "torch": torch.__version__}
-    return [{**hit, "cached": True} for hit in _read(_path()).values()
+    return [{**hit, "cached": True} for hit in read_json(_path()).values()
             if isinstance(hit, dict) and all(hit.get(k) == v for k, v in here.items())]
 
 
@@ -167,20 +166,6 @@ def _result(spec: str, base: str, dev: torch.device, rows: int, ms: float | None
 
 def _path() -> Path:
     return cache_dir() / CACHE_FILE
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{id(data)}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 
 
 def speed_vs_fp32(lm) -> str | None:

@@ -48,7 +48,7 @@ from transformers import DynamicCache
 from .. import kv_cache as kv
 from ..backend.profile import CostModel
 from ..config import ConfigError
-from ..paths import cache_dir
+from ..paths import cache_dir, read_json, write_json
 from ..draft import Draft
 from .base import DraftContext, Drafter, Param, register
 from .draft_model import DraftModelRunner
@@ -208,14 +208,11 @@ def calibration(target: Any) -> Calibration:
         _CALIBRATIONS[key] = cal
     if path is not None:
         try:
-            data = json.loads(path.read_text()) if path.is_file() else {}
+            data = read_json(path)
             data[key] = {"sets": [list(s) for s in cal.sets], "hits": cal.hits,
                          "confs": [[[round(x, 4) for x in row] for row in c] for c in cal.confs]}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(data))
-            tmp.replace(path)
-        except (OSError, ValueError):
+            write_json(path, data, indent=None)
+        except OSError:
             pass  # an unwritable cache only costs a new calibration next time
     return cal
 

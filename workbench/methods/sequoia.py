@@ -15,8 +15,6 @@ and the size actually drafted maximises tokens per second:
 """
 from __future__ import annotations
 
-import torch
-
 from ..backend.profile import interpolate
 from ..draft import Draft
 from .base import DraftContext, Param, StepFeedback, register
