@@ -220,18 +220,18 @@ def test_a_worker_killed_mid_benchmark_loses_and_doubles_nothing(cluster, tmp_pa
 
     def crash_in_next_block(_worker):
         """Run in the worker's process (a closure, so Ray sends it by value): its next benchmark block ends the
-        process after the block's first run, as a crash would."""
+        process after the block's first run, as a crash would (the warm-up decodes without runner._decode)."""
         import os
 
         from workbench.bench import runner
 
-        decode_block = runner.decode_block
+        decode = runner._decode
 
         def crashing(*args, **kwargs):
-            runner.decode_block = decode_block
-            return decode_block(*args, **kwargs, after_run=lambda: os._exit(1))
+            decode(*args, **kwargs)
+            os._exit(1)
 
-        runner.decode_block = crashing
+        runner._decode = crashing
 
     pool = get_pool(cluster)
     workers = pool.acquire_many(2, TARGET, None)

@@ -450,7 +450,7 @@ def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_id
 
 
 def decode_block(question, repeat: int, history: list[str] | None, arms: list, tgt, drf, cfg: BenchConfig,
-                 generate, after_run: Callable[[], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                 generate) -> tuple[list[dict[str, Any]], list[str]]:
     """Every arm on every turn of `question` for one repeat, in the in-process order; nothing is stored.
 
     `arms` starts with the baseline. `history`: the baseline's answers to the turns
@@ -469,8 +469,6 @@ def decode_block(question, repeat: int, history: list[str] | None, arms: list, t
                 answers.append(text)  # the baseline's answer feeds the next turn
             records.append({"arm": arm.label, "turn": turn, "repeat": repeat, "prompt_ids": list(prompt_ids),
                             "trace": trace.to_dict(), "text": text})
-            if after_run is not None:
-                after_run()
     return records, answers
 
 
