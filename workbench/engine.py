@@ -33,16 +33,17 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
 from .backend import check_backend, open_session, prepare
 from .backend.profile import CostModel
 from .config import ConfigError, DecodeConfig, SamplingConfig
 from .device import PeakMemory, device_sync
+from .draft import Draft
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
 from .methods.base import RunHistory
 from .preflight import check_draft_given
 from .sampling import choose, logits_to_probs, make_generator
 from .trace import Step, Summary, Trace
-from .draft import Draft
 from .verify import Verdict, node_target_probs, verify_greedy, verify_stochastic
 
 StepCallback = Callable[[Step, Trace], None]
