@@ -38,7 +38,6 @@ class Request:
     decode: DecodeConfig
     backend: str
     draft: str | None  # None where the method drafts without a model (a draft given to it is not recorded)
-    drafts: bool  # the method proposes drafts (so it rolls the cache back)
 
 
 def check_request(method: str, prompt: Any, *, draft: str | None = None, params: dict[str, Any] | None = None,
@@ -60,7 +59,7 @@ def check_request(method: str, prompt: Any, *, draft: str | None = None, params:
     backend = check_backend(backend)
     check_draft_given(method, bool(draft), give_draft)
     return Request(method=method, params=resolved, sampling=sampling, decode=decode, backend=backend,
-                   draft=draft if cls.needs_draft_model else None, drafts=cls.drafts())
+                   draft=draft if cls.needs_draft_model else None)
 
 
 def check_prompt(prompt: Any) -> None:
