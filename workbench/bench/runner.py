@@ -24,9 +24,9 @@ Multi-turn questions run turn by turn; turn k's prompt contains the baseline's
 own greedy answers to the earlier turns, which the baseline's first repeat
 produces before any other arm needs them.
 
-Runs are decoded with workbench.engine.generate and written with the store's
-start_run/finish_run directly (not workbench.api.run), so no store write falls
-inside the timed region, and so each run carries the benchmark's own labels as
+Runs are decoded with workbench.engine.generate and recorded with
+workbench.record's Recording (as every run is) without streaming their steps, so
+no store write falls inside the timed region; each run carries the benchmark's own labels as
 parameters: bench.arm, bench.category, bench.prompt ("question.turn"),
 bench.repeat, bench.trace. Everything the report shows is computed from those
 stored runs (workbench.bench.report), never from in-memory state.
