@@ -163,14 +163,12 @@ def run_history(store: Any | None = None) -> Callable[[str, int], tuple[tuple, l
     the default run store at each call (and closes it)."""
 
     def history(spec: str, n: int) -> tuple[tuple, list[list[int]]]:
-        if store is not None:
-            runs, where = store.list_runs(status="finished", search=spec, limit=n), store.where
-        else:
-            default = RunStore()
-            try:
-                runs, where = default.list_runs(status="finished", search=spec, limit=n), default.where
-            finally:
-                default.close()
+        source = store if store is not None else RunStore()
+        try:
+            runs, where = source.list_runs(status="finished", search=spec, limit=n), source.where
+        finally:
+            if source is not store:
+                source.close()
         runs = [r for r in runs if r.target == spec and r.output_ids]
         return ("history", where, spec, tuple(r.id for r in runs)), [list(r.output_ids) for r in runs[::-1]]
 

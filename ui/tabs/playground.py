@@ -295,10 +295,11 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
         cls = get_method(method)
         max_new = check_run_request(ctx, target, draft if cls.needs_draft_model else None, max_new_tokens)
         backend = check_backend_choice(ctx, backend)
+        give_draft = (f"pick one under *Draft model* (e.g. `{default_draft(target)}`), or choose a method that "
+                      "drafts without one")
         req = check_request(method, prompt or "", draft=draft, params=collect_params(method, slot_values),
                             sampling=_sampling(temperature, top_p, top_k, seed), max_new_tokens=max_new,
-                            backend=backend, give_draft=f"pick one under *Draft model* (e.g. `{default_draft(target)}`), "
-                                                        "or choose a method that drafts without one")
+                            backend=backend, give_draft=give_draft)
         params, sampling = req.params, req.sampling
     except Exception as exc:  # noqa: BLE001
         yield fail(user_message(exc))

@@ -162,12 +162,11 @@ class ModelWorker:
 
         tr = Trace(method=request["method"], params=dict(request["params"]), prompt_ids=list(prompt_ids))
         try:
-            result = generate(tgt, request["method"], prompt_ids, draft=drf, params=request["params"],
-                              sampling=SamplingConfig(**request["sampling"]),
-                              decode=DecodeConfig(max_new_tokens=request["max_new_tokens"],
-                                                  trace=request.get("trace", True)),
-                              on_step=on_step, trace=tr, backend=request.get("backend", "eager"),
-                              history=run_history())  # this machine's run store
+            result = self._generate(tgt, request["method"], prompt_ids, draft=drf, params=request["params"],
+                                    sampling=SamplingConfig(**request["sampling"]),
+                                    decode=DecodeConfig(max_new_tokens=request["max_new_tokens"],
+                                                        trace=request.get("trace", True)),
+                                    on_step=on_step, trace=tr, backend=request.get("backend", "eager"))
             events.put({"kind": "end", "text": result.text, "wall_s": tr.wall_s,
                         "peak_mem_mb": None if tr.peak_mem_mb != tr.peak_mem_mb else tr.peak_mem_mb,
                         "stop_reason": tr.stop_reason}, final=True)
