@@ -18,6 +18,7 @@ from workbench.backend import check_backend, open_session
 from workbench.backend import compiled as compiled_backend
 from workbench.backend.profile import cost_profile, interpolate
 from workbench.config import ConfigError, DecodeConfig
+from workbench.kernels import plan_for
 from workbench.engine import generate
 
 from .helpers import DEVICE
@@ -107,7 +108,7 @@ def test_sessions_of_one_model_do_not_share_a_cache(tiny, monkeypatch):
     """Target and draft may be the same model: two open compiled sessions get two static caches."""
     # the second cache is this test's own: it leaves the pool with the test, and it compiles only the one-token
     # and the dynamic graph (which graphs a cache has does not matter here)
-    key = (id(tiny.model), compiled_backend.cache_len_bucket(256, tiny.max_positions))
+    key = (id(tiny.model), compiled_backend.cache_len_bucket(256, tiny.max_positions), plan_for(tiny).label())
     monkeypatch.setitem(compiled_backend._POOL, key, list(compiled_backend._POOL.get(key, [])))
     monkeypatch.setenv("WORKBENCH_STATIC_T", "")
     a = open_session("compiled", tiny, 256)

@@ -28,6 +28,7 @@ import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import ConfigError
+from ..kernels import add_kernels_argument, plan_for
 
 if TYPE_CHECKING:  # the names are read torch-free (CLI parsers of store-only commands)
     import torch
@@ -69,6 +70,8 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None) -> KV
 
     from .eager import EagerSession  # (the same)
 
+    if not isinstance(model, torch.nn.Module):
+        plan_for(model, progress)  # the CPU linear kernels of this process's mode (workbench.kernels)
     if check_backend(backend) == "compiled" and not isinstance(model, torch.nn.Module):
         from .compiled import open_compiled  # (the same)
 
@@ -81,6 +84,7 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None) -> KV
 def prepare(backend: str, model: Any, max_len: int, *, progress=None) -> float:
     """Compile (or load from the disk cache) what `backend` needs for `model`; seconds it took (0 for eager)."""
     if check_backend(backend) != "compiled":
+        plan_for(model, progress)
         return 0.0
     from .compiled import prepare as compile_for  # torch-free until a model is prepared (above)
 
@@ -93,3 +97,4 @@ def add_backend_argument(parser) -> None:
                         help="how forwards run: eager (stock transformers, DynamicCache) or compiled (static KV "
                              "cache + torch.compile; compiles once per model, 2-5 min on a CPU, cached on disk); "
                              "default $WORKBENCH_BACKEND, else eager")
+    add_kernels_argument(parser)  # which CPU linear kernels those forwards run

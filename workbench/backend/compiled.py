@@ -53,6 +53,7 @@ from transformers import StaticCache
 from .. import kv_cache as kv
 from ..config import ConfigError
 from ..device import device_sync, processor
+from ..kernels import active_label, plan_for
 from ..paths import cache_dir, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ STATIC_T = (2, 4, 8, 16)
 UNPACKED_MAX_T = 2
 Progress = Callable[[str], None] | None
 
-_POOL: dict[tuple[int, int], list["CompiledForward"]] = {}
+_POOL: dict[tuple[int, int, str], list["CompiledForward"]] = {}
 _POOL_LOCK = threading.Lock()
 # Graphs of one code object beyond dynamo's default of 8 silently run eagerly; every graph here has its
 # own code object (`_own_code`), so this is only a margin for its shape variants.
@@ -94,7 +95,7 @@ def cpp_wrapped(device: torch.device) -> bool:
     return device.type != "cuda"
 
 
-def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
+def _compile_static(run: Callable, T: int, device: torch.device, kernel_rows: frozenset[int] = frozenset()) -> Callable:
     """`run` compiled for exactly T new tokens (module docstring: which graphs pre-pack their weights).
 
     On CPU a static graph runs without dynamo's guards (`skip_all_guards_unsafe`): checking them, hundreds
@@ -104,6 +105,10 @@ def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
     under inference mode, over one model and one cache that live as long as it does; every Python value
     that varies (length, positions, mask) enters as a tensor.
     The shape-dynamic graph keeps its guards: its shapes do vary.
+
+    A graph whose linears run the workbench's kernel (T in `kernel_rows`, workbench.kernels) is not frozen
+    either: that kernel reads weights it packed itself, so ATen's pre-packing would only add memory, and
+    graphs frozen or not differ in the last bits of what they fuse, which the invariant mode must avoid.
 
     On CPU a static graph's wrapper (the code that allocates buffers and calls its kernels and matmuls,
     hundreds per forward) is C++, not Python (`cpp_wrapper`), built apart from the kernels
@@ -116,7 +121,7 @@ def _compile_static(run: Callable, T: int, device: torch.device) -> Callable:
         return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
     options = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe,
                "cpp_wrapper": True, "cpp_wrapper_build_separate": True}
-    if T <= UNPACKED_MAX_T:
+    if T <= UNPACKED_MAX_T or T in kernel_rows:  # the workbench's kernel reads its own packed weights
         options["freezing"] = False
     return torch.compile(_own_code(run), dynamic=False, options=options)
 
@@ -200,8 +205,9 @@ class CompiledForward:
             return logits[0], hidden[0]  # (T, V), (T, H (1 + k))
 
         self.eager = run
-        self.one = _compile_static(run, 1, self.device)
-        self.buckets = {B: _compile_static(run, B, self.device) for B in static_buckets()}
+        rows = plan_for(lm).rows  # row counts whose linears run the workbench kernel (workbench.kernels)
+        self.one = _compile_static(run, 1, self.device, rows)
+        self.buckets = {B: _compile_static(run, B, self.device, rows) for B in static_buckets()}
         self.many = torch.compile(_own_code(run), dynamic=True)
 
     def bucket(self, T: int, length: int) -> int | None:
@@ -278,7 +284,7 @@ class CompiledForward:
     def _key(self) -> str:
         static = ",".join(map(str, sorted(self.buckets)))  # every static graph is compiled in the warm-up
         return (f"{self.lm.spec}|{processor(self.device)}|L={self.L}|static={static}|torch={torch.__version__}"
-                f"|threads={torch.get_num_threads()}")
+                f"|threads={torch.get_num_threads()}|kernels={active_label(self.lm)}")
 
 
 class StaticSession:
@@ -322,10 +328,12 @@ class StaticSession:
 
 
 def _acquire(lm: Any, L: int) -> CompiledForward:
-    """A free CompiledForward for (model, L), made when every existing one is in use."""
+    """A free CompiledForward for (model, L, kernel plan), made when every existing one is in use (a graph
+    keeps the kernel plan it was traced with: workbench.kernels)."""
     compiler_settings()
+    kernels = plan_for(lm).label()
     with _POOL_LOCK:
-        pool = _POOL.setdefault((id(lm.model), L), [])
+        pool = _POOL.setdefault((id(lm.model), L, kernels), [])
         for cf in pool:
             if not cf.busy and cf.lm is lm:
                 cf.busy = True

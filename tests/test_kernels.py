@@ -1,0 +1,152 @@
+"""The CPU linear kernel (workbench.kernels): equal to F.linear, bit-identical across row counts, installed
+into models under each mode, recorded with runs, and absent without a compiler (a clean fallback)."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench import kernels
+from workbench.backend import open_session
+from workbench.config import ConfigError, DecodeConfig
+from workbench.engine import generate
+from workbench.kernels import build
+from workbench.kernels.linear import StreamLinear, pack
+from workbench.methods import list_methods
+
+from .helpers import BACKEND_PARAMS, PROMPTS
+
+LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive"]
+
+
+@pytest.fixture(scope="module")
+def ext():
+    if not build.load_extension():
+        pytest.fail(f"the kernels should build on the test machine: {build.unavailable_reason()}")
+    from workbench.kernels.linear import register_fake
+
+    register_fake()
+    return torch.ops.workbench_kernels.stream_linear
+
+
+@pytest.fixture
+def mode(monkeypatch):
+    """Run a test under a kernel mode; the process's mode is restored after it."""
+    def use(name):
+        monkeypatch.setenv("WORKBENCH_KERNELS", name)
+        return kernels.set_mode(name)
+
+    yield use
+    monkeypatch.undo()
+    kernels.set_mode(None)
+
+
+@pytest.mark.parametrize("N,K", [(64, 32), (193, 100), (5, 7), (48, 1)])
+def test_kernel_equals_f_linear_and_rows_are_invariant(ext, N, K):
+    g = torch.Generator().manual_seed(N * K)
+    w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    p = pack(w)
+    assert p.shape == (-(-N // 16), K, 16)
+    x = torch.randn(16, K, generator=g)
+    for T in range(1, 17):
+        y = ext(x[:T], p, b, N)
+        torch.testing.assert_close(y, F.linear(x[:T], w, b), rtol=1e-5, atol=1e-5)
+        # the invariant property: each row's bits do not depend on how many rows came with it
+        assert torch.equal(y, torch.cat([ext(x[i:i + 1], p, b, N) for i in range(T)])), T
+    assert torch.equal(ext(x[:3], p, None, N), ext(x[:3], p, torch.zeros(N), N))
+
+
+def test_kernel_reads_bf16_weights(ext):
+    w = torch.randn(40, 24).bfloat16()
+    x = torch.randn(5, 24)
+    torch.testing.assert_close(ext(x, pack(w), None, 40), F.linear(x, w.float()), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_rejects_a_mismatched_weight(ext):
+    with pytest.raises(RuntimeError, match="features"):
+        ext(torch.randn(2, 8), pack(torch.randn(16, 9)), None, 16)
+
+
+def test_modes_install_and_label(tiny, mode):
+    assert kernels.plan_for(tiny).mode == "fast" or mode("fast")
+    mode("aten")
+    assert kernels.plan_for(tiny).label() == "aten"
+    mode("invariant")
+    plan = kernels.plan_for(tiny)
+    assert plan.label() == f"invariant (1-{kernels.INVARIANT_MAX_ROWS})"
+    linears = [m for m in tiny.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, StreamLinear) and m.plan is plan for m in linears)
+    assert tiny.model.config._attn_implementation == "workbench_invariant"
+    mode("fast")
+    fast = kernels.plan_for(tiny)
+    assert fast.mode == "fast" and set(fast.measured) == set(range(1, 17))
+    assert fast.rows == {T for T, m in fast.measured.items() if m["ratio"] <= 1}
+    assert tiny.model.config._attn_implementation != "workbench_invariant"
+
+
+def test_unknown_mode_is_one_clear_error():
+    with pytest.raises(ConfigError, match="unknown kernel mode 'fastest'; available: fast, invariant, aten"):
+        kernels.check_mode("fastest")
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_invariant_mode_verification_equals_one_token_forwards(tiny, mode, backend):
+    """With the invariant kernels, a forward over T tokens gives each row exactly the logits that T one-token
+    forwards give: no tie margin needed anywhere."""
+    mode("invariant")
+    s = open_session(backend, tiny, 128)
+    try:
+        s.forward(torch.tensor([PROMPTS[0]]))
+        L = s.length
+        for T in (2, 3, 5, 8, 16):
+            nxt = torch.arange(3, 3 + T)[None]
+            s.crop(L)
+            many = s.forward(nxt)
+            s.crop(L)
+            ones = torch.stack([s.forward(nxt[:, i:i + 1])[-1] for i in range(T)])
+            assert torch.equal(many, ones), T
+    finally:
+        s.close()
+
+
+@pytest.mark.heads
+def test_every_lossless_method_is_token_identical_with_invariant_kernels(tiny, mode, request):
+    mode("invariant")
+    for method in LOSSLESS:
+        drafts = ([request.getfixturevalue("tiny_other"), request.getfixturevalue("tiny_bf16")]
+                  if method.needs_draft_model else [None])
+        for draft in drafts:
+            for prompt in PROMPTS[:2]:
+                ref = generate(tiny, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=24))
+                out = generate(tiny, method.name, prompt, draft=draft, decode=DecodeConfig(max_new_tokens=24))
+                assert out.output_ids == ref.output_ids, (method.name, getattr(draft, "spec", None))
+
+
+def test_without_a_compiler_everything_runs_through_aten_and_says_so(tiny, mode, monkeypatch, caplog):
+    mode("fast")
+    monkeypatch.setattr(build, "_STATE", {})  # as in a fresh process
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setitem(tiny.model.__dict__, "_workbench_plans", {})
+    with caplog.at_level(logging.WARNING, logger="workbench.kernels.build"):
+        plan = kernels.plan_for(tiny)
+        assert not build.load_extension()  # asked again: the same answer, said once
+    assert plan.mode == "aten" and not plan.rows
+    assert "no C++ compiler found (no-such-compiler" in plan.reason
+    said = [r.getMessage() for r in caplog.records if "kernels are unavailable" in r.getMessage()]
+    assert len(said) == 1 and "linears run through ATen" in said[0]
+    ref = generate(tiny, "autoregressive", PROMPTS[0], decode=DecodeConfig(max_new_tokens=8))
+    assert ref.summary.new_tokens == 8
+
+
+def test_the_kernel_choice_is_recorded_with_each_run(tiny, mode):
+    from workbench.api import run
+
+    mode("invariant")
+    result = run("autoregressive", "Hello there", target="tiny-random", max_new_tokens=4)
+    from store import RunStore
+
+    with RunStore() as store:
+        row = store.get_run(result.run_id)
+    assert row.env["kernels"] == f"invariant (1-{kernels.INVARIANT_MAX_ROWS})"

@@ -1,0 +1,112 @@
+"""CPU kernels for the linear layers of small-batch forwards: decoding one token and verifying a few.
+
+Speculative decoding pays when verifying k drafted tokens costs little more than decoding
+one. A general GEMM library is tuned for many rows; for one to sixteen rows it re-reads or
+repacks weights per call and streams them at half the memory bandwidth or less. The workbench
+kernel (stream_linear.cpp) reads each weight once per forward, as one sequential stream, and
+applies it to every row in registers, so its cost stays near the memory-bound cost of one row
+until the arithmetic catches up (docs/backends.md, Kernels; measurements in docs/results/).
+
+Modes ($WORKBENCH_KERNELS, `--kernels`, the API's `kernels=`; one per process):
+    fast       the workbench kernel for the row counts where it measured faster than ATen on this
+               machine for this model (kernels.choose), ATen for the rest; the default
+    invariant  the workbench kernel for every forward of up to INVARIANT_MAX_ROWS rows, whatever it
+               costs, and attention computed row by row (kernels.attention): each row's result is
+               then bit-identical whatever the number of rows, so verifying a chain of k tokens gives
+               exactly the logits of k one-token forwards
+    aten       every linear through ATen (torch's own path, as before)
+Where the kernels cannot be built (no compiler) every mode runs as "aten" and says why once.
+The mode and the row counts it resolved to (`KernelPlan.label`) are recorded with every run and are
+part of the cost profile's key and of the compiled graphs' identity.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from ..config import ConfigError
+
+MODES = ("fast", "invariant", "aten")
+DEFAULT_MODE = "fast"
+INVARIANT_MAX_ROWS = 64  # verification forwards up to the compiled backend's largest graph; prefill uses ATen
+
+_chosen: str | None = None
+
+
+def check_mode(name: Any) -> str:
+    """A kernel mode, validated (None: $WORKBENCH_KERNELS, else the default)."""
+    if name is None:
+        name = os.environ.get("WORKBENCH_KERNELS") or DEFAULT_MODE
+    if not isinstance(name, str) or name not in MODES:
+        raise ConfigError(f"unknown kernel mode {name!r}; available: {', '.join(MODES)}")
+    return name
+
+
+def set_mode(name: str | None) -> str:
+    """Choose this process's kernel mode (None: $WORKBENCH_KERNELS, else the default); returns it."""
+    global _chosen
+    _chosen = check_mode(name)
+    os.environ["WORKBENCH_KERNELS"] = _chosen  # processes started from this one (app workers) follow it
+    return _chosen
+
+
+def current_mode() -> str:
+    return _chosen if _chosen is not None else check_mode(None)
+
+
+def add_kernels_argument(parser) -> None:
+    """--kernels fast|invariant|aten (default: $WORKBENCH_KERNELS, else fast)."""
+    parser.add_argument("--kernels", choices=MODES, default=None,
+                        help="CPU linear kernels: fast (the workbench's weight-streaming kernel where it measured "
+                             "faster here, built on first use), invariant (that kernel for every verification "
+                             "size: bit-identical rows whatever their number), aten (torch's own); default "
+                             "$WORKBENCH_KERNELS, else fast")
+
+
+def plan_for(lm: Any, progress: Callable[[str], None] | None = None):
+    """The KernelPlan of a loaded model under this process's mode, installing the kernels on first use.
+
+    Imports torch and builds the extension lazily: store-only commands never pay for either.
+    """
+    from .linear import KernelPlan, install
+
+    mode = current_mode()
+    model = getattr(lm, "model", lm)
+    plans = model.__dict__.setdefault("_workbench_plans", {})
+    if mode in plans:
+        return _activate(model, plans[mode])
+    device = getattr(lm, "device", None) or next(model.parameters()).device
+    if mode == "aten" or device.type != "cpu":
+        plan = KernelPlan("aten")
+    else:
+        from .build import load_extension, unavailable_reason
+
+        if not load_extension(progress):
+            plan = KernelPlan("aten", reason=unavailable_reason())
+        elif mode == "invariant":
+            plan = KernelPlan("invariant", frozenset(range(1, INVARIANT_MAX_ROWS + 1)))
+        else:
+            from .choose import fast_rows
+
+            install(model, KernelPlan("aten"))  # packed first: the measurement times the packed weights
+            rows, measured = fast_rows(getattr(lm, "spec", type(model).__name__), model, progress=progress)
+            plan = KernelPlan("fast", rows, measured)
+    plans[mode] = plan
+    return _activate(model, plan)
+
+
+def _activate(model, plan):
+    from . import attention
+    from .linear import install
+
+    if plan.rows or any(hasattr(m, "packed") for m in model.modules()):
+        install(model, plan)
+    attention.use(model, plan.mode == "invariant")
+    model.__dict__["_workbench_active_plan"] = plan
+    return plan
+
+
+def active_label(lm: Any) -> str:
+    """The plan a model's forwards run now ("aten" when none was installed)."""
+    plan = getattr(getattr(lm, "model", lm), "_workbench_active_plan", None)
+    return plan.label() if plan is not None else "aten"

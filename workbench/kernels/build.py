@@ -1,0 +1,93 @@
+"""Building the workbench's C++ CPU kernels: once per machine, with the machine's own compiler.
+
+`load_extension()` compiles stream_linear.cpp with torch's extension builder for this
+CPU (`-march=native`: AVX-512, AVX2 or plain, whatever the compiler finds here) into the
+workbench cache, under a folder named for the source, the flags, the CPU and the torch
+version, so a second process loads the built library in a fraction of a second and a
+changed source or machine builds anew. Building takes about half a minute and is announced.
+
+Where it cannot be built (no C++ compiler, no ninja, a compiler error) nothing fails: the
+reason is logged once, `unavailable_reason()` returns it, and every linear runs through
+ATen as before. WORKBENCH_KERNELS=aten skips building altogether.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..device import processor
+from ..paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("stream_linear.cpp")
+# -ffp-contract=off: every multiply-add is the explicit fused one or none, the same for every row count
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
+
+_LOCK = threading.Lock()
+_STATE: dict[str, object] = {}  # "ok": bool, "reason": str | None
+
+
+def build_dir() -> Path:
+    """Where this machine's build of the current source lives."""
+    tag = hashlib.sha256("|".join([SOURCE.read_text(), *CFLAGS, *LDFLAGS, torch.__version__,
+                                   processor(torch.device("cpu"))]).encode()).hexdigest()[:16]
+    return cache_dir() / "kernels" / tag
+
+
+def _missing_tool() -> str | None:
+    # ninja comes with the workbench's dependencies (pip's ninja, next to this interpreter), which a venv's
+    # python run without activating the venv does not have on its PATH
+    here = Path(sys.executable).parent
+    if shutil.which("ninja") is None and (here / "ninja").is_file():
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler found ({compiler}; install g++ or set $CXX)"
+    try:
+        from torch.utils.cpp_extension import verify_ninja_availability
+
+        verify_ninja_availability()
+    except RuntimeError:
+        return "ninja is not installed (pip install ninja)"
+    return None
+
+
+def load_extension(progress: Callable[[str], None] | None = None) -> bool:
+    """Build (first time here) or load the kernels; True when `torch.ops.workbench_kernels` is usable."""
+    with _LOCK:
+        if "ok" in _STATE:
+            return bool(_STATE["ok"])
+        reason = _missing_tool()
+        if reason is None:
+            out = build_dir()
+            built = (out / "workbench_kernels.so").is_file()
+            if not built and progress:
+                progress("building the workbench's CPU kernels for this machine (about 30 s, once)...")
+            try:
+                from torch.utils.cpp_extension import load
+
+                out.mkdir(parents=True, exist_ok=True)
+                load(name="workbench_kernels", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                     extra_ldflags=list(LDFLAGS), build_directory=str(out), is_python_module=False,
+                     verbose=False)
+            except Exception as exc:  # a compiler error, a broken toolchain: fall back, say why once
+                reason = f"building them failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1:]})"
+        _STATE["ok"], _STATE["reason"] = reason is None, reason
+        if reason is not None:
+            logger.warning("the workbench's CPU kernels are unavailable: %s; linears run through ATen", reason)
+        return reason is None
+
+
+def unavailable_reason() -> str | None:
+    """Why the kernels could not be loaded in this process (None: loaded, or not tried yet)."""
+    return _STATE.get("reason")  # type: ignore[return-value]

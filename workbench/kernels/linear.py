@@ -1,0 +1,113 @@
+"""The linear layers of a loaded model, switched to the weight-streaming kernel for the row counts it wins.
+
+`install(model)` turns every fp32 or bf16 `nn.Linear` of a model (the LM head too) into a
+`StreamLinear` in place: the same module, the same weight and bias (so code reading
+`lm_head.weight` still works), plus a packed copy of the weight (panels of 16 output columns,
+[ceil(N / 16), K, 16], what stream_linear.cpp reads as one stream). The packed copy costs as
+much memory as the weights again. Which row counts T go through the kernel is the model's
+`KernelPlan` (`rows`); every other T, and anything needing gradients, runs `F.linear` as before.
+
+Under torch.compile the kernel is an opaque custom op (`workbench_kernels::stream_linear`,
+with a shape function registered here), and the plan is read while tracing, so a compiled
+graph keeps the plan it was compiled with (the compiled backend keys its graphs by it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LANES = 16  # output columns per packed panel (one vector register of fp32)
+PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+_FAKE_REGISTERED = False
+
+
+@dataclass
+class KernelPlan:
+    """What one model's linears run: `rows`, the row counts that take the workbench kernel; `mode`, the
+    choice it came from (kernels.MODES); `measured`, the seconds per T behind a "fast" choice."""
+
+    mode: str
+    rows: frozenset[int] = frozenset()
+    measured: dict[int, dict[str, float]] = field(default_factory=dict)
+    reason: str | None = None  # why the kernels are not used, where they could not be built
+
+    def label(self) -> str:
+        """e.g. "fast (1-16)", "invariant (1-64)", "aten": what a run records."""
+        if not self.rows:
+            return self.mode
+        return f"{self.mode} ({_ranges(sorted(self.rows))})"
+
+
+def _ranges(ns: list[int]) -> str:
+    parts, start = [], None
+    for i, n in enumerate(ns):
+        start = n if start is None else start
+        if i + 1 == len(ns) or ns[i + 1] != n + 1:
+            parts.append(f"{start}-{n}" if n != start else str(n))
+            start = None
+    return ",".join(parts)
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> [ceil(N / 16), K, 16]: panel p holds output columns 16p..16p+15 (zeros past N), k-major."""
+    N, K = weight.shape
+    P = -(-N // LANES)
+    padded = F.pad(weight.detach(), (0, 0, 0, P * LANES - N))  # (P * 16, K)
+    return padded.view(P, LANES, K).transpose(1, 2).contiguous()  # (P, K, 16)
+
+
+def register_fake() -> None:
+    """The op's output shape for torch.compile's tracing (once per process, after the library loaded)."""
+    global _FAKE_REGISTERED
+    if _FAKE_REGISTERED:
+        return
+
+    @torch.library.register_fake("workbench_kernels::stream_linear")
+    def _(x, packed, bias, N):
+        return x.new_empty((*x.shape[:-1], N))
+
+    _FAKE_REGISTERED = True
+
+
+class StreamLinear(nn.Linear):
+    """An nn.Linear that runs the weight-streaming kernel for the row counts in its model's plan."""
+
+    plan: KernelPlan
+    packed: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features if x.dim() else 0
+        if (rows in self.plan.rows and x.device.type == "cpu"
+                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            bias = None if self.bias is None else self.bias.float()
+            y = torch.ops.workbench_kernels.stream_linear(x.float(), self.packed, bias, self.out_features)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
+        return F.linear(x, self.weight, self.bias)
+
+
+def install(model: nn.Module, plan: KernelPlan) -> int:
+    """Switch the model's linears to StreamLinear under `plan` (or give an installed model the new plan);
+    returns how many linears run it. CPU fp32/bf16 weights only: quantised modules and other dtypes stay."""
+    register_fake()
+    count = 0
+    for module in model.modules():
+        if isinstance(module, StreamLinear):
+            module.plan = plan
+            count += 1
+        elif (type(module) is nn.Linear and module.weight.device.type == "cpu"
+              and module.weight.dtype in PACKED_DTYPES):
+            module.__class__ = StreamLinear
+            module.register_buffer("packed", pack(module.weight), persistent=False)
+            module.plan = plan
+            count += 1
+    return count
+
+
+def linear_shapes(model: nn.Module) -> list[tuple[int, int, torch.dtype]]:
+    """(N, K, dtype) of every linear the kernel can run, in module order (what a measurement replays)."""
+    return [(m.out_features, m.in_features, m.weight.dtype) for m in model.modules()
+            if isinstance(m, nn.Linear) and m.weight.device.type == "cpu" and m.weight.dtype in PACKED_DTYPES]
