@@ -25,7 +25,8 @@ graphs are compiled with inductor's freezing (a global setting, switched on when
 the first compiled session opens), which pre-packs the weights so that a forward
 of a few tokens costs little more than one; the one- and two-token graphs
 (UNPACKED_MAX_T) are compiled without it and read the weights as they are, which
-is faster for a single row. On CUDA the one-token graph runs as a CUDA graph
+is faster for a single row, and so is every graph whose linears run the workbench's own
+kernel (workbench.kernels), which reads weights it packed itself. On CUDA the one-token graph runs as a CUDA graph
 ("reduce-overhead").
 
 Compiling takes a few minutes per model on a small CPU. It happens in `prepare`,
@@ -205,7 +206,9 @@ class CompiledForward:
             return logits[0], hidden[0]  # (T, V), (T, H (1 + k))
 
         self.eager = run
-        rows = plan_for(lm).rows  # row counts whose linears run the workbench kernel (workbench.kernels)
+        plan = plan_for(lm)
+        rows = plan.rows  # row counts whose linears run the workbench kernel (workbench.kernels)
+        self.row_attention = plan.mode == "invariant"  # attention row by row (workbench.kernels.attention)
         self.one = _compile_static(run, 1, self.device, rows)
         self.buckets = {B: _compile_static(run, B, self.device, rows) for B in static_buckets()}
         self.many = torch.compile(_own_code(run), dynamic=True)
@@ -233,7 +236,10 @@ class CompiledForward:
             positions = torch.cat([positions, positions[:, -1:].expand(1, pad)], dim=1)  # (1, B)
             logits, hidden = self.buckets[B](ids, positions, self.mask(length, T, block, rows=B))
             return logits[:T], hidden[:T]
-        fn = self.one if T == 1 else self.many if T <= MAX_COMPILED_T and length > 0 else self.eager
+        # the invariant kernels' row-by-row attention loops over T, which a shape-dynamic graph cannot trace
+        # (it would recompile for every T): those forwards run eagerly
+        dynamic = T <= MAX_COMPILED_T and length > 0 and not self.row_attention
+        fn = self.one if T == 1 else self.many if dynamic else self.eager
         # inputs as the graphs were compiled for (dense strides, inference tensors): a slice of a longer
         # row or a tensor made outside inference mode would otherwise trigger a recompilation
         ids = ids.clone(memory_format=torch.contiguous_format)
@@ -269,7 +275,8 @@ class CompiledForward:
         session = StaticSession(self)
         try:
             session.forward(torch.zeros(1, 4, dtype=torch.long, device=self.device))  # eager: allocates the cache
-            dynamic = [T for T in range(2, MAX_COMPILED_T + 1) if self.bucket(T, 4) is None][:2]
+            dynamic = [T for T in range(2, MAX_COMPILED_T + 1)
+                       if self.bucket(T, 4) is None and not self.row_attention][:2]
             for T in [1, *sorted(self.buckets), *reversed(dynamic)]:  # every graph once; the dynamic one twice
                 session.crop(4)
                 session.forward(torch.zeros(1, T, dtype=torch.long, device=self.device))

@@ -29,7 +29,10 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     """Bytes of weights one decode step reads (see the module docstring)."""
     seen: set[int] = set()
     total = 0
-    for t in list(model.parameters()) + list(model.buffers()):
+    # a linear's packed copy for the workbench's CPU kernel (workbench.kernels) is read instead of its weight,
+    # never as well: counted once, as the weight
+    buffers = [b for name, b in model.named_buffers() if not name.endswith(".packed") and name != "packed"]
+    for t in list(model.parameters()) + buffers:
         if t.data_ptr() in seen or not t.is_floating_point() and t.dtype != torch.int8:
             continue
         seen.add(t.data_ptr())

@@ -38,8 +38,13 @@ def invariant_attention(module, query, key, value, attention_mask, scaling=None,
                 k, v, mask = key, value, row
             else:
                 visible = row[0, 0, 0] if row.dtype == torch.bool else row[0, 0, 0] == 0
-                idx = visible.nonzero().squeeze(1)
-                k, v, mask = key.index_select(2, idx), value.index_select(2, idx), None
+                n = int(visible.sum())
+                if bool(visible[:n].all()):  # a prefix (a chain's row): a view, as a one-token step reads it
+                    k, v = key[:, :, :n], value[:, :, :n]
+                else:  # a tree's row: its ancestors' columns gathered, in order
+                    idx = visible.nonzero().squeeze(1)
+                    k, v = key.index_select(2, idx), value.index_select(2, idx)
+                mask = None
         rows.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=gqa))
     out = torch.cat(rows, dim=2)  # (B, Hq, T, D)
     return out.transpose(1, 2).contiguous(), None

@@ -2,7 +2,7 @@
 
 "fast" mode times the model's own linears (every one, in order, with its real weights, so
 the weights stream from memory as in a forward) through ATen's `F.linear` and through the
-workbench kernel, for each row count T in 1..FAST_MAX_ROWS, the two back to back within each
+workbench kernel, for each row count T of MEASURED_ROWS, the two back to back within each
 round (ROUNDS rounds after a warm-up); the kernel takes every T where the median of the rounds'
 ratios kernel / ATen is at most 1 (a ratio of a pair, so a slow spell of the machine during one
 round moves both of its sides). The choice is cached in the workbench cache under the model spec, the CPU, the thread
@@ -22,7 +22,9 @@ from ..paths import cache_dir, read_json, write_json
 from .build import build_dir
 from .linear import StreamLinear
 
-FAST_MAX_ROWS = 16  # verification sizes the measurement covers; larger forwards (prefill, big trees) use ATen
+# The row counts timed: every verification size up to 16, then a few larger ones (big trees), each deciding for
+# the sizes down to the previous one timed; larger forwards (prompts) run ATen.
+MEASURED_ROWS = (*range(1, 17), 20, 24, 32, 48, 64)
 ROUNDS = 5
 
 
@@ -37,7 +39,7 @@ def choice_key(spec: str) -> str:
 
 @torch.inference_mode()
 def measure_rows(model: torch.nn.Module, rounds: int = ROUNDS,
-                 sizes: range = range(1, FAST_MAX_ROWS + 1)) -> dict[int, dict[str, float]]:
+                 sizes: tuple[int, ...] = MEASURED_ROWS) -> dict[int, dict[str, float]]:
     """Median seconds of all the model's linears over T rows, per T: {"aten": s, "stream": s, "ratio": the median
     of the rounds' stream / aten}."""
     mods = [m for m in model.modules() if isinstance(m, StreamLinear)]
@@ -69,15 +71,25 @@ def measure_rows(model: torch.nn.Module, rounds: int = ROUNDS,
 
 def fast_rows(spec: str, model: torch.nn.Module, refresh: bool = False,
               progress: Callable[[str], None] | None = None) -> tuple[frozenset[int], dict[int, dict[str, float]]]:
-    """The row counts where the kernel was not slower than ATen for this model here (cached), and the timings."""
+    """The row counts where the kernel was not slower than ATen for this model here (cached), and the timings.
+
+    A size between two timed ones takes the decision of the larger one (a 9-row forward runs the kernel when
+    the kernel won at 9; a 30-row one when it won at 32)."""
     key = choice_key(spec)
     data = read_json(_path())
-    if refresh or key not in data:
+    if refresh or key not in data or not {str(T) for T in MEASURED_ROWS} <= data[key].keys():
         if progress:
-            progress(f"timing {spec}'s linear layers: the workbench kernel against ATen for 1-{FAST_MAX_ROWS} rows...")
+            progress(f"timing {spec}'s linear layers: the workbench kernel against ATen for "
+                     f"{MEASURED_ROWS[0]}-{MEASURED_ROWS[-1]} rows...")
         measured = measure_rows(model)
         data = read_json(_path())  # another process may have written meanwhile
         data[key] = {str(T): m for T, m in measured.items()}
         write_json(_path(), data)
     measured = {int(T): m for T, m in data[key].items()}
-    return frozenset(T for T, m in measured.items() if m["ratio"] <= 1.0), measured
+    wins = {T for T, m in measured.items() if m["ratio"] <= 1.0}
+    rows, previous = set(), 0
+    for T in sorted(measured):
+        if T in wins:
+            rows.update(range(previous + 1, T + 1))
+        previous = T
+    return frozenset(rows), measured

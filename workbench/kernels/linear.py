@@ -35,6 +35,17 @@ class KernelPlan:
     measured: dict[int, dict[str, float]] = field(default_factory=dict)
     reason: str | None = None  # why the kernels are not used, where they could not be built
 
+    def __post_init__(self) -> None:
+        contiguous = bool(self.rows) and len(self.rows) == max(self.rows) - min(self.rows) + 1
+        self.span = (min(self.rows), max(self.rows)) if contiguous else None
+
+    def takes(self, rows) -> bool:
+        """Whether a forward of `rows` rows runs the kernel. Over a contiguous range of row counts this is
+        a range check, so a shape-dynamic compiled graph guards on a range instead of one graph per T."""
+        if self.span is not None:
+            return self.span[0] <= rows <= self.span[1]
+        return rows in self.rows
+
     def label(self) -> str:
         """e.g. "fast (1-16)", "invariant (1-64)", "aten": what a run records."""
         if not self.rows:
@@ -81,7 +92,7 @@ class StreamLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features if x.dim() else 0
-        if (rows in self.plan.rows and x.device.type == "cpu"
+        if (self.plan.takes(rows) and x.device.type == "cpu"
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             bias = None if self.bias is None else self.bias.float()
             y = torch.ops.workbench_kernels.stream_linear(x.float(), self.packed, bias, self.out_features)
