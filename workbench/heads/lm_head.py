@@ -11,15 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .. import kv_cache as kv
+from ..kernels.linear import KernelPlan, linear, packed_for
 
 
 class HeadLM:
-    def __init__(self, model: Any, ids: torch.Tensor | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: Any, ids: torch.Tensor | None = None, dtype: torch.dtype | None = None,
+                 plan: KernelPlan | None = None) -> None:
         """model: the target's transformers model; ids: the kept token ids, sorted (None: all);
-        dtype: the weights' dtype for the matmul (training uses float32)."""
+        dtype: the weights' dtype for the matmul (training uses float32); plan: the target's CPU kernel plan
+        (workbench.kernels), under which the kept rows run the workbench kernel like the target's own head."""
         self.model = model
         self.ids = ids  # (k,) or None
         head = model.get_output_embeddings()
@@ -30,6 +32,7 @@ class HeadLM:
             if ids is not None:
                 weight, bias = weight[ids], None if bias is None else bias[ids]
         self.weight, self.bias = weight, bias  # (k, H), (k,) or None
+        self.plan, self.packed = plan, packed_for(weight, plan)
         self._rows: torch.Tensor | None = None
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
@@ -37,7 +40,7 @@ class HeadLM:
         if self.weight is None:
             full = kv.logits_from_hidden(self.model, feats)
             return full if self.ids is None else full[..., self.ids]
-        return kv.softcap(self.model, F.linear(feats, self.weight, self.bias))
+        return kv.softcap(self.model, linear(feats, self.weight, self.bias, self.packed, self.plan))
 
     def tokens(self, idx: torch.Tensor) -> list[int]:
         return (self.ids[idx] if self.ids is not None else idx).tolist()

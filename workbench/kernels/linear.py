@@ -122,3 +122,22 @@ def linear_shapes(model: nn.Module) -> list[tuple[int, int, torch.dtype]]:
     """(N, K, dtype) of every linear the kernel can run, in module order (what a measurement replays)."""
     return [(m.out_features, m.in_features, m.weight.dtype) for m in model.modules()
             if isinstance(m, nn.Linear) and m.weight.device.type == "cpu" and m.weight.dtype in PACKED_DTYPES]
+
+
+def packed_for(weight: torch.Tensor | None, plan: KernelPlan | None) -> torch.Tensor | None:
+    """A weight used outside an nn.Linear (a head's rows of the LM head), packed for the kernel when `plan`
+    runs it for some row count (None otherwise)."""
+    if (plan is None or not plan.rows or weight is None or weight.device.type != "cpu"
+            or weight.dtype not in PACKED_DTYPES):
+        return None
+    return pack(weight)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor | None,
+           plan: KernelPlan | None) -> torch.Tensor:
+    """F.linear(x, weight, bias), through the kernel when `packed` is given and the plan takes x's row count."""
+    if packed is not None and plan is not None and plan.takes(x.numel() // weight.shape[1]):
+        y = torch.ops.workbench_kernels.stream_linear(x.float(), packed, None if bias is None else bias.float(),
+                                                      weight.shape[0])
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
+    return F.linear(x, weight, bias)

@@ -28,6 +28,8 @@ from ..heads import load_head
 from ..heads.lm_head import HeadLM
 from ..sampling import logits_to_probs
 from ..draft import Draft
+from ..kernels import plan_for
+from ..kernels.linear import install
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .top_k_trees import NAMED_TREES, SIZING_PARAM, grow_dynamic, grow_from_paths, parse_paths, tree_budget
 
@@ -49,7 +51,10 @@ class HeadDrafter(Drafter):
         self.head, self.card = load_head(self.params["head"], target, self.kind)  # a fresh copy for this run
         if not self.params["trim"]:
             self.head.set_vocab(None)
-        self.lm = HeadLM(target.model, self.head.vocab if self.head.trimmed else None)
+        plan = plan_for(target)  # the target's CPU linear kernels serve the head's own layers too
+        if plan.rows:
+            install(self.head, plan)
+        self.lm = HeadLM(target.model, self.head.vocab if self.head.trimmed else None, plan=plan)
         self.embed = target.model.get_input_embeddings()
         self.last: torch.Tensor | None = None  # (H,) the head's feature of the position before the root
         self.wants_feature_layers = self.head.fused  # the engine hands over the feature layers' states too
@@ -135,6 +140,9 @@ class Medusa(_StaticHeadTree):
     name = "medusa"
     kind = "medusa"
     label = "Medusa heads (static tree)"
+    family = "Trained heads"
+    pays_when = ("a head trained for this target exists and a wide verification is cheap (a GPU); its guesses "
+                 "weaken past the first position")
     description = ("K trained heads on the target's last hidden state predict the next K tokens at once; their "
                    "top-k form a static tree verified in one target pass. Lossless.")
 
@@ -174,6 +182,9 @@ class Hydra(_StaticHeadTree):
     name = "hydra"
     kind = "hydra"
     label = "Hydra heads (sequentially dependent, static tree)"
+    family = "Trained heads"
+    pays_when = ("a head trained for this target exists; each head reads the tokens drafted before it, so "
+                 "deeper guesses hold up better than Medusa's")
     description = ("Like Medusa, but each head also reads the tokens drafted before it, so every branch of the "
                    "tree gets its own continuation. Lossless.")
 
@@ -267,6 +278,9 @@ class Eagle(HeadDrafter):
     name = "eagle"
     kind = "eagle"
     label = "EAGLE head (chain or dynamic tree)"
+    family = "Trained heads"
+    pays_when = ("a head trained for this target exists (shipped for SmolLM2-135M): a draft costs a few small "
+                 "matmuls on the target's own features")
     description = ("A one-layer head drafts on the target's own features (feature + token in, next feature out), "
                    "as a chain or an EAGLE-2 dynamic tree verified in one target pass. Lossless.")
     params = (
