@@ -1,10 +1,10 @@
-"""Runs, benchmarks and trainings left ``running`` by a process that died: find them, mark them ``interrupted``.
+"""Runs, benchmarks, trainings and advice left ``running`` by a process that died: mark them ``interrupted``.
 
 A process killed mid-decode (SIGKILL, out of memory, a closed laptop) never
 calls ``finish_run`` or ``fail_run``. So a ``running`` row names its owner (pid,
 host name, the process's start time) and carries a heartbeat, written with its
 steps at most every :data:`HEARTBEAT_EVERY_S` (a training's with each of its
-updates). Whenever a RunStore opens, lists runs, benchmarks or trainings, each
+updates). Whenever a RunStore opens, lists runs, benchmarks, trainings or advice, each
 ``running`` row is checked:
 
 - owner on this host: gone if no process has that pid, it is a zombie, or the
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from workbench.trace import Trace
 
-from .models import Benchmark, Metric, Run, StepRow, Training, utcnow
+from .models import Advice, Benchmark, Metric, Run, StepRow, Training, utcnow
 from .records import param_from_text, row_to_step, summary_rows
 
 HEARTBEAT_EVERY_S = 30.0  # a run's heartbeat is written with its steps at most this often
@@ -121,7 +121,7 @@ def _interrupt_run(s: Session, run: Run, reason: str, now: datetime) -> bool:
 
 
 def reap(s: Session, now: datetime | None = None) -> int:
-    """Mark ``running`` runs, benchmarks and trainings whose owner is gone as ``interrupted``; returns how many.
+    """Mark ``running`` runs, benchmarks, trainings and advice whose owner is gone ``interrupted``; returns how many.
 
     Only reads unless something is found, so it is cheap to call often.
     """
@@ -132,9 +132,9 @@ def reap(s: Session, now: datetime | None = None) -> int:
                              run.heartbeat_at or run.created_at, now)
         if reason is not None and _interrupt_run(s, run, reason, now):
             n += 1
-    for model in (Benchmark, Training):  # rows with nothing to rebuild: only the status changes
+    for model in (Benchmark, Training, Advice):  # rows with nothing to rebuild: only the status changes
         cols = (model.id, model.owner_pid, model.owner_host, model.owner_started, model.heartbeat_at,
-                model.created_at)  # not a training's curves
+                model.created_at)  # not a training's curves, not an advice's result
         for row in s.execute(select(*cols).where(model.status == "running")).all():
             reason = gone_reason(row.owner_pid, row.owner_host, row.owner_started,
                                  row.heartbeat_at or row.created_at, now)

@@ -6,11 +6,12 @@ Per-step traces are typed ``steps`` rows (one per target forward pass), so a
 run's trace can be rebuilt exactly and queried without parsing blobs.
 ``benchmarks`` groups the runs of one benchmark sweep; ``trainings`` records one
 self-distillation training each (``workbench train``: its settings, data sizes,
-loss curves and held-out accuracy, as JSON); ``schema_info`` records
+loss curves and held-out accuracy, as JSON); ``advice`` one ``workbench advise``
+each (what was asked, what it found, its probe and verification benchmarks); ``schema_info`` records
 the schema version of the file (kept in step with Alembic's ``alembic_version``,
 see :mod:`store.schema`).
 
-A ``running`` run, benchmark or training names its owner (pid, host, process start time)
+A ``running`` run, benchmark, training or advice names its owner (pid, host, process start time)
 and carries a heartbeat, so that one left behind by a killed process can be
 told apart from one still in progress and marked ``interrupted``
 (:mod:`store.liveness`).
@@ -30,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 # Version N is Alembic revision "000N" (store/migrations/versions/000N_*.py).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 SCHEMA_REVISION = f"{SCHEMA_VERSION:04d}"
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 _STATUS_CHECK = "status IN ('running', 'finished', 'failed', 'interrupted')"
@@ -136,6 +137,8 @@ class Run(Base):
     owner_host: Mapped[str | None] = mapped_column(String(255))
     owner_started: Mapped[float | None] = mapped_column(Float)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
+    # What the run says about itself (Trace.notes: [{"kind", "text", ...}]; version 5); NULL: none
+    notes: Mapped[list[dict[str, Any]] | None] = mapped_column(_json())
 
     params: Mapped[list[RunParam]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="RunParam.key")
@@ -220,6 +223,40 @@ class Training(Base):
     accuracy: Mapped[dict[str, Any] | None] = mapped_column(_json())  # {"top1": [...], "top5": [...], ...}
     timings: Mapped[dict[str, Any] | None] = mapped_column(_json())  # generate_s, features_s, train_s, total_s
     env: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)
+    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_started: Mapped[float | None] = mapped_column(Float)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
+
+
+class Advice(Base):
+    """One ``workbench advise``: which decoding method to use for a target on this machine, and why.
+
+    ``request`` is what was asked (target, drafters, prompts, budget, backend; enough to run it again),
+    ``result`` what it found (the cost profile used, each configuration's probe measurements and predicted
+    speedup, the verification's measured speedups, the explanation), written by workbench.advisor;
+    ``probe_benchmark_id`` holds its probe runs, ``verify_benchmark_id`` its verification benchmark.
+    """
+
+    __tablename__ = "advice"
+    __table_args__ = (CheckConstraint(_STATUS_CHECK, name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    error: Mapped[str | None] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(Text, nullable=False)  # model spec
+    backend: Mapped[str] = mapped_column(String(32), nullable=False)
+    request: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(_json())
+    command: Mapped[str] = mapped_column(Text, nullable=False, default="")  # the command that reproduces it
+    env: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)
+    probe_benchmark_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("benchmarks.id",
+                                                                                  ondelete="SET NULL"))
+    verify_benchmark_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("benchmarks.id",
+                                                                                   ondelete="SET NULL"))
     # Who is writing it while ``running``: pid, host name, process start time (epoch s).
     owner_pid: Mapped[int | None] = mapped_column(Integer)
     owner_host: Mapped[str | None] = mapped_column(String(255))

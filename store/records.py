@@ -46,6 +46,7 @@ class RunRecord:
     benchmark_id: str | None = None
     source: str = "api"
     stop_reason: str | None = None
+    notes: list[dict[str, Any]] = field(default_factory=list)  # what the run says about itself (Trace.notes)
 
     @property
     def short_id(self) -> str:
@@ -79,6 +80,7 @@ class RunRecord:
             "benchmark_id": self.benchmark_id,
             "source": self.source,
             "stop_reason": self.stop_reason,
+            "notes": [dict(n) for n in self.notes],
         }
 
 
@@ -131,6 +133,7 @@ def record_from_run(run: Run) -> RunRecord:
         benchmark_id=run.benchmark_id,
         source=run.source,
         stop_reason=run.stop_reason,
+        notes=[dict(n) for n in run.notes or [] if isinstance(n, dict)],
     )
 
 

@@ -9,7 +9,8 @@ Write methods wait out another writer's lock (store.retry) and report any
 other failure as one StoreError. A run whose process died without closing it
 is marked ``interrupted`` the next time a store is opened or runs are listed
 (store.liveness). Opening a file brings its schema up to date (store.schema).
-Benchmark methods live in store.benchmarks, training methods in store.trainings.
+Benchmark methods live in store.benchmarks, training methods in store.trainings, advice methods in
+store.advice.
 
 Ids are 32-character uuid4 hex strings; ``get_run``, ``load_trace``,
 ``delete_run``, ``get_benchmark``, ``get_training`` and ``delete_training`` also accept a unique prefix (as shown in
@@ -37,6 +38,7 @@ from workbench.trace import Trace
 
 from . import db, liveness, schema
 from .db import StoreError
+from .advice import AdviceMixin
 from .benchmarks import BenchmarkMixin
 from .models import Benchmark, Metric, RunParam, Run, SchemaInfo, StepRow, Training, utcnow
 from .records import (METRIC_KEYS, RunRecord, as_dict, param_from_text, param_to_text, record_from_run, row_to_step,
@@ -73,7 +75,57 @@ def same_sampling(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a == b
 
 
-class RunStore(BenchmarkMixin, TrainingMixin):
+def baseline_criteria(rec: RunRecord) -> dict[str, Any] | None:
+    """`find_baselines`' arguments for a run's baseline (None: the run records no max_new_tokens)."""
+    max_new = rec.typed_params.get("max_new_tokens")
+    if max_new is None:
+        return None
+    env = {k: rec.env[k] for k in ("device", "dtype") if rec.env.get(k) is not None}
+    env["backend"] = run_backend(rec.env)
+    return dict(target=rec.target, prompt=rec.prompt, sampling=rec.sampling, max_new_tokens=int(max_new), env=env,
+                chat=rec.typed_params.get("chat"), exclude=rec.id)
+
+
+def is_baseline_of(cand: RunRecord, *, target: str, prompt: str, sampling: dict[str, Any], max_new_tokens: int,
+                   env: dict[str, Any] | None = None, chat: bool | None = None, exclude: str | None = None) -> bool:
+    """The one baseline rule (see RunStore.find_baseline): whether `cand` is a baseline for these settings."""
+    if cand.id == exclude or cand.method != BASELINE or cand.status != "finished":
+        return False
+    if cand.target != str(target) or cand.prompt != prompt:
+        return False
+    if cand.params.get("max_new_tokens") != param_to_text(int(max_new_tokens)):
+        return False
+    if not same_sampling(cand.sampling, as_dict(sampling)):
+        return False
+    if env and any((run_backend(cand.env) if k == "backend" else cand.env.get(k)) != v for k, v in env.items()):
+        return False
+    return chat is None or cand.typed_params.get("chat") == chat
+
+
+# What a run's timing depends on besides its settings: two runs repeat one measurement only when these env
+# values agree too (workbench.record.environment). MACHINE_KEYS name the machine itself.
+MACHINE_KEYS = ("cpu", "gpu", "cpu_count")
+REPEAT_ENV_KEYS = MACHINE_KEYS + ("device", "dtype", "quant", "torch_threads", "torch")
+REPEAT_SCAN = 2000  # repeat_groups looks at this many of the newest finished runs
+# The env values a CSV export carries for each run (as env.<key>), next to its backend.
+CSV_ENV_KEYS = ("warmup_s", "device", "dtype", "quant", "cpu", "gpu", "cpu_count", "torch_threads", "torch")
+
+
+def repeat_key(rec: RunRecord) -> str:
+    """What makes two runs repeats of one measurement: the same method, models, prompt, parameters
+    (a benchmark's repeat index aside), sampling (seed, top-k, top-p ignored when greedy), backend, and
+    REPEAT_ENV_KEYS values of the env. Their tokens/s then differ only by the machine's noise."""
+    params = {k: v for k, v in rec.params.items() if k != "bench.repeat"}
+    sampling = _norm_sampling(rec.sampling)
+    if sampling["temperature"] == 0.0:
+        sampling = {k: v for k, v in sampling.items() if k not in _GREEDY_IGNORED}
+    env = {k: rec.env.get(k) for k in REPEAT_ENV_KEYS}
+    env["backend"] = run_backend(rec.env)
+    return json.dumps([rec.method, rec.target, rec.draft, rec.prompt, params, sampling, env], sort_keys=True,
+                      default=str)
+
+
+class RunStore(AdviceMixin, BenchmarkMixin, TrainingMixin):
     """The run history: one SQLite database (file, ``:memory:`` or ``sqlite...`` URL).
 
     busy_timeout: seconds one statement waits for another writer's lock;
@@ -185,6 +237,7 @@ class RunStore(BenchmarkMixin, TrainingMixin):
         run.output_ids = [int(t) for t in trace.output_ids]
         run.trace_params = json.loads(db.json_dumps(dict(trace.params)))
         run.stop_reason = trace.stop_reason or None
+        run.notes = json.loads(db.json_dumps(list(trace.notes))) or None
         metric_rows, acc = summary_rows(run.id, trace.summary())
         run.acceptance_by_position = acc
         s.execute(delete(Metric).where(Metric.run_id == run.id).execution_options(synchronize_session=False))
@@ -309,14 +362,18 @@ class RunStore(BenchmarkMixin, TrainingMixin):
             wall, peak = metrics.get("wall_s"), metrics.get("peak_mem_mb")
             return Trace(method=run.method, params=params, prompt_ids=list(run.prompt_ids or []),
                          steps=[row_to_step(r) for r in rows], wall_s=0.0 if wall is None else wall,
-                         peak_mem_mb=math.nan if peak is None else peak, stop_reason=run.stop_reason or "")
+                         peak_mem_mb=math.nan if peak is None else peak, stop_reason=run.stop_reason or "",
+                         notes=[dict(n) for n in run.notes or [] if isinstance(n, dict)])
 
     def list_runs(self, *, method: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None,
                   benchmark_id: str | None = None, search: str | None = None, limit: int | None = 200,
-                  source: str | Sequence[str] | None = None) -> list[RunRecord]:
-        """Runs, newest first. ``search`` matches substrings of prompt, target, draft, method (or an id prefix)."""
+                  source: str | Sequence[str] | None = None, ids: Sequence[str] | None = None) -> list[RunRecord]:
+        """Runs, newest first. ``search`` matches substrings of prompt, target, draft, method (or an id prefix);
+        ``ids`` keeps only the runs with these exact ids."""
         self.reap_interrupted()
         stmt = select(Run)
+        if ids is not None:
+            stmt = stmt.where(Run.id.in_([str(i) for i in ids]))
         for col, value in ((Run.method, method), (Run.status, status), (Run.source, source)):
             if value is not None:
                 stmt = stmt.where(col == value if isinstance(value, str) else col.in_(list(value)))
@@ -358,18 +415,36 @@ class RunStore(BenchmarkMixin, TrainingMixin):
         """The plain-decoding baseline of a stored run: the newest finished ``autoregressive`` run
         with its target, prompt, chat flag, sampling, max_new_tokens, device/dtype and backend (not itself).
 
-        This is the one baseline policy: the app's speedup cards, the Latency tab and the
-        notebooks all ask here.
+        This is the one baseline policy: the app's speedup cards, the History tab, the Latency tab and
+        the notebooks all ask here (or `baselines_of` / `baselines_for`, which apply the same rules).
         """
+        found = self.baselines_of(run, limit=1)
+        return found[0] if found else None
+
+    def baselines_of(self, run: RunRecord | str, limit: int | None = None) -> list[RunRecord]:
+        """Every stored baseline of a run (`baseline_for`'s rules), newest first."""
         rec = self.get_run(run) if isinstance(run, str) else run
-        max_new = rec.typed_params.get("max_new_tokens")
-        if max_new is None:
-            return None
-        env = {k: rec.env[k] for k in ("device", "dtype") if rec.env.get(k) is not None}
-        env["backend"] = run_backend(rec.env)
-        return self.find_baseline(target=rec.target, prompt=rec.prompt, sampling=rec.sampling,
-                                  max_new_tokens=int(max_new), env=env or None, chat=rec.typed_params.get("chat"),
-                                  exclude=rec.id)
+        crit = baseline_criteria(rec)
+        return [] if crit is None else self.find_baselines(**crit, limit=limit)
+
+    def baselines_for(self, records: Sequence[RunRecord]) -> dict[str, RunRecord | None]:
+        """`baseline_for` of many runs in one query (for tables): run id -> its baseline or None."""
+        crits = {r.id: baseline_criteria(r) for r in records}
+        wanted = [c for c in crits.values() if c is not None]
+        out: dict[str, RunRecord | None] = {rid: None for rid in crits}
+        if not wanted:
+            return out
+        targets = sorted({str(c["target"]) for c in wanted})
+        prompts = sorted({c["prompt"] for c in wanted})
+        stmt = (select(Run).where(Run.method == BASELINE, Run.status == "finished", Run.target.in_(targets),
+                                  Run.prompt.in_(prompts))
+                .order_by(Run.created_at.desc(), literal_column("runs.rowid").desc()))
+        with self.session_scope() as s:
+            candidates = self._records(s, stmt)
+        for rid, crit in crits.items():
+            if crit is not None:
+                out[rid] = next((c for c in candidates if is_baseline_of(c, **crit)), None)
+        return out
 
     def find_baseline(self, *, target: str, prompt: str, sampling: dict[str, Any], max_new_tokens: int,
                       env: dict[str, Any] | None = None, chat: bool | None = None,
@@ -382,36 +457,69 @@ class RunStore(BenchmarkMixin, TrainingMixin):
         ``chat`` (when not None) must equal the run's chat flag: the same text with and
         without the chat template is a different prompt. ``exclude`` skips one run id.
         """
+        found = self.find_baselines(target=target, prompt=prompt, sampling=sampling, max_new_tokens=max_new_tokens,
+                                    env=env, chat=chat, exclude=exclude, limit=1)
+        return found[0] if found else None
+
+    def find_baselines(self, *, target: str, prompt: str, sampling: dict[str, Any], max_new_tokens: int,
+                       env: dict[str, Any] | None = None, chat: bool | None = None, exclude: str | None = None,
+                       limit: int | None = None) -> list[RunRecord]:
+        """Every run `find_baseline` would accept, newest first (at most `limit`)."""
         sampling = as_dict(sampling)
         stmt = (select(Run)
                 .join(RunParam, and_(RunParam.run_id == Run.id, RunParam.key == "max_new_tokens"))
                 .where(Run.method == BASELINE, Run.status == "finished", Run.target == str(target),
                        Run.prompt == prompt, RunParam.value == param_to_text(int(max_new_tokens)))
                 .order_by(Run.created_at.desc(), literal_column("runs.rowid").desc()))
+        out: list[RunRecord] = []
         with self.session_scope() as s:
             for rec in self._records(s, stmt):
-                if rec.id == exclude or not same_sampling(rec.sampling, sampling):
-                    continue
-                if env and any((run_backend(rec.env) if k == "backend" else rec.env.get(k)) != v
-                               for k, v in env.items()):
-                    continue
-                if chat is not None and rec.typed_params.get("chat") != chat:
-                    continue  # keep looking: an older run may match
-                return rec
-        return None
+                if is_baseline_of(rec, target=target, prompt=prompt, sampling=sampling, max_new_tokens=max_new_tokens,
+                                  env=env, chat=chat, exclude=exclude):
+                    out.append(rec)
+                    if limit is not None and len(out) >= limit:
+                        break
+        return out
+
+    # -- repeats --------------------------------------------------------------------------
+
+    def repeats_of(self, run: RunRecord | str) -> list[RunRecord]:
+        """The finished runs that repeat this run's measurement (same `repeat_key`: settings, prompt and
+        machine), newest first; the run itself among them when it finished."""
+        rec = self.get_run(run) if isinstance(run, str) else run
+        key = repeat_key(rec)
+        stmt = (select(Run).where(Run.method == rec.method, Run.status == "finished", Run.target == rec.target,
+                                  Run.prompt == rec.prompt)
+                .order_by(Run.created_at.desc(), literal_column("runs.rowid").desc()))
+        with self.session_scope() as s:
+            return [r for r in self._records(s, stmt) if repeat_key(r) == key]
+
+    def repeat_groups(self, machine: dict[str, Any] | None = None, limit: int = REPEAT_SCAN) -> list[list[RunRecord]]:
+        """Groups of two or more finished runs that repeat one measurement (`repeat_key`), among the newest
+        `limit` finished runs; with `machine` (an env), only runs whose env has its MACHINE_KEYS values."""
+        want = {k: machine.get(k) for k in MACHINE_KEYS} if machine else None
+        groups: dict[str, list[RunRecord]] = {}
+        for r in self.list_runs(status="finished", limit=limit):
+            if want is not None and any(r.env.get(k) != v for k, v in want.items()):
+                continue
+            groups.setdefault(repeat_key(r), []).append(r)
+        return [g for g in groups.values() if len(g) >= 2]
 
     # -- tables ---------------------------------------------------------------------------
 
     def runs_dataframe(self, **filters: Any) -> "pandas.DataFrame":
-        """One row per run; ``filters`` are list_runs' (default: no limit)."""
+        """One row per run, with its backend and machine (env.*); ``filters`` are list_runs' (default: no limit)."""
         import pandas as pd  # here: only for tables; `workbench runs list` and the other store reads stay light
 
         filters.setdefault("limit", None)
-        base = ["id", "created_at", "finished_at", "status", "error", "method", "target", "draft", "prompt",
-                "source", "benchmark_id", "stop_reason", "output_text"]
+        fields = ["id", "created_at", "finished_at", "status", "error", "method", "target", "draft", "prompt",
+                  "source", "benchmark_id", "stop_reason", "output_text"]
+        base = fields + ["backend"] + [f"env.{k}" for k in CSV_ENV_KEYS]  # the backend and machine of each run
         rows: list[dict[str, Any]] = []
         for r in self.list_runs(**filters):
-            row: dict[str, Any] = {k: getattr(r, k) for k in base}
+            row: dict[str, Any] = {k: getattr(r, k) for k in fields}
+            row["backend"] = run_backend(r.env)
+            row.update({f"env.{k}": r.env.get(k) for k in CSV_ENV_KEYS})
             row.update({f"sampling.{k}": v for k, v in r.sampling.items()})
             row.update({f"param.{k}": v for k, v in r.typed_params.items()})
             row.update(r.metrics)

@@ -33,7 +33,8 @@ from .models import SCHEMA_REVISION, SCHEMA_VERSION, Base, SchemaInfo, utcnow
 from .retry import is_read_only
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-_OWN_TABLES = {"runs", "params", "metrics", "steps", "benchmarks", "trainings", "schema_info", "alembic_version"}
+_OWN_TABLES = {"runs", "params", "metrics", "steps", "benchmarks", "trainings", "advice", "schema_info",
+               "alembic_version"}
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,15 @@ def test_run_json_and_store(capsys, tmp_path):
     assert code == 0 and "speculative" in out and "autoregressive" in out
     code, out, _ = _run(capsys, "--db", db, "runs", "show", obj["run_id"][:8], "--steps")
     assert code == 0 and "step    1 decode" in out
+    assert "path acceptance α" in out and "drafted positions on the verified path accepted" in out
+    assert "node acceptance" in out and "drafted tree nodes accepted" in out
+    assert {"node_acceptance_rate", "path_positions", "accepted_draft_tokens", "drafted_tokens"} <= set(obj["metrics"])
     path = tmp_path / "runs.csv"
     code, _, err = _run(capsys, "--db", db, "runs", "export", "--csv", str(path))
     assert code == 0 and "wrote 2 runs" in err
     rows = list(csv.DictReader(path.open()))
     assert {r["method"] for r in rows} == {"speculative", "autoregressive"}
+    assert {r["backend"] for r in rows} == {"eager"}  # each run's backend (and machine, env.*) in the export
 
 
 def test_sam_history_reads_the_store_given_with_db(capsys, tmp_path):
@@ -68,8 +72,15 @@ def test_methods_lists_the_registry(capsys):
     code, out, _ = _run(capsys, "methods", "--json")
     names = {m["name"] for m in json.loads(out)}
     assert code == 0 and {"autoregressive", "speculative", "prompt_lookup"} <= names
+    assert all(m["family"] and m["pays_when"] for m in json.loads(_run(capsys, "methods", "--json")[1]))
     code, out, _ = _run(capsys, "methods")
     assert "--param gamma=<int>" in out
+    from workbench.methods import FAMILIES
+
+    heads = [line[3:] for line in out.splitlines() if line.startswith("## ")]
+    assert heads == list(FAMILIES)  # grouped by family, in order
+    assert out.index("## Draft model, chain") < out.index("speculative ") < out.index("## Draft model, tree")
+    assert out.count("Pays when ") == len(json.loads(_run(capsys, "methods", "--json")[1]))
 
 
 BAD = [

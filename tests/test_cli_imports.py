@@ -34,6 +34,7 @@ def _run_cli(argv: list[str]) -> dict:
     (["runs", "show", "no-such-run"], 2),  # an unknown run id is a one-line error (exit 2), not a crash
     (["runs", "export", "--csv", "{tmp}/runs.csv"], 0),
     (["runs", "delete", "no-such-run"], 2),
+    (["advise", "--list"], 0),  # stored advice are read without the advisor's machinery
 ])
 def test_store_commands_do_not_import_torch(tmp_path, command, code):
     argv = ["--db", str(tmp_path / "runs.sqlite")] + [c.replace("{tmp}", str(tmp_path)) for c in command]

@@ -122,7 +122,8 @@ def test_lower_layers_do_not_reach_up():
     """The core never imports the layers built on it: the engine, methods, backends, models and the
     store know nothing of the API, the benchmark, the cluster, the CLI or the app."""
     graph = import_graph()
-    upper = ("workbench.api", "workbench.cli", "workbench.bench", "workbench.cluster", "workbench.train", "ui")  # bench_cli, train_cli too
+    upper = ("workbench.api", "workbench.cli", "workbench.bench", "workbench.cluster", "workbench.train",
+             "workbench.advisor", "workbench.advise_cli", "ui")  # bench_cli, train_cli too
     core = ("workbench.engine", "workbench.methods", "workbench.backend", "workbench.models", "workbench.verify",
             "workbench.draft", "workbench.tree_shape", "workbench.trace", "workbench.metrics", "workbench.preflight", "workbench.record",
             "store")

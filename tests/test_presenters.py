@@ -220,8 +220,31 @@ def test_token_diff_marks_differences():
     assert re.search(r'class="wb-diff-ins"[^>]*>e<', html)
     assert len(re.findall(r'class="wb-diff-eq"', html)) == 3
     assert 'data-changed="2"' in html
+    assert "3 matched · 1 substituted · 0 deleted · 1 inserted" in html
     same = P.token_diff_html(["a", "b"], ["a", "b"])
     assert "token-identical" in same and 'data-changed="0"' in same
+
+
+def test_token_diff_aligns_a_shifted_output():
+    """A 48-token pair that differs by one token up front is 1 deleted + 1 inserted, not dozens of positions."""
+    a = list(range(48))
+    b = [999] + a[:47]
+    counts, _ = P.diff_counts(a, b)
+    assert counts == {"matched": 47, "substituted": 0, "deleted": 1, "inserted": 1}
+    texts_a, texts_b = [f"t{i}" for i in a], [f"t{i}" for i in b]
+    html = P.token_diff_html(texts_a, texts_b, a_ids=a, b_ids=b)
+    assert 'data-changed="2"' in html and 'data-matched="47"' in html and "aligned over token ids" in html
+    for x, y in ((a, b), (a, a[:40]), ([1, 2, 3], [4, 5]), ([], [1]), (a, a[::-1])):
+        n, _ = P.diff_counts(x, y)  # the counts always add up to both lengths
+        assert n["matched"] + n["substituted"] + n["deleted"] == len(x)
+        assert n["matched"] + n["substituted"] + n["inserted"] == len(y)
+
+
+def test_token_diff_uses_ids_when_texts_agree():
+    """Two different tokens that print alike ("a" as one token, or as another id) are a difference by id."""
+    html = P.token_diff_html(["a", "b"], ["a", "b"], a_ids=[1, 2], b_ids=[1, 3])
+    assert 'data-substituted="1"' in html
+    assert "token-identical" in P.token_diff_html(["a", "b"], ["a", "b"])  # by text they are the same
 
 
 def test_runs_and_compare_frames():
@@ -237,12 +260,20 @@ def test_runs_and_compare_frames():
     ]
     df = P.runs_frame(recs)
     assert list(df.columns) == P.RUN_COLUMNS
-    assert list(df["id"]) == ["aaaaaaaa", "bbbbbbbb"] and df["α"].isna().tolist() == [False, True]
+    assert list(df["id"]) == ["aaaaaaaa", "bbbbbbbb"] and df["α (path)"].isna().tolist() == [False, True]
     assert len(df["prompt"][0]) <= 60
+    assert df["speedup"].isna().tolist() == [True, False] and df["speedup"][1] == 1.0  # no baseline given
+    assert list(P.runs_frame(recs, baselines={"a" * 32: recs[1]})["speedup"]) == [2.0, 1.0]
     cmp = P.compare_frame(recs)
     assert list(cmp.columns) == ["", "aaaaaaaa", "bbbbbbbb"]
-    row = cmp[cmp[""] == "speedup vs first"].iloc[0]
-    assert row["aaaaaaaa"] == "1.00×" and row["bbbbbbbb"] == "0.50×"
+    row = cmp[cmp[""] == P.SPEEDUP_ROW].iloc[0]
+    assert row["aaaaaaaa"] == "—" and row["bbbbbbbb"] == "1.00×"  # no stored baseline for the speculative run
+    # against the run's own plain-decoding baseline, whatever the order of the selection
+    for order in (recs, recs[::-1]):
+        cmp = P.compare_frame(order, {"a" * 32: recs[1], "b" * 32: None})
+        row = cmp[cmp[""] == P.SPEEDUP_ROW].iloc[0]
+        assert row["aaaaaaaa"] == "2.00×" and row["bbbbbbbb"] == "1.00×"
+        assert cmp[cmp[""] == P.BASELINE_ROW].iloc[0]["aaaaaaaa"] == "bbbbbbbb (10.0 tok/s)"
 
 
 def test_metric_cards_show_the_backend_and_its_warm_up_apart():
@@ -317,3 +348,190 @@ def test_profile_label_names_the_static_verification_sizes():
     row = {"model": "m", "backend": "compiled", "static": "2,4,8,16", "threads": 2}
     assert profile_label(row) == "m · compiled (static 2,4,8,16) · 2 threads"
     assert profile_label({**row, "static": None}) == "m · compiled · 2 threads"
+
+
+# ---------------------------------------------------------------- acceptance: one definition, labelled
+
+
+def test_acceptance_card_shows_path_acceptance_and_labels_node_acceptance():
+    """The big figure and its caption are the same quantity (path acceptance); node acceptance is labelled."""
+    from workbench import metrics as M
+
+    tr = _trace()
+    acc = M.acceptance(tr.steps)
+    # step 1: 1 accepted + the rejection; step 2: 2 accepted, whole chain; step 4: 2 accepted, ends at a leaf
+    assert (acc.accepted, acc.path_positions, acc.drafted_nodes) == (5, 6, 9)
+    html = P.metric_cards_html(tr)
+    card = re.search(r'<div class="wb-card" data-metric="acceptance_rate"([^>]*)>(.*?)</div></div>', html).group(0)
+    assert 'data-accepted="5" data-path-positions="6" data-drafted-nodes="9"' in card
+    assert ">path acceptance α<" in card and ">83%<" in card  # 5 / 6
+    assert "5 / 6 drafted positions on the verified path accepted" in card
+    assert "node acceptance 56%: 5 / 9 drafted tree nodes accepted" in card
+    s = tr.summary()
+    assert s.acceptance_rate == pytest.approx(5 / 6) and s.path_positions == 6
+    assert s.node_acceptance_rate == pytest.approx(5 / 9) and s.drafted_tokens == 9
+    nothing = P.metric_cards_html(Trace("autoregressive", {}, [1], tr.steps[:1], wall_s=0.1))
+    assert "nothing drafted" in nothing
+
+
+def test_path_acceptance_of_a_tree_path_ending_at_a_shallow_leaf():
+    """No rejection is counted when the accepted path ends at a leaf, however deep another branch goes."""
+    from workbench import metrics as M
+
+    leaf = Step(index=1, kind="decode", tokens=[5, 6, 7], parents=[-1, -1, 1], accepted=[0], committed=[5, 9])
+    assert not M.rejected_on_path(leaf) and M.path_positions(leaf) == 1
+    assert M.acceptance_rate([leaf]) == 1.0 and M.acceptance_by_position([leaf]) == [1.0]
+    assert M.node_acceptance_rate([leaf]) == pytest.approx(1 / 3)
+    rejected = Step(index=2, kind="decode", tokens=[5, 6, 7], parents=[-1, -1, 1], accepted=[1], committed=[6, 9])
+    assert M.rejected_on_path(rejected) and M.path_positions(rejected) == 2  # node 2 under node 1 was rejected
+    assert M.acceptance_by_position([leaf, rejected]) == [1.0, 0.0]
+    none = Step(index=3, kind="decode", tokens=[5, 6], parents=[-1, 0], accepted=[], committed=[9])
+    assert M.path_positions(none) == 1 and M.acceptance_rate([none]) == 0.0
+    assert math.isnan(M.acceptance_rate([Step(index=4, kind="decode", committed=[1])]))
+
+
+# ---------------------------------------------------------------- speedup: what it is worth
+
+
+def _rec(rid, method="speculative", tps=10.0, created=None, **env):
+    from datetime import datetime, timezone
+
+    return {"id": rid * 32 if len(rid) == 1 else rid, "method": method, "metrics": {"tokens_per_s": tps},
+            "created_at": created or datetime(2025, 1, 2, 12, tzinfo=timezone.utc),
+            "env": {"backend": "eager", "cpu": "CPU A", "gpu": None, "cpu_count": 8, "torch_threads": 4,
+                    "torch": "2.5", **env}}
+
+
+def test_baseline_facts_age_backend_and_machine():
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime(2025, 1, 2, 15, tzinfo=timezone.utc)
+    run = _rec("a", tps=14.2, created=now)
+    fresh = P.baseline_facts(run, _rec("b", "autoregressive", 7.1), now)
+    assert fresh.age_s == 3 * 3600 and not fresh.rerun and P.rerun_label(fresh) is None
+    line = P.baseline_line(fresh)
+    assert line == "vs 7.1 tok/s plain decoding · run bbbbbbbb · eager · baseline 3 h old · this machine"
+    old = P.baseline_facts(run, _rec("b", "autoregressive", 7.1, created=now - timedelta(hours=30)), now)
+    assert old.stale and P.rerun_label(old) == "Re-run baseline" and "30 h old" in P.baseline_line(old)
+    assert P.rerun_reasons(old) == ["older than 24 h"]
+    other = P.baseline_facts(run, _rec("b", "autoregressive", 7.1, cpu="CPU B", torch_threads=2), now)
+    assert other.other_machine and other.rerun and "another machine" in P.baseline_line(other)
+    assert P.rerun_reasons(other) == ["from another machine: CPU CPU B (this run: CPU A)",
+                                      "with other settings: torch threads 2 (this run: 4)"]
+    unknown = P.baseline_facts(run, {**_rec("b", "autoregressive", 7.1), "env": {}}, now)
+    assert not unknown.machine_diffs and unknown.backend == "eager"  # not recorded: not a difference
+    assert P.rerun_label(None) == "Run baseline"
+    assert [P.age_text(x) for x in (5, 600, 7200, 5 * 86400, None)] == \
+        ["just now", "10 min old", "2 h old", "5 days old", "age unknown"]
+
+
+def test_speedup_spread_and_run_to_run_variation():
+    from workbench import metrics as M
+
+    sp = M.speedup_spread([12.0, 14.0, 13.0], [10.0, 8.0])
+    assert sp.median == pytest.approx(13 / 9) and sp.low == pytest.approx(12 / 10) and sp.high == pytest.approx(14 / 8)
+    assert (sp.n_runs, sp.n_baselines) == (3, 2)
+    assert M.speedup_spread([], [1.0]) is None and M.speedup_spread([1.0], [float("nan")]) is None
+    v = M.run_to_run_variation([[10.0, 11.0], [20.0, 20.0, 22.0], [5.0]])
+    # deviations from each group's median: 0.5/10.5 twice; 0, 0, 2/20
+    assert (v.groups, v.runs) == (2, 5) and v.largest == pytest.approx(0.1)
+    assert v.typical == pytest.approx(0.5 / 10.5)
+    assert M.run_to_run_variation([[3.0]]) is None
+
+
+def test_speedup_lines_say_spread_or_measured_noise_never_a_made_up_one():
+    from workbench import metrics as M
+
+    facts = P.baseline_facts(_rec("a"), _rec("b", "autoregressive", 7.1), _rec("a")["created_at"])
+    single = P.speedup_lines(facts, M.speedup_spread([10.0], [7.1]), None)
+    assert single[0].startswith("vs 7.1 tok/s plain decoding") and "not a measurement of noise" in single[-1]
+    assert "±" not in " ".join(single)
+    measured = P.speedup_lines(facts, None, M.run_to_run_variation([[10.0, 11.0], [20.0, 22.0]]))
+    assert "single runs on this machine vary by ±5% typically (up to ±5%; measured over 4 runs of 2 repeated settings)" \
+        in measured[-1]
+    repeated = P.speedup_lines(facts, M.speedup_spread([12.0, 14.0, 13.0], [10.0, 8.0]))
+    assert repeated[-1] == "median 1.44× (1.20–1.75×) over 3 runs and 2 baselines of these settings"
+    now = _rec("a")["created_at"]
+    other = P.baseline_facts(_rec("a"), _rec("b", "autoregressive", 7.1, cpu="CPU B"), now)
+    lines = P.speedup_lines(other)
+    assert lines[1].startswith("re-run the baseline: it is from another machine")
+    html = P.metric_cards_html(_trace(), 7.1, baseline_note=lines[0], speedup_lines=lines[1:], speedup_warn=True)
+    card = re.search(r'data-metric="speedup"[^>]*>(.*?)</div></div>', html).group(0)
+    assert 'data-rerun="true"' in card and "another machine" in card and "not a measurement of noise" in card
+
+
+# ---------------------------------------------------------------- the Playground's pickers
+
+
+SPEEDS = [  # made up: int8 1.6x faster than fp32 per token, bf16 slower; rows=8 is another measurement
+    {"spec": "m:int8", "baseline": "m", "rows": 1, "speedup": 1.6},
+    {"spec": "m:bf16", "baseline": "m", "rows": 1, "speedup": 0.7},
+    {"spec": "m:bf16", "baseline": "m", "rows": 8, "speedup": 3.0},
+    {"spec": "slow:bf16", "baseline": "slow", "rows": 1, "speedup": 0.5},
+]
+
+
+def test_draft_choices_offer_every_precision_and_mark_the_fastest():
+    assert P.precision_specs("m") == ["m", "m:bf16", "m:fp16", "m:int8"]
+    specs = P.precision_specs("m") + P.precision_specs("slow") + ["other:bf16"]
+    labels = dict((v, k) for k, v in P.draft_choices(specs, SPEEDS))
+    assert labels["m:int8"] == "m:int8 · fastest here" and labels["m:bf16"] == "m:bf16"
+    assert labels["slow"] == "slow · fastest here"  # fp32 itself when every reduced precision is slower
+    assert labels["other:bf16"] == "other:bf16"  # nothing measured: nothing claimed
+    assert "<b>m</b>: <code>m:int8</code> fastest here (per token vs fp32: bf16 0.70×, int8 1.60×)" \
+        in P.fastest_note(SPEEDS)
+    assert "No draft precision timed" in P.fastest_note()
+    # the cost profiles, when nothing was timed in pairs: one backend and thread count at a time
+    profiles = [{"model": "p", "backend": "eager", "threads": 2, "seconds": {1: 0.02}},
+                {"model": "p:int8", "backend": "eager", "threads": 2, "seconds": {1: 0.01}},
+                {"model": "p:bf16", "backend": "eager", "threads": 1, "seconds": {1: 0.001}},
+                {"model": "p|skip=3", "backend": "eager", "threads": 2, "seconds": {1: 0.0001}}]
+    assert P.fastest_precisions([], profiles)["p"][0] == "p:int8"
+    assert P.fastest_precisions([], profiles[:1]) == {}  # one precision alone says nothing
+
+
+HEADS = [  # as workbench.heads.list_heads gives them: yours first, then the shipped ones
+    {"name": "m-eagle", "kind": "eagle", "target": "m", "where": "user", "origin": "trained", "path": "/u/m-eagle",
+     "top1": [0.5]},
+    {"name": "imported-eagle", "kind": "eagle", "target": "m", "where": "user", "origin": "imported",
+     "path": "/u/imported-eagle", "top1": None},
+    {"name": "m-medusa", "kind": "medusa", "target": "m", "where": "builtin", "origin": "shipped",
+     "path": "/pkg/m-medusa", "top1": [0.275, 0.141]},
+    {"name": "m-eagle", "kind": "eagle", "target": "m", "where": "builtin", "origin": "shipped",
+     "path": "/pkg/m-eagle", "top1": [0.377]},
+    {"name": "x-eagle", "kind": "eagle", "target": "x", "where": "builtin", "origin": "shipped",
+     "path": "/pkg/x-eagle", "top1": [0.9]},
+]
+
+
+def test_head_choices_fit_the_target_with_their_accuracy():
+    choices = P.head_choices(HEADS, "m:bf16", "eagle")
+    assert choices == [("default: m-eagle (trained) · held-out top-1 50%", ""),
+                       ("m-eagle · trained · held-out top-1 50%", "m-eagle"),
+                       ("imported-eagle · imported · no held-out accuracy on its card", "imported-eagle"),
+                       ("m-eagle · shipped · held-out top-1 38%", "/pkg/m-eagle")]  # hidden by yours: its directory
+    assert P.head_choices(HEADS, "m", "medusa")[1] == ("m-medusa · shipped · held-out top-1 28/14% by head",
+                                                        "m-medusa")
+    assert P.head_choices(HEADS, "other", "eagle") == [
+        ("default: other-eagle (none yet; train one with `workbench train --kind eagle`)", "")]
+
+
+def test_method_choices_by_family_then_shown_name():
+    groups = [("Plain decoding", [{"name": "autoregressive", "label": "Plain decoding (autoregressive)"}]),
+              ("Draft model, chain", [{"name": "speculative", "label": "Speculative decoding (draft model)"}])]
+    assert P.method_choices(groups) == [("Plain decoding › Plain decoding (autoregressive)", "autoregressive"),
+                                        ("Draft model, chain › Speculative decoding (draft model)", "speculative")]
+
+
+def test_runs_frame_tells_runs_with_other_settings_apart():
+    recs = [{"id": "a" * 32, "method": "eagle", "status": "finished", "metrics": {},
+             "params": {"depth": "3", "top_k": "4", "head": "", "max_new_tokens": "48", "chat": "true"},
+             "sampling": {"temperature": 0.0, "seed": 5}},
+            {"id": "b" * 32, "method": "eagle", "status": "finished", "metrics": {},
+             "params": {"depth": "5", "top_k": "4", "head": "", "max_new_tokens": "48", "chat": "true",
+                        "bench.repeat": "2"},
+             "sampling": {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 1}}]
+    df = P.runs_frame(recs, defaults={"eagle": {"depth": 5, "top_k": 4, "head": ""}})
+    assert list(df["settings"]) == ["depth=3 · 48 new · chat", "defaults · 48 new · chat"]
+    assert list(df["sampling"]) == ["greedy", "T 0.7 · top-p 0.9 · seed 1"]
+    assert P.settings_text(recs[0]) == 'depth=3 head="" top_k=4 · 48 new · chat'  # no defaults known: all of them

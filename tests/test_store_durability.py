@@ -324,7 +324,7 @@ def test_version_1_file_is_upgraded_in_place(tmp_path):
     assert len(before["runs"]) == 5 and len(stuck) == 1 and _rows(path, "SELECT version FROM schema_info") == [(1,)]
 
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 3
+        assert s.schema_version == SCHEMA_VERSION == 5
         recs = {r.id: r for r in s.list_runs()}
         assert recs[stuck[0]].status == "interrupted" and "3 steps kept" in recs[stuck[0]].error
         assert len(s.load_trace(stuck[0]).steps) == 3
@@ -333,7 +333,7 @@ def test_version_1_file_is_upgraded_in_place(tmp_path):
         s.finish_run(new, s.load_trace(stuck[0]), "again")
         assert s.get_run(new).status == "finished"
     assert _rows(path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
-    assert _rows(path, "SELECT version FROM schema_info") == [(3,)]
+    assert _rows(path, "SELECT version FROM schema_info") == [(5,)]
     assert _rows(path, "PRAGMA foreign_key_check") == [] and _rows(path, "PRAGMA integrity_check") == [("ok",)]
 
     after_runs = [r for r in _rows(path, f"SELECT {V1_RUN_COLS} FROM runs ORDER BY 1, 2") if r[0] != new]
@@ -386,7 +386,7 @@ def test_schema_matches_the_models_both_ways(tmp_path):
         with RunStore(path) as s, s.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         checks = " ".join(sql for (sql,) in _rows(path, "SELECT sql FROM sqlite_master WHERE type = 'table'"))
-        assert checks.count("'failed', 'interrupted')") == 3  # runs, benchmarks and trainings
+        assert checks.count("'failed', 'interrupted')") == 4  # runs, benchmarks, trainings and advice
 
 
 def test_newer_version_is_refused(tmp_path):

@@ -184,7 +184,7 @@ def _to_version_2(path: Path) -> None:
         engine.dispose()
 
 
-def test_version_2_file_is_upgraded_to_3(tmp_path: Path) -> None:
+def test_version_2_file_is_upgraded_to_the_newest(tmp_path: Path) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -199,14 +199,14 @@ def test_version_2_file_is_upgraded_to_3(tmp_path: Path) -> None:
     before = {t: _rows(path, f"SELECT * FROM {t} ORDER BY 1, 2") for t in ("params", "metrics", "steps")}
 
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 3
+        assert s.schema_version == SCHEMA_VERSION
         assert len(s.list_runs()) == 5 and s.list_trainings() == []
         tid = s.start_training(kind="eagle", target="tiny-random", out_dir=None, config={}, env={})
         s.finish_training(tid)
         with s.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     assert "trainings" in tables()
-    assert _rows(path, "SELECT version FROM schema_info") == [(3,)]
+    assert _rows(path, "SELECT version FROM schema_info") == [(SCHEMA_VERSION,)]
     assert _rows(path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
     assert _rows(path, "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trainings' "
                        "AND name NOT LIKE 'sqlite_%'") == [("ix_trainings_created_at",)]
@@ -229,4 +229,4 @@ def test_version_3_downgrades_to_2(tmp_path: Path) -> None:
     assert _rows(path, "SELECT version FROM schema_info") == [(2,)]
     assert _rows(path, "SELECT name FROM sqlite_master WHERE name LIKE '%trainings%'") == []
     with RunStore(path) as s:  # and up again
-        assert s.schema_version == 3 and s.list_trainings() == []
+        assert s.schema_version == SCHEMA_VERSION and s.list_trainings() == []

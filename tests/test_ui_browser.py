@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 
@@ -63,9 +64,11 @@ def test_run_look_compare(app_url, tmp_path):
             page.goto(app_url)
             page.wait_for_selector("#pg-run")
             # the models and the speculative method
-            _pick(page, "pg-method", "Speculative decoding (draft model)")
+            _pick(page, "pg-method", "Draft model, chain › Speculative decoding (draft model)")  # family › name
             expect(page.locator("#pg-method-info")).to_contain_text("lossless")
-            expect(page.locator("#pg-draft input")).to_have_value("tiny-random:bf16")
+            expect(page.locator("#pg-method-info")).to_contain_text("Pays when")
+            # the spec, marked when it is the fastest precision measured here
+            expect(page.locator("#pg-draft input")).to_have_value(re.compile(r"^tiny-random:bf16( · fastest here)?$"))
             expect(page.locator("#pg-backend input")).to_have_value("eager")  # the Backend choice, eager by default
 
             # an error first: the page says so and keeps working
@@ -89,6 +92,9 @@ def test_run_look_compare(app_url, tmp_path):
             page.click("#pg-baseline")
             _status_contains(page, "Baseline run")
             expect(page.locator('#pg-cards [data-metric="speedup"] .wb-card-value')).to_contain_text("×")
+            expect(page.locator('#pg-cards [data-metric="speedup"]')).to_contain_text("baseline just now")
+            expect(page.locator('#pg-cards [data-metric="acceptance_rate"]')).to_contain_text(
+                "drafted positions on the verified path accepted")
 
             # the draft tree of the speculative run
             page.get_by_role("tab", name="Draft tree").click()
@@ -108,7 +114,8 @@ def test_run_look_compare(app_url, tmp_path):
             page.click("#hist-compare")
             expect(page.locator("#hist-diff .wb-diff")).to_be_visible()
             expect(page.locator("#hist-diff")).to_contain_text("token-identical")
-            expect(page.locator("#hist-metrics")).to_contain_text("speedup vs first")
+            expect(page.locator("#hist-metrics")).to_contain_text("speedup vs plain decoding")
+            expect(page.locator("#hist-metrics")).to_contain_text("plain-decoding baseline")  # the last rows show
             page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
         finally:
             browser.close()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import html
+import re
 import time
 
 import pytest
@@ -409,3 +411,222 @@ def test_measure_this_machine_profiles_eagerly(ctx, tmp_path, monkeypatch):
     assert [(r["model"], r["backend"]) for r in cached_profiles()] == [("tiny-random", "eager")]
     status, *_ = list(latency.measure_costs(ctx, "tiny-random", "turbo", "ms"))[-1]
     assert status.startswith("**Error:**") and "unknown backend" in status
+
+
+# ---------------------------------------------------------------- numbers the app can be trusted with
+
+
+def _card_numbers(cards: str) -> dict:
+    """The acceptance card's figure and counts, as the page shows them."""
+    m = re.search(r'data-metric="acceptance_rate" data-accepted="(\d+)" data-path-positions="(\d+)" '
+                  r'data-drafted-nodes="(\d+)"[^>]*>.*?class="wb-card-value"[^>]*>([^<]*)<(.*?)'
+                  r'(?=<div class="wb-card" )', cards, re.S)
+    assert m, cards
+    lines = [html.unescape(x) for x in re.findall(r'class="wb-card-(?:hint|line)"[^>]*>([^<]*)<', m[5])]
+    return {"accepted": int(m[1]), "path_positions": int(m[2]), "drafted_nodes": int(m[3]), "value": m[4],
+            "lines": lines}
+
+
+def test_acceptance_card_agrees_with_the_store(ctx, capsys):
+    """A stored tree run: the card's figure and caption are the ones computed from the store's steps, the
+    stored metrics hold the same, and `workbench runs show` prints them under the same names."""
+    from workbench import metrics as M
+    from workbench.cli import main
+
+    *_, cards, _, _, state = _run(ctx, new_session_state(), method="tree_dynamic", draft="tiny-random:seed=1",
+                                  max_new=24)[-1]
+    rid = state["last_run"]
+    acc = M.acceptance(ctx.store.load_trace(rid).steps)
+    assert acc.accepted < acc.path_positions < acc.drafted_nodes  # a tree that was partly rejected
+    shown = _card_numbers(cards)
+    reloaded = _card_numbers(playground._cards(ctx, ctx.store.load_trace(rid), rid)[0])
+    for card in (shown, reloaded):
+        assert (card["accepted"], card["path_positions"], card["drafted_nodes"]) == \
+            (acc.accepted, acc.path_positions, acc.drafted_nodes)
+        assert card["value"] == f"{100 * acc.path_rate:.0f}%"
+        assert card["lines"] == [acc.path_caption(), f"{M.NODE_ACCEPTANCE} {100 * acc.node_rate:.0f}%: "
+                                                     f"{acc.node_caption()}"]
+    m = ctx.store.get_run(rid).metrics
+    assert m["acceptance_rate"] == pytest.approx(acc.path_rate)
+    assert m["node_acceptance_rate"] == pytest.approx(acc.node_rate)
+    assert (m["accepted_draft_tokens"], m["path_positions"], m["drafted_tokens"]) == \
+        (acc.accepted, acc.path_positions, acc.drafted_nodes)
+    assert main(["--db", str(ctx.store.path), "runs", "show", rid]) == 0
+    out = capsys.readouterr().out
+    assert f"{M.PATH_ACCEPTANCE:<28} {100 * acc.path_rate:.1f}%  ({acc.path_caption()})" in out
+    assert f"{M.NODE_ACCEPTANCE:<28} {100 * acc.node_rate:.1f}%  ({acc.node_caption()})" in out
+
+
+def _set_env(ctx, run_id: str, hours_old: float = 0.0, **env) -> None:
+    """Make a stored run older, or recorded on another machine (what a shared or copied store holds)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from store.models import Run, utcnow
+
+    rec = ctx.store.get_run(run_id)
+    with ctx.store.session_scope() as s:
+        s.execute(update(Run).where(Run.id == run_id).values(
+            env={**rec.env, **env}, created_at=utcnow() - timedelta(hours=hours_old)))
+
+
+def _speedup_card(cards: str) -> str:
+    return html.unescape(re.search(r'data-metric="speedup".*?(?=<div class="wb-card" |$)', cards, re.S).group(0))
+
+
+def test_speedup_card_names_its_baseline_and_offers_a_rerun(ctx):
+    state = _run(ctx, new_session_state())[-1][-1]
+    status, cards, btn, state = list(playground.run_baseline(ctx, state))[-1]
+    rid, bid = state["runs"]
+    card = _speedup_card(cards)
+    assert f"run {bid[:8]} · eager · baseline just now · this machine" in card
+    assert "one run is not a measurement of noise" in card  # nothing was repeated here yet
+    assert "±" not in card and _update(btn).get("visible") is False
+
+    _set_env(ctx, bid, hours_old=30)
+    cards, label = playground._cards(ctx, ctx.store.load_trace(rid), rid)
+    assert label == "Re-run baseline" and "baseline 30 h old" in _speedup_card(cards)
+    assert "re-run the baseline: it is older than 24 h" in _speedup_card(cards)
+    _set_env(ctx, bid, cpu="Some other CPU")
+    cards, label = playground._cards(ctx, ctx.store.load_trace(rid), rid)
+    assert label == "Re-run baseline" and "another machine" in _speedup_card(cards)
+    assert "CPU Some other CPU (this run: " in _speedup_card(cards)
+    # the button runs a fresh baseline here, and the card is trusted again
+    status, cards, btn, state = list(playground.run_baseline(ctx, state))[-1]
+    assert status.startswith("**Done:**") and _update(btn).get("visible") is False
+    assert "this machine" in _speedup_card(cards) and "re-run" not in _speedup_card(cards)
+
+
+def test_speedup_card_shows_the_spread_of_repeats_or_the_measured_noise(ctx):
+    state = _run(ctx, new_session_state())[-1][-1]
+    state = list(playground.run_baseline(ctx, state))[-1][-1]
+    rid = state["runs"][0]
+    # another setting repeated on this machine: its spread is what a single run here is worth
+    for _ in range(2):
+        _run(ctx, new_session_state(), method="prompt_lookup", draft="none", prompt="other words")
+    card = _speedup_card(playground._cards(ctx, ctx.store.load_trace(rid), rid)[0])
+    assert re.search(r"one run; single runs on this machine vary by ±\d+% typically \(up to ±\d+%; measured over 2 runs "
+                     r"of 1 repeated setting\)", card), card
+    # this run repeated, and its baseline: the median and the range over them
+    state = _run(ctx, state)[-1][-1]
+    state = list(playground.run_baseline(ctx, state))[-1][-1]
+    card = _speedup_card(playground._cards(ctx, ctx.store.load_trace(state["runs"][2]), state["runs"][2])[0])
+    assert re.search(r"median \d+\.\d\d× \(\d+\.\d\d–\d+\.\d\d×\) over 2 runs and 2 baselines of these settings",
+                     card), card
+
+
+def test_history_tells_settings_sampling_and_speedup_apart(ctx):
+    state = _run(ctx, new_session_state(), method="prompt_lookup", draft="none", prompt="alpha beta")[-1][-1]
+    slots = list(SLOTS)
+    slots[0] = 2  # prompt_lookup's first parameter, max_ngram
+    state = _run(ctx, state, method="prompt_lookup", draft="none", prompt="alpha beta", slots=slots)[-1][-1]
+    state = _run(ctx, state, method="autoregressive", draft="none", prompt="alpha beta", temperature=0.7)[-1][-1]
+    state = list(playground.run_baseline(ctx, {**state, "last_settings": {**state["last_settings"],
+                                                                            "sampling": {"temperature": 0.0}}}))[-1][-1]
+    default, changed, sampled, base = state["runs"]
+    table, ids, *_ = history.history_table(ctx, "", [], [])
+    row = {i: table.iloc[k] for k, i in enumerate(ids)}
+    assert row[default]["settings"] != row[changed]["settings"] and "max_ngram=2" in row[changed]["settings"]
+    assert row[default]["settings"].startswith("defaults · 12 new")
+    assert row[sampled]["sampling"] == "T 0.7 · seed 0" and row[default]["sampling"] == "greedy"
+    assert row[base]["speedup"] == 1.0 and row[default]["speedup"] > 0 and row[changed]["speedup"] > 0
+    assert row[default]["backend"] == "eager"
+    recs = ctx.store.list_runs()  # the table's one query applies the one baseline policy
+    found = ctx.store.baselines_for(recs)
+    assert {r.id: getattr(ctx.store.baseline_for(r), "id", None) for r in recs} == \
+        {rid: getattr(b, "id", None) for rid, b in found.items()}
+    assert found[default].id == found[changed].id == base and found[sampled] is None
+
+    # compare: every row; the speedup against each run's own baseline, whatever the order
+    for order in ([changed, base], [base, changed]):
+        msg, frame, fig, diff = history.compare_runs(ctx, order)
+        df = frame["value"]
+        sp = df[df[""] == "speedup vs plain decoding"].iloc[0]
+        assert sp[base[:8]] == "1.00×" and sp[changed[:8]] == f"{row[changed]['speedup']:.2f}×"
+        assert "matched" in diff or "token-identical" in diff
+    assert history.COMPARE_MAX_HEIGHT >= 40 * len(df)  # tall enough that no row hides behind a scroll
+
+    # export: the selection, with each run's backend
+    f, msg = history.export_csv(ctx, "", [], [], [changed, sampled])
+    with open(f["value"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["id"] for r in rows) == sorted([changed, sampled]) and "2 selected runs" in msg
+    assert {r["backend"] for r in rows} == {"eager"} and all(r["env.cpu"] for r in rows)
+    f, msg = history.export_csv(ctx, "", [], [])
+    assert "4 listed runs" in msg
+
+
+def test_compare_diff_aligns_token_ids(ctx):
+    a = _run(ctx, new_session_state(), method="autoregressive", draft="none", max_new=16)[-1][-1]["last_run"]
+    b = _run(ctx, new_session_state(), method="autoregressive", draft="none", max_new=16,
+             temperature=1.0)[-1][-1]["last_run"]
+    *_, diff = history.compare_runs(ctx, [a, b])
+    counts = {k: int(v) for k, v in re.findall(r'data-(matched|substituted|deleted|inserted)="(\d+)"', diff)}
+    assert counts["matched"] + counts["substituted"] + counts["deleted"] == 16
+    assert counts["matched"] + counts["substituted"] + counts["inserted"] == 16
+
+
+def test_methods_are_grouped_by_family_with_when_they_pay():
+    from workbench.methods import FAMILIES, list_methods, methods_by_family
+
+    for m in list_methods():
+        assert m.family in FAMILIES and m.pays_when and not m.pays_when.endswith("."), m.name
+    choices = [c for c in playground.P.method_choices(
+        [(f, [m.facts() for m in ms]) for f, ms in methods_by_family()])]
+    families = [label.split(" › ")[0] for label, _ in choices]
+    assert families == sorted(families, key=FAMILIES.index)
+    for f in FAMILIES:
+        labels = [label.split(" › ")[1] for label, _ in choices if label.startswith(f + " › ")]
+        assert labels == sorted(labels, key=str.casefold)
+    info = playground.method_info_html("prompt_lookup")
+    assert "Without a draft model" in info and "Pays when" in info
+    assert "Advisor" in playground.ADVISOR_NOTE
+
+
+def test_head_is_a_dropdown_of_the_heads_that_fit():
+    updates = playground.method_form("eagle", "smollm2-135m:bf16")
+    k = len(playground.SLOT_KINDS)
+    number, choice, flag, text = updates[1:1 + k]
+    assert choice["visible"] and choice["label"] == "head" and choice["value"] == ""
+    assert not text["visible"] and choice["allow_custom_value"] is True
+    values = [v for _, v in choice["choices"]]
+    labels = [lbl for lbl, _ in choice["choices"]]
+    assert values[0] == "" and "smollm2-135m-eagle" in values and "held-out top-1" in labels[0]
+    assert not any("medusa" in v for v in values)
+    slots = [None] * (playground.N_SLOTS * k)
+    slots[playground.SLOT_KINDS.index("choice")] = "smollm2-135m-eagle"
+    assert playground.collect_params("eagle", slots)["head"] == "smollm2-135m-eagle"
+    # another target: its own heads (none shipped for tiny-random), the other slots untouched
+    upd = playground.head_slot_update("medusa", "tiny-random")
+    head = upd[playground.SLOT_KINDS.index("choice")]
+    assert head["value"] == "" and [v for _, v in head["choices"]] == [""]
+    assert all(u == {"__type__": "update"} for i, u in enumerate(upd) if i != playground.SLOT_KINDS.index("choice"))
+    assert all(u == {"__type__": "update"} for u in playground.head_slot_update("speculative", "tiny-random"))
+
+
+def test_draft_list_has_every_precision_and_marks_the_fastest_without_measuring(monkeypatch):
+    import ui.common as common
+    import workbench.backend.profile as profile
+    import workbench.backend.speed as speed
+    from ui.app import build_app
+
+    def never(*a, **k):
+        raise AssertionError("the app measured something at start")
+
+    monkeypatch.setattr(speed, "_time_pair", never)
+    monkeypatch.setattr(profile, "measure_cost", never)
+    demo = build_app(db=":memory:", default_target="tiny-random")  # reads caches only
+    drop = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pg-draft")
+    values = [v for _, v in drop.choices]
+    for model in ("smollm2-135m", "tiny-random", "tiny-random:seed=1"):
+        assert {model, f"{model}:bf16", f"{model}:fp16", f"{model}:int8"} <= set(values)
+    monkeypatch.setattr(common, "measured_here", lambda backend="eager": (
+        [{"spec": "tiny-random:int8", "baseline": "tiny-random", "rows": 1, "speedup": 1.4}], []))
+    demo = build_app(db=":memory:", default_target="tiny-random")
+    drop = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pg-draft")
+    assert ("tiny-random:int8 · fastest here", "tiny-random:int8") in drop.choices
+    note = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pg-draft-speed")
+    assert "<code>tiny-random:int8</code> fastest here" in note.value
+    method = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "pg-method")
+    assert method.choices[0] == ("Plain decoding › Plain decoding (autoregressive)", "autoregressive")

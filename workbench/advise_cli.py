@@ -61,7 +61,7 @@ def add_advise_parser(sub) -> None:
 
 
 def _store(args):
-    return RunStore(args.db) if getattr(args, "db", None) else RunStore()
+    return RunStore(getattr(args, "db", None))  # None: $WORKBENCH_DB or the user data dir
 
 
 def _say(line: str) -> None:

@@ -57,7 +57,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     drf = load_model(req.draft, device=device, progress=progress) if req.draft else None
     prompt_ids = tgt.encode_prompt(prompt, chat=chat)
     check_models(method, tgt, drf, prompt_ids, max_new_tokens)
-    env = {**environment(tgt), **prepare_run(req.backend, [tgt, drf], len(prompt_ids), max_new_tokens, progress)}
+    prepared = prepare_run(req.backend, [tgt, drf], len(prompt_ids), max_new_tokens, progress)  # kernels too
+    env = {**environment(tgt), **prepared}
 
     # ---- record and decode
     if log and store is None:
@@ -75,7 +76,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
 
         result = generate(tgt, method, prompt_ids, draft=drf, params=req.params, sampling=req.sampling,
                           decode=req.decode, on_step=_on_step, trace=tr, backend=req.backend,
-                          history=run_history(store if log else None))
+                          history=run_history(store if log else None), progress=progress)
         rec.finish(result.trace, result.text)
     return RunResult(run_id=rec.run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
                      prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,

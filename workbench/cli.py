@@ -18,7 +18,10 @@ from typing import Any, Sequence
 
 from store import RunStore, StoreError
 
+from . import metrics as M
 from .backend import add_backend_argument, check_backend
+from .kernels import set_mode
+from .advise_cli import add_advise_parser
 from .bench_cli import add_bench_parser
 from .config import BASELINE, ConfigError, SamplingConfig
 from .models import EMBEDDED_DEFAULT, ModelError
@@ -65,6 +68,10 @@ def _open_store(args):
     return RunStore(args.db) if getattr(args, "db", None) else RunStore()
 
 
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.1f}%"
+
+
 def _fmt(x: Any, digits: int = 2) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
@@ -88,7 +95,7 @@ def _progress_printer():
         hf_logging.disable_progress_bar()  # its weight-loading bar would bury the one error line
 
     def show(msg: str) -> None:
-        if tty or "onvert" in msg or "ompil" in msg:
+        if tty or "onvert" in msg or "ompil" in msg or "cost profile" in msg:  # slow one-time work: always said
             print(msg, file=sys.stderr, flush=True)
 
     return show
@@ -113,27 +120,35 @@ def cmd_run(args) -> int:
     print(result.output_text)
     print(file=sys.stderr)
     print(f"[{result.method}] {s.new_tokens} tokens in {s.wall_s:.2f}s = {s.tokens_per_s:.1f} tok/s | "
-          f"tau {s.mean_accepted_tokens:.2f} | acceptance {_fmt(s.acceptance_rate)} | "
+          f"tau {s.mean_accepted_tokens:.2f} | path acceptance {_fmt(s.acceptance_rate)} "
+          f"({s.accepted_draft_tokens}/{s.path_positions} positions) | node acceptance "
+          f"{_fmt(s.node_acceptance_rate)} ({s.accepted_draft_tokens}/{s.drafted_tokens} nodes) | "
           f"target forwards {s.target_forward_passes} | TTFT {s.ttft_s * 1000:.0f} ms"
           + (f" | run {result.run_id}" if result.run_id else ""), file=sys.stderr)
+    for note in result.trace.notes:  # cost-aware sizing that chose not to draft, a cost profile measured first, ...
+        print(f"note: {note.get('text')}", file=sys.stderr)
     return 0
 
 
 def cmd_methods(args) -> int:
-    from .methods import list_methods  # here: the methods load torch (as cmd_run)
+    from .methods import methods_by_family  # here: the methods load torch (as cmd_run)
 
-    methods = [m.facts() for m in list_methods()]
+    groups = [(family, [m.facts() for m in methods]) for family, methods in methods_by_family()]
     if args.json:
-        print(json.dumps(methods))
+        print(json.dumps([m for _, methods in groups for m in methods]))
         return 0
-    for m in methods:
-        tags = ["lossless" if m["lossless"] else "LOSSY"] + (["draft model"] if m["needs_draft_model"] else [])
-        print(f"{m['name']:<16} {m['label']}  [{', '.join(tags)}]")
-        print(f"{'':<16} {m['description']}")
-        for p in m["params"]:
-            rng = f" choices {'/'.join(p['choices'])}" if p["choices"] else (
-                f" range [{_fmt(p['min'], 0)}, {_fmt(p['max'], 0)}]" if p["min"] is not None else "")
-            print(f"{'':<18}--param {p['name']}=<{p['type']}> (default {p['default']}){rng}: {p['help']}")
+    for i, (family, methods) in enumerate(groups):
+        print(("\n" if i else "") + f"## {family}")
+        for m in methods:
+            tags = ["lossless" if m["lossless"] else "LOSSY"] + (["draft model"] if m["needs_draft_model"] else [])
+            print(f"{m['name']:<16} {m['label']}  [{', '.join(tags)}]")
+            print(f"{'':<16} {m['description']}")
+            if m["pays_when"]:
+                print(f"{'':<16} Pays when {m['pays_when']}.")
+            for p in m["params"]:
+                rng = f" choices {'/'.join(p['choices'])}" if p["choices"] else (
+                    f" range [{_fmt(p['min'], 0)}, {_fmt(p['max'], 0)}]" if p["min"] is not None else "")
+                print(f"{'':<18}--param {p['name']}=<{p['type']}> (default {p['default']}){rng}: {p['help']}")
     return 0
 
 
@@ -208,8 +223,15 @@ def cmd_runs_show(args) -> int:
         print(f"  {k:<28} {_fmt(v, 4)}")
     if rec.acceptance_by_position:
         print("  acceptance by position      " + " ".join(_fmt(a) for a in rec.acceptance_by_position))
+    for note in rec.notes:
+        print(f"note   {note.get('text')}")
+    steps = store.load_trace(rec.id).steps
+    acc = M.acceptance(steps)  # from the stored steps, as the app's acceptance card (docs/metrics.md)
+    if acc.drafted_nodes:
+        print(f"  {M.PATH_ACCEPTANCE:<28} {_pct(acc.path_rate)}  ({acc.path_caption()})")
+        print(f"  {M.NODE_ACCEPTANCE:<28} {_pct(acc.node_rate)}  ({acc.node_caption()})")
     if args.steps:
-        for s in store.load_trace(rec.id).steps:
+        for s in steps:
             print(f"  step {s.index:>4} {s.kind:<7} drafted {s.n_draft:>3} accepted {s.n_accepted:>3} "
                   f"committed {len(s.committed)} draft {s.draft_s * 1000:6.1f} ms verify {s.verify_s * 1000:6.1f} ms")
     return 0
@@ -339,7 +361,8 @@ def _add_bench(sub) -> None:
 
 
 def _add_profile(sub) -> None:
-    pr = sub.add_parser("profile", help="measure (or show the cached) cost of a forward over n tokens, per backend")
+    pr = sub.add_parser("profile", help="measure (or show the cached) cost of a forward over n tokens, per backend; "
+                        "export and import profiles")
     pr.add_argument("--target", "-t", action="append", default=None,
                     help="model spec, repeatable, e.g. smollm2-135m:bf16 for another dtype (default: smollm2-135m)")
     pr.add_argument("--device", default=None)
@@ -347,29 +370,47 @@ def _add_profile(sub) -> None:
     add_backend_argument(pr)
     pr.add_argument("--threads", default=None, help="comma-separated torch thread counts (default: the current one)")
     pr.add_argument("--refresh", action="store_true", help="measure again even if a profile is cached")
+    pr.add_argument("--export", metavar="FILE", default=None,
+                    help="write profiles to FILE as JSON: the --target ones (measured when not cached), else every "
+                         "profile measured on this machine")
+    pr.add_argument("--import", dest="import_file", metavar="FILE", default=None,
+                    help="keep the profiles of FILE (another machine's --export) as an imported machine: listed "
+                         "and drawn beside this machine's, never used for this machine's decisions")
+    pr.add_argument("--as", dest="as_name", metavar="NAME", default=None,
+                    help="the machine name for --export or --import (default: the file's, else its processor)")
     pr.add_argument("--json", action="store_true")
 
     def cmd_profile(args) -> int:
-        from .backend.profile import profile_table  # here: loads torch (as cmd_run)
+        # here: these load torch (as cmd_run)
+        from .backend.profile import CONTEXT, cached_profiles, profile_table
+        from .backend.profile_files import export_profiles, import_profiles
         from .models import load_model
 
-        backends = [check_backend(b.strip()) for b in (args.backends or args.backend).split(",") if b.strip()]
-        threads = [_int_in(1, 1024)(t.strip()) for t in args.threads.split(",")] if args.threads else [None]
-        rows = []
-        for spec in args.target or [EMBEDDED_DEFAULT]:
-            lm = load_model(spec, device=args.device, progress=_progress_printer())
-            rows += profile_table(lm, backends, threads, refresh=args.refresh, progress=_progress_printer())
+        if args.import_file and (args.export or args.target or args.refresh):
+            raise UsageError("--import reads a file only: give it without --export, --target or --refresh")
+        if args.as_name is not None and not (args.export or args.import_file):
+            raise UsageError("--as names the machine of --export or --import")
+        if args.import_file:
+            rows = import_profiles(args.import_file, args.as_name)
+            print(f"imported {len(rows)} profile{'s' * (len(rows) != 1)} as {rows[0]['name']!r} from "
+                  f"{args.import_file} (listed beside this machine's, never used for its decisions)", file=sys.stderr)
+        elif args.export and not args.target:
+            rows = cached_profiles(imported=False)
+        else:
+            backends = [check_backend(b.strip()) for b in (args.backends or args.backend).split(",") if b.strip()]
+            threads = [_int_in(1, 1024)(t.strip()) for t in args.threads.split(",")] if args.threads else [None]
+            rows = []
+            for spec in args.target or [EMBEDDED_DEFAULT]:
+                lm = load_model(spec, device=args.device, progress=_progress_printer())
+                rows += profile_table(lm, backends, threads, refresh=args.refresh, progress=_progress_printer())
+        if args.export:
+            n = export_profiles(args.export, rows, args.as_name)
+            print(f"wrote {n} profile{'s' * (n != 1)} to {args.export}", file=sys.stderr)
         if args.json:
             print(json.dumps(rows))
-            return 0
-        for row in rows:
-            prof = row["seconds"]
-            base = prof[min(prof)]
-            print(f"\n{row['model']} on {row['device']} ({row['cpu']}), backend {row['backend']}, "
-                  f"{row['threads']} threads: one forward over n new tokens after 128 cached, median of 3")
-            print(f"{'n':>4} {'ms':>9} {'x one token':>12} {'ms/token':>9}")
-            for n, t in sorted(prof.items()):
-                print(f"{n:>4} {t * 1000:>9.1f} {t / base:>12.2f} {t * 1000 / n:>9.2f}")
+        elif not (args.export and not args.target):  # exporting what is cached: the line above says it all
+            for row in rows:
+                _print_profile(row, CONTEXT)
         return 0
 
     pr.set_defaults(func=cmd_profile)
@@ -379,7 +420,29 @@ def _add_train(sub) -> None:
     add_train_parsers(sub, _int_in)
 
 
-_EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile, _add_train]
+def _print_profile(row: dict[str, Any], context: int) -> None:
+    """One profile as `workbench profile` prints it: what it was measured on and when, then n, ms, spread, ratio."""
+    prof, spread = row["seconds"], row.get("spread") or {}
+    base = prof[min(prof)]
+    where = f"{row['name']}: " if row.get("imported") else ""
+    when = f"measured {row['measured_at']}" if row.get("measured_at") else "undated (measured by an older version)"
+    rounds = f"median of {row['rounds']} rounds" if row.get("rounds") else "median"
+    threads = f"{row['threads']} thread{'s' * (row['threads'] != 1)}"
+    print(f"\n{where}{row['model']} on {row['device'] or '?'} ({row['cpu']}), backend {row['backend']}, "
+          f"{threads}: one forward over n new tokens after {context} cached, {rounds}, {when}")
+    if row.get("kernels"):
+        print(f"  linear kernels: {row['kernels']} (workbench kernel for those row counts, ATen otherwise)")
+    for flag, text in (("stale", f"STALE ({row.get('stale')}): measured again by the next cost-aware run"),
+                       ("noisy", "NOISY: its repeats disagree (see the spread)")):
+        if row.get(flag):
+            print(f"  {text}")
+    print(f"{'n':>4} {'ms':>9} {'spread':>7} {'x one token':>12} {'ms/token':>9}")
+    for n, t in sorted(prof.items()):
+        sp = f"{100 * spread[n]:.0f}%" if n in spread else "?"
+        print(f"{n:>4} {t * 1000:>9.1f} {sp:>7} {t / base:>12.2f} {t * 1000 / n:>9.2f}")
+
+
+_EXTRA_COMMANDS = [_add_ui, _add_bench, _add_profile, _add_train, add_advise_parser]
 
 
 @contextlib.contextmanager
@@ -408,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return 2
+        if getattr(args, "kernels", None):
+            set_mode(args.kernels)  # this process's CPU linear kernels (workbench.kernels)
         with _store_env(getattr(args, "db", None)):
             return args.func(args)
     except UsageError as exc:

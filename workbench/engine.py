@@ -25,6 +25,11 @@ Timing (gpt-fast): the device is synchronised before every timer read, so
 draft_s and verify_s are what the step really cost. A drafter's `begin` (one-time
 set-up: calibration, profiling, loading a corpus) runs before the clock starts; a
 draft model's prompt prefill happens at its first `propose`, on the clock.
+
+What a run says about itself goes in `trace.notes` when it ends (`_run_notes`): a cost
+profile measured for it first, verification forwards that disagreed with the profile
+(which the CostModel then marks stale), and cost-aware sizing that chose not to draft
+in most steps, with its reason (workbench.methods.sizing).
 """
 from __future__ import annotations
 
@@ -63,12 +68,13 @@ DRAFT_ROOM = 128
 
 def build_drafter(method: str, params: dict[str, Any] | None, target, draft, sampling: SamplingConfig,
                   generator: torch.Generator | None, backend: str = "eager", max_len: int = 0,
-                  costs: CostModel | None = None, history: RunHistory | None = None) -> Drafter:
+                  costs: CostModel | None = None, history: RunHistory | None = None,
+                  progress: Callable[[str], None] | None = None) -> Drafter:
     cls = get_method(method)
     resolved = resolve_params(method, params)
     check_draft_given(method, draft is not None)
     env = DrafterEnv(target=target, draft=draft, sampling=sampling, generator=generator, backend=backend,
-                     max_len=max_len, costs=costs or CostModel(), history=history)
+                     max_len=max_len, costs=costs or CostModel(progress=progress), history=history)
     return cls(env, **resolved)
 
 
@@ -98,7 +104,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
              sampling: SamplingConfig = SamplingConfig(), decode: DecodeConfig = DecodeConfig(),
              on_step: StepCallback | None = None, trace: Trace | None = None,
              backend: str = "eager", costs: CostModel | None = None,
-             history: RunHistory | None = None) -> GenerationResult:
+             history: RunHistory | None = None, progress: Callable[[str], None] | None = None) -> GenerationResult:
     """Decode up to decode.max_new_tokens tokens after prompt_ids with `method`.
 
     target/draft are workbench.models.LoadedModel. `trace`, when given, is filled
@@ -106,6 +112,8 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     backend: "eager" or "compiled" (workbench.backend); the target and every draft model run on it.
     costs: what forwards cost here, for cost-aware drafters (None: the machine's measured profiles).
     history: earlier runs' outputs for drafters that read them (workbench.record.run_history).
+    progress: where set-up before the clock says what it does (measuring this machine's cost profile
+    for a cost-aware method: tens of seconds on a CPU), for a status line.
     """
     if not prompt_ids:
         raise ConfigError("the prompt is empty")
@@ -113,7 +121,8 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     device = target.device
     generator = make_generator(sampling.seed, device)
     max_len = len(prompt_ids) + decode.max_new_tokens + DRAFT_ROOM
-    drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len, costs, history)
+    drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len, costs, history,
+                            progress)
     session = open_session(backend, target, max_len)
     try:
         return _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
@@ -172,6 +181,7 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
         proposal = drafter.propose(dctx)
         if proposal is not None and len(proposal) == 0:
             proposal = None
+        drafter.env.sizing.step(proposal is not None)
         device_sync(device)
         t1 = time.perf_counter()
 
@@ -213,8 +223,19 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     trace.wall_s = time.perf_counter() - t_start
     trace.peak_mem_mb = memory.peak_mb()
     trace.stop_reason = stop
+    trace.notes.extend(_run_notes(drafter, target, trace))
     out = trace.output_ids
     return GenerationResult(output_ids=out, text=target.decode(out), trace=trace, summary=trace.summary())
+
+
+def _run_notes(drafter: Drafter, target, trace: Trace) -> list[dict[str, Any]]:
+    """What the run says about itself (the module docstring): the CostModel's notes on the profiles it served,
+    checked against this run's verification forwards, and the sizing log's "no_draft" note."""
+    env = drafter.env
+    decode = [s for s in trace.steps if s.kind == "decode"]
+    notes = env.costs.run_notes(target, env.backend, [(1 + s.n_draft, s.verify_s) for s in decode])
+    no_draft = env.sizing.note(len(decode))
+    return notes + ([no_draft] if no_draft else [])
 
 
 def _timed(fn: StepCallback, step: Step, trace: Trace) -> float:

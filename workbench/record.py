@@ -32,6 +32,7 @@ from store import RunStore
 
 from .device import cpu_isa, cpu_name
 from .engine import GenerationResult
+from .kernels import plan_for
 from .models.loading import gqa_attention_in_effect
 from .trace import Step, Trace
 
@@ -58,7 +59,8 @@ def environment(target=None) -> dict[str, Any]:
         "sdpa_gqa": gqa_attention_in_effect(),
     }
     if target is not None:
-        env.update(device=str(target.device), dtype=str(target.dtype).replace("torch.", ""), quant=target.quant)
+        env.update(device=str(target.device), dtype=str(target.dtype).replace("torch.", ""), quant=target.quant,
+                   kernels=plan_for(target).label())  # the CPU linear kernels its forwards run (workbench.kernels)
     return env
 
 
@@ -206,6 +208,10 @@ class RunResult:
                 "mean_accepted_tokens": s.mean_accepted_tokens,
                 "mean_accepted_draft_tokens": s.mean_accepted_draft_tokens,
                 "acceptance_rate": _none_if_nan(s.acceptance_rate),
+                "node_acceptance_rate": _none_if_nan(s.node_acceptance_rate),
+                "accepted_draft_tokens": s.accepted_draft_tokens,
+                "path_positions": s.path_positions,
+                "drafted_tokens": s.drafted_tokens,
                 "target_forward_passes": s.target_forward_passes,
                 "new_tokens": s.new_tokens,
                 "wall_s": s.wall_s,
@@ -213,6 +219,7 @@ class RunResult:
                 "peak_mem_mb": _none_if_nan(s.peak_mem_mb),
             },
             "stop_reason": self.trace.stop_reason,
+            "notes": [dict(n) for n in self.trace.notes],
         }
 
 

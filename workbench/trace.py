@@ -85,15 +85,17 @@ class Summary:
     target_forward_passes: int
     mean_accepted_tokens: float  # τ, counts the bonus token
     mean_accepted_draft_tokens: float  # τ - 1 style: draft tokens accepted per forward
-    acceptance_rate: float  # α: accepted / attempted draft positions (NaN when nothing drafted)
+    acceptance_rate: float  # α, path acceptance: accepted / drafted positions on the verified path (NaN: none)
     acceptance_by_position: list[float]  # α_k, conditional on reaching position k
-    drafted_tokens: int
+    drafted_tokens: int  # every drafted node (all tree nodes)
     accepted_draft_tokens: int
     draft_s: float
     verify_s: float
     other_s: float
     mean_draft_length: float
     peak_mem_mb: float
+    path_positions: int = 0  # drafted positions on the verified paths: α's denominator (workbench.metrics)
+    node_acceptance_rate: float = float("nan")  # accepted / drafted_tokens (NaN when nothing drafted)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
@@ -108,6 +110,9 @@ class Trace:
     wall_s: float = 0.0
     peak_mem_mb: float = float("nan")
     stop_reason: str = ""  # "max_new_tokens" | "eos" | "error"
+    # What the run says about itself, each {"kind", "text", ...numbers}: "no_draft" (cost-aware sizing chose
+    # plain steps, and why), "profile_measured", "profile_stale", "profile_disagrees" (workbench.engine)
+    notes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def output_ids(self) -> list[int]:
@@ -115,6 +120,10 @@ class Trace:
         for s in self.steps:
             out.extend(s.committed)
         return out
+
+    def note(self, kind: str) -> dict[str, Any] | None:
+        """The run's first note of this kind (see `notes`), or None."""
+        return next((n for n in self.notes if n.get("kind") == kind), None)
 
     def token_origins(self) -> list[dict[str, Any]]:
         """One record per output token: which step made it and how.
@@ -145,6 +154,7 @@ class Trace:
             "wall_s": self.wall_s,
             "peak_mem_mb": None if math.isnan(self.peak_mem_mb) else self.peak_mem_mb,
             "stop_reason": self.stop_reason,
+            "notes": [dict(n) for n in self.notes],
         }
 
     @classmethod
@@ -157,6 +167,7 @@ class Trace:
             wall_s=d.get("wall_s", 0.0),
             peak_mem_mb=float("nan") if d.get("peak_mem_mb") is None else d["peak_mem_mb"],
             stop_reason=d.get("stop_reason", ""),
+            notes=[dict(n) for n in d.get("notes") or [] if isinstance(n, dict)],
         )
 
 
@@ -164,7 +175,7 @@ def summarize(trace: Trace) -> Summary:
     steps = trace.steps
     new_tokens = sum(len(s.committed) for s in steps)
     forwards = len(steps)
-    decode = M.decode_steps(steps)
+    acc = M.acceptance(steps)
     wall = trace.wall_s
     return Summary(
         new_tokens=new_tokens,
@@ -174,10 +185,12 @@ def summarize(trace: Trace) -> Summary:
         target_forward_passes=forwards,
         mean_accepted_tokens=M.tau(new_tokens, forwards),
         mean_accepted_draft_tokens=M.tau_without_bonus(new_tokens, forwards),
-        acceptance_rate=M.acceptance_rate(steps),
+        acceptance_rate=acc.path_rate,
         acceptance_by_position=M.acceptance_by_position(steps),
-        drafted_tokens=sum(s.n_draft for s in decode),
-        accepted_draft_tokens=sum(s.n_accepted for s in decode),
+        drafted_tokens=acc.drafted_nodes,
+        accepted_draft_tokens=acc.accepted,
+        path_positions=acc.path_positions,
+        node_acceptance_rate=acc.node_rate,
         draft_s=sum(s.draft_s for s in steps),
         verify_s=sum(s.verify_s for s in steps),
         other_s=sum(s.other_s for s in steps),

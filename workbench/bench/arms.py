@@ -34,6 +34,7 @@ class Arm:
     swept: dict[str, Any] = field(default_factory=dict)  # the swept parameters' values (also in params)
     trace: bool = True  # False: decode with DecodeConfig(trace=False), for the tracing-overhead measurement
     backend: str = "eager"  # how its forwards run (workbench.backend)
+    draft: str | None = None  # a draft model spec of its own (None: the benchmark's draft, if it uses one)
 
     @property
     def key(self) -> str:

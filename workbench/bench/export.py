@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .. import metrics as M
 from ..config import BASELINE
 from .report import ALL, BenchmarkReport
 
@@ -65,7 +66,8 @@ def to_markdown(rep: BenchmarkReport) -> str:
 
     lines += ["", "## Per method (all categories)", ""]
     header = ["method", "backend", "tok/s", "speedup"] + (["vs eager"] if vs_eager else []) + [
-        "theoretical", "efficiency", "τ", "τ-1", "α", "α by position", "γ", "c", "verify×", "fwd/prompt", "draft",
+        "theoretical", "efficiency", "τ", "τ-1", "α (path)", "node acc.", "α by position", "γ", "c", "verify×",
+        "fwd/prompt", "draft",
         "verify", "peak MB", "lossless"]
     rows = []
     for a, bk in rep.keys:
@@ -75,18 +77,21 @@ def to_markdown(rep: BenchmarkReport) -> str:
         acc = r.get("acceptance_by_position") or []
         rows.append([a, bk, _speed(r), _f(r["speedup"])] + ([_f(r.get("speedup_vs_eager"))] if vs_eager else []) + [
             _f(r.get("theoretical_speedup")), _f(r.get("efficiency"), 2, True),
-            _f(r["tau"]), _f(r["tau_minus_bonus"]), _f(r.get("alpha")),
+            _f(r["tau"]), _f(r["tau_minus_bonus"]), _f(r.get("alpha")), _f(r.get("node_acceptance")),
             " ".join(_f(x) for x in acc[:8]) + (" …" if len(acc) > 8 else "") or "-",
             _f(r.get("gamma")), _f(r.get("c"), 3), _f(r.get("verify_x")), _f(r["target_forwards"], 1),
             _f(r["draft_share"], 1, True), _f(r["verify_share"], 1, True), _f(r["peak_mem_mb"], 0),
             _f(r["lossless_match"])])
     lines += _table(header, rows)
+    lines += ["", f"α (path) = {M.PATH_ACCEPTANCE}: accepted draft tokens / drafted positions on the verified path "
+              "(up to and including the first rejection); node acc. = accepted / all drafted tree nodes "
+              "(docs/metrics.md)."]
 
     detail = [r for r in rep.rows if r["category"] != ALL and r.get("gamma")]
     if detail:
         lines += ["", "## Drafting methods by category", ""]
-        lines += _table(["method", "backend", "category", "speedup", "theoretical", "τ", "α", "γ", "c", "verify×",
-                         "lossless"],
+        lines += _table(["method", "backend", "category", "speedup", "theoretical", "τ", "α (path)", "γ", "c",
+                         "verify×", "lossless"],
                         [[r["arm"], r["backend"], r["category"], _f(r["speedup"]), _f(r.get("theoretical_speedup")),
                           _f(r["tau"]), _f(r.get("alpha")), _f(r.get("gamma")), _f(r.get("c"), 3),
                           _f(r.get("verify_x")), _f(r["lossless_match"])] for r in detail])

@@ -15,8 +15,10 @@ speedup) are pooled over a benchmark's runs:
   (when the benchmark ran eager): what the backend and the method give together.
 - τ = total new tokens / total target forward passes (counts the bonus token; 1.0
   for plain decoding); τ-1 = the same without the bonus token (gpt-fast's).
-- α = accepted / attempted draft positions; α_k per draft position k, conditional
-  on reaching it (workbench.metrics.acceptance_by_position), over all steps.
+- α, path acceptance = accepted draft tokens / drafted positions on the verified path
+  (workbench.metrics.acceptance); node acceptance = accepted / all drafted tree nodes;
+  α_k per draft position k, conditional on reaching it (workbench.metrics.acceptance_by_position),
+  over all steps.
 - γ = mean draft length (deepest path) over decode steps, empty drafts included.
 - c = (draft time per drafted token of the arm) / (target time per plain-decoding
   forward: the baseline's verify time per decode step), same category, same run.
@@ -223,7 +225,8 @@ def _row(arm: str, backend: str, cat: str, runs: list[_Run], base_runs: list[_Ru
     }
     if detailed:
         steps = [s for r in runs for s in r.steps]
-        alpha = M.acceptance_rate(steps)
+        acc = M.acceptance(steps)
+        alpha = acc.path_rate
         gamma = M.mean_draft_length(steps)
         t_plain = _plain_forward_s(base_runs)
         c = M.cost_ratio(steps, t_plain)
@@ -234,7 +237,9 @@ def _row(arm: str, backend: str, cat: str, runs: list[_Run], base_runs: list[_Ru
         else:
             theo = M.theoretical_speedup(alpha, gamma, c)
         row.update({
-            "alpha": alpha, "acceptance_by_position": M.acceptance_by_position(steps), "gamma": gamma, "c": c,
+            "alpha": alpha, "node_acceptance": acc.node_rate, "accepted_draft_tokens": acc.accepted,
+            "path_positions": acc.path_positions, "drafted_nodes": acc.drafted_nodes,
+            "acceptance_by_position": M.acceptance_by_position(steps), "gamma": gamma, "c": c,
             "theoretical_speedup": theo,
             "efficiency": row["speedup"] / theo if theo == theo and theo > 0 else math.nan,
             "verify_x": M.verify_cost_ratio(steps, t_plain),

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any, Callable
 
@@ -51,8 +51,9 @@ import torch
 from .. import engine
 from ..backend import check_backend, prepare
 from ..backend.compiled import cache_len_bucket
-from ..config import ConfigError, DecodeConfig, SamplingConfig
+from ..config import BASELINE, ConfigError, DecodeConfig, SamplingConfig
 from ..engine import DRAFT_ROOM
+from ..methods import resolve_params
 from ..models import EMBEDDED_DEFAULT, load_model
 from ..preflight import check_draft_given, check_draft_vocabulary
 from ..record import Recording, environment, run_history
@@ -90,6 +91,10 @@ class BenchConfig:
     cluster: str | None = None  # a cluster address (workbench.cluster); None: $WORKBENCH_CLUSTER, else in process
     workers: int | None = None  # at most this many cluster workers (None: as many as the cluster has room for)
     backends: list[str] = field(default_factory=lambda: ["eager"])  # every arm runs on each (workbench.backend)
+    question_ids: list[str] | None = None  # keep only these questions of the suite (ids as text; None: all)
+    # the arms themselves, baseline first (None: built from methods, params and sweeps); an arm may name its own
+    # draft model (Arm.draft), which runs in process only
+    arms: list[Arm] | None = None
 
     def check(self) -> None:
         DecodeConfig(max_new_tokens=self.max_new_tokens)  # same range checks as a run
@@ -158,9 +163,12 @@ def plan_benchmark(cfg: BenchConfig, cluster: bool = False) -> tuple[list[Arm], 
     """Check `cfg` and expand it -> (its arms on each of its backends, its questions); ConfigError on bad input,
     before anything is loaded or recorded. cluster: the plan is for a cluster's workers (one backend)."""
     cfg.check()
-    arms = build_arms(cfg.methods, cfg.params, cfg.sweeps, trace_overhead=cfg.trace_overhead)
-    questions = filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit)
-    check_draft_given([a.method for a in arms], bool(cfg.draft))
+    arms = check_arms(cfg.arms) if cfg.arms is not None else build_arms(cfg.methods, cfg.params, cfg.sweeps,
+                                                                          trace_overhead=cfg.trace_overhead)
+    questions = filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit, cfg.question_ids)
+    check_draft_given([a.method for a in arms if not a.draft], bool(cfg.draft))
+    if cluster and any(a.draft for a in arms):
+        raise ConfigError("arms with a draft model of their own run in process only: drop --cluster")
     if cluster and len(cfg.backends) > 1:
         raise ConfigError("--backends with more than one backend runs in process only: drop --cluster, or run "
                           "one benchmark per backend")
@@ -169,11 +177,33 @@ def plan_benchmark(cfg: BenchConfig, cluster: bool = False) -> tuple[list[Arm], 
     return on_backends(arms, cfg.backends), questions
 
 
-def check_bench_models(arms: list[Arm], tgt, drf) -> None:
-    """The draft's vocabulary against each arm that uses it (cross_vocab drafts across tokenizers)."""
-    if drf is not None:
-        for method in sorted({a.method for a in arms if a.needs_draft}):
-            check_draft_vocabulary(method, tgt, drf)
+def check_arms(arms: list[Arm]) -> list[Arm]:
+    """Arms given whole (BenchConfig.arms): the baseline first, unique labels, each parameter valid."""
+    if not arms or arms[0].method != BASELINE:
+        raise ConfigError(f"a benchmark's arms start with the baseline ({BASELINE})")
+    labels = [a.label for a in arms]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise ConfigError(f"arm label {', '.join(twice)} is given twice")
+    return [replace(a, params=resolve_params(a.method, a.params)) for a in arms]
+
+
+def arm_draft(arm, drf, device: str | None = None):
+    """The draft model `arm` decodes with: its own (Arm.draft, loaded once per process by workbench.models),
+    else the benchmark's `drf`; None for an arm that drafts without one."""
+    if isinstance(arm, HFArm):
+        return drf
+    if not arm.needs_draft:
+        return None
+    return load_model(arm.draft, device=device) if arm.draft else drf
+
+
+def check_bench_models(arms: list[Arm], tgt, drf, device: str | None = None) -> None:
+    """Each arm's draft vocabulary against the target (cross_vocab drafts across tokenizers)."""
+    for arm in arms:
+        model = arm_draft(arm, drf, device)
+        if model is not None:
+            check_draft_vocabulary(arm.method, tgt, model)
 
 
 def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stderr) -> str:
@@ -188,7 +218,7 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
     target_spec = cfg.target or EMBEDDED_DEFAULT
     tgt = load_model(target_spec, device=cfg.device, progress=say)
     drf = load_model(cfg.draft, device=cfg.device, progress=say) if cfg.draft else None
-    check_bench_models(timed, tgt, drf)
+    check_bench_models(timed, tgt, drf, cfg.device)
     hf_arms = hf_arms_for(cfg, tgt, drf, units)
 
     say(f"bench: measuring memory bandwidth ({cfg.bandwidth_mib} MiB copy)...")
@@ -209,7 +239,7 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
             for unit in units:
                 for arm in _arm_order(jobs, r):
                     if unit.key not in encoded:
-                        encoded[unit.key] = _encode(tgt, unit)
+                        encoded[unit.key] = encode_unit(tgt, unit)
                     prompt_ids = encoded[unit.key]
                     _compiled_for(arm, len(prompt_ids), tgt, drf, cfg, say)
                     t0 = time.perf_counter()
@@ -247,25 +277,26 @@ def hf_arms_for(cfg: BenchConfig, tgt, drf, units: list[PromptUnit] | None = Non
             continue
         size = None
         if m == STATIC:
-            longest = max((hi for _, hi in _prompt_bounds(cfg, tgt, units)), default=0)
+            longest = max((hi for _, hi in prompt_bounds(cfg, tgt, units)), default=0)
             size = static_cache_len(longest + cfg.max_new_tokens, tgt.max_positions)
         out.append(HFArm(m, hf_settings(m, tgt, drf, max_cache_len=size)))
     return out
 
 
-def _prompt_bounds(cfg: BenchConfig, tgt, units: list[PromptUnit] | None = None) -> list[tuple[int, int]]:
+def prompt_bounds(cfg: BenchConfig, tgt, units: list[PromptUnit] | None = None) -> list[tuple[int, int]]:
     """(fewest, most) tokens of each prompt; a later turn holds the baseline's answers, not known beforehand.
 
     units None: the suite's, when this process can read it (a cluster worker may not: then none).
     """
     if units is None:
         try:
-            units = prompt_units(filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit))
+            units = prompt_units(filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit,
+                                                      cfg.question_ids))
         except ConfigError:
             return []
     out = []
     for u in units:
-        fewest = len(_encode(tgt, PromptUnit(u.question, u.turn, [""] * u.turn)))
+        fewest = len(encode_unit(tgt, PromptUnit(u.question, u.turn, [""] * u.turn)))
         out.append((fewest, fewest + u.turn * (cfg.max_new_tokens + ANSWER_MARGIN)))
     return out
 
@@ -284,9 +315,10 @@ def _cache_sizes(bounds: list[tuple[int, int]], max_new_tokens: int) -> list[int
     return sorted(sizes)
 
 
-def _prepare_models(backend: str, arms: list, tgt, drf, max_lens: list[int], say: Progress) -> float:
-    """Compile (or load) `backend` for the target (and the draft, if an arm uses it) at every size; seconds."""
-    models = [tgt] + ([drf] if drf is not None and any(a.needs_draft for a in arms) else [])
+def _prepare_models(backend: str, arms: list, tgt, drf, max_lens: list[int], say: Progress,
+                    device: str | None = None) -> float:
+    """Compile (or load) `backend` for the target (and each draft an arm uses) at every size; seconds."""
+    models = [tgt] + list({id(m): m for a in arms if (m := arm_draft(a, drf, device)) is not None}.values())
     seconds = 0.0
     for lm in models:
         for n in max_lens:
@@ -298,7 +330,8 @@ def _compiled_for(arm, n_prompt: int, tgt, drf, cfg: BenchConfig, say: Progress)
     """Before a run (and its clock): compile for its cache size if the warm-up's estimate missed it."""
     if isinstance(arm, HFArm) or arm.backend == "eager":
         return
-    seconds = _prepare_models(arm.backend, [arm], tgt, drf, [n_prompt + cfg.max_new_tokens + DRAFT_ROOM], say)
+    seconds = _prepare_models(arm.backend, [arm], tgt, drf, [n_prompt + cfg.max_new_tokens + DRAFT_ROOM], say,
+                              cfg.device)
     if seconds:
         say(f"bench: compiled {arm.backend} for a {n_prompt}-token prompt in {seconds:.0f} s (before the run's clock)")
 
@@ -322,6 +355,7 @@ def bench_config(cfg: BenchConfig, target: str, draft: str | None, arms: list[Ar
         "suite": cfg.suite, "suite_file": str(suite_path(cfg.suite)), "methods": list(cfg.methods),
         "target": target, "draft": draft, "max_new_tokens": cfg.max_new_tokens,
         "repeats": cfg.repeats, "limit": cfg.limit, "categories": categories_of(questions),
+        "question_ids": [q.key for q in questions] if cfg.question_ids is not None else None,
         "n_questions": len(questions), "n_prompts": len(units),
         "params": cfg.params, "sweeps": [{"method": m, "key": k, "values": v} for m, k, v in cfg.sweeps],
         "arms": [asdict(a) for a in arms], "hf_arms": [asdict(a) for a in hf_arms],
@@ -340,7 +374,9 @@ def _arm_order(arms: list, repeat: int) -> list:
     return arms[k:] + arms[:k]
 
 
-def _encode(tgt, unit: PromptUnit) -> list[int]:
+def encode_unit(tgt, unit: PromptUnit) -> list[int]:
+    """The token ids a benchmark decodes for one prompt: its chat through the target's template (plain
+    "User: ... Assistant:" text for a model without one)."""
     messages = unit.messages()
     if tgt.has_chat_template:
         ids = tgt.encode_prompt(messages, chat=True)
@@ -360,7 +396,7 @@ def _warm_up(arms: list, hf_arms: list[HFArm], unit: PromptUnit, tgt, drf, cfg: 
     suite's), then one short unlogged generation per arm, so first-call costs (compiling,
     allocations, lazy init) are never timed. Then one unlogged generation per transformers arm.
     """
-    prompt_ids = _encode(tgt, PromptUnit(unit.question, 0))
+    prompt_ids = encode_unit(tgt, PromptUnit(unit.question, 0))
     n = min(cfg.warmup_tokens, cfg.max_new_tokens)
     sizes = None
     warmup: dict[str, float] = {}
@@ -369,12 +405,13 @@ def _warm_up(arms: list, hf_arms: list[HFArm], unit: PromptUnit, tgt, drf, cfg: 
         t0 = time.perf_counter()
         if backend != "eager":
             if sizes is None:
-                sizes = _cache_sizes(_prompt_bounds(cfg, tgt, units), cfg.max_new_tokens)
+                sizes = _cache_sizes(prompt_bounds(cfg, tgt, units), cfg.max_new_tokens)
             say(f"bench: preparing the {backend} backend (cache sizes {', '.join(map(str, sizes)) or '-'})...")
-            _prepare_models(backend, mine, tgt, drf, sizes, say)
+            _prepare_models(backend, mine, tgt, drf, sizes, say, cfg.device)
         for arm in mine:
-            generate(tgt, arm.method, prompt_ids, draft=drf, params=arm.params, sampling=GREEDY,
-                     decode=DecodeConfig(max_new_tokens=n, trace=arm.trace), backend=backend)
+            generate(tgt, arm.method, prompt_ids, draft=arm_draft(arm, drf, cfg.device), params=arm.params, sampling=GREEDY,
+                     decode=DecodeConfig(max_new_tokens=n, trace=arm.trace), backend=backend,
+                     progress=say)  # a cost-aware arm measures this machine's profile here, not while timed
         warmup[backend] = round(time.perf_counter() - t0, 3)
         say(f"bench: warm-up on {backend} ({len(mine)} arms x {n} tokens"
             + (", compiling first" if backend != "eager" else "") + f") took {warmup[backend]:.1f}s")
@@ -423,7 +460,7 @@ def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, tr
         output, trace = hf_run(arm.method, tgt, prompt_ids, cfg.max_new_tokens, draft=drf,
                                max_cache_len=arm.params.get("max_cache_len"))
         return trace, tgt.decode(output)
-    result = generate(tgt, arm.method, prompt_ids, draft=drf if arm.needs_draft else None,
+    result = generate(tgt, arm.method, prompt_ids, draft=arm_draft(arm, drf, cfg.device),
                       params=arm.params, sampling=GREEDY,
                       decode=DecodeConfig(max_new_tokens=cfg.max_new_tokens, trace=arm.trace), trace=trace,
                       backend=arm.backend)
@@ -439,7 +476,8 @@ def _brief(run_id: str | None, trace, text: str) -> dict[str, Any]:
 def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], tgt, drf,
              cfg: BenchConfig, env: dict[str, Any], generate) -> dict[str, Any]:
     trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
-    with _recording(store, bench_id, arm, unit, repeat, prompt_ids, tgt.spec, drf.spec if drf else None, cfg, env,
+    own = arm_draft(arm, drf, cfg.device)
+    with _recording(store, bench_id, arm, unit, repeat, prompt_ids, tgt.spec, own.spec if own else None, cfg, env,
                     trace, decode_text=tgt.decode) as rec:
         trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
         rec.finish(trace, text)
@@ -461,7 +499,7 @@ def decode_block(question, repeat: int, history: list[str] | None, arms: list, t
     records: list[dict[str, Any]] = []
     for turn in range(len(question.turns)):
         unit = PromptUnit(question, turn, answers)
-        prompt_ids = _encode(tgt, unit)
+        prompt_ids = encode_unit(tgt, unit)
         for arm in _arm_order(list(arms), repeat):
             trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
             trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)

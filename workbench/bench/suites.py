@@ -144,8 +144,15 @@ def _parse_line(line: str, where: str) -> Question:
 
 
 def filter_questions(questions: list[Question], categories: list[str] | None = None,
-                     limit: int | None = None) -> list[Question]:
-    """Keep the given categories (or MT-bench sub-categories), then the first `limit` questions of each."""
+                     limit: int | None = None, question_ids: list[str] | None = None) -> list[Question]:
+    """Keep the given questions (ids as text) and categories (or MT-bench sub-categories), then the first
+    `limit` questions of each category."""
+    if question_ids is not None:
+        wanted_ids = {str(q) for q in question_ids}
+        unknown_ids = sorted(wanted_ids - {q.key for q in questions})
+        if unknown_ids:
+            raise ConfigError(f"no question with id {', '.join(unknown_ids[:5])} in this suite")
+        questions = [q for q in questions if q.key in wanted_ids]
     if categories:
         known = {q.category for q in questions} | {q.subcategory for q in questions if q.subcategory}
         unknown = [c for c in categories if c not in known]

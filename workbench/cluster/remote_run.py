@@ -68,7 +68,7 @@ def run_on_cluster(address: str, req: Request, *, prompt: Any, target: str, chat
                        sampling=req.sampling.to_dict(), env={**opened["env"], "cluster": address},
                        benchmark_id=benchmark_id, source=source) as rec:
             try:
-                text = _follow(ray, worker, opened["token"], rec, on_step)
+                text = _follow(ray, worker, opened["token"], rec, on_step, say)
             except ray.exceptions.RayActorError as exc:  # the run is closed ``interrupted`` already
                 alive = False
                 pool.discard(worker)
@@ -83,7 +83,8 @@ def run_on_cluster(address: str, req: Request, *, prompt: Any, target: str, chat
             pool.release(worker, models=(target, device))
 
 
-def _follow(ray, worker: Worker, token: str, rec: Recording, on_step: Callable | None) -> str:
+def _follow(ray, worker: Worker, token: str, rec: Recording, on_step: Callable | None,
+            say: Callable[[str], None] = lambda _msg: None) -> str:
     """Read the run's events into the recording's Trace, writing its steps; returns the output text.
 
     A decode that failed on the worker closes the run ``failed`` with the worker's error and text; a
@@ -104,7 +105,10 @@ def _follow(ray, worker: Worker, token: str, rec: Recording, on_step: Callable |
                 tr.wall_s = ev["wall_s"]
                 tr.peak_mem_mb = float("nan") if ev["peak_mem_mb"] is None else ev["peak_mem_mb"]
                 tr.stop_reason = ev["stop_reason"]
+                tr.notes = list(ev.get("notes") or [])
                 return ev["text"]
+            elif ev["kind"] == "progress":  # set-up before the run's clock (measuring the worker's costs)
+                say(ev["message"])
             elif ev["kind"] == "error":  # the decode itself failed on the worker
                 exc = ev["error"]
                 rec.fail(exc, ev.get("text", ""))

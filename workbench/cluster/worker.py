@@ -166,10 +166,11 @@ class ModelWorker:
                                     sampling=SamplingConfig(**request["sampling"]),
                                     decode=DecodeConfig(max_new_tokens=request["max_new_tokens"],
                                                         trace=request.get("trace", True)),
-                                    on_step=on_step, trace=tr, backend=request.get("backend", "eager"))
+                                    on_step=on_step, trace=tr, backend=request.get("backend", "eager"),
+                                    progress=lambda message: events.put({"kind": "progress", "message": message}))
             events.put({"kind": "end", "text": result.text, "wall_s": tr.wall_s,
                         "peak_mem_mb": None if tr.peak_mem_mb != tr.peak_mem_mb else tr.peak_mem_mb,
-                        "stop_reason": tr.stop_reason}, final=True)
+                        "stop_reason": tr.stop_reason, "notes": tr.notes}, final=True)
         except BaseException as exc:  # noqa: BLE001 - the caller raises it
             events.put({"kind": "error", "error": _picklable(exc), "text": tgt.decode(tr.output_ids)}, final=True)
         finally:

@@ -172,7 +172,8 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
 
 
 def list_heads(kind: str | None = None) -> list[dict]:
-    """Every head found (user heads first, then shipped ones), with its card's facts."""
+    """Every head found (user heads first, then shipped ones), with its card's facts; `origin` is "shipped"
+    (with the package), "trained" (its card records a `workbench train` run) or "imported" (any other)."""
     out = []
     for where, root in _places():
         if not root.is_dir():
@@ -185,8 +186,9 @@ def list_heads(kind: str | None = None) -> list[dict]:
             if kind and card["kind"] != kind:
                 continue
             acc = card.get("accuracy", {})
+            origin = "shipped" if where == "builtin" else "trained" if card.get("training") else "imported"
             out.append({"name": d.name, "kind": card["kind"], "target": card.get("target", {}).get("name"),
-                        "where": where, "path": str(d), "params": card.get("params"),
+                        "where": where, "origin": origin, "path": str(d), "params": card.get("params"),
                         "vocab_trim": card.get("vocab_trim", 0), "top1": acc.get("top1"), "top5": acc.get("top5"),
                         "feature_layers": (card.get("config") or {}).get("feature_layers") or [],
                         "samples": card.get("training", {}).get("samples"),

@@ -1,10 +1,10 @@
 """Decoding methods. Importing this package registers every built-in method."""
-from .base import (DraftContext, Drafter, DrafterEnv, Param, StepFeedback, get_method, list_methods, register,
-                   resolve_params)
+from .base import (FAMILIES, DraftContext, Drafter, DrafterEnv, Param, StepFeedback, get_method, list_methods,
+                   methods_by_family, register, resolve_params)
 from . import autoregressive, multi, prompt_lookup, sequoia, speculative, staged, top_k_trees  # noqa: F401  (registration)
 from . import aded, jacobi, layer_skip, lookahead, recycling, sam  # noqa: F401  (registration: drafting without a draft model)
 from . import cross_vocab  # noqa: F401  (registration: a draft model with another tokenizer)
 from . import heads  # noqa: F401  (registration: trained heads on the target's hidden states)
 
-__all__ = ["DraftContext", "Drafter", "DrafterEnv", "Param", "StepFeedback", "get_method", "list_methods",
-           "register", "resolve_params"]
+__all__ = ["FAMILIES", "DraftContext", "Drafter", "DrafterEnv", "Param", "StepFeedback", "get_method",
+           "list_methods", "methods_by_family", "register", "resolve_params"]

@@ -62,6 +62,9 @@ class NGramTable:
 class ADED(Drafter):
     name = "aded"
     label = "ADED (adaptive tri-gram)"
+    family = "Without a draft model"
+    pays_when = ("the text has recurring phrases it can learn as it goes, with no draft model or corpus at "
+                 "hand")
     description = ("Learns a tri-gram table online from the prompt and the committed output and drafts the most "
                    "frequent continuation while its estimated probability stays above a threshold. "
                    "No draft model. Lossless.")

@@ -9,4 +9,7 @@ from .base import Drafter, register
 class Autoregressive(Drafter):
     name = BASELINE
     label = "Plain decoding (autoregressive)"
+    family = "Plain decoding"
+    pays_when = ("no drafter gets enough tokens accepted to cover what drafting and the wider forward cost; it"
+                 " is the baseline every speedup is measured against")
     description = "One target forward per token: greedy or sampling. The baseline every speedup is measured against."

@@ -18,6 +18,7 @@ from ..backend import open_session
 from ..backend.profile import CostModel
 from ..config import ConfigError, SamplingConfig, is_int, is_number, shown
 from ..draft import Draft
+from .sizing import SizingLog
 
 
 # A longer parameter string is a mistake (or an attack on a shared server), never a tree spec.
@@ -130,6 +131,8 @@ class DrafterEnv:
     # what forwards cost on this machine (cost-aware drafters size their drafts from it); tests hand in a stand-in
     costs: CostModel = field(default_factory=CostModel)
     history: RunHistory | None = None  # earlier runs' outputs (sam corpus=history); None: no run store at hand
+    # why cost-aware sizing chose a plain step (workbench.methods.sizing); the engine counts it per step
+    sizing: SizingLog = field(default_factory=SizingLog)
     sessions: list = field(default_factory=list)
 
     def session(self, lm: Any, backend: str | None = None) -> Any:
@@ -170,6 +173,12 @@ class StepFeedback:
     hidden: torch.Tensor | None = None
 
 
+# The families methods are grouped by, in the order `workbench methods` and the app list them (docs/methods.md
+# has a section for each); a method declaring none is listed last, under OTHER_FAMILY.
+FAMILIES = ("Plain decoding", "Draft model, chain", "Draft model, tree", "Without a draft model", "Trained heads")
+OTHER_FAMILY = "Other"
+
+
 class Drafter:
     """Base class of every decoding method. Subclass, declare, register.
 
@@ -181,6 +190,8 @@ class Drafter:
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # one of FAMILIES ("": listed under OTHER_FAMILY)
+    pays_when: ClassVar[str] = ""  # one line: when the method pays off (the CLI and the app's method picker show it)
     lossless: ClassVar[bool] = True
     needs_draft_model: ClassVar[bool] = False
     tree: ClassVar[bool] = False  # proposes branching trees (not only chains)
@@ -225,7 +236,8 @@ class Drafter:
     def facts(cls) -> dict[str, Any]:
         """The method's declared facts and parameter schema (what `workbench methods` and the app list)."""
         return {"name": cls.name, "label": cls.label or cls.name, "description": cls.description,
-                "lossless": cls.lossless, "needs_draft_model": cls.needs_draft_model, "tree": cls.tree,
+                "family": cls.family or OTHER_FAMILY, "pays_when": cls.pays_when, "lossless": cls.lossless,
+                "needs_draft_model": cls.needs_draft_model, "tree": cls.tree,
                 "any_draft_tokenizer": cls.any_draft_tokenizer, "needs_hidden_states": cls.needs_hidden_states,
                 "params": [p.to_dict() for p in cls.params]}
 
@@ -252,6 +264,14 @@ def get_method(name: str) -> type[Drafter]:
 
 def list_methods() -> list[type[Drafter]]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def methods_by_family() -> list[tuple[str, list[type[Drafter]]]]:
+    """(family, its methods sorted by shown name) in FAMILIES order, methods of no known family last."""
+    groups: dict[str, list[type[Drafter]]] = {f: [] for f in FAMILIES}
+    for cls in list_methods():
+        groups.setdefault(cls.family if cls.family in FAMILIES else OTHER_FAMILY, []).append(cls)
+    return [(f, sorted(ms, key=lambda c: ((c.label or c.name).casefold(), c.name))) for f, ms in groups.items() if ms]
 
 
 def resolve_params(method: str, given: dict[str, Any] | None) -> dict[str, Any]:

@@ -45,6 +45,9 @@ WINDOW_MARGIN = 2
 class CrossVocab(Drafter):
     name = "cross_vocab"
     label = "Speculative, any draft tokenizer"
+    family = "Draft model, chain"
+    pays_when = ("the only good draft model has another tokenizer; with a shared vocabulary `speculative` pays"
+                 " more")
     description = ("A draft model with its own tokenizer writes γ tokens; their text, re-tokenised for the "
                    "target, is verified in one forward pass. Lossless, under sampling too (the proposal is "
                    "deterministic, so its q is one-hot).")

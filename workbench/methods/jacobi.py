@@ -67,6 +67,9 @@ class GuessFiller:
 class Jacobi(Drafter):
     name = "jacobi"
     label = "Jacobi decoding (fixed-point iteration)"
+    family = "Without a draft model"
+    pays_when = ("the target's own guesses converge in a few iterations, which is rare on real text; it shows "
+                 "fixed-point iteration at work")
     description = ("Verifies a window of guessed tokens each step and refines the unconverged part with the "
                    "target's own predictions from the same forward (Jacobi iteration). No draft model. Lossless.")
     wants_target_argmax = True

@@ -52,6 +52,7 @@ from ..paths import cache_dir, read_json, write_json
 from ..draft import Draft
 from .base import DraftContext, Drafter, Param, register
 from .draft_model import DraftModelRunner
+from .sizing import verify_cost as verify_clause
 
 MIN_GAIN = 1.05  # "auto" drafts only when the replayed speedup beats plain decoding by this factor
 CALIBRATION_VERSION = 1
@@ -139,6 +140,7 @@ class SkipChoice:
     skip: tuple[int, ...]  # empty: draft nothing
     speedup: float  # replayed speedup over plain decoding (1.0 for nothing)
     agreement: float  # top-1 agreement of the chosen (or best considered) set
+    why: str = ""  # with an empty skip chosen by cost: why no set pays here, with its numbers
 
 
 @torch.inference_mode()
@@ -256,6 +258,7 @@ def choose_skip(target: Any, max_draft: int, threshold: float, costs: CostModel,
         return costs.seconds(target, backend, m)
 
     best = SkipChoice((), 1.0, float("nan"))
+    top = (0.0, 0)  # the best replayed speedup, paying or not, and how many layers it skipped
     agreements = []
     for skip, hits, confs in zip(cal.sets, cal.hits, cal.confs):
         t_draft = max(0.0, t_full + (t_deep - t_full) * len(skip) / len(deepest))  # linear in skipped layers
@@ -265,10 +268,14 @@ def choose_skip(target: Any, max_draft: int, threshold: float, costs: CostModel,
             t, s = replay(h, c, max_draft, threshold, verify_cost, t_draft)
             tok, sec = tok + t, sec + s
         speedup = (tok / sec) * t_full if sec > 0 else 0.0
+        top = max(top, (speedup, len(skip)))
         if speedup > best.speedup:
             best = SkipChoice(skip, speedup, agreements[-1])
     if best.speedup < MIN_GAIN:  # no set pays off here: draft nothing
-        return SkipChoice((), 1.0, max(agreements))
+        why = (f"{verify_clause([1.0, verify_cost(2) / t_full])}; the best layer set (skipping {top[1]} of "
+               f"{len(_decoder(target.model).layers)} layers) replayed at {top[0]:.2f}x plain decoding on this "
+               f"machine's measured costs, short of the {MIN_GAIN:.2f}x that drafting needs")
+        return SkipChoice((), 1.0, max(agreements), why)
     return best
 
 
@@ -279,6 +286,9 @@ def choose_skip(target: Any, max_draft: int, threshold: float, costs: CostModel,
 class LayerSkip(Drafter):
     name = "layer_skip"
     label = "Self-speculative (layer skipping)"
+    family = "Without a draft model"
+    pays_when = ("the target is deep and its shallow layers already agree with it; on a small model on a CPU "
+                 "the search may find no skip set that pays")
     description = ("The target with some layers skipped drafts for the full target (shared weights, own KV "
                    "cache). skip=auto picks the set from measured agreement and this hardware's costs, and "
                    "drafts nothing when no set is expected to beat plain decoding. No draft model. Lossless.")
@@ -305,6 +315,8 @@ class LayerSkip(Drafter):
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
         g = min(self.params["max_draft"], ctx.max_tokens)
+        if self.runner is None and self.choice is not None and self.choice.why:
+            self.env.sizing.decline("cost", self.choice.why)
         if g <= 0 or self.runner is None:
             return None
         return self.runner.draft_chain(ctx.tokens, g, self.env.sampling, self.env.generator,

@@ -82,6 +82,9 @@ class NGramPool:
 class Lookahead(Drafter):
     name = "lookahead"
     label = "Lookahead decoding (Jacobi n-gram pool)"
+    family = "Without a draft model"
+    pays_when = ("verifying extra tokens is cheap (a GPU, or a bf16 target on a CPU with AMX) and the text "
+                 "repeats n-grams")
     description = ("A lookahead branch of Jacobi iterations collects n-grams; a verification branch checks pool "
                    "n-grams that start with the last token, both in one target forward. No draft model. Lossless.")
     tree = True

@@ -20,6 +20,7 @@ from collections import defaultdict
 from typing import Callable, Hashable
 
 from ..draft import Draft
+from .sizing import SizingLog, chain_reason
 
 
 class GrowingText:
@@ -112,7 +113,8 @@ class DraftGate:
     times in a row gets one 1-token probe, so a kind of proposal that starts to
     work again (the text turns to quoting) is noticed. Copy drafters' chains are
     accepted in runs (after the first token, the rest usually follows), which is
-    why a_i is kept per position rather than as one rate.
+    why a_i is kept per position rather than as one rate. A refusal tells the run's
+    SizingLog why (workbench.methods.sizing), with the costs and expectations behind it.
     """
 
     POSITIONS = 16  # a_i kept for i = 1..POSITIONS; deeper positions share the last
@@ -121,17 +123,20 @@ class DraftGate:
     EXPLORE = 16
 
     def __init__(self, ratios: list[float] | None, max_len: int,
-                 prior: Callable[[Hashable], float] | None = None, draft_cost: float = 0.0) -> None:
+                 prior: Callable[[Hashable], float] | None = None, draft_cost: float = 0.0,
+                 log: SizingLog | None = None) -> None:
         """ratios[k] = r(k) for k = 0..max_len; None: verifying costs nothing extra (no gating).
 
         prior(key): the first position's acceptance before any data, e.g. higher for a longer match
         (default PRIOR_RATE). draft_cost: what drafting one token costs, in one-token target forwards
-        (0 for copying; a draft model's c), so k tokens cost r(k) + k * draft_cost.
+        (0 for copying; a draft model's c), so k tokens cost r(k) + k * draft_cost. log: where a refusal
+        says why (the run's DrafterEnv.sizing).
         """
         self.max_len = max_len
         self.ratios = ratios
         self.prior = prior
         self.draft_cost = draft_cost
+        self.log = log
         self.hits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
         self.visits: dict[Hashable, list[int]] = defaultdict(lambda: [0] * self.POSITIONS)
         self.refused: dict[Hashable, int] = defaultdict(int)
@@ -142,7 +147,7 @@ class DraftGate:
         """A gate reading the run's target's cost profile on its backend (measured once per machine, cached)."""
         if not enabled:
             return cls(None, max_len, prior)
-        return cls(env.costs.forward_ratios(env.target, env.backend, max_len)[0], max_len, prior)
+        return cls(env.costs.forward_ratios(env.target, env.backend, max_len)[0], max_len, prior, log=env.sizing)
 
     def expected(self, key: Hashable, n: int) -> list[float]:
         """E(k) for k = 0..n: expected tokens committed by a forward over k drafted tokens of this kind."""
@@ -181,6 +186,9 @@ class DraftGate:
             if self.refused[key] >= self.EXPLORE:  # probe: one token, nearly free in a memory-bound forward
                 self.refused[key] = 0
                 return 1
+            if self.log is not None and self.ratios is not None:
+                n = min(available, self.max_len)
+                self.log.decline(*chain_reason(self.ratios, self.expected(key, n), n, self.draft_cost, self.MARGIN))
         else:
             self.refused[key] = 0
         return k

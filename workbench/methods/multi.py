@@ -43,6 +43,9 @@ def _finish(session: DraftTreeSession, q_token: list[float], rows: list[torch.Te
 class MultiCandidate(TopKTreeDrafter):
     name = "multi_candidate"
     label = "Multi-candidate speculative (k drafts)"
+    family = "Draft model, tree"
+    pays_when = ("sampling (temperature > 0) with a cheap draft: several independent drafts raise the chance "
+                 "that one is accepted")
     description = "k independent draft sequences verified together in one target pass (SpecInfer-style). Lossless."
     params = (
         Param("k", "int", 3, "number of candidate sequences", 1, 16),
@@ -101,6 +104,9 @@ def parse_branching(text: str) -> list[int]:
 class Recursive(TopKTreeDrafter):
     name = "recursive"
     label = "Recursive speculative decoding (RSD)"
+    family = "Draft model, tree"
+    pays_when = ("sampling with a cheap draft: children drawn without replacement cover more of the target's "
+                 "choices than independent drafts of the same width")
     description = ("Tree drafted by sampling children without replacement (Gumbel-top-k), verified by recursive "
                    "rejection sampling. Lossless.")
     params = (

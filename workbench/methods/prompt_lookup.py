@@ -29,6 +29,9 @@ from .model_free import DraftGate
 class PromptLookup(Drafter):
     name = "prompt_lookup"
     label = "Prompt lookup (n-gram)"
+    family = "Without a draft model"
+    pays_when = ("the output copies the prompt (summaries, RAG answers, edits, code): drafting costs next to "
+                 "nothing")
     description = "Copies the continuation of the latest earlier match of the last n tokens. No draft model. Lossless."
     params = (
         Param("max_ngram", "int", 3, "longest suffix n-gram to look up", 1, 16),

@@ -65,6 +65,8 @@ class SuccessorTable:
 class Recycling(Drafter):
     name = "recycling"
     label = "Token Recycling (adjacency table)"
+    family = "Without a draft model"
+    pays_when = ("the target's own earlier predictions recur in the text: drafting is a table lookup, no model")
     description = ("Keeps, per token, the target's own recent next-token predictions from every verification "
                    "forward (accepted rows or not) and drafts a small tree from them after the last token. "
                    "No draft model. Lossless.")

@@ -73,6 +73,9 @@ def _check_corpus(value: str) -> None:
 class SAMDecoding(Drafter):
     name = "sam"
     label = "SAM-Decoding (suffix automaton)"
+    family = "Without a draft model"
+    pays_when = ("the output repeats the prompt, itself, earlier runs of the target (corpus=history) or a "
+                 "corpus file")
     description = ("Drafts the continuation of the longest suffix match of the text in a suffix automaton over "
                    "prompt + output, optionally also over earlier runs of this target or a text corpus. "
                    "No draft model. Lossless.")

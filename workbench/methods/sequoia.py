@@ -12,6 +12,8 @@ The best tree of every size m is found by dynamic programming over the
 acceptance vector, V(m) = max over child sizes s_r of sum_r p_r (1 + V(s_r - 1)),
 and the size actually drafted maximises tokens per second:
     (1 + V(m)) / (t_target(m + 1) + sum over levels of t_draft(level width)).
+When the empty tree (a plain step, 1 / t_target(1)) wins, the plan says why, and every
+plain step tells the run (workbench.methods.sizing).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ..backend.profile import interpolate
 from ..draft import Draft
 from .base import DraftContext, Param, StepFeedback, register
 from .draft_model import DraftTreeSession
+from .sizing import verify_cost
 from .top_k_trees import TopKTreeDrafter, grow_from_paths
 
 
@@ -64,6 +67,9 @@ EXPLORE_NODES = 2
 class Sequoia(TopKTreeDrafter):
     name = "sequoia"
     label = "Sequoia-sized tree (hardware-aware)"
+    family = "Draft model, tree"
+    pays_when = ("some tree pays here: it plans the tree from the measured acceptance per rank and this "
+                 "machine's verification cost, and takes plain steps when none does")
     description = ("Chooses the tree shape and size from the measured acceptance per child rank and the measured "
                    "cost of verifying n tokens on this hardware. Lossless.")
     params = (
@@ -90,6 +96,8 @@ class Sequoia(TopKTreeDrafter):
     def _plan(self) -> None:
         V, shapes = best_trees(self.acceptance_vector(), self.params["max_nodes"])
         best, best_m = 0.0, 0
+        cost_x = [1.0]  # a step's cost in one-token target forwards, per tree size
+        one = interpolate(self.target_cost, 1)
         for m in range(0, self.params["max_nodes"] + 1):
             widths: dict[int, int] = {}
             for path in shapes[m]:
@@ -98,11 +106,25 @@ class Sequoia(TopKTreeDrafter):
             draft_s = sum(interpolate(self.draft_cost, w) for d, w in widths.items() if d > 0) + \
                 interpolate(self.draft_cost, 1)
             rate = (1 + V[m]) / (interpolate(self.target_cost, m + 1) + (draft_s if m else 0.0))
+            if m:
+                cost_x.append((interpolate(self.target_cost, m + 1) + draft_s) / one)
             if rate > best:
                 best, best_m = rate, m
+        self.plain_reason = self._why_plain(V, cost_x) if best_m == 0 else None
         self.paths = shapes[best_m]
         # the tree drafted now and then while the plan is empty: the best tree of EXPLORE_NODES nodes
         self.explore_paths = shapes[min(EXPLORE_NODES, self.params["max_nodes"])]
+
+    def _why_plain(self, V: list[float], cost_x: list[float]) -> tuple[str, str]:
+        """(kind, reason) of a plan to draft nothing: no m-node tree's 1 + V(m) tokens beat one token for its
+        cost_x[m] one-token forwards (kind "cost" when not even 1 + m, every node accepted, would)."""
+        ratios = [interpolate(self.target_cost, k + 1) / interpolate(self.target_cost, 1) for k in range(2)]
+        head = f"{verify_cost(ratios)} and drafting a one-node tree costs {cost_x[1] - ratios[1]:.2f}x"
+        if all(1 + m <= cost_x[m] for m in range(1, len(cost_x))):
+            return "cost", f"{head}, so drafting cannot pay"
+        m = max(range(1, len(cost_x)), key=lambda m: (1 + V[m]) / cost_x[m])
+        return "acceptance", (f"{head}; at the acceptance learned so far the best {m}-node tree was expected to "
+                              f"commit {1 + V[m]:.2f} tokens for {cost_x[m]:.1f}x the cost of one, which does not pay")
 
     def propose(self, ctx: DraftContext) -> Draft | None:
         """The planned tree (its size is the step's draft size in the Trace); now and then a small one."""
@@ -110,6 +132,8 @@ class Sequoia(TopKTreeDrafter):
         every = self.params["explore_every"]
         if not paths and every and self.steps % every == every - 1:
             paths = self.explore_paths
+        if not paths and self.plain_reason is not None:
+            self.env.sizing.decline(*self.plain_reason)
         if not paths or ctx.max_tokens <= 0:
             return None
         return grow_from_paths(DraftTreeSession(self.runner, ctx.tokens), paths, ctx.max_tokens, self.topk)

@@ -34,6 +34,9 @@ from .model_free import DraftGate
 class Speculative(Drafter):
     name = "speculative"
     label = "Speculative decoding (draft model)"
+    family = "Draft model, chain"
+    pays_when = ("a draft model costs much less per token than the target (cost ratio c small) and agrees with"
+                 " it often (α high); gamma=0 sizes each draft from this machine's measured costs")
     description = ("A smaller (or lower-precision) draft model proposes γ tokens; the target verifies them "
                    "in one forward pass. Lossless.")
     needs_draft_model = True
@@ -55,7 +58,7 @@ class Speculative(Drafter):
             most, costs = self.params["max_gamma"], self.env.costs
             ratios, t_target = costs.forward_ratios(self.env.target, self.env.backend, most)
             c = costs.seconds(self.env.draft, self.env.backend, 1) / t_target  # both one-token forwards
-            self.gate = DraftGate(ratios, most, draft_cost=c)
+            self.gate = DraftGate(ratios, most, draft_cost=c, log=self.env.sizing)
 
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:

@@ -26,6 +26,9 @@ from .top_k_trees import TopKTreeDrafter
 class Staged(TopKTreeDrafter):
     name = "staged"
     label = "Staged speculative (n-gram -> draft model -> target)"
+    family = "Draft model, tree"
+    pays_when = ("the draft model is itself slow and the text repeats, so an n-gram lookup can speed up the "
+                 "draft")
     description = ("An n-gram lookup speeds up the draft model, which drafts a chain plus alternative first "
                    "tokens for the target. Lossless.")
     params = (

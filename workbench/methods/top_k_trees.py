@@ -33,6 +33,7 @@ from ..config import ConfigError
 from ..draft import Draft
 from .base import DraftContext, Drafter, Param, StepFeedback, register
 from .draft_model import DraftModelRunner, DraftTreeSession
+from .sizing import SizingLog, tree_reason
 
 NAMED_TREES: dict[str, list[list[int]]] = {
     # 4-deep chain: ordinary speculative decoding expressed as a tree
@@ -188,7 +189,8 @@ class TreeBudget:
     plain step) unless that beats 1 / (1 + D) by MARGIN.
 
     Drafting deeper than what gets kept is wasted, so `depth` lets a tree grow one level past the deepest
-    node kept over the last RECENT steps (at least one level): the depth follows what pays.
+    node kept over the last RECENT steps (at least one level): the depth follows what pays. A cut to nothing
+    tells the run's SizingLog why (workbench.methods.sizing).
     """
 
     POSITIONS = 16  # s_d kept for d = 1..POSITIONS; deeper nodes share the last
@@ -196,9 +198,9 @@ class TreeBudget:
     MARGIN = 0.02
     RECENT = 8
 
-    def __init__(self, ratios: list[float], one_s: float) -> None:
-        """ratios[k] = r(k) for k = 0..most; one_s = t(1) in seconds."""
-        self.ratios, self.one_s = ratios, one_s
+    def __init__(self, ratios: list[float], one_s: float, log: SizingLog | None = None) -> None:
+        """ratios[k] = r(k) for k = 0..most; one_s = t(1) in seconds; log: where a cut to nothing says why."""
+        self.ratios, self.one_s, self.log = ratios, one_s, log
         self.accepted = [0.0] * self.POSITIONS
         self.predicted = [0.0] * self.POSITIONS
         self.pending: list[tuple[int, float]] = []  # (depth, score) of each node of the last draft
@@ -208,7 +210,7 @@ class TreeBudget:
     def for_run(cls, env, most: int) -> "TreeBudget":
         """A budget for trees of at most `most` nodes, reading the run's target's cost profile on its backend
         (measured once per machine, cached)."""
-        return cls(*env.costs.forward_ratios(env.target, env.backend, most))
+        return cls(*env.costs.forward_ratios(env.target, env.backend, most), log=env.sizing)
 
     def depth(self, most: int) -> int:
         """How deep to draft this step: one level past the deepest node kept recently, at most `most`."""
@@ -223,12 +225,14 @@ class TreeBudget:
         is the draft as it stands); [] for a plain step."""
         ranked = sorted(keep, key=lambda n: -tree.score[n])[: len(self.ratios) - 1]
         draft_x = draft_s / self.one_s
-        best, best_n, expected = (1.0 + self.MARGIN) / (1.0 + draft_x), 0, 1.0
+        best, best_n, expected = (1.0 + self.MARGIN) / (1.0 + draft_x), 0, [1.0]
         for n, node in enumerate(ranked, start=1):
-            expected += min(1.0, self.scale(tree.depth[node]) * tree.score[node])
-            value = expected / (self.ratios[n] + draft_x)
+            expected.append(expected[-1] + min(1.0, self.scale(tree.depth[node]) * tree.score[node]))
+            value = expected[n] / (self.ratios[n] + draft_x)
             if value > best:
                 best, best_n = value, n
+        if best_n == 0 and ranked and self.log is not None:
+            self.log.decline(*tree_reason(self.ratios, expected, draft_x, self.MARGIN))
         kept = sorted(ranked[:best_n])
         self.pending = [(tree.depth[n], tree.score[n]) for n in kept]
         self.kept_depth.append(max((tree.depth[n] for n in kept), default=0))
@@ -279,6 +283,9 @@ class TopKTreeDrafter(Drafter):
 class TreeStatic(TopKTreeDrafter):
     name = "tree_static"
     label = "Static draft tree (Medusa-style choices)"
+    family = "Draft model, tree"
+    pays_when = ("verifying many tokens costs about what one does (a GPU) and the draft's top-ranked "
+                 "alternatives are often right")
     description = "A fixed tree of draft top-k ranks, verified in one target pass with tree attention. Lossless."
     params = (
         Param("tree", "choice", "medusa16", "named tree shape", choices=tuple(NAMED_TREES)),
@@ -300,6 +307,9 @@ class TreeStatic(TopKTreeDrafter):
 class TreeDynamic(TopKTreeDrafter):
     name = "tree_dynamic"
     label = "Dynamic draft tree (EAGLE-2 style)"
+    family = "Draft model, tree"
+    pays_when = ("a static tree would, and the draft's confidence tracks what gets accepted; sizing=cost trims"
+                 " the tree to what this machine verifies cheaply")
     description = ("Expands the most confident nodes by cumulative draft probability, level by level, then keeps "
                    "the best `total_tokens` nodes. Lossless.")
     params = (
@@ -328,6 +338,9 @@ class TreeDynamic(TopKTreeDrafter):
 class OptTree(TopKTreeDrafter):
     name = "opt_tree"
     label = "OPT-Tree (max expected acceptance)"
+    family = "Draft model, tree"
+    pays_when = ("a wide verification is cheap (a GPU): it spends a node budget where the draft is likely "
+                 "right")
     description = ("Best-first growth of the tree that maximises expected accepted length (sum of path "
                    "probabilities) for a node budget; stops early when nodes get unlikely. Lossless.")
     params = (
