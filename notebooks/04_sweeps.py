@@ -45,6 +45,7 @@ REPEATS = int(os.environ.get("WORKBENCH_NOTEBOOK_REPEATS", "1"))  # measured spe
 GAMMAS = [1, 2, 4, 8]
 TEMPERATURES = [0.0, 0.7]
 SEED = 0
+ADVICE_BUDGET = os.environ.get("WORKBENCH_NOTEBOOK_ADVICE_BUDGET", "2m")  # the advisor's section, below
 
 # %%
 import statistics
@@ -213,3 +214,35 @@ fig.update_yaxes(matches=None, showticklabels=True)
 fig.update_xaxes(type="log", tickvals=GAMMAS)
 fig.show()
 print(f"S(α=0.8, γ=4, c=0.1) = {M.theoretical_speedup(0.8, 4, 0.1):.2f}")
+
+# %% [markdown]
+# ## Let the advisor choose
+#
+# The sweep measured one method at a few settings by hand, and the formula explained part of it. The
+# advisor (`workbench advise`, [docs/advisor.md](../docs/advisor.md)) does this for every method that
+# applies, within a time budget: it probes each one on part of the prompts, predicts its speedup from the
+# measured acceptance per draft position, draft cost and verification sizes together with this machine's
+# cost of a forward over n tokens (no γc + 1 assumption: verifying n tokens costs what the profile says),
+# verifies the top few against plain decoding on the *other* prompts, and explains what holds each method
+# back. Here: the draft above against two methods without a draft model, on the built-in suite's
+# translation questions (one probed, two verified). The advice is stored; `workbench advise --list` and the
+# app's Advisor tab show it again.
+
+# %%
+from store import RunStore
+from ui.presenters import advisor as AP
+from workbench.advisor import AdviceRequest, advice_text, advise
+
+advice = advise(AdviceRequest(target=MODEL, drafts=[DRAFT], methods=["speculative", "prompt_lookup", "sam"],
+                              category="translation", budget_s=ADVICE_BUDGET, max_new_tokens=max(TOKENS, 16)),
+                RunStore(), progress=print)
+print(advice_text(advice))
+
+# %% [markdown]
+# Each configuration at its mean draft depth against the ceiling: what a perfect drafter (free, always
+# right) drafting k tokens would give on this machine. Predicted (with the 90% interval) and, for the
+# verified ones, measured:
+
+# %%
+AP.ceiling_figure(advice).show()
+AP.advice_verification_frame(advice)

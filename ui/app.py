@@ -1,7 +1,7 @@
-"""The Gradio app: five tabs over one run store.
+"""The Gradio app: six tabs over one run store.
 
 `build_app(db, default_target, default_backend=...)` lays out the Blocks
-(Playground, Draft tree, Latency, History & compare, Train); `launch(...)` serves it
+(Playground, Draft tree, Latency, History & compare, Train, Advisor); `launch(...)` serves it
 (127.0.0.1 by default), what `workbench ui` calls; its `backend` is the
 Playground's initial Backend choice (eager or compiled), which each session can change. Models are loaded once per process by
 workbench.models and shared read-only; the decoding events share one queue slot
@@ -31,13 +31,14 @@ from .exposure import ExposurePolicy, plan_launch
 from .tabs.history import build_history_tab
 from .tabs.latency import build_latency_tab
 from .tabs.playground import build_playground_tab, on_cluster
+from .tabs.advisor import build_advisor_tab
 from .tabs.train import build_train_tab
 from .tabs.tree_viewer import build_tree_tab
 
 TITLE = "Decoding Workbench"
 CSS = """
 #pg-output { min-height: 120px; border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 10px; }
-#pg-status p, #hist-message p, #train-count p { margin: 0; }
+#pg-status p, #hist-message p, #train-count p, #adv-status p, #adv-count p { margin: 0; }
 .wb-tok:hover { outline: 1px solid #333; }
 """
 
@@ -68,6 +69,8 @@ def build_app(db: str | None = None, default_target: str | None = None,
                 hist = build_history_tab(ctx, state)
             with gr.Tab("Train", id="train", elem_id="tab-train") as train_tab:
                 train = build_train_tab(ctx, state)
+            with gr.Tab("Advisor", id="advisor", elem_id="tab-advisor") as advisor_tab:
+                advisor = build_advisor_tab(ctx, state)
         tree_tab.select(*tree["on_select"], api_visibility="private")
         for fn, inputs, outputs in lat["on_select"]:
             lat_tab.select(fn, inputs, outputs, api_visibility="private")
@@ -75,6 +78,8 @@ def build_app(db: str | None = None, default_target: str | None = None,
             hist_tab.select(fn, inputs, outputs, api_visibility="private")
         for fn, inputs, outputs in train["on_select"]:
             train_tab.select(fn, inputs, outputs, api_visibility="private")
+        for fn, inputs, outputs in advisor["on_select"]:
+            advisor_tab.select(fn, inputs, outputs, api_visibility="private")
     demo.workbench_context = ctx  # for tests and embedding; not per-user
     demo.workbench_css = CSS
     return demo

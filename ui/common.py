@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from store import RunStore, StoreError
 from workbench.config import ConfigError, is_int, shown
@@ -24,11 +24,13 @@ from workbench.tokens import decoder as model_decoder  # noqa: F401  (re-exporte
 from workbench.tokens import single_texts, texts_for, token_pieces  # noqa: F401  (re-exported for the tabs)
 
 from .exposure import ExposurePolicy
+from .presenters.choices import draft_choices as draft_choices_of
+from .presenters.choices import fastest_note, precision_specs
 
 NONE_DRAFT = "none"
 BUILTIN_TARGETS = ["smollm2-135m", "tiny-random", "tiny-random:seed=1", "smollm2-135m:bf16", "tiny-random:bf16"]
-BUILTIN_DRAFTS = [NONE_DRAFT, "smollm2-135m:bf16", "tiny-random:bf16", "tiny-random:seed=1", "tiny-random",
-                  "smollm2-135m"]
+DRAFT_MODELS = ["smollm2-135m", "tiny-random", "tiny-random:seed=1"]  # offered as drafts in every precision
+BUILTIN_DRAFTS = [NONE_DRAFT] + [spec for m in DRAFT_MODELS for spec in precision_specs(m)]
 
 
 @dataclass
@@ -73,19 +75,44 @@ def new_session_state() -> dict[str, Any]:
 
 
 def model_choices(default_target: str) -> tuple[list[str], list[str]]:
-    """Target and draft dropdown choices: the built-in specs (plus gemma3-270m when installed)."""
+    """Target and draft dropdown choices: the built-in specs (plus gemma3-270m when installed); the drafts in
+    every precision the workbench supports (fp32, bf16, fp16, int8)."""
     targets = list(BUILTIN_TARGETS)
     drafts = list(BUILTIN_DRAFTS)
     try:
         for m in available_models():
             if m["name"] not in targets and m.get("installed"):
                 targets.append(m["name"])
-                drafts.append(m["name"] + ":bf16")
+                drafts += precision_specs(m["name"])
     except Exception:  # noqa: BLE001 - the catalogue is a nicety; the built-ins always work
         pass
     if default_target not in targets:
         targets.insert(0, default_target)
     return targets, drafts
+
+
+def measured_here(backend: str = "eager") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What this machine has measured already (never measures): the cached precision timings
+    (workbench.backend.speed) and the cached cost profiles on `backend` with this process's thread count
+    (workbench.backend.profile). ([], []) when neither can be read."""
+    try:  # here: both read torch's device and thread count
+        import torch
+
+        from workbench.backend.profile import cached_profiles
+        from workbench.backend.speed import cached_precision_speeds
+
+        threads = torch.get_num_threads()
+        profiles = [r for r in cached_profiles() if r.get("backend") == backend and r.get("threads") == threads]
+        return cached_precision_speeds(), profiles
+    except Exception:  # noqa: BLE001 - a nicety: the list works without it
+        return [], []
+
+
+def draft_choices(drafts: list[str], backend: str = "eager") -> tuple[list[tuple[str, str]], str]:
+    """The Draft model dropdown's (label, spec) choices, the fastest precision of each model here marked, and the
+    line that says what marked it (ui.presenters.choices; from cached measurements only)."""
+    speeds, profiles = measured_here(backend)
+    return draft_choices_of(drafts, speeds, profiles), fastest_note(speeds, profiles)
 
 
 def default_draft(target: str) -> str:
@@ -112,6 +139,31 @@ def user_message(exc: BaseException) -> str:
 
 
 TICK_EVERY_S = 1.0  # how often the status line of long work (compiling, loading) shows the seconds so far
+
+
+def device_thread(ctx: AppContext, job: Callable[[Callable[[str], None]], Any], events: Any,
+                  name: str) -> threading.Thread:
+    """Run `job(say)` in a daemon thread holding the device lock (one decode at a time, whoever asked), saying
+    so while it waits. On the queue `events`: ("progress", message) for each `say`, then ("done", what the job
+    returned) or ("error", the exception)."""
+    def say(message: str) -> None:
+        events.put(("progress", message))
+
+    def work():
+        try:
+            if not ctx.device_lock.acquire(blocking=False):
+                say("Waiting for the run on the device to finish...")
+                ctx.device_lock.acquire()
+            try:
+                events.put(("done", job(say)))
+            finally:
+                ctx.device_lock.release()
+        except BaseException as exc:  # noqa: BLE001 - reported in the page
+            events.put(("error", exc))
+
+    t = threading.Thread(target=work, name=name, daemon=True)
+    t.start()
+    return t
 
 
 def ongoing(message: str) -> bool:

@@ -17,12 +17,16 @@ Token origins (the colours of the output view):
 - ``plain``: the target's own token in a step with no draft (prefill, plain decoding).
 
 The package is one module per view (base, tokens, tree, latency, history, costs,
-train); every public name is re-exported here, so callers write ``from ui import presenters as P``.
+train, speedup: how far a speedup can be trusted, choices: the Playground's pickers, notes: what a run
+says about itself); every public name is re-exported here, so callers write ``from ui import presenters as P``.
 """
 from .base import *  # noqa: F401,F403
+from .choices import *  # noqa: F401,F403
 from .costs import *  # noqa: F401,F403
 from .history import *  # noqa: F401,F403
 from .latency import *  # noqa: F401,F403
+from .notes import *  # noqa: F401,F403
+from .speedup import *  # noqa: F401,F403
 from .tokens import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403
 from .tree import *  # noqa: F401,F403

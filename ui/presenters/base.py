@@ -32,6 +32,9 @@ PLOT_TEMPLATE = "plotly_white"
 
 
 
+def _get(rec: Any, key: str, default: Any = None) -> Any:
+    """A field of a run record (store.RunRecord) or of a dict with the same keys."""
+    return rec.get(key, default) if isinstance(rec, dict) else getattr(rec, key, default)
 
 
 def _fmt_prob(x: float | None) -> str:

@@ -1,12 +1,16 @@
 """What a forward costs on this machine: seconds of one forward over n new tokens, per model × backend × threads.
 
 The rows are workbench.backend.profile's cost profiles (``cached_profiles()``),
-plain dicts ``{model, device, cpu, backend, threads, seconds: {n: s}}``. Drafting
+plain dicts ``{model, device, cpu, backend, threads, seconds: {n: s}}`` and, from
+the profile cache, ``spread: {n: IQR / median}``, ``measured_at``, ``stale``,
+``noisy``, ``legacy``, ``imported`` and ``name`` (the machine). Drafting
 wins when verifying n tokens in one forward costs little more than one token:
 on a GPU the curve is flat for dozens of tokens, on a small CPU it climbs after a
 few, unless the backend pre-packs its weights (compiled). ``cost_figure`` draws
-the curves, ``cost_summary`` says in one line which precision and backend is
-fastest for 1 and for 8 tokens.
+the curves (each point with its spread as an error bar), ``cost_summary`` says in
+one line which precision and backend is fastest for 1 and for 8 tokens, and
+``profile_notes`` when each profile was measured, how far its repeats spread and
+whether it is stale, noisy, undated or another machine's.
 """
 from __future__ import annotations
 
@@ -55,7 +59,54 @@ def profile_label(row: dict[str, Any], with_device: bool = False) -> str:
              f"{t} thread{'s' * (t != 1)}" if t else "threads ?"]
     if with_device:
         parts.append(str(row.get("device", "")))
-    return " · ".join(parts)
+    return " · ".join(parts + profile_flags(row))
+
+
+def profile_flags(row: dict[str, Any]) -> list[str]:
+    """What to keep in mind about a profile: another machine's, stale, noisy, or undated (an older version's)."""
+    flags = [f"from {row.get('name')}"] if row.get("imported") else []
+    if row.get("stale"):
+        flags.append("stale")
+    if row.get("noisy"):
+        flags.append("noisy")
+    if row.get("legacy") and not row.get("imported"):
+        flags.append("undated")
+    return flags
+
+
+def measured_when(row: dict[str, Any]) -> str:
+    """'2026-12-07 05:43 UTC' from the row's measured_at ('' when it has none)."""
+    when = str(row.get("measured_at") or "")
+    return f"{when[:10]} {when[11:16]} UTC" if len(when) >= 16 else when
+
+
+def profile_notes(rows: Sequence[dict[str, Any]]) -> str:
+    """One markdown line per profile that has a date or a flag: when it was measured, how far its repeats
+    spread (the largest and the typical interquartile range over the median, per size) and what to keep in mind
+    (stale: measured again by the next cost-aware run; noisy; undated; another machine's, never used here)."""
+    lines = []
+    for r in rows:
+        flags = profile_flags(r)
+        when = measured_when(r)
+        if not when and not flags:
+            continue
+        spread = sorted((r.get("spread") or {}).values())
+        parts = [f"measured {when}" if when else "undated"]
+        if spread:
+            parts.append(f"spread up to {100 * spread[-1]:.0f}% (typically {100 * spread[len(spread) // 2]:.0f}%)")
+        elif not r.get("imported"):
+            parts.append("spread unknown")
+        if r.get("stale"):
+            parts.append(f"⚠ stale ({r['stale']}): the next cost-aware run measures it again")
+        if r.get("noisy"):
+            parts.append("⚠ noisy: measured while the machine was busy")
+        if r.get("legacy") and not r.get("imported"):
+            parts.append("measured by an older version: measured again before a cost-aware method uses it")
+        if r.get("imported"):
+            parts.append(f"imported from {r.get('name')} ({r.get('cpu')}), never used for this machine's decisions")
+        lines.append(f"`{profile_label({**r, 'imported': False, 'stale': None, 'noisy': False, 'legacy': False})}`: "
+                     + "; ".join(parts))
+    return "  \n".join(lines)
 
 
 def _processors(rows: Sequence[dict[str, Any]]) -> str:
@@ -83,15 +134,27 @@ def cost_figure(rows: Sequence[dict[str, Any]], *, relative: bool = False) -> go
         ms = [1000 * s for _, s in prof]
         ratio = [s / one if one else float("nan") for _, s in prof]
         label = profile_label(r, several_devices)
+        # the spread (IQR / median of the timed rounds) as a bar of half of it on each side of the median
+        spread = {int(n): float(v) for n, v in (r.get("spread") or {}).items()}
+        half = [spread.get(n, 0.0) / 2 for n in xs]
+        y = ratio if relative else ms
+        when = measured_when(r)
         fig.add_trace(go.Scatter(
-            x=xs, y=ratio if relative else ms, mode="lines+markers", name=label,
-            line=dict(dash=BACKEND_DASH.get(str(r.get("backend")), "dot")), customdata=list(zip(ms, ratio)),
-            hovertemplate="%{x} tokens: %{customdata[0]:.2f} ms, %{customdata[1]:.2f}× one token<extra>"
-                          + html.escape(label) + "</extra>"))
+            x=xs, y=y, mode="lines+markers", name=label,
+            line=dict(dash=BACKEND_DASH.get(str(r.get("backend")), "dot")),
+            error_y=dict(type="data", array=[v * h for v, h in zip(y, half)], visible=bool(spread), thickness=1),
+            customdata=list(zip(ms, ratio, [100 * spread[n] if n in spread else float("nan") for n in xs])),
+            hovertemplate="%{x} tokens: %{customdata[0]:.2f} ms, %{customdata[1]:.2f}× one token"
+                          + (", spread %{customdata[2]:.0f}%" if spread else "")
+                          + (f"<br>measured {html.escape(when)}" if when else "")
+                          + "<extra>" + html.escape(label) + "</extra>"))
     ticks = [n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if min(sizes_seen) <= n <= max(sizes_seen)]
+    days = sorted({measured_when(r)[:10] for r in rows if r.get("measured_at")})
+    dated = f" · measured {days[0]}" + (f" to {days[-1]}" if len(days) > 1 else "") if days else ""
     fig.update_layout(
         template=PLOT_TEMPLATE, height=380, margin=dict(l=20, r=20, t=60, b=20),
-        title=dict(text=f"cost of one forward over n tokens · {html.escape(_processors(rows))}", font=dict(size=14)),
+        title=dict(text=f"cost of one forward over n tokens · {html.escape(_processors(rows))}{dated}",
+                   font=dict(size=14)),
         xaxis=dict(title="tokens in one forward (n)", type="log", tickvals=ticks, ticktext=[str(t) for t in ticks]),
         # ms on a log axis: models of very different sizes (and a noisy point) stay readable together
         yaxis=dict(title="× the cost of one token", rangemode="tozero") if relative else

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 from typing import Any, Iterable, Sequence
 
+from workbench import metrics as M
 from workbench.config import BASELINE
 from workbench.trace import Trace
 
@@ -16,6 +17,7 @@ from .base import (
     step_outcome,
     visible,
 )
+from .notes import no_draft_line, notes_html
 
 
 def token_rows(trace: Trace) -> list[dict[str, Any]]:
@@ -100,10 +102,34 @@ def _value_px(value: str) -> int:
     return 22 if len(value) <= 5 else 18 if len(value) <= 7 else 16
 
 
+def acceptance_card(trace: Trace) -> tuple[str, str, list[str], dict[str, Any]]:
+    """The acceptance card: (label, value, lines under it, data attributes). The big figure is α, path
+    acceptance, and the first line says what it is made of; the second is node acceptance, labelled. Both
+    from workbench.metrics.acceptance, as `workbench runs show` and the reports (docs/metrics.md)."""
+    acc = M.acceptance(trace.steps)
+    data = {"accepted": acc.accepted, "path-positions": acc.path_positions, "drafted-nodes": acc.drafted_nodes}
+    if not acc.drafted_nodes:
+        return M.PATH_ACCEPTANCE, "—", ["nothing drafted"], data
+    node = f"{100 * acc.node_rate:.0f}%"
+    return M.PATH_ACCEPTANCE, f"{100 * acc.path_rate:.0f}%", [acc.path_caption(),
+                                                              f"{M.NODE_ACCEPTANCE} {node}: {acc.node_caption()}"], data
+
+
+WIDE_CARDS = ("acceptance_rate", "speedup")  # cards whose lines say what their figure is made of
+
+
 def metric_cards_html(trace: Trace, baseline_tokens_per_s: float | None = None, *,
-                      baseline_note: str = "", backend: str | None = None, warmup_s: float | None = None) -> str:
-    """Cards: tokens/s, τ, acceptance rate, target forwards, TTFT, speedup vs plain decoding and,
-    when `backend` is given, the backend with its warm-up (env["warmup_s"], never in tokens/s)."""
+                      baseline_note: str = "", backend: str | None = None, warmup_s: float | None = None,
+                      speedup_lines: Sequence[str] = (), speedup_warn: bool = False) -> str:
+    """Cards: tokens/s, τ, acceptance (α, path acceptance, with node acceptance in its caption), target
+    forwards, TTFT, speedup vs plain decoding and, when `backend` is given, the backend with its warm-up
+    (env["warmup_s"], never in tokens/s).
+
+    baseline_note: the speedup card's line under its figure (ui.presenters.speedup.baseline_line: the
+    baseline's tokens/s, run, backend, age and machine); speedup_lines: lines after it (the rest of
+    ui.presenters.speedup.speedup_lines: why to re-run the baseline, the spread or the single-run note);
+    speedup_warn marks the card (and its first extra line) when the baseline should be run again.
+    """
     s = live_summary(trace)
     sp = speedup(s.tokens_per_s, baseline_tokens_per_s)
     if trace.method == BASELINE:
@@ -112,28 +138,41 @@ def metric_cards_html(trace: Trace, baseline_tokens_per_s: float | None = None, 
         sp_text, sp_hint = "—", baseline_note or "no plain-decoding run of this prompt yet"
     else:
         sp_text, sp_hint = f"{sp:.2f}×", baseline_note or f"vs {baseline_tokens_per_s:.1f} tok/s plain decoding"
-    alpha = "—" if _nan(s.acceptance_rate) else f"{100 * s.acceptance_rate:.0f}%"
+    acc_label, acc_value, acc_lines, acc_data = acceptance_card(trace)
     cards = [
         ("tokens_per_s", "tokens/s", "—" if _nan(s.tokens_per_s) else f"{s.tokens_per_s:.1f}",
-         f"{s.new_tokens} tokens in {s.wall_s:.2f} s" if s.wall_s else f"{s.new_tokens} tokens"),
+         f"{s.new_tokens} tokens in {s.wall_s:.2f} s" if s.wall_s else f"{s.new_tokens} tokens", [], {}),
         ("tau", "τ (tokens / target forward)",
          "—" if _nan(s.mean_accepted_tokens) else f"{s.mean_accepted_tokens:.2f}",
-         "" if _nan(s.mean_accepted_draft_tokens) else f"{s.mean_accepted_draft_tokens:.2f} without the bonus token"),
-        ("acceptance_rate", "acceptance rate α", alpha,
-         f"{s.accepted_draft_tokens} / {s.drafted_tokens} drafted tokens accepted" if s.drafted_tokens
-         else "nothing drafted"),
-        ("target_forward_passes", "target forwards", str(s.target_forward_passes), "one per step"),
-        ("ttft", "TTFT", "—" if _nan(s.ttft_s) else f"{1000 * s.ttft_s:.0f} ms", "time to first token"),
-        ("speedup", "speedup", sp_text, sp_hint),
+         "" if _nan(s.mean_accepted_draft_tokens) else f"{s.mean_accepted_draft_tokens:.2f} without the bonus token",
+         [], {}),
+        ("acceptance_rate", acc_label, acc_value, acc_lines[0], acc_lines[1:], acc_data),
+        ("target_forward_passes", "target forwards", str(s.target_forward_passes), "one per step", [], {}),
+        ("ttft", "TTFT", "—" if _nan(s.ttft_s) else f"{1000 * s.ttft_s:.0f} ms", "time to first token", [], {}),
+        ("speedup", "speedup", sp_text, sp_hint, [] if trace.method == BASELINE else list(speedup_lines),
+         {"rerun": "true"} if speedup_warn else {}),
     ]
+    no_draft = no_draft_line(trace) if trace.method != BASELINE else ""
+    if no_draft:  # the figure is plain decoding's speed against itself: say so first (ui.presenters.notes)
+        key, label, value, hint, more, data = cards[-1]
+        cards[-1] = (key, label, value, hint, [no_draft, *more], {**data, "no-draft": "true"})
     if backend:
-        cards.append(("backend", "backend", backend, backend_hint(backend, warmup_s)))
-    body = "".join(
-        f'<div class="wb-card" data-metric="{key}" style="flex:1 1 96px;min-width:96px;border:1px solid #0001;'
-        f'border-radius:8px;padding:8px 12px;background:#fafafa;color:#222">'
-        f'<div style="font-size:12px;color:#666">{html.escape(label)}</div>'
-        f'<div class="wb-card-value" style="font-size:{_value_px(value)}px;font-weight:600;line-height:26px;'
-        f'white-space:nowrap">{html.escape(value)}</div>'
-        f'<div style="font-size:11px;color:#888">{html.escape(hint)}</div></div>'
-        for key, label, value, hint in cards)
-    return f'<div class="wb-cards" style="display:flex;flex-wrap:wrap;gap:8px">{body}</div>'
+        cards.append(("backend", "backend", backend, backend_hint(backend, warmup_s), [], {}))
+
+    def card(key: str, label: str, value: str, hint: str, more: list[str], data: dict[str, Any]) -> str:
+        attrs = "".join(f' data-{k}="{html.escape(str(v), quote=True)}"' for k, v in data.items())
+        warn = bool(data.get("rerun") or data.get("no-draft"))
+        extra = "".join(f'<div class="wb-card-line" style="font-size:11px;color:'
+                        f'{"#a15c00" if warn and i == 0 else "#888"}">{html.escape(line)}</div>'
+                        for i, line in enumerate(more))
+        size = "flex:2 1 170px;min-width:150px" if key in WIDE_CARDS else "flex:1 1 96px;min-width:96px"
+        return (f'<div class="wb-card" data-metric="{key}"{attrs} style="{size};'
+                f'border:1px solid {"#e0a040" if warn else "#0001"};border-radius:8px;padding:8px 12px;'
+                f'background:#fafafa;color:#222">'
+                f'<div style="font-size:12px;color:#666">{html.escape(label)}</div>'
+                f'<div class="wb-card-value" style="font-size:{_value_px(value)}px;font-weight:600;line-height:26px;'
+                f'white-space:nowrap">{html.escape(value)}</div>'
+                f'<div class="wb-card-hint" style="font-size:11px;color:#888">{html.escape(hint)}</div>{extra}</div>')
+
+    body = "".join(card(*c) for c in cards)
+    return f'<div class="wb-cards" style="display:flex;flex-wrap:wrap;gap:8px">{body}</div>' + notes_html(trace)

@@ -1,11 +1,15 @@
 """History & compare tab: every stored run, filtered and sorted; compare, delete, export; benchmarks.
 
 The table lists the runs that match the search box and the method/status
-filters (click a column header to sort; click a row to add it to the
-selection). Comparing two or more runs shows their metrics side by side,
-tokens generated against time overlaid, and a token-level diff of each output
-against the first selected run. Benchmarks list the stored sweeps and show
-`workbench.bench.benchmark_table` for one.
+filters, each with its settings (the parameters it changed from their
+defaults, length, chat), sampling, backend and speedup against its own
+plain-decoding baseline (click a column header to sort; click a row to add it
+to the selection). Comparing two or more runs shows their metrics side by side
+(every row; each speedup against that run's baseline, whatever the selection
+order), tokens generated against time overlaid, and a token-level diff of each
+output against the first selected run, aligned over token ids. Export CSV
+writes the selected runs (none selected: the listed ones) with their backend.
+Benchmarks list the stored sweeps and show `workbench.bench.benchmark_table` for one.
 """
 from __future__ import annotations
 
@@ -21,12 +25,14 @@ import gradio as gr
 import pandas as pd
 
 from store import RUN_STATUSES
+from workbench import metrics as M
 from workbench.methods import list_methods
 
 from .. import presenters as P
 from ..common import AppContext, run_label, status, texts_for, user_message
 
 MAX_ROWS = 500
+COMPARE_MAX_HEIGHT = 2000  # px: tall enough for every row of the side-by-side table (Gradio's default cuts at 500)
 
 
 def _filters(search: str | None, methods: list[str] | None, statuses: list[str] | None) -> dict[str, Any]:
@@ -34,11 +40,18 @@ def _filters(search: str | None, methods: list[str] | None, statuses: list[str] 
             "status": list(statuses) if statuses else None}
 
 
+def param_defaults() -> dict[str, dict[str, Any]]:
+    """method -> parameter -> default, so a run's settings name only what it changed."""
+    return {m.name: {p.name: p.default for p in m.params} for m in list_methods()}
+
+
 def history_table(ctx: AppContext, search: str | None, methods: list[str] | None, statuses: list[str] | None,
                   selected: list[str] | None = None):
-    """(table, row ids, selection dropdown update, message) for the current filters."""
+    """(table, row ids, selection dropdown update, message) for the current filters: each run with its
+    settings, sampling, backend and speedup against its plain-decoding baseline (store.baselines_for)."""
     try:
         recs = ctx.store.list_runs(limit=MAX_ROWS, **_filters(search, methods, statuses))
+        baselines = ctx.store.baselines_for(recs)
     except Exception as exc:  # noqa: BLE001
         return P.runs_frame([]), [], gr.update(), status("error", user_message(exc))
     ids = [r.id for r in recs]
@@ -46,7 +59,8 @@ def history_table(ctx: AppContext, search: str | None, methods: list[str] | None
     keep = [s for s in (selected or []) if s in ids]
     msg = f"{len(recs)} run{'s' * (len(recs) != 1)}" + (f" (showing the newest {MAX_ROWS})" if len(recs) == MAX_ROWS
                                                          else "")
-    return P.runs_frame(recs), ids, gr.update(choices=choices, value=keep), msg
+    return P.runs_frame(recs, defaults=param_defaults(), baselines=baselines), ids, \
+        gr.update(choices=choices, value=keep), msg
 
 
 def select_row(ids: list[str], selected: list[str] | None, evt: gr.SelectData):
@@ -78,19 +92,26 @@ def compare_runs(ctx: AppContext, selected: list[str] | None):
     try:
         recs = [ctx.store.get_run(r) for r in selected]
         traces = [ctx.store.load_trace(r.id) for r in recs]
+        baselines = ctx.store.baselines_for(recs)
     except Exception as exc:  # noqa: BLE001
         msg = user_message(exc)
         return status("error", msg), gr.update(visible=False), P.empty_figure(msg), ""
     fig = P.tokens_time_figure([(f"{r.id[:8]} {r.method}", t) for r, t in zip(recs, traces)])
-    texts = [texts_for(r.target, list(r.output_ids or [])) for r in recs]
+    ids = [list(r.output_ids or []) for r in recs]
+    texts = [texts_for(r.target, i) for r, i in zip(recs, ids)]
     diffs = []
-    for rec, txt in zip(recs[1:], texts[1:]):
+    for rec, txt, tok in zip(recs[1:], texts[1:], ids[1:]):
+        same_vocab = rec.target == recs[0].target  # token ids compare only within one tokenizer
         diffs.append(P.token_diff_html(texts[0], txt, f"{recs[0].id[:8]} ({recs[0].method})",
-                                       f"{rec.id[:8]} ({rec.method})"))
+                                       f"{rec.id[:8]} ({rec.method})", a_ids=ids[0] if same_vocab else None,
+                                       b_ids=tok if same_vocab else None))
     targets = {r.target for r in recs}
-    note = "" if len(targets) == 1 else " (different targets: the token diff compares their texts)"
-    return (status("ok", f"Comparing {len(recs)} runs{note}."),
-            gr.update(value=P.compare_frame(recs), visible=True), fig,
+    note = "" if len(targets) == 1 else " (different targets: the token diff aligns their texts)"
+    acceptances = {r.id: M.acceptance(t.steps) for r, t in zip(recs, traces)}  # from the steps, as the cards
+    frame = P.compare_frame(recs, baselines, defaults=param_defaults(), acceptances=acceptances)
+    return (status("ok", f"Comparing {len(recs)} runs{note}; each speedup is against that run's own "
+                         "plain-decoding baseline."),
+            gr.update(value=frame, visible=True), fig,
             '<div id="wb-diffs">' + '<hr style="margin:6px 0">'.join(diffs) + "</div>")
 
 
@@ -116,14 +137,19 @@ def delete_selected(ctx: AppContext, selected: list[str] | None, search, methods
     return status("ok", f"Deleted {n} run{'s' * (n != 1)}."), gr.update(visible=False), table, ids, sel
 
 
-def export_csv(ctx: AppContext, search, methods, statuses):
-    """Write the filtered runs to a CSV file; returns (file path or None, message)."""
+def export_csv(ctx: AppContext, search, methods, statuses, selected: list[str] | None = None):
+    """Write the selected runs (none selected: the filtered ones, at most MAX_ROWS as the table) to a CSV file,
+    each with its backend and machine; returns (file path or None, message)."""
+    selected = list(dict.fromkeys(selected or []))
     try:
         out = Path(tempfile.mkdtemp(prefix="workbench-export-")) / f"runs-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-        n = ctx.store.export_csv(out, **_filters(search, methods, statuses))
+        which = dict(ids=selected) if selected else dict(limit=MAX_ROWS, **_filters(search, methods, statuses))
+        n = ctx.store.export_csv(out, **which)
     except Exception as exc:  # noqa: BLE001
         return gr.update(value=None, visible=False), status("error", user_message(exc))
-    return gr.update(value=str(out), visible=True), status("ok", f"Exported {n} run{'s' * (n != 1)} to CSV.")
+    what = "selected " if selected else "listed "
+    return gr.update(value=str(out), visible=True), status("ok", f"Exported the {n} {what}run{'s' * (n != 1)} "
+                                                                 "to CSV (with each run's backend).")
 
 
 def _when(value: Any) -> str:
@@ -205,7 +231,7 @@ def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     c["message"] = gr.Markdown("", elem_id="hist-message")
     c["file"] = gr.File(label="CSV export", elem_id="hist-csv", interactive=False, visible=False, height=80)
     c["metrics"] = gr.Dataframe(pd.DataFrame(), interactive=False, label="Metrics side by side",
-                                elem_id="hist-metrics", visible=False)
+                                elem_id="hist-metrics", visible=False, max_height=COMPARE_MAX_HEIGHT, wrap=True)
     c["time"] = gr.Plot(P.empty_figure("select runs and click Compare"), elem_id="hist-time", show_label=False)
     c["diff"] = gr.HTML("", elem_id="hist-diff")
     with gr.Accordion("Benchmarks", open=False, elem_id="hist-bench-acc"):
@@ -228,7 +254,8 @@ def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     c["delete"].click(ask_delete, c["selected"], [c["message"], c["confirm"]], api_visibility="private")
     c["confirm"].click(functools.partial(delete_selected, ctx), [c["selected"]] + filters,
                        [c["message"], c["confirm"], c["table"], c["ids"], c["selected"]], api_name="delete")
-    c["export"].click(functools.partial(export_csv, ctx), filters, [c["file"], c["message"]], api_name="export")
+    c["export"].click(functools.partial(export_csv, ctx), filters + [c["selected"]], [c["file"], c["message"]],
+                      api_name="export")
     bench_list = functools.partial(list_benchmarks, ctx)
     c["bench_refresh"].click(bench_list, None, [c["bench"], c["bench_msg"]], api_name="benchmarks")
     c["bench"].change(functools.partial(show_benchmark, ctx), c["bench"], [c["bench_msg"], c["bench_table"]],

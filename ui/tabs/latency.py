@@ -7,9 +7,10 @@ acceptance rate per draft position.
 
 Below them, what a forward costs on this machine: the cost of one forward over n
 tokens per model × backend × threads (workbench.backend.profile's cached
-profiles), which is why a drafting method wins or loses here; "Measure this
-machine" profiles the chosen target on the chosen backend (compiling it first for
-the compiled backend), holding the device like a run does.
+profiles, with their spread as error bars and when each was measured; a stale,
+noisy, undated or imported profile is marked), which is why a drafting method wins or
+loses here; "Measure this machine" profiles the chosen target on the chosen backend
+(compiling it first for the compiled backend), holding the device like a run does.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from workbench.config import BASELINE
 from workbench.models import load_model
 
 from .. import presenters as P
-from ..common import TICK_EVERY_S, AppContext, model_choices, ongoing, status, user_message
+from ..common import TICK_EVERY_S, AppContext, device_thread, model_choices, ongoing, status, user_message
 from .tree_viewer import refresh_runs
 
 SCALES = ("ms", "× one token")
@@ -59,6 +60,9 @@ def latency_view(ctx: AppContext, state: dict, run_id: str | None):
     md = (f"**Run `{rec.id[:8]}`** · {rec.method} · {len(trace.steps)} steps · {s.new_tokens} tokens in "
           f"{s.wall_s:.2f} s · draft {100 * s.draft_s / total:.0f}% · verify {100 * s.verify_s / total:.0f}% · "
           f"other {100 * s.other_s / total:.0f}%")
+    noted = P.notes_status(trace)  # e.g. cost-aware sizing chose not to draft, and why
+    if noted:
+        md += f"  \n{noted}"
     if base is not None:
         md += f"  \nBaseline: plain-decoding run `{base.id[:8]}`, {base.metrics.get('tokens_per_s', 0):.1f} tok/s."
     elif rec.method != BASELINE:
@@ -81,34 +85,22 @@ def cost_view(target: str | None, scale: str | None):
     if rows and not mine:
         note = f"  \nNothing measured for {P.model_family(target or '')} yet; showing every model measured here."
     shown_rows = mine or rows
-    return P.cost_summary(shown_rows) + note, P.cost_figure(shown_rows, relative=scale == SCALES[1])
+    dates = P.profile_notes(shown_rows)  # when each was measured, its spread, stale / noisy / imported
+    return (P.cost_summary(shown_rows) + note + (f"  \n{dates}" if dates else ""),
+            P.cost_figure(shown_rows, relative=scale == SCALES[1]))
 
 
 def _measure_thread(ctx: AppContext, target: str, backend: str, events: "queue.Queue") -> threading.Thread:
     """Load `target`, compile it when the backend needs that, and profile it, holding the device lock."""
 
-    def say(message: str) -> None:
-        events.put(("progress", message))
+    def job(say):
+        lm = load_model(target, progress=say)
+        prepare(backend, lm, profile.CONTEXT + max(profile.PROFILE_SIZES), progress=say)  # what profiling opens
+        t0 = time.perf_counter()
+        rows = profile.profile_table(lm, [backend], [None], refresh=True, progress=say)
+        return rows, time.perf_counter() - t0
 
-    def work():
-        try:
-            if not ctx.device_lock.acquire(blocking=False):
-                say("Waiting for the run on the device to finish...")
-                ctx.device_lock.acquire()
-            try:
-                lm = load_model(target, progress=say)
-                prepare(backend, lm, profile.CONTEXT + max(profile.PROFILE_SIZES), progress=say)  # what profiling opens
-                t0 = time.perf_counter()
-                rows = profile.profile_table(lm, [backend], [None], refresh=True, progress=say)
-                events.put(("done", (rows, time.perf_counter() - t0)))
-            finally:
-                ctx.device_lock.release()
-        except BaseException as exc:  # noqa: BLE001 - reported in the page
-            events.put(("error", exc))
-
-    t = threading.Thread(target=work, name="workbench-profile", daemon=True)
-    t.start()
-    return t
+    return device_thread(ctx, job, events, "workbench-profile")
 
 
 def measure_costs(ctx: AppContext, target: str | None, backend: str | None, scale: str | None) -> Iterator[tuple]:

@@ -2,15 +2,25 @@
 
 The method's parameter form is drawn from its declared schema into a fixed pool
 of slots (each slot has a Number, a Dropdown, a Checkbox and a Textbox; the one
-that fits the parameter's type is shown and relabelled). `run_stream` runs
+that fits the parameter's type is shown and relabelled; a head method's `head` is
+a dropdown of the heads that fit the target, with their held-out accuracy). The
+draft list holds every model in every precision, the fastest here marked from
+cached measurements only (ui.common.draft_choices); the method list is grouped by
+family, each method with one line on when it pays. `run_stream` runs
 `workbench.api.run` in a worker thread and yields the page as steps arrive; a
 plain-decoding baseline of the same prompt, settings and backend is reused from
-the store when there is one, or made with one click ("Run baseline").
+the store when there is one, or made with one click ("Run baseline"). The speedup
+card names that baseline's age, backend and machine, offers "Re-run baseline"
+when it is stale or from elsewhere, and gives the spread over stored repeats or
+the measured run-to-run variation (ui.presenters.speedup).
 
 The Backend dropdown (eager / compiled, workbench.backend) is an input of each
 run; compiling happens before a run's clock starts, is shown in the status line
 while it lasts (with the estimate workbench.backend gives) and on the metric cards
-afterwards, never counted in tokens/s.
+afterwards, never counted in tokens/s. So is measuring this machine's cost profile
+before a cost-aware method's first run (with its estimate); a run's notes (cost-aware
+sizing that chose not to draft and why, a profile the run found stale) close the status
+line and stand under the cards (ui.presenters.notes).
 """
 from __future__ import annotations
 
@@ -24,16 +34,18 @@ from typing import Any, Iterator
 import gradio as gr
 
 from workbench import api
+from workbench import metrics as M
 from workbench.backend import BACKENDS, check_backend
 from workbench.cluster import cluster_address
-from workbench.config import BASELINE, ConfigError, SamplingConfig
-from workbench.methods import get_method, list_methods
+from workbench.config import BASELINE, HEAD_KINDS, ConfigError, SamplingConfig
+from workbench.heads import list_heads
+from workbench.methods import get_method, list_methods, methods_by_family
 from workbench.preflight import check_request
 from workbench.trace import Trace
 
 from .. import presenters as P
-from ..common import (TICK_EVERY_S, AppContext, check_run_request, default_draft, model_choices, model_decoder,
-                      norm_draft, ongoing, status, texts_for, token_pieces, user_message)
+from ..common import (TICK_EVERY_S, AppContext, check_run_request, default_draft, draft_choices, model_choices,
+                      model_decoder, norm_draft, ongoing, status, texts_for, token_pieces, user_message)
 
 MIN_SLOTS = 6
 
@@ -60,6 +72,32 @@ def slot_kind(ptype: str) -> str:
     return {"int": "number", "float": "number", "choice": "choice", "bool": "bool"}.get(ptype, "text")
 
 
+def head_kind(cls: Any) -> str | None:
+    """The head kind a method drafts with (eagle, medusa, hydra), None for the others."""
+    kind = getattr(cls, "kind", None)
+    return kind if kind in HEAD_KINDS else None
+
+
+def param_slot_kind(cls: Any, p: Any) -> str:
+    """The slot component a parameter is shown in: a head method's `head` is a dropdown of the heads that fit."""
+    return "choice" if p.name == "head" and head_kind(cls) else slot_kind(p.type)
+
+
+def head_options(target: str | None, kind: str) -> list[tuple[str, str]]:
+    """The head dropdown's choices for `target`: the default, then the shipped, trained and imported heads of
+    `kind` whose card names the target's model, with their held-out accuracy (workbench.heads.list_heads)."""
+    try:
+        heads = list_heads(kind)
+    except Exception:  # noqa: BLE001 - an unreadable heads folder: the default (and a typed directory) still work
+        heads = []
+    return P.head_choices(heads, (target or "").strip(), kind)
+
+
+HEAD_INFO = ("the heads that fit this target (shipped, trained, imported), with their held-out accuracy; "
+             "or type a head directory")
+ADVISOR_NOTE = "Grouped by family. Not sure which pays here? See the Advisor tab."
+
+
 def method_info_html(method: str) -> str:
     try:
         cls = get_method(method)
@@ -74,32 +112,41 @@ def method_info_html(method: str) -> str:
     if cls.tree:
         extra.append("drafts trees")
     tail = f' <span style="color:#888;font-size:12px">({", ".join(extra)})</span>' if extra else ""
-    return (f'<div class="wb-method-info"><b>{html.escape(cls.label or cls.name)}</b>{badge}{tail}'
-            f'<div style="color:#555;font-size:13px;margin-top:2px">{html.escape(cls.description)}</div></div>')
+    facts = cls.facts()
+    pays = (f'<div class="wb-method-pays" style="color:#555;font-size:13px;margin-top:2px"><i>Pays when</i> '
+            f'{html.escape(facts["pays_when"])}.</div>') if facts["pays_when"] else ""
+    return (f'<div class="wb-method-info"><div class="wb-method-family" style="color:#888;font-size:12px">'
+            f'{html.escape(facts["family"])}</div><b>{html.escape(cls.label or cls.name)}</b>{badge}{tail}'
+            f'<div style="color:#555;font-size:13px;margin-top:2px">{html.escape(cls.description)}</div>{pays}</div>')
 
 
-def method_form(method: str) -> list[Any]:
-    """Updates for the method info and every slot component (N_SLOTS × SLOT_KINDS)."""
+def method_form(method: str, target: str | None = None) -> list[Any]:
+    """Updates for the method info and every slot component (N_SLOTS × SLOT_KINDS); a head method's `head`
+    is a dropdown of the heads that fit `target`."""
     try:
-        schema = list(get_method(method).params)
+        cls = get_method(method)
+        schema = list(cls.params)
     except Exception:  # noqa: BLE001
-        schema = []
+        cls, schema = None, []
     if len(schema) > N_SLOTS:  # a method registered after the form was built: never drop a parameter silently
         raise gr.Error(f"method '{method}' has {len(schema)} parameters but the form has {N_SLOTS} slots; "
                        "restart the app after registering it")
     updates: list[Any] = [method_info_html(method)]
     for i in range(N_SLOTS):
         p = schema[i] if i < len(schema) else None
-        kind = slot_kind(p.type) if p else None
+        kind = param_slot_kind(cls, p) if p else None
         for k in SLOT_KINDS:
             if p is None or k != kind:
                 updates.append(gr.update(visible=False))
             elif k == "number":
                 updates.append(gr.update(visible=True, label=p.name, info=p.help, value=p.default,
                                          minimum=p.min, maximum=p.max, step=1 if p.type == "int" else 0.01))
+            elif k == "choice" and p.type != "choice":  # a head: the heads that fit, or a directory typed in
+                updates.append(gr.update(visible=True, label=p.name, info=HEAD_INFO, value=p.default,
+                                         choices=head_options(target, head_kind(cls)), allow_custom_value=True))
             elif k == "choice":
                 updates.append(gr.update(visible=True, label=p.name, info=p.help, choices=list(p.choices),
-                                         value=p.default))
+                                         value=p.default, allow_custom_value=False))
             elif k == "bool":
                 updates.append(gr.update(visible=True, label=p.name, info=p.help, value=bool(p.default)))
             else:
@@ -107,15 +154,32 @@ def method_form(method: str) -> list[Any]:
     return updates
 
 
+def head_slot_update(method: str, target: str | None) -> list[Any]:
+    """A new target: a head method's head dropdown lists that target's heads (back to the default); every
+    other slot is left as it is."""
+    updates: list[Any] = [gr.update() for _ in range(N_SLOTS * len(SLOT_KINDS))]
+    try:
+        cls = get_method(method)
+    except Exception:  # noqa: BLE001
+        return updates
+    kind = head_kind(cls)
+    for i, p in enumerate(cls.params[:N_SLOTS]):
+        if kind and p.name == "head":
+            updates[i * len(SLOT_KINDS) + SLOT_KINDS.index("choice")] = gr.update(
+                choices=head_options(target, kind), value=p.default)
+    return updates
+
+
 def collect_params(method: str, slot_values: tuple | list) -> dict[str, Any]:
     """Map the slot values back to the method's parameters (validated later by workbench.api.run)."""
     params: dict[str, Any] = {}
-    schema = get_method(method).params
+    cls = get_method(method)
+    schema = cls.params
     if len(schema) > N_SLOTS:
         raise ConfigError(f"method '{method}' has {len(schema)} parameters but the form has {N_SLOTS} slots; "
                           "restart the app after registering it")
     for i, p in enumerate(schema):
-        value = slot_values[i * len(SLOT_KINDS) + SLOT_KINDS.index(slot_kind(p.type))] \
+        value = slot_values[i * len(SLOT_KINDS) + SLOT_KINDS.index(param_slot_kind(cls, p))] \
             if len(slot_values) > i * len(SLOT_KINDS) else None
         if value is None or value == "":
             continue
@@ -153,23 +217,51 @@ def _sampling(temperature, top_p, top_k, seed):
                           top_k=int(top_k or 0), seed=int(seed or 0))
 
 
-def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, bool]:
+def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, str | None]:
     """Metric cards with the backend, its warm-up and the speedup from a stored baseline (of the same
-    backend); and whether a baseline is still missing."""
+    backend) with what it is worth (ui.presenters.speedup); and the baseline button's label: "Run baseline"
+    when there is none, "Re-run baseline" when it is stale or from another machine, None to hide it."""
     if run_id is None:
-        return P.metric_cards_html(trace), False
+        return P.metric_cards_html(trace), None
     rec = ctx.store.get_run(run_id)
     env = rec.env or {}
     run_env = dict(backend=env.get("backend") or "eager", warmup_s=env.get("warmup_s"))
     if trace.method == BASELINE:
-        return P.metric_cards_html(trace, **run_env), False
+        return P.metric_cards_html(trace, **run_env), None
     base = ctx.store.baseline_for(rec)
     if base is None:
-        return P.metric_cards_html(trace, baseline_note=f"no {run_env['backend']} baseline yet: click “Run baseline”",
-                                   **run_env), True
-    tps = base.metrics.get("tokens_per_s")
-    return P.metric_cards_html(trace, tps, baseline_note=f"vs {tps:.1f} tok/s plain decoding (run {base.id[:8]})",
-                               **run_env), False
+        note = f"no {run_env['backend']} baseline yet: click “Run baseline”"
+        return P.metric_cards_html(trace, baseline_note=note, **run_env), P.rerun_label(None)
+    facts = P.baseline_facts(rec, base)
+    spread, variation = speedup_evidence(ctx, rec, base, trace)
+    lines = P.speedup_lines(facts, spread, variation)
+    return P.metric_cards_html(trace, facts.tokens_per_s, baseline_note=lines[0], speedup_lines=lines[1:],
+                               speedup_warn=facts.rerun, **run_env), P.rerun_label(facts)
+
+
+def _tps(records: list) -> list[float]:
+    return [float(r.metrics["tokens_per_s"]) for r in records if r.metrics.get("tokens_per_s") is not None]
+
+
+def speedup_evidence(ctx: AppContext, rec: Any, base: Any, trace: Trace):
+    """(spread, variation) for a run's speedup card: the speedup over the stored repeats of the run and of its
+    baseline (store.RunStore.repeats_of), and, when neither was repeated, the run-to-run variation measured
+    from every repeated setting on the run's machine (RunStore.repeat_groups); (None, None) if the store
+    cannot say."""
+    try:
+        runs = _tps(ctx.store.repeats_of(rec)) or [P.live_summary(trace).tokens_per_s]
+        spread = M.speedup_spread(runs, _tps(ctx.store.repeats_of(base)))
+        if spread is not None and (spread.n_runs > 1 or spread.n_baselines > 1):
+            return spread, None
+        groups = ctx.store.repeat_groups(machine=rec.env or None)
+        return spread, M.run_to_run_variation(_tps(g) for g in groups)
+    except Exception:  # noqa: BLE001 - the card still shows the speedup itself
+        return None, None
+
+
+def baseline_button(label: str | None, **extra: Any):
+    """The baseline button: shown with `label`, or hidden (None)."""
+    return gr.update(visible=label is not None, value=label or P.rerun_label(None), **extra)
 
 
 def warmup_note(ctx: AppContext, run_id: str | None) -> str:
@@ -323,7 +415,7 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
         elif kind == "done":
             res = extra
             texts = texts_for(res.target, res.output_ids)
-            cards, missing = _cards(ctx, res.trace, res.run_id)
+            cards, button = _cards(ctx, res.trace, res.run_id)
             state["runs"] = list(state.get("runs", [])) + [res.run_id]
             state["last_run"] = res.run_id
             state["last_settings"] = dict(target=res.target, prompt=prompt, chat=bool(chat),
@@ -331,9 +423,11 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
                                           backend=backend)
             s = res.summary
             msg = (f"{s.new_tokens} tokens in {s.wall_s:.2f} s ({res.trace.stop_reason or 'stopped'}).")
-            msg += warmup_note(ctx, res.run_id) + " Open *Draft tree* or *Latency* to look inside."
-            yield (status("ok", msg), P.token_html(res.trace, texts), cards,
-                   f"Run id: `{res.run_id}`" + worker_note(ctx, res), gr.update(visible=missing), state)
+            noted = P.notes_status(res.trace)  # e.g. cost-aware sizing chose not to draft, and why
+            msg += warmup_note(ctx, res.run_id) + (f" {noted}" if noted else "")
+            msg += " Open *Draft tree* or *Latency* to look inside."
+            yield (status("warn" if noted else "ok", msg), P.token_html(res.trace, texts), cards,
+                   f"Run id: `{res.run_id}`" + worker_note(ctx, res), baseline_button(button), state)
             return
 
 
@@ -386,14 +480,14 @@ def run_baseline(ctx: AppContext, state: dict) -> Iterator[tuple]:
             state["runs"] = list(state.get("runs", [])) + [payload]
             try:
                 trace = ctx.store.load_trace(state["last_run"])
-                cards, missing = _cards(ctx, trace, state["last_run"])
+                cards, button = _cards(ctx, trace, state["last_run"])
             except Exception as exc:  # noqa: BLE001
                 yield status("error", user_message(exc)), keep, gr.update(interactive=True), state
                 return
             tps = extra.summary.tokens_per_s
             yield (status("ok", f"Baseline run `{payload[:8]}`: {tps:.1f} tok/s plain decoding ({backend})."
                                 + warmup_note(ctx, payload)), cards,
-                   gr.update(visible=missing, interactive=True), state)
+                   baseline_button(button, interactive=True), state)
             return
 
 
@@ -410,9 +504,9 @@ def on_cluster() -> bool:
 
 def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     targets, drafts = model_choices(ctx.default_target)
-    methods = list_methods()
-    method_choices = [(f"{m.label or m.name}", m.name) for m in methods]
-    names = [m.name for m in methods]
+    draft_list, fastest = draft_choices(drafts, ctx.default_backend)  # cached measurements only: never times here
+    method_choices = P.method_choices([(family, [m.facts() for m in ms]) for family, ms in methods_by_family()])
+    names = [name for _, name in method_choices]
     first = "speculative" if "speculative" in names else names[0]
     c: dict[str, Any] = {}
     with gr.Row():
@@ -420,10 +514,13 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
             c["target"] = gr.Dropdown(targets, value=ctx.default_target, label="Target model",
                                       allow_custom_value=True, elem_id="pg-target",
                                       info="built-in name, local directory or hub id")
-            c["draft"] = gr.Dropdown(drafts, value=default_draft(ctx.default_target), label="Draft model",
+            c["draft"] = gr.Dropdown(draft_list, value=default_draft(ctx.default_target), label="Draft model",
                                      allow_custom_value=True, elem_id="pg-draft",
-                                     info="for methods that draft with a model; 'none' otherwise")
-            c["method"] = gr.Dropdown(method_choices, value=first, label="Method", elem_id="pg-method")
+                                     info="for methods that draft with a model ('none' otherwise), in every "
+                                          "precision; the fastest one here is marked when it was measured")
+            c["draft_speed"] = gr.HTML(fastest, elem_id="pg-draft-speed")
+            c["method"] = gr.Dropdown(method_choices, value=first, label="Method", elem_id="pg-method",
+                                      info=ADVISOR_NOTE)
             c["method_info"] = gr.HTML(method_info_html(first), elem_id="pg-method-info")
             c["draft_note"] = gr.Markdown(draft_note(first, default_draft(ctx.default_target)),
                                           elem_id="pg-draft-note")
@@ -432,7 +529,8 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                                        info="eager: stock forwards; compiled: static KV cache + torch.compile "
                                             "(compiles each model once, 2-5 min on a CPU, not counted)")
             slots: list[Any] = []
-            initial = [{k: v for k, v in u.items() if k != "__type__"} for u in method_form(first)[1:]]
+            initial = [{k: v for k, v in u.items() if k != "__type__"}
+                       for u in method_form(first, ctx.default_target)[1:]]
             with gr.Group():
                 for i in range(N_SLOTS):
                     kw = initial[i * len(SLOT_KINDS):(i + 1) * len(SLOT_KINDS)]
@@ -467,8 +565,10 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                 c["run_id"] = gr.Markdown("", elem_id="pg-run-id")
                 c["baseline"] = gr.Button("Run baseline", visible=False, elem_id="pg-baseline", size="sm")
 
-    c["method"].change(method_form, c["method"], [c["method_info"]] + slots, api_visibility="private")
+    c["method"].change(method_form, [c["method"], c["target"]], [c["method_info"]] + slots,
+                       api_visibility="private")
     c["target"].change(draft_for_target, [c["target"], c["draft"]], c["draft"], api_visibility="private")
+    c["target"].change(head_slot_update, [c["method"], c["target"]], slots, api_visibility="private")
     c["run_on"].change(set_run_on, [state, c["run_on"]], state, api_name="run_on")
     for comp in (c["method"], c["draft"]):
         comp.change(draft_note, [c["method"], c["draft"]], c["draft_note"], api_visibility="private")
