@@ -272,13 +272,19 @@ def test_compiled_artefacts_go_to_the_workbench_cache_unless_the_user_chose_a_pl
 
 @pytest.mark.compiled
 @torch.inference_mode()
-def test_few_token_graphs_read_weights_as_they_are_and_larger_ones_pre_pack(tiny):
-    """The one- and two-token graphs are compiled without freezing (nothing pre-packed; faster for a row, and
-    inductor's disk cache can keep them); the larger static graphs pre-pack their weights. Pre-packing is set
-    up once per process, by the first frozen compilation: a per-graph switch of the packing itself would
-    silently turn it off (or on) for every graph."""
+@pytest.mark.parametrize("kernels", ["aten", "invariant"])
+def test_few_token_graphs_read_weights_as_they_are_and_larger_ones_pre_pack(tiny, kernels, monkeypatch):
+    """With ATen's linears, the one- and two-token graphs are compiled without freezing (nothing pre-packed;
+    faster for a row, and inductor's disk cache can keep them); the larger static graphs pre-pack their
+    weights. Pre-packing is set up once per process, by the first frozen compilation: a per-graph switch of
+    the packing itself would silently turn it off (or on) for every graph. A graph whose linears run the
+    workbench kernel (every static size in the invariant mode) pre-packs nothing: the kernel packs its own."""
     from torch._dynamo.utils import counters
 
+    from workbench import kernels as kernel_modes
+
+    monkeypatch.setenv("WORKBENCH_KERNELS", kernels)
+    kernel_modes.set_mode(kernels)
     s = open_session("compiled", tiny, 300)  # a cache size of its own: fresh graphs, compiled here
     try:
         packed = {}
@@ -289,7 +295,12 @@ def test_few_token_graphs_read_weights_as_they_are_and_larger_ones_pre_pack(tiny
             ids = torch.full((1, T), 5, device=DEVICE)
             fn(ids, torch.arange(T, device=DEVICE)[None] + 3, fresh.mask(3, T, None))
             packed[T] = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > before
-        assert packed[1] is False and packed[2] is False
-        assert all(packed[T] for T in packed if T > 2) and len(packed) > 2, packed
+        assert packed[1] is False and packed[2] is False and len(packed) > 2
+        if kernels == "aten":
+            assert all(packed[T] for T in packed if T > 2), packed
+        else:
+            assert not any(packed.values()), packed
     finally:
         s.close()
+        monkeypatch.undo()
+        kernel_modes.set_mode(None)
