@@ -152,3 +152,18 @@ def test_the_kernel_choice_is_recorded_with_each_run(tiny, mode):
     with RunStore() as store:
         row = store.get_run(result.run_id)
     assert row.env["kernels"] == f"invariant (1-{kernels.INVARIANT_MAX_ROWS})"
+
+
+def test_a_weight_changed_in_place_is_packed_again(tiny, mode):
+    """A copy of an installed model whose weight is then edited (a sharpened draft, a trained copy) must not
+    run the kernel on the packed copy of the old weight."""
+    import copy
+
+    mode("invariant")
+    kernels.plan_for(tiny)
+    model = copy.deepcopy(tiny.model)
+    x = torch.randn(3, model.lm_head.in_features)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(model.lm_head(x), F.linear(x, model.lm_head.weight), rtol=1e-5, atol=1e-5)

@@ -85,15 +85,25 @@ def register_fake() -> None:
 
 
 class StreamLinear(nn.Linear):
-    """An nn.Linear that runs the weight-streaming kernel for the row counts in its model's plan."""
+    """An nn.Linear that runs the weight-streaming kernel for the row counts in its model's plan.
+
+    Its packed copy follows the weight: a weight changed in place (its version counter moved) is packed
+    again before the kernel reads it (outside compiled graphs, which hold the copy they were traced with)."""
 
     plan: KernelPlan
     packed: torch.Tensor
+    packed_version: int
+
+    def repack(self) -> None:
+        self.packed = pack(self.weight)
+        self.packed_version = self.weight._version
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features if x.dim() else 0
         if (self.plan.takes(rows) and x.device.type == "cpu"
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
+            if not torch.compiler.is_compiling() and self.weight._version != self.packed_version:
+                self.repack()  # the weight changed in place since it was packed (training, an edited copy)
             bias = None if self.bias is None else self.bias.float()
             y = torch.ops.workbench_kernels.stream_linear(x.float(), self.packed, bias, self.out_features)
             return y if x.dtype == torch.float32 else y.to(x.dtype)
@@ -113,6 +123,7 @@ def install(model: nn.Module, plan: KernelPlan) -> int:
               and module.weight.dtype in PACKED_DTYPES):
             module.__class__ = StreamLinear
             module.register_buffer("packed", pack(module.weight), persistent=False)
+            module.packed_version = module.weight._version
             module.plan = plan
             count += 1
     return count
