@@ -84,6 +84,12 @@ def register_fake() -> None:
     _FAKE_REGISTERED = True
 
 
+def _version(t: torch.Tensor) -> int:
+    """A tensor's in-place version counter; -1 for an inference tensor, which has none (and which code
+    outside inference mode cannot change in place)."""
+    return -1 if t.is_inference() else t._version
+
+
 class StreamLinear(nn.Linear):
     """An nn.Linear that runs the weight-streaming kernel for the row counts in its model's plan.
 
@@ -96,13 +102,13 @@ class StreamLinear(nn.Linear):
 
     def repack(self) -> None:
         self.packed = pack(self.weight)
-        self.packed_version = self.weight._version
+        self.packed_version = _version(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features if x.dim() else 0
         if (self.plan.takes(rows) and x.device.type == "cpu"
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            if not torch.compiler.is_compiling() and self.weight._version != self.packed_version:
+            if not torch.compiler.is_compiling() and _version(self.weight) != self.packed_version:
                 self.repack()  # the weight changed in place since it was packed (training, an edited copy)
             bias = None if self.bias is None else self.bias.float()
             y = torch.ops.workbench_kernels.stream_linear(x.float(), self.packed, bias, self.out_features)
@@ -123,7 +129,7 @@ def install(model: nn.Module, plan: KernelPlan) -> int:
               and module.weight.dtype in PACKED_DTYPES):
             module.__class__ = StreamLinear
             module.register_buffer("packed", pack(module.weight), persistent=False)
-            module.packed_version = module.weight._version
+            module.packed_version = _version(module.weight)
             module.plan = plan
             count += 1
     return count
