@@ -126,9 +126,10 @@ def test_every_lossless_method_is_token_identical_with_invariant_kernels(tiny, m
                 assert out.output_ids == ref.output_ids, (method.name, getattr(draft, "spec", None))
 
 
-def test_without_a_compiler_everything_runs_through_aten_and_says_so(tiny, mode, monkeypatch, caplog):
+def test_without_a_compiler_everything_runs_through_aten_and_says_so(tiny, mode, monkeypatch, caplog, tmp_path):
     mode("fast")
-    monkeypatch.setattr(build, "_STATE", {})  # as in a fresh process
+    monkeypatch.setattr(build, "_STATE", {})  # as in a fresh process on a machine where nothing was built
+    monkeypatch.setattr(build, "build_dir", lambda: tmp_path / "kernels")
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setitem(tiny.model.__dict__, "_workbench_plans", {})
     with caplog.at_level(logging.WARNING, logger="workbench.kernels.build"):
@@ -167,3 +168,22 @@ def test_a_weight_changed_in_place_is_packed_again(tiny, mode):
         model.lm_head.weight.mul_(3.0)
     with torch.inference_mode():
         torch.testing.assert_close(model.lm_head(x), F.linear(x, model.lm_head.weight), rtol=1e-5, atol=1e-5)
+
+
+def test_a_build_lock_left_by_a_killed_build_is_cleared(monkeypatch, tmp_path):
+    """torch's builder waits forever for its lock file; one older than any build is removed first."""
+    import os
+    import time
+
+    out = tmp_path / "kernels"
+    out.mkdir()
+    (out / "lock").touch()
+    old = time.time() - build.STALE_LOCK_S - 1
+    os.utime(out / "lock", (old, old))
+    monkeypatch.setattr(build, "_STATE", {})
+    monkeypatch.setattr(build, "build_dir", lambda: out)
+    monkeypatch.setenv("CXX", "c++")
+    built = []
+    monkeypatch.setattr("torch.utils.cpp_extension.load", lambda **kw: built.append(kw))
+    assert build.load_extension()
+    assert not (out / "lock").exists() and built and built[0]["build_directory"] == str(out)

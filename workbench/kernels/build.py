@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,7 @@ SOURCE = Path(__file__).with_name("stream_linear.cpp")
 # -ffp-contract=off: every multiply-add is the explicit fused one or none, the same for every row count
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
+STALE_LOCK_S = 600  # a build lock older than this was left by a killed build
 
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}  # "ok": bool, "reason": str | None
@@ -67,11 +69,21 @@ def load_extension(progress: Callable[[str], None] | None = None) -> bool:
     with _LOCK:
         if "ok" in _STATE:
             return bool(_STATE["ok"])
+        out = build_dir()
+        built = out / "workbench_kernels.so"
+        if built.is_file():  # built here before: load it as it is (no compiler, no build lock needed)
+            try:
+                torch.ops.load_library(str(built))
+                _STATE["ok"], _STATE["reason"] = True, None
+                return True
+            except (OSError, RuntimeError):
+                pass  # a half-written library (a build interrupted): build it again below
         reason = _missing_tool()
         if reason is None:
-            out = build_dir()
-            built = (out / "workbench_kernels.so").is_file()
-            if not built and progress:
+            lock = out / "lock"  # torch's builder waits for this file forever; a build takes under a minute
+            if lock.is_file() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink(missing_ok=True)  # left by a build that was killed
+            if progress:
                 progress("building the workbench's CPU kernels for this machine (about 30 s, once)...")
             try:
                 from torch.utils.cpp_extension import load
