@@ -105,15 +105,9 @@ class StreamLinear(nn.Linear):
         self.packed_version = _version(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features if x.dim() else 0
-        if (self.plan.takes(rows) and x.device.type == "cpu"
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
-            if not torch.compiler.is_compiling() and _version(self.weight) != self.packed_version:
-                self.repack()  # the weight changed in place since it was packed (training, an edited copy)
-            bias = None if self.bias is None else self.bias.float()
-            y = torch.ops.workbench_kernels.stream_linear(x.float(), self.packed, bias, self.out_features)
-            return y if x.dtype == torch.float32 else y.to(x.dtype)
-        return F.linear(x, self.weight, self.bias)
+        if not torch.compiler.is_compiling() and _version(self.weight) != self.packed_version:
+            self.repack()  # the weight changed in place since it was packed (training, an edited copy)
+        return linear(x, self.weight, self.bias, self.packed, self.plan)
 
 
 def install(model: nn.Module, plan: KernelPlan) -> int:
@@ -152,8 +146,11 @@ def packed_for(weight: torch.Tensor | None, plan: KernelPlan | None) -> torch.Te
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor | None,
            plan: KernelPlan | None) -> torch.Tensor:
-    """F.linear(x, weight, bias), through the kernel when `packed` is given and the plan takes x's row count."""
-    if packed is not None and plan is not None and plan.takes(x.numel() // weight.shape[1]):
+    """F.linear(x, weight, bias), through the kernel when `packed` is given, x is on the CPU, the plan takes its
+    row count and no gradient is wanted (the kernel has no backward)."""
+    if (packed is not None and plan is not None and plan.takes(x.numel() // weight.shape[1])
+            and x.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         y = torch.ops.workbench_kernels.stream_linear(x.float(), packed, None if bias is None else bias.float(),
                                                       weight.shape[0])
         return y if x.dtype == torch.float32 else y.to(x.dtype)
