@@ -19,7 +19,7 @@ def ctx(tmp_path):
 
 def _advise(ctx, **kw):
     args = dict(target="tiny-random", drafts=["tiny-random:bf16"], methods=["prompt_lookup", "speculative"],
-                source=advisor.SOURCES[0], category="translation", pasted="", budget="40s", backend="eager", top=2,
+                source=advisor.SOURCES[0], category="translation", pasted="", budget="3m", backend="eager", top=2,
                 max_new=16)
     args.update(kw)
     return list(advisor.run_advice(ctx, *args.values()))
