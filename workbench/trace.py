@@ -113,6 +113,14 @@ class Trace:
     # What the run says about itself, each {"kind", "text", ...numbers}: "no_draft" (cost-aware sizing chose
     # plain steps, and why), "profile_measured", "profile_stale", "profile_disagrees" (workbench.engine)
     notes: list[dict[str, Any]] = field(default_factory=list)
+    # What made this run lossy, one short line each (a lossy method, a relaxed acceptance rule, a compressed KV
+    # cache: its name and setting); empty for a lossless run. A run is lossless only when its method and every
+    # option it ran with are.
+    lossy: list[str] = field(default_factory=list)
+
+    @property
+    def lossless(self) -> bool:
+        return not self.lossy
 
     @property
     def output_ids(self) -> list[int]:
@@ -155,6 +163,7 @@ class Trace:
             "peak_mem_mb": None if math.isnan(self.peak_mem_mb) else self.peak_mem_mb,
             "stop_reason": self.stop_reason,
             "notes": [dict(n) for n in self.notes],
+            "lossy": list(self.lossy),
         }
 
     @classmethod
@@ -168,6 +177,7 @@ class Trace:
             peak_mem_mb=float("nan") if d.get("peak_mem_mb") is None else d["peak_mem_mb"],
             stop_reason=d.get("stop_reason", ""),
             notes=[dict(n) for n in d.get("notes") or [] if isinstance(n, dict)],
+            lossy=[str(x) for x in d.get("lossy") or []],
         )
 
 
