@@ -14,7 +14,9 @@ target's whatever options the run decoded with.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,11 +47,22 @@ def mean_nll(target, prompt_ids: Sequence[int], ids: Sequence[int]) -> float | N
     return sum(per) / len(per) if per else None
 
 
+@dataclass(frozen=True)
+class BaselineOutput:
+    """What a run is compared against: the target's plain decoding of its prompt (ids, text), the mean NLL of
+    that output when already measured, and the stored run it came from (None: not stored)."""
+
+    output_ids: list[int]
+    text: str
+    nll: float | None = None
+    run_id: str | None = None
+
+
 def decode_baseline(target, prompt_ids: Sequence[int], *, sampling: SamplingConfig = SamplingConfig(),
-                    decode: DecodeConfig = DecodeConfig()) -> GenerationResult:
-    """The target's plain decoding of the prompt with these settings (what a run without a stored baseline
-    is compared against); eager, so that no option of the run's backend changes it."""
-    return generate(target, BASELINE, list(prompt_ids), sampling=sampling, decode=decode)
+                    decode: DecodeConfig = DecodeConfig(), backend: str = "eager") -> GenerationResult:
+    """The target's plain decoding of the prompt with these settings and no other option: what a run without a
+    stored baseline is compared against."""
+    return generate(target, BASELINE, list(prompt_ids), sampling=sampling, decode=decode, backend=backend)
 
 
 def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int], *,
@@ -66,6 +79,7 @@ def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int]
     baseline_run: the stored baseline's run id (recorded in the Quality).
     nll: False skips both forwards (the NLL fields stay None).
     """
+    t0 = time.perf_counter()
     output_ids, baseline_ids = list(output_ids), list(baseline_ids)
     if output_text is None:
         output_text = target.decode(output_ids)
@@ -76,5 +90,14 @@ def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int]
         out_nll = mean_nll(target, prompt_ids, output_ids)
         if baseline_nll is None:
             baseline_nll = out_nll if output_ids == baseline_ids else mean_nll(target, prompt_ids, baseline_ids)
-    return compare(output_ids, baseline_ids, output_text=output_text, baseline_text=baseline_text, nll=out_nll,
-                   baseline_nll=baseline_nll if nll else None, task=task, baseline_run=baseline_run)
+    q = compare(output_ids, baseline_ids, output_text=output_text, baseline_text=baseline_text, nll=out_nll,
+                baseline_nll=baseline_nll if nll else None, task=task, baseline_run=baseline_run)
+    return replace(q, accounting_s=time.perf_counter() - t0)
+
+
+def quality_against(target, prompt_ids: Sequence[int], output_ids: Sequence[int], output_text: str,
+                    baseline: BaselineOutput, task: tuple[str, Sequence[str]] | None = None) -> Quality:
+    """`measure_quality` against a BaselineOutput."""
+    return measure_quality(target, prompt_ids, output_ids, baseline_ids=baseline.output_ids,
+                           output_text=output_text, baseline_text=baseline.text, baseline_nll=baseline.nll,
+                           task=task, baseline_run=baseline.run_id)

@@ -60,6 +60,7 @@ class Quality:
     baseline_nll: float | None = None
     task_score: float | None = None  # 1.0 / 0.0 against a suite item's answers; None: the item has none
     task_check: str | None = None  # which checker scored it (TASK_CHECKS)
+    accounting_s: float | None = None  # seconds the accounting took, after the decode (never in its wall time)
 
     @property
     def identical(self) -> bool:
@@ -226,6 +227,10 @@ def compare(output_ids: Sequence[int], baseline_ids: Sequence[int], *, output_te
 
 # ---------------------------------------------------------------------------- what views show
 
+# A run's quality fields as table and CSV columns ("quality.<name>"), in this order.
+QUALITY_COLUMNS = ("agreement", "prefix_agreement", "first_divergence", "rouge_l", "nll", "baseline_nll", "nll_gap",
+                   "task_score", "task_check", "baseline_run")
+
 # The measures a Pareto plot or a filter may use, with their labels; "higher is better" for all but nll_gap.
 MEASURES = {
     "agreement": "token agreement",
@@ -246,3 +251,36 @@ def check_measure(name: Any) -> str:
 def lossy_badge(lossy: Sequence[str]) -> str:
     """The mark a view puts next to a run: "lossless", or "LOSSY: <what made it so>"."""
     return "lossless" if not lossy else "LOSSY: " + "; ".join(lossy)
+
+
+def identity_note(quality: Quality, *, lossless: bool, greedy: bool) -> dict[str, Any] | None:
+    """The check a lossless run under greedy decoding must pass (agreement 1.0 with plain greedy decoding): None
+    when it passes or does not apply, else a run note (workbench.trace.Trace.notes) saying where it failed."""
+    if not lossless or not greedy or quality.identical:
+        return None
+    return {"kind": "not_identical", "first_divergence": quality.first_divergence,
+            "text": f"this lossless run differs from the target's plain greedy decoding from token "
+                    f"{quality.first_divergence} (agreement {quality.agreement:.3f}): a floating-point tie between "
+                    f"the two most likely tokens, or a bug"}
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def describe(quality: dict[str, Any] | None) -> str:
+    """A stored quality (Quality.to_dict()) as one line for the CLI and tables; "not measured" for None."""
+    if not quality:
+        return "not measured"
+    div = quality.get("first_divergence")
+    parts = [f"agreement {_num(quality.get('agreement'))}",
+             f"to first divergence {_num(quality.get('prefix_agreement'))}",
+             "identical" if div is None else f"first divergence at token {div}",
+             f"ROUGE-L {_num(quality.get('rouge_l'))}"]
+    gap = quality.get("nll_gap")
+    if gap is not None:
+        parts.append(f"NLL gap {gap:+.3f} nats/token "
+                     f"(NLL {_num(quality.get('nll'))} vs {_num(quality.get('baseline_nll'))})")
+    if quality.get("task_score") is not None:
+        parts.append(f"task score {_num(quality.get('task_score'), 1)} ({quality.get('task_check')})")
+    return " | ".join(parts)
