@@ -4,8 +4,8 @@
 baseline's (the target's plain decoding of the same prompt with the same sampling settings and token
 budget: a stored ``autoregressive`` run, or one decoded here with `decode_baseline`), it runs the full
 target once, teacher-forced, over prompt + output to get the output's NLL (and once more over the
-baseline's output when it differs and its NLL is not known yet), then fills in every measure of
-workbench.quality. It runs after the decode, outside the timed region: a run's tokens/s never includes it.
+baseline's output when it differs and its NLL is not known yet; not at all when the output is the
+baseline's, whose NLL is known), then fills in every measure of workbench.quality. It runs after the decode, outside the timed region: a run's tokens/s never includes it.
 
 The NLL is the model's own (temperature 1, no top-k/top-p): the sampling settings shape which tokens
 a run picks, the likelihood says how plausible the target finds them. The target's plain module runs
@@ -74,7 +74,8 @@ def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int]
     target: the LoadedModel that decoded the run (its plain module scores the NLLs).
     output_text / baseline_text: the decoded texts (None: decoded from the ids with the target's tokenizer).
     baseline_nll: the baseline output's mean NLL when already known (None: measured here, unless the
-    outputs are identical, when it equals the output's).
+    outputs are identical, when it equals the output's). An output identical to its baseline whose NLL is
+    known needs no forward at all (the lossless case); otherwise one forward per output not yet scored.
     task: the suite item's (check, answers) for a task score, or None.
     baseline_run: the stored baseline's run id (recorded in the Quality).
     nll: False skips both forwards (the NLL fields stay None).
@@ -87,7 +88,10 @@ def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int]
         baseline_text = target.decode(baseline_ids)
     out_nll = None
     if nll:
-        out_nll = mean_nll(target, prompt_ids, output_ids)
+        if output_ids == baseline_ids and baseline_nll is not None:
+            out_nll = baseline_nll  # the same tokens after the same prompt: no forward needed
+        else:
+            out_nll = mean_nll(target, prompt_ids, output_ids)
         if baseline_nll is None:
             baseline_nll = out_nll if output_ids == baseline_ids else mean_nll(target, prompt_ids, baseline_ids)
     q = compare(output_ids, baseline_ids, output_text=output_text, baseline_text=baseline_text, nll=out_nll,

@@ -105,18 +105,18 @@ def _account(tgt, prompt: str | list[dict], prompt_ids: list[int], result, *, me
              env: dict[str, Any], store: Any | None, task, progress) -> Quality | None:
     """The run's quality (workbench.accounting) against the stored baseline (workbench.record.stored_baseline), or
     against the target's plain decoding run once here (not recorded: a plain run the user makes is). A plain run
-    is its own baseline. None, with a warning, when the accounting fails: the run is kept."""
+    is its own baseline (or the stored one, when their outputs are the same: its NLL is then known, and no forward
+    runs). None, with a warning, when the accounting fails: the run is kept."""
     try:
-        if method == BASELINE:
-            base = BaselineOutput(result.output_ids, result.text)
-        else:
-            base = stored_baseline(store, target=tgt.spec, prompt=prompt_text(prompt), prompt_ids=prompt_ids,
-                                   sampling=req.sampling.to_dict(), max_new_tokens=max_new_tokens, env=env)
-            if base is None:  # none stored: the target's plain decoding once, for this measurement only
-                if progress:
-                    progress("quality: decoding the target's plain baseline of this prompt (none is stored)")
-                b = decode_baseline(tgt, prompt_ids, sampling=req.sampling, decode=req.decode, backend=req.backend)
-                base = BaselineOutput(b.output_ids, b.text)
+        base = stored_baseline(store, target=tgt.spec, prompt=prompt_text(prompt), prompt_ids=prompt_ids,
+                               sampling=req.sampling.to_dict(), max_new_tokens=max_new_tokens, env=env)
+        if method == BASELINE and (base is None or base.output_ids != result.output_ids):
+            base = BaselineOutput(result.output_ids, result.text)  # its own baseline
+        elif base is None:  # none stored: the target's plain decoding once, for this measurement only
+            if progress:
+                progress("quality: decoding the target's plain baseline of this prompt (none is stored)")
+            b = decode_baseline(tgt, prompt_ids, sampling=req.sampling, decode=req.decode, backend=req.backend)
+            base = BaselineOutput(b.output_ids, b.text)
         return quality_against(tgt, prompt_ids, result.output_ids, result.text, base, task)
     except Exception as exc:  # noqa: BLE001 - the decode succeeded; losing its accounting must not lose the run
         logger.warning("the run's quality could not be measured (%s: %s)", type(exc).__name__, exc)

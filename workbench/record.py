@@ -187,17 +187,17 @@ def run_history(store: Any | None = None) -> Callable[[str, int], tuple[tuple, l
 def stored_baseline(store: Any | None, *, target: str, prompt: str, prompt_ids: list[int],
                     sampling: dict[str, Any], max_new_tokens: int, env: dict[str, Any]) -> BaselineOutput | None:
     """The newest stored plain-decoding run of this target, prompt (the same token ids), sampling settings and
-    token budget on the same device and dtype (any backend): what a run's quality is measured against
-    (workbench.accounting). None when there is none, or no store."""
+    token budget on the same device and dtype (any backend), preferring one whose NLL is stored: what a run's
+    quality is measured against (workbench.accounting). None when there is none, or no store."""
     if store is None:
         return None
     where = {k: env[k] for k in ("device", "dtype") if env.get(k) is not None}
-    for rec in store.find_baselines(target=target, prompt=prompt, sampling=sampling, max_new_tokens=max_new_tokens,
-                                    env=where, limit=QUALITY_BASELINE_SCAN):
-        if rec.output_ids is not None and store.load_trace(rec.id).prompt_ids == list(prompt_ids):
-            nll = (rec.quality or {}).get("nll")
-            return BaselineOutput(list(rec.output_ids), rec.output_text or "", nll, rec.id)
-    return None
+    found = [BaselineOutput(list(rec.output_ids), rec.output_text or "", (rec.quality or {}).get("nll"), rec.id)
+             for rec in store.find_baselines(target=target, prompt=prompt, sampling=sampling,
+                                             max_new_tokens=max_new_tokens, env=where, limit=QUALITY_BASELINE_SCAN)
+             if rec.output_ids is not None and store.load_trace(rec.id).prompt_ids == list(prompt_ids)]
+    # the newest whose NLL is known (no forward to score it again), else the newest
+    return next((b for b in found if b.nll is not None), found[0] if found else None)
 
 
 @dataclass
