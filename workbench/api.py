@@ -121,3 +121,14 @@ def _account(tgt, prompt: str | list[dict], prompt_ids: list[int], result, *, me
     except Exception as exc:  # noqa: BLE001 - the decode succeeded; losing its accounting must not lose the run
         logger.warning("the run's quality could not be measured (%s: %s)", type(exc).__name__, exc)
         return None
+
+
+def run_benchmark(cfg: BenchConfig, store: Any, progress: Callable[[str], None] | None = to_stderr) -> str:
+    """Run the benchmark `cfg` describes, in this process or (cfg.cluster) over a cluster's workers, log it to
+    `store` and return its id (workbench.bench.runner says what is measured and in which order)."""
+    address = cluster_address(cfg.cluster)
+    if address is None:
+        return run_in_process(cfg, store, progress)
+    arms, questions = plan_benchmark(cfg, cluster=True)
+    return run_benchmark_on_cluster(cfg, store, address, arms, questions, progress or (lambda _msg: None))
+
