@@ -284,3 +284,40 @@ def describe(quality: dict[str, Any] | None) -> str:
     if quality.get("task_score") is not None:
         parts.append(f"task score {_num(quality.get('task_score'), 1)} ({quality.get('task_check')})")
     return " | ".join(parts)
+
+
+# ---------------------------------------------------------------------------- the speed-quality picture
+
+# Measures against the baseline, where a lossless run has the reference value by definition (its outputs are the
+# target's own: token for token under greedy decoding, in distribution under sampling); the task score is absolute.
+REFERENCE = {"agreement": 1.0, "prefix_agreement": 1.0, "rouge_l": 1.0, "nll_gap": 0.0}
+LOWER_IS_BETTER = {"nll_gap"}
+
+
+def quality_value(quality: dict[str, Any] | None, measure: str, lossless: bool) -> float:
+    """A point's quality on `measure` for the speed-quality plot: REFERENCE's value for a lossless run, else the
+    measured one (NaN when not measured)."""
+    check_measure(measure)
+    if lossless and measure in REFERENCE:
+        return REFERENCE[measure]
+    v = (quality or {}).get(measure)
+    return math.nan if v is None else float(v)
+
+
+def _nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def pareto_front(points: Sequence[dict[str, Any]], measure: str = "agreement") -> list[dict[str, Any]]:
+    """The points ({"speed", "quality", ...}) no other point beats on both speed and quality (higher is better;
+    lower for the NLL gap), ordered by speed. Points without a speed or a quality are left out."""
+    sign = -1.0 if measure in LOWER_IS_BETTER else 1.0
+    pts = [p for p in points if not _nan(p["speed"]) and not _nan(p["quality"])]
+    front = []
+    for p in pts:
+        q = sign * p["quality"]
+        beaten = any(o is not p and o["speed"] >= p["speed"] and sign * o["quality"] >= q
+                     and (o["speed"] > p["speed"] or sign * o["quality"] > q) for o in pts)
+        if not beaten:
+            front.append(p)
+    return sorted(front, key=lambda p: p["speed"])
