@@ -143,7 +143,9 @@ def test_the_history_tab_filters_and_plots_lossy_runs(tmp_path):
     assert len(ids) == 2 and set(table["lossless"]) == {"yes"}
     assert len(history.history_table(ctx, "", [], [])[1]) == 4
     msg, fig = history.runs_pareto(ctx, "", [], [], "all runs", "rouge_l")
-    assert msg.startswith("4 finished runs; 2 lossless") and len(fig.data) >= 2
+    assert msg.startswith("4 finished listed runs; 2 lossless") and len(fig.data) >= 2
+    msg, _ = history.runs_pareto(ctx, "", [], [], "all runs", "rouge_l", ids[:1])
+    assert msg.startswith("1 finished selected runs; 1 lossless")
     msg, _ = history.runs_pareto(ctx, "", [], [], "all runs", "bleu")
     assert "unknown quality measure 'bleu'" in msg
     names = [t.name for t in history.bench_pareto(ctx, bid, "agreement").data]

@@ -12,9 +12,9 @@ writes the selected runs (none selected: the listed ones) with their backend.
 Benchmarks list the stored sweeps and show `workbench.bench.benchmark_table` for one.
 
 Every run is marked lossless or LOSSY (and a filter keeps either), with its quality against plain
-decoding (agreement, ROUGE-L, NLL gap; workbench.quality). *Speed vs quality* draws the listed runs
-(tokens/s) or a benchmark's arms (speedup, a --sweep's arms as a curve) against a chosen quality
-measure, lossless ones on the reference line (ui.presenters.quality).
+decoding (agreement, ROUGE-L, NLL gap; workbench.quality). *Speed vs quality* draws the selected runs
+(none selected: the listed ones; tokens/s) or a benchmark's arms (speedup, a --sweep's arms as a curve)
+against a chosen quality measure, lossless ones on the reference line (ui.presenters.quality).
 """
 from __future__ import annotations
 
@@ -208,17 +208,22 @@ def show_benchmark(ctx: AppContext, bench_id: str | None):
             f"({len(table)} rows)."), table
 
 
-def runs_pareto(ctx: AppContext, search, methods, statuses, kind: str | None, measure: str):
-    """(message, figure): the listed runs' tokens/s against a quality measure (ui.presenters.quality)."""
+def runs_pareto(ctx: AppContext, search, methods, statuses, kind: str | None, measure: str,
+                selected: list[str] | None = None):
+    """(message, figure): the selected runs' (none selected: the listed runs') tokens/s against a quality
+    measure (ui.presenters.quality)."""
+    selected = list(dict.fromkeys(selected or []))
     try:
         P.check_measure(measure)
-        recs = ctx.store.list_runs(limit=MAX_ROWS, **_filters(search, methods, statuses, kind))
+        which = dict(ids=selected) if selected else dict(limit=MAX_ROWS, **_filters(search, methods, statuses, kind))
+        recs = ctx.store.list_runs(**which)
     except Exception as exc:  # noqa: BLE001
         msg = user_message(exc)
         return status("error", msg), P.empty_figure(msg)
     points = P.run_points(recs, measure)
     measured = sum(not p["lossless"] and p["quality"] == p["quality"] for p in points)
-    return (f"{len(points)} finished runs; {sum(p['lossless'] for p in points)} lossless (on the reference line), "
+    return (f"{len(points)} finished {'selected' if selected else 'listed'} runs; "
+            f"{sum(p['lossless'] for p in points)} lossless (on the reference line), "
             f"{measured} lossy with a measured {P.MEASURES[measure]}."), \
         P.pareto_figure(points, measure, speed_label="tokens/s")
 
@@ -285,7 +290,8 @@ def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
         with gr.Row():
             c["measure"] = gr.Dropdown([(label, key) for key, label in P.MEASURES.items()], value="agreement",
                                        label="Quality measure", scale=3, elem_id="hist-measure")
-            c["pareto_draw"] = gr.Button("Draw the listed runs", scale=0, elem_id="hist-pareto-draw")
+            c["pareto_draw"] = gr.Button("Draw the selected runs (none: the listed ones)", scale=0,
+                                         elem_id="hist-pareto-draw")
         c["pareto_msg"] = gr.Markdown("", elem_id="hist-pareto-msg")
         c["pareto"] = gr.Plot(P.empty_figure("click Draw"), elem_id="hist-pareto", show_label=False)
     with gr.Accordion("Benchmarks", open=False, elem_id="hist-bench-acc"):
@@ -312,7 +318,7 @@ def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
     c["confirm"].click(functools.partial(delete_selected, ctx), [c["selected"]] + filters,
                        [c["message"], c["confirm"], c["table"], c["ids"], c["selected"]], api_name="delete")
     c["export"].click(functools.partial(export_csv, ctx), listed, [c["file"], c["message"]], api_name="export")
-    c["pareto_draw"].click(functools.partial(runs_pareto, ctx), filters + [c["kind"], c["measure"]],
+    c["pareto_draw"].click(functools.partial(runs_pareto, ctx), filters + [c["kind"], c["measure"], c["selected"]],
                            [c["pareto_msg"], c["pareto"]], api_name="pareto")
     bench_list = functools.partial(list_benchmarks, ctx)
     c["bench_refresh"].click(bench_list, None, [c["bench"], c["bench_msg"]], api_name="benchmarks")
