@@ -92,6 +92,8 @@ def is_baseline_of(cand: RunRecord, *, target: str, prompt: str, sampling: dict[
     """The one baseline rule (see RunStore.find_baseline): whether `cand` is a baseline for these settings."""
     if cand.id == exclude or cand.method != BASELINE or cand.status != "finished":
         return False
+    if not cand.lossless:  # plain decoding with a lossy option (a compressed KV cache, ...) is not the target's own
+        return False
     if cand.target != str(target) or cand.prompt != prompt:
         return False
     if cand.params.get("max_new_tokens") != param_to_text(int(max_new_tokens)):

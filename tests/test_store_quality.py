@@ -57,3 +57,20 @@ def test_a_version_5_file_upgrades_keeping_its_runs_as_lossless(tmp_path: Path) 
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_REVISION,)]
         assert conn.execute("SELECT lossless, lossy, quality FROM runs").fetchall() == [(1, None, None)]
+
+
+def test_a_lossy_plain_run_is_no_baseline(tmp_path: Path) -> None:
+    """Plain decoding with a lossy option is not the target's own decoding: neither speedups nor quality use it."""
+    with RunStore(tmp_path / "runs.sqlite") as s:
+        def plain(lossy: list[str]) -> str:
+            rid = start(s, method="autoregressive")
+            trace = make_trace(method="autoregressive")
+            trace.lossy = lossy
+            s.finish_run(rid, trace, "x")
+            return rid
+
+        good = plain([])
+        plain(["KV cache: int4 keys and values"])  # newer, but lossy
+        other = start(s)
+        s.finish_run(other, make_trace(), "y")
+        assert s.baseline_for(other).id == good

@@ -503,7 +503,7 @@ def _quality(arm, unit: PromptUnit, prompt_ids: list[int], trace: Trace, text: s
     backend (any backend's when that one has none); the baseline arm's first run is its own baseline, and
     keeps its measured NLL for the arms after it. None before any baseline of the prompt ran."""
     mine = (unit.key, arm.backend)
-    if arm.method == BASELINE and mine not in baselines:
+    if arm.method == BASELINE and trace.lossless and mine not in baselines:
         baselines[mine] = BaselineOutput(trace.output_ids, text, None, run_id)
     base = baselines.get(mine) or next((b for (k, _), b in baselines.items() if k == unit.key), None)
     if base is None:
