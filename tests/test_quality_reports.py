@@ -166,7 +166,9 @@ def test_bench_sweep_stores_quality_and_draws_its_curve(tmp_path, capsys):
                "--methods", "prompt_lookup", "--sweep", "prompt_lookup.num_draft=2,4", "-n", "8", "-r", "1",
                "--no-trace-overhead", "--markdown", str(md), "--pareto", str(page), "--quality-measure", "rouge_l",
                "--target", "tiny-random", "--bandwidth-mib", "4", "--warmup-tokens", "2"])
-    assert rc == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert sum(" agree 1.00 | ETA" in line for line in err.splitlines()) == 3  # each run's progress line
     runs = RunStore(db).list_runs()
     assert len(runs) == 3 and all(r.quality is not None and r.lossless for r in runs)
     assert all(r.quality["agreement"] == 1.0 and r.quality["task_check"] == "number" for r in runs)

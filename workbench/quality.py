@@ -23,6 +23,11 @@ Measures (docs/quality.md):
 - task score = 1.0 or 0.0 from a suite item's checker against its reference answers (`score_task`),
   None when the item carries none.
 
+Also here: `compare` (a run's Quality from both outputs and NLLs), the identity check a lossless run
+under greedy decoding must pass (`identity_note`), and what views share: the lossless/LOSSY mark
+(`lossy_badge`), a one-line description (`describe`), the measures a plot may use (`MEASURES`) and the
+speed-quality Pareto front (`quality_value`, `pareto_front`).
+
 Pure functions, no torch (the store and the app read these without loading a model).
 """
 from __future__ import annotations

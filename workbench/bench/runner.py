@@ -260,12 +260,19 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
                     where = f"{unit.category}/{unit.key}"
                     say(f"[{n_done}/{total}] r{r + 1}/{cfg.repeats} {_job_name(arm, cfg):<28} {where:<22} "
                         f"{summary['new_tokens']:>4} tok {summary['tokens_per_s']:6.1f} tok/s "
-                        f"tau {summary['tau']:.2f} | ETA {fmt_eta(left)}")
+                        f"tau {summary['tau']:.2f}{_quality_note(summary)} | ETA {fmt_eta(left)}")
     except BaseException as exc:
         store.finish_benchmark(bench_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     store.finish_benchmark(bench_id)
     return bench_id
+
+
+def _quality_note(summary: dict[str, Any]) -> str:
+    """A progress line's quality: " LOSSY" for a lossy run, and its agreement with plain decoding."""
+    lossy = "" if summary.get("lossless", True) else " LOSSY"
+    agree = summary.get("agreement")
+    return lossy + (f" agree {agree:.2f}" if agree is not None else "")
 
 
 def _job_name(arm, cfg: BenchConfig) -> str:
@@ -476,10 +483,11 @@ def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, tr
     return result.trace, result.text
 
 
-def _brief(run_id: str | None, trace, text: str) -> dict[str, Any]:
+def _brief(run_id: str | None, trace, text: str, quality: Quality | None = None) -> dict[str, Any]:
     s = trace.summary()
     return {"run_id": run_id, "text": text, "new_tokens": s.new_tokens, "tokens_per_s": s.tokens_per_s,
-            "tau": s.mean_accepted_tokens}
+            "tau": s.mean_accepted_tokens, "agreement": quality.agreement if quality is not None else None,
+            "lossless": trace.lossless}
 
 
 def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], tgt, drf,
@@ -494,7 +502,7 @@ def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_id
         if baselines is not None:  # after the decode: never inside the run's clock
             quality = _quality(arm, unit, prompt_ids, trace, text, tgt, baselines, rec.run_id)
         rec.finish(trace, text, quality=quality)
-    return _brief(rec.run_id, trace, text)
+    return _brief(rec.run_id, trace, text, quality)
 
 
 def _quality(arm, unit: PromptUnit, prompt_ids: list[int], trace: Trace, text: str, tgt,
