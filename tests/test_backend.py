@@ -20,6 +20,7 @@ from workbench.backend.profile import cost_profile, interpolate
 from workbench.config import ConfigError, DecodeConfig
 from workbench.kernels import plan_for
 from workbench.engine import generate
+from workbench.models import build_tiny_model
 
 from .helpers import DEVICE
 
@@ -125,12 +126,16 @@ def test_sessions_of_one_model_do_not_share_a_cache(tiny, monkeypatch):
         c.close()
 
 
-def test_sliding_window_models_run_eagerly_with_a_warning(tiny, caplog, monkeypatch):
-    monkeypatch.setattr(compiled_backend.kv, "sliding_window", lambda config: 8)
+def test_models_inductor_cannot_compile_run_eagerly_with_a_warning(tiny, caplog, monkeypatch):
+    quantised = torch.ao.quantization.quantize_dynamic(build_tiny_model(), {torch.nn.Linear}, torch.qint8)
+    reason = compiled_backend.unsupported_reason(quantised)
+    assert "dynamically quantised linears" in reason
+    assert compiled_backend.unsupported_reason(tiny.model) is None
+    monkeypatch.setattr(compiled_backend, "unsupported_reason", lambda model: reason)
     with caplog.at_level(logging.WARNING):
         s = open_session("compiled", tiny, 64)
     assert type(s).__name__ == "EagerSession"
-    assert "sliding-window" in caplog.text
+    assert "dynamically quantised linears" in caplog.text
 
 
 def test_unknown_backend_is_refused():

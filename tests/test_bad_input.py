@@ -245,18 +245,16 @@ def test_api_run_refuses_unknown_and_incompatible_models(store, model_dirs):
     assert store.list_runs() == []
 
 
-def test_sliding_window_models_refuse_drafting_past_the_window(store, monkeypatch):
-    """A drafting method on a sliding-window model is refused up front, not by a rollback mid-run."""
-    lm = load_model("tiny-random:seed=7", device="cpu")  # a private copy: its config is changed below
-    monkeypatch.setattr(lm.model.config, "sliding_window", 96, raising=False)
-    with pytest.raises(ConfigError) as err:
-        api.run("prompt_lookup", "Hello", target="tiny-random:seed=7", chat=False, max_new_tokens=40, store=store)
-    msg = str(err.value)
-    assert "sliding-window attention (window 96)" in msg and "'prompt_lookup'" in msg
-    assert "lower max_new_tokens to at most 24" in msg and "autoregressive" in msg
-    assert store.list_runs() == []
-    check_fits(lm, 6, 24, "prompt_lookup")  # below the window with room for a draft: fine
-    check_fits(lm, 6, 200, None)  # plain decoding never rolls back
+def test_sliding_window_models_draft_past_the_window(store):
+    """A drafting method on a sliding-window model runs past the window (its cache keeps every position)
+    and is recorded like any other run, where it once had to be refused."""
+    lm = load_model("tiny-random:arch=mistral", device="cpu")
+    window = lm.model.config.sliding_window
+    check_fits(lm, 6, 4 * window)
+    plain = api.run("autoregressive", "Hello", target=lm.spec, chat=False, max_new_tokens=3 * window, store=store)
+    out = api.run("prompt_lookup", "Hello", target=lm.spec, chat=False, max_new_tokens=3 * window, store=store)
+    assert out.output_ids == plain.output_ids and len(out.output_ids) == 3 * window
+    assert len(store.list_runs()) == 2
 
 
 # ---------------------------------------------------------------- the app's Run handler

@@ -29,7 +29,7 @@ from workbench.models import (
 from workbench.paths import cache_dir
 from workbench.tokens import single_texts, texts_for, token_pieces
 
-FP32 = {"dtype": "fp32", "quant": None, "seed": None}
+FP32 = {"dtype": "fp32", "quant": None, "seed": None, "arch": None}
 TEXTS = ["Hello, world!", "héllo 日本語 🙂\n\ttabs  and  spaces", "", " leading space", "x" * 300, "\x00\x7f"]
 
 
@@ -74,8 +74,9 @@ def _sample_ids(n: int = 96, seed: int = 7) -> list[int]:
     ("SmolLM2-135M:BF16", ("smollm2-135m", {**FP32, "dtype": "bf16"})),
     ("smollm2-135m:int8", ("smollm2-135m", {**FP32, "quant": "int8"})),
     ("smollm2-135m:fp16:int8", ("smollm2-135m", {**FP32, "dtype": "fp16", "quant": "int8"})),
-    ("tiny-random", ("tiny-random", {**FP32, "seed": 0})),
-    ("tiny-random:seed=3:bf16", ("tiny-random", {**FP32, "dtype": "bf16", "seed": 3})),
+    ("tiny-random", ("tiny-random", {**FP32, "seed": 0, "arch": "llama"})),
+    ("tiny-random:seed=3:bf16", ("tiny-random", {**FP32, "dtype": "bf16", "seed": 3, "arch": "llama"})),
+    ("tiny-random:arch=qwen3_moe:int8", ("tiny-random", {**FP32, "quant": "int8", "seed": 0, "arch": "qwen3_moe"})),
     ("HuggingFaceTB/SmolLM2-360M:int8", ("HuggingFaceTB/SmolLM2-360M", {**FP32, "quant": "int8"})),
     ("  gemma3-270m:fp32 ", ("gemma3-270m", FP32)),
 ])
@@ -93,6 +94,9 @@ def test_parse_spec(spec, expected):
     ("tiny-random:seed=x", ["seed", "'x'"]),
     ("tiny-random:seed=-2", ["seed", ">= 0"]),
     ("tiny-random:bf16:fp16", ["two dtype"]),
+    ("tiny-random:arch=gpt2", ["unknown tiny-random architecture", "'gpt2'", "qwen3_moe"]),
+    ("smollm2-135m:arch=qwen2", ["arch=A", "tiny-random"]),
+    ("tiny-random:arch=qwen2:arch=phi3", ["two arch"]),
 ])
 def test_parse_spec_errors(spec, words):
     with pytest.raises(ModelError) as err:
@@ -115,6 +119,8 @@ def test_repeated_options_are_fine_and_spec_is_normalized(tiny):
     assert again is tiny  # same normalized spec and device: the cached object
     assert again.spec == "tiny-random"
     assert load_model("tiny-random:int8:seed=2:bf16", device="cpu").spec == "tiny-random:seed=2:bf16:int8"
+    assert load_model("tiny-random:arch=llama", device="cpu") is tiny  # llama is the default architecture
+    assert load_model("tiny-random:bf16:arch=phi3", device="cpu").spec == "tiny-random:arch=phi3:bf16"
 
 
 # ---------------------------------------------------------------- devices and cache dir

@@ -5,12 +5,22 @@ the installed version declares (`cache` in transformers 5.24 and later,
 `past_key_values` in earlier 5.x releases), so no call site depends on the
 version. `crop` and `keep_positions` operate on every layer's
 (B, heads, T, head_dim) key/value tensors along T, so the accepted prefix is
-never recomputed. Sliding-window layers (Gemma 3) are
-only cut while they still hold every position; past the window a rollback would
-need states the layer has already dropped, so it is refused with a clear error.
+never recomputed.
+
+Sliding-window models (Mistral, Gemma 3, Qwen2 with its window on): the
+backends build their caches from `cache_config`, which keeps every position on
+every layer, so a rollback never needs a state a rolling window layer would
+have dropped; the window is then the mask's job. A model builds its own
+windowed causal mask; a tree or a static cache's mask comes from the backend,
+and `layer_masks` adds the window to it (where a position is more than the
+window behind the query's, it is hidden, positions being tree depths for draft
+nodes), per layer type. A cache built from the model's own config still has
+rolling layers: those are only cut while they hold every position, and past
+the window a rollback is refused with a clear error (CacheRollbackError).
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
@@ -104,6 +114,40 @@ def sliding_window(config: Any) -> int | None:
         if window and (types is None or any("sliding" in str(t) for t in types)):
             return int(window)
     return None
+
+
+def cache_config(config: Any) -> Any:
+    """`config` to build a KV cache from: every layer a full-length one (module docstring); the config itself
+    when the model has no sliding window."""
+    if sliding_window(config) is None:
+        return config
+    config = copy.deepcopy(config)
+    for cfg in [config] + [getattr(config, k) for k in ("text_config",) if getattr(config, k, None) is not None]:
+        if getattr(cfg, "layer_types", None) is not None:
+            cfg.layer_types = ["full_attention"] * len(cfg.layer_types)
+        if getattr(cfg, "sliding_window", None) is not None:
+            cfg.sliding_window = None
+    return config
+
+
+def layer_masks(config: Any, mask: torch.Tensor, q_pos: torch.Tensor, kv_pos: torch.Tensor) -> Any:
+    """The attention mask to hand a model whose cache keeps every position: `mask` itself, or with the
+    sliding window added where layers have one (module docstring).
+
+    mask: additive (1, 1, T, K); q_pos (T,) the queries' positions, kv_pos (K,) the columns'. A model whose
+    layers all slide (Mistral) gets the windowed mask; one that mixes window and full layers (Gemma 3) a
+    {"full_attention": mask, "sliding_attention": windowed} mapping, which its forward takes as given.
+    """
+    window = sliding_window(config)
+    if window is None:
+        return mask
+    far = kv_pos[None, :] <= q_pos[:, None] - window  # (T, K): past the window (transformers' sliding overlay)
+    windowed = mask.masked_fill(far, torch.finfo(mask.dtype).min)  # (1, 1, T, K)
+    cfg = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    types = getattr(cfg, "layer_types", None)
+    if types is None or all("sliding" in str(t) for t in types):
+        return windowed
+    return {"full_attention": mask, "sliding_attention": windowed}
 
 
 def cache_len(cache: DynamicCache) -> int:

@@ -5,7 +5,7 @@ Two stages, because some checks need the models and some must not wait for them:
 - `check_request`: what needs no model (prompt, method and its parameters, a draft model given when the
   method needs one, sampling, the token budget, the backend) -> a `Request` of validated values;
 - `check_models`: what needs the loaded models (the draft's vocabulary, the prompt encoding to some
-  tokens, prompt + new tokens fitting each model's positions and sliding window).
+  tokens, prompt + new tokens fitting each model's positions).
 
 Each raises ConfigError (IncompatibleModelsError for vocabularies) with one line that says what to change;
 nothing here loads, records or decodes.
@@ -17,13 +17,9 @@ from typing import Any, Iterable
 
 from .backend import check_backend
 from .config import ConfigError, DecodeConfig, SamplingConfig
-from .kv_cache import sliding_window
 from .methods import get_method, list_methods, resolve_params
 from .models import IncompatibleModelsError, check_compatible
 
-# Room for one step's draft nodes in a sliding-window cache: every built-in method's default
-# draft is smaller; a larger custom tree still meets the cache's own CacheRollbackError.
-SLIDING_WINDOW_MARGIN = 64
 # What a surface without its own words says to do when a method lacks its draft model.
 GIVE_DRAFT = "add --draft, e.g. smollm2-135m:bf16"
 
@@ -90,9 +86,8 @@ def check_models(method: str | None, target: Any, draft: Any | None, prompt_ids:
         check_draft_vocabulary(method, target, draft)
     if not prompt_ids:
         raise ConfigError("the prompt encodes to no tokens")
-    drafting = method if method is not None and get_method(method).drafts() else None
     for lm in (m for m in (target, draft) if m is not None):
-        check_fits(lm, len(prompt_ids), max_new_tokens, drafting)
+        check_fits(lm, len(prompt_ids), max_new_tokens)
 
 
 def check_draft_vocabulary(method: str | None, target: Any, draft: Any) -> None:
@@ -109,13 +104,13 @@ def check_draft_vocabulary(method: str | None, target: Any, draft: Any) -> None:
         raise IncompatibleModelsError(f"{exc}; only {', '.join(names)} drafts across tokenizers") from None
 
 
-def check_fits(lm: Any, n_prompt: int, max_new_tokens: int, drafting_method: str | None = None) -> None:
+def check_fits(lm: Any, n_prompt: int, max_new_tokens: int) -> None:
     """Refuse a prompt + max_new_tokens longer than `lm` can attend to, with the numbers.
 
     Drafts never reach past the token budget (the engine caps their depth), so
-    positions stay below n_prompt + max_new_tokens. A drafting method also rolls
-    the cache back, which a sliding-window layer allows only while nothing has
-    left its window: prompt + new tokens + one draft must stay below window - 1.
+    positions stay below n_prompt + max_new_tokens. A sliding window limits
+    nothing: the backends' caches keep every position (workbench.kv_cache), so
+    a drafting method rolls them back on such a model like on any other.
     """
     total = n_prompt + max_new_tokens
     limit = lm.max_positions
@@ -124,11 +119,3 @@ def check_fits(lm: Any, n_prompt: int, max_new_tokens: int, drafting_method: str
                 else "shorten the prompt")
         raise ConfigError(f"the prompt ({n_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {total} tokens is "
                           f"more than '{lm.spec}' can attend to ({limit} positions); {room}")
-    window = sliding_window(lm.model.config) if drafting_method else None
-    if window is not None and total + SLIDING_WINDOW_MARGIN >= window - 1:
-        most = window - 2 - SLIDING_WINDOW_MARGIN - n_prompt
-        room = f"lower max_new_tokens to at most {most}" if most >= 1 else "shorten the prompt"
-        raise ConfigError(f"'{lm.spec}' has sliding-window attention (window {window}) and '{drafting_method}' "
-                          f"rolls its cache back, which needs prompt ({n_prompt}) + max_new_tokens "
-                          f"({max_new_tokens}) + {SLIDING_WINDOW_MARGIN} (one draft) below {window - 1}; "
-                          f"{room}, or decode with 'autoregressive'")

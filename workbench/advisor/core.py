@@ -164,7 +164,7 @@ def _fitting(prompts: PromptSet, bounds: dict[str, list[int]], tgt, drafts: list
         try:
             for most in bounds[q.key]:
                 for lm in [tgt] + drafts:
-                    check_fits(lm, most, req.max_new_tokens, "speculative")
+                    check_fits(lm, most, req.max_new_tokens)
             keep.add(q.key)
         except ConfigError as exc:
             why[q.key] = str(exc)

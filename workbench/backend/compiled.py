@@ -20,7 +20,10 @@ overwrites (the same argument as free rollback).
 
 Rollback is free (gpt-fast): the session's `length` says how many positions are
 valid; the mask hides every column from `length + T` on, and the next write
-overwrites them. Accepted tree nodes are copied into place (Medusa). On CPU the
+overwrites them. Accepted tree nodes are copied into place (Medusa). A
+sliding-window model's cache keeps every position on every layer too
+(`kv_cache.cache_config`: a rolling layer could not be rolled back), and its
+mask carries the window (`kv_cache.layer_masks`). On CPU the
 graphs are compiled with inductor's freezing (a global setting, switched on when
 the first compiled session opens), which pre-packs the weights so that a forward
 of a few tokens costs little more than one; the one- and two-token graphs
@@ -178,8 +181,6 @@ def static_buckets() -> tuple[int, ...]:
 
 def unsupported_reason(model: torch.nn.Module) -> str | None:
     """Why `model` cannot use the compiled backend, or None."""
-    if kv.sliding_window(model.config) is not None:
-        return "sliding-window attention (its static cache rolls and cannot be rolled back)"
     if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
         return "dynamically quantised linears (inductor does not compile them)"
     return None
@@ -192,13 +193,14 @@ class CompiledForward:
         self.lm, self.model, self.L = lm, lm.model, L
         self.device = lm.device
         self.hidden_size = int(lm.model.config.hidden_size)  # the final states' width in the graphs' output
-        self.cache = StaticCache(config=self.model.config, max_cache_len=L)
+        self.window = kv.sliding_window(lm.model.config)  # None: no layer slides
+        self.cache = StaticCache(config=kv.cache_config(self.model.config), max_cache_len=L)
         self.cols = torch.arange(L, device=self.device)
         self.busy = False
         self.warmup_s: float | None = None
         model, cache = self.model, self.cache
 
-        def run(input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor):
+        def run(input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | dict[str, torch.Tensor]):
             # the stock forward split at the LM head, so the hidden states come out too (drafter heads): the
             # final ones and the feature layers' (a few (T, H) copies; one graph serves every drafter)
             logits, hidden = kv.forward_hidden(model, input_ids, cache, layers=True, position_ids=position_ids,
@@ -234,7 +236,7 @@ class CompiledForward:
             pad = B - T
             ids = torch.cat([ids, ids[:, -1:].expand(1, pad)], dim=1)  # (1, B)
             positions = torch.cat([positions, positions[:, -1:].expand(1, pad)], dim=1)  # (1, B)
-            logits, hidden = self.buckets[B](ids, positions, self.mask(length, T, block, rows=B))
+            logits, hidden = self.buckets[B](ids, positions, self.mask(length, T, block, positions, rows=B))
             return logits[:T], hidden[:T]
         # the invariant kernels' row-by-row attention loops over T, which a shape-dynamic graph cannot trace
         # (it would recompile for every T): those forwards run eagerly
@@ -244,11 +246,13 @@ class CompiledForward:
         # row or a tensor made outside inference mode would otherwise trigger a recompilation
         ids = ids.clone(memory_format=torch.contiguous_format)
         positions = positions.clone(memory_format=torch.contiguous_format)
-        return fn(ids, positions, self.mask(length, T, block))  # (T, V) logits, (T, H (1 + k)) hidden states
+        return fn(ids, positions, self.mask(length, T, block, positions))  # (T, V), (T, H (1 + k))
 
-    def mask(self, length: int, T: int, block: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+    def mask(self, length: int, T: int, block: torch.Tensor | None, positions: torch.Tensor,
+             rows: int | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
         """(1, 1, rows, L) additive mask: columns < length + T - W visible, `block` over the next W, the rest
-        hidden; rows past T (a bucket's padding) see the T real columns' context and nothing after."""
+        hidden; rows past T (a bucket's padding) see the T real columns' context and nothing after. With the
+        sliding window added where the model has one (`kv_cache.layer_masks`; positions (1, rows) the rows')."""
         if block is None:
             block = torch.ones(T, T, dtype=torch.bool, device=self.device).tril_()  # causal over the new tokens
         rows = rows or T
@@ -258,7 +262,11 @@ class CompiledForward:
         allowed[:T, start:start + W] = block.to(self.device)
         mask = torch.zeros(rows, self.L, dtype=self.model.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.model.dtype).min)
-        return mask[None, None]
+        if self.window is None:
+            return mask[None, None]
+        kv_pos = self.cols.clone()  # (L,) the column's position: its index, a new token's own position
+        kv_pos[length:length + T] = positions[0, :T]
+        return kv.layer_masks(self.model.config, mask[None, None], positions[0], kv_pos)
 
     @torch.inference_mode()
     def compile(self, progress: Progress = None) -> float:

@@ -2,8 +2,10 @@
 
 Chains use the model's own causal mask; a tree block becomes a 4D additive mask
 over [cached positions + new tokens] (transformers takes a 4D mask as given),
-with depth positions. Rollback crops the cache; accepted tree nodes are copied
-into place (workbench.kv_cache).
+with depth positions, and the sliding window where the model has one. The cache
+keeps every position on every layer (`kv_cache.cache_config`), so a sliding-window
+model rolls back like any other. Rollback crops the cache; accepted tree nodes
+are copied into place (workbench.kv_cache).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..draft import additive_mask
 class EagerSession:
     def __init__(self, model: Any) -> None:
         self.model = model
-        self.cache = DynamicCache(config=model.config)
+        self.cache = DynamicCache(config=kv.cache_config(model.config))
         self.length = 0
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
@@ -27,7 +29,10 @@ class EagerSession:
         kwargs: dict[str, Any] = {}
         T = ids.shape[1]
         if block is not None:
-            kwargs["attention_mask"] = additive_mask(block, self.length + T, self.model.dtype)
+            mask = additive_mask(block, self.length + T, self.model.dtype)  # (1, 1, T, length + T)
+            q_pos = positions[0] if positions is not None else self.length + torch.arange(T, device=ids.device)
+            kv_pos = torch.cat([torch.arange(self.length, device=ids.device), q_pos])  # (length + T,)
+            kwargs["attention_mask"] = kv.layer_masks(self.model.config, mask, q_pos, kv_pos)
         if positions is not None:
             kwargs["position_ids"] = positions
         if hidden:
@@ -48,5 +53,5 @@ class EagerSession:
             self.length = n
 
     def close(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache = DynamicCache(config=kv.cache_config(self.model.config))
         self.length = 0

@@ -256,9 +256,12 @@ def init_eagle_from_target(head: EagleHead, model: nn.Module) -> bool:
     target. Returns False (the layer stays randomly initialised) when the target's layer is not Llama-shaped."""
     decoder = model.get_decoder()
     rotary = getattr(decoder, "rotary_emb", None)
-    if rotary is not None and getattr(rotary, "inv_freq", None) is not None:
-        head.inv_freq.copy_(rotary.inv_freq.float())
-        head.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
+    # one set of frequencies, or one per layer type (Gemma 3): then the global layers' (the EAGLE layer is global)
+    prefix = "" if getattr(rotary, "inv_freq", None) is not None else "full_attention_"
+    inv_freq = getattr(rotary, f"{prefix}inv_freq", None)
+    if inv_freq is not None and inv_freq.shape == head.inv_freq.shape:
+        head.inv_freq.copy_(inv_freq.float())
+        head.rope_scale = float(getattr(rotary, f"{prefix}attention_scaling", None) or 1.0)
         head.config["rope_scale"] = head.rope_scale
     top = decoder.layers[-1]
     names = {"input_layernorm": top.input_layernorm if hasattr(top, "input_layernorm") else None,
@@ -274,17 +277,24 @@ def init_eagle_from_target(head: EagleHead, model: nn.Module) -> bool:
         return False
     with torch.no_grad():
         for n, m in names.items():
-            getattr(ours, n).weight.copy_(m.weight.float())
+            getattr(ours, n).weight.copy_(_norm_scale(m) if n.endswith("layernorm") else m.weight.float())
             if getattr(m, "bias", None) is not None and getattr(getattr(ours, n), "bias", None) is not None:
                 getattr(ours, n).bias.copy_(m.bias.float())
         norm = getattr(decoder, "norm", None)
         if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.shape == head.norm.weight.shape:
-            head.norm.weight.copy_(norm.weight.float())
+            head.norm.weight.copy_(_norm_scale(norm))
         H = head.config["hidden_size"]
         head.fc.weight.zero_()
         head.fc.weight[:, :H].copy_(torch.eye(H))  # starts as "the feature itself" (plus what training adds)
         head.fc.bias.zero_()
     return True
+
+
+def _norm_scale(norm: nn.Module) -> torch.Tensor:
+    """An RMS norm's effective per-channel scale: its output on a constant row (normalised to ones; large, so
+    eps vanishes), which is w for a Llama-style norm and 1 + w for a Gemma-style one (stored as offsets from 1)."""
+    w = norm.weight
+    return norm(torch.full((1, w.shape[0]), 1e3, dtype=torch.float32, device=w.device))[0].float()
 
 
 def make_head(kind: str, model: nn.Module, heads: int = 4, fuse: bool = False) -> HeadBase:

@@ -30,15 +30,11 @@ from __future__ import annotations
 
 import torch
 
-from ..kv_cache import sliding_window
 from ..models.loaded_model import max_positions
 from ..draft import Draft
 from .base import DraftContext, Drafter, Param, register
 from .draft_model import DraftModelRunner
 from .retokenize import DraftMirror, target_proposal, translate, vocab_of
-
-# Room kept below a sliding-window draft's window: its cache cannot roll back once past it.
-WINDOW_MARGIN = 2
 
 
 @register
@@ -67,9 +63,6 @@ class CrossVocab(Drafter):
         prefix = _bos_prefix(target.tokenizer, draft.tokenizer, translate(prompt_ids[:1], self.t_vocab, self.d_vocab))
         self.mirror = DraftMirror(self.t_vocab, self.d_vocab, prefix)
         limits = [max_positions(draft.model.config)]
-        window = sliding_window(draft.model.config)
-        if window is not None:
-            limits.append(window - WINDOW_MARGIN)
         if self.env.backend != "eager":  # a static cache sized for the run in *target* tokens
             limits.append(self.env.max_len)
         self.d_limit = min((x for x in limits if x), default=None)  # draft positions it can attend to

@@ -26,15 +26,15 @@ from __future__ import annotations
 import importlib
 
 from .errors import IncompatibleModelsError, ModelError, Progress
-from .specs import (BUILTIN_NAMES, DTYPE_NAMES, EMBEDDED_DEFAULT, GEMMA3_NAME, QUANTS, SMOLLM2_NAME, TINY_NAME,
-                    AllowList, model_name_key, normalize_spec, parse_spec)
+from .specs import (BUILTIN_NAMES, DTYPE_NAMES, EMBEDDED_DEFAULT, GEMMA3_NAME, QUANTS, SMOLLM2_NAME, TINY_ARCH_NAMES,
+                    TINY_NAME, AllowList, model_name_key, normalize_spec, parse_spec)
 
 _LAZY_MODULES = {
     "gguf": ("CACHE_MARKER", "CHATML_TEMPLATE", "GEMMA3", "GEMMA3_FILE", "GEMMA3_MODULE", "GEMMA3_PARTS",
              "GEMMA3_SHA256", "GGUF_SOURCES", "GGUFSource", "SMOLLM2", "SMOLLM2_FILE", "SMOLLM2_MODULE",
              "available_models", "convert_gguf", "converted_dir", "is_converted"),
     "tiny": ("TINY_BOS", "TINY_CHAT_TEMPLATE", "TINY_EOS", "TINY_HEAD_STD", "TINY_INIT_STD", "TINY_PAD",
-             "TINY_VOCAB", "build_tiny_model", "build_tiny_tokenizer", "tiny_config"),
+             "TINY_VOCAB", "TINY_ARCHS", "TINY_WINDOW", "build_tiny_model", "build_tiny_tokenizer", "tiny_config"),
     "quant": ("Int8Linear", "PackedInt8Linear", "can_pack", "quantize_int8", "quantize_model_int8",
               "quantized_params"),
     "hub": ("PICKLE_WEIGHTS",),
@@ -58,6 +58,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["AllowList", "BUILTIN_NAMES", "DTYPE_NAMES", "EMBEDDED_DEFAULT", "GEMMA3_NAME", "IncompatibleModelsError",
-           "ModelError", "Progress", "QUANTS", "SMOLLM2_NAME", "TINY_NAME", "model_name_key", "normalize_spec",
+           "ModelError", "Progress", "QUANTS", "SMOLLM2_NAME", "TINY_ARCH_NAMES", "TINY_NAME", "model_name_key", "normalize_spec",
            "parse_spec"]
 __all__ += sorted(_LAZY)

@@ -100,7 +100,8 @@ def available_models() -> list[dict]:
         rows.append({"name": src.name, "description": src.description, "installed": _gguf_installed(src.name),
                      "converted": is_converted(src.name), "install": src.install})
     rows.append({"name": TINY_NAME, "installed": True, "converted": True, "install": None,
-                 "description": "tiny seeded random Llama with a byte vocabulary (tiny-random:seed=N); "
+                 "description": "tiny seeded random Llama with a byte vocabulary (tiny-random:seed=N; "
+                                "arch=qwen2|qwen3|mistral|gemma3|phi3|qwen3_moe for other architectures); "
                                 "for tests, its text is noise"})
     return rows
 

@@ -194,7 +194,7 @@ def _load_uncached(name: str, opts: dict, norm: str, dev: torch.device, progress
 def _load_base(name: str, opts: dict, dtype: torch.dtype, progress: Progress | None) -> tuple[nn.Module, Any]:
     """The model (already in `dtype`, on cpu) and its tokenizer."""
     if name == TINY_NAME:
-        model = build_tiny_model(opts["seed"]).to(dtype)
+        model = build_tiny_model(opts["seed"], opts["arch"]).to(dtype)
         return model, build_tiny_tokenizer()
     if name in GGUF_SOURCES:
         return from_converted(GGUF_SOURCES[name], lambda path: from_pretrained(path, dtype), progress)

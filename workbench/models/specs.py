@@ -4,7 +4,8 @@ A spec is ``name[:opt[:opt...]]``. Names: ``smollm2-135m`` (the embedded
 default), ``gemma3-270m``, ``tiny-random``, or anything else, taken as a local
 model directory (with config.json) or a Hugging Face hub id. Options: ``fp32``
 (default), ``bf16``, ``fp16`` pick the dtype; ``int8`` quantises the weights;
-``seed=N`` picks the tiny-random model (default 0).
+``seed=N`` picks the tiny-random model (default 0); ``arch=A`` its architecture
+(llama, the default, qwen2, qwen3, mistral, gemma3, phi3, qwen3_moe: workbench.models.tiny).
 
 `parse_spec` splits a spec into its name and options, `normalize_spec` writes
 the canonical spelling back (what caches key on and runs record), `cache_key`
@@ -25,20 +26,22 @@ EMBEDDED_DEFAULT = SMOLLM2_NAME
 BUILTIN_NAMES = (SMOLLM2_NAME, GEMMA3_NAME, TINY_NAME)
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 QUANTS = ("int8",)
+# The tiny-random architectures (workbench.models.tiny.TINY_ARCHS builds them; named here, torch-free, to parse specs).
+TINY_ARCH_NAMES = ("llama", "qwen2", "qwen3", "mistral", "gemma3", "phi3", "qwen3_moe")
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
-    """Split "name[:opt...]" into the name and {"dtype", "quant", "seed"}.
+    """Split "name[:opt...]" into the name and {"dtype", "quant", "seed", "arch"}.
 
-    dtype is "fp32" unless given; quant is None or "int8"; seed is an int for
-    tiny-random (default 0) and None otherwise. A spec that is an existing
+    dtype is "fp32" unless given; quant is None or "int8"; seed is an int and
+    arch an architecture name for tiny-random (default 0 and "llama") and None otherwise. A spec that is an existing
     directory (and not a built-in name) is taken whole as a path, colons and all.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError("empty model spec; use a name such as " + ", ".join(BUILTIN_NAMES))
     spec = spec.strip()
     if spec.lower() not in BUILTIN_NAMES and os.path.isdir(spec):
-        return spec, {"dtype": "fp32", "quant": None, "seed": None}
+        return spec, {"dtype": "fp32", "quant": None, "seed": None, "arch": None}
     name, opts = _split_name(spec)
     if not name:
         raise ModelError(f"model spec '{spec}' has no name before the options")
@@ -56,7 +59,7 @@ def _split_name(spec: str) -> tuple[str, list[str]]:
 
 
 def _parse_options(spec: str, name: str, opts: list[str]) -> dict:
-    out: dict = {"dtype": None, "quant": None, "seed": None}
+    out: dict = {"dtype": None, "quant": None, "seed": None, "arch": None}
     for raw in opts:
         opt = raw.strip().lower()
         if opt in DTYPE_NAMES:
@@ -65,13 +68,26 @@ def _parse_options(spec: str, name: str, opts: list[str]) -> dict:
             _set_once(out, "quant", opt, spec)
         elif opt.startswith("seed="):
             _set_once(out, "seed", _parse_seed(spec, name, opt), spec)
+        elif opt.startswith("arch="):
+            _set_once(out, "arch", _parse_arch(spec, name, opt), spec)
         else:
             raise ModelError(f"unknown option '{raw}' in model spec '{spec}' "
-                             "(known: fp32, bf16, fp16, int8, seed=N for tiny-random)")
+                             "(known: fp32, bf16, fp16, int8, seed=N and arch=A for tiny-random)")
     out["dtype"] = out["dtype"] or "fp32"
-    if name == TINY_NAME and out["seed"] is None:
-        out["seed"] = 0
+    if name == TINY_NAME:
+        out["seed"] = 0 if out["seed"] is None else out["seed"]
+        out["arch"] = out["arch"] or TINY_ARCH_NAMES[0]
     return out
+
+
+def _parse_arch(spec: str, name: str, opt: str) -> str:
+    if name != TINY_NAME:
+        raise ModelError(f"option 'arch=A' only applies to {TINY_NAME}, not to '{name}' (spec '{spec}')")
+    arch = opt.split("=", 1)[1]
+    if arch not in TINY_ARCH_NAMES:
+        raise ModelError(f"unknown tiny-random architecture '{arch}' in model spec '{spec}' "
+                         f"(known: {', '.join(TINY_ARCH_NAMES)})")
+    return arch
 
 
 def _parse_seed(spec: str, name: str, opt: str) -> int:
@@ -94,8 +110,10 @@ def _set_once(out: dict, key: str, value: Any, spec: str) -> None:
 
 
 def normalize_spec(name: str, opts: dict) -> str:
-    """The canonical spec: name, then seed (if not 0), dtype (if not fp32), quant."""
+    """The canonical spec: name, then arch (if not llama), seed (if not 0), dtype (if not fp32), quant."""
     parts = [name]
+    if opts.get("arch") and opts["arch"] != TINY_ARCH_NAMES[0]:
+        parts.append(f"arch={opts['arch']}")
     if opts.get("seed"):
         parts.append(f"seed={opts['seed']}")
     if opts.get("dtype", "fp32") != "fp32":
@@ -121,7 +139,7 @@ def cache_key(name: str, norm: str) -> str:
 class AllowList:
     """The models a shared server may load: the built-in names plus what the operator named.
 
-    A name allows every option of it (dtype, int8, tiny-random's seed); a
+    A name allows every option of it (dtype, int8, tiny-random's seed and arch); a
     directory is matched by its real path, so another spelling of it works but
     no other directory does. `check` raises ModelError for anything else, before
     anything is read from disk or the network.

@@ -1,9 +1,17 @@
-"""The tiny random model: a seeded two-layer Llama with a byte-level vocabulary, built in milliseconds.
+"""The tiny random models: seeded two-layer transformers with a byte-level vocabulary, built in milliseconds.
 
-``tiny-random[:seed=N]`` is for tests and quick experiments: its text is noise,
-but its next-token distributions are peaked like a real model's, and its
-bf16/int8 copies agree with it on most greedy tokens, so they make useful drafts.
-The tokenizer is built on its own (`build_tiny_tokenizer`), without the model.
+``tiny-random[:arch=A][:seed=N]`` is for tests and quick experiments: its text
+is noise, but its next-token distributions are peaked like a real model's, and
+its bf16/int8 copies agree with it on most greedy tokens, so they make useful
+drafts. The architecture (`TINY_ARCHS`, default llama) is one of the common
+decoder families, each built from its own transformers config class with what
+sets it apart kept: Qwen2 (q/k/v biases), Qwen3 (q/k norms), Mistral (a
+sliding window of TINY_WINDOW positions on every layer, shorter than a test's
+sequence, so the window matters), Gemma-3 (sliding and global layers, scaled
+embeddings, its own norms and query scaling), Phi-3 (fused qkv and gate/up
+projections) and Qwen3-MoE (top-2 of 4 experts on every layer). They share
+the tokenizer, so any one drafts for any other. The tokenizer is built on its
+own (`build_tiny_tokenizer`), without the model.
 """
 from __future__ import annotations
 
@@ -27,26 +35,46 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def tiny_config() -> Any:
-    # here: transformers' model classes load only to build a model; `workbench models` lists without them
-    from transformers import LlamaConfig
+TINY_WINDOW = 16  # the sliding window of the tiny Mistral and Gemma-3 (positions, the token itself included)
+# arch -> (transformers config class, causal-LM class, what the architecture sets beyond the shared shape)
+TINY_ARCHS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {"head_dim": 16, "sliding_window": TINY_WINDOW}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": TINY_WINDOW,
+                "layer_types": ["sliding_attention", "full_attention"]}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"sliding_window": None}),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 64,
+                   "decoder_sparse_step": 1, "mlp_only_layers": [], "norm_topk_prob": True}),
+}
+DEFAULT_TINY_ARCH = "llama"
 
-    return LlamaConfig(
+
+def tiny_config(arch: str = DEFAULT_TINY_ARCH) -> Any:
+    # here: transformers' model classes load only to build a model; `workbench models` lists without them
+    import transformers
+
+    config_cls, _, extra = TINY_ARCHS[arch]
+    return getattr(transformers, config_cls)(
         vocab_size=TINY_VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=2048,
         tie_word_embeddings=False, initializer_range=TINY_INIT_STD,
-        bos_token_id=TINY_BOS, eos_token_id=TINY_EOS, pad_token_id=TINY_PAD,
+        bos_token_id=TINY_BOS, eos_token_id=TINY_EOS, pad_token_id=TINY_PAD, **extra,
     )
 
 
-def build_tiny_model(seed: int = 0) -> nn.Module:
-    """The tiny-random Llama for `seed`, built without touching the global RNG."""
-    from transformers import GenerationConfig, LlamaForCausalLM  # here: as in tiny_config
+def build_tiny_model(seed: int = 0, arch: str = DEFAULT_TINY_ARCH) -> nn.Module:
+    """The tiny-random model of architecture `arch` for `seed`, built without touching the global RNG."""
+    import transformers  # here: as in tiny_config
+    from transformers import GenerationConfig
 
-    config = tiny_config()
+    config = tiny_config(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = getattr(transformers, TINY_ARCHS[arch][1])(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(TINY_HEAD_STD / TINY_INIT_STD)
     model.generation_config = GenerationConfig(bos_token_id=TINY_BOS, eos_token_id=TINY_EOS,

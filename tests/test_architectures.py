@@ -1,0 +1,173 @@
+"""Every lossless method on every common decoder architecture: tiny random Qwen2, Qwen3, Mistral, Gemma-3,
+Phi-3 and Qwen3-MoE targets (workbench.models.tiny; Llama is tiny-random itself, covered by test_engine).
+
+What sets each architecture apart is kept in its tiny copy: Mistral's sliding window (16 positions, shorter
+than every run here, so a mask or cache that ignores it changes tokens), Gemma-3's mix of sliding and global
+layers with its own norms and scaling, Phi-3's fused projections, the MoE's routed experts. Draft-model
+methods draft with the same model in bf16: it agrees with the target on most tokens and not on all, so runs
+accept long drafts, reject some and roll back (a draft of another seed agrees on nothing: every draft would
+be rejected whole, and no accepted-node or partial-rollback path would run).
+
+Eager: every registered lossless method is token-identical to plain greedy decoding on every architecture and
+drafts there; plain greedy itself equals the model's own argmax recomputed without a cache. The head methods
+(eagle, medusa, hydra) draft with heads trained here for a few seconds on each architecture (`arch_heads`).
+
+Compiled (marked `compiled`): plain decoding, one chain method (prompt_lookup), one tree method (recycling) and
+one head method (eagle) per architecture. Compiling is what costs (tens of seconds per model on a small CPU,
+and a draft model would be a second compile), so the set is chosen to run every compiled code path on each
+architecture once, over the target's graphs alone: the one-token graph (plain decoding), chain verification
+with rollback by length (prompt_lookup), tree verification with tree masks and depth positions in the padded
+static bucket and the shape-dynamic graph (recycling's trees of up to 32 nodes), and the final and
+feature-layer hidden states a head reads from the graphs with accepted tree nodes copied into place (eagle,
+fused features; its drafts must be accepted, where a model-free method's may all be rejected). A draft
+model on the compiled backend runs the same session code as the target (test_engine covers it on Llama).
+Only one static bucket (4) is compiled here, which keeps both the static-bucket and the dynamic graph in use.
+Every compiled run is compared with the eager backend's plain greedy output, which the eager tests tie to the
+model's own argmax.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import workbench.backend.compiled as compiled_backend
+from workbench.config import DecodeConfig
+from workbench.engine import generate
+from workbench.methods import list_methods
+from workbench.models import TINY_ARCH_NAMES, TINY_ARCHS, TINY_WINDOW, load_model
+
+from workbench.train import TrainConfig, train
+
+from .helpers import DEVICE, PROMPTS, FlatCosts
+
+ARCHS = [a for a in TINY_ARCH_NAMES if a != "llama"]  # llama (tiny-random): test_engine
+HEAD_METHODS = ("eagle", "medusa", "hydra")
+LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive" and m.name not in HEAD_METHODS]
+# layer_skip's "auto" may choose not to draft on a two-layer model; skipping the last layer always drafts
+PARAMS = {"layer_skip": {"skip": "1", "threshold": 0.0}}
+N_NEW = 32  # every run passes the sliding window: the shortest prompt (12) + 32 > TINY_WINDOW
+
+
+def _target(arch: str):
+    return load_model(f"tiny-random:arch={arch}", device=DEVICE)
+
+
+def _draft(arch: str):
+    return load_model(f"tiny-random:arch={arch}:bf16", device=DEVICE)
+
+
+def _recomputed_greedy(lm, prompt: list[int], n: int) -> list[int]:
+    """Greedy decoding by the model's own forward over the whole sequence each time (no cache, no mask of ours)."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False).logits
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_tiny_architectures_are_built_as_named():
+    assert tuple(TINY_ARCHS) == TINY_ARCH_NAMES
+    parts = {"qwen2": "q_proj", "qwen3": "q_norm", "mistral": "q_proj", "gemma3": "pre_feedforward_layernorm",
+             "phi3": "qkv_proj", "qwen3_moe": "experts"}
+    for arch in ARCHS:
+        lm = _target(arch)
+        assert type(lm.model).__name__ == TINY_ARCHS[arch][1]
+        names = {n.rsplit(".", 1)[-1] for n, _ in lm.model.named_modules()}
+        assert parts[arch] in names, arch
+        assert sum(p.numel() for p in lm.model.parameters()) < 400_000, arch  # tiny: a few layers, hidden 64
+        assert lm.model.config.vocab_size == load_model("tiny-random", device=DEVICE).model.config.vocab_size
+    assert _target("mistral").model.config.sliding_window == TINY_WINDOW < len(PROMPTS[0]) + N_NEW
+    assert set(_target("gemma3").model.config.layer_types) == {"sliding_attention", "full_attention"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_plain_greedy_is_the_models_own_argmax(arch):
+    lm = _target(arch)
+    for prompt in PROMPTS[:2]:
+        out = generate(lm, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=N_NEW))
+        assert out.output_ids == _recomputed_greedy(lm, prompt, N_NEW), arch
+
+
+@pytest.mark.parametrize("method", LOSSLESS, ids=lambda m: m.name)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lossless_methods_equal_plain_greedy_on_every_architecture(arch, method):
+    """Token identity with plain greedy on the eager backend, and proof of drafting: some step proposed a draft
+    (on the cost model of a GPU, where drafting pays, so cost-aware methods draft too), and a draft model's
+    drafts are accepted somewhere."""
+    lm = _target(arch)
+    draft = _draft(arch) if method.needs_draft_model else None
+    drafted, taus = 0, []
+    for prompt in PROMPTS[1:]:  # a repeating prompt (model-free methods find matches) and a long one
+        ref = generate(lm, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=N_NEW))
+        out = generate(lm, method.name, prompt, draft=draft, params=PARAMS.get(method.name),
+                       decode=DecodeConfig(max_new_tokens=N_NEW), costs=FlatCosts(lm.spec))
+        assert out.output_ids == ref.output_ids, (arch, method.name, prompt[:4])
+        drafted += sum(st.n_draft for st in out.trace.steps)
+        taus.append(out.summary.mean_accepted_tokens)
+    assert drafted > 0, (arch, method.name)
+    assert max(taus) > 1.0 or not method.needs_draft_model, (arch, method.name, taus)
+
+
+@pytest.fixture(scope="module")
+def arch_heads(tmp_path_factory):
+    """{(arch, kind): head directory}: eagle, medusa and hydra heads for every architecture, each trained for a
+    few seconds on the target's greedy answers to the test prompts (enough to draft there; conftest's
+    `tiny_heads` does the same for Llama). eagle and hydra fuse feature layers, medusa reads the final states."""
+    root = tmp_path_factory.mktemp("arch-heads")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt_ids": p}) for p in PROMPTS))
+    heads = {}
+    for arch in ARCHS:
+        for kind in HEAD_METHODS:
+            heads[arch, kind] = root / f"{arch}-{kind}"
+            train(TrainConfig(kind=kind, target=f"tiny-random:arch={arch}", prompts=str(prompts), samples=6,
+                              max_new_tokens=N_NEW, fuse=kind != "medusa", steps=40, lr=3e-3, device=DEVICE,
+                              out=str(heads[arch, kind]), store=False, evaluate_prompts=0), quiet=True)
+    return heads
+
+
+def _identical_and_drafting(lm, method: str, params: dict | None, backend: str, refs: list[list[int]],
+                            accepts: bool = True) -> None:
+    """Token identity with `refs` on both prompts; some step drafted and, where `accepts`, a draft was accepted
+    (a random model's text rarely repeats, so a model-free method may see every draft rejected)."""
+    taus, drafted = [], 0
+    for prompt, ref in zip(PROMPTS[1:], refs):
+        out = generate(lm, method, prompt, params=params, decode=DecodeConfig(max_new_tokens=N_NEW),
+                       backend=backend, costs=FlatCosts(lm.spec))
+        assert out.output_ids == ref, (lm.spec, method, backend, prompt[:4])
+        taus.append(out.summary.mean_accepted_tokens)
+        drafted += sum(st.n_draft for st in out.trace.steps)
+    assert drafted > 0, (lm.spec, method, backend)
+    assert max(taus) > 1.0 or not accepts, (lm.spec, method, backend, taus)
+
+
+def _eager_refs(lm) -> list[list[int]]:
+    return [generate(lm, "autoregressive", p, decode=DecodeConfig(max_new_tokens=N_NEW)).output_ids
+            for p in PROMPTS[1:]]
+
+
+@pytest.mark.parametrize("kind", HEAD_METHODS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_heads_train_and_draft_losslessly_on_every_architecture(arch, kind, arch_heads):
+    lm = _target(arch)
+    _identical_and_drafting(lm, kind, {"head": str(arch_heads[arch, kind])}, "eager", _eager_refs(lm))
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("arch", ARCHS)
+def test_compiled_backend_on_every_architecture(arch, arch_heads, monkeypatch):
+    """Plain, one chain, one tree and one head method on the compiled backend (module docstring: why these)."""
+    monkeypatch.setenv("WORKBENCH_STATIC_T", "4")
+    lm = _target(arch)
+    assert compiled_backend.unsupported_reason(lm.model) is None  # compiled, not run eagerly with a warning
+    refs = _eager_refs(lm)
+    for prompt, ref in zip(PROMPTS[1:], refs):
+        out = generate(lm, "autoregressive", prompt, decode=DecodeConfig(max_new_tokens=N_NEW), backend="compiled")
+        assert out.output_ids == ref, (arch, prompt[:4])
+    _identical_and_drafting(lm, "prompt_lookup", None, "compiled", refs, accepts=False)
+    _identical_and_drafting(lm, "recycling", None, "compiled", refs, accepts=False)
+    _identical_and_drafting(lm, "eagle", {"head": str(arch_heads[arch, "eagle"])}, "compiled", refs)
