@@ -468,7 +468,7 @@ def test_gemma3_chunks_are_joined_and_checked(monkeypatch, tmp_path):
 def test_builtin_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
     (tmp_path / "tiny-random").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert parse_spec("tiny-random") == ("tiny-random", {**FP32, "seed": 0})
+    assert parse_spec("tiny-random") == ("tiny-random", {**FP32, "seed": 0, "arch": "llama"})
 
 
 def test_damaged_cache_is_rebuilt(monkeypatch, tmp_path, fresh):
