@@ -16,7 +16,7 @@ from store import RunStore
 
 from .bench.runner import BenchConfig, plan_benchmark, run_in_process, to_stderr
 from .cluster import cluster_address, run_benchmark_on_cluster, run_on_cluster
-from .config import SamplingConfig
+from .config import ConfigError, SamplingConfig
 from .engine import generate, prepare_run
 from .models import EMBEDDED_DEFAULT, load_model
 from .preflight import check_models, check_request
@@ -32,7 +32,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         store: Any | None = None, log: bool = True, source: str = "api", benchmark_id: str | None = None,
         trace: bool = True, on_step: Callable[[Step, Trace], None] | None = None,
         progress: Callable[[str], None] | None = None, cluster: str | None = None,
-        backend: str | None = None) -> RunResult:
+        backend: str | None = None, acceptance: Any = None) -> RunResult:
     """Decode `prompt` with `method` and (by default) log the run to the store.
 
     prompt: plain text, or a list of chat messages ({"role", "content"}).
@@ -42,12 +42,17 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     else in process); the run is recorded here all the same (workbench.cluster).
     backend: "eager" (default) or "compiled" (workbench.backend); compiling happens before
     the run's clock starts and is recorded as env["warmup_s"].
+    acceptance: the verifier's acceptance rule, a workbench.config.AcceptanceConfig or its text form
+    ('typical:eps=0.09,delta=0.3'; None: exact). A relaxed rule makes the run lossy (Trace.lossy).
     """
     # ---- check cheap things first: nothing is loaded or recorded on bad input
     req = check_request(method, prompt, draft=draft, params=params, sampling=sampling,
-                        max_new_tokens=max_new_tokens, chat=chat, backend=backend, trace=trace)
+                        max_new_tokens=max_new_tokens, chat=chat, backend=backend, trace=trace,
+                        acceptance=acceptance)
     target = target or EMBEDDED_DEFAULT
     address = cluster_address(cluster)
+    if address is not None and req.acceptance.rule != "exact":
+        raise ConfigError("a relaxed acceptance rule runs in process only: leave out the cluster")
     if address is not None:  # the worker loads, encodes and decodes; this process records the run
         return run_on_cluster(address, req, prompt=prompt, target=target, chat=chat, device=device, store=store,
                               log=log, source=source, benchmark_id=benchmark_id, on_step=on_step, progress=progress)
@@ -66,7 +71,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     tr = Trace(method=method, params=req.params, prompt_ids=list(prompt_ids))
     with Recording(store if log else None, tr, prompt=prompt, decode_text=tgt.decode, method=method,
                    target=tgt.spec, draft=drf.spec if drf else None,
-                   params={**req.params, "max_new_tokens": max_new_tokens, "chat": chat},
+                   params={**req.params, "max_new_tokens": max_new_tokens, "chat": chat,
+                           **({"acceptance": req.acceptance.to_dict()} if req.acceptance.rule != "exact" else {})},
                    sampling=req.sampling.to_dict(), env=env, benchmark_id=benchmark_id, source=source) as rec:
 
         def _on_step(step: Step, t: Trace) -> None:
@@ -76,7 +82,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
 
         result = generate(tgt, method, prompt_ids, draft=drf, params=req.params, sampling=req.sampling,
                           decode=req.decode, on_step=_on_step, trace=tr, backend=req.backend,
-                          history=run_history(store if log else None), progress=progress)
+                          history=run_history(store if log else None), progress=progress,
+                          acceptance=req.acceptance)
         rec.finish(result.trace, result.text)
     return RunResult(run_id=rec.run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
                      prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,

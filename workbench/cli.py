@@ -112,7 +112,7 @@ def cmd_run(args) -> int:
     result = run(args.method, args.prompt, target=args.target, draft=args.draft, params=_parse_params(args.param),
                  sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device,
                  store=store, log=not args.no_log, source="cli", progress=progress, cluster=args.cluster,
-                 backend=args.backend)
+                 backend=args.backend, acceptance=args.accept)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -125,6 +125,8 @@ def cmd_run(args) -> int:
           f"{_fmt(s.node_acceptance_rate)} ({s.accepted_draft_tokens}/{s.drafted_tokens} nodes) | "
           f"target forwards {s.target_forward_passes} | TTFT {s.ttft_s * 1000:.0f} ms"
           + (f" | run {result.run_id}" if result.run_id else ""), file=sys.stderr)
+    for line in result.trace.lossy:  # what made the run lossy (a relaxed acceptance rule, a lossy method)
+        print(f"LOSSY: {line}", file=sys.stderr)
     for note in result.trace.notes:  # cost-aware sizing that chose not to draft, a cost profile measured first, ...
         print(f"note: {note.get('text')}", file=sys.stderr)
     return 0
@@ -253,6 +255,13 @@ def cmd_runs_delete(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def add_accept_argument(parser) -> None:
+    """--accept RULE[:KEY=V,...]: the verifier's acceptance rule (`workbench run` and `workbench bench`)."""
+    parser.add_argument("--accept", default=None, metavar="RULE[:KEY=V,...]",
+                        help="relaxed acceptance, lossy: typical:eps=0.09,delta=0.3 (Medusa-2), top_k:k=2, "
+                             "ratio:ratio=0.5 (default: exact, lossless); docs/lossy.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description="Decoding Workbench: run, see and compare fast decoding methods.")
     p.add_argument("--db", help="SQLite run store (default: $WORKBENCH_DB or the user data dir)")
@@ -269,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
+    add_accept_argument(r)
     chat = r.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="apply the chat template (default when the model has one)")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .backend import check_backend
-from .config import ConfigError, DecodeConfig, SamplingConfig
+from .config import AcceptanceConfig, ConfigError, DecodeConfig, SamplingConfig
 from .kv_cache import sliding_window
 from .methods import get_method, list_methods, resolve_params
 from .models import IncompatibleModelsError, check_compatible
@@ -38,14 +38,17 @@ class Request:
     decode: DecodeConfig
     backend: str
     draft: str | None  # None where the method drafts without a model (a draft given to it is not recorded)
+    acceptance: AcceptanceConfig = AcceptanceConfig()  # the verifier's rule (a relaxed one makes the run lossy)
 
 
 def check_request(method: str, prompt: Any, *, draft: str | None = None, params: dict[str, Any] | None = None,
                   sampling: SamplingConfig | None = None, max_new_tokens: int = 128, chat: bool | None = None,
-                  backend: str | None = None, trace: bool = True, give_draft: str = GIVE_DRAFT) -> Request:
+                  backend: str | None = None, trace: bool = True, give_draft: str = GIVE_DRAFT,
+                  acceptance: AcceptanceConfig | str | None = None) -> Request:
     """Check everything about a run that needs no model; raise ConfigError with one line, else the Request.
 
     give_draft: how this surface tells a user to give a draft model (the CLI's flag, the app's dropdown).
+    acceptance: an AcceptanceConfig or its text form ('typical:eps=0.09,delta=0.3'); None: exact.
     """
     check_prompt(prompt)
     if chat is not None and not isinstance(chat, bool):
@@ -59,7 +62,19 @@ def check_request(method: str, prompt: Any, *, draft: str | None = None, params:
     backend = check_backend(backend)
     check_draft_given(method, bool(draft), give_draft)
     return Request(method=method, params=resolved, sampling=sampling, decode=decode, backend=backend,
-                   draft=draft if cls.needs_draft_model else None)
+                   draft=draft if cls.needs_draft_model else None, acceptance=check_acceptance(acceptance))
+
+
+def check_acceptance(acceptance: Any) -> AcceptanceConfig:
+    """An AcceptanceConfig, its text form or None (exact) -> the config; ConfigError with one line otherwise."""
+    if acceptance is None:
+        return AcceptanceConfig()
+    if isinstance(acceptance, str):
+        return AcceptanceConfig.parse(acceptance)
+    if not isinstance(acceptance, AcceptanceConfig):
+        raise ConfigError(f"acceptance must be an AcceptanceConfig or text like 'typical:eps=0.09,delta=0.3', "
+                          f"not {type(acceptance).__name__}")
+    return acceptance
 
 
 def check_prompt(prompt: Any) -> None:

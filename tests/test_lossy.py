@@ -1,0 +1,121 @@
+"""Lossy decoding: relaxed acceptance in the shared verifier and every method registered `lossless = False`.
+
+The registry-wide identity tests (test_engine, test_properties, test_real_model) select methods by their
+`lossless` flag; here every lossy method must be listed in LOSSY_SETTINGS (a test fails on one that is
+not), and is run at its exact setting (equal to plain greedy decoding token for token) and at an extreme
+one (measurably different, so the identity check can fail). Relaxed acceptance is run the same way across
+chain and tree methods, greedy and sampling, and every run says whether it was lossy (`Trace.lossy`).
+"""
+import pytest
+import torch
+
+from workbench.config import AcceptanceConfig, ConfigError, DecodeConfig, SamplingConfig
+from workbench.draft import Draft
+from workbench.engine import generate, lossy_reasons
+from workbench.methods import list_methods
+from workbench.verify import relaxed_admits, verify_greedy, verify_stochastic
+
+from .helpers import PROMPTS
+
+N = 32
+DECODE = DecodeConfig(max_new_tokens=N)
+# Settings at which a rule admits nothing lossless verification rejects (greedy), and far-out ones.
+EXACT = [AcceptanceConfig("typical", eps=1.0, delta=1e12), AcceptanceConfig("top_k", k=1),
+         AcceptanceConfig("ratio", ratio=1.0)]
+EXTREME = [AcceptanceConfig("typical", eps=0.0, delta=0.0), AcceptanceConfig("top_k", k=200),
+           AcceptanceConfig("ratio", ratio=0.01)]
+# (method, needs a draft model): a chain with a draft model, a model-free chain, a draft-model tree.
+DRAFTING = [("speculative", True), ("prompt_lookup", False), ("tree_static", True)]
+
+
+def _run(tiny, method, draft, acceptance=AcceptanceConfig(), sampling=SamplingConfig(), prompt=PROMPTS[0]):
+    return generate(tiny, method, prompt, draft=draft, decode=DECODE, sampling=sampling, acceptance=acceptance)
+
+
+@pytest.mark.parametrize("method,needs_draft", DRAFTING, ids=[m for m, _ in DRAFTING])
+def test_relaxed_acceptance_at_its_exact_setting_is_token_identical(tiny, tiny_other, method, needs_draft):
+    draft = tiny_other if needs_draft else None
+    for prompt in (PROMPTS[0], PROMPTS[2]):
+        ref = _run(tiny, "autoregressive", None, prompt=prompt)
+        for acc in EXACT:
+            out = _run(tiny, method, draft, acc, prompt=prompt)
+            assert out.output_ids == ref.output_ids, (method, acc.rule)
+            assert out.trace.lossy == [] and out.trace.lossless
+
+
+@pytest.mark.parametrize("method,needs_draft", DRAFTING, ids=[m for m, _ in DRAFTING])
+def test_relaxed_acceptance_at_an_extreme_setting_diverges_and_is_lossy(tiny, tiny_other, method, needs_draft):
+    """A wrong draft (another model's tokens, or prompt lookup's stale n-grams) gets accepted: the output changes."""
+    draft = tiny_other if needs_draft else None
+    prompt = PROMPTS[1]
+    ref = _run(tiny, "autoregressive", None, prompt=prompt)
+    lossless = _run(tiny, method, draft, prompt=prompt)
+    for acc in EXTREME:
+        out = _run(tiny, method, draft, acc, prompt=prompt)
+        assert out.output_ids != ref.output_ids, (method, acc.rule)
+        assert out.summary.accepted_draft_tokens > lossless.summary.accepted_draft_tokens
+        assert out.trace.lossy == [acc.describe()] and not out.trace.lossless
+
+
+def test_exact_typical_acceptance_under_sampling_keeps_every_random_draw(tiny, tiny_other):
+    sampling = SamplingConfig(temperature=1.0, seed=3)
+    for method in ("speculative", "tree_static"):
+        ref = _run(tiny, method, tiny_other, sampling=sampling)
+        out = _run(tiny, method, tiny_other, AcceptanceConfig("typical", eps=1.0, delta=1e12), sampling)
+        assert out.output_ids == ref.output_ids and out.trace.lossy == []
+        loose = _run(tiny, method, tiny_other, AcceptanceConfig("typical", eps=0.0, delta=0.0), sampling)
+        assert loose.output_ids != ref.output_ids and loose.trace.lossy
+
+
+def test_top_k_and_ratio_accept_the_argmax_under_sampling_so_they_are_lossy_there():
+    for acc in EXACT[1:]:
+        assert acc.exact(greedy=True, vocab=256) and not acc.exact(greedy=False, vocab=256)
+    assert not AcceptanceConfig("typical", eps=1.0, delta=100.0).exact(greedy=True, vocab=256)  # delta/V < 1/2
+    assert AcceptanceConfig("typical", eps=0.5, delta=128.0).exact(greedy=True, vocab=256)
+
+
+def test_each_rule_admits_what_its_formula_says():
+    """One row p = (0.5, 0.3, 0.15, 0.05) and four children, one per token: which does each rule admit?"""
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    probs = torch.stack([p, p, p, p, p])  # (1+4, 4)
+    draft = Draft([0, 1, 2, 3], [-1, -1, -1, -1])
+    H = float(-(p * p.log()).sum())  # about 1.14 nats: delta=1 -> floor exp(-H) about 0.32
+    assert relaxed_admits(probs, draft, AcceptanceConfig("typical", eps=0.2, delta=1.0)) == [True, True, False, False]
+    floor = min(0.5, torch.exp(torch.tensor(-H)).item())
+    assert relaxed_admits(probs, draft, AcceptanceConfig("typical", eps=0.5, delta=1.0)) == [x > floor for x in p.tolist()]
+    assert relaxed_admits(probs, draft, AcceptanceConfig("top_k", k=3)) == [True, True, True, False]
+    assert relaxed_admits(probs, draft, AcceptanceConfig("ratio", ratio=0.3)) == [True, True, True, False]
+    assert relaxed_admits(probs, draft, AcceptanceConfig("ratio", ratio=1.0)) == [True, False, False, False]
+    assert relaxed_admits(probs, draft, AcceptanceConfig()) is None
+
+
+def test_greedy_tree_walk_prefers_the_argmax_child_then_the_first_admitted():
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.2, 0.6], [0.5, 0.25, 0.25]]))  # root, node 0, node 1
+    draft = Draft([2, 1], [-1, -1])  # node 0 = token 2 (p 0.3), node 1 = token 1 (the argmax)
+    assert verify_greedy(logits, draft, [True, True]).accepted == [1]
+    only_first = verify_greedy(logits, draft, [True, False])
+    assert only_first.accepted == [1]  # the argmax child still wins
+    chain = Draft([2], [-1])
+    assert verify_greedy(logits, chain).accepted == []
+    v = verify_greedy(logits, chain, [True])
+    assert v.accepted == [0] and v.bonus_token == 2  # after the admitted node, its own row's argmax
+    probs = logits.softmax(-1)
+    g = torch.Generator().manual_seed(0)
+    assert verify_stochastic(probs, Draft([0], [-1]), g, [True]).accepted == [0]
+
+
+def test_bad_acceptance_settings_fail_with_one_line():
+    for text in ("fast", "typical:eps=2", "typical:eps=x", "top_k:k=0", "ratio:ratio=0", "typical:zeta=1"):
+        with pytest.raises(ConfigError) as exc:
+            AcceptanceConfig.parse(text)
+        assert "\n" not in str(exc.value)
+    assert AcceptanceConfig.parse("typical:eps=0.3,delta=0.09") == AcceptanceConfig("typical", eps=0.3, delta=0.09)
+
+
+# ---------------------------------------------------------------- lossy methods of the registry
+
+def test_only_lossy_methods_say_they_are_lossy():
+    """lossy_reasons (what fills Trace.lossy) is empty exactly for the methods registered lossless."""
+    for cls in list_methods():
+        reasons = lossy_reasons(cls, {}, SamplingConfig(), 256)
+        assert (reasons == []) == cls.lossless, cls.name
