@@ -119,3 +119,73 @@ def test_only_lossy_methods_say_they_are_lossy():
     for cls in list_methods():
         reasons = lossy_reasons(cls, {}, SamplingConfig(), 256)
         assert (reasons == []) == cls.lossless, cls.name
+
+
+# Every method registered lossless = False, with its exact and its extreme setting. A lossy method missing
+# here fails test_every_lossy_method_is_tested_at_its_ends; a lossless one is never listed.
+LOSSY_SETTINGS = {
+    # the target alone (every token handed over) and the small model alone (nothing handed over or rolled back)
+    "bild": ({"fallback": 1.0}, {"fallback": 0.0, "rollback": 100.0, "max_draft": 0}),
+}
+
+
+def test_every_lossy_method_is_tested_at_its_ends():
+    assert set(LOSSY_SETTINGS) == {m.name for m in list_methods() if not m.lossless}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSY_SETTINGS))
+def test_lossy_method_at_its_exact_setting_equals_plain_decoding_and_diverges_at_its_extreme(tiny, tiny_other, name):
+    exact, extreme = LOSSY_SETTINGS[name]
+    for prompt in (PROMPTS[0], PROMPTS[2]):
+        ref = _run(tiny, "autoregressive", None, prompt=prompt)
+        out = generate(tiny, name, prompt, draft=tiny_other, params=exact, decode=DECODE)
+        assert out.output_ids == ref.output_ids, name
+        assert out.trace.lossy and not out.trace.lossless  # a lossy method says so at every setting
+        far = generate(tiny, name, prompt, draft=tiny_other, params=extreme, decode=DECODE)
+        assert far.output_ids != ref.output_ids, name
+
+
+def test_bild_small_model_alone_is_the_small_models_own_decoding(tiny, tiny_other):
+    """After the first token (the target's prefill reads the prompt) every token is the small model's."""
+    alone = generate(tiny, "bild", PROMPTS[0], draft=tiny_other, params=LOSSY_SETTINGS["bild"][1], decode=DECODE)
+    first = alone.output_ids[0]
+    small = generate(tiny_other, "autoregressive", PROMPTS[0] + [first], decode=DecodeConfig(max_new_tokens=N - 1))
+    assert alone.output_ids[1:] == small.output_ids
+    assert alone.summary.target_forward_passes == 2  # the prefill and one check of every small-model token
+
+
+def test_bild_with_no_rollback_tolerance_is_lossless_speculative_decoding(tiny, tiny_bf16, tiny_other):
+    """rollback 0 keeps only tokens the target agrees with: token-identical, while it drafts (tau > 1)."""
+    ref = _run(tiny, "autoregressive", None)
+    taus = []
+    for draft in (tiny_bf16, tiny_other):
+        out = generate(tiny, "bild", PROMPTS[0], draft=draft, params={"rollback": 0.0, "fallback": 0.3}, decode=DECODE)
+        assert out.output_ids == ref.output_ids
+        taus.append(out.summary.mean_accepted_tokens)
+    assert taus[0] > 1.5  # the bf16 copy agrees with the target: its tokens are kept
+
+
+def test_a_method_with_its_own_rule_refuses_a_relaxed_acceptance(tiny, tiny_other):
+    from workbench.preflight import check_request
+
+    with pytest.raises(ConfigError, match="its own rule"):
+        check_request("bild", "hi", draft="x", acceptance="top_k:k=3")
+    with pytest.raises(ConfigError, match="its own rule"):
+        generate(tiny, "bild", PROMPTS[0], draft=tiny_other, decode=DECODE, acceptance=AcceptanceConfig("top_k", k=3))
+
+
+def test_lossy_methods_are_labelled_lossy_where_methods_are_listed(capsys):
+    from ui.presenters.choices import method_choices
+    from workbench.cli import main
+    from workbench.methods import methods_by_family
+
+    lossy = [m for m in list_methods() if not m.lossless]
+    labels = dict((name, label) for label, name in
+                  method_choices([(f, [m.facts() for m in ms]) for f, ms in methods_by_family()]))
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    for m in list_methods():
+        assert labels[m.name].endswith("(LOSSY)") == (not m.lossless), m.name
+    for m in lossy:
+        line = next(ln for ln in listing.splitlines() if m.name in ln)
+        assert "LOSSY" in line, line

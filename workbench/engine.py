@@ -148,6 +148,7 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
     trace.lossy = lossy_reasons(type(drafter), trace.params, sampling, target.vocab_size, acceptance)
+    acceptance = verification_rule(type(drafter), drafter.params, acceptance)
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
     memory = PeakMemory(device)
     drafter.begin(list(prompt_ids))  # one-time set-up (calibration, profiling, a corpus) is not decoding time
@@ -250,6 +251,18 @@ def lossy_reasons(cls: type[Drafter], params: dict[str, Any], sampling: Sampling
     if not acceptance.exact(sampling.greedy, vocab):
         out.append(acceptance.describe())
     return out
+
+
+def verification_rule(cls: type[Drafter], params: dict[str, Any], acceptance: AcceptanceConfig) -> AcceptanceConfig:
+    """The rule the verifier uses: the method's own (`Drafter.verify_rule`, e.g. BiLD's rollback bound) or the
+    run's; a run that asks for a relaxed rule with a method that brings its own is refused."""
+    own = cls.verify_rule(params)
+    if own is None:
+        return acceptance
+    if acceptance.rule != "exact":
+        raise ConfigError(f"method '{cls.name}' verifies with its own rule ({own.describe()}); "
+                          f"leave out the acceptance option ({acceptance.describe()})")
+    return own
 
 
 def _run_notes(drafter: Drafter, target, trace: Trace) -> list[dict[str, Any]]:

@@ -62,18 +62,23 @@ def check_request(method: str, prompt: Any, *, draft: str | None = None, params:
     backend = check_backend(backend)
     check_draft_given(method, bool(draft), give_draft)
     return Request(method=method, params=resolved, sampling=sampling, decode=decode, backend=backend,
-                   draft=draft if cls.needs_draft_model else None, acceptance=check_acceptance(acceptance))
+                   draft=draft if cls.needs_draft_model else None,
+                   acceptance=check_acceptance(acceptance, cls, resolved))
 
 
-def check_acceptance(acceptance: Any) -> AcceptanceConfig:
-    """An AcceptanceConfig, its text form or None (exact) -> the config; ConfigError with one line otherwise."""
+def check_acceptance(acceptance: Any, cls: Any = None, params: dict[str, Any] | None = None) -> AcceptanceConfig:
+    """An AcceptanceConfig, its text form or None (exact) -> the config; ConfigError with one line otherwise,
+    also when the method `cls` verifies with a rule of its own (BiLD) and a relaxed one is asked for."""
     if acceptance is None:
-        return AcceptanceConfig()
-    if isinstance(acceptance, str):
-        return AcceptanceConfig.parse(acceptance)
-    if not isinstance(acceptance, AcceptanceConfig):
+        acceptance = AcceptanceConfig()
+    elif isinstance(acceptance, str):
+        acceptance = AcceptanceConfig.parse(acceptance)
+    elif not isinstance(acceptance, AcceptanceConfig):
         raise ConfigError(f"acceptance must be an AcceptanceConfig or text like 'typical:eps=0.09,delta=0.3', "
                           f"not {type(acceptance).__name__}")
+    if cls is not None and acceptance.rule != "exact" and cls.verify_rule(params or {}) is not None:
+        raise ConfigError(f"method '{cls.name}' verifies with its own rule (its parameters); leave out the "
+                          f"acceptance option")
     return acceptance
 
 
