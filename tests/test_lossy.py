@@ -12,7 +12,7 @@ import torch
 from workbench.config import AcceptanceConfig, ConfigError, DecodeConfig, SamplingConfig
 from workbench.draft import Draft
 from workbench.engine import generate, lossy_reasons
-from workbench.methods import list_methods
+from workbench.methods import get_method, list_methods
 from workbench.verify import relaxed_admits, verify_greedy, verify_stochastic
 
 from .helpers import PROMPTS
@@ -126,6 +126,8 @@ def test_only_lossy_methods_say_they_are_lossy():
 LOSSY_SETTINGS = {
     # the target alone (every token handed over) and the small model alone (nothing handed over or rolled back)
     "bild": ({"fallback": 1.0}, {"fallback": 0.0, "rollback": 100.0, "max_draft": 0}),
+    # never exit; exit at the first layer (of the tiny model's two)
+    "early_exit": ({"threshold": 1.0}, {"threshold": 0.0, "min_layer": 1, "every": 1}),
 }
 
 
@@ -138,10 +140,11 @@ def test_lossy_method_at_its_exact_setting_equals_plain_decoding_and_diverges_at
     exact, extreme = LOSSY_SETTINGS[name]
     for prompt in (PROMPTS[0], PROMPTS[2]):
         ref = _run(tiny, "autoregressive", None, prompt=prompt)
-        out = generate(tiny, name, prompt, draft=tiny_other, params=exact, decode=DECODE)
+        draft = tiny_other if get_method(name).needs_draft_model else None
+        out = generate(tiny, name, prompt, draft=draft, params=exact, decode=DECODE)
         assert out.output_ids == ref.output_ids, name
         assert out.trace.lossy and not out.trace.lossless  # a lossy method says so at every setting
-        far = generate(tiny, name, prompt, draft=tiny_other, params=extreme, decode=DECODE)
+        far = generate(tiny, name, prompt, draft=draft, params=extreme, decode=DECODE)
         assert far.output_ids != ref.output_ids, name
 
 
@@ -189,3 +192,24 @@ def test_lossy_methods_are_labelled_lossy_where_methods_are_listed(capsys):
     for m in lossy:
         line = next(ln for ln in listing.splitlines() if m.name in ln)
         assert "LOSSY" in line, line
+
+
+def test_early_exit_layer_by_layer_pass_equals_the_stock_forward(tiny):
+    """Exiting only at the last layer (nothing skipped, nothing propagated) drafts the target's own greedy tokens
+    through the method's layer-by-layer pass: identical output, many tokens per target forward."""
+    n = tiny.model.config.num_hidden_layers
+    ref = _run(tiny, "autoregressive", None, prompt=PROMPTS[2])
+    out = generate(tiny, "early_exit", PROMPTS[2], params={"threshold": 0.0, "min_layer": n}, decode=DECODE)
+    assert out.output_ids == ref.output_ids
+    assert out.summary.mean_accepted_tokens > 4
+
+
+def test_calibrated_early_exit_picks_a_threshold_for_the_agreement_asked(tiny):
+    params = {"min_layer": 1, "every": 1, "agreement": 0.9}
+    out = generate(tiny, "early_exit", PROMPTS[0], params=params, decode=DECODE)
+    note = next(n for n in out.trace.notes if n["kind"] == "early_exit")
+    assert note["calibration_agreement"] >= 0.9 and 0.0 <= note["threshold"] <= 1.0
+    loose = generate(tiny, "early_exit", PROMPTS[0], params={**params, "agreement": 0.3}, decode=DECODE)
+    loose_note = next(n for n in loose.trace.notes if n["kind"] == "early_exit")
+    assert loose_note["threshold"] < note["threshold"]
+    assert loose_note["exited_tokens"] > note["exited_tokens"]

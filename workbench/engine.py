@@ -267,12 +267,12 @@ def verification_rule(cls: type[Drafter], params: dict[str, Any], acceptance: Ac
 
 def _run_notes(drafter: Drafter, target, trace: Trace) -> list[dict[str, Any]]:
     """What the run says about itself (the module docstring): the CostModel's notes on the profiles it served,
-    checked against this run's verification forwards, and the sizing log's "no_draft" note."""
+    checked against this run's verification forwards, the sizing log's "no_draft" note and the drafter's own."""
     env = drafter.env
     decode = [s for s in trace.steps if s.kind == "decode"]
     notes = env.costs.run_notes(target, env.backend, [(1 + s.n_draft, s.verify_s) for s in decode])
     no_draft = env.sizing.note(len(decode))
-    return notes + ([no_draft] if no_draft else [])
+    return notes + ([no_draft] if no_draft else []) + drafter.run_notes()
 
 
 def _timed(fn: StepCallback, step: Step, trace: Trace) -> float:

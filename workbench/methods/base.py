@@ -227,6 +227,10 @@ class Drafter:
     def check_params(cls, params: dict[str, Any]) -> None:
         """Validate parameters against each other (each one alone is checked by its Param); raise ConfigError."""
 
+    def run_notes(self) -> list[dict[str, Any]]:
+        """What the method says about its run when it ends ({"kind", "text", ...numbers}; `Trace.notes`)."""
+        return []
+
     @classmethod
     def verify_rule(cls, params: dict[str, Any]) -> AcceptanceConfig | None:
         """The acceptance rule the method's own verification uses with these (resolved) parameters (a lossy
