@@ -9,7 +9,7 @@ chain and tree methods, greedy and sampling, and every run says whether it was l
 import pytest
 import torch
 
-from workbench.config import AcceptanceConfig, ConfigError, DecodeConfig, SamplingConfig
+from workbench.config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from workbench.draft import Draft
 from workbench.engine import generate, lossy_reasons
 from workbench.methods import get_method, list_methods
@@ -127,7 +127,7 @@ LOSSY_SETTINGS = {
     # the target alone (every token handed over) and the small model alone (nothing handed over or rolled back)
     "bild": ({"fallback": 1.0}, {"fallback": 0.0, "rollback": 100.0, "max_draft": 0}),
     # never exit; exit at the first layer (of the tiny model's two)
-    "early_exit": ({"threshold": 1.0}, {"threshold": 0.0, "min_layer": 1, "every": 1}),
+    "early_exit": ({"threshold": 1.0, "agreement": 0.0}, {"threshold": 0.0, "agreement": 0.0, "min_layer": 1, "every": 1}),
 }
 
 
@@ -199,7 +199,7 @@ def test_early_exit_layer_by_layer_pass_equals_the_stock_forward(tiny):
     through the method's layer-by-layer pass: identical output, many tokens per target forward."""
     n = tiny.model.config.num_hidden_layers
     ref = _run(tiny, "autoregressive", None, prompt=PROMPTS[2])
-    out = generate(tiny, "early_exit", PROMPTS[2], params={"threshold": 0.0, "min_layer": n}, decode=DECODE)
+    out = generate(tiny, "early_exit", PROMPTS[2], params={"threshold": 0.0, "min_layer": n, "agreement": 0.0}, decode=DECODE)
     assert out.output_ids == ref.output_ids
     assert out.summary.mean_accepted_tokens > 4
 
@@ -213,3 +213,47 @@ def test_calibrated_early_exit_picks_a_threshold_for_the_agreement_asked(tiny):
     loose_note = next(n for n in loose.trace.notes if n["kind"] == "early_exit")
     assert loose_note["threshold"] < note["threshold"]
     assert loose_note["exited_tokens"] > note["exited_tokens"]
+
+
+# ---------------------------------------------------------------- KV-cache compression
+
+def test_kv_compression_at_full_budget_changes_nothing(tiny, tiny_bf16):
+    ref = _run(tiny, "autoregressive", None)
+    for method, draft in (("prompt_lookup", None), ("tree_static", tiny_bf16)):
+        out = generate(tiny, method, PROMPTS[0], draft=draft, decode=DECODE, kv=KVConfig("h2o", budget=1.0))
+        assert out.output_ids == ref.output_ids and out.trace.lossless
+
+
+@pytest.mark.parametrize("policy", ["streaming", "h2o"])
+def test_kv_compression_saves_what_it_says_and_is_lossy(tiny, tiny_bf16, policy):
+    """Before the first eviction (a short prompt, the budget's slack) a drafting run over the compressed session
+    equals plain decoding (positions and masks are the session's own); then the cache is cut to the budget,
+    the output changes, and the note measures the bytes saved."""
+    ref = _run(tiny, "autoregressive", None, prompt=PROMPTS[0])
+    for method, draft in (("autoregressive", None), ("prompt_lookup", None), ("tree_static", tiny_bf16)):
+        out = generate(tiny, method, PROMPTS[0], draft=draft, decode=DECODE, kv=KVConfig(policy, budget=0.3))
+        assert out.output_ids[:12] == ref.output_ids[:12], method
+        assert out.output_ids != ref.output_ids, method
+        note = next(n for n in out.trace.notes if n["kind"] == "kv_compression")
+        assert note["evicted_positions"] > 0 and note["cache_bytes"] < note["uncompressed_bytes"]
+        assert note["saved_fraction"] == pytest.approx(1 - note["cache_bytes"] / note["uncompressed_bytes"], abs=1e-3)
+        assert 0.3 < note["saved_fraction"] < 0.8  # at most the budget's share plus the slack is held
+        assert out.trace.lossy == [KVConfig(policy, budget=0.3).describe()]
+
+
+def test_kv_compression_refuses_the_compiled_backend_and_bad_knobs(tiny):
+    with pytest.raises(ConfigError, match="eager backend only"):
+        generate(tiny, "autoregressive", PROMPTS[0], decode=DECODE, kv=KVConfig("streaming"), backend="compiled")
+    for text in ("lru", "h2o:budget=0", "h2o:budget=x", "streaming:sinks=-1", "h2o:foo=1"):
+        with pytest.raises(ConfigError) as exc:
+            KVConfig.parse(text)
+        assert "\n" not in str(exc.value)
+
+
+def test_h2o_keeps_the_sinks_the_recent_window_and_the_heaviest_positions():
+    from workbench.kv_compress import choose_kept
+
+    scores = torch.tensor([0.0] * 4 + [5.0, 0.1, 9.0, 0.2, 0.3, 7.0] + [0.0] * 4)  # 14 rows
+    kept = choose_kept(KVConfig("h2o", sinks=2, recent=0.5), scores, 8).tolist()
+    assert kept == [0, 1, 6, 9, 10, 11, 12, 13]  # sinks 0-1, heavy 6 and 9, recent 10-13
+    assert choose_kept(KVConfig("streaming", sinks=2), scores, 5).tolist() == [0, 1, 11, 12, 13]

@@ -32,7 +32,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         store: Any | None = None, log: bool = True, source: str = "api", benchmark_id: str | None = None,
         trace: bool = True, on_step: Callable[[Step, Trace], None] | None = None,
         progress: Callable[[str], None] | None = None, cluster: str | None = None,
-        backend: str | None = None, acceptance: Any = None) -> RunResult:
+        backend: str | None = None, acceptance: Any = None, kv: Any = None) -> RunResult:
     """Decode `prompt` with `method` and (by default) log the run to the store.
 
     prompt: plain text, or a list of chat messages ({"role", "content"}).
@@ -44,15 +44,17 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     the run's clock starts and is recorded as env["warmup_s"].
     acceptance: the verifier's acceptance rule, a workbench.config.AcceptanceConfig or its text form
     ('typical:eps=0.09,delta=0.3'; None: exact). A relaxed rule makes the run lossy (Trace.lossy).
+    kv: KV-cache compression of the target, a workbench.config.KVConfig or its text form ('h2o:budget=0.5';
+    None: none; eager backend only); an evicting one makes the run lossy, its note gives the memory saved.
     """
     # ---- check cheap things first: nothing is loaded or recorded on bad input
     req = check_request(method, prompt, draft=draft, params=params, sampling=sampling,
                         max_new_tokens=max_new_tokens, chat=chat, backend=backend, trace=trace,
-                        acceptance=acceptance)
+                        acceptance=acceptance, kv=kv)
     target = target or EMBEDDED_DEFAULT
     address = cluster_address(cluster)
-    if address is not None and req.acceptance.rule != "exact":
-        raise ConfigError("a relaxed acceptance rule runs in process only: leave out the cluster")
+    if address is not None and (req.acceptance.rule != "exact" or req.kv.active):
+        raise ConfigError("relaxed acceptance and KV-cache compression run in process only: leave out the cluster")
     if address is not None:  # the worker loads, encodes and decodes; this process records the run
         return run_on_cluster(address, req, prompt=prompt, target=target, chat=chat, device=device, store=store,
                               log=log, source=source, benchmark_id=benchmark_id, on_step=on_step, progress=progress)
@@ -72,7 +74,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     with Recording(store if log else None, tr, prompt=prompt, decode_text=tgt.decode, method=method,
                    target=tgt.spec, draft=drf.spec if drf else None,
                    params={**req.params, "max_new_tokens": max_new_tokens, "chat": chat,
-                           **({"acceptance": req.acceptance.to_dict()} if req.acceptance.rule != "exact" else {})},
+                           **({"acceptance": req.acceptance.to_dict()} if req.acceptance.rule != "exact" else {}),
+                           **({"kv": req.kv.to_dict()} if req.kv.active else {})},
                    sampling=req.sampling.to_dict(), env=env, benchmark_id=benchmark_id, source=source) as rec:
 
         def _on_step(step: Step, t: Trace) -> None:
@@ -83,7 +86,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         result = generate(tgt, method, prompt_ids, draft=drf, params=req.params, sampling=req.sampling,
                           decode=req.decode, on_step=_on_step, trace=tr, backend=req.backend,
                           history=run_history(store if log else None), progress=progress,
-                          acceptance=req.acceptance)
+                          acceptance=req.acceptance, kv=req.kv)
         rec.finish(result.trace, result.text)
     return RunResult(run_id=rec.run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
                      prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,

@@ -221,3 +221,68 @@ class AcceptanceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# KV-cache compression policies of the target's cache (workbench.kv_compress); "none" keeps every position.
+KV_POLICIES = ("none", "streaming", "h2o")
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    """Compress the target's KV cache to a memory budget (eager backend; workbench.kv_compress).
+
+    streaming  keep `sinks` first positions and the most recent ones (StreamingLLM, Xiao et al. 2024)
+    h2o        keep `sinks`, a recent window and the heavy hitters: the positions with the largest
+               accumulated attention (H2O, Zhang et al. 2023; workbench.kv_compress says what stands in
+               for the attention weights)
+    budget: the share of the positions seen so far that the cache keeps (0.5: about half the memory).
+    """
+
+    policy: str = "none"
+    budget: float = 0.5
+    sinks: int = 4
+    recent: float = 0.5  # h2o: the share of the kept positions that are the most recent ones
+
+    def __post_init__(self) -> None:
+        if self.policy not in KV_POLICIES:
+            raise ConfigError(f"kv policy must be one of {', '.join(KV_POLICIES)}, got {shown(self.policy)}")
+        if not is_number(self.budget) or not 0.0 < self.budget <= 1.0:
+            raise ConfigError(f"kv budget must be a number in (0, 1], got {shown(self.budget)}")
+        if not is_int(self.sinks) or not 0 <= self.sinks <= 1024:
+            raise ConfigError(f"kv sinks must be an integer in [0, 1024], got {shown(self.sinks)}")
+        if not is_number(self.recent) or not 0.0 < self.recent <= 1.0:
+            raise ConfigError(f"kv recent must be a number in (0, 1], got {shown(self.recent)}")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is ever evicted (budget 1 keeps every position: the uncompressed cache)."""
+        return self.policy != "none" and self.budget < 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "KVConfig":
+        """'streaming:budget=0.5,sinks=4', 'h2o:budget=0.5,recent=0.5' or 'none' -> the config (CLI, app)."""
+        if not isinstance(text, str) or len(text) > 200:
+            raise ConfigError(f"kv must be text like 'h2o:budget=0.5', got {shown(text)}")
+        policy, _, rest = text.strip().partition(":")
+        knobs = {"budget": float, "sinks": int, "recent": float}
+        values: dict[str, Any] = {}
+        for pair in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, raw = pair.partition("=")
+            key = key.strip()
+            if not eq or key not in knobs:
+                raise ConfigError(f"kv setting {shown(pair)} is not one of {', '.join(k + '=...' for k in knobs)}")
+            try:
+                values[key] = knobs[key](raw.strip())
+            except ValueError:
+                raise ConfigError(f"kv {key} must be {'an integer' if key == 'sinks' else 'a number'}, "
+                                  f"got {shown(raw.strip())}") from None
+        return cls(policy=policy.strip() or "none", **values)
+
+    def describe(self) -> str:
+        """One line naming the policy and its setting (a lossy run's `Trace.lossy` entry)."""
+        knobs = f"budget={self.budget:g}, sinks={self.sinks}" + (f", recent={self.recent:g}" if self.policy == "h2o" else "")
+        return (f"KV-cache compression ({self.policy}: {knobs}); the drafting stays lossless with respect to the "
+                f"compressed target")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -27,7 +27,8 @@ set-up: calibration, profiling, loading a corpus) runs before the clock starts; 
 draft model's prompt prefill happens at its first `propose`, on the clock.
 
 Options that trade quality for speed (workbench.config.AcceptanceConfig: a relaxed
-acceptance rule of the shared verifier) and a method registered `lossless = False`
+acceptance rule of the shared verifier; KVConfig: a compressed target KV cache,
+workbench.backend.compressed, whose note gives the memory it saved) and a method registered `lossless = False`
 are written once, when the run starts, to `trace.lossy` (`lossy_reasons`): one
 line each, empty for a lossless run.
 
@@ -46,7 +47,7 @@ import torch
 
 from .backend import check_backend, open_session, prepare
 from .backend.profile import CostModel
-from .config import AcceptanceConfig, ConfigError, DecodeConfig, SamplingConfig
+from .config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from .device import PeakMemory, device_sync
 from .draft import Draft
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
@@ -110,7 +111,7 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
              on_step: StepCallback | None = None, trace: Trace | None = None,
              backend: str = "eager", costs: CostModel | None = None,
              history: RunHistory | None = None, progress: Callable[[str], None] | None = None,
-             acceptance: AcceptanceConfig = AcceptanceConfig()) -> GenerationResult:
+             acceptance: AcceptanceConfig = AcceptanceConfig(), kv: KVConfig = KVConfig()) -> GenerationResult:
     """Decode up to decode.max_new_tokens tokens after prompt_ids with `method`.
 
     target/draft are workbench.models.LoadedModel. `trace`, when given, is filled
@@ -121,9 +122,13 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     progress: where set-up before the clock says what it does (measuring this machine's cost profile
     for a cost-aware method: tens of seconds on a CPU), for a status line.
     acceptance: the verifier's acceptance rule (default: exact, lossless); a relaxed one makes the run lossy.
+    kv: compression of the target's KV cache (eager backend only; default none); an evicting one makes the run
+    lossy, and its note says the memory it saved.
     """
     if not isinstance(acceptance, AcceptanceConfig):
         raise ConfigError(f"acceptance must be an AcceptanceConfig, not {type(acceptance).__name__}")
+    if not isinstance(kv, KVConfig):
+        raise ConfigError(f"kv must be a KVConfig, not {type(kv).__name__}")
     if not prompt_ids:
         raise ConfigError("the prompt is empty")
     backend = check_backend(backend)
@@ -132,10 +137,13 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     max_len = len(prompt_ids) + decode.max_new_tokens + DRAFT_ROOM
     drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len, costs, history,
                             progress)
-    session = open_session(backend, target, max_len)
+    session = open_session(backend, target, max_len, compression=kv)
     try:
-        return _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
-                       on_step, trace, acceptance)
+        result = _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
+                         on_step, trace, acceptance, kv)
+        if kv.active:  # what the compressed cache saved, measured at the end
+            result.trace.notes.append(session.note())
+        return result
     finally:
         session.close()
         drafter.env.close_sessions()
@@ -143,11 +151,11 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
 
 def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: list[int],
             sampling: SamplingConfig, decode: DecodeConfig, generator, on_step, trace,
-            acceptance: AcceptanceConfig) -> GenerationResult:
+            acceptance: AcceptanceConfig, kv: KVConfig) -> GenerationResult:
     device = target.device
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
-    trace.lossy = lossy_reasons(type(drafter), trace.params, sampling, target.vocab_size, acceptance)
+    trace.lossy = lossy_reasons(type(drafter), trace.params, sampling, target.vocab_size, acceptance, kv)
     acceptance = verification_rule(type(drafter), drafter.params, acceptance)
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
     memory = PeakMemory(device)
@@ -241,15 +249,18 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
 
 
 def lossy_reasons(cls: type[Drafter], params: dict[str, Any], sampling: SamplingConfig, vocab: int,
-                  acceptance: AcceptanceConfig = AcceptanceConfig()) -> list[str]:
+                  acceptance: AcceptanceConfig = AcceptanceConfig(), kv: KVConfig = KVConfig()) -> list[str]:
     """What makes a run lossy, one line each (`Trace.lossy`): a method registered `lossless = False` (with its
-    setting) and a relaxed acceptance rule at a setting that can change the output; [] for a lossless run."""
+    setting), a relaxed acceptance rule at a setting that can change the output and a KV cache that evicts;
+    [] for a lossless run."""
     out = []
     if not cls.lossless:
         setting = ", ".join(f"{k}={v}" for k, v in params.items())
         out.append(f"{cls.label or cls.name}" + (f" ({setting})" if setting else ""))
     if not acceptance.exact(sampling.greedy, vocab):
         out.append(acceptance.describe())
+    if kv.active:
+        out.append(kv.describe())
     return out
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .backend import check_backend
-from .config import AcceptanceConfig, ConfigError, DecodeConfig, SamplingConfig
+from .config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from .kv_cache import sliding_window
 from .methods import get_method, list_methods, resolve_params
 from .models import IncompatibleModelsError, check_compatible
@@ -39,16 +39,18 @@ class Request:
     backend: str
     draft: str | None  # None where the method drafts without a model (a draft given to it is not recorded)
     acceptance: AcceptanceConfig = AcceptanceConfig()  # the verifier's rule (a relaxed one makes the run lossy)
+    kv: KVConfig = KVConfig()  # the target's KV-cache compression (an evicting one makes the run lossy)
 
 
 def check_request(method: str, prompt: Any, *, draft: str | None = None, params: dict[str, Any] | None = None,
                   sampling: SamplingConfig | None = None, max_new_tokens: int = 128, chat: bool | None = None,
                   backend: str | None = None, trace: bool = True, give_draft: str = GIVE_DRAFT,
-                  acceptance: AcceptanceConfig | str | None = None) -> Request:
+                  acceptance: AcceptanceConfig | str | None = None, kv: KVConfig | str | None = None) -> Request:
     """Check everything about a run that needs no model; raise ConfigError with one line, else the Request.
 
     give_draft: how this surface tells a user to give a draft model (the CLI's flag, the app's dropdown).
     acceptance: an AcceptanceConfig or its text form ('typical:eps=0.09,delta=0.3'); None: exact.
+    kv: a KVConfig or its text form ('h2o:budget=0.5'); None: no compression (eager backend only).
     """
     check_prompt(prompt)
     if chat is not None and not isinstance(chat, bool):
@@ -63,7 +65,7 @@ def check_request(method: str, prompt: Any, *, draft: str | None = None, params:
     check_draft_given(method, bool(draft), give_draft)
     return Request(method=method, params=resolved, sampling=sampling, decode=decode, backend=backend,
                    draft=draft if cls.needs_draft_model else None,
-                   acceptance=check_acceptance(acceptance, cls, resolved))
+                   acceptance=check_acceptance(acceptance, cls, resolved), kv=check_kv(kv, backend))
 
 
 def check_acceptance(acceptance: Any, cls: Any = None, params: dict[str, Any] | None = None) -> AcceptanceConfig:
@@ -80,6 +82,19 @@ def check_acceptance(acceptance: Any, cls: Any = None, params: dict[str, Any] | 
         raise ConfigError(f"method '{cls.name}' verifies with its own rule (its parameters); leave out the "
                           f"acceptance option")
     return acceptance
+
+
+def check_kv(kv: Any, backend: str) -> KVConfig:
+    """A KVConfig, its text form or None (no compression) -> the config; refused on a backend other than eager."""
+    if kv is None:
+        return KVConfig()
+    if isinstance(kv, str):
+        kv = KVConfig.parse(kv)
+    elif not isinstance(kv, KVConfig):
+        raise ConfigError(f"kv must be a KVConfig or text like 'h2o:budget=0.5', not {type(kv).__name__}")
+    if kv.active and backend != "eager":
+        raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
+    return kv
 
 
 def check_prompt(prompt: Any) -> None:

@@ -8,6 +8,8 @@
 --backends b1,b2          every arm runs on each backend (workbench.backend), its own baseline included
 --accept RULE[:K=V,...]   every drafting arm once per acceptance rule given (repeatable; lossy unless exact:
                           workbench.config.AcceptanceConfig); the baseline drafts nothing and runs once
+--kv POLICY[:K=V,...]     every arm but the baseline once per KV-cache compression given (repeatable; lossy
+                          unless none: workbench.config.KVConfig); the baseline keeps its whole cache
 
 Every value is checked against the method's declared parameters (workbench.methods)
 before anything is loaded, so bad input fails at once with one line.
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backend import check_backend
-from ..config import BASELINE, AcceptanceConfig, ConfigError
+from ..config import BASELINE, AcceptanceConfig, ConfigError, KVConfig
 from ..methods import get_method, resolve_params
 
 TRACE_OFF_LABEL = "autoregressive[trace=off]"
@@ -39,6 +41,7 @@ class Arm:
     backend: str = "eager"  # how its forwards run (workbench.backend)
     draft: str | None = None  # a draft model spec of its own (None: the benchmark's draft, if it uses one)
     acceptance: AcceptanceConfig = AcceptanceConfig()  # the verifier's rule for this arm (relaxed: lossy)
+    kv: KVConfig = KVConfig()  # this arm's KV-cache compression (evicting: lossy)
 
     @property
     def key(self) -> str:
@@ -48,7 +51,8 @@ class Arm:
     @property
     def lossless(self) -> bool:
         """The method is lossless and the acceptance rule admits nothing more under greedy (any vocabulary)."""
-        return get_method(self.method).lossless and self.acceptance.exact(greedy=True, vocab=LARGEST_VOCAB)
+        return (get_method(self.method).lossless and self.acceptance.exact(greedy=True, vocab=LARGEST_VOCAB)
+                and not self.kv.active)
 
     @property
     def needs_draft(self) -> bool:
@@ -127,6 +131,20 @@ def parse_accepts(specs: list[str] | None) -> list[AcceptanceConfig]:
     return list(dict.fromkeys(out))
 
 
+def parse_kvs(specs: list[str] | None) -> list[KVConfig]:
+    """["h2o:budget=0.5", "none"] -> their configs, in order, duplicates dropped; [] -> [none]."""
+    out = [KVConfig.parse(s) for s in specs or []] or [KVConfig()]
+    return list(dict.fromkeys(out))
+
+
+def _kv_label(kv: KVConfig) -> str:
+    """An arm label's suffix for its KV-cache compression ('' for none)."""
+    if not kv.active:
+        return ""
+    extra = f",recent={kv.recent:g}" if kv.policy == "h2o" else ""
+    return f"+kv:{kv.policy}(budget={kv.budget:g},sinks={kv.sinks}{extra})"
+
+
 def _accept_label(acc: AcceptanceConfig) -> str:
     """An arm label's suffix for its acceptance rule ('' for exact)."""
     if acc.rule == "exact":
@@ -141,15 +159,20 @@ def _fmt(v: Any) -> str:
 
 def build_arms(methods: list[str], params: dict[str, dict[str, Any]] | None = None,
                sweeps: list[tuple[str, str, list[Any]]] | None = None, trace_overhead: bool = True,
-               accepts: list[AcceptanceConfig] | None = None) -> list[Arm]:
+               accepts: list[AcceptanceConfig] | None = None, kvs: list[KVConfig] | None = None) -> list[Arm]:
     """The baseline first, then (optionally) the untraced baseline, then each method (one arm per sweep point),
-    each drafting arm once per acceptance rule of `accepts` (default: exact only)."""
+    each drafting arm once per acceptance rule of `accepts` (default: exact only), and every arm but the
+    baseline once per KV-cache compression of `kvs` (an evicting one also adds plain decoding over it)."""
     arms = _build_arms(methods, params, sweeps, trace_overhead)
     accepts = accepts or [AcceptanceConfig()]
-    out = [a for a in arms if a.method == BASELINE]
+    kvs = kvs or [KVConfig()]
+    base = [a for a in arms if a.method == BASELINE]
+    out = list(base)
+    out += [replace(base[0], label=BASELINE + _kv_label(kv), kv=kv) for kv in kvs if kv.active]
     for a in arms:
         if a.method != BASELINE:
-            out += [replace(a, label=a.label + _accept_label(acc), acceptance=acc) for acc in accepts]
+            out += [replace(a, label=a.label + _accept_label(acc) + _kv_label(kv), acceptance=acc, kv=kv)
+                    for kv in kvs for acc in accepts]
     return out
 
 

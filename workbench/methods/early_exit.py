@@ -60,7 +60,7 @@ class EarlyExit(Drafter):
         Param("every", "int", 6, "check every this many layers from min_layer (each check is an LM-head product)",
               1, 1000),
         Param("max_draft", "int", 16, "at most this many exited tokens per target forward", 1, 256),
-        Param("agreement", "float", 0.0, "calibrated variant: choose the lowest threshold whose exits agree with "
+        Param("agreement", "float", 0.9, "calibrated variant: choose the lowest threshold whose exits agree with "
               "the full model on this share of calibration positions (0: use threshold)", 0.0, 1.0),
     )
 
