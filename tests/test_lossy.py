@@ -110,6 +110,10 @@ def test_bad_acceptance_settings_fail_with_one_line():
             AcceptanceConfig.parse(text)
         assert "\n" not in str(exc.value)
     assert AcceptanceConfig.parse("typical:eps=0.3,delta=0.09") == AcceptanceConfig("typical", eps=0.3, delta=0.09)
+    for acc in EXACT + EXTREME + [AcceptanceConfig()]:
+        assert AcceptanceConfig.parse(acc.text()) == acc
+    for kv in (KVConfig(), KVConfig("streaming", budget=0.25, sinks=2), KVConfig("h2o", recent=0.3)):
+        assert KVConfig.parse(kv.text()) == kv
 
 
 # ---------------------------------------------------------------- lossy methods of the registry
@@ -257,3 +261,27 @@ def test_h2o_keeps_the_sinks_the_recent_window_and_the_heaviest_positions():
     kept = choose_kept(KVConfig("h2o", sinks=2, recent=0.5), scores, 8).tolist()
     assert kept == [0, 1, 6, 9, 10, 11, 12, 13]  # sinks 0-1, heavy 6 and 9, recent 10-13
     assert choose_kept(KVConfig("streaming", sinks=2), scores, 5).tolist() == [0, 1, 11, 12, 13]
+
+
+# ---------------------------------------------------------------- the app's lossy options
+
+def test_the_apps_run_takes_the_lossy_options_and_refuses_bad_ones_with_one_line(tmp_path):
+    from store import RunStore
+    from ui.common import AppContext, new_session_state
+    from ui.tabs import playground
+
+    store = RunStore(tmp_path / "ui.sqlite")
+    ctx = AppContext(store=store, default_target="tiny-random")
+    slots = [None] * (playground.N_SLOTS * len(playground.SLOT_KINDS))
+    args = (ctx, new_session_state(), "tiny-random", "tiny-random:bf16", "speculative", "Hello there", False, 12,
+            0.0, 1.0, 0, 0, *slots)
+    bad = list(playground.run_stream(*args, accept="typical:eps=7"))[-1]
+    assert "eps" in bad[0] and "\n" not in bad[0].strip() and store.list_runs() == []
+    bad = list(playground.run_stream(*args, kv="h2o:budget=2"))[-1]
+    assert "budget" in bad[0] and store.list_runs() == []
+    done = list(playground.run_stream(*args, accept="typical:eps=0,delta=0", kv="streaming:budget=0.5"))[-1]
+    run_id = done[-1]["last_run"]
+    rec = store.get_run(run_id)
+    assert rec.status == "finished" and rec.params["acceptance"] == "typical:eps=0,delta=0"
+    assert rec.params["kv"] == "streaming:budget=0.5,sinks=4"
+    store.close()

@@ -74,8 +74,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     with Recording(store if log else None, tr, prompt=prompt, decode_text=tgt.decode, method=method,
                    target=tgt.spec, draft=drf.spec if drf else None,
                    params={**req.params, "max_new_tokens": max_new_tokens, "chat": chat,
-                           **({"acceptance": req.acceptance.to_dict()} if req.acceptance.rule != "exact" else {}),
-                           **({"kv": req.kv.to_dict()} if req.kv.active else {})},
+                           **({"acceptance": req.acceptance.text()} if req.acceptance.rule != "exact" else {}),
+                           **({"kv": req.kv.text()} if req.kv.active else {})},
                    sampling=req.sampling.to_dict(), env=env, benchmark_id=benchmark_id, source=source) as rec:
 
         def _on_step(step: Step, t: Trace) -> None:

@@ -219,6 +219,12 @@ class AcceptanceConfig:
             return f"probability-ratio acceptance (ratio={self.ratio:g})"
         return "exact acceptance"
 
+    def text(self) -> str:
+        """The text form `parse` reads back ('typical:eps=0.09,delta=0.3'), as a run's parameters store it."""
+        knobs = {"typical": f"eps={self.eps:g},delta={self.delta:g}", "top_k": f"k={self.k}",
+                 "ratio": f"ratio={self.ratio:g}", "exact": ""}[self.rule]
+        return f"{self.rule}:{knobs}" if knobs else self.rule
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -283,6 +289,13 @@ class KVConfig:
         knobs = f"budget={self.budget:g}, sinks={self.sinks}" + (f", recent={self.recent:g}" if self.policy == "h2o" else "")
         return (f"KV-cache compression ({self.policy}: {knobs}); the drafting stays lossless with respect to the "
                 f"compressed target")
+
+    def text(self) -> str:
+        """The text form `parse` reads back ('h2o:budget=0.5,sinks=4,recent=0.5'), as a run's parameters store it."""
+        if self.policy == "none":
+            return "none"
+        extra = f",recent={self.recent:g}" if self.policy == "h2o" else ""
+        return f"{self.policy}:budget={self.budget:g},sinks={self.sinks}{extra}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -139,18 +139,12 @@ def parse_kvs(specs: list[str] | None) -> list[KVConfig]:
 
 def _kv_label(kv: KVConfig) -> str:
     """An arm label's suffix for its KV-cache compression ('' for none)."""
-    if not kv.active:
-        return ""
-    extra = f",recent={kv.recent:g}" if kv.policy == "h2o" else ""
-    return f"+kv:{kv.policy}(budget={kv.budget:g},sinks={kv.sinks}{extra})"
+    return f"+kv:{kv.text()}" if kv.active else ""
 
 
 def _accept_label(acc: AcceptanceConfig) -> str:
     """An arm label's suffix for its acceptance rule ('' for exact)."""
-    if acc.rule == "exact":
-        return ""
-    knobs = {"typical": f"eps={acc.eps:g},delta={acc.delta:g}", "top_k": f"k={acc.k}", "ratio": f"ratio={acc.ratio:g}"}
-    return f"+{acc.rule}({knobs[acc.rule]})"
+    return "" if acc.rule == "exact" else f"+{acc.text()}"
 
 
 def _fmt(v: Any) -> str:

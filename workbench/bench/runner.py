@@ -439,9 +439,9 @@ def _run_params(arm, unit: PromptUnit, repeat: int, cfg: BenchConfig, trace: boo
             "bench.category": unit.category, "bench.subcategory": unit.question.subcategory or unit.category,
             "bench.prompt": unit.key, "bench.question_id": unit.question.key, "bench.turn": unit.turn + 1,
             "bench.repeat": repeat, "bench.trace": trace, "bench.backend": arm.backend,
-            **({"acceptance": arm.acceptance.to_dict()} if isinstance(arm, Arm) and arm.acceptance.rule != "exact"
+            **({"acceptance": arm.acceptance.text()} if isinstance(arm, Arm) and arm.acceptance.rule != "exact"
                else {}),
-            **({"kv": arm.kv.to_dict()} if isinstance(arm, Arm) and arm.kv.active else {})}
+            **({"kv": arm.kv.text()} if isinstance(arm, Arm) and arm.kv.active else {})}
 
 
 def _run_env(env: dict[str, Any], arm) -> dict[str, Any]:
