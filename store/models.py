@@ -25,13 +25,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (JSON, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text,
-                        TypeDecorator)
+from sqlalchemy import (JSON, Boolean, CheckConstraint, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text,
+                        TypeDecorator, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 # Version N is Alembic revision "000N" (store/migrations/versions/000N_*.py).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA_REVISION = f"{SCHEMA_VERSION:04d}"
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 _STATUS_CHECK = "status IN ('running', 'finished', 'failed', 'interrupted')"
@@ -139,6 +139,11 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
     # What the run says about itself (Trace.notes: [{"kind", "text", ...}]; version 5); NULL: none
     notes: Mapped[list[dict[str, Any]] | None] = mapped_column(_json())
+    # Whether the run was lossless (its method and every option; version 6), what made it lossy (Trace.lossy,
+    # NULL: nothing), and its quality against its baseline (workbench.quality.Quality.to_dict(); NULL: not measured)
+    lossless: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True, server_default=text("1"))
+    lossy: Mapped[list[str] | None] = mapped_column(_json())
+    quality: Mapped[dict[str, Any] | None] = mapped_column(_json())
 
     params: Mapped[list[RunParam]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True, order_by="RunParam.key")

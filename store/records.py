@@ -47,6 +47,9 @@ class RunRecord:
     source: str = "api"
     stop_reason: str | None = None
     notes: list[dict[str, Any]] = field(default_factory=list)  # what the run says about itself (Trace.notes)
+    lossless: bool = True  # its method and every option it ran with are lossless (Trace.lossless)
+    lossy: list[str] = field(default_factory=list)  # what made it lossy, one line each (Trace.lossy)
+    quality: dict[str, Any] | None = None  # workbench.quality.Quality.to_dict(); None: not measured
 
     @property
     def short_id(self) -> str:
@@ -81,6 +84,9 @@ class RunRecord:
             "source": self.source,
             "stop_reason": self.stop_reason,
             "notes": [dict(n) for n in self.notes],
+            "lossless": self.lossless,
+            "lossy": list(self.lossy),
+            "quality": None if self.quality is None else dict(self.quality),
         }
 
 
@@ -134,6 +140,9 @@ def record_from_run(run: Run) -> RunRecord:
         source=run.source,
         stop_reason=run.stop_reason,
         notes=[dict(n) for n in run.notes or [] if isinstance(n, dict)],
+        lossless=bool(run.lossless) and not run.lossy,
+        lossy=[str(x) for x in run.lossy or []],
+        quality=dict(run.quality) if isinstance(run.quality, dict) else None,
     )
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, selectinload
 
 from workbench.config import BASELINE, SamplingConfig
+from workbench.quality import QUALITY_COLUMNS
 from workbench.trace import Trace
 
 from . import db, liveness, schema
@@ -90,6 +91,8 @@ def is_baseline_of(cand: RunRecord, *, target: str, prompt: str, sampling: dict[
                    env: dict[str, Any] | None = None, chat: bool | None = None, exclude: str | None = None) -> bool:
     """The one baseline rule (see RunStore.find_baseline): whether `cand` is a baseline for these settings."""
     if cand.id == exclude or cand.method != BASELINE or cand.status != "finished":
+        return False
+    if not cand.lossless:  # plain decoding with a lossy option (a compressed KV cache, ...) is not the target's own
         return False
     if cand.target != str(target) or cand.prompt != prompt:
         return False
@@ -238,6 +241,8 @@ class RunStore(AdviceMixin, BenchmarkMixin, TrainingMixin):
         run.trace_params = json.loads(db.json_dumps(dict(trace.params)))
         run.stop_reason = trace.stop_reason or None
         run.notes = json.loads(db.json_dumps(list(trace.notes))) or None
+        run.lossy = [str(x) for x in trace.lossy] or None
+        run.lossless = not trace.lossy
         metric_rows, acc = summary_rows(run.id, trace.summary())
         run.acceptance_by_position = acc
         s.execute(delete(Metric).where(Metric.run_id == run.id).execution_options(synchronize_session=False))
@@ -304,11 +309,14 @@ class RunStore(AdviceMixin, BenchmarkMixin, TrainingMixin):
         self._beats[run_id] = now
 
     @writes
-    def finish_run(self, run_id: str, trace: Trace, output_text: str) -> None:
-        """Close a run: its final steps, metrics, output and status ``finished``."""
+    def finish_run(self, run_id: str, trace: Trace, output_text: str,
+                   quality: dict[str, Any] | None = None) -> None:
+        """Close a run: its final steps, metrics, output, quality (workbench.quality.Quality.to_dict(), None:
+        not measured) and status ``finished``."""
         with self.session_scope() as s:
             run = self._run(s, run_id)
             self._write_trace(s, run, trace, prune=True)
+            run.quality = json.loads(db.json_dumps(dict(quality))) if quality else None
             run.output_text = output_text
             run.status = "finished"
             run.error = None
@@ -363,15 +371,19 @@ class RunStore(AdviceMixin, BenchmarkMixin, TrainingMixin):
             return Trace(method=run.method, params=params, prompt_ids=list(run.prompt_ids or []),
                          steps=[row_to_step(r) for r in rows], wall_s=0.0 if wall is None else wall,
                          peak_mem_mb=math.nan if peak is None else peak, stop_reason=run.stop_reason or "",
-                         notes=[dict(n) for n in run.notes or [] if isinstance(n, dict)])
+                         notes=[dict(n) for n in run.notes or [] if isinstance(n, dict)],
+                         lossy=[str(x) for x in run.lossy or []])
 
     def list_runs(self, *, method: str | Sequence[str] | None = None, status: str | Sequence[str] | None = None,
                   benchmark_id: str | None = None, search: str | None = None, limit: int | None = 200,
-                  source: str | Sequence[str] | None = None, ids: Sequence[str] | None = None) -> list[RunRecord]:
+                  source: str | Sequence[str] | None = None, ids: Sequence[str] | None = None,
+                  lossless: bool | None = None) -> list[RunRecord]:
         """Runs, newest first. ``search`` matches substrings of prompt, target, draft, method (or an id prefix);
-        ``ids`` keeps only the runs with these exact ids."""
+        ``ids`` keeps only the runs with these exact ids; ``lossless`` True/False keeps only lossless/lossy runs."""
         self.reap_interrupted()
         stmt = select(Run)
+        if lossless is not None:
+            stmt = stmt.where(Run.lossless == bool(lossless))
         if ids is not None:
             stmt = stmt.where(Run.id.in_([str(i) for i in ids]))
         for col, value in ((Run.method, method), (Run.status, status), (Run.source, source)):
@@ -524,10 +536,14 @@ class RunStore(AdviceMixin, BenchmarkMixin, TrainingMixin):
             row.update({f"param.{k}": v for k, v in r.typed_params.items()})
             row.update(r.metrics)
             row["acceptance_by_position"] = list(r.acceptance_by_position)
+            row["lossless"] = r.lossless
+            row["lossy"] = "; ".join(r.lossy)
+            row.update({f"quality.{k}": (r.quality or {}).get(k) for k in QUALITY_COLUMNS})
             rows.append(row)
         df = pd.DataFrame(rows)
         if df.empty:
-            return pd.DataFrame(columns=base + list(METRIC_KEYS) + ["acceptance_by_position"])
+            return pd.DataFrame(columns=base + list(METRIC_KEYS) + ["acceptance_by_position", "lossless", "lossy"]
+                                + [f"quality.{k}" for k in QUALITY_COLUMNS])
         return df
 
     def export_csv(self, path: str | Path, **filters: Any) -> int:

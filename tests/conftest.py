@@ -136,8 +136,8 @@ def recordings(monkeypatch) -> list[dict]:
         made.append({"source": row.get("source"), "method": row.get("method"), "run_id": self.run_id, "ended": None})
         self._spied = made[-1]
 
-    def spy_finish(self, trace, output_text):
-        finish(self, trace, output_text)
+    def spy_finish(self, trace, output_text, quality=None):
+        finish(self, trace, output_text, quality)
         self._spied["ended"] = "finished"
 
     def spy_fail(self, exc, output_text=None, *, interrupted=False, error=None):

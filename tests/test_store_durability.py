@@ -324,7 +324,7 @@ def test_version_1_file_is_upgraded_in_place(tmp_path):
     assert len(before["runs"]) == 5 and len(stuck) == 1 and _rows(path, "SELECT version FROM schema_info") == [(1,)]
 
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 5
+        assert s.schema_version == SCHEMA_VERSION == 6
         recs = {r.id: r for r in s.list_runs()}
         assert recs[stuck[0]].status == "interrupted" and "3 steps kept" in recs[stuck[0]].error
         assert len(s.load_trace(stuck[0]).steps) == 3
@@ -333,7 +333,7 @@ def test_version_1_file_is_upgraded_in_place(tmp_path):
         s.finish_run(new, s.load_trace(stuck[0]), "again")
         assert s.get_run(new).status == "finished"
     assert _rows(path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
-    assert _rows(path, "SELECT version FROM schema_info") == [(5,)]
+    assert _rows(path, "SELECT version FROM schema_info") == [(6,)]
     assert _rows(path, "PRAGMA foreign_key_check") == [] and _rows(path, "PRAGMA integrity_check") == [("ok",)]
 
     after_runs = [r for r in _rows(path, f"SELECT {V1_RUN_COLS} FROM runs ORDER BY 1, 2") if r[0] != new]

@@ -10,18 +10,23 @@ this process (workbench.bench.runner) or fans it out over a cluster.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from store import RunStore
 
+from .accounting import BaselineOutput, decode_baseline, quality_against
 from .bench.runner import BenchConfig, plan_benchmark, run_in_process, to_stderr
 from .cluster import cluster_address, run_benchmark_on_cluster, run_on_cluster
-from .config import ConfigError, SamplingConfig
+from .config import BASELINE, ConfigError, SamplingConfig
 from .engine import generate, prepare_run
 from .models import EMBEDDED_DEFAULT, load_model
 from .preflight import check_models, check_request
-from .record import Recording, RunResult, environment, run_history
+from .quality import Quality, check_task, identity_note
+from .record import Recording, RunResult, environment, prompt_text, run_history, stored_baseline
 from .trace import Step, Trace
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["RunResult", "run", "run_benchmark"]
 
@@ -32,7 +37,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         store: Any | None = None, log: bool = True, source: str = "api", benchmark_id: str | None = None,
         trace: bool = True, on_step: Callable[[Step, Trace], None] | None = None,
         progress: Callable[[str], None] | None = None, cluster: str | None = None,
-        backend: str | None = None, acceptance: Any = None, kv: Any = None) -> RunResult:
+        backend: str | None = None, quality: bool = True,
+        task: tuple[str, list[str]] | None = None, acceptance: Any = None, kv: Any = None) -> RunResult:
     """Decode `prompt` with `method` and (by default) log the run to the store.
 
     prompt: plain text, or a list of chat messages ({"role", "content"}).
@@ -42,6 +48,9 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     else in process); the run is recorded here all the same (workbench.cluster).
     backend: "eager" (default) or "compiled" (workbench.backend); compiling happens before
     the run's clock starts and is recorded as env["warmup_s"].
+    quality: measure the run's quality against the target's plain decoding after the decode, outside its
+    timed region (`_account`; not for cluster runs). task: (check, answers) for a task score
+    (workbench.quality.score_task), or None.
     acceptance: the verifier's acceptance rule, a workbench.config.AcceptanceConfig or its text form
     ('typical:eps=0.09,delta=0.3'; None: exact). A relaxed rule makes the run lossy (Trace.lossy).
     kv: KV-cache compression of the target, a workbench.config.KVConfig or its text form ('h2o:budget=0.5';
@@ -51,6 +60,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     req = check_request(method, prompt, draft=draft, params=params, sampling=sampling,
                         max_new_tokens=max_new_tokens, chat=chat, backend=backend, trace=trace,
                         acceptance=acceptance, kv=kv)
+    if task is not None:
+        task = check_task(*task)
     target = target or EMBEDDED_DEFAULT
     address = cluster_address(cluster)
     if address is not None and (req.acceptance.rule != "exact" or req.kv.active):
@@ -87,10 +98,39 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
                           decode=req.decode, on_step=_on_step, trace=tr, backend=req.backend,
                           history=run_history(store if log else None), progress=progress,
                           acceptance=req.acceptance, kv=req.kv)
-        rec.finish(result.trace, result.text)
+        # after the decode: the run's wall time and tokens/s are already fixed and never include this
+        q = None
+        if quality:
+            q = _account(tgt, prompt, prompt_ids, result, method=method, req=req, max_new_tokens=max_new_tokens,
+                         env=env, store=store if log else None, task=task, progress=progress)
+        if q is not None and (note := identity_note(q, lossless=result.trace.lossless, greedy=req.sampling.greedy)):
+            result.trace.notes.append(note)
+        rec.finish(result.trace, result.text, quality=q)
     return RunResult(run_id=rec.run_id, method=method, target=tgt.spec, draft=drf.spec if drf else None,
                      prompt=prompt, output_text=result.text, output_ids=result.output_ids, trace=result.trace,
-                     result=result)
+                     result=result, quality=q)
+
+
+def _account(tgt, prompt: str | list[dict], prompt_ids: list[int], result, *, method: str, req, max_new_tokens: int,
+             env: dict[str, Any], store: Any | None, task, progress) -> Quality | None:
+    """The run's quality (workbench.accounting) against the stored baseline (workbench.record.stored_baseline), or
+    against the target's plain decoding run once here (not recorded: a plain run the user makes is). A plain run
+    is its own baseline (or the stored one, when their outputs are the same: its NLL is then known, and no forward
+    runs). None, with a warning, when the accounting fails: the run is kept."""
+    try:
+        base = stored_baseline(store, target=tgt.spec, prompt=prompt_text(prompt), prompt_ids=prompt_ids,
+                               sampling=req.sampling.to_dict(), max_new_tokens=max_new_tokens, env=env)
+        if method == BASELINE and (base is None or base.output_ids != result.output_ids):
+            base = BaselineOutput(result.output_ids, result.text)  # its own baseline
+        elif base is None:  # none stored: the target's plain decoding once, for this measurement only
+            if progress:
+                progress("quality: decoding the target's plain baseline of this prompt (none is stored)")
+            b = decode_baseline(tgt, prompt_ids, sampling=req.sampling, decode=req.decode, backend=req.backend)
+            base = BaselineOutput(b.output_ids, b.text)
+        return quality_against(tgt, prompt_ids, result.output_ids, result.text, base, task)
+    except Exception as exc:  # noqa: BLE001 - the decode succeeded; losing its accounting must not lose the run
+        logger.warning("the run's quality could not be measured (%s: %s)", type(exc).__name__, exc)
+        return None
 
 
 def run_benchmark(cfg: BenchConfig, store: Any, progress: Callable[[str], None] | None = to_stderr) -> str:

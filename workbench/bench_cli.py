@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from store import RunStore
 
 from .backend import add_backend_argument
 from .cluster import cluster_address
 from .config import ConfigError
+from .quality import MEASURES, check_measure
 
 EPILOG = """examples:
   workbench bench --suite builtin --methods speculative,prompt_lookup --draft smollm2-135m:bf16 --compare-hf
@@ -73,6 +75,12 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--json", action="store_true", help="print the report as one JSON object")
     b.add_argument("--markdown", metavar="FILE", help="also write the report as Markdown")
     b.add_argument("--csv", metavar="FILE", help="also write one CSV line per (method, category)")
+    b.add_argument("--quality-measure", default="agreement", metavar="MEASURE",
+                   help=f"the quality axis of the speed-quality section and plot: {', '.join(MEASURES)} "
+                        "(default agreement; docs/quality.md)")
+    b.add_argument("--pareto", metavar="FILE.html",
+                   help="also write the speed-quality Pareto plot (speedup vs --quality-measure, one point per arm, "
+                        "a --sweep's arms as a curve) as an HTML page")
     b.set_defaults(func=cmd_bench)
 
 
@@ -122,6 +130,9 @@ def cmd_bench(args) -> int:
 
     if args.list:
         return _list(args)
+    check_measure(args.quality_measure)
+    if args.pareto and not str(args.pareto).endswith((".html", ".htm")):
+        raise ConfigError(f"--pareto writes an HTML page: give a file name ending in .html, got {args.pareto!r}")
     if args.show:
         bench_id = args.show
         store = _store(args)
@@ -135,14 +146,29 @@ def cmd_bench(args) -> int:
         bench_id = run_benchmark(cfg, store)
     report = benchmark_report(store, bench_id)
     if args.markdown:
-        print(f"bench: wrote {write_markdown(report, args.markdown)}", file=sys.stderr)
+        print(f"bench: wrote {write_markdown(report, args.markdown, args.quality_measure)}", file=sys.stderr)
+    if args.pareto:
+        print(f"bench: wrote {_write_pareto(report, args.pareto, args.quality_measure)}", file=sys.stderr)
     if args.csv:
         print(f"bench: wrote {write_csv(report, args.csv)}", file=sys.stderr)
     if args.json:
         print(json.dumps(report.to_json()))
     else:
-        print(to_markdown(report))
+        print(to_markdown(report, args.quality_measure))
     return 0
+
+
+def _write_pareto(report, path: str, measure: str) -> Path:
+    """The report's speed-quality points drawn by the app's presenter (ui.presenters.quality), as an HTML page."""
+    from ui.presenters.quality import bench_points, pareto_figure  # here: plotly, only when a plot is asked for
+
+    names = {k: report.name(*k) for k in report.keys}
+    fig = pareto_figure(bench_points(report.rows, measure, names=names), measure,
+                        speed_label="speedup over plain decoding", title=f"Benchmark {report.id[:8]}")
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(out, include_plotlyjs="cdn")
+    return out
 
 
 def _list(args) -> int:

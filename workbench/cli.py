@@ -26,6 +26,7 @@ from .bench_cli import add_bench_parser
 from .config import BASELINE, ConfigError, SamplingConfig
 from .models import EMBEDDED_DEFAULT, ModelError
 from .train_cli import add_train_parsers
+from .quality import describe, lossy_badge
 
 
 class UsageError(Exception):
@@ -112,7 +113,7 @@ def cmd_run(args) -> int:
     result = run(args.method, args.prompt, target=args.target, draft=args.draft, params=_parse_params(args.param),
                  sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device,
                  store=store, log=not args.no_log, source="cli", progress=progress, cluster=args.cluster,
-                 backend=args.backend, acceptance=args.accept, kv=args.kv)
+                 backend=args.backend, quality=not args.no_quality, acceptance=args.accept, kv=args.kv)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -125,8 +126,8 @@ def cmd_run(args) -> int:
           f"{_fmt(s.node_acceptance_rate)} ({s.accepted_draft_tokens}/{s.drafted_tokens} nodes) | "
           f"target forwards {s.target_forward_passes} | TTFT {s.ttft_s * 1000:.0f} ms"
           + (f" | run {result.run_id}" if result.run_id else ""), file=sys.stderr)
-    for line in result.trace.lossy:  # what made the run lossy (a relaxed acceptance rule, a lossy method)
-        print(f"LOSSY: {line}", file=sys.stderr)
+    print(f"{lossy_badge(result.trace.lossy)} | quality vs plain decoding: "
+          f"{describe(result.quality.to_dict() if result.quality else None)}", file=sys.stderr)
     for note in result.trace.notes:  # cost-aware sizing that chose not to draft, a cost profile measured first, ...
         print(f"note: {note.get('text')}", file=sys.stderr)
     return 0
@@ -188,8 +189,8 @@ def cmd_models(args) -> int:
 
 
 def cmd_runs_list(args) -> int:
-    runs = _open_store(args).list_runs(method=args.method, status=args.status, search=args.search,
-                                       limit=args.limit)
+    runs = _open_store(args).list_runs(method=args.method, status=args.status, search=args.search, limit=args.limit,
+                                       lossless=args.lossless)
     if args.json:
         print(json.dumps([r.to_dict() for r in runs]))
         return 0
@@ -197,12 +198,13 @@ def cmd_runs_list(args) -> int:
         print("no runs recorded yet: try `workbench run --method autoregressive --prompt 'Hello'`")
         return 0
     print(f"{'id':<12} {'created':<19} {'status':<11} {'method':<15} {'target':<20} {'draft':<20} "
-          f"{'tok/s':>7} {'tau':>5}  prompt")
+          f"{'tok/s':>7} {'tau':>5} {'quality':<8} {'agree':>5}  prompt")
     for r in runs:
         prompt = " ".join((r.prompt or "").split())[:40]
         print(f"{r.id[:12]:<12} {r.created_at:%Y-%m-%d %H:%M:%S} {r.status:<11} {r.method:<15} "
               f"{(r.target or '')[:20]:<20} {(r.draft or '-')[:20]:<20} "
-              f"{_fmt(r.metrics.get('tokens_per_s'), 1):>7} {_fmt(r.metrics.get('mean_accepted_tokens')):>5}  {prompt}")
+              f"{_fmt(r.metrics.get('tokens_per_s'), 1):>7} {_fmt(r.metrics.get('mean_accepted_tokens')):>5} "
+              f"{'lossless' if r.lossless else 'LOSSY':<8} {_fmt((r.quality or {}).get('agreement')):>5}  {prompt}")
     return 0
 
 
@@ -221,6 +223,9 @@ def cmd_runs_show(args) -> int:
         print(f"error  {rec.error}")
     print(f"prompt {rec.prompt}")
     print(f"output {rec.output_text}")
+    print(f"{lossy_badge(rec.lossy)}")
+    print(f"quality vs plain decoding: {describe(rec.quality)}"
+          + (f" (baseline run {rec.quality['baseline_run']})" if (rec.quality or {}).get("baseline_run") else ""))
     for k, v in sorted(rec.metrics.items()):
         print(f"  {k:<28} {_fmt(v, 4)}")
     if rec.acceptance_by_position:
@@ -290,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_backend_argument(r)
     r.add_argument("--no-log", action="store_true", help="do not record the run in the store")
+    r.add_argument("--no-quality", action="store_true",
+                   help="skip the quality accounting against the target's plain decoding (docs/quality.md)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--cluster", default=None, metavar="ADDRESS",
                    help="decode on Ray workers: local, auto or ray://HOST:PORT "
@@ -316,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--status", choices=["running", "finished", "failed", "interrupted"])
     rl.add_argument("--search", help="substring of prompt, method or model")
     rl.add_argument("--limit", type=_int_in(1), default=50)
+    lossy = rl.add_mutually_exclusive_group()
+    lossy.add_argument("--lossless", dest="lossless", action="store_true", default=None, help="lossless runs only")
+    lossy.add_argument("--lossy", dest="lossless", action="store_false", help="lossy runs only")
     rl.add_argument("--json", action="store_true")
     rl.set_defaults(func=cmd_runs_list)
     rs = rsub.add_parser("show", help="show one run")

@@ -31,15 +31,20 @@ import transformers
 from store import RunStore
 
 from .device import cpu_isa, cpu_name
+from .accounting import BaselineOutput
 from .engine import GenerationResult
 from .kernels import plan_for
 from .models.loading import gqa_attention_in_effect
+from .quality import Quality
 from .trace import Step, Trace
 
 logger = logging.getLogger(__name__)
 
 # Steps are written to the store in batches of this many (and at the end).
 STEP_FLUSH_EVERY = 16
+# stored_baseline looks at this many of the newest candidate baselines (the same text with and without the chat
+# template is two prompts: their ids tell them apart).
+QUALITY_BASELINE_SCAN = 8
 
 
 def environment(target=None) -> dict[str, Any]:
@@ -131,10 +136,12 @@ class Recording:
         """The engine's step callback: write the new steps every STEP_FLUSH_EVERY."""
         self._steps(trace)
 
-    def finish(self, trace: Trace, output_text: str) -> None:
-        """Close the run ``finished`` with its whole trace and output."""
+    def finish(self, trace: Trace, output_text: str, quality: Quality | None = None) -> None:
+        """Close the run ``finished`` with its whole trace, output and quality (workbench.quality; None: not
+        measured)."""
         if not self.closed:
-            self.store.finish_run(self.run_id, trace, output_text)
+            self.store.finish_run(self.run_id, trace, output_text,
+                                  quality=quality.to_dict() if quality is not None else None)
             self.closed = True
 
     def fail(self, exc: BaseException, output_text: str | None = None, *, interrupted: bool = False,
@@ -177,6 +184,22 @@ def run_history(store: Any | None = None) -> Callable[[str, int], tuple[tuple, l
     return history
 
 
+def stored_baseline(store: Any | None, *, target: str, prompt: str, prompt_ids: list[int],
+                    sampling: dict[str, Any], max_new_tokens: int, env: dict[str, Any]) -> BaselineOutput | None:
+    """The newest stored plain-decoding run of this target, prompt (the same token ids), sampling settings and
+    token budget on the same device and dtype (any backend), preferring one whose NLL is stored: what a run's
+    quality is measured against (workbench.accounting). None when there is none, or no store."""
+    if store is None:
+        return None
+    where = {k: env[k] for k in ("device", "dtype") if env.get(k) is not None}
+    found = [BaselineOutput(list(rec.output_ids), rec.output_text or "", (rec.quality or {}).get("nll"), rec.id)
+             for rec in store.find_baselines(target=target, prompt=prompt, sampling=sampling,
+                                             max_new_tokens=max_new_tokens, env=where, limit=QUALITY_BASELINE_SCAN)
+             if rec.output_ids is not None and store.load_trace(rec.id).prompt_ids == list(prompt_ids)]
+    # the newest whose NLL is known (no forward to score it again), else the newest
+    return next((b for b in found if b.nll is not None), found[0] if found else None)
+
+
 @dataclass
 class RunResult:
     run_id: str | None
@@ -189,6 +212,7 @@ class RunResult:
     trace: Trace
     result: GenerationResult
     worker: dict[str, Any] | None = None  # the cluster worker that decoded it (node, host, GPU); None: in process
+    quality: Quality | None = None  # against the target's plain decoding (workbench.quality); None: not measured
 
     @property
     def summary(self):
@@ -220,6 +244,9 @@ class RunResult:
             },
             "stop_reason": self.trace.stop_reason,
             "notes": [dict(n) for n in self.trace.notes],
+            "lossless": self.trace.lossless,
+            "lossy": list(self.trace.lossy),
+            "quality": self.quality.to_dict() if self.quality is not None else None,
         }
 
 

@@ -18,7 +18,8 @@ Token origins (the colours of the output view):
 
 The package is one module per view (base, tokens, tree, latency, history, costs,
 train, speedup: how far a speedup can be trusted, choices: the Playground's pickers, notes: what a run
-says about itself); every public name is re-exported here, so callers write ``from ui import presenters as P``.
+says about itself, quality: the lossless/lossy badge, the quality card and the speed-quality Pareto plot);
+every public name is re-exported here, so callers write ``from ui import presenters as P``.
 """
 from .base import *  # noqa: F401,F403
 from .choices import *  # noqa: F401,F403
@@ -26,6 +27,7 @@ from .costs import *  # noqa: F401,F403
 from .history import *  # noqa: F401,F403
 from .latency import *  # noqa: F401,F403
 from .notes import *  # noqa: F401,F403
+from .quality import *  # noqa: F401,F403
 from .speedup import *  # noqa: F401,F403
 from .tokens import *  # noqa: F401,F403
 from .train import *  # noqa: F401,F403

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from workbench.config import BASELINE
+from workbench.quality import describe, lossy_badge
 
 from .base import _get, _nan, visible
 from .tokens import speedup
@@ -20,7 +21,7 @@ def _short(text: str | None, n: int) -> str:
 
 
 RUN_COLUMNS = ["id", "date", "method", "settings", "sampling", "status", "tok/s", "speedup", "τ", "α (path)",
-               "tokens", "backend", "target", "draft", "prompt"]
+               "lossless", "agreement", "ROUGE-L", "NLL gap", "tokens", "backend", "target", "draft", "prompt"]
 _RUN_KEYS = ("max_new_tokens", "chat")  # run settings kept apart from the method's parameters
 
 
@@ -110,6 +111,7 @@ def runs_frame(records: Sequence[Any], *, defaults: dict[str, dict[str, Any]] | 
     rows = []
     for r in records:
         m = _get(r, "metrics", {}) or {}
+        q = _get(r, "quality", None) or {}  # workbench.quality.Quality.to_dict(), against plain decoding
         created = _get(r, "created_at")
         rid = str(_get(r, "id", ""))
         sp = run_speedup(r, (baselines or {}).get(rid))
@@ -128,6 +130,10 @@ def runs_frame(records: Sequence[Any], *, defaults: dict[str, dict[str, Any]] | 
             "speedup": _round(sp, 2),
             "τ": _round(m.get("mean_accepted_tokens"), 2),
             "α (path)": _round(m.get("acceptance_rate"), 2),
+            "lossless": "yes" if _get(r, "lossless", True) and not _get(r, "lossy", None) else "LOSSY",
+            "agreement": _round(q.get("agreement"), 3),
+            "ROUGE-L": _round(q.get("rouge_l"), 3),
+            "NLL gap": _round(q.get("nll_gap"), 3),
             "tokens": None if m.get("new_tokens") is None else int(m["new_tokens"]),
             "backend": run_backend(r),
         })
@@ -146,6 +152,8 @@ COMPARE_METRICS = [
     ("mean_draft_length", "mean draft length", 2), ("peak_mem_mb", "peak memory (MB)", 0),
 ]
 SPEEDUP_ROW = "speedup vs plain decoding"
+LOSSLESS_ROW = "lossless"
+QUALITY_ROW = "quality vs plain decoding"
 BASELINE_ROW = "plain-decoding baseline"
 
 
@@ -159,7 +167,8 @@ def compare_frame(records: Sequence[Any], baselines: dict[str, Any] | None = Non
     acceptances: run id -> workbench.metrics.Acceptance from its stored steps (else the stored metrics).
     """
     data: dict[str, list[Any]] = {"": ["method", "target", "draft", "backend", "settings", "sampling", "status"]
-                                  + [label for _, label, _ in COMPARE_METRICS] + [BASELINE_ROW, SPEEDUP_ROW]}
+                                  + [label for _, label, _ in COMPARE_METRICS] + [BASELINE_ROW, SPEEDUP_ROW]
+                                  + [LOSSLESS_ROW, QUALITY_ROW]}
     for r in records:
         m = dict(_get(r, "metrics", {}) or {})
         rid = str(_get(r, "id", ""))
@@ -183,6 +192,8 @@ def compare_frame(records: Sequence[Any], baselines: dict[str, Any] | None = Non
             col.append(f"{str(_get(base, 'id', ''))[:8]} ({'—' if _nan(btps) else f'{btps:.1f}'} tok/s)")
         sp = run_speedup(r, base)
         col.append("—" if _nan(sp) else f"{sp:.2f}×")
+        col.append(lossy_badge(_get(r, "lossy", None) or []))
+        col.append(describe(_get(r, "quality", None)))
         name = rid[:8]
         while name in data:
             name += "'"

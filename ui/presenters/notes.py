@@ -3,8 +3,9 @@
 A note is ``{"kind", "text", ...}`` (workbench.engine): ``no_draft`` (cost-aware sizing chose plain
 steps in most of the run, and why, with the measured costs that drove it), ``profile_measured`` (a
 cost profile of this machine was measured before the run's clock started), ``profile_stale`` /
-``profile_disagrees`` (the run's verification forwards disagreed with the profile) and
-``profile_noisy`` (the profile was kept from a busy machine). ``notes_html`` lists them under the
+``profile_disagrees`` (the run's verification forwards disagreed with the profile),
+``profile_noisy`` (the profile was kept from a busy machine) and ``not_identical`` (a lossless run under
+greedy decoding that differs from plain greedy decoding: workbench.quality.identity_note). ``notes_html`` lists them under the
 metric cards, ``notes_status`` for the Playground's status line, and ``no_draft_line`` is the
 speedup card's line for a run that drafted (almost) nothing: its speed is plain decoding's.
 """

@@ -10,6 +10,11 @@ order), tokens generated against time overlaid, and a token-level diff of each
 output against the first selected run, aligned over token ids. Export CSV
 writes the selected runs (none selected: the listed ones) with their backend.
 Benchmarks list the stored sweeps and show `workbench.bench.benchmark_table` for one.
+
+Every run is marked lossless or LOSSY (and a filter keeps either), with its quality against plain
+decoding (agreement, ROUGE-L, NLL gap; workbench.quality). *Speed vs quality* draws the selected runs
+(none selected: the listed ones; tokens/s) or a benchmark's arms (speedup, a --sweep's arms as a curve)
+against a chosen quality measure, lossless ones on the reference line (ui.presenters.quality).
 """
 from __future__ import annotations
 
@@ -35,9 +40,14 @@ MAX_ROWS = 500
 COMPARE_MAX_HEIGHT = 2000  # px: tall enough for every row of the side-by-side table (Gradio's default cuts at 500)
 
 
-def _filters(search: str | None, methods: list[str] | None, statuses: list[str] | None) -> dict[str, Any]:
+# The lossless/lossy filter's choices -> list_runs' `lossless` argument.
+KINDS = {"all runs": None, "lossless only": True, "lossy only": False}
+
+
+def _filters(search: str | None, methods: list[str] | None, statuses: list[str] | None,
+             kind: str | None = None) -> dict[str, Any]:
     return {"search": (search or "").strip() or None, "method": list(methods) if methods else None,
-            "status": list(statuses) if statuses else None}
+            "status": list(statuses) if statuses else None, "lossless": KINDS.get(kind or "all runs")}
 
 
 def param_defaults() -> dict[str, dict[str, Any]]:
@@ -46,11 +56,12 @@ def param_defaults() -> dict[str, dict[str, Any]]:
 
 
 def history_table(ctx: AppContext, search: str | None, methods: list[str] | None, statuses: list[str] | None,
-                  selected: list[str] | None = None):
-    """(table, row ids, selection dropdown update, message) for the current filters: each run with its
-    settings, sampling, backend and speedup against its plain-decoding baseline (store.baselines_for)."""
+                  selected: list[str] | None = None, kind: str | None = None):
+    """(table, row ids, selection dropdown update, message) for the current filters (kind: a KINDS key): each
+    run with its settings, sampling, backend, speedup against its plain-decoding baseline (store.baselines_for),
+    lossless or LOSSY mark and quality."""
     try:
-        recs = ctx.store.list_runs(limit=MAX_ROWS, **_filters(search, methods, statuses))
+        recs = ctx.store.list_runs(limit=MAX_ROWS, **_filters(search, methods, statuses, kind))
         baselines = ctx.store.baselines_for(recs)
     except Exception as exc:  # noqa: BLE001
         return P.runs_frame([]), [], gr.update(), status("error", user_message(exc))
@@ -137,13 +148,14 @@ def delete_selected(ctx: AppContext, selected: list[str] | None, search, methods
     return status("ok", f"Deleted {n} run{'s' * (n != 1)}."), gr.update(visible=False), table, ids, sel
 
 
-def export_csv(ctx: AppContext, search, methods, statuses, selected: list[str] | None = None):
+def export_csv(ctx: AppContext, search, methods, statuses, selected: list[str] | None = None,
+               kind: str | None = None):
     """Write the selected runs (none selected: the filtered ones, at most MAX_ROWS as the table) to a CSV file,
     each with its backend and machine; returns (file path or None, message)."""
     selected = list(dict.fromkeys(selected or []))
     try:
         out = Path(tempfile.mkdtemp(prefix="workbench-export-")) / f"runs-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-        which = dict(ids=selected) if selected else dict(limit=MAX_ROWS, **_filters(search, methods, statuses))
+        which = dict(ids=selected) if selected else dict(limit=MAX_ROWS, **_filters(search, methods, statuses, kind))
         n = ctx.store.export_csv(out, **which)
     except Exception as exc:  # noqa: BLE001
         return gr.update(value=None, visible=False), status("error", user_message(exc))
@@ -196,6 +208,43 @@ def show_benchmark(ctx: AppContext, bench_id: str | None):
             f"({len(table)} rows)."), table
 
 
+def runs_pareto(ctx: AppContext, search, methods, statuses, kind: str | None, measure: str,
+                selected: list[str] | None = None):
+    """(message, figure): the selected runs' (none selected: the listed runs') tokens/s against a quality
+    measure (ui.presenters.quality)."""
+    selected = list(dict.fromkeys(selected or []))
+    try:
+        P.check_measure(measure)
+        which = dict(ids=selected) if selected else dict(limit=MAX_ROWS, **_filters(search, methods, statuses, kind))
+        recs = ctx.store.list_runs(**which)
+    except Exception as exc:  # noqa: BLE001
+        msg = user_message(exc)
+        return status("error", msg), P.empty_figure(msg)
+    points = P.run_points(recs, measure)
+    measured = sum(not p["lossless"] and p["quality"] == p["quality"] for p in points)
+    return (f"{len(points)} finished {'selected' if selected else 'listed'} runs; "
+            f"{sum(p['lossless'] for p in points)} lossless (on the reference line), "
+            f"{measured} lossy with a measured {P.MEASURES[measure]}."), \
+        P.pareto_figure(points, measure, speed_label="tokens/s")
+
+
+def bench_pareto(ctx: AppContext, bench_id: str | None, measure: str):
+    """A benchmark's arms: speedup against a quality measure, each --sweep's arms joined as a curve."""
+    if not bench_id:
+        return P.empty_figure("pick a benchmark")
+    try:  # here: as show_benchmark
+        from workbench.bench import benchmark_rows
+    except ImportError as exc:
+        return P.empty_figure(f"benchmark reports are not available in this installation ({exc})")
+    try:
+        P.check_measure(measure)
+        rows, names = benchmark_rows(ctx.store, bench_id)
+    except Exception as exc:  # noqa: BLE001
+        return P.empty_figure(user_message(exc))
+    return P.pareto_figure(P.bench_points(rows, measure, names=names), measure,
+                           speed_label="speedup over plain decoding", title=f"Benchmark {bench_id[:8]}")
+
+
 def run_summary(ctx: AppContext, run_id: str) -> dict[str, Any]:
     """A stored run as plain data: status, method, models, output and every metric (the `run_metrics` API)."""
     try:
@@ -204,7 +253,8 @@ def run_summary(ctx: AppContext, run_id: str) -> dict[str, Any]:
         raise gr.Error(user_message(exc)) from None
     return {"run_id": rec.id, "status": rec.status, "error": rec.error, "method": rec.method, "target": rec.target,
             "draft": rec.draft, "params": rec.typed_params, "output_text": rec.output_text,
-            "metrics": {k: (None if v != v else v) for k, v in rec.metrics.items()}}
+            "metrics": {k: (None if v != v else v) for k, v in rec.metrics.items()},
+            "lossless": rec.lossless, "lossy": list(rec.lossy), "quality": rec.quality}
 
 
 def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
@@ -217,6 +267,8 @@ def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                                    allow_custom_value=True)
         c["statuses"] = gr.Dropdown(list(RUN_STATUSES), multiselect=True, label="Status", scale=1,
                                     elem_id="hist-statuses")
+        c["kind"] = gr.Dropdown(list(KINDS), value="all runs", label="Lossless / lossy", scale=1,
+                                elem_id="hist-kind")
         c["refresh"] = gr.Button("Refresh", scale=0, elem_id="hist-refresh")
     c["count"] = gr.Markdown("", elem_id="hist-count")
     c["table"] = gr.Dataframe(P.runs_frame([]), interactive=False, elem_id="hist-table", wrap=True, max_height=420,
@@ -234,37 +286,52 @@ def build_history_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                                 elem_id="hist-metrics", visible=False, max_height=COMPARE_MAX_HEIGHT, wrap=True)
     c["time"] = gr.Plot(P.empty_figure("select runs and click Compare"), elem_id="hist-time", show_label=False)
     c["diff"] = gr.HTML("", elem_id="hist-diff")
+    with gr.Accordion("Speed vs quality", open=False, elem_id="hist-pareto-acc"):
+        with gr.Row():
+            c["measure"] = gr.Dropdown([(label, key) for key, label in P.MEASURES.items()], value="agreement",
+                                       label="Quality measure", scale=3, elem_id="hist-measure")
+            c["pareto_draw"] = gr.Button("Draw the selected runs (none: the listed ones)", scale=0,
+                                         elem_id="hist-pareto-draw")
+        c["pareto_msg"] = gr.Markdown("", elem_id="hist-pareto-msg")
+        c["pareto"] = gr.Plot(P.empty_figure("click Draw"), elem_id="hist-pareto", show_label=False)
     with gr.Accordion("Benchmarks", open=False, elem_id="hist-bench-acc"):
         with gr.Row():
             c["bench"] = gr.Dropdown([], label="Benchmark", scale=4, elem_id="hist-bench")
             c["bench_refresh"] = gr.Button("Refresh", scale=0, elem_id="hist-bench-refresh")
         c["bench_msg"] = gr.Markdown("", elem_id="hist-bench-msg")
         c["bench_table"] = gr.Dataframe(pd.DataFrame(), interactive=False, elem_id="hist-bench-table")
+        c["bench_pareto"] = gr.Plot(P.empty_figure("pick a benchmark"), elem_id="hist-bench-pareto",
+                                    show_label=False)
 
     filters = [c["search"], c["methods"], c["statuses"]]
     table_out = [c["table"], c["ids"], c["selected"], c["count"]]
     load = functools.partial(history_table, ctx)
-    c["refresh"].click(load, filters + [c["selected"]], table_out, api_name="history")
-    c["search"].submit(load, filters + [c["selected"]], table_out, api_visibility="private")
-    for f in (c["methods"], c["statuses"]):
-        f.change(load, filters + [c["selected"]], table_out, api_visibility="private")
+    listed = filters + [c["selected"], c["kind"]]
+    c["refresh"].click(load, listed, table_out, api_name="history")
+    c["search"].submit(load, listed, table_out, api_visibility="private")
+    for f in (c["methods"], c["statuses"], c["kind"]):
+        f.change(load, listed, table_out, api_visibility="private")
     c["table"].select(select_row, [c["ids"], c["selected"]], c["selected"], api_visibility="private")
     c["compare"].click(functools.partial(compare_runs, ctx), c["selected"],
                        [c["message"], c["metrics"], c["time"], c["diff"]], api_name="compare")
     c["delete"].click(ask_delete, c["selected"], [c["message"], c["confirm"]], api_visibility="private")
     c["confirm"].click(functools.partial(delete_selected, ctx), [c["selected"]] + filters,
                        [c["message"], c["confirm"], c["table"], c["ids"], c["selected"]], api_name="delete")
-    c["export"].click(functools.partial(export_csv, ctx), filters + [c["selected"]], [c["file"], c["message"]],
-                      api_name="export")
+    c["export"].click(functools.partial(export_csv, ctx), listed, [c["file"], c["message"]], api_name="export")
+    c["pareto_draw"].click(functools.partial(runs_pareto, ctx), filters + [c["kind"], c["measure"], c["selected"]],
+                           [c["pareto_msg"], c["pareto"]], api_name="pareto")
     bench_list = functools.partial(list_benchmarks, ctx)
     c["bench_refresh"].click(bench_list, None, [c["bench"], c["bench_msg"]], api_name="benchmarks")
     c["bench"].change(functools.partial(show_benchmark, ctx), c["bench"], [c["bench_msg"], c["bench_table"]],
                       api_name="benchmark")
+    for trigger in (c["bench"], c["measure"]):
+        trigger.change(functools.partial(bench_pareto, ctx), [c["bench"], c["measure"]], c["bench_pareto"],
+                       api_visibility="private")
 
     def run_metrics(run_id: str) -> dict:
         """Status, method, models, output text and metrics of a stored run (id or unique prefix)."""
         return run_summary(ctx, run_id)
 
     gr.api(run_metrics, api_name="run_metrics")
-    c["on_select"] = [(load, filters + [c["selected"]], table_out), (bench_list, None, [c["bench"], c["bench_msg"]])]
+    c["on_select"] = [(load, listed, table_out), (bench_list, None, [c["bench"], c["bench_msg"]])]
     return c

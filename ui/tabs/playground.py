@@ -219,11 +219,18 @@ def _sampling(temperature, top_p, top_k, seed):
 
 def _cards(ctx: AppContext, trace: Trace, run_id: str | None) -> tuple[str, str | None]:
     """Metric cards with the backend, its warm-up and the speedup from a stored baseline (of the same
-    backend) with what it is worth (ui.presenters.speedup); and the baseline button's label: "Run baseline"
-    when there is none, "Re-run baseline" when it is stale or from another machine, None to hide it."""
+    backend) with what it is worth (ui.presenters.speedup), then the quality card (lossless or LOSSY, and
+    the quality against plain decoding: ui.presenters.quality); and the baseline button's label: "Run
+    baseline" when there is none, "Re-run baseline" when it is stale or from another machine, None to hide it."""
     if run_id is None:
-        return P.metric_cards_html(trace), None
+        return P.metric_cards_html(trace) + P.quality_card_html(None, trace.lossy), None
     rec = ctx.store.get_run(run_id)
+    cards, button = _speed_cards(ctx, trace, rec)
+    return cards + P.quality_card_html(rec.quality, rec.lossy), button
+
+
+def _speed_cards(ctx: AppContext, trace: Trace, rec: Any) -> tuple[str, str | None]:
+    """`_cards`' metric cards and baseline button label, for a stored run."""
     env = rec.env or {}
     run_env = dict(backend=env.get("backend") or "eager", warmup_s=env.get("warmup_s"))
     if trace.method == BASELINE:

@@ -14,11 +14,12 @@ in its docstring), export (Markdown, CSV); `workbench bench` is workbench.bench_
 `workbench.run_benchmark(cfg, store)` runs one in this process or over a cluster
 (workbench.api); `run_in_process` here is the in-process runner alone.
 """
-__all__ = ["BenchmarkReport", "benchmark_report", "benchmark_table", "run_in_process", "BenchConfig", "load_suite"]
+__all__ = ["BenchmarkReport", "benchmark_report", "benchmark_rows", "benchmark_table", "run_in_process", "BenchConfig",
+           "load_suite"]
 
 
 def __getattr__(name):  # the runner and the report pull in torch; load them only when asked for
-    if name in ("BenchmarkReport", "benchmark_report", "benchmark_table"):
+    if name in ("BenchmarkReport", "benchmark_report", "benchmark_rows", "benchmark_table"):
         from . import report
 
         return getattr(report, name)

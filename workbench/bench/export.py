@@ -1,4 +1,5 @@
-"""A BenchmarkReport as Markdown (also the terminal output) and CSV."""
+"""A BenchmarkReport as Markdown (also the terminal output) and CSV, with its speed-quality points (the
+Pareto plot's: ui.presenters.quality draws them, `workbench bench --pareto FILE.html`)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from typing import Any
 
 from .. import metrics as M
 from ..config import BASELINE
+from ..quality import MEASURES, check_measure, pareto_front, quality_value
 from .report import ALL, BenchmarkReport
 
 MAX_MISMATCH_ROWS = 40
@@ -29,7 +31,35 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
-def to_markdown(rep: BenchmarkReport) -> str:
+def speed_quality_points(rep: BenchmarkReport, measure: str = "agreement") -> list[dict[str, Any]]:
+    """One point per arm (all categories): its name, speedup, quality on `measure` (workbench.quality.quality_value:
+    a lossless arm at the reference), whether it is lossless, and its swept knob values."""
+    check_measure(measure)
+    out = []
+    for a, bk in rep.keys:
+        r = next((x for x in rep.rows if (x["arm"], x["backend"], x["category"]) == (a, bk, ALL)), None)
+        if r is None:
+            continue
+        lossless = bool(r.get("lossless", True)) and not r.get("lossy")
+        out.append({"label": rep.name(a, bk), "arm": a, "backend": bk, "method": r["method"],
+                    "speed": r["speedup"], "quality": quality_value({measure: r.get(measure)}, measure, lossless),
+                    "lossless": lossless, "lossy": list(r.get("lossy") or []), "swept": r.get("swept") or {}})
+    return out
+
+
+def speed_quality_lines(rep: BenchmarkReport, measure: str = "agreement") -> list[str]:
+    """The report's speed-quality section: every arm's speedup and quality, the Pareto front marked."""
+    points = speed_quality_points(rep, measure)
+    front = {id(p) for p in pareto_front(points, measure)}
+    lines = [f"## Speed vs quality ({MEASURES[measure]}; lossless arms at the reference by definition)", ""]
+    lines += _table(["method", "speedup", MEASURES[measure], "lossless", "swept", "Pareto front"],
+                    [[p["label"], _f(p["speed"]), _f(p["quality"], 3), "yes" if p["lossless"] else "LOSSY",
+                      ", ".join(f"{k}={v}" for k, v in p["swept"].items()) or "-", "*" if id(p) in front else ""]
+                     for p in sorted(points, key=lambda p: -p["speed"] if p["speed"] == p["speed"] else 0)])
+    return lines
+
+
+def to_markdown(rep: BenchmarkReport, measure: str = "agreement") -> str:
     b, cfg, env = rep.benchmark, rep.benchmark.get("config", {}), rep.benchmark.get("env", {})
     lines = [f"# Benchmark {b['id']}", ""]
     lines.append(f"suite `{b['suite']}` ({cfg.get('n_prompts', '?')} prompts from {cfg.get('n_questions', '?')} "
@@ -68,7 +98,7 @@ def to_markdown(rep: BenchmarkReport) -> str:
     header = ["method", "backend", "tok/s", "speedup"] + (["vs eager"] if vs_eager else []) + [
         "theoretical", "efficiency", "τ", "τ-1", "α (path)", "node acc.", "α by position", "γ", "c", "verify×",
         "fwd/prompt", "draft",
-        "verify", "peak MB", "lossless"]
+        "verify", "peak MB", "lossless", "identical"]
     rows = []
     for a, bk in rep.keys:
         r = by.get((a, bk, ALL))
@@ -81,20 +111,30 @@ def to_markdown(rep: BenchmarkReport) -> str:
             " ".join(_f(x) for x in acc[:8]) + (" …" if len(acc) > 8 else "") or "-",
             _f(r.get("gamma")), _f(r.get("c"), 3), _f(r.get("verify_x")), _f(r["target_forwards"], 1),
             _f(r["draft_share"], 1, True), _f(r["verify_share"], 1, True), _f(r["peak_mem_mb"], 0),
-            _f(r["lossless_match"])])
+            _badge(r), _f(r["lossless_match"])])
     lines += _table(header, rows)
     lines += ["", f"α (path) = {M.PATH_ACCEPTANCE}: accepted draft tokens / drafted positions on the verified path "
               "(up to and including the first rejection); node acc. = accepted / all drafted tree nodes "
-              "(docs/metrics.md)."]
+              "(docs/metrics.md). lossless: every run of the arm was (LOSSY otherwise); identical: the fraction "
+              "of prompts token-identical to plain greedy decoding, for lossless arms."]
+    lines += ["", "## Quality against plain decoding (all categories; docs/quality.md)", ""]
+    lines += _table(["method", "backend", "speedup", "lossless", "agreement", "to 1st divergence", "ROUGE-L",
+                     "NLL gap", "task score", "what made it lossy"],
+                    [[a, bk, _f(r["speedup"]), _badge(r), _f(r.get("agreement"), 3),
+                      _f(r.get("prefix_agreement"), 3), _f(r.get("rouge_l"), 3), _f(r.get("nll_gap"), 3),
+                      _f(r.get("task_score")), "; ".join(r.get("lossy") or []) or "-"]
+                     for a, bk in rep.keys if (r := by.get((a, bk, ALL))) is not None])
+
+    lines += ["", *speed_quality_lines(rep, measure)]
 
     detail = [r for r in rep.rows if r["category"] != ALL and r.get("gamma")]
     if detail:
         lines += ["", "## Drafting methods by category", ""]
         lines += _table(["method", "backend", "category", "speedup", "theoretical", "τ", "α (path)", "γ", "c",
-                         "verify×", "lossless"],
+                         "verify×", "lossless", "identical"],
                         [[r["arm"], r["backend"], r["category"], _f(r["speedup"]), _f(r.get("theoretical_speedup")),
                           _f(r["tau"]), _f(r.get("alpha")), _f(r.get("gamma")), _f(r.get("c"), 3),
-                          _f(r.get("verify_x")), _f(r["lossless_match"])] for r in detail])
+                          _f(r.get("verify_x")), _badge(r), _f(r["lossless_match"])] for r in detail])
 
     if rep.hf:
         lines += ["", "## Against transformers (same prompts, same process)", ""]
@@ -122,7 +162,7 @@ def to_markdown(rep: BenchmarkReport) -> str:
                   f"{_f(r['copy_bandwidth_GBps'])} GB/s · roofline {_f(r['roofline_tokens_per_s'], 1)} tok/s · "
                   f"plain decoding ({r.get('backend', 'eager')}) {_f(r.get('measured_tokens_per_s'), 1)} tok/s = "
                   f"{_f(r.get('achieved_fraction'), 2, True)} of the roofline{extra}"]
-    lines += ["", "## Lossless match", ""]
+    lines += ["", "## Lossless match (lossless arms)", ""]
     if rep.mismatches:
         lines += _table(["method", "backend", "prompt", "category", "repeat", "first differing position", "length",
                          "baseline length", "p(baseline token) - p(its token)"],
@@ -133,8 +173,13 @@ def to_markdown(rep: BenchmarkReport) -> str:
         if len(rep.mismatches) > MAX_MISMATCH_ROWS:
             lines.append(f"... and {len(rep.mismatches) - MAX_MISMATCH_ROWS} more (all in --json and the store)")
     else:
-        lines.append("every run is token-identical to plain greedy decoding on its backend")
+        lines.append("every run of a lossless arm is token-identical to plain greedy decoding on its backend")
     return "\n".join(lines) + "\n"
+
+
+def _badge(row: dict[str, Any]) -> str:
+    """A row's lossless column: "yes", or "LOSSY" (never "yes" for an arm with a lossy run)."""
+    return "yes" if row.get("lossless", True) and not row.get("lossy") else "LOSSY"
 
 
 def _speed(r: dict[str, Any] | None) -> str:
@@ -143,16 +188,18 @@ def _speed(r: dict[str, Any] | None) -> str:
     return f"{_f(r['tokens_per_s'])} ({_f(r['tokens_per_s_min'])}-{_f(r['tokens_per_s_max'])})"
 
 
-def write_markdown(rep: BenchmarkReport, path: str | Path) -> Path:
+def write_markdown(rep: BenchmarkReport, path: str | Path, measure: str = "agreement") -> Path:
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(to_markdown(rep), encoding="utf-8")
+    out.write_text(to_markdown(rep, measure), encoding="utf-8")
     return out
 
 
 def write_csv(rep: BenchmarkReport, path: str | Path) -> Path:
     """One line per (method, backend, category) with every metric; acceptance_by_position as a JSON list."""
     df = rep.frame()
+    if "lossy" in df:
+        df["lossy"] = df["lossy"].map(lambda v: "; ".join(v) if isinstance(v, list) else "")
     if "acceptance_by_position" in df:
         df["acceptance_by_position"] = df["acceptance_by_position"].map(
             lambda v: json.dumps([None if x != x else x for x in v]) if isinstance(v, list) else "[]")

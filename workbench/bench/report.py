@@ -27,10 +27,18 @@ speedup) are pooled over a benchmark's runs:
 - verify x = the arm's mean verify time per decode step / the baseline's: what a
   (γ+1)-token verification really costs against one plain forward (Leviathan's
   formula assumes 1.0).
+- lossless = whether every run of the arm was lossless (its method and every option: the
+  runs' stored ``lossless`` flag, workbench.trace.Trace.lossy empty); ``lossy`` lists what made
+  its runs lossy. A lossy arm is never reported as lossless.
 - lossless match = fraction of prompts whose output is token-identical to the
   baseline's (first repeat) on the same backend in every repeat (a transformers
   arm whose backend did not run: the reference backend's); mismatches keep the
-  first differing position.
+  first differing position. For lossless arms only (NaN for a lossy arm, whose
+  differences are the quality it trades, reported by the quality columns).
+- quality (workbench.quality, stored with each run against the baseline arm's first run of the
+  prompt): the mean over the arm's runs of token agreement, agreement to the first divergence,
+  ROUGE-L, NLL gap (nats/token) and task score (over the runs of items with a checker; NaN
+  when none); runs without a stored quality are left out of the means.
 - trace overhead = tokens/s with DecodeConfig(trace=False) / tokens/s with tracing - 1, from the
   medians; also from the best repeats (contention on a shared machine only ever slows a run down,
   so the best repeat is the least disturbed one). On the reference backend (eager when it ran).
@@ -49,12 +57,15 @@ from .. import metrics as M
 from ..trace import Step, Trace
 from ..config import BASELINE, ConfigError
 from ..methods import get_method
+from ..quality import MEASURES
 from .arms import TRACE_OFF_LABEL
 from .hf import OURS, hf_backend
 from .roofline import roofline
 
 ALL = "all"
 EAGER = "eager"
+# The quality measures a row averages over its runs (workbench.quality.MEASURES).
+QUALITY_MEANS = tuple(MEASURES)
 
 
 @dataclass
@@ -75,6 +86,8 @@ class _Run:
     output_ids: list[int]
     steps: list[Step] = field(default_factory=list)
     backend: str = EAGER
+    lossy: list[str] = field(default_factory=list)  # what made the run lossy (empty: lossless)
+    quality: dict[str, Any] | None = None  # workbench.quality.Quality.to_dict(); None: not measured
 
 
 def _load(store, benchmark_id: str, with_steps: bool) -> tuple[dict[str, Any], list[_Run]]:
@@ -92,7 +105,8 @@ def _load(store, benchmark_id: str, with_steps: bool) -> tuple[dict[str, Any], l
             verify_s=float(m.get("verify_s") or 0.0), drafted=int(m.get("drafted_tokens") or 0),
             peak_mem_mb=_num(m.get("peak_mem_mb")), output_ids=list(rec.output_ids or []),
             steps=store.load_trace(rec.id).steps if with_steps else [],
-            backend=p.get("bench.backend") or (rec.env or {}).get("backend") or EAGER))
+            backend=p.get("bench.backend") or (rec.env or {}).get("backend") or EAGER,
+            lossy=list(rec.lossy) if not rec.lossless else [], quality=rec.quality))
     return bench, runs
 
 
@@ -176,6 +190,8 @@ def _lossless(runs: list[_Run], ref: dict[str, _Run]) -> tuple[float, list[dict[
     """
     prompts: dict[str, bool] = {}
     mismatches = []
+    if any(r.lossy for r in runs):
+        return math.nan, []  # identity is not what a lossy arm claims: its quality columns say how far it is
     for r in sorted(runs, key=lambda r: (r.prompt, r.repeat)):
         base = ref.get(r.prompt)
         if base is None:
@@ -221,7 +237,10 @@ def _row(arm: str, backend: str, cat: str, runs: list[_Run], base_runs: list[_Ru
         "draft_share": sum(r.draft_s for r in runs) / wall if wall else math.nan,
         "verify_share": sum(r.verify_s for r in runs) / wall if wall else math.nan,
         "peak_mem_mb": max((r.peak_mem_mb for r in runs if r.peak_mem_mb == r.peak_mem_mb), default=math.nan),
+        "lossless": not any(r.lossy for r in runs),
+        "lossy": list(dict.fromkeys(line for r in runs for line in r.lossy)),
         "lossless_match": match,
+        **_quality_means(runs),
     }
     if detailed:
         steps = [s for r in runs for s in r.steps]
@@ -247,6 +266,15 @@ def _row(arm: str, backend: str, cat: str, runs: list[_Run], base_runs: list[_Ru
     return row, mismatches
 
 
+def _quality_means(runs: list[_Run]) -> dict[str, float]:
+    """The mean of each quality measure over the runs that have it (NaN when none does)."""
+    out = {}
+    for key in QUALITY_MEANS:
+        vals = [float(v) for r in runs if (v := (r.quality or {}).get(key)) is not None]
+        out[key] = statistics.fmean(vals) if vals else math.nan
+    return out
+
+
 def _is_tree(method: str) -> bool:
     try:
         return bool(get_method(method).tree)
@@ -262,6 +290,7 @@ def _compute(bench: dict[str, Any], runs: list[_Run], detailed: bool) -> dict[st
     arms = list(dict.fromkeys(a for a, _ in keys))
     baseline = next((a for a in arms if a == BASELINE), arms[0] if arms else BASELINE)
     refs = {b: _reference_outputs([r for r in runs if r.backend == b], baseline) for b in backends}
+    swept = {a["label"]: dict(a.get("swept") or {}) for a in bench.get("config", {}).get("arms", [])}
     rows, mismatches = [], []
     for arm, backend in keys:
         mine = [r for r in runs if r.arm == arm and r.backend == backend]
@@ -276,6 +305,7 @@ def _compute(bench: dict[str, Any], runs: list[_Run], detailed: bool) -> dict[st
             row, mm = _row(arm, backend, cat, sel, [r for r in base if r.backend == backend],
                            [r for r in base if r.backend == EAGER], refs.get(lossless_vs, {}), detailed)
             row["lossless_vs"] = lossless_vs
+            row["swept"] = swept.get(arm, {})  # a --sweep arm's knob values (its curve on the Pareto plot)
             rows.append(row)
             if cat == ALL:
                 mismatches += mm
@@ -303,6 +333,14 @@ def benchmark_table(store, benchmark_id: str):
     for row in res["rows"]:
         table.loc[names[(row["arm"], row["backend"])], row["category"]] = row["speedup"]
     return table
+
+
+def benchmark_rows(store, benchmark_id: str) -> tuple[list[dict[str, Any]], dict[Key, str]]:
+    """The report's rows without the step-level metrics (fast: stored metrics and quality only), and each
+    (arm, backend)'s display name: what the app's speed-quality plot of a benchmark reads."""
+    bench, runs = _load(store, benchmark_id, with_steps=False)
+    res = _compute(bench, runs, detailed=False)
+    return res["rows"], {k: display_name(*k, res["backends"]) for k in res["keys"]}
 
 
 @dataclass

@@ -31,6 +31,11 @@ parameters: bench.arm, bench.category, bench.prompt ("question.turn"),
 bench.repeat, bench.trace. Everything the report shows is computed from those
 stored runs (workbench.bench.report), never from in-memory state.
 
+Each run's quality (workbench.accounting: agreement, first divergence, NLL gap, ROUGE-L, and the task
+score of an item that carries a checker) is measured against the baseline arm's first run of the same
+prompt after the run's clock stops, and stored with it. Runs decoded on a cluster's workers are
+stored without it (the worker's model is not here).
+
 With a cluster (BenchConfig.cluster, `--cluster`, one backend), workbench.cluster.fanout
 spreads the same work over Ray workers in *blocks*: one question (all its
 turns) for one repeat, every arm including the baseline interleaved as above
@@ -56,6 +61,8 @@ from ..engine import DRAFT_ROOM
 from ..methods import resolve_params
 from ..models import EMBEDDED_DEFAULT, load_model
 from ..preflight import check_draft_given, check_draft_vocabulary
+from ..accounting import BaselineOutput, quality_against
+from ..quality import Quality
 from ..record import Recording, environment, run_history
 from ..trace import Trace
 from .arms import Arm, build_arms, on_backends
@@ -243,6 +250,7 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
         eta = Eta([job.key for _ in range(cfg.repeats) for job in jobs for _ in units])
         total, n_done = len(eta.pending), 0
         encoded: dict[str, list[int]] = {}
+        baselines: dict[tuple[str, str], BaselineOutput] = {}  # (prompt, backend) -> its runs' quality reference
         for r in range(cfg.repeats):
             for unit in units:
                 for arm in _arm_order(jobs, r):
@@ -251,7 +259,8 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
                     prompt_ids = encoded[unit.key]
                     _compiled_for(arm, len(prompt_ids), tgt, drf, cfg, say)
                     t0 = time.perf_counter()
-                    summary = _run_one(store, bench_id, arm, unit, r, prompt_ids, tgt, drf, cfg, env, generate)
+                    summary = _run_one(store, bench_id, arm, unit, r, prompt_ids, tgt, drf, cfg, env, generate,
+                                       baselines)
                     if arm == jobs[0] and r == 0 and len(unit.history) == unit.turn:
                         unit.history.append(summary["text"])  # the baseline's answer feeds the next turn
                     n_done += 1
@@ -259,12 +268,19 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
                     where = f"{unit.category}/{unit.key}"
                     say(f"[{n_done}/{total}] r{r + 1}/{cfg.repeats} {_job_name(arm, cfg):<28} {where:<22} "
                         f"{summary['new_tokens']:>4} tok {summary['tokens_per_s']:6.1f} tok/s "
-                        f"tau {summary['tau']:.2f} | ETA {fmt_eta(left)}")
+                        f"tau {summary['tau']:.2f}{_quality_note(summary)} | ETA {fmt_eta(left)}")
     except BaseException as exc:
         store.finish_benchmark(bench_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     store.finish_benchmark(bench_id)
     return bench_id
+
+
+def _quality_note(summary: dict[str, Any]) -> str:
+    """A progress line's quality: " LOSSY" for a lossy run, and its agreement with plain decoding."""
+    lossy = "" if summary.get("lossless", True) else " LOSSY"
+    agree = summary.get("agreement")
+    return lossy + (f" agree {agree:.2f}" if agree is not None else "")
 
 
 def _job_name(arm, cfg: BenchConfig) -> str:
@@ -478,21 +494,45 @@ def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, tr
     return result.trace, result.text
 
 
-def _brief(run_id: str | None, trace, text: str) -> dict[str, Any]:
+def _brief(run_id: str | None, trace, text: str, quality: Quality | None = None) -> dict[str, Any]:
     s = trace.summary()
     return {"run_id": run_id, "text": text, "new_tokens": s.new_tokens, "tokens_per_s": s.tokens_per_s,
-            "tau": s.mean_accepted_tokens}
+            "tau": s.mean_accepted_tokens, "agreement": quality.agreement if quality is not None else None,
+            "lossless": trace.lossless}
 
 
 def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_ids: list[int], tgt, drf,
-             cfg: BenchConfig, env: dict[str, Any], generate) -> dict[str, Any]:
+             cfg: BenchConfig, env: dict[str, Any], generate,
+             baselines: dict[tuple[str, str], BaselineOutput] | None = None) -> dict[str, Any]:
     trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
     own = arm_draft(arm, drf, cfg.device)
     with _recording(store, bench_id, arm, unit, repeat, prompt_ids, tgt.spec, own.spec if own else None, cfg, env,
                     trace, decode_text=tgt.decode) as rec:
         trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
-        rec.finish(trace, text)
-    return _brief(rec.run_id, trace, text)
+        quality = None
+        if baselines is not None:  # after the decode: never inside the run's clock
+            quality = _quality(arm, unit, prompt_ids, trace, text, tgt, baselines, rec.run_id)
+        rec.finish(trace, text, quality=quality)
+    return _brief(rec.run_id, trace, text, quality)
+
+
+def _quality(arm, unit: PromptUnit, prompt_ids: list[int], trace: Trace, text: str, tgt,
+             baselines: dict[tuple[str, str], BaselineOutput], run_id: str | None) -> Quality | None:
+    """A run's quality (workbench.accounting) against the baseline arm's first run of its prompt on the same
+    backend (any backend's when that one has none); the baseline arm's first run is its own baseline, and
+    keeps its measured NLL for the arms after it. None before any baseline of the prompt ran."""
+    mine = (unit.key, arm.backend)
+    if arm.method == BASELINE and trace.lossless and mine not in baselines:
+        baselines[mine] = BaselineOutput(trace.output_ids, text, None, run_id)
+    base = baselines.get(mine) or next((b for (k, _), b in baselines.items() if k == unit.key), None)
+    if base is None:
+        return None
+    q = quality_against(tgt, prompt_ids, trace.output_ids, text, base, unit.question.task)
+    if base.nll is None:
+        for key, b in baselines.items():
+            if b is base:
+                baselines[key] = replace(b, nll=q.baseline_nll)
+    return q
 
 
 # ---------------------------------------------------------------- blocks (cluster workers)

@@ -2,10 +2,15 @@
 
 A suite file has one JSON object a line: ``question_id``, ``category``, ``turns``
 (a list of user turns; more than one means a multi-turn conversation) and
-optional extra fields (Spec-Bench's ``reference``), which are kept but unused.
+optional extra fields (Spec-Bench's ``reference``), which are kept but unused. An item may carry a
+task checker: ``check`` (one of workbench.quality.TASK_CHECKS: exact, contains, number) and
+``answer`` (the accepted answers); a run of it then gets a task score (workbench.quality).
 
 ``builtin`` is the small suite shipped with the workbench
-(workbench/suites/builtin.jsonl): three prompts in each Spec-Bench category.
+(workbench/suites/builtin.jsonl): three prompts in each Spec-Bench category, the speed suite.
+``tasks`` (workbench/suites/tasks.jsonl) holds short items with checkable answers (categories
+task_extraction, task_arithmetic, task_qa), kept apart so that the speed suite's categories, its
+reports and the advisor's probe/verification split of it mean what they did.
 Any other value is read as a path, e.g. the public Spec-Bench set
 (hemingkx/Spec-Bench, data/spec_bench/question.jsonl).
 
@@ -26,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..quality import check_task
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
-BUILTIN_SUITES = {"builtin": SUITES_DIR / "builtin.jsonl"}
+BUILTIN_SUITES = {"builtin": SUITES_DIR / "builtin.jsonl", "tasks": SUITES_DIR / "tasks.jsonl"}
 CATEGORIES = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 MT_BENCH_SUBCATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
 
@@ -39,10 +45,17 @@ class Question:
     category: str  # Spec-Bench category (MT-bench's sub-categories grouped as "mt_bench")
     turns: tuple[str, ...]
     subcategory: str = ""  # the file's own label when it was regrouped
+    check: str | None = None  # a task checker (workbench.quality.TASK_CHECKS), or None
+    answers: tuple[str, ...] = ()  # the answers the checker accepts
 
     @property
     def key(self) -> str:
         return str(self.question_id)
+
+    @property
+    def task(self) -> tuple[str, tuple[str, ...]] | None:
+        """(check, answers) for workbench.quality.score_task, or None when the item has no checker."""
+        return (self.check, self.answers) if self.check else None
 
 
 @dataclass
@@ -140,7 +153,14 @@ def _parse_line(line: str, where: str) -> Question:
     sub = ""
     if category in MT_BENCH_SUBCATEGORIES:
         category, sub = "mt_bench", category
-    return Question(question_id=qid, category=category, turns=tuple(turns), subcategory=sub)
+    check, answers = None, ()
+    if "check" in obj or "answer" in obj:
+        try:
+            check, answers = check_task(obj.get("check"), obj.get("answer"))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return Question(question_id=qid, category=category, turns=tuple(turns), subcategory=sub, check=check,
+                    answers=answers)
 
 
 def filter_questions(questions: list[Question], categories: list[str] | None = None,
