@@ -9,6 +9,7 @@ chain and tree methods, greedy and sampling, and every run says whether it was l
 import pytest
 import torch
 
+from workbench import kv_cache
 from workbench.config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from workbench.draft import Draft
 from workbench.engine import generate, lossy_reasons
@@ -285,3 +286,30 @@ def test_the_apps_run_takes_the_lossy_options_and_refuses_bad_ones_with_one_line
     assert rec.status == "finished" and rec.params["acceptance"] == "typical:eps=0,delta=0"
     assert rec.params["kv"] == "streaming:budget=0.5,sinks=4"
     store.close()
+
+
+def test_an_evicted_cache_computes_what_the_full_cache_does_with_those_positions_masked(tiny):
+    """After an eviction the compressed session's next logits equal the full cache's with the evicted columns
+    masked out (same rotary positions, same kept keys): evicting is hiding, nothing else changes."""
+    from workbench.backend.compressed import CompressedSession
+    from workbench.backend.eager import EagerSession
+    from workbench.draft import additive_mask
+    from workbench.kv_compress import evict
+
+    prompt = torch.tensor([PROMPTS[2]])  # (1, 50)
+    full, small = EagerSession(tiny.model), CompressedSession(tiny.model, KVConfig("streaming", budget=0.5))
+    full.forward(prompt)
+    small.forward(prompt)
+    kept = torch.tensor([0, 1, 2, 3] + list(range(30, 50)))
+    evict(small.cache, kept)
+    small.evicted = 50 - len(kept)
+    nxt = torch.tensor([[7, 8, 9]])  # (1, 3) three new tokens at positions 50..52
+    got = small.forward(nxt)  # rows 24 + 3, positions 50.. (no further cut: under the budget's slack)
+    visible = torch.zeros(3, 53, dtype=torch.bool)
+    visible[:, kept] = True
+    visible[:, 50:] = torch.ones(3, 3, dtype=torch.bool).tril()
+    mask = additive_mask(visible, 53, tiny.model.dtype)  # (1, 1, 3, 53)
+    ref = kv_cache.forward(tiny.model, nxt, full.cache, attention_mask=mask,
+                           position_ids=torch.arange(50, 53)[None]).logits[0]  # (3, V)
+    assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()
+    assert small.length == 53 and small.rows == 27
