@@ -313,3 +313,12 @@ def test_an_evicted_cache_computes_what_the_full_cache_does_with_those_positions
                            position_ids=torch.arange(50, 53)[None]).logits[0]  # (3, V)
     assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()
     assert small.length == 53 and small.rows == 27
+
+
+def test_the_cli_refuses_bad_lossy_options_with_exit_2_and_one_line(capsys):
+    from workbench.cli import main
+
+    for flag in (["--accept", "typical:eps=2"], ["--kv", "h2o:budget=0"], ["--kv", "h2o", "--backend", "compiled"]):
+        assert main(["run", "-t", "tiny-random", "-p", "hi", "--no-log", *flag]) == 2, flag
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and ("eps" in err or "budget" in err or "eager" in err), err
