@@ -18,7 +18,7 @@ from store import RunStore
 from .accounting import BaselineOutput, decode_baseline, quality_against
 from .bench.runner import BenchConfig, plan_benchmark, run_in_process, to_stderr
 from .cluster import cluster_address, run_benchmark_on_cluster, run_on_cluster
-from .config import BASELINE, SamplingConfig
+from .config import BASELINE, ConfigError, SamplingConfig
 from .engine import generate, prepare_run
 from .models import EMBEDDED_DEFAULT, load_model
 from .preflight import check_models, check_request
@@ -38,7 +38,7 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         trace: bool = True, on_step: Callable[[Step, Trace], None] | None = None,
         progress: Callable[[str], None] | None = None, cluster: str | None = None,
         backend: str | None = None, quality: bool = True,
-        task: tuple[str, list[str]] | None = None) -> RunResult:
+        task: tuple[str, list[str]] | None = None, acceptance: Any = None, kv: Any = None) -> RunResult:
     """Decode `prompt` with `method` and (by default) log the run to the store.
 
     prompt: plain text, or a list of chat messages ({"role", "content"}).
@@ -51,14 +51,21 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     quality: measure the run's quality against the target's plain decoding after the decode, outside its
     timed region (`_account`; not for cluster runs). task: (check, answers) for a task score
     (workbench.quality.score_task), or None.
+    acceptance: the verifier's acceptance rule, a workbench.config.AcceptanceConfig or its text form
+    ('typical:eps=0.09,delta=0.3'; None: exact). A relaxed rule makes the run lossy (Trace.lossy).
+    kv: KV-cache compression of the target, a workbench.config.KVConfig or its text form ('h2o:budget=0.5';
+    None: none; eager backend only); an evicting one makes the run lossy, its note gives the memory saved.
     """
     # ---- check cheap things first: nothing is loaded or recorded on bad input
     req = check_request(method, prompt, draft=draft, params=params, sampling=sampling,
-                        max_new_tokens=max_new_tokens, chat=chat, backend=backend, trace=trace)
+                        max_new_tokens=max_new_tokens, chat=chat, backend=backend, trace=trace,
+                        acceptance=acceptance, kv=kv)
     if task is not None:
         task = check_task(*task)
     target = target or EMBEDDED_DEFAULT
     address = cluster_address(cluster)
+    if address is not None and (req.acceptance.rule != "exact" or req.kv.active):
+        raise ConfigError("relaxed acceptance and KV-cache compression run in process only: leave out the cluster")
     if address is not None:  # the worker loads, encodes and decodes; this process records the run
         return run_on_cluster(address, req, prompt=prompt, target=target, chat=chat, device=device, store=store,
                               log=log, source=source, benchmark_id=benchmark_id, on_step=on_step, progress=progress)
@@ -77,7 +84,9 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     tr = Trace(method=method, params=req.params, prompt_ids=list(prompt_ids))
     with Recording(store if log else None, tr, prompt=prompt, decode_text=tgt.decode, method=method,
                    target=tgt.spec, draft=drf.spec if drf else None,
-                   params={**req.params, "max_new_tokens": max_new_tokens, "chat": chat},
+                   params={**req.params, "max_new_tokens": max_new_tokens, "chat": chat,
+                           **({"acceptance": req.acceptance.text()} if req.acceptance.rule != "exact" else {}),
+                           **({"kv": req.kv.text()} if req.kv.active else {})},
                    sampling=req.sampling.to_dict(), env=env, benchmark_id=benchmark_id, source=source) as rec:
 
         def _on_step(step: Step, t: Trace) -> None:
@@ -87,7 +96,8 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
 
         result = generate(tgt, method, prompt_ids, draft=drf, params=req.params, sampling=req.sampling,
                           decode=req.decode, on_step=_on_step, trace=tr, backend=req.backend,
-                          history=run_history(store if log else None), progress=progress)
+                          history=run_history(store if log else None), progress=progress,
+                          acceptance=req.acceptance, kv=req.kv)
         # after the decode: the run's wall time and tokens/s are already fixed and never include this
         q = None
         if quality:

@@ -44,6 +44,12 @@ def add_bench_parser(sub) -> None:
                    help="fixed method parameter, e.g. speculative.gamma=4 (repeatable)")
     b.add_argument("--sweep", action="append", default=[], metavar="METHOD.KEY=V1,V2,...",
                    help="one arm per value; give twice for a grid")
+    b.add_argument("--accept", action="append", default=[], metavar="RULE[:KEY=V,...]",
+                   help="run every drafting arm with this acceptance rule (repeatable; lossy unless exact): "
+                        "typical:eps=0.09,delta=0.3, top_k:k=2, ratio:ratio=0.5, exact")
+    b.add_argument("--kv", action="append", default=[], metavar="POLICY[:KEY=V,...]",
+                   help="run every arm (and plain decoding once more) over this compressed KV cache (repeatable; "
+                        "lossy; eager only): streaming:budget=0.5,sinks=4, h2o:budget=0.5,recent=0.5, none")
     add_backend_argument(b)
     b.add_argument("--backends", default=None, metavar="B1,B2",
                    help="run every arm on each of these backends in the same process, interleaved, each against "
@@ -84,7 +90,7 @@ def _store(args):
 
 def _config(args):
     # here: the arms and the runner load torch (the methods); the CLI's parsers must not
-    from .bench.arms import parse_backends, parse_methods, parse_params, parse_sweeps
+    from .bench.arms import parse_accepts, parse_backends, parse_kvs, parse_methods, parse_params, parse_sweeps
     from .bench.runner import BenchConfig
 
     if not args.suite:
@@ -111,7 +117,8 @@ def _config(args):
                       categories=categories, params=parse_params(args.param), sweeps=parse_sweeps(args.sweep),
                       compare_hf=args.compare_hf, trace_overhead=args.trace_overhead, device=args.device,
                       warmup_tokens=args.warmup_tokens, bandwidth_mib=args.bandwidth_mib, threads=args.threads,
-                      cluster=cluster or "none", workers=args.workers, backends=backends)
+                      cluster=cluster or "none", workers=args.workers, backends=backends,
+                      accepts=parse_accepts(args.accept), kvs=parse_kvs(args.kv))
     cfg.check()
     return cfg
 

@@ -113,7 +113,7 @@ def cmd_run(args) -> int:
     result = run(args.method, args.prompt, target=args.target, draft=args.draft, params=_parse_params(args.param),
                  sampling=sampling, max_new_tokens=args.max_new_tokens, chat=args.chat, device=args.device,
                  store=store, log=not args.no_log, source="cli", progress=progress, cluster=args.cluster,
-                 backend=args.backend, quality=not args.no_quality)
+                 backend=args.backend, quality=not args.no_quality, acceptance=args.accept, kv=args.kv)
     if args.json:
         print(json.dumps(result.to_json()))
         return 0
@@ -260,6 +260,17 @@ def cmd_runs_delete(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def add_accept_argument(parser) -> None:
+    """--accept RULE[:KEY=V,...] (the verifier's acceptance rule) and --kv POLICY[:KEY=V,...] (KV-cache
+    compression) of `workbench run`."""
+    parser.add_argument("--accept", default=None, metavar="RULE[:KEY=V,...]",
+                        help="relaxed acceptance, lossy: typical:eps=0.09,delta=0.3 (Medusa-2), top_k:k=2, "
+                             "ratio:ratio=0.5 (default: exact, lossless); docs/lossy.md")
+    parser.add_argument("--kv", default=None, metavar="POLICY[:KEY=V,...]",
+                        help="compress the target's KV cache, lossy (eager backend): streaming:budget=0.5,sinks=4 "
+                             "(StreamingLLM), h2o:budget=0.5,recent=0.5 (H2O); docs/lossy.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description="Decoding Workbench: run, see and compare fast decoding methods.")
     p.add_argument("--db", help="SQLite run store (default: $WORKBENCH_DB or the user data dir)")
@@ -276,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter (repeatable)")
+    add_accept_argument(r)
     chat = r.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="apply the chat template (default when the model has one)")

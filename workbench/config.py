@@ -131,3 +131,171 @@ class DecodeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Relaxed acceptance rules of the shared verifier (workbench.verify.relaxed_admits); "exact" is lossless verification.
+ACCEPTANCE_RULES = ("exact", "typical", "top_k", "ratio")
+# Beyond this an entropy factor delta only spells "never relax" (delta * exp(-H) >= 1 for any vocabulary below it).
+MAX_DELTA = 1e12
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """How the shared verifier judges a draft token x at a node whose target distribution is p.
+
+    Lossless verification ("exact") accepts x only when the target would have produced it: x is p's
+    argmax (greedy), or it passes the rejection test r < p(x)/q(x) (sampling). A relaxed rule also
+    admits x when (every rule is a superset of the lossless one):
+      typical  p(x) > min(eps, delta * exp(-H(p)))    Medusa-2's typical acceptance (Cai et al. 2024)
+      top_k    x is among p's k most likely tokens     (ties ranked as argmax ranks them: lower id first)
+      ratio    p(x) >= ratio * max p                   (at ratio = 1 only the argmax itself)
+    Greedy: p is the target's softmax at temperature 1. Sampling: p is the warped distribution the run
+    samples from (temperature, top-k, top-p); an admitted token is accepted whatever the rejection test
+    says, and a token neither admits goes on to the lossless residual as usual, so the run's random draws
+    are the same ones lossless verification makes.
+    `exact(greedy, vocab)` says whether a setting can change nothing (the run then stays lossless).
+    """
+
+    rule: str = "exact"
+    eps: float = 0.09  # typical: the probability floor (Medusa's posterior_threshold)
+    delta: float = 0.3  # typical: the entropy-scaled floor's factor (Medusa's posterior_alpha)
+    k: int = 2  # top_k: how many of the target's most likely tokens are admitted
+    ratio: float = 0.5  # ratio: admitted when p(x) >= ratio * max p
+
+    def __post_init__(self) -> None:
+        if self.rule not in ACCEPTANCE_RULES:
+            raise ConfigError(f"acceptance rule must be one of {', '.join(ACCEPTANCE_RULES)}, got {shown(self.rule)}")
+        if not is_number(self.eps) or not 0.0 <= self.eps <= 1.0:
+            raise ConfigError(f"acceptance eps must be a number in [0, 1], got {shown(self.eps)}")
+        if not is_number(self.delta) or not 0.0 <= self.delta <= MAX_DELTA:
+            raise ConfigError(f"acceptance delta must be a number in [0, {MAX_DELTA:g}], got {shown(self.delta)}")
+        if not is_int(self.k) or not 1 <= self.k <= MAX_TOP_K:
+            raise ConfigError(f"acceptance k must be an integer in [1, {MAX_TOP_K}], got {shown(self.k)}")
+        if not is_number(self.ratio) or not 0.0 < self.ratio <= 1.0:
+            raise ConfigError(f"acceptance ratio must be a number in (0, 1], got {shown(self.ratio)}")
+
+    @classmethod
+    def parse(cls, text: str) -> "AcceptanceConfig":
+        """'typical:eps=0.3,delta=0.09', 'top_k:k=3', 'ratio:ratio=0.2' or 'exact' -> the config (CLI, app)."""
+        if not isinstance(text, str) or len(text) > 200:
+            raise ConfigError(f"acceptance must be text like 'typical:eps=0.09,delta=0.3', got {shown(text)}")
+        rule, _, rest = text.strip().partition(":")
+        knobs = {"eps": float, "delta": float, "k": int, "ratio": float}
+        values: dict[str, Any] = {}
+        for pair in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, raw = pair.partition("=")
+            key = key.strip()
+            if not eq or key not in knobs:
+                raise ConfigError(f"acceptance setting {shown(pair)} is not one of {', '.join(k + '=...' for k in knobs)}")
+            try:
+                values[key] = knobs[key](raw.strip())
+            except ValueError:
+                raise ConfigError(f"acceptance {key} must be {'an integer' if key == 'k' else 'a number'}, "
+                                  f"got {shown(raw.strip())}") from None
+        return cls(rule=rule.strip() or "exact", **values)
+
+    def exact(self, greedy: bool, vocab: int) -> bool:
+        """Whether this setting admits nothing lossless verification rejects (for a vocabulary of `vocab`).
+
+        Greedy: a token other than the argmax has p(x) <= 1/2, so a typical floor of at least 1/2 admits none,
+        and top_k = 1 or ratio = 1 admit only the argmax. Sampling: the argmax is not always accepted, so only
+        a typical floor of 1 (eps = 1, delta >= vocab, as exp(-H) >= 1/vocab) admits nothing."""
+        if self.rule == "exact":
+            return True
+        if self.rule == "typical":
+            floor = min(self.eps, self.delta / max(vocab, 1))  # the lowest min(eps, delta exp(-H)) can be
+            return floor >= (0.5 if greedy else 1.0)
+        if self.rule == "top_k":
+            return greedy and self.k == 1
+        return greedy and self.ratio == 1.0
+
+    def describe(self) -> str:
+        """One line naming the rule and its setting (a lossy run's `Trace.lossy` entry)."""
+        if self.rule == "typical":
+            return f"typical acceptance (eps={self.eps:g}, delta={self.delta:g})"
+        if self.rule == "top_k":
+            return f"top-k acceptance (k={self.k})"
+        if self.rule == "ratio":
+            return f"probability-ratio acceptance (ratio={self.ratio:g})"
+        return "exact acceptance"
+
+    def text(self) -> str:
+        """The text form `parse` reads back ('typical:eps=0.09,delta=0.3'), as a run's parameters store it."""
+        knobs = {"typical": f"eps={self.eps:g},delta={self.delta:g}", "top_k": f"k={self.k}",
+                 "ratio": f"ratio={self.ratio:g}", "exact": ""}[self.rule]
+        return f"{self.rule}:{knobs}" if knobs else self.rule
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# KV-cache compression policies of the target's cache (workbench.kv_compress); "none" keeps every position.
+KV_POLICIES = ("none", "streaming", "h2o")
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    """Compress the target's KV cache to a memory budget (eager backend; workbench.kv_compress).
+
+    streaming  keep `sinks` first positions and the most recent ones (StreamingLLM, Xiao et al. 2024)
+    h2o        keep `sinks`, a recent window and the heavy hitters: the positions with the largest
+               accumulated attention (H2O, Zhang et al. 2023; workbench.kv_compress says what stands in
+               for the attention weights)
+    budget: the share of the positions seen so far that the cache keeps (0.5: about half the memory).
+    """
+
+    policy: str = "none"
+    budget: float = 0.5
+    sinks: int = 4
+    recent: float = 0.5  # h2o: the share of the kept positions that are the most recent ones
+
+    def __post_init__(self) -> None:
+        if self.policy not in KV_POLICIES:
+            raise ConfigError(f"kv policy must be one of {', '.join(KV_POLICIES)}, got {shown(self.policy)}")
+        if not is_number(self.budget) or not 0.0 < self.budget <= 1.0:
+            raise ConfigError(f"kv budget must be a number in (0, 1], got {shown(self.budget)}")
+        if not is_int(self.sinks) or not 0 <= self.sinks <= 1024:
+            raise ConfigError(f"kv sinks must be an integer in [0, 1024], got {shown(self.sinks)}")
+        if not is_number(self.recent) or not 0.0 < self.recent <= 1.0:
+            raise ConfigError(f"kv recent must be a number in (0, 1], got {shown(self.recent)}")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is ever evicted (budget 1 keeps every position: the uncompressed cache)."""
+        return self.policy != "none" and self.budget < 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> "KVConfig":
+        """'streaming:budget=0.5,sinks=4', 'h2o:budget=0.5,recent=0.5' or 'none' -> the config (CLI, app)."""
+        if not isinstance(text, str) or len(text) > 200:
+            raise ConfigError(f"kv must be text like 'h2o:budget=0.5', got {shown(text)}")
+        policy, _, rest = text.strip().partition(":")
+        knobs = {"budget": float, "sinks": int, "recent": float}
+        values: dict[str, Any] = {}
+        for pair in filter(None, (s.strip() for s in rest.split(","))):
+            key, eq, raw = pair.partition("=")
+            key = key.strip()
+            if not eq or key not in knobs:
+                raise ConfigError(f"kv setting {shown(pair)} is not one of {', '.join(k + '=...' for k in knobs)}")
+            try:
+                values[key] = knobs[key](raw.strip())
+            except ValueError:
+                raise ConfigError(f"kv {key} must be {'an integer' if key == 'sinks' else 'a number'}, "
+                                  f"got {shown(raw.strip())}") from None
+        return cls(policy=policy.strip() or "none", **values)
+
+    def describe(self) -> str:
+        """One line naming the policy and its setting (a lossy run's `Trace.lossy` entry)."""
+        knobs = f"budget={self.budget:g}, sinks={self.sinks}" + (f", recent={self.recent:g}" if self.policy == "h2o" else "")
+        return (f"KV-cache compression ({self.policy}: {knobs}); the drafting stays lossless with respect to the "
+                f"compressed target")
+
+    def text(self) -> str:
+        """The text form `parse` reads back ('h2o:budget=0.5,sinks=4,recent=0.5'), as a run's parameters store it."""
+        if self.policy == "none":
+            return "none"
+        extra = f",recent={self.recent:g}" if self.policy == "h2o" else ""
+        return f"{self.policy}:budget={self.budget:g},sinks={self.sinks}{extra}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

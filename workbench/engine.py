@@ -26,6 +26,12 @@ draft_s and verify_s are what the step really cost. A drafter's `begin` (one-tim
 set-up: calibration, profiling, loading a corpus) runs before the clock starts; a
 draft model's prompt prefill happens at its first `propose`, on the clock.
 
+Options that trade quality for speed (workbench.config.AcceptanceConfig: a relaxed
+acceptance rule of the shared verifier; KVConfig: a compressed target KV cache,
+workbench.backend.compressed, whose note gives the memory it saved) and a method registered `lossless = False`
+are written once, when the run starts, to `trace.lossy` (`lossy_reasons`): one
+line each, empty for a lossless run.
+
 What a run says about itself goes in `trace.notes` when it ends (`_run_notes`): a cost
 profile measured for it first, verification forwards that disagreed with the profile
 (which the CostModel then marks stale), and cost-aware sizing that chose not to draft
@@ -41,7 +47,7 @@ import torch
 
 from .backend import check_backend, open_session, prepare
 from .backend.profile import CostModel
-from .config import ConfigError, DecodeConfig, SamplingConfig
+from .config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from .device import PeakMemory, device_sync
 from .draft import Draft
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
@@ -49,7 +55,7 @@ from .methods.base import RunHistory
 from .preflight import check_draft_given
 from .sampling import choose, logits_to_probs, make_generator
 from .trace import Step, Summary, Trace
-from .verify import Verdict, node_target_probs, verify_greedy, verify_stochastic
+from .verify import Verdict, node_target_probs, relaxed_admits, verify_greedy, verify_stochastic
 
 StepCallback = Callable[[Step, Trace], None]
 
@@ -104,7 +110,8 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
              sampling: SamplingConfig = SamplingConfig(), decode: DecodeConfig = DecodeConfig(),
              on_step: StepCallback | None = None, trace: Trace | None = None,
              backend: str = "eager", costs: CostModel | None = None,
-             history: RunHistory | None = None, progress: Callable[[str], None] | None = None) -> GenerationResult:
+             history: RunHistory | None = None, progress: Callable[[str], None] | None = None,
+             acceptance: AcceptanceConfig = AcceptanceConfig(), kv: KVConfig = KVConfig()) -> GenerationResult:
     """Decode up to decode.max_new_tokens tokens after prompt_ids with `method`.
 
     target/draft are workbench.models.LoadedModel. `trace`, when given, is filled
@@ -114,7 +121,14 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     history: earlier runs' outputs for drafters that read them (workbench.record.run_history).
     progress: where set-up before the clock says what it does (measuring this machine's cost profile
     for a cost-aware method: tens of seconds on a CPU), for a status line.
+    acceptance: the verifier's acceptance rule (default: exact, lossless); a relaxed one makes the run lossy.
+    kv: compression of the target's KV cache (eager backend only; default none); an evicting one makes the run
+    lossy, and its note says the memory it saved.
     """
+    if not isinstance(acceptance, AcceptanceConfig):
+        raise ConfigError(f"acceptance must be an AcceptanceConfig, not {type(acceptance).__name__}")
+    if not isinstance(kv, KVConfig):
+        raise ConfigError(f"kv must be a KVConfig, not {type(kv).__name__}")
     if not prompt_ids:
         raise ConfigError("the prompt is empty")
     backend = check_backend(backend)
@@ -123,20 +137,26 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     max_len = len(prompt_ids) + decode.max_new_tokens + DRAFT_ROOM
     drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len, costs, history,
                             progress)
-    session = open_session(backend, target, max_len)
+    session = open_session(backend, target, max_len, compression=kv)
     try:
-        return _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
-                       on_step, trace)
+        result = _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
+                         on_step, trace, acceptance, kv)
+        if kv.active:  # what the compressed cache saved, measured at the end
+            result.trace.notes.append(session.note())
+        return result
     finally:
         session.close()
         drafter.env.close_sessions()
 
 
 def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: list[int],
-            sampling: SamplingConfig, decode: DecodeConfig, generator, on_step, trace) -> GenerationResult:
+            sampling: SamplingConfig, decode: DecodeConfig, generator, on_step, trace,
+            acceptance: AcceptanceConfig, kv: KVConfig) -> GenerationResult:
     device = target.device
     if trace is None:
         trace = Trace(method=method, params=resolve_params(method, params), prompt_ids=list(prompt_ids))
+    trace.lossy = lossy_reasons(type(drafter), trace.params, sampling, target.vocab_size, acceptance, kv)
+    acceptance = verification_rule(type(drafter), drafter.params, acceptance)
     eos = set(target.eos_token_ids) | set(decode.extra_eos_ids) if decode.stop_on_eos else set()
     memory = PeakMemory(device)
     drafter.begin(list(prompt_ids))  # one-time set-up (calibration, profiling, a corpus) is not decoding time
@@ -190,7 +210,7 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
         ids = torch.tensor([[context[-1]] + node_tokens], device=device)  # (1, 1+n)
         out = _target_forward(session, ids, proposal, past_len, hidden=wants_hidden)
         logits, hidden = out if wants_hidden else (out, None)  # (1+n, V), (1+n, H)
-        verdict, p_nodes = _verify(logits, proposal, sampling, generator, decode.trace)
+        verdict, p_nodes = _verify(logits, proposal, sampling, generator, decode.trace, acceptance)
         # keep the root's and the accepted path's keys/values; drop the rejected ones
         session.keep(past_len, [0] + [i + 1 for i in verdict.accepted])
         device_sync(device)
@@ -228,14 +248,42 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     return GenerationResult(output_ids=out, text=target.decode(out), trace=trace, summary=trace.summary())
 
 
+def lossy_reasons(cls: type[Drafter], params: dict[str, Any], sampling: SamplingConfig, vocab: int,
+                  acceptance: AcceptanceConfig = AcceptanceConfig(), kv: KVConfig = KVConfig()) -> list[str]:
+    """What makes a run lossy, one line each (`Trace.lossy`): a method registered `lossless = False` (with its
+    setting), a relaxed acceptance rule at a setting that can change the output and a KV cache that evicts;
+    [] for a lossless run."""
+    out = []
+    if not cls.lossless:
+        setting = ", ".join(f"{k}={v}" for k, v in params.items())
+        out.append(f"{cls.label or cls.name}" + (f" ({setting})" if setting else ""))
+    if not acceptance.exact(sampling.greedy, vocab):
+        out.append(acceptance.describe())
+    if kv.active:
+        out.append(kv.describe())
+    return out
+
+
+def verification_rule(cls: type[Drafter], params: dict[str, Any], acceptance: AcceptanceConfig) -> AcceptanceConfig:
+    """The rule the verifier uses: the method's own (`Drafter.verify_rule`, e.g. BiLD's rollback bound) or the
+    run's; a run that asks for a relaxed rule with a method that brings its own is refused."""
+    own = cls.verify_rule(params)
+    if own is None:
+        return acceptance
+    if acceptance.rule != "exact":
+        raise ConfigError(f"method '{cls.name}' verifies with its own rule ({own.describe()}); "
+                          f"leave out the acceptance option ({acceptance.describe()})")
+    return own
+
+
 def _run_notes(drafter: Drafter, target, trace: Trace) -> list[dict[str, Any]]:
     """What the run says about itself (the module docstring): the CostModel's notes on the profiles it served,
-    checked against this run's verification forwards, and the sizing log's "no_draft" note."""
+    checked against this run's verification forwards, the sizing log's "no_draft" note and the drafter's own."""
     env = drafter.env
     decode = [s for s in trace.steps if s.kind == "decode"]
     notes = env.costs.run_notes(target, env.backend, [(1 + s.n_draft, s.verify_s) for s in decode])
     no_draft = env.sizing.note(len(decode))
-    return notes + ([no_draft] if no_draft else [])
+    return notes + ([no_draft] if no_draft else []) + drafter.run_notes()
 
 
 def _timed(fn: StepCallback, step: Step, trace: Trace) -> float:
@@ -246,19 +294,23 @@ def _timed(fn: StepCallback, step: Step, trace: Trace) -> float:
 
 
 def _verify(logits: torch.Tensor, proposal: Draft | None, sampling: SamplingConfig,
-            generator: torch.Generator | None, with_probs: bool) -> tuple[Verdict, list[float]]:
+            generator: torch.Generator | None, with_probs: bool,
+            acceptance: AcceptanceConfig = AcceptanceConfig()) -> tuple[Verdict, list[float]]:
     """Shared verification: (1+n, V) target logits -> verdict, and p of each node when tracing."""
     draft = proposal if proposal is not None else Draft([], [])
+    relaxed = acceptance.rule != "exact" and len(draft) > 0
     if sampling.greedy:
-        verdict = verify_greedy(logits, draft)
+        probs = logits.float().softmax(-1) if with_probs or relaxed else None  # temperature 1
+        admits = relaxed_admits(probs, draft, acceptance, scores=logits) if relaxed else None
+        verdict = verify_greedy(logits, draft, admits)
         if not with_probs:
             return verdict, []
-        probs = logits.float().softmax(-1)  # display probabilities at temperature 1
         last = verdict.accepted[-1] + 1 if verdict.accepted else 0
         verdict.bonus_p = float(probs[last, verdict.bonus_token])
         return verdict, node_target_probs(probs, draft)
     probs = logits_to_probs(logits, sampling)  # (1+n, V)
-    verdict = verify_stochastic(probs, draft, generator)
+    admits = relaxed_admits(probs, draft, acceptance) if relaxed else None
+    verdict = verify_stochastic(probs, draft, generator, admits)
     return verdict, (node_target_probs(probs, draft) if with_probs else [])
 
 

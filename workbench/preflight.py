@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .backend import check_backend
-from .config import ConfigError, DecodeConfig, SamplingConfig
+from .config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from .methods import get_method, list_methods, resolve_params
 from .models import IncompatibleModelsError, check_compatible
 
@@ -34,14 +34,19 @@ class Request:
     decode: DecodeConfig
     backend: str
     draft: str | None  # None where the method drafts without a model (a draft given to it is not recorded)
+    acceptance: AcceptanceConfig = AcceptanceConfig()  # the verifier's rule (a relaxed one makes the run lossy)
+    kv: KVConfig = KVConfig()  # the target's KV-cache compression (an evicting one makes the run lossy)
 
 
 def check_request(method: str, prompt: Any, *, draft: str | None = None, params: dict[str, Any] | None = None,
                   sampling: SamplingConfig | None = None, max_new_tokens: int = 128, chat: bool | None = None,
-                  backend: str | None = None, trace: bool = True, give_draft: str = GIVE_DRAFT) -> Request:
+                  backend: str | None = None, trace: bool = True, give_draft: str = GIVE_DRAFT,
+                  acceptance: AcceptanceConfig | str | None = None, kv: KVConfig | str | None = None) -> Request:
     """Check everything about a run that needs no model; raise ConfigError with one line, else the Request.
 
     give_draft: how this surface tells a user to give a draft model (the CLI's flag, the app's dropdown).
+    acceptance: an AcceptanceConfig or its text form ('typical:eps=0.09,delta=0.3'); None: exact.
+    kv: a KVConfig or its text form ('h2o:budget=0.5'); None: no compression (eager backend only).
     """
     check_prompt(prompt)
     if chat is not None and not isinstance(chat, bool):
@@ -55,7 +60,37 @@ def check_request(method: str, prompt: Any, *, draft: str | None = None, params:
     backend = check_backend(backend)
     check_draft_given(method, bool(draft), give_draft)
     return Request(method=method, params=resolved, sampling=sampling, decode=decode, backend=backend,
-                   draft=draft if cls.needs_draft_model else None)
+                   draft=draft if cls.needs_draft_model else None,
+                   acceptance=check_acceptance(acceptance, cls, resolved), kv=check_kv(kv, backend))
+
+
+def check_acceptance(acceptance: Any, cls: Any = None, params: dict[str, Any] | None = None) -> AcceptanceConfig:
+    """An AcceptanceConfig, its text form or None (exact) -> the config; ConfigError with one line otherwise,
+    also when the method `cls` verifies with a rule of its own (BiLD) and a relaxed one is asked for."""
+    if acceptance is None:
+        acceptance = AcceptanceConfig()
+    elif isinstance(acceptance, str):
+        acceptance = AcceptanceConfig.parse(acceptance)
+    elif not isinstance(acceptance, AcceptanceConfig):
+        raise ConfigError(f"acceptance must be an AcceptanceConfig or text like 'typical:eps=0.09,delta=0.3', "
+                          f"not {type(acceptance).__name__}")
+    if cls is not None and acceptance.rule != "exact" and cls.verify_rule(params or {}) is not None:
+        raise ConfigError(f"method '{cls.name}' verifies with its own rule (its parameters); leave out the "
+                          f"acceptance option")
+    return acceptance
+
+
+def check_kv(kv: Any, backend: str) -> KVConfig:
+    """A KVConfig, its text form or None (no compression) -> the config; refused on a backend other than eager."""
+    if kv is None:
+        return KVConfig()
+    if isinstance(kv, str):
+        kv = KVConfig.parse(kv)
+    elif not isinstance(kv, KVConfig):
+        raise ConfigError(f"kv must be a KVConfig or text like 'h2o:budget=0.5', not {type(kv).__name__}")
+    if kv.active and backend != "eager":
+        raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
+    return kv
 
 
 def check_prompt(prompt: Any) -> None:

@@ -20,6 +20,13 @@ This leaves the output distributed exactly as p, provided q_x is the
 distribution x was really drawn from given the earlier siblings (i.i.d. siblings
 share q; siblings drawn without replacement get q renormalised without the
 earlier ones; deterministic proposals get a one-hot q).
+
+Relaxed acceptance (lossy; workbench.config.AcceptanceConfig says each rule and
+its paper): `relaxed_admits` marks the nodes a rule admits, from their parent's
+row of p, and both walks take an admitted node as accepted: greedy after
+preferring the argmax child, sampling whatever its rejection test says. A node
+no rule admits is judged exactly as above, so with nothing admitted the result
+(and, under sampling, every random draw) is the lossless one.
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import AcceptanceConfig
 from .draft import Draft
 
 
@@ -58,23 +66,32 @@ def residual(p: torch.Tensor, q: torch.Tensor | None, x: int) -> torch.Tensor:
     return torch.where(total > 0, out.div_(total), p)  # no host read
 
 
-def verify_greedy(logits: torch.Tensor, draft: Draft) -> Verdict:
-    """logits: (n+1, V) target logits for [root] + nodes. Longest argmax-matching path."""
+def verify_greedy(logits: torch.Tensor, draft: Draft, admits: list[bool] | None = None) -> Verdict:
+    """logits: (n+1, V) target logits for [root] + nodes. Longest argmax-matching path.
+
+    admits: per node, whether a relaxed rule admits it (relaxed_admits); a node matching the argmax is
+    still preferred, then the first admitted child."""
     best = logits.argmax(-1).tolist()  # (n+1,) one sync for the whole tree
     children = draft.children
     path: list[int] = []
     node = -1
     while True:
         want = best[node + 1]
-        nxt = next((c for c in children.get(node, ()) if draft.tokens[c] == want), None)
+        kids = children.get(node, ())
+        nxt = next((c for c in kids if draft.tokens[c] == want), None)
+        if nxt is None and admits is not None:
+            nxt = next((c for c in kids if admits[c]), None)
         if nxt is None:
             return Verdict(path, want, float("nan"))
         path.append(nxt)
         node = nxt
 
 
-def verify_stochastic(probs: torch.Tensor, draft: Draft, generator: torch.Generator | None) -> Verdict:
+def verify_stochastic(probs: torch.Tensor, draft: Draft, generator: torch.Generator | None,
+                      admits: list[bool] | None = None) -> Verdict:
     """probs: (n+1, V) warped target distributions for [root] + nodes.
+
+    admits: per node, whether a relaxed rule admits it (relaxed_admits): accepted without the test.
 
     Recursive rejection sampling down the tree (see module docstring). p(x), q(x)
     and a uniform r for every node come to the CPU in one sync (gpt-fast); each
@@ -91,7 +108,8 @@ def verify_stochastic(probs: torch.Tensor, draft: Draft, generator: torch.Genera
         for j, c in enumerate(children.get(node, ())):
             x = draft.tokens[c]
             p_of_x = p_x[c] if j == 0 else float(p[x])  # after a rejection p is the residual
-            if q_x[c] > 0 and r[c] * q_x[c] < p_of_x:  # r < p(x)/q(x): accept (q <= p: always)
+            if (q_x[c] > 0 and r[c] * q_x[c] < p_of_x) or (admits is not None and admits[c]):
+                # r < p(x)/q(x): accept (q <= p: always); or a relaxed rule admits x
                 path.append(c)
                 node = c
                 break
@@ -100,6 +118,42 @@ def verify_stochastic(probs: torch.Tensor, draft: Draft, generator: torch.Genera
         else:
             tok, bonus_p = _sample_with_p(p, probs[node + 1], generator)
             return Verdict(path, tok, bonus_p)
+
+
+def relaxed_admits(probs: torch.Tensor, draft: Draft, acceptance: AcceptanceConfig,
+                   scores: torch.Tensor | None = None) -> list[bool] | None:
+    """Which nodes the relaxed rule admits, judged on their parent's row: (n+1, V) -> n bools, one sync.
+
+    probs: the target's p per row; scores: what ranks tokens (greedy passes the logits, so ranks and the
+    argmax agree with verify_greedy's; default probs). None for the exact rule (nothing to admit).
+    """
+    if acceptance.rule == "exact":
+        return None
+    n = len(draft)
+    if n == 0:
+        return []
+    scores = probs if scores is None else scores
+    dev = probs.device
+    rows = _index([par + 1 for par in draft.parents], dev)  # (n,)
+    x = _index(list(draft.tokens), dev).unsqueeze(1)  # (n, 1)
+    P = probs.index_select(0, rows).float()  # (n, V) each node's parent row
+    p_x = P.gather(1, x).squeeze(1)  # (n,)
+    if acceptance.rule == "typical":  # Medusa-2: p(x) > min(eps, delta * exp(-H(p)))
+        H = -(P * P.clamp_min(1e-30).log()).sum(-1)  # (n,) entropy in nats
+        floor = torch.clamp(acceptance.delta * torch.exp(-H), max=acceptance.eps)
+        ok = p_x > floor
+    else:
+        S = scores.index_select(0, rows).float()  # (n, V)
+        s_x = S.gather(1, x)  # (n, 1)
+        if acceptance.rule == "top_k":  # rank of x: tokens scored above it, then tied ones with lower ids
+            ids = torch.arange(S.shape[-1], device=dev)
+            rank = (S > s_x).sum(-1) + ((S == s_x) & (ids < x)).sum(-1)  # (n,)
+            ok = rank < acceptance.k
+        else:  # ratio: p(x) >= ratio * max p; at ratio 1 only the argmax (ties broken as argmax breaks them)
+            ok = p_x >= acceptance.ratio * P.max(-1).values
+            if acceptance.ratio >= 1.0:
+                ok &= S.argmax(-1) == x.squeeze(1)
+    return ok.tolist()
 
 
 def _host_read_is_free(t: torch.Tensor) -> bool:

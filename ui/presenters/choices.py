@@ -163,6 +163,7 @@ def method_label(family: str, label: str) -> str:
 
 
 def method_choices(groups: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> list[tuple[str, str]]:
-    """(label, name) of every method: family by family, each family's methods by their shown names."""
-    return [(method_label(family, m.get("label") or m["name"]), m["name"]) for family, methods in groups
-            for m in methods]
+    """(label, name) of every method: family by family, each family's methods by their shown names; a lossy
+    method's label ends in "(LOSSY)"."""
+    return [(method_label(family, m.get("label") or m["name"]) + ("" if m.get("lossless", True) else " (LOSSY)"),
+             m["name"]) for family, methods in groups for m in methods]

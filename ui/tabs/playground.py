@@ -327,7 +327,7 @@ def set_run_on(state: dict, run_on: str) -> dict:
 
 def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft: str | None, params: dict,
                sampling, max_new_tokens: int, chat: bool, cluster: str | None = None,
-               backend: str | None = None) -> Iterator[tuple[str, str, Any]]:
+               backend: str | None = None, acceptance: Any = None, kv: Any = None) -> Iterator[tuple[str, str, Any]]:
     """Run in a thread; yield ("progress", message, None), ("tokens", html, trace) and finally
     ("done", run_id, RunResult) or ("error", message, None). A progress message about ongoing work
     (compiling for the compiled backend takes minutes) is repeated every TICK_EVERY_S with the seconds so far."""
@@ -335,7 +335,7 @@ def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft:
     cancel = threading.Event()
     kwargs = dict(method=method, prompt=prompt, target=target, draft=draft, params=params, sampling=sampling,
                   max_new_tokens=max_new_tokens, chat=chat, store=ctx.store, source="ui", cluster=cluster,
-                  backend=backend)
+                  backend=backend, acceptance=acceptance, kv=kv)
     _decode_thread(ctx.device_lock, kwargs, events, cancel)
     trace = Trace(method=method, params=params, prompt_ids=[])
     ids: list[int] = []
@@ -378,10 +378,12 @@ def stream_run(ctx: AppContext, *, method: str, prompt: str, target: str, draft:
 
 def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: str, prompt: str, chat: bool,
                max_new_tokens: float, temperature: float, top_p: float, top_k: float, seed: float,
-               *slot_values: Any, backend: str | None = None) -> Iterator[tuple]:
+               *slot_values: Any, backend: str | None = None, accept: str | None = None,
+               kv: str | None = None) -> Iterator[tuple]:
     """The Run button. Yields (status, output, cards, run id, baseline button, state).
 
-    backend: "eager" or "compiled" (None: the app's default, `workbench ui --backend`)."""
+    backend: "eager" or "compiled" (None: the app's default, `workbench ui --backend`).
+    accept, kv: the lossy options' text forms (docs/lossy.md; blank: exact acceptance, no KV compression)."""
     state = dict(state or {})
     keep = gr.update()
     draft = norm_draft(draft)
@@ -398,7 +400,8 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
                       "drafts without one")
         req = check_request(method, prompt or "", draft=draft, params=collect_params(method, slot_values),
                             sampling=_sampling(temperature, top_p, top_k, seed), max_new_tokens=max_new,
-                            backend=backend, give_draft=give_draft)
+                            backend=backend, give_draft=give_draft, acceptance=(accept or "").strip() or None,
+                            kv=(kv or "").strip() or None)
         params, sampling = req.params, req.sampling
     except Exception as exc:  # noqa: BLE001
         yield fail(user_message(exc))
@@ -409,7 +412,7 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
     cluster = cluster_for(state.get("run_on"))
     for kind, payload, extra in stream_run(ctx, method=method, prompt=prompt, target=target, draft=draft,
                                            params=params, sampling=sampling, max_new_tokens=max_new, chat=bool(chat),
-                                           cluster=cluster, backend=backend):
+                                           cluster=cluster, backend=backend, acceptance=req.acceptance, kv=req.kv):
         if kind == "progress":
             yield status("busy", payload), keep, keep, keep, keep, state
         elif kind == "tokens":
@@ -554,6 +557,11 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                 with gr.Row():
                     c["top_k"] = gr.Number(0, precision=0, minimum=0, label="top-k (0 = off)", elem_id="pg-top-k")
                     c["seed"] = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="pg-seed")
+            with gr.Accordion("Lossy options (docs/lossy.md)", open=False):
+                c["accept"] = gr.Textbox("", label="relaxed acceptance (LOSSY)", elem_id="pg-accept",
+                                         placeholder="typical:eps=0.09,delta=0.3 · top_k:k=2 · ratio:ratio=0.5")
+                c["kv"] = gr.Textbox("", label="KV-cache compression (LOSSY, eager)", elem_id="pg-kv",
+                                     placeholder="h2o:budget=0.5 · streaming:budget=0.5,sinks=4")
         with gr.Column(scale=2):
             c["prompt"] = gr.Textbox(DEFAULT_PROMPT, lines=3, label="Prompt", elem_id="pg-prompt")
             with gr.Row():
@@ -581,7 +589,8 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
         comp.change(draft_note, [c["method"], c["draft"]], c["draft_note"], api_visibility="private")
     inputs = [state, c["target"], c["draft"], c["method"], c["prompt"], c["chat"], c["max_new"], c["temperature"],
               c["top_p"], c["top_k"], c["seed"]] + slots
-    by_name = {"backend": c["backend"]}  # run_stream's keyword `backend`: /run's `backend` parameter, default eager
+    # run_stream's keywords: /run's `backend` (default eager), `accept` and `kv` (default none) parameters
+    by_name = {"backend": c["backend"], "accept": c["accept"], "kv": c["kv"]}
     outputs = [c["status"], c["output"], c["cards"], c["run_id"], c["baseline"], state]
     run_fn = functools.partial(run_stream, ctx)
     ev = c["run"].click(run_fn, inputs, outputs, inputs_kwargs=by_name, concurrency_limit=1,

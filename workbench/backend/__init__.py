@@ -61,10 +61,11 @@ def check_backend(name: Any) -> str:
     return name
 
 
-def open_session(backend: str, model: Any, max_len: int, *, progress=None) -> KVSession:
+def open_session(backend: str, model: Any, max_len: int, *, progress=None, compression: Any = None) -> KVSession:
     """A KV session of `backend` for `model` (a LoadedModel, or a bare transformers model: eager only).
 
     max_len: the most positions the run will cache (prompt + new tokens + one draft).
+    compression: a workbench.config.KVConfig that evicts (eager only; workbench.backend.compressed).
     """
     import torch  # here, not above: check_backend and --backend serve torch-free commands
 
@@ -72,6 +73,12 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None) -> KV
 
     if not isinstance(model, torch.nn.Module):
         plan_for(model, progress)  # the CPU linear kernels of this process's mode (workbench.kernels)
+    if compression is not None and compression.active:
+        if check_backend(backend) != "eager":
+            raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
+        from .compressed import CompressedSession  # (the same)
+
+        return CompressedSession(model.model if not isinstance(model, torch.nn.Module) else model, compression)
     if check_backend(backend) == "compiled" and not isinstance(model, torch.nn.Module):
         from .compiled import open_compiled  # (the same)
 

@@ -6,6 +6,10 @@
 --sweep m.key=v1,v2,...   one arm per value (repeatable: two sweeps of one method make a grid, at
                           most two per method; sweeps of two methods sweep each on its own)
 --backends b1,b2          every arm runs on each backend (workbench.backend), its own baseline included
+--accept RULE[:K=V,...]   every drafting arm once per acceptance rule given (repeatable; lossy unless exact:
+                          workbench.config.AcceptanceConfig); the baseline drafts nothing and runs once
+--kv POLICY[:K=V,...]     every arm but the baseline once per KV-cache compression given (repeatable; lossy
+                          unless none: workbench.config.KVConfig); the baseline keeps its whole cache
 
 Every value is checked against the method's declared parameters (workbench.methods)
 before anything is loaded, so bad input fails at once with one line.
@@ -17,11 +21,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..backend import check_backend
-from ..config import BASELINE, ConfigError
+from ..config import BASELINE, AcceptanceConfig, ConfigError, KVConfig
 from ..methods import get_method, resolve_params
 
 TRACE_OFF_LABEL = "autoregressive[trace=off]"
 MAX_SWEEPS = 2  # per method: a grid over two parameters
+LARGEST_VOCAB = 10_000_000  # what an arm's lossless flag assumes before a model is loaded (conservative)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class Arm:
     trace: bool = True  # False: decode with DecodeConfig(trace=False), for the tracing-overhead measurement
     backend: str = "eager"  # how its forwards run (workbench.backend)
     draft: str | None = None  # a draft model spec of its own (None: the benchmark's draft, if it uses one)
+    acceptance: AcceptanceConfig = AcceptanceConfig()  # the verifier's rule for this arm (relaxed: lossy)
+    kv: KVConfig = KVConfig()  # this arm's KV-cache compression (evicting: lossy)
 
     @property
     def key(self) -> str:
@@ -43,7 +50,9 @@ class Arm:
 
     @property
     def lossless(self) -> bool:
-        return get_method(self.method).lossless
+        """The method is lossless and the acceptance rule admits nothing more under greedy (any vocabulary)."""
+        return (get_method(self.method).lossless and self.acceptance.exact(greedy=True, vocab=LARGEST_VOCAB)
+                and not self.kv.active)
 
     @property
     def needs_draft(self) -> bool:
@@ -116,13 +125,53 @@ def parse_sweeps(specs: list[str]) -> list[tuple[str, str, list[Any]]]:
     return out
 
 
+def parse_accepts(specs: list[str] | None) -> list[AcceptanceConfig]:
+    """["typical:eps=0.09,delta=0.3", "exact"] -> their configs, in order, duplicates dropped; [] -> [exact]."""
+    out = [AcceptanceConfig.parse(s) for s in specs or []] or [AcceptanceConfig()]
+    return list(dict.fromkeys(out))
+
+
+def parse_kvs(specs: list[str] | None) -> list[KVConfig]:
+    """["h2o:budget=0.5", "none"] -> their configs, in order, duplicates dropped; [] -> [none]."""
+    out = [KVConfig.parse(s) for s in specs or []] or [KVConfig()]
+    return list(dict.fromkeys(out))
+
+
+def _kv_label(kv: KVConfig) -> str:
+    """An arm label's suffix for its KV-cache compression ('' for none)."""
+    return f"+kv:{kv.text()}" if kv.active else ""
+
+
+def _accept_label(acc: AcceptanceConfig) -> str:
+    """An arm label's suffix for its acceptance rule ('' for exact)."""
+    return "" if acc.rule == "exact" else f"+{acc.text()}"
+
+
 def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def build_arms(methods: list[str], params: dict[str, dict[str, Any]] | None = None,
-               sweeps: list[tuple[str, str, list[Any]]] | None = None, trace_overhead: bool = True) -> list[Arm]:
-    """The baseline first, then (optionally) the untraced baseline, then each method (one arm per sweep point)."""
+               sweeps: list[tuple[str, str, list[Any]]] | None = None, trace_overhead: bool = True,
+               accepts: list[AcceptanceConfig] | None = None, kvs: list[KVConfig] | None = None) -> list[Arm]:
+    """The baseline first, then (optionally) the untraced baseline, then each method (one arm per sweep point),
+    each drafting arm once per acceptance rule of `accepts` (default: exact only), and every arm but the
+    baseline once per KV-cache compression of `kvs` (an evicting one also adds plain decoding over it)."""
+    arms = _build_arms(methods, params, sweeps, trace_overhead)
+    accepts = accepts or [AcceptanceConfig()]
+    kvs = kvs or [KVConfig()]
+    base = [a for a in arms if a.method == BASELINE]
+    out = list(base)
+    out += [replace(base[0], label=BASELINE + _kv_label(kv), kv=kv) for kv in kvs if kv.active]
+    for a in arms:
+        if a.method != BASELINE:
+            out += [replace(a, label=a.label + _accept_label(acc) + _kv_label(kv), acceptance=acc, kv=kv)
+                    for kv in kvs for acc in accepts]
+    return out
+
+
+def _build_arms(methods: list[str], params: dict[str, dict[str, Any]] | None,
+                sweeps: list[tuple[str, str, list[Any]]] | None, trace_overhead: bool) -> list[Arm]:
     params = params or {}
     sweeps = sweeps or []
     order = [m for m in methods if m != BASELINE]

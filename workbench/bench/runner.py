@@ -56,7 +56,7 @@ import torch
 from .. import engine
 from ..backend import check_backend, prepare
 from ..backend.compiled import cache_len_bucket
-from ..config import BASELINE, ConfigError, DecodeConfig, SamplingConfig
+from ..config import BASELINE, AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from ..engine import DRAFT_ROOM
 from ..methods import resolve_params
 from ..models import EMBEDDED_DEFAULT, load_model
@@ -102,6 +102,9 @@ class BenchConfig:
     # the arms themselves, baseline first (None: built from methods, params and sweeps); an arm may name its own
     # draft model (Arm.draft), which runs in process only
     arms: list[Arm] | None = None
+    # every drafting arm once per acceptance rule (workbench.bench.arms; [] or None: exact only)
+    accepts: list[AcceptanceConfig] | None = None
+    kvs: list[KVConfig] | None = None  # every arm but the baseline once per KV-cache compression (eager only)
 
     def check(self) -> None:
         DecodeConfig(max_new_tokens=self.max_new_tokens)  # same range checks as a run
@@ -171,9 +174,14 @@ def plan_benchmark(cfg: BenchConfig, cluster: bool = False) -> tuple[list[Arm], 
     before anything is loaded or recorded. cluster: the plan is for a cluster's workers (one backend)."""
     cfg.check()
     arms = check_arms(cfg.arms) if cfg.arms is not None else build_arms(cfg.methods, cfg.params, cfg.sweeps,
-                                                                          trace_overhead=cfg.trace_overhead)
+                                                                          trace_overhead=cfg.trace_overhead,
+                                                                          accepts=cfg.accepts, kvs=cfg.kvs)
     questions = filter_questions(load_suite(cfg.suite), cfg.categories, cfg.limit, cfg.question_ids)
     check_draft_given([a.method for a in arms if not a.draft], bool(cfg.draft))
+    if cluster and any(a.acceptance.rule != "exact" or a.kv.active for a in arms):
+        raise ConfigError("--accept and --kv run in process only: drop --cluster")
+    if any(a.kv.active for a in arms) and cfg.backends != ["eager"]:
+        raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
     if cluster and any(a.draft for a in arms):
         raise ConfigError("arms with a draft model of their own run in process only: drop --cluster")
     if cluster and len(cfg.backends) > 1:
@@ -426,7 +434,7 @@ def _warm_up(arms: list, hf_arms: list[HFArm], unit: PromptUnit, tgt, drf, cfg: 
             _prepare_models(backend, mine, tgt, drf, sizes, say, cfg.device)
         for arm in mine:
             generate(tgt, arm.method, prompt_ids, draft=arm_draft(arm, drf, cfg.device), params=arm.params, sampling=GREEDY,
-                     decode=DecodeConfig(max_new_tokens=n, trace=arm.trace), backend=backend,
+                     decode=DecodeConfig(max_new_tokens=n, trace=arm.trace), backend=backend, acceptance=arm.acceptance, kv=arm.kv,
                      progress=say)  # a cost-aware arm measures this machine's profile here, not while timed
         warmup[backend] = round(time.perf_counter() - t0, 3)
         say(f"bench: warm-up on {backend} ({len(mine)} arms x {n} tokens"
@@ -446,7 +454,10 @@ def _run_params(arm, unit: PromptUnit, repeat: int, cfg: BenchConfig, trace: boo
     return {**arm.params, "max_new_tokens": cfg.max_new_tokens, "chat": True, "bench.arm": arm.label,
             "bench.category": unit.category, "bench.subcategory": unit.question.subcategory or unit.category,
             "bench.prompt": unit.key, "bench.question_id": unit.question.key, "bench.turn": unit.turn + 1,
-            "bench.repeat": repeat, "bench.trace": trace, "bench.backend": arm.backend}
+            "bench.repeat": repeat, "bench.trace": trace, "bench.backend": arm.backend,
+            **({"acceptance": arm.acceptance.text()} if isinstance(arm, Arm) and arm.acceptance.rule != "exact"
+               else {}),
+            **({"kv": arm.kv.text()} if isinstance(arm, Arm) and arm.kv.active else {})}
 
 
 def _run_env(env: dict[str, Any], arm) -> dict[str, Any]:
@@ -479,7 +490,7 @@ def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, tr
     result = generate(tgt, arm.method, prompt_ids, draft=arm_draft(arm, drf, cfg.device),
                       params=arm.params, sampling=GREEDY,
                       decode=DecodeConfig(max_new_tokens=cfg.max_new_tokens, trace=arm.trace), trace=trace,
-                      backend=arm.backend)
+                      backend=arm.backend, acceptance=arm.acceptance, kv=arm.kv)
     return result.trace, result.text
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..backend import open_session
 from ..backend.profile import CostModel
-from ..config import ConfigError, SamplingConfig, is_int, is_number, shown
+from ..config import AcceptanceConfig, ConfigError, SamplingConfig, is_int, is_number, shown
 from ..draft import Draft
 from .sizing import SizingLog
 
@@ -226,6 +226,16 @@ class Drafter:
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> None:
         """Validate parameters against each other (each one alone is checked by its Param); raise ConfigError."""
+
+    def run_notes(self) -> list[dict[str, Any]]:
+        """What the method says about its run when it ends ({"kind", "text", ...numbers}; `Trace.notes`)."""
+        return []
+
+    @classmethod
+    def verify_rule(cls, params: dict[str, Any]) -> AcceptanceConfig | None:
+        """The acceptance rule the method's own verification uses with these (resolved) parameters (a lossy
+        method's rollback bound, e.g. BiLD's), in place of the run's; None: the run's rule (exact by default)."""
+        return None
 
     @classmethod
     def drafts(cls) -> bool:
