@@ -32,9 +32,10 @@ def add_train_parsers(sub, int_in) -> None:
     t.add_argument("--feature-weight", type=float, default=d.feature_weight,
                    help="eagle: weight of the feature-regression loss")
     t.add_argument("--token-weight", type=float, default=d.token_weight, help="eagle: weight of the token loss")
-    t.add_argument("--unroll", type=int_in(1, 8), default=d.unroll,
-                   help=f"eagle: draft positions trained; each after the first reads the head's own previous "
-                        f"prediction, as drafting does (default {d.unroll}; 1: teacher-forced only)")
+    t.add_argument("--unroll", type=int_in(1, 8), default=None,
+                   help="eagle, eagle3: draft positions trained; each after the first reads the head's own previous "
+                        "prediction, as drafting does (default 1 for eagle, 3 for eagle3 (its training-time test); "
+                        "1: teacher-forced only)")
     t.add_argument("--fuse", action="store_true",
                    help="heads: also read a low and a middle layer's outputs, fused with the final hidden states as "
                         "EAGLE-3 does (default: the final hidden states alone)")

@@ -1,10 +1,14 @@
-"""Trained drafter heads (EAGLE, Medusa, Hydra): save, find and load them, safely matched to their target.
+"""Drafter heads (EAGLE, EAGLE-3, Medusa, Hydra): save, find and load them, safely matched to their target.
 
-A head lives in a directory: `head.safetensors` (its own weights, fp16; never
-the target's embedding or LM head, which it reuses) and `card.json` (kind,
+A head lives in a directory: `head.safetensors` (its own weights, fp16, or an
+imported checkpoint's own precision; never the target's embedding or LM head,
+which it reuses) and `card.json` (kind,
 shape, the target it was trained for with a fingerprint of that target's
 weights, the training settings and the held-out accuracy). Loading a head
 against another target fails with a clear error.
+
+Published heads are imported into this format, and exported from it, by
+workbench.heads.porting (the card's `origin` says where an imported one came from).
 
 Where heads are found (`workbench heads` lists them):
 - a directory given as `head=DIR`;

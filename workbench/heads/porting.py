@@ -301,7 +301,9 @@ def export_config(card: dict, fmt: str, speculative_tokens: int = 5) -> dict[str
                 "base_model_name_or_path": tgt.get("spec") or tgt.get("name"), "hidden_size": c["hidden_size"],
                 "vocab_size": V}
     if fmt == "eagle":
-        return llama_layer_config(c, V, bias=bool(c.get("fc_bias", True)))
+        # "bias" is fc's: the Vicuna/LLaMA-2 heads leave it out and carry fc.bias (vLLM reads an explicit true as
+        # attention biases too), the LLaMA-3 heads say false and have none
+        return llama_layer_config(c, V, **({} if c.get("fc_bias", True) else {"bias": False}))
     aux = list(c["aux_layers"])
     if fmt == "eagle3":
         return llama_layer_config(c, V, architectures=["LlamaForCausalLMEagle3"], draft_vocab_size=c["draft_vocab"],
