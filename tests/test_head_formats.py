@@ -561,3 +561,37 @@ def test_published_layouts_built_for_smollm2_import_and_run_losslessly(smollm, t
         params = {"head": head.name} | ({"mode": mode} if method != "medusa" else {})
         out = generate(smollm, method, prompt, params=params, decode=DecodeConfig(max_new_tokens=16))
         assert out.output_ids == ref.output_ids, (fmt, mode)
+
+
+@pytest.mark.parametrize("case,expect", [("medusa2", "Medusa-2"), ("mlp_speculator", "not supported"),
+                                         ("no_weights", "no head weights")])
+def test_layouts_not_read_are_refused_in_one_line(tiny, tmp_path, heads_dir, case, expect):
+    src = tmp_path / "src"
+    src.mkdir()
+    cfg = {"medusa2": {"medusa_num_heads": 3, "architectures": ["MedusaModel"]},
+           "mlp_speculator": {"speculators_model_type": "mlp_speculator"}, "no_weights": {"hidden_size": 64}}[case]
+    (src / "config.json").write_text(json.dumps(cfg))
+    if case != "no_weights":
+        save_file({"x": torch.zeros(1)}, str(src / "model.safetensors"))
+    with pytest.raises(HeadError) as err:
+        _import(src, tiny, "bad")
+    assert expect in str(err.value) and "\n" not in str(err.value)
+    assert _leftovers(heads_dir) == []
+
+
+def test_import_and_export_from_the_command_line(tiny, tmp_path, heads_dir, capsys):
+    from workbench.cli import main
+
+    src, *_ = write_eagle3(tiny, tmp_path / "src", train=False)
+    assert main(["heads", "import", str(src), "--target", "tiny-random", "--name", "cli-e3"]) == 0
+    assert "--method eagle3" in capsys.readouterr().out
+    assert main(["heads", "import", str(src), "--target", "tiny-random", "--name", "cli-e3"]) == 2  # taken
+    assert "already exists" in capsys.readouterr().err
+    assert main(["heads", "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out) if r["name"] == "cli-e3")
+    assert row["origin"] == "imported" and row["format"] == "eagle3" and row["source"] == str(src)
+    assert main(["heads", "export", "cli-e3", "--format", "speculators", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert main(["heads", "export", "cli-e3", "--format", "medusa", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be written as medusa" in err and len(err.splitlines()) == 1

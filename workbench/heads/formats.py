@@ -48,13 +48,12 @@ def detect(src: Path) -> str:
         return "speculators"
     if any((src / f).exists() for f in MEDUSA_FILES):
         return "medusa"
-    if "medusa_num_heads" in cfg or "num_heads" in cfg and (src / "model.safetensors").exists() and "medusa" in \
-            str(cfg.get("architectures", "")).lower():
+    arch = " ".join(map(str, cfg.get("architectures") or []))
+    if "medusa_num_heads" in cfg or "Medusa" in arch:
         raise ValueError("a Medusa-2 model or vLLM's own Medusa layout, not Medusa-1 heads (medusa_lm_head.pt); "
                          "not supported")
     if not any((src / f).exists() for f in WEIGHT_FILES):
         raise ValueError(f"no head weights found (looked for {', '.join(WEIGHT_FILES + MEDUSA_FILES)})")
-    arch = " ".join(map(str, cfg.get("architectures") or []))
     if "Eagle3" in arch or "draft_vocab_size" in cfg:
         return "eagle3"
     return "eagle"

@@ -113,7 +113,7 @@ def _fill(head: HeadBase, fmt: str, state: dict[str, torch.Tensor], source: str,
             t = torch.cat([t[:, H:], t[:, :H]], dim=1) if t.dim() == 2 and t.shape[1] == 2 * H else t
         if tuple(t.shape) != tuple(mine[k].shape):
             raise HeadError(f"{source}: {pub} has shape {list(t.shape)}, the config implies {list(mine[k].shape)}")
-        mine[k] = t.to(mine[k].dtype) if mine[k].is_floating_point() else t.to(mine[k].dtype)
+        mine[k] = t.to(mine[k].dtype)
     head.load_state_dict(mine)
 
 
