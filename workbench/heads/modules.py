@@ -1,9 +1,10 @@
-"""Drafter heads: small modules that draft from the target's own final hidden states.
+"""Drafter heads: small modules that draft from the target's own hidden states.
 
-Every head reuses the target's token embedding and LM head (neither is stored
-with the head) and drafts the tokens after the *root* (the last committed token)
-from h_t, the target's final hidden state at the position before the root
-(t + 1 is the root's position):
+Every head reuses the target's token embedding, and its LM head unless it has
+its own (an EAGLE-3 head's over its draft vocabulary; an imported Medusa-1
+head's per head), and drafts the tokens after the *root* (the last committed
+token) from h_t, the target's final hidden state at the position before the
+root (t + 1 is the root's position; EAGLE-3: three of its layers' states there):
 
 - MedusaHeads (Medusa-1; Cai et al. 2024): K residual blocks h + SiLU(W_k h);
   head k predicts token t + k + 2 from h_t alone (the target's own head predicts

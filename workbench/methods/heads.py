@@ -1,4 +1,4 @@
-"""Methods that draft with a trained head on the target's own hidden states: eagle, medusa, hydra.
+"""Methods that draft with a trained head on the target's own hidden states: eagle, eagle3, medusa, hydra.
 
 Each declares `needs_hidden_states`, so the engine hands it the target's final
 hidden states of every committed position from the verification forward it
