@@ -72,7 +72,7 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-HEAD_METHODS = ("eagle", "medusa", "hydra")  # the methods that draft with a trained head
+HEAD_METHODS = ("eagle", "medusa", "hydra", "eagle3")  # the methods that draft with a trained head
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,8 @@ def tiny_heads(tmp_path_factory):
     heads are trained on the target's responses to the engine tests' own prompts (greedy and sampled):
     enough for them to draft there, so a feature or position misalignment shows as a failed "actually drafts".
     The eagle and hydra heads fuse features (the engine hands them the feature layers' states too),
-    the medusa head reads the final hidden states alone: both paths run through every registry test.
+    the medusa head reads the final hidden states alone, the eagle3 head its three layers and drafts over a
+    draft vocabulary of 128 tokens (d2t): every path runs through every registry test.
     """
     import json
 
@@ -96,7 +97,7 @@ def tiny_heads(tmp_path_factory):
     prompts.write_text("\n".join(json.dumps({"prompt_ids": p}) for p in PROMPTS))
     for kind in HEAD_METHODS:
         train(TrainConfig(kind=kind, target="tiny-random", prompts=str(prompts), samples=24, max_new_tokens=64,
-                          fuse=kind != "medusa",
+                          fuse=kind in ("eagle", "hydra"), vocab_trim=128 if kind == "eagle3" else 8192,
                           steps=200, lr=3e-3, device=DEVICE, out=str(root / f"tiny-random-{kind}"), store=False,
                           evaluate_prompts=0), quiet=True)
     return root

@@ -516,6 +516,13 @@ def test_head_choices_fit_the_target_with_their_accuracy():
         ("default: other-eagle (none yet; train one with `workbench train --kind eagle`)", "")]
 
 
+def test_an_imported_published_head_shows_its_layout_and_source():
+    heads = [{"name": "m-eagle3-hub", "kind": "eagle3", "target": "m", "where": "user", "origin": "imported",
+              "source": "owner/EAGLE3-m", "format": "speculators", "path": "/u/m-eagle3-hub", "top1": None}]
+    assert P.head_choices(heads, "m", "eagle3")[1] == (
+        "m-eagle3-hub · imported speculators from owner/EAGLE3-m · no held-out accuracy on its card", "m-eagle3-hub")
+
+
 def test_method_choices_by_family_then_shown_name():
     groups = [("Plain decoding", [{"name": "autoregressive", "label": "Plain decoding (autoregressive)"}]),
               ("Draft model, chain", [{"name": "speculative", "label": "Speculative decoding (draft model)"}])]

@@ -7,6 +7,7 @@ import pytest
 
 from workbench.config import DecodeConfig
 from workbench.engine import generate
+from workbench.heads import BUILTIN_DIR
 from workbench.methods import list_methods
 
 pytestmark = pytest.mark.real
@@ -15,7 +16,10 @@ PROMPTS = [
     [{"role": "user", "content": "List three uses of a paperclip."}],
     "Summarize: The cat sat on the mat. The cat was happy on the mat because the mat was warm.",
 ]
-LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive"]
+# a head method runs its shipped head; one with no head shipped for the embedded model (eagle3) runs there
+# with imported heads instead (test_head_formats)
+LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive"
+            and (not m.needs_hidden_states or (BUILTIN_DIR / f"smollm2-135m-{m.name}").is_dir())]
 
 
 @pytest.fixture(scope="module")

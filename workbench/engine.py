@@ -17,7 +17,7 @@ A drafter that declares `needs_hidden_states` (the EAGLE/Medusa/Hydra heads)
 gets, through `observe`, the target's final hidden states of the positions each
 forward committed: every prompt position after prefill, the root and the accepted
 nodes after a step (and a few middle layers' outputs, for a head that fuses
-them: `wants_feature_layers`). They come out of the same forwards (the backend
+them, or an EAGLE-3 head's three: `wants_feature_layers`). They come out of the same forwards (the backend
 splits the stock forward at the LM head), so a head never costs an extra
 target forward.
 
@@ -164,7 +164,8 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     # (a head with fused features also its feature layers': known once `begin` has loaded the head).
     wants_hidden: bool | str = False
     if drafter.needs_hidden_states:
-        wants_hidden = "layers" if drafter.wants_feature_layers else True
+        layers = drafter.wants_feature_layers  # True: the fused features' layers; a tuple: those (EAGLE-3)
+        wants_hidden = tuple(layers) if isinstance(layers, (tuple, list)) else "layers" if layers else True
 
     device_sync(device)
     t_start = time.perf_counter()

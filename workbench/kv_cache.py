@@ -52,7 +52,7 @@ def forward(model: torch.nn.Module, input_ids: torch.Tensor, cache: DynamicCache
 
 
 def forward_hidden(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, keep: int = 0,
-                   layers: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                   layers: bool | tuple[int, ...] = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The stock forward split at the LM head: (logits (1, T or keep, V), final hidden states (1, T, H)).
 
     The decoder (`model.get_decoder()`, its final norm included) runs once with the cache; the LM head
@@ -60,7 +60,8 @@ def forward_hidden(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, 
     the models that have one. Drafter heads (EAGLE, Medusa, Hydra) read these hidden states: no extra
     forward, no patched modeling code. `layers`: the states are (1, T, H (1 + k)), the final ones
     followed by the outputs of the k decoder layers `feature_layers` picks (the model's own
-    `output_hidden_states`), which a head with fused features adds to the final ones.
+    `output_hidden_states`), which a head with fused features adds to the final ones; a tuple of indices
+    into the model's `hidden_states` instead picks those (an EAGLE-3 head's three layers).
     """
     decoder = model.get_decoder()
     kwargs[cache_arg_name(decoder)] = cache
@@ -70,13 +71,14 @@ def forward_hidden(model: torch.nn.Module, input_ids: torch.Tensor, cache: Any, 
     hidden = out.last_hidden_state  # (1, T, H)
     logits = logits_from_hidden(model, hidden[:, -keep:] if keep else hidden)
     if layers:
-        hidden = torch.cat([hidden, layer_states(out, model.config)], dim=-1)
+        hidden = torch.cat([hidden, layer_states(out, model.config, None if layers is True else layers)], dim=-1)
     return logits, hidden
 
 
-def layer_states(out: Any, config: Any) -> torch.Tensor:
-    """The feature layers' outputs side by side, (..., T, H k), from a decoder output that has `hidden_states`."""
-    return torch.cat([out.hidden_states[i] for i in feature_layers(config)], dim=-1)
+def layer_states(out: Any, config: Any, ids: tuple[int, ...] | None = None) -> torch.Tensor:
+    """The outputs of layers `ids` (default: the feature layers) side by side, (..., T, H k), from a decoder
+    output that has `hidden_states`."""
+    return torch.cat([out.hidden_states[i] for i in (feature_layers(config) if ids is None else ids)], dim=-1)
 
 
 def feature_layers(config: Any) -> tuple[int, ...]:
@@ -86,6 +88,20 @@ def feature_layers(config: Any) -> tuple[int, ...]:
     cfg = getattr(config, "text_config", None) or config
     n = int(cfg.num_hidden_layers)
     return (min(2, n), max(1, n // 2))
+
+
+def eagle3_layers(config: Any) -> tuple[int, ...]:
+    """EAGLE-3's default fused layers as indices into the model's `hidden_states` (the state going into layer k):
+    2, N//2 and N-3, i.e. the outputs of layers 1, N/2-1 and N-4 of N (SafeAILab EAGLE, vLLM, SpecForge)."""
+    cfg = getattr(config, "text_config", None) or config
+    n = int(cfg.num_hidden_layers)
+    return (min(2, n), n // 2, max(0, n - 3))
+
+
+def state_layers(config: Any) -> tuple[int, ...]:
+    """Every layer a compiled forward hands out besides the final states (one graph serves every head): the
+    fused heads' feature layers and EAGLE-3's default three, ascending, each once."""
+    return tuple(sorted(set(feature_layers(config)) | set(eagle3_layers(config))))
 
 
 def logits_from_hidden(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,12 @@ resumable (its output is saved in the out dir before the next one starts):
              eagle   (f_t, x_{t+1}) -> f^_{t+1}: smooth-L1 to f_{t+1} plus
                      cross-entropy of LM-head(f^_{t+1}) against a_{t+1}
                      (EAGLE's two losses; features get uniform noise, as the paper)
+             eagle3  the published EAGLE-3: fc over three target layers (their
+                     states are extracted in stage 2), its own LM head over a
+                     draft vocabulary (the `vocab_trim` tokens the target produced
+                     most often; d2t/t2d map it), cross-entropy against a_{t+j}
+                     at each of `unroll` (default 3) draft positions, each after
+                     the first on the head's own previous output (training-time test)
              draft   a few-layer copy of the target (its embedding, LM head and
                      evenly spaced layers) trained by KL to the target's
                      next-token distribution (knowledge distillation);
@@ -55,8 +61,8 @@ from store import RunStore
 from .config import ConfigError, DecodeConfig
 from .engine import generate
 from .heads import base_name, default_head_name, fingerprint, make_head, save_head, user_heads_dir
-from .heads.lm_head import HeadLM
-from .kv_cache import layer_states, logits_from_hidden
+from .heads.lm_head import DraftVocabLM, HeadLM
+from .kv_cache import eagle3_layers, layer_states, logits_from_hidden
 from .metrics import acceptance_by_position
 from .models import load_model
 from .record import environment
@@ -243,9 +249,11 @@ def _token_ids(prompt: Any) -> bool:
 # ---------------------------------------------------------------- 2. features
 
 @torch.inference_mode()
-def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8, layers: bool = False) -> list[dict]:
+def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8,
+                     layers: bool | tuple[int, ...] = False) -> list[dict]:
     """Per sequence: tokens (T,), final hidden states f (T, H) fp16, argmax a (T,), and where the response starts;
-    with `layers`, also g (T, H k) fp16: the outputs of the k feature layers (`cache.feature_layers`)."""
+    with `layers`, also g (T, H k) fp16: the outputs of the k feature layers (`cache.feature_layers`), or of
+    the layers a tuple names (an EAGLE-3 head's three)."""
     out = []
     order = sorted(range(len(samples)), key=lambda i: len(samples[i]["prompt_ids"]) + len(samples[i]["response_ids"]))
     feats: dict[int, dict] = {}
@@ -258,7 +266,7 @@ def extract_features(lm, samples: list[dict], bar: _Bar, batch: int = 8, layers:
         res = lm.model.get_decoder()(input_ids=ids, attention_mask=mask,
                                      **({"output_hidden_states": True} if layers else {}))
         hidden = res.last_hidden_state  # (B, T, H)
-        extra = layer_states(res, lm.model.config) if layers else None
+        extra = layer_states(res, lm.model.config, layers if isinstance(layers, tuple) else None) if layers else None
         argmax = logits_from_hidden(lm.model, hidden).argmax(-1)  # (B, T)
         for r, (i, s) in enumerate(zip(idx, seqs)):
             feats[i] = {"tokens": torch.tensor(s, dtype=torch.int32), "f": hidden[r, :len(s)].to("cpu", torch.float16),
@@ -338,6 +346,8 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
             parts[f"head{k + 1}_loss"] = float(lk.detach())
             stats.append(_topk_hits(logits, labels))
         return loss, parts, stats
+    if kind == "eagle3":
+        return _eagle3_losses(head, lmh, embed, b, unroll)
     return _eagle_losses(head, lmh, embed, b, noise, weights, unroll)
 
 
@@ -367,6 +377,25 @@ def _eagle_losses(head, lmh: "HeadLM", embed, b: dict, noise: float, weights: tu
         parts.update({f"feature_loss{suffix}": float(f_loss.detach()), f"token_loss{suffix}": float(t_loss.detach())})
         stats.append(_topk_hits(logits, labels))
         loss = loss + (f_loss * weights[0] + t_loss * weights[1]) * 0.8 ** (j - 1)
+    return loss, parts, stats
+
+
+def _eagle3_losses(head, lmh: DraftVocabLM, embed, b: dict, unroll: int):
+    """EAGLE-3's token loss over `unroll` draft positions (its training-time test: each position after the
+    first reads the head's own previous output, `eagle_unroll`), labels the target's own tokens as rows of
+    the draft vocabulary (a token outside it is ignored); no feature regression. Positions weigh 0.8^(j-1)."""
+    a, resp = b["a"], b["resp"]
+    col = torch.arange(a.shape[1], device=a.device)
+    feats = head.committed(torch.cat([b["f"], b["g"]], dim=-1))  # h = fc([low; mid; high]) (B, T, H)
+    loss, parts, stats = 0.0, {}, []
+    for j, pred in enumerate(eagle_unroll(head, feats, b["tok"], embed, unroll), start=1):
+        ok = resp & (col[None] + j < b["len"][:, None])
+        logits = lmh.logits(pred[ok])  # (N, Vd)
+        labels = lmh.labels(_shifted(a, j)[ok])
+        t_loss = F.cross_entropy(logits, labels, ignore_index=-100)
+        parts["token_loss" + ("" if j == 1 else f"_{j}")] = float(t_loss.detach())
+        stats.append(_topk_hits(logits, labels))
+        loss = loss + t_loss * 0.8 ** (j - 1)
     return loss, parts, stats
 
 
@@ -489,9 +518,10 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
         # 2. features
         feats_path = ckpt_dir / "features.pt"
         data = torch.load(feats_path) if feats_path.exists() else []
-        layers = cfg.kind != "draft" and cfg.fuse
-        if layers and data and "g" not in data[0]:  # features saved without the feature layers: extract again
-            data = []
+        layers = eagle3_layers(lm.model.config) if cfg.kind == "eagle3" else cfg.kind != "draft" and cfg.fuse
+        width = lm.model.config.hidden_size * (len(layers) if isinstance(layers, tuple) else 2)
+        if layers and data and ("g" not in data[0] or data[0]["g"].shape[1] != width):
+            data = []  # features saved without these layers: extract again
         # features are kept for the samples they were extracted from (a resumed training with other
         # --samples or --self-prompts has other samples at the same places)
         same = next((i for i, (d, smp) in enumerate(zip(data, samples))
@@ -518,6 +548,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
         # 3. train
         trim = 0 < cfg.vocab_trim < lm.vocab_size  # a k at least the vocabulary's size trims nothing
         vocab = frequent_tokens([data[i] for i in train_idx], cfg.vocab_trim, lm.vocab_size) if trim else None
+        # (eagle3: its draft vocabulary, the LM head it trains; none: the whole vocabulary)
         result = _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet, store, tid, timings)
         drafter, curves, accuracy = result
         # 4. save (+ evaluate)
@@ -551,7 +582,11 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
     device = lm.device
     embed = lm.model.get_input_embeddings()
     lmh = HeadLM(lm.model, None if vocab is None else vocab.to(device), dtype=torch.float32)  # frozen rows
-    if cfg.kind == "draft":
+    if cfg.kind == "eagle3":  # its own LM head over the draft vocabulary, trained with the rest
+        model = make_head("eagle3", lm.model, vocab=vocab).to(device).float()
+        lmh = DraftVocabLM(model)
+        params = list(model.parameters())
+    elif cfg.kind == "draft":
         model = make_draft_model(lm, cfg.layers).to(device)
         model.get_input_embeddings().requires_grad_(False)
         model.get_output_embeddings().requires_grad_(False)

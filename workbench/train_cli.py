@@ -1,4 +1,5 @@
-"""`workbench train` and `workbench heads`: train a drafter on the target's own outputs; list trained heads."""
+"""`workbench train` and `workbench heads`: train a drafter on the target's own outputs; list trained heads;
+import published heads and export the workbench's (`heads import`, `heads export`: workbench.heads.porting)."""
 from __future__ import annotations
 
 import json
@@ -31,9 +32,10 @@ def add_train_parsers(sub, int_in) -> None:
     t.add_argument("--feature-weight", type=float, default=d.feature_weight,
                    help="eagle: weight of the feature-regression loss")
     t.add_argument("--token-weight", type=float, default=d.token_weight, help="eagle: weight of the token loss")
-    t.add_argument("--unroll", type=int_in(1, 8), default=d.unroll,
-                   help=f"eagle: draft positions trained; each after the first reads the head's own previous "
-                        f"prediction, as drafting does (default {d.unroll}; 1: teacher-forced only)")
+    t.add_argument("--unroll", type=int_in(1, 8), default=None,
+                   help="eagle, eagle3: draft positions trained; each after the first reads the head's own previous "
+                        "prediction, as drafting does (default 1 for eagle, 3 for eagle3 (its training-time test); "
+                        "1: teacher-forced only)")
     t.add_argument("--fuse", action="store_true",
                    help="heads: also read a low and a middle layer's outputs, fused with the final hidden states as "
                         "EAGLE-3 does (default: the final hidden states alone)")
@@ -78,7 +80,8 @@ def add_train_parsers(sub, int_in) -> None:
 
     t.set_defaults(func=cmd_train)
 
-    h = sub.add_parser("heads", help="list trained drafter heads (yours and the shipped ones) with their accuracy")
+    h = sub.add_parser("heads", help="list drafter heads (yours, imported and shipped) with their accuracy; "
+                                     "import or export one")
     h.add_argument("--kind", default=None, choices=HEAD_KINDS)
     h.add_argument("--json", action="store_true")
 
@@ -92,13 +95,57 @@ def add_train_parsers(sub, int_in) -> None:
         if not rows:
             print("no heads yet; train one: workbench train --kind eagle --target smollm2-135m", file=sys.stderr)
             return 0
-        print(f"{'name':<28} {'kind':<7} {'target':<16} {'where':<8} {'params':>9} {'trim':>6} {'samples':>7} "
+        print(f"{'name':<28} {'kind':<7} {'target':<16} {'origin':<20} {'params':>9} {'trim':>6} {'samples':>7} "
               f"{'fused':>6}  top-1")
         for r in rows:
             top1 = ", ".join(f"{a:.2f}" for a in (r["top1"] or []) if a is not None)
-            fused = ",".join(map(str, r["feature_layers"])) or "-"
-            print(f"{r['name']:<28} {r['kind']:<7} {str(r['target']):<16} {r['where']:<8} {r['params'] or 0:>9} "
+            fused = ",".join(map(str, r["feature_layers"] or r.get("aux_layers") or [])) or "-"
+            origin = f"imported ({r['format']})" if r.get("format") else r["origin"]
+            print(f"{r['name']:<28} {r['kind']:<7} {str(r['target']):<16} {origin:<20} {r['params'] or 0:>9} "
                   f"{r['vocab_trim'] or '-':>6} {r['samples'] or '-':>7} {fused:>6}  {top1}")
         return 0
 
     h.set_defaults(func=cmd_heads)
+    hs = h.add_subparsers(dest="heads_command", metavar="{import,export}")
+
+    hi = hs.add_parser("import", help="import a published EAGLE-1/2, EAGLE-3, speculators or Medusa-1 head")
+    hi.add_argument("source", help="a local directory or a hub id (owner/name)")
+    hi.add_argument("--target", "-t", required=True, help="the target model spec the head drafts for")
+    hi.add_argument("--name", default=None, help="the head's name (default: <target>-<kind>-<source name>)")
+    hi.add_argument("--device", default=None)
+
+    def cmd_import(args) -> int:
+        from .heads.porting import import_head  # here: loads torch, which the CLI's parsers must not
+        from .heads import read_card
+        from .models import load_model
+
+        target = load_model(args.target, device=args.device)
+        path = import_head(args.source, target, args.name)
+        card = read_card(path)
+        print(f"imported {card['origin']['format']} head from {args.source} as {path.name} ({card['kind']}, "
+              f"{card['params']} parameters) in {path.parent}")
+        print(f"use it: workbench run --method {card['kind']} --target {args.target} --param head={path.name}")
+        return 0
+
+    hi.set_defaults(func=cmd_import)
+
+    he = hs.add_parser("export", help="write a head in a published layout (vLLM/SGLang, the reference repositories)")
+    he.add_argument("name", help="a head name (see `workbench heads`) or directory")
+    he.add_argument("--format", required=True, choices=("speculators", "eagle3", "eagle", "medusa"))
+    he.add_argument("out", help="the new output directory")
+
+    def cmd_export(args) -> int:
+        from .heads import find_head, read_card
+        from .heads.porting import export_head  # here: loads torch, which the CLI's parsers must not
+
+        def lm_head():  # a Medusa head trained here shares the target's LM head; the layout copies it per head
+            from .models import load_model
+
+            spec = read_card(find_head(args.name, None, "medusa"))["target"].get("spec")
+            return load_model(spec).model.get_output_embeddings().weight
+
+        out = export_head(args.name, args.format, args.out, lm_head=lm_head)
+        print(f"wrote {args.name} as {args.format} to {out} (config.json, weights, README.md)")
+        return 0
+
+    he.set_defaults(func=cmd_export)

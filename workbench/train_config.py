@@ -27,7 +27,9 @@ class TrainConfig:
     # eagle: weights of the feature-regression (smooth L1) and token (cross-entropy) losses
     feature_weight: float = 1.0
     token_weight: float = 0.1
-    unroll: int = 1  # eagle: draft positions trained; each after the first reads the head's own prediction
+    # eagle, eagle3: draft positions trained; each after the first reads the head's own prediction (None: 1 for
+    # eagle, 3 for eagle3, whose published training is this "training-time test")
+    unroll: int | None = None
     fuse: bool = False  # heads: also read a low and a middle layer of the target (EAGLE-3's fused features)
     holdout: float = 0.1  # fraction of responses held out for evaluation
     gen_batch: int = 32
@@ -57,6 +59,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.kind not in TRAINING_KINDS:
             raise ConfigError(f"unknown training kind {self.kind!r}; kinds: {', '.join(TRAINING_KINDS)}")
+        if self.unroll is None:
+            self.unroll = 3 if self.kind == "eagle3" else 1
         counts = {name: 1 for name in ("samples", "max_new_tokens", "steps", "batch_size", "heads", "layers",
                                        "gen_batch", "checkpoint_every", "unroll")} | {"self_prompts": 0, "vocab_trim": 0}
         for name, least in counts.items():
@@ -70,7 +74,7 @@ class TrainConfig:
         if not (0.0 < self.holdout < 0.5):
             raise ConfigError(f"holdout must be between 0 and 0.5, got {self.holdout!r}")
         if self.lr is None:
-            self.lr = 5e-4 if self.kind == "eagle" else 1e-3
+            self.lr = 5e-4 if self.kind in ("eagle", "eagle3") else 1e-3
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("feature_weight", "token_weight"):

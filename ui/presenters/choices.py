@@ -131,7 +131,10 @@ def _accuracy(top1: Any) -> str:
 
 
 def head_origin(head: dict[str, Any]) -> str:
-    """'shipped' (with the package), 'trained' (here, by `workbench train`) or 'imported' (any other head)."""
+    """'shipped' (with the package), 'trained' (here, by `workbench train`) or 'imported' (any other head; a
+    published head with its layout and source: 'imported eagle3 from owner/name')."""
+    if head.get("source"):
+        return f"imported {head.get('format') or ''} from {head['source']}".replace("  ", " ")
     return head.get("origin") or ("shipped" if head.get("where") == "builtin" else "yours")
 
 

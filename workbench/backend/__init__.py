@@ -9,7 +9,9 @@ The engine never talks to a KV cache directly. It opens a *session* for a model
         every column before them is visible; None means causal; hidden=True
         returns (logits, final hidden states (T, H)) from the same forward,
         hidden="layers" (logits, (T, H (1 + k))): the final hidden states, then
-        the outputs of the k decoder layers `cache.feature_layers` picks
+        the outputs of the k decoder layers `cache.feature_layers` picks; a tuple
+        of indices into the model's `hidden_states` (T, H (1 + k)): the final
+        states, then those layers' (an EAGLE-3 head's three)
     session.keep(start, offsets) / session.crop(n)
         keep positions [0, start) plus start + offsets (accepted tree nodes are
         copied into place), or the first n positions (a rejected chain)
@@ -43,7 +45,7 @@ class KVSession(Protocol):
     length: int
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str = False) -> Any: ...
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str | tuple[int, ...] = False) -> Any: ...
 
     def keep(self, start: int, offsets: list[int]) -> None: ...
 

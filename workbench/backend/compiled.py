@@ -199,11 +199,13 @@ class CompiledForward:
         self.busy = False
         self.warmup_s: float | None = None
         model, cache = self.model, self.cache
+        # the layers every graph hands out after the final states (fused heads' and EAGLE-3's: `kv.state_layers`)
+        self.layer_ids = layer_ids = kv.state_layers(self.model.config)
 
         def run(input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | dict[str, torch.Tensor]):
             # the stock forward split at the LM head, so the hidden states come out too (drafter heads): the
             # final ones and the feature layers' (a few (T, H) copies; one graph serves every drafter)
-            logits, hidden = kv.forward_hidden(model, input_ids, cache, layers=True, position_ids=position_ids,
+            logits, hidden = kv.forward_hidden(model, input_ids, cache, layers=layer_ids, position_ids=position_ids,
                                                attention_mask=mask)
             return logits[0], hidden[0]  # (T, V), (T, H (1 + k))
 
@@ -214,6 +216,20 @@ class CompiledForward:
         self.one = _compile_static(run, 1, self.device, rows)
         self.buckets = {B: _compile_static(run, B, self.device, rows) for B in static_buckets()}
         self.many = torch.compile(_own_code(run), dynamic=True)
+
+    def pick(self, states: torch.Tensor, hidden: bool | str | tuple[int, ...]) -> torch.Tensor:
+        """The states a session asked for out of the graphs' (T, H (1 + k)): True the final ones, "layers" also
+        the feature layers', a tuple also those layers' (each one the graphs hand out)."""
+        H = self.hidden_size
+        if hidden is True:
+            return states[:, :H]
+        ids = kv.feature_layers(self.model.config) if hidden == "layers" else hidden
+        missing = [i for i in ids if i not in self.layer_ids]
+        if missing:
+            raise ConfigError(f"the compiled backend hands out the hidden states of layers "
+                              f"{list(self.layer_ids)} of {self.lm.spec}, not {missing}; use --backend eager")
+        cols = [0] + [1 + self.layer_ids.index(i) for i in ids]
+        return states.view(states.shape[0], -1, H)[:, cols].reshape(states.shape[0], -1)  # (T, H (1 + len(ids)))
 
     def bucket(self, T: int, length: int) -> int | None:
         """The static size a T-token verification at `length` runs as, or None (no bucket, or no room)."""
@@ -311,7 +327,7 @@ class StaticSession:
         compiled.busy = True
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str = False) -> Any:
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str | tuple[int, ...] = False) -> Any:
         c = self.compiled
         T = ids.shape[1]
         if self.length + T > c.L:
@@ -324,7 +340,7 @@ class StaticSession:
         logits = logits[-keep:] if keep else logits
         if not hidden:
             return logits
-        return logits, (states if hidden == "layers" else states[:, :c.hidden_size])
+        return logits, c.pick(states, hidden)
 
     def keep(self, start: int, offsets: list[int]) -> None:
         if offsets != list(range(len(offsets))):

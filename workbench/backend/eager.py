@@ -25,7 +25,7 @@ class EagerSession:
         self.length = 0
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str = False) -> Any:
+                block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str | tuple[int, ...] = False) -> Any:
         kwargs: dict[str, Any] = {}
         T = ids.shape[1]
         if block is not None:
@@ -36,9 +36,10 @@ class EagerSession:
         if positions is not None:
             kwargs["position_ids"] = positions
         if hidden:
-            logits, states = kv.forward_hidden(self.model, ids, self.cache, keep, layers=hidden == "layers", **kwargs)
+            layers = hidden if isinstance(hidden, tuple) else hidden == "layers"
+            logits, states = kv.forward_hidden(self.model, ids, self.cache, keep, layers=layers, **kwargs)
             self.length += T
-            return logits[0], states[0]  # (T or keep, V), (T, H) or with "layers" (T, H (1 + k))
+            return logits[0], states[0]  # (T or keep, V), (T, H) or with layers (T, H (1 + k))
         out = kv.forward(self.model, ids, self.cache, logits_to_keep=keep, **kwargs)
         self.length += T
         return out.logits[0]  # (T or keep, V)

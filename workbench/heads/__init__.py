@@ -1,10 +1,14 @@
-"""Trained drafter heads (EAGLE, Medusa, Hydra): save, find and load them, safely matched to their target.
+"""Drafter heads (EAGLE, EAGLE-3, Medusa, Hydra): save, find and load them, safely matched to their target.
 
-A head lives in a directory: `head.safetensors` (its own weights, fp16; never
-the target's embedding or LM head, which it reuses) and `card.json` (kind,
+A head lives in a directory: `head.safetensors` (its own weights, fp16, or an
+imported checkpoint's own precision; never the target's embedding or LM head,
+which it reuses) and `card.json` (kind,
 shape, the target it was trained for with a fingerprint of that target's
 weights, the training settings and the held-out accuracy). Loading a head
 against another target fails with a clear error.
+
+Published heads are imported into this format, and exported from it, by
+workbench.heads.porting (the card's `origin` says where an imported one came from).
 
 Where heads are found (`workbench heads` lists them):
 - a directory given as `head=DIR`;
@@ -28,14 +32,14 @@ from safetensors.torch import load_file, save_file
 
 from ..config import HEAD_KINDS, ConfigError
 from ..paths import cache_dir
-from .modules import HEAD_CLASSES, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
+from .modules import HEAD_CLASSES, Eagle3Head, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
 
 CARD = "card.json"
 WEIGHTS = "head.safetensors"
 FORMAT = 1
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
-__all__ = ["BUILTIN_DIR", "EagleHead", "HEAD_KINDS", "HeadBase", "HeadError", "HydraHeads", "MedusaHeads",
+__all__ = ["BUILTIN_DIR", "Eagle3Head", "EagleHead", "HEAD_KINDS", "HeadBase", "HeadError", "HydraHeads", "MedusaHeads",
            "default_head_name", "find_head", "fingerprint", "list_heads", "load_head", "make_head", "save_head",
            "user_heads_dir"]
 
@@ -73,21 +77,25 @@ def fingerprint(lm: Any) -> str:
 
 
 def save_head(head: HeadBase, out_dir: str | Path, target: Any, *, training: dict | None = None,
-              accuracy: dict | None = None, extra: dict | None = None) -> Path:
-    """Write `head` (fp16 weights) and its card to out_dir; returns the directory."""
+              accuracy: dict | None = None, extra: dict | None = None,
+              dtype: torch.dtype = torch.float16) -> Path:
+    """Write `head` (its float weights in `dtype`: fp16, or an imported checkpoint's own) and its card to
+    out_dir; returns the directory."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, t in {**dict(head.named_parameters()), **dict(head.named_buffers())}.items():
         t = t.detach().to("cpu").contiguous()
-        tensors[name] = t.to(torch.float16) if t.is_floating_point() and name != "inv_freq" else t
+        tensors[name] = t.to(dtype) if t.is_floating_point() and name != "inv_freq" else t
     tmp = out / (WEIGHTS + ".tmp")
     save_file(tensors, str(tmp))
     tmp.replace(out / WEIGHTS)
     card = {
         "format": FORMAT, "kind": head.kind, "config": head.config,
         "target": {"name": base_name(target), "spec": getattr(target, "spec", None), "fingerprint": fingerprint(target),
-                   "hidden_size": target.model.config.hidden_size, "vocab_size": int(target.vocab_size)},
+                   "hidden_size": target.model.config.hidden_size, "vocab_size": int(target.vocab_size),
+                   "architectures": list(getattr(target.model.config, "architectures", None)
+                                        or [type(target.model).__name__])},
         "params": sum(p.numel() for p in head.parameters()),
         "vocab_trim": int(head.vocab.numel()),
         "training": training or {}, "accuracy": accuracy or {},
@@ -173,7 +181,8 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
 
 def list_heads(kind: str | None = None) -> list[dict]:
     """Every head found (user heads first, then shipped ones), with its card's facts; `origin` is "shipped"
-    (with the package), "trained" (its card records a `workbench train` run) or "imported" (any other)."""
+    (with the package), "trained" (its card records a `workbench train` run) or "imported" (any other; an
+    imported published head also has its `source` and `format`)."""
     out = []
     for where, root in _places():
         if not root.is_dir():
@@ -187,10 +196,13 @@ def list_heads(kind: str | None = None) -> list[dict]:
                 continue
             acc = card.get("accuracy", {})
             origin = "shipped" if where == "builtin" else "trained" if card.get("training") else "imported"
+            imported = card.get("origin") or {}  # a published head's source and layout (workbench.heads.porting)
             out.append({"name": d.name, "kind": card["kind"], "target": card.get("target", {}).get("name"),
                         "where": where, "origin": origin, "path": str(d), "params": card.get("params"),
                         "vocab_trim": card.get("vocab_trim", 0), "top1": acc.get("top1"), "top5": acc.get("top5"),
                         "feature_layers": (card.get("config") or {}).get("feature_layers") or [],
+                        "aux_layers": (card.get("config") or {}).get("aux_layers") or [],
                         "samples": card.get("training", {}).get("samples"),
+                        "source": imported.get("source"), "format": imported.get("format"),
                         "created_at": card.get("created_at")})
     return out

@@ -5,6 +5,9 @@ ids are multiplied, so a head's logits cost k/V of the full head; `tokens` maps
 a row back to its token id, `full` a distribution over the rows back to one over
 the whole vocabulary, `labels` token ids to rows for a training loss. The
 model's final soft-capping applies as in its own forward.
+
+DraftVocabLM is the same interface over an EAGLE-3 head's own LM head: its
+rows are a draft vocabulary, row i standing for target token i + d2t[i].
 """
 from __future__ import annotations
 
@@ -68,3 +71,17 @@ class HeadLM:
         inside = tokens < self._rows.shape[0]
         r = self._rows[tokens.clamp(max=self._rows.shape[0] - 1)]
         return torch.where(inside & (r >= 0), r, torch.full_like(r, -100))
+
+
+class DraftVocabLM(HeadLM):
+    """An EAGLE-3 head's own norm + LM head over its draft vocabulary (rows -> target ids through d2t)."""
+
+    def __init__(self, head: Any) -> None:
+        self.head = head
+        self.ids = torch.arange(head.d2t.numel(), device=head.d2t.device) + head.d2t  # (Vd,) target ids
+        self.weight = self.bias = self.plan = self.packed = None
+        self._rows = None
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """(..., H) the layer's outputs -> (..., Vd) logits over the draft vocabulary."""
+        return self.head.draft_logits(feats)

@@ -169,7 +169,8 @@ class StepFeedback:
     # every prompt position; after a decode step the root and each accepted node. Row j belongs to position
     # len(tokens) - 1 - k + j, so the drafter holds states for every committed token but the last. A drafter
     # whose `wants_feature_layers` is true after `begin` gets (k, H (1 + m)): the final states, then the
-    # outputs of the m decoder layers `cache.feature_layers` picks (a head with fused features).
+    # outputs of the m decoder layers `cache.feature_layers` picks (a head with fused features); when it is a
+    # tuple of indices into the model's `hidden_states`, those layers' (an EAGLE-3 head's three).
     hidden: torch.Tensor | None = None
 
 
@@ -197,7 +198,8 @@ class Drafter:
     tree: ClassVar[bool] = False  # proposes branching trees (not only chains)
     any_draft_tokenizer: ClassVar[bool] = False  # drafts with a model of another vocabulary (cross_vocab)
     needs_hidden_states: ClassVar[bool] = False  # observe() gets the target's final hidden states (heads)
-    wants_feature_layers: bool = False  # ... and its feature layers' too (set by `begin`: it depends on the head)
+    # ... and its feature layers' too (set by `begin`: it depends on the head): True, or the layer ids
+    wants_feature_layers: bool | tuple[int, ...] = False
     wants_target_argmax: ClassVar[bool] = False  # observe_target() gets the target's argmax at every verified row
     params: ClassVar[tuple[Param, ...]] = ()
 

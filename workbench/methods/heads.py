@@ -1,4 +1,4 @@
-"""Methods that draft with a trained head on the target's own hidden states: eagle, medusa, hydra.
+"""Methods that draft with a trained head on the target's own hidden states: eagle, eagle3, medusa, hydra.
 
 Each declares `needs_hidden_states`, so the engine hands it the target's final
 hidden states of every committed position from the verification forward it
@@ -11,6 +11,8 @@ head with fused features; the head reuses the target's embedding and LM head
   verification under sampling treats each node as one-hot: exact.
 - hydra: the same static tree, but each node's children come from the next
   head run on that node's own state and token (sequentially dependent heads).
+- eagle3: the same drafting loop over an EAGLE-3 head (three fused target
+  layers in, its own LM head over a draft vocabulary mapped to target ids).
 - eagle: the EAGLE head drafts autoregressively on its predicted features, as
   a chain (under sampling each token is drawn from the head's distribution and
   verified against it: standard speculative sampling) or as EAGLE-2's dynamic
@@ -25,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..heads import load_head
-from ..heads.lm_head import HeadLM
+from ..heads.lm_head import DraftVocabLM, HeadLM
 from ..sampling import logits_to_probs
 from ..draft import Draft
 from ..kernels import plan_for
@@ -49,7 +51,7 @@ class HeadDrafter(Drafter):
     def begin(self, prompt_ids: list[int]) -> None:
         target = self.env.target
         self.head, self.card = load_head(self.params["head"], target, self.kind)  # a fresh copy for this run
-        if not self.params["trim"]:
+        if not self.params.get("trim", True):
             self.head.set_vocab(None)
         plan = plan_for(target)  # the target's CPU linear kernels serve the head's own layers too
         if plan.rows:
@@ -57,7 +59,7 @@ class HeadDrafter(Drafter):
         self.lm = HeadLM(target.model, self.head.vocab if self.head.trimmed else None, plan=plan)
         self.embed = target.model.get_input_embeddings()
         self.last: torch.Tensor | None = None  # (H,) the head's feature of the position before the root
-        self.wants_feature_layers = self.head.fused  # the engine hands over the feature layers' states too
+        self.wants_feature_layers = self.head.layers_wanted  # the engine hands over those layers' states too
 
     @torch.inference_mode()
     def observe(self, fb: StepFeedback) -> None:
@@ -128,7 +130,8 @@ class MedusaSession(HeadTreeSession):
     def __init__(self, drafter: "Medusa") -> None:
         super().__init__()
         feats = drafter.head(drafter.last)  # (K, H)
-        self.rows = drafter.lm.logits(feats)  # (K, k): head k's logits, the distribution at depth k + 1
+        own = drafter.head.own_logits(feats)  # (K, V) an imported Medusa-1 head's own LM heads
+        self.rows = own if own is not None else drafter.lm.logits(feats)  # (K, k): the distribution at depth k + 1
         self.root_logits = self.rows[0]
 
     def feed(self, nodes: list[int]) -> torch.Tensor:
@@ -338,3 +341,23 @@ class Eagle(HeadDrafter):
             if len(tokens) < depth:
                 logits = session.feed([parent])[0]
         return Draft.chain(tokens, q, torch.stack(dists) if dists else None)  # q_dist (depth, V) when sampling
+
+
+@register
+class Eagle3(Eagle):
+    name = "eagle3"
+    kind = "eagle3"
+    label = "EAGLE-3 head (chain or dynamic tree)"
+    pays_when = ("an EAGLE-3 head for this target exists (trained here, or imported from a published one): it reads "
+                 "three of the target's layers and drafts over its own small vocabulary")
+    description = ("EAGLE-3's one-layer head on three fused target layers drafts over its own draft vocabulary "
+                   "(mapped to target ids), as a chain or an EAGLE-2 dynamic tree verified in one target pass. "
+                   "Lossless.")
+    params = tuple(p for p in Eagle.params if p.name != "trim")
+
+    def begin(self, prompt_ids: list[int]) -> None:
+        super().begin(prompt_ids)
+        self.lm = DraftVocabLM(self.head)  # its own norm + LM head; rows map to target ids through d2t
+        if self.head.embed is not None:  # a head published with its own token embedding
+            self.embed = self.head.embed
+            self.state.embed = self.head.embed
