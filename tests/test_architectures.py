@@ -12,6 +12,10 @@ Eager: every registered lossless method is token-identical to plain greedy decod
 drafts there; plain greedy itself equals the model's own argmax recomputed without a cache. The head methods
 (eagle, medusa, hydra) draft with heads trained here for a few seconds on each architecture (`arch_heads`).
 
+Sampling (marked `slow`): on Gemma-3, whose sliding and global layers take the two masks a sliding-window
+model can need, a tree method's first sampled tokens follow the target's exact joint distribution
+(chi-square, as test_engine checks it on Llama), after a prompt far longer than the window.
+
 Compiled (marked `compiled`): plain decoding, one chain method (prompt_lookup), one tree method (recycling) and
 one head method (eagle) per architecture. Compiling is what costs (tens of seconds per model on a small CPU,
 and a draft model would be a second compile), so the set is chosen to run every compiled code path on each
@@ -28,13 +32,15 @@ model's own argmax.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
 import torch
 
 import workbench.backend.compiled as compiled_backend
-from workbench.config import DecodeConfig
+from workbench.config import DecodeConfig, SamplingConfig
 from workbench.engine import generate
 from workbench.methods import list_methods
 from workbench.models import TINY_ARCH_NAMES, TINY_ARCHS, TINY_WINDOW, load_model
@@ -42,6 +48,7 @@ from workbench.models import TINY_ARCH_NAMES, TINY_ARCHS, TINY_WINDOW, load_mode
 from workbench.train import TrainConfig, train
 
 from .helpers import DEVICE, PROMPTS, FlatCosts
+from .stats import chi2_pvalue, exact_joint, oracle_probs
 
 ARCHS = [a for a in TINY_ARCH_NAMES if a != "llama"]  # llama (tiny-random): test_engine
 HEAD_METHODS = ("eagle", "medusa", "hydra")
@@ -171,3 +178,27 @@ def test_compiled_backend_on_every_architecture(arch, arch_heads, monkeypatch):
     _identical_and_drafting(lm, "prompt_lookup", None, "compiled", refs, accepts=False)
     _identical_and_drafting(lm, "recycling", None, "compiled", refs, accepts=False)
     _identical_and_drafting(lm, "eagle", {"head": str(arch_heads[arch, "eagle"])}, "compiled", refs)
+
+
+@pytest.mark.slow  # hundreds of sampled runs
+def test_sampling_on_a_sliding_window_model_keeps_the_target_distribution():
+    lm = _target("gemma3")
+    sampling, depth, runs = SamplingConfig(temperature=1.0, top_k=2, top_p=0.9), 5, 600
+    with torch.inference_mode():  # every byte once, rotated so the first token's two candidates are balanced
+        prompts = [list(range(k, 256)) + list(range(k)) for k in range(0, 256, 8)]
+        balance = [min(oracle_probs(lm.model(input_ids=torch.tensor([p])).logits[0, -1], sampling).values(),
+                       default=0.0) for p in prompts]
+    prompt = prompts[max(range(len(prompts)), key=balance.__getitem__)]
+    sharp = copy.deepcopy(lm.model)  # same candidates, clearly different probabilities: rejections decide
+    with torch.no_grad():
+        sharp.lm_head.weight.mul_(3.0)
+    draft = dataclasses.replace(lm, model=sharp, spec=f"{lm.spec}:sharpened")
+    expected = exact_joint(lm.model, prompt, sampling, depth, eos=lm.eos_token_ids)
+    samples, deepest = [], 0
+    for seed in range(runs):
+        res = generate(lm, "tree_dynamic", prompt, draft=draft, sampling=dataclasses.replace(sampling, seed=seed),
+                       decode=DecodeConfig(max_new_tokens=depth), costs=FlatCosts(lm.spec))
+        samples.append(tuple(res.output_ids))
+        deepest = max([deepest] + [st.draft_depth for st in res.trace.steps])
+    assert len(prompt) > 10 * TINY_WINDOW and deepest >= 2
+    assert chi2_pvalue(samples, expected) > 1e-3
