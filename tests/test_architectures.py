@@ -12,6 +12,10 @@ Eager: every registered lossless method is token-identical to plain greedy decod
 drafts there; plain greedy itself equals the model's own argmax recomputed without a cache. The head methods
 (eagle, medusa, hydra) draft with heads trained here for a few seconds on each architecture (`arch_heads`).
 
+Kernels: the invariant CPU kernels (workbench.kernels) keep their promise, each row bit-identical whatever the
+number of rows, on the fused Phi-3 projections and the sliding-window models; a mixture of experts, whose
+experts run outside the linear kernels, is refused up front in one line, before a run is recorded.
+
 Sampling (marked `slow`): on Gemma-3, whose sliding and global layers take the two masks a sliding-window
 model can need, a tree method's first sampled tokens follow the target's exact joint distribution
 (chi-square, as test_engine checks it on Llama), after a prompt far longer than the window.
@@ -38,9 +42,12 @@ import json
 
 import pytest
 import torch
+from store import RunStore
 
 import workbench.backend.compiled as compiled_backend
-from workbench.config import DecodeConfig, SamplingConfig
+from workbench import api, kernels
+from workbench.backend import open_session
+from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
 from workbench.methods import list_methods
 from workbench.models import TINY_ARCH_NAMES, TINY_ARCHS, TINY_WINDOW, load_model
@@ -202,3 +209,41 @@ def test_sampling_on_a_sliding_window_model_keeps_the_target_distribution():
         deepest = max([deepest] + [st.draft_depth for st in res.trace.steps])
     assert len(prompt) > 10 * TINY_WINDOW and deepest >= 2
     assert chi2_pvalue(samples, expected) > 1e-3
+
+
+@pytest.fixture
+def invariant_kernels(monkeypatch):
+    """This process's kernel mode set to invariant for one test, then restored."""
+    monkeypatch.setenv("WORKBENCH_KERNELS", "invariant")
+    kernels.set_mode("invariant")
+    yield
+    monkeypatch.undo()
+    kernels.set_mode(None)
+
+
+def test_invariant_kernels_on_every_architecture(invariant_kernels, tmp_path):
+    for arch in ARCHS:
+        lm = _target(arch)
+        if arch == "qwen3_moe":
+            store = RunStore(tmp_path / "runs.sqlite")
+            with pytest.raises(ConfigError) as err:
+                api.run("prompt_lookup", "Hello", target=lm.spec, chat=False, max_new_tokens=4, store=store)
+            msg = str(err.value)
+            assert "\n" not in msg and "cannot make tiny-random:arch=qwen3_moe's rows bit-identical" in msg
+            assert "experts (model.layers.0.mlp.experts)" in msg and "--kernels fast or aten" in msg
+            assert store.list_runs() == []
+            store.close()
+            continue
+        s = open_session("eager", lm, 256)
+        try:
+            s.forward(torch.tensor([PROMPTS[2]]))  # past the sliding window
+            start = s.length
+            for T in (2, 5, 16):
+                nxt = torch.arange(3, 3 + T)[None]
+                s.crop(start)
+                many = s.forward(nxt)
+                s.crop(start)
+                ones = torch.stack([s.forward(nxt[:, i:i + 1])[-1] for i in range(T)])
+                assert torch.equal(many, ones), (arch, T)
+        finally:
+            s.close()
