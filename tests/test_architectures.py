@@ -51,7 +51,6 @@ from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
 from workbench.methods import list_methods
 from workbench.models import TINY_ARCH_NAMES, TINY_ARCHS, TINY_WINDOW, load_model
-
 from workbench.train import TrainConfig, train
 
 from .helpers import DEVICE, PROMPTS, FlatCosts
