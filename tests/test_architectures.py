@@ -49,6 +49,7 @@ from workbench import api, kernels
 from workbench.backend import open_session
 from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
+from workbench.heads import default_head_name
 from workbench.methods import list_methods
 from workbench.models import TINY_ARCH_NAMES, TINY_ARCHS, TINY_WINDOW, load_model
 from workbench.train import TrainConfig, train
@@ -93,6 +94,7 @@ def test_tiny_architectures_are_built_as_named():
         assert parts[arch] in names, arch
         assert sum(p.numel() for p in lm.model.parameters()) < 400_000, arch  # tiny: a few layers, hidden 64
         assert lm.model.config.vocab_size == load_model("tiny-random", device=DEVICE).model.config.vocab_size
+    assert default_head_name(_target("qwen2"), "eagle") == "tiny-random-qwen2-eagle"  # not Llama's head
     assert _target("mistral").model.config.sliding_window == TINY_WINDOW < len(PROMPTS[0]) + N_NEW
     assert set(_target("gemma3").model.config.layer_types) == {"sliding_attention", "full_attention"}
 
