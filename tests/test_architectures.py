@@ -12,6 +12,14 @@ Eager: every registered lossless method is token-identical to plain greedy decod
 drafts there; plain greedy itself equals the model's own argmax recomputed without a cache. The head methods
 (eagle, medusa, hydra) draft with heads trained here for a few seconds on each architecture (`arch_heads`).
 
+Kernels: the invariant CPU kernels (workbench.kernels) keep their promise, each row bit-identical whatever the
+number of rows, on the fused Phi-3 projections and the sliding-window models; a mixture of experts, whose
+experts run outside the linear kernels, is refused up front in one line, before a run is recorded.
+
+Sampling (marked `slow`): on Gemma-3, whose sliding and global layers take the two masks a sliding-window
+model can need, a tree method's first sampled tokens follow the target's exact joint distribution
+(chi-square, as test_engine checks it on Llama), after a prompt far longer than the window.
+
 Compiled (marked `compiled`): plain decoding, one chain method (prompt_lookup), one tree method (recycling) and
 one head method (eagle) per architecture. Compiling is what costs (tens of seconds per model on a small CPU,
 and a draft model would be a second compile), so the set is chosen to run every compiled code path on each
@@ -28,20 +36,26 @@ model's own argmax.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
 import torch
+from store import RunStore
 
 import workbench.backend.compiled as compiled_backend
-from workbench.config import DecodeConfig
+from workbench import api, kernels
+from workbench.backend import open_session
+from workbench.config import ConfigError, DecodeConfig, SamplingConfig
 from workbench.engine import generate
+from workbench.heads import default_head_name
 from workbench.methods import list_methods
 from workbench.models import TINY_ARCH_NAMES, TINY_ARCHS, TINY_WINDOW, load_model
-
 from workbench.train import TrainConfig, train
 
 from .helpers import DEVICE, PROMPTS, FlatCosts
+from .stats import chi2_pvalue, exact_joint, oracle_probs
 
 ARCHS = [a for a in TINY_ARCH_NAMES if a != "llama"]  # llama (tiny-random): test_engine
 HEAD_METHODS = ("eagle", "medusa", "hydra")
@@ -80,6 +94,7 @@ def test_tiny_architectures_are_built_as_named():
         assert parts[arch] in names, arch
         assert sum(p.numel() for p in lm.model.parameters()) < 400_000, arch  # tiny: a few layers, hidden 64
         assert lm.model.config.vocab_size == load_model("tiny-random", device=DEVICE).model.config.vocab_size
+    assert default_head_name(_target("qwen2"), "eagle") == "tiny-random-qwen2-eagle"  # not Llama's head
     assert _target("mistral").model.config.sliding_window == TINY_WINDOW < len(PROMPTS[0]) + N_NEW
     assert set(_target("gemma3").model.config.layer_types) == {"sliding_attention", "full_attention"}
 
@@ -171,3 +186,65 @@ def test_compiled_backend_on_every_architecture(arch, arch_heads, monkeypatch):
     _identical_and_drafting(lm, "prompt_lookup", None, "compiled", refs, accepts=False)
     _identical_and_drafting(lm, "recycling", None, "compiled", refs, accepts=False)
     _identical_and_drafting(lm, "eagle", {"head": str(arch_heads[arch, "eagle"])}, "compiled", refs)
+
+
+@pytest.mark.slow  # hundreds of sampled runs
+def test_sampling_on_a_sliding_window_model_keeps_the_target_distribution():
+    lm = _target("gemma3")
+    sampling, depth, runs = SamplingConfig(temperature=1.0, top_k=2, top_p=0.9), 5, 600
+    with torch.inference_mode():  # every byte once, rotated so the first token's two candidates are balanced
+        prompts = [list(range(k, 256)) + list(range(k)) for k in range(0, 256, 8)]
+        balance = [min(oracle_probs(lm.model(input_ids=torch.tensor([p])).logits[0, -1], sampling).values(),
+                       default=0.0) for p in prompts]
+    prompt = prompts[max(range(len(prompts)), key=balance.__getitem__)]
+    sharp = copy.deepcopy(lm.model)  # same candidates, clearly different probabilities: rejections decide
+    with torch.no_grad():
+        sharp.lm_head.weight.mul_(3.0)
+    draft = dataclasses.replace(lm, model=sharp, spec=f"{lm.spec}:sharpened")
+    expected = exact_joint(lm.model, prompt, sampling, depth, eos=lm.eos_token_ids)
+    samples, deepest = [], 0
+    for seed in range(runs):
+        res = generate(lm, "tree_dynamic", prompt, draft=draft, sampling=dataclasses.replace(sampling, seed=seed),
+                       decode=DecodeConfig(max_new_tokens=depth), costs=FlatCosts(lm.spec))
+        samples.append(tuple(res.output_ids))
+        deepest = max([deepest] + [st.draft_depth for st in res.trace.steps])
+    assert len(prompt) > 10 * TINY_WINDOW and deepest >= 2
+    assert chi2_pvalue(samples, expected) > 1e-3
+
+
+@pytest.fixture
+def invariant_kernels(monkeypatch):
+    """This process's kernel mode set to invariant for one test, then restored."""
+    monkeypatch.setenv("WORKBENCH_KERNELS", "invariant")
+    kernels.set_mode("invariant")
+    yield
+    monkeypatch.undo()
+    kernels.set_mode(None)
+
+
+def test_invariant_kernels_on_every_architecture(invariant_kernels, tmp_path):
+    for arch in ARCHS:
+        lm = _target(arch)
+        if arch == "qwen3_moe":
+            store = RunStore(tmp_path / "runs.sqlite")
+            with pytest.raises(ConfigError) as err:
+                api.run("prompt_lookup", "Hello", target=lm.spec, chat=False, max_new_tokens=4, store=store)
+            msg = str(err.value)
+            assert "\n" not in msg and "cannot make tiny-random:arch=qwen3_moe's rows bit-identical" in msg
+            assert "experts (model.layers.0.mlp.experts)" in msg and "--kernels fast or aten" in msg
+            assert store.list_runs() == []
+            store.close()
+            continue
+        s = open_session("eager", lm, 256)
+        try:
+            s.forward(torch.tensor([PROMPTS[2]]))  # past the sliding window
+            start = s.length
+            for T in (2, 5, 16):
+                nxt = torch.arange(3, 3 + T)[None]
+                s.crop(start)
+                many = s.forward(nxt)
+                s.crop(start)
+                ones = torch.stack([s.forward(nxt[:, i:i + 1])[-1] for i in range(T)])
+                assert torch.equal(many, ones), (arch, T)
+        finally:
+            s.close()

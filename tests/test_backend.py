@@ -298,7 +298,8 @@ def test_few_token_graphs_read_weights_as_they_are_and_larger_ones_pre_pack(tiny
             before = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
             fn = fresh.one if T == 1 else fresh.buckets[T]
             ids = torch.full((1, T), 5, device=DEVICE)
-            fn(ids, torch.arange(T, device=DEVICE)[None] + 3, fresh.mask(3, T, None))
+            pos = torch.arange(T, device=DEVICE)[None] + 3
+            fn(ids, pos, fresh.mask(3, T, None, pos))
             packed[T] = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"] > before
         assert packed[1] is False and packed[2] is False and len(packed) > 2
         if kernels == "aten":

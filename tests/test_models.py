@@ -23,6 +23,7 @@ from workbench.models import (
     check_compatible,
     load_model,
     load_tokenizer,
+    model_base_name,
     parse_spec,
     resolve_device,
 )
@@ -105,6 +106,15 @@ def test_parse_spec_errors(spec, words):
     assert "\n" not in msg
     for word in words:
         assert word in msg
+
+
+@pytest.mark.parametrize("spec, base", [
+    ("smollm2-135m:bf16:int8", "smollm2-135m"), ("tiny-random:seed=2", "tiny-random"),
+    ("tiny-random:arch=llama", "tiny-random"), ("tiny-random:arch=qwen3_moe:bf16", "tiny-random-qwen3_moe"),
+    ("/models/My-Model/:fp16", "My-Model"), ("tiny-random:sharpened", "tiny-random"),
+])
+def test_model_base_name_is_what_heads_are_named_after(spec, base):
+    assert model_base_name(spec) == base
 
 
 def test_parse_spec_directory_with_colon(tmp_path):

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from typing import Any, Sequence
 
 from workbench.models.errors import ModelError
-from workbench.models.specs import DTYPE_NAMES, QUANTS, normalize_spec, parse_spec
+from workbench.models.specs import DTYPE_NAMES, QUANTS, model_base_name, normalize_spec, parse_spec
 
 FASTEST = "fastest here"
 
@@ -110,15 +109,6 @@ def fastest_note(speeds: Sequence[dict[str, Any]] = (), profiles: Sequence[dict[
         body = "<br>".join(f"<b>{html.escape(base)}</b>: <code>{html.escape(spec)}</code> {FASTEST} "
                            f"({html.escape(why)})" for base, (spec, why) in sorted(found.items()))
     return f'<div class="wb-draft-speed" style="font-size:12px;color:#666;margin:2px 0 6px">{body}</div>'
-
-
-def model_base_name(spec: str) -> str:
-    """The name a head's card records for a target spec: its model name without options, a directory's last part."""
-    try:
-        name, _ = parse_spec(spec)
-    except ModelError:
-        name = str(spec or "").split(":")[0]
-    return os.path.basename(str(name).rstrip("/\\")) or str(name)
 
 
 def _accuracy(top1: Any) -> str:

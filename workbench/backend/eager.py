@@ -23,6 +23,7 @@ class EagerSession:
         self.model = model
         self.cache = DynamicCache(config=kv.cache_config(model.config))
         self.length = 0
+        self.window = kv.sliding_window(model.config)  # None: no layer slides
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
                 block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str | tuple[int, ...] = False) -> Any:
@@ -30,9 +31,11 @@ class EagerSession:
         T = ids.shape[1]
         if block is not None:
             mask = additive_mask(block, self.length + T, self.model.dtype)  # (1, 1, T, length + T)
-            q_pos = positions[0] if positions is not None else self.length + torch.arange(T, device=ids.device)
-            kv_pos = torch.cat([torch.arange(self.length, device=ids.device), q_pos])  # (length + T,)
-            kwargs["attention_mask"] = kv.layer_masks(self.model.config, mask, q_pos, kv_pos)
+            if self.window is not None:
+                q_pos = positions[0] if positions is not None else self.length + torch.arange(T, device=ids.device)
+                kv_pos = torch.cat([torch.arange(self.length, device=ids.device), q_pos])  # (length + T,)
+                mask = kv.layer_masks(self.model.config, mask, q_pos, kv_pos)
+            kwargs["attention_mask"] = mask
         if positions is not None:
             kwargs["position_ids"] = positions
         if hidden:

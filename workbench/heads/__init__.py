@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import HEAD_KINDS, ConfigError
+from ..models.specs import model_base_name
 from ..paths import cache_dir
 from .modules import HEAD_CLASSES, Eagle3Head, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
 
@@ -58,7 +59,7 @@ def user_heads_dir() -> Path:
 
 def base_name(lm: Any) -> str:
     """The target's name without precision options (a head serves every precision of its model)."""
-    return os.path.basename(str(lm.name).rstrip("/\\")) or str(lm.name)
+    return model_base_name(str(getattr(lm, "spec", None) or lm.name))
 
 
 def default_head_name(lm: Any, kind: str) -> str:

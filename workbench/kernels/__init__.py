@@ -84,6 +84,7 @@ def plan_for(lm: Any, progress: Callable[[str], None] | None = None):
         if not load_extension(progress):
             plan = KernelPlan("aten", reason=unavailable_reason())
         elif mode == "invariant":
+            _check_invariant(lm, model)
             plan = KernelPlan("invariant", frozenset(range(1, INVARIANT_MAX_ROWS + 1)))
         else:
             from .choose import fast_rows
@@ -93,6 +94,17 @@ def plan_for(lm: Any, progress: Callable[[str], None] | None = None):
             plan = KernelPlan("fast", rows, measured)
     plans[mode] = plan
     return _activate(model, plan)
+
+
+def _check_invariant(lm: Any, model) -> None:
+    """Refuse the invariant mode for a model with weights its kernels do not run: a mixture of experts keeps
+    each layer's experts as one (experts, out, in) tensor, multiplied in batches whose grouping depends on the
+    number of rows, so its rows cannot be made bit-identical whatever their number."""
+    for name, module in model.named_modules():
+        if any(p.ndim == 3 for p in module.parameters(recurse=False)) and "Conv" not in type(module).__name__:
+            raise ConfigError(f"the invariant kernels cannot make {getattr(lm, 'spec', type(model).__name__)}'s "
+                              f"rows bit-identical: its experts ({name}) run as batched matmuls outside the "
+                              "linear kernels; use --kernels fast or aten")
 
 
 def _activate(model, plan):

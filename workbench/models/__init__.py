@@ -27,7 +27,7 @@ import importlib
 
 from .errors import IncompatibleModelsError, ModelError, Progress
 from .specs import (BUILTIN_NAMES, DTYPE_NAMES, EMBEDDED_DEFAULT, GEMMA3_NAME, QUANTS, SMOLLM2_NAME, TINY_ARCH_NAMES,
-                    TINY_NAME, AllowList, model_name_key, normalize_spec, parse_spec)
+                    TINY_NAME, AllowList, model_base_name, model_name_key, normalize_spec, parse_spec)
 
 _LAZY_MODULES = {
     "gguf": ("CACHE_MARKER", "CHATML_TEMPLATE", "GEMMA3", "GEMMA3_FILE", "GEMMA3_MODULE", "GEMMA3_PARTS",
@@ -58,6 +58,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["AllowList", "BUILTIN_NAMES", "DTYPE_NAMES", "EMBEDDED_DEFAULT", "GEMMA3_NAME", "IncompatibleModelsError",
-           "ModelError", "Progress", "QUANTS", "SMOLLM2_NAME", "TINY_ARCH_NAMES", "TINY_NAME", "model_name_key", "normalize_spec",
+           "ModelError", "Progress", "QUANTS", "SMOLLM2_NAME", "TINY_ARCH_NAMES", "TINY_NAME", "model_base_name",
+           "model_name_key", "normalize_spec",
            "parse_spec"]
 __all__ += sorted(_LAZY)

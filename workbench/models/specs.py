@@ -123,6 +123,18 @@ def normalize_spec(name: str, opts: dict) -> str:
     return ":".join(parts)
 
 
+def model_base_name(spec: str) -> str:
+    """The model's name without precision options, as heads are named after it: a directory's last part;
+    a tiny-random architecture other than llama keeps it ("tiny-random-qwen2": another model)."""
+    try:
+        name, opts = parse_spec(spec)
+    except ModelError:
+        name, opts = str(spec or "").split(":")[0], {}
+    base = os.path.basename(str(name).rstrip("/\\")) or str(name)
+    arch = opts.get("arch")
+    return f"{base}-{arch}" if arch and arch != TINY_ARCH_NAMES[0] else base
+
+
 def model_name_key(spec: str) -> str:
     """What an allow-list compares: the spec's name (a directory's real path), without its options."""
     name, _ = parse_spec(spec)
