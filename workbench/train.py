@@ -54,12 +54,13 @@ from store import RunStore
 
 from .config import ConfigError, DecodeConfig
 from .engine import generate
-from .heads import base_name, default_head_name, fingerprint, make_head, save_head, user_heads_dir
-from .heads.lm_head import HeadLM
+from .heads import base_name, default_head_name, fingerprint, make_dflash_head, make_head, save_head, user_heads_dir
+from .heads.lm_head import HeadLM, topk_hits as _topk_hits
 from .kv_cache import layer_states, logits_from_hidden
 from .metrics import acceptance_by_position
 from .models import load_model
 from .record import environment
+from .train_block import dflash_losses
 from .train_config import TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, message)
@@ -317,6 +318,8 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
     unroll (eagle): draft positions trained, the first teacher-forced, each next one on the head's own
     predicted features (see `_eagle_losses`).
     """
+    if kind == "dflash":  # the block head (workbench.train_block)
+        return dflash_losses(head, lmh, embed, b)
     f, tok, a, resp = b["f"], b["tok"], b["a"], b["resp"]
     B, T, _ = f.shape
     stats, parts = [], {}
@@ -391,15 +394,6 @@ def eagle_unroll(head, feats: torch.Tensor, tok: torch.Tensor, embed, steps: int
         keys, values = torch.cat([keys, k], dim=2), torch.cat([values, v], dim=2)
         out.append(pred)
     return out
-
-
-def _topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
-    keep = labels >= 0
-    if not keep.any():
-        return 0, 0, 0
-    top = logits[keep].topk(min(5, logits.shape[-1]), dim=-1).indices
-    lab = labels[keep][:, None]
-    return int((top[:, :1] == lab).sum()), int((top == lab).any(-1).sum()), int(keep.sum())
 
 
 def draft_losses(model, lmh: "HeadLM", b: dict):
@@ -489,7 +483,7 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
         # 2. features
         feats_path = ckpt_dir / "features.pt"
         data = torch.load(feats_path) if feats_path.exists() else []
-        layers = cfg.kind != "draft" and cfg.fuse
+        layers = cfg.kind == "dflash" or cfg.kind != "draft" and cfg.fuse  # a dflash head always fuses
         if layers and data and "g" not in data[0]:  # features saved without the feature layers: extract again
             data = []
         # features are kept for the samples they were extracted from (a resumed training with other
@@ -557,7 +551,8 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
         model.get_output_embeddings().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
     else:
-        model = make_head(cfg.kind, lm.model, cfg.heads, fuse=cfg.fuse).to(device).float()
+        model = (make_dflash_head(lm.model, block=cfg.heads, layers=cfg.layers) if cfg.kind == "dflash" else
+                 make_head(cfg.kind, lm.model, cfg.heads, fuse=cfg.fuse)).to(device).float()
         if vocab is not None:
             model.set_vocab(vocab)
         params = list(model.parameters())
@@ -626,7 +621,9 @@ def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, 
     """What serving sees: tau and alpha per draft position of the method on up to n held-out prompts (greedy)."""
     steps, new, forwards = [], 0, 0
     for s in held[:n]:
-        out = generate(lm, kind, s["prompt_ids"], params={"head": str(head_dir), "sizing": "fixed"},  # the whole tree
+        # the whole tree (a dflash head drafts its whole block: no sizing)
+        params = {"head": str(head_dir)} | ({} if kind == "dflash" else {"sizing": "fixed"})
+        out = generate(lm, kind, s["prompt_ids"], params=params,
                        decode=DecodeConfig(max_new_tokens=min(64, max_new_tokens)))
         steps += out.trace.steps
         new += out.summary.new_tokens

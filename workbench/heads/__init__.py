@@ -29,14 +29,16 @@ from safetensors.torch import load_file, save_file
 from ..config import HEAD_KINDS, ConfigError
 from ..paths import cache_dir
 from .modules import HEAD_CLASSES, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
+from .block import DFlashHead, make_dflash_head  # noqa: F401  (registers the dflash kind in HEAD_CLASSES)
 
 CARD = "card.json"
 WEIGHTS = "head.safetensors"
 FORMAT = 1
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
-__all__ = ["BUILTIN_DIR", "EagleHead", "HEAD_KINDS", "HeadBase", "HeadError", "HydraHeads", "MedusaHeads",
-           "default_head_name", "find_head", "fingerprint", "list_heads", "load_head", "make_head", "save_head",
+__all__ = ["BUILTIN_DIR", "DFlashHead", "EagleHead", "HEAD_KINDS", "HeadBase", "HeadError", "HydraHeads", "MedusaHeads",
+           "default_head_name", "find_head", "fingerprint", "list_heads", "load_head", "make_dflash_head", "make_head",
+           "save_head",
            "user_heads_dir"]
 
 
@@ -164,7 +166,7 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
     if missing or unexpected:
         raise HeadError(f"head weights {path / WEIGHTS} do not match its card (missing {missing}, "
                         f"unexpected {unexpected})")
-    inv_freq = head.inv_freq.float() if isinstance(head, EagleHead) else None
+    inv_freq = head.inv_freq.float() if isinstance(head, (EagleHead, DFlashHead)) else None
     head.to(device=target.device, dtype=target.dtype if target.dtype.is_floating_point else torch.float32)
     if inv_freq is not None:  # rotary frequencies stay fp32 (as the target's own), whatever the weights' dtype
         head.inv_freq = inv_freq.to(target.device)

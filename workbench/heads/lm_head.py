@@ -68,3 +68,13 @@ class HeadLM:
         inside = tokens < self._rows.shape[0]
         r = self._rows[tokens.clamp(max=self._rows.shape[0] - 1)]
         return torch.where(inside & (r >= 0), r, torch.full_like(r, -100))
+
+
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
+    """(top-1 hits, top-5 hits, counted) of logits (N, k) against row labels (N,); label -100 is not counted."""
+    keep = labels >= 0
+    if not keep.any():
+        return 0, 0, 0
+    top = logits[keep].topk(min(5, logits.shape[-1]), dim=-1).indices
+    lab = labels[keep][:, None]
+    return int((top[:, :1] == lab).sum()), int((top == lab).any(-1).sum()), int(keep.sum())
