@@ -110,7 +110,7 @@ def test_unknown_ids_and_bad_values_are_store_errors(store: RunStore) -> None:
             call()
     with pytest.raises(StoreError, match="empty training id"):
         store.get_training("  ")
-    with pytest.raises(StoreError, match="kind must be one of eagle, medusa, hydra, draft, got 'lookahead'"):
+    with pytest.raises(StoreError, match="kind must be one of eagle, medusa, hydra, dflash, draft, got 'lookahead'"):
         store.start_training(kind="lookahead", target="x", out_dir=None, config={}, env={})
     with pytest.raises(StoreError, match="needs a target"):
         store.start_training(kind="eagle", target=" ", out_dir=None, config={}, env={})
