@@ -1,4 +1,4 @@
-"""Trained drafter heads (EAGLE, Medusa, Hydra): save, find and load them, safely matched to their target.
+"""Trained drafter heads (EAGLE, Medusa, Hydra, DFlash): save, find and load them, safely matched to their target.
 
 A head lives in a directory: `head.safetensors` (its own weights, fp16; never
 the target's embedding or LM head, which it reuses) and `card.json` (kind,

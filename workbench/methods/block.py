@@ -111,7 +111,8 @@ class DFlash(BlockDrafter):
                    "last token and k mask slots, with non-causal attention over the block, and drafts all k "
                    "tokens in one forward (DFlash-style); verified in one target pass. Lossless.")
     params = (Param("head", "str", "", HEAD_PARAM_HELP + " (a dflash head)"), TRIM_PARAM,
-              Param("block", "int", 0, "tokens drafted per step, at most the head's mask slots (0: all of them)", 0, 16))
+              Param("block", "int", 0, "tokens drafted per step, at most the head's mask slots (0: all of them)",
+                    0, 16))
 
     def block_size(self) -> int:
         return self.head.block
