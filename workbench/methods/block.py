@@ -80,6 +80,9 @@ class BlockDrafter(HeadDrafter):
 
 @register
 class Blockwise(BlockDrafter):
+    """Stern et al.'s blockwise parallel decoding over the Medusa heads: head i's best token (or a token drawn
+    from head i under sampling) at block position i, all k from one call of the heads on h_t."""
+
     name = "blockwise"
     kind = "medusa"  # Stern et al.'s k independent heads are Medusa-1 heads; their weights are shared
     label = "Blockwise parallel decoding (independent heads, top-1 block)"
@@ -102,6 +105,9 @@ class Blockwise(BlockDrafter):
 
 @register
 class DFlash(BlockDrafter):
+    """The DFlash-style block head (workbench.heads.block) over the last `context` committed positions' fused
+    features, the root and its mask slots: one head forward per block."""
+
     name = "dflash"
     kind = "dflash"
     label = "DFlash block head (one-forward block on fused features)"
