@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 # Version N is Alembic revision "000N" (store/migrations/versions/000N_*.py).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SCHEMA_REVISION = f"{SCHEMA_VERSION:04d}"
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 _STATUS_CHECK = "status IN ('running', 'finished', 'failed', 'interrupted')"
@@ -198,6 +198,8 @@ class StepRow(Base):
     verify_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     total_s: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     t_end: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    # drafter forwards that produced the draft (1: a block drafted in one forward); 0: not counted
+    draft_forwards: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
 
     run: Mapped[Run] = relationship(back_populates="steps")
 

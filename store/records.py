@@ -212,6 +212,7 @@ def step_to_row(run_id: str, step: Step) -> dict[str, Any]:
         "verify_s": float(step.verify_s),
         "total_s": float(step.total_s),
         "t_end": float(step.t_end),
+        "draft_forwards": int(step.draft_forwards),
     }
 
 
@@ -231,6 +232,7 @@ def row_to_step(row: StepRow) -> Step:
         verify_s=row.verify_s,
         total_s=row.total_s,
         t_end=row.t_end,
+        draft_forwards=row.draft_forwards or 0,
     )
 
 

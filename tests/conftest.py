@@ -72,19 +72,20 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-HEAD_METHODS = ("eagle", "medusa", "hydra", "eagle3")  # the methods that draft with a trained head
+HEAD_TRAINED = ("eagle", "medusa", "hydra", "eagle3", "dflash")  # the head kinds trained for tiny-random
+HEAD_METHODS = HEAD_TRAINED + ("blockwise",)  # the methods that draft with a trained head (blockwise: medusa's)
 
 
 @pytest.fixture(scope="session")
 def tiny_heads(tmp_path_factory):
-    """Default heads for tiny-random (eagle, medusa, hydra), trained for a few seconds on its own outputs.
+    """Default heads for tiny-random (eagle, medusa, hydra, eagle3, dflash), trained for a few seconds on its own outputs.
 
     The head methods find them by default through $WORKBENCH_HEADS (`_heads_dir` points it here for the
     tests that need them), so the registry-driven tests run them like every other method (subprocesses
     inherit the variable). A random model's text is noise a small head cannot learn in general, so the
     heads are trained on the target's responses to the engine tests' own prompts (greedy and sampled):
     enough for them to draft there, so a feature or position misalignment shows as a failed "actually drafts".
-    The eagle and hydra heads fuse features (the engine hands them the feature layers' states too),
+    The eagle, hydra and dflash heads fuse features (the engine hands them the feature layers' states too),
     the medusa head reads the final hidden states alone, the eagle3 head its three layers and drafts over a
     draft vocabulary of 128 tokens (d2t): every path runs through every registry test.
     """
@@ -95,9 +96,9 @@ def tiny_heads(tmp_path_factory):
     root = tmp_path_factory.mktemp("heads")
     prompts = root / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt_ids": p}) for p in PROMPTS))
-    for kind in HEAD_METHODS:
+    for kind in HEAD_TRAINED:
         train(TrainConfig(kind=kind, target="tiny-random", prompts=str(prompts), samples=24, max_new_tokens=64,
-                          fuse=kind in ("eagle", "hydra"), vocab_trim=128 if kind == "eagle3" else 8192,
+                          fuse=kind in ("eagle", "hydra", "dflash"), vocab_trim=128 if kind == "eagle3" else 8192,
                           steps=200, lr=3e-3, device=DEVICE, out=str(root / f"tiny-random-{kind}"), store=False,
                           evaluate_prompts=0), quiet=True)
     return root

@@ -10,7 +10,7 @@ be rejected whole, and no accepted-node or partial-rollback path would run).
 
 Eager: every registered lossless method is token-identical to plain greedy decoding on every architecture and
 drafts there; plain greedy itself equals the model's own argmax recomputed without a cache. The head methods
-(eagle, medusa, hydra) draft with heads trained here for a few seconds on each architecture (`arch_heads`).
+(eagle, eagle3, medusa, hydra, dflash, and blockwise over the medusa heads) draft with heads trained here for a few seconds on each architecture (`arch_heads`).
 
 Kernels: the invariant CPU kernels (workbench.kernels) keep their promise, each row bit-identical whatever the
 number of rows, on the fused Phi-3 projections and the sliding-window models; a mixture of experts, whose
@@ -58,7 +58,8 @@ from .helpers import DEVICE, PROMPTS, FlatCosts
 from .stats import chi2_pvalue, exact_joint, oracle_probs
 
 ARCHS = [a for a in TINY_ARCH_NAMES if a != "llama"]  # llama (tiny-random): test_engine
-HEAD_METHODS = ("eagle", "medusa", "hydra")
+HEAD_KINDS = ("eagle", "medusa", "hydra", "eagle3", "dflash")  # every head kind, trained per architecture
+HEAD_METHODS = {kind: kind for kind in HEAD_KINDS} | {"blockwise": "medusa"}  # method -> the head kind it drafts with
 LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive" and m.name not in HEAD_METHODS]
 # layer_skip's "auto" may choose not to draft on a two-layer model; skipping the last layer always drafts
 PARAMS = {"layer_skip": {"skip": "1", "threshold": 0.0}}
@@ -129,18 +130,20 @@ def test_lossless_methods_equal_plain_greedy_on_every_architecture(arch, method)
 
 @pytest.fixture(scope="module")
 def arch_heads(tmp_path_factory):
-    """{(arch, kind): head directory}: eagle, medusa and hydra heads for every architecture, each trained for a
-    few seconds on the target's greedy answers to the test prompts (enough to draft there; conftest's
-    `tiny_heads` does the same for Llama). eagle and hydra fuse feature layers, medusa reads the final states."""
+    """{(arch, kind): head directory}: a head of every kind for every architecture, each trained for a few
+    seconds on the target's greedy answers to the test prompts (enough to draft there; conftest's `tiny_heads`
+    does the same for Llama). eagle, hydra and dflash fuse feature layers, medusa reads the final states,
+    eagle3 its three layers over a draft vocabulary of 128 tokens."""
     root = tmp_path_factory.mktemp("arch-heads")
     prompts = root / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt_ids": p}) for p in PROMPTS))
     heads = {}
     for arch in ARCHS:
-        for kind in HEAD_METHODS:
+        for kind in HEAD_KINDS:
             heads[arch, kind] = root / f"{arch}-{kind}"
             train(TrainConfig(kind=kind, target=f"tiny-random:arch={arch}", prompts=str(prompts), samples=6,
-                              max_new_tokens=N_NEW, fuse=kind != "medusa", steps=40, lr=3e-3, device=DEVICE,
+                              max_new_tokens=N_NEW, fuse=kind in ("eagle", "hydra", "dflash"),
+                              vocab_trim=128 if kind == "eagle3" else 8192, steps=40, lr=3e-3, device=DEVICE,
                               out=str(heads[arch, kind]), store=False, evaluate_prompts=0), quiet=True)
     return heads
 
@@ -165,11 +168,12 @@ def _eager_refs(lm) -> list[list[int]]:
             for p in PROMPTS[1:]]
 
 
-@pytest.mark.parametrize("kind", HEAD_METHODS)
+@pytest.mark.parametrize("method", HEAD_METHODS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_heads_train_and_draft_losslessly_on_every_architecture(arch, kind, arch_heads):
+def test_heads_train_and_draft_losslessly_on_every_architecture(arch, method, arch_heads):
     lm = _target(arch)
-    _identical_and_drafting(lm, kind, {"head": str(arch_heads[arch, kind])}, "eager", _eager_refs(lm))
+    head = arch_heads[arch, HEAD_METHODS[method]]
+    _identical_and_drafting(lm, method, {"head": str(head)}, "eager", _eager_refs(lm))
 
 
 @pytest.mark.compiled

@@ -134,6 +134,23 @@ def test_tree_figure_branching_tree_highlights_the_accepted_branch():
     assert _named(fig, "bonus token").y[0] == -1.0
 
 
+def test_tree_figure_marks_a_block_drafted_in_one_forward():
+    """A block drafter's step (draft_forwards == 1) gets a band around its nodes and says so with its draft and
+    verify times; the same chain drafted token by token (draft_forwards 0) gets neither."""
+    import dataclasses
+
+    chain = _trace().steps[1]
+    block = dataclasses.replace(chain, draft_forwards=1)
+    fig = P.tree_figure(block, ["a", "b", "c"], bonus_text="X")
+    assert "3 draft nodes in one forward, 1 accepted" in fig.layout.title.text
+    [band] = [s for s in fig.layout.shapes if s.name == "one-forward block"]
+    assert band.x0 < 1.0 and band.x1 > 3.0  # around depths 1..3: every node of the block
+    [note] = [a.text for a in fig.layout.annotations if "one forward" in a.text]
+    assert "20.0 ms" in note and "50.0 ms" in note  # draft_s, verify_s
+    plain = P.tree_figure(chain, ["a", "b", "c"], bonus_text="X")
+    assert "one forward" not in plain.layout.title.text and not plain.layout.shapes
+
+
 def test_tree_figure_without_draft():
     fig = P.tree_figure(_trace().steps[0], [], bonus_text="first")
     assert "no draft" in fig.layout.title.text

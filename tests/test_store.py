@@ -293,12 +293,12 @@ def test_baseline_for_matches_the_chat_flag_and_finds_an_older_baseline(store: R
 def test_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "runs.sqlite"
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_info").fetchall() == [(6,)]
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0006",)]
+        assert conn.execute("SELECT version FROM schema_info").fetchall() == [(7,)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
     with RunStore(path) as s:  # reopening an existing file is fine
-        assert s.schema_version == 6
+        assert s.schema_version == 7
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StoreError, match="newer"):

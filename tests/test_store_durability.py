@@ -324,7 +324,7 @@ def test_version_1_file_is_upgraded_in_place(tmp_path):
     assert len(before["runs"]) == 5 and len(stuck) == 1 and _rows(path, "SELECT version FROM schema_info") == [(1,)]
 
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
         recs = {r.id: r for r in s.list_runs()}
         assert recs[stuck[0]].status == "interrupted" and "3 steps kept" in recs[stuck[0]].error
         assert len(s.load_trace(stuck[0]).steps) == 3
@@ -340,8 +340,9 @@ def test_version_1_file_is_upgraded_in_place(tmp_path):
     assert [r for r in after_runs if r[0] not in stuck] == [r for r in before["runs"] if r[0] not in stuck]
     kept = lambda r: r[:2] + r[5:12] + r[13:16] + r[17:19]  # noqa: E731 - all but the closing fields
     assert [kept(r) for r in after_runs if r[0] in stuck] == [kept(r) for r in before["runs"] if r[0] in stuck]
-    for table in ("params", "steps"):
-        assert [r for r in _rows(path, f"SELECT * FROM {table} ORDER BY 1, 2") if r[0] != new] == before[table]
+    assert [r for r in _rows(path, "SELECT * FROM params ORDER BY 1, 2") if r[0] != new] == before["params"]
+    steps = [r for r in _rows(path, "SELECT * FROM steps ORDER BY 1, 2") if r[0] != new]
+    assert [r[:-1] for r in steps] == before["steps"] and {r[-1] for r in steps} == {0}  # + draft_forwards, 0
     metrics = [r for r in _rows(path, "SELECT * FROM metrics ORDER BY 1, 2") if r[0] not in (new, *stuck)]
     assert metrics == [r for r in before["metrics"] if r[0] not in stuck]
     assert [r[:8] for r in _rows(path, "SELECT * FROM benchmarks ORDER BY 1")] == before["benchmarks"]

@@ -51,7 +51,7 @@ def test_a_version_5_file_upgrades_keeping_its_runs_as_lossless(tmp_path: Path) 
         cols = [r[1] for r in conn.execute("PRAGMA table_info(runs)")]
         assert "lossless" not in cols and "quality" not in cols
     with RunStore(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 6
+        assert s.schema_version == SCHEMA_VERSION == 7
         rec = s.get_run(rid)
         assert rec.output_text == "kept" and rec.lossless and rec.lossy == [] and rec.quality is None
     with sqlite3.connect(path) as conn:

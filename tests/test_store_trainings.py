@@ -98,7 +98,7 @@ def test_list_filter_prefix_and_delete(store: RunStore) -> None:
     assert store.get_training(b[:8])["id"] == b and store.get_training(f" {b.upper()} ")["id"] == b
     store.delete_training(b[:10])
     assert [t["id"] for t in store.list_trainings()] == [c, a]
-    assert set(TRAINING_KINDS) == {"eagle", "medusa", "hydra", "eagle3", "draft"}
+    assert set(TRAINING_KINDS) == {"eagle", "medusa", "hydra", "eagle3", "dflash", "draft"}
 
 
 def test_unknown_ids_and_bad_values_are_store_errors(store: RunStore) -> None:
@@ -110,7 +110,7 @@ def test_unknown_ids_and_bad_values_are_store_errors(store: RunStore) -> None:
             call()
     with pytest.raises(StoreError, match="empty training id"):
         store.get_training("  ")
-    with pytest.raises(StoreError, match="kind must be one of eagle, medusa, hydra, eagle3, draft, got 'lookahead'"):
+    with pytest.raises(StoreError, match="kind must be one of eagle, medusa, hydra, eagle3, dflash, draft, got .lookahead."):
         store.start_training(kind="lookahead", target="x", out_dir=None, config={}, env={})
     with pytest.raises(StoreError, match="needs a target"):
         store.start_training(kind="eagle", target=" ", out_dir=None, config={}, env={})
@@ -210,8 +210,9 @@ def test_version_2_file_is_upgraded_to_the_newest(tmp_path: Path) -> None:
     assert _rows(path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
     assert _rows(path, "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'trainings' "
                        "AND name NOT LIKE 'sqlite_%'") == [("ix_trainings_created_at",)]
-    for table in ("params", "steps"):
-        assert _rows(path, f"SELECT * FROM {table} ORDER BY 1, 2") == before[table]
+    assert _rows(path, "SELECT * FROM params ORDER BY 1, 2") == before["params"]
+    steps = _rows(path, "SELECT * FROM steps ORDER BY 1, 2")
+    assert [r[:-1] for r in steps] == before["steps"] and {r[-1] for r in steps} <= {0}  # + draft_forwards, 0
     assert _rows(path, "PRAGMA foreign_key_check") == [] and _rows(path, "PRAGMA integrity_check") == [("ok",)]
     with RunStore(path) as s:
         assert [t["id"] for t in s.list_trainings()] == [tid]

@@ -42,6 +42,7 @@ class Draft:
     parents: list[int]
     q: list[float | None] = field(default_factory=list)  # the same as a Trace Step's q
     q_dist: torch.Tensor | None = None
+    forwards: int = 0  # drafter forwards that produced it (1: a block drafted in one forward); 0: not counted
 
     def __post_init__(self) -> None:
         n = len(self.tokens)
@@ -60,8 +61,8 @@ class Draft:
 
     @classmethod
     def chain(cls, tokens: list[int], q: list[float | None] | None = None,
-              q_dist: torch.Tensor | None = None) -> "Draft":
-        return cls(list(tokens), list(range(-1, len(tokens) - 1)), list(q or []), q_dist)
+              q_dist: torch.Tensor | None = None, forwards: int = 0) -> "Draft":
+        return cls(list(tokens), list(range(-1, len(tokens) - 1)), list(q or []), q_dist, forwards)
 
     @cached_property
     def is_chain(self) -> bool:

@@ -234,6 +234,7 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
             p=p_nodes,
             accepted=list(verdict.accepted), bonus_token=verdict.bonus_token, bonus_p=verdict.bonus_p,
             committed=committed, draft_s=t1 - t0, verify_s=t2 - t1, total_s=t3 - t0, t_end=t3 - t_start,
+            draft_forwards=proposal.forwards if proposal is not None else 0,
         )
         trace.steps.append(step)
         memory.sample()

@@ -42,6 +42,7 @@ class Step:
     verify_s: float = 0.0
     total_s: float = 0.0
     t_end: float = 0.0  # seconds since the run started, when this step was committed
+    draft_forwards: int = 0  # drafter forwards that made the draft (1: a block drafted in one forward); 0: not counted
 
     @property
     def n_draft(self) -> int:

@@ -60,12 +60,13 @@ from store import RunStore
 
 from .config import ConfigError, DecodeConfig
 from .engine import generate
-from .heads import base_name, default_head_name, fingerprint, make_head, save_head, user_heads_dir
-from .heads.lm_head import DraftVocabLM, HeadLM
+from .heads import base_name, default_head_name, fingerprint, make_dflash_head, make_head, save_head, user_heads_dir
+from .heads.lm_head import DraftVocabLM, HeadLM, topk_hits as _topk_hits
 from .kv_cache import eagle3_layers, layer_states, logits_from_hidden
 from .metrics import acceptance_by_position
 from .models import load_model
 from .record import environment
+from .train_block import dflash_losses
 from .train_config import TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, message)
@@ -325,6 +326,8 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
     unroll (eagle): draft positions trained, the first teacher-forced, each next one on the head's own
     predicted features (see `_eagle_losses`).
     """
+    if kind == "dflash":  # the block head (workbench.train_block)
+        return dflash_losses(head, lmh, embed, b)
     f, tok, a, resp = b["f"], b["tok"], b["a"], b["resp"]
     B, T, _ = f.shape
     stats, parts = [], {}
@@ -422,15 +425,6 @@ def eagle_unroll(head, feats: torch.Tensor, tok: torch.Tensor, embed, steps: int
     return out
 
 
-def _topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
-    keep = labels >= 0
-    if not keep.any():
-        return 0, 0, 0
-    top = logits[keep].topk(min(5, logits.shape[-1]), dim=-1).indices
-    lab = labels[keep][:, None]
-    return int((top[:, :1] == lab).sum()), int((top == lab).any(-1).sum()), int(keep.sum())
-
-
 def draft_losses(model, lmh: "HeadLM", b: dict):
     """KL(target || draft) of the next-token distribution on response positions, plus top-k hits.
 
@@ -518,7 +512,9 @@ def train(cfg: TrainConfig, progress: Progress | None = None, quiet: bool = Fals
         # 2. features
         feats_path = ckpt_dir / "features.pt"
         data = torch.load(feats_path) if feats_path.exists() else []
-        layers = eagle3_layers(lm.model.config) if cfg.kind == "eagle3" else cfg.kind != "draft" and cfg.fuse
+        # the feature layers a head reads: EAGLE-3's three; a fused head's (a dflash head always fuses)
+        layers = (eagle3_layers(lm.model.config) if cfg.kind == "eagle3"
+                  else cfg.kind == "dflash" or cfg.kind != "draft" and cfg.fuse)
         width = lm.model.config.hidden_size * (len(layers) if isinstance(layers, tuple) else 2)
         if layers and data and ("g" not in data[0] or data[0]["g"].shape[1] != width):
             data = []  # features saved without these layers: extract again
@@ -592,7 +588,8 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
         model.get_output_embeddings().requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
     else:
-        model = make_head(cfg.kind, lm.model, cfg.heads, fuse=cfg.fuse).to(device).float()
+        model = (make_dflash_head(lm.model, block=cfg.heads, layers=cfg.layers) if cfg.kind == "dflash" else
+                 make_head(cfg.kind, lm.model, cfg.heads, fuse=cfg.fuse)).to(device).float()
         if vocab is not None:
             model.set_vocab(vocab)
         params = list(model.parameters())
@@ -661,7 +658,9 @@ def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, 
     """What serving sees: tau and alpha per draft position of the method on up to n held-out prompts (greedy)."""
     steps, new, forwards = [], 0, 0
     for s in held[:n]:
-        out = generate(lm, kind, s["prompt_ids"], params={"head": str(head_dir), "sizing": "fixed"},  # the whole tree
+        # the whole tree (a dflash head drafts its whole block: no sizing)
+        params = {"head": str(head_dir)} | ({} if kind == "dflash" else {"sizing": "fixed"})
+        out = generate(lm, kind, s["prompt_ids"], params=params,
                        decode=DecodeConfig(max_new_tokens=min(64, max_new_tokens)))
         steps += out.trace.steps
         new += out.summary.new_tokens

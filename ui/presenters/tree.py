@@ -99,7 +99,17 @@ def tree_figure(step: Step, node_texts: Sequence[str], *, root_text: str = "", b
             hovertemplate=f"{label}: %{{customdata[1]}}<br>p (target) = %{{customdata[0]}}<extra></extra>"))
 
     depth = max([x for x, _ in pos] + [1.0])
-    title = (f"step {step.index}: {n} draft node{'s' * (n != 1)}, {len(step.accepted)} accepted"
+    block = n > 0 and step.draft_forwards == 1  # the whole draft came from one drafter forward
+    if block:  # a shaded band around the block's nodes: drafted together, not one token after another
+        xs, ys = [x for x, _ in pos], [y for _, y in pos]
+        fig.add_shape(type="rect", name="one-forward block", x0=min(xs) - 0.4, x1=max(xs) + 0.4,
+                      y0=min(ys) - 0.45, y1=max(ys) + 0.55, line=dict(color=TREE_COLORS["accepted"], dash="dash"),
+                      fillcolor="rgba(46,157,74,0.07)", layer="below")
+        fig.add_annotation(x=(min(xs) + max(xs)) / 2, y=max(ys) + 0.55, yanchor="bottom", showarrow=False,
+                           text=f"block drafted in one forward ({step.draft_s * 1e3:.1f} ms; "
+                                f"verified in {step.verify_s * 1e3:.1f} ms)")
+    title = (f"step {step.index}: {n} draft node{'s' * (n != 1)}{' in one forward' if block else ''}, "
+             f"{len(step.accepted)} accepted"
              if n else f"step {step.index}: no draft (the target decoded one token)")
     rows = rows_used + [by_min]
     fig.update_layout(template=PLOT_TEMPLATE, title=title, height=max(300, 80 * (len(set(rows)) + 1)),

@@ -159,10 +159,11 @@ def configurations(tgt, drafters: Drafters, methods: list[str] | None = None) ->
             for spec in specs:
                 out += _settings(m, {}, spec, name_draft)
         elif cls.needs_hidden_states:
-            if m not in drafters.heads:
-                missing[m] = _needs_head(tgt.spec, m)
+            kind = getattr(cls, "kind", "") or m  # the head kind it drafts with (blockwise: medusa's heads)
+            if kind not in drafters.heads:
+                missing[m] = _needs_head(tgt.spec, kind)
                 continue
-            ref = drafters.heads[m]
+            ref = drafters.heads[kind]
             out += _settings(m, {"head": ref} if ref else {}, None, False)
         else:
             out += _settings(m, {}, None, False)

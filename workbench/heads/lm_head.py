@@ -85,3 +85,13 @@ class DraftVocabLM(HeadLM):
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         """(..., H) the layer's outputs -> (..., Vd) logits over the draft vocabulary."""
         return self.head.draft_logits(feats)
+
+
+def topk_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
+    """(top-1 hits, top-5 hits, counted) of logits (N, k) against row labels (N,); label -100 is not counted."""
+    keep = labels >= 0
+    if not keep.any():
+        return 0, 0, 0
+    top = logits[keep].topk(min(5, logits.shape[-1]), dim=-1).indices
+    lab = labels[keep][:, None]
+    return int((top[:, :1] == lab).sum()), int((top == lab).any(-1).sum()), int(keep.sum())
