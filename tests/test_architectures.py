@@ -10,7 +10,8 @@ be rejected whole, and no accepted-node or partial-rollback path would run).
 
 Eager: every registered lossless method is token-identical to plain greedy decoding on every architecture and
 drafts there; plain greedy itself equals the model's own argmax recomputed without a cache. The head methods
-(eagle, eagle3, medusa, hydra, dflash, and blockwise over the medusa heads) draft with heads trained here for a few seconds on each architecture (`arch_heads`).
+(eagle, eagle3, medusa, hydra, dflash, and blockwise over the medusa heads) draft with heads trained here for
+a few seconds on each architecture (`arch_heads`).
 
 Kernels: the invariant CPU kernels (workbench.kernels) keep their promise, each row bit-identical whatever the
 number of rows, on the fused Phi-3 projections and the sliding-window models; a mixture of experts, whose

@@ -333,7 +333,7 @@ def test_version_1_file_is_upgraded_in_place(tmp_path):
         s.finish_run(new, s.load_trace(stuck[0]), "again")
         assert s.get_run(new).status == "finished"
     assert _rows(path, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
-    assert _rows(path, "SELECT version FROM schema_info") == [(6,)]
+    assert _rows(path, "SELECT version FROM schema_info") == [(SCHEMA_VERSION,)]
     assert _rows(path, "PRAGMA foreign_key_check") == [] and _rows(path, "PRAGMA integrity_check") == [("ok",)]
 
     after_runs = [r for r in _rows(path, f"SELECT {V1_RUN_COLS} FROM runs ORDER BY 1, 2") if r[0] != new]
@@ -393,7 +393,7 @@ def test_schema_matches_the_models_both_ways(tmp_path):
 def test_newer_version_is_refused(tmp_path):
     path = tmp_path / "runs.sqlite"
     RunStore(path).close()
-    for sql, shown in (("UPDATE alembic_version SET version_num = '0007'", "version 7"),
+    for sql, shown in (("UPDATE alembic_version SET version_num = '0008'", "version 8"),
                        ("UPDATE alembic_version SET version_num = 'f00dcafe'", "version f00dcafe")):
         with sqlite3.connect(path) as conn:
             conn.execute(sql)
