@@ -40,7 +40,7 @@ from ..config import AcceptanceConfig
 from ..draft import Draft
 from ..sampling import logits_to_probs
 from .base import DraftContext, Drafter, Param, register
-from .layer_skip import CALIBRATION_PROMPTS, CALIBRATION_TOKENS, _decoder
+from .layer_skip import _decoder, calibration_sequences
 
 
 @register
@@ -167,17 +167,8 @@ def calibrate_threshold(lm: Any, checks: list[int], agreement: float) -> tuple[f
     positions (module docstring) -> (threshold, what the choice rests on); 1.0 (never exit) when none does."""
     model = lm.model
     rows: list[tuple[list[float], list[bool]]] = []  # per position: each check layer's confidence and agreement
-    for text in CALIBRATION_PROMPTS:
-        ids = lm.encode_prompt(text)[-64:]
-        cache = DynamicCache(config=model.config)
-        out = kv.forward(model, torch.tensor([ids], device=lm.device), cache, logits_to_keep=1)
-        toks = list(ids)
-        for _ in range(CALIBRATION_TOKENS):  # the full model's own greedy continuation
-            toks.append(int(out.logits[0, -1].argmax()))
-            out = kv.forward(model, torch.tensor([toks[-1:]], device=lm.device), cache, logits_to_keep=1)
-        x = torch.tensor([toks], device=lm.device)
+    for x, p in calibration_sequences(lm):  # each prompt and the full model's own greedy continuation
         full = model(input_ids=x, use_cache=False, output_hidden_states=True)
-        p = len(ids)
         ref = full.logits[0, p - 1:-1].argmax(-1)  # (T,)
         confs, hits = [], []
         for c in checks:

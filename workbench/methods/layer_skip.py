@@ -144,21 +144,30 @@ class SkipChoice:
 
 
 @torch.inference_mode()
-def calibrate(target: Any) -> Calibration:
-    """Rank layers by the agreement of the view without each, then record nested sets (module docstring)."""
+def calibration_sequences(target: Any) -> list[tuple[torch.Tensor, int]]:
+    """Each calibration prompt (its last 64 tokens) followed by the full model's own greedy continuation of
+    CALIBRATION_TOKENS tokens: [(ids (1, P + CALIBRATION_TOKENS), P)], what a cheaper view is compared with."""
     model = target.model
-    inner = _decoder(model)
-    n = len(inner.layers)
     seqs = []
     for text in CALIBRATION_PROMPTS:
         ids = target.encode_prompt(text)[-64:]
         cache = DynamicCache(config=model.config)
         out = kv.forward(model, torch.tensor([ids], device=target.device), cache, logits_to_keep=1)
         toks = list(ids)
-        for _ in range(CALIBRATION_TOKENS):  # the full model's own greedy continuation
+        for _ in range(CALIBRATION_TOKENS):
             toks.append(int(out.logits[0, -1].argmax()))
             out = kv.forward(model, torch.tensor([toks[-1:]], device=target.device), cache, logits_to_keep=1)
         seqs.append((torch.tensor([toks], device=target.device), len(ids)))
+    return seqs
+
+
+@torch.inference_mode()
+def calibrate(target: Any) -> Calibration:
+    """Rank layers by the agreement of the view without each, then record nested sets (module docstring)."""
+    model = target.model
+    inner = _decoder(model)
+    n = len(inner.layers)
+    seqs = calibration_sequences(target)
     refs = [model(input_ids=x, use_cache=False).logits[0, p - 1:-1].argmax(-1) for x, p in seqs]  # (T,) each
 
     def measure(skip: tuple[int, ...]) -> tuple[list[list[bool]], list[list[float]]]:
