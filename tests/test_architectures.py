@@ -269,8 +269,9 @@ def test_heads_export_and_import_in_the_published_layouts_on_every_architecture(
     """The eagle3 head trained on `arch` written as speculators and EAGLE-3, the medusa head as Medusa-1, each
     imported back: its drafts are the original's and the engine with it is token-identical to plain greedy.
     Then EAGLE-1 and Medusa-1 checkpoints built with the target's shapes (Qwen2's q/k/v biases, head_dim, kv
-    heads) import and equal the reference forwards written from the published descriptions, or are refused in
-    one line where the layout cannot express the architecture."""
+    heads) import and equal the reference forwards written from the published descriptions (the EAGLE-1 head
+    exports and imports back identically too), or are refused in one line where the layout cannot express the
+    architecture."""
     from workbench.heads import HeadError
     from workbench.heads.porting import export_head, import_head
 
@@ -310,6 +311,9 @@ def test_heads_export_and_import_in_the_published_layouts_on_every_architecture(
         torch.testing.assert_close(got.float(), ref_eagle1(W, c, final[:T], ids[1:1 + T], emb, lmw),
                                    rtol=1e-4, atol=1e-4)
         lossless("eagle", head)
+        back = import_head(str(export_head(str(head), "eagle", tmp_path / "eagle1-out")), lm, f"{arch}-eagle1-back",
+                           root=imported)
+        assert _drafts(lm, "eagle", back) == _drafts(lm, "eagle", head), arch
     src, W = write_medusa(lm, tmp_path / "medusa1", heads=2, steps=20)
     head = import_head(str(src), lm, f"{arch}-medusa1", root=imported)
     torch.testing.assert_close(_head_logits(lm, head, "medusa", ids, final).float(),
