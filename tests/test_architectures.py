@@ -261,7 +261,8 @@ def test_invariant_kernels_on_every_architecture(invariant_kernels, tmp_path):
 
 # ---------------------------------------------------------------- published head layouts on every architecture
 
-REFUSED_IMPORTS = {("gemma3", "eagle"): "Gemma3ForCausalLM scales its embeddings by 8"}  # (arch, format) -> the refusal's words
+# (arch, format) -> the words of its refusal
+REFUSED_IMPORTS = {("gemma3", "eagle"): "Gemma3ForCausalLM scales its embeddings by 8"}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
