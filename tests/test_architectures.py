@@ -138,15 +138,19 @@ def arch_heads(tmp_path_factory):
     root = tmp_path_factory.mktemp("arch-heads")
     prompts = root / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt_ids": p}) for p in PROMPTS))
-    heads = {}
-    for arch in ARCHS:
-        for kind in HEAD_KINDS:
-            heads[arch, kind] = root / f"{arch}-{kind}"
+
+    class Heads(dict):  # each head trained the first time a test asks for it
+        def __missing__(self, key):
+            arch, kind = key
+            out = root / f"{arch}-{kind}"
             train(TrainConfig(kind=kind, target=f"tiny-random:arch={arch}", prompts=str(prompts), samples=6,
                               max_new_tokens=N_NEW, fuse=kind in ("eagle", "hydra", "dflash"),
                               vocab_trim=128 if kind == "eagle3" else 8192, steps=40, lr=3e-3, device=DEVICE,
-                              out=str(heads[arch, kind]), store=False, evaluate_prompts=0), quiet=True)
-    return heads
+                              out=str(out), store=False, evaluate_prompts=0), quiet=True)
+            self[key] = out
+            return out
+
+    return Heads()
 
 
 def _identical_and_drafting(lm, method: str, params: dict | None, backend: str, refs: list[list[int]],
@@ -253,3 +257,96 @@ def test_invariant_kernels_on_every_architecture(invariant_kernels, tmp_path):
                 assert torch.equal(many, ones), (arch, T)
         finally:
             s.close()
+
+
+# ---------------------------------------------------------------- published head layouts on every architecture
+
+# (arch, format) -> the words of its refusal
+REFUSED_IMPORTS = {("gemma3", "eagle"): "Gemma3ForCausalLM scales its embeddings by 8"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_heads_export_and_import_in_the_published_layouts_on_every_architecture(arch, arch_heads, tmp_path):
+    """The eagle3 head trained on `arch` written as speculators and EAGLE-3, the medusa head as Medusa-1, each
+    imported back: its drafts are the original's and the engine with it is token-identical to plain greedy.
+    Then EAGLE-1 and Medusa-1 checkpoints built with the target's shapes (Qwen2's q/k/v biases, head_dim, kv
+    heads) import and equal the reference forwards written from the published descriptions (the EAGLE-1 head
+    exports and imports back identically too), or are refused in one line where the layout cannot express the
+    architecture."""
+    from workbench.heads import HeadError
+    from workbench.heads.porting import export_head, import_head
+
+    from .test_head_formats import _drafts, _target_run, ref_eagle1, ref_medusa, write_eagle1, write_medusa
+
+    lm = _target(arch)
+    refs = _eager_refs(lm)
+    imported = tmp_path / "imported"
+
+    def lossless(method, head):
+        for prompt, ref in zip(PROMPTS[1:], refs):
+            out = generate(lm, method, prompt, params={"head": str(head)}, decode=DecodeConfig(max_new_tokens=N_NEW))
+            assert out.output_ids == ref, (arch, method, head.name)
+
+    lm_head = lambda: lm.model.get_output_embeddings().weight  # noqa: E731 - Medusa-1 carries one per head
+    for kind, fmt, method in (("eagle3", "speculators", "eagle3"), ("eagle3", "eagle3", "eagle3"),
+                              ("medusa", "medusa", "medusa")):
+        out = export_head(str(arch_heads[arch, kind]), fmt, tmp_path / fmt, lm_head=lm_head)
+        back = import_head(str(out), lm, f"{arch}-{fmt}", root=imported)
+        assert _drafts(lm, method, back) == _drafts(lm, method, arch_heads[arch, kind]), (arch, fmt)
+        lossless(method, back)
+
+    ids, hs, final = _target_run(lm)
+    T = len(ids) - 2
+    emb = lm.model.get_input_embeddings().weight.detach().float()
+    lmw = lm.model.get_output_embeddings().weight.detach().float()
+    src, W, c = write_eagle1(lm, tmp_path / "eagle1", steps=20, qwen2=arch == "qwen2")
+    if (arch, "eagle") in REFUSED_IMPORTS:
+        with pytest.raises(HeadError) as err:
+            import_head(str(src), lm, f"{arch}-eagle1", root=imported)
+        msg = str(err.value)
+        assert REFUSED_IMPORTS[arch, "eagle"] in msg and "no place for" in msg and "\n" not in msg, msg
+        assert not (imported / f"{arch}-eagle1").exists()
+    else:
+        head = import_head(str(src), lm, f"{arch}-eagle1", root=imported)
+        got = _head_logits(lm, head, "eagle", ids, final)
+        torch.testing.assert_close(got.float(), ref_eagle1(W, c, final[:T], ids[1:1 + T], emb, lmw),
+                                   rtol=1e-4, atol=1e-4)
+        lossless("eagle", head)
+        back = import_head(str(export_head(str(head), "eagle", tmp_path / "eagle1-out")), lm, f"{arch}-eagle1-back",
+                           root=imported)
+        assert _drafts(lm, "eagle", back) == _drafts(lm, "eagle", head), arch
+    src, W = write_medusa(lm, tmp_path / "medusa1", heads=2, steps=20)
+    head = import_head(str(src), lm, f"{arch}-medusa1", root=imported)
+    torch.testing.assert_close(_head_logits(lm, head, "medusa", ids, final).float(),
+                               ref_medusa(W, final[:T], 2, 1), rtol=1e-4, atol=1e-4)
+    lossless("medusa", head)
+
+
+def test_an_eagle1_export_of_a_head_for_a_scaled_embedding_target_is_refused_in_one_line(tmp_path):
+    """Gemma-3 multiplies its token embeddings by sqrt(hidden size); an EAGLE-1/2 head reads the raw rows."""
+    from workbench.heads import HeadError, make_head, save_head
+    from workbench.heads.porting import export_head
+
+    lm = _target("gemma3")
+    head = make_head("eagle", lm.model)
+    head.config.update(embed_norm=False, final_norm=False, layer_input_norm=False)  # else refused for its norms
+    save_head(head, tmp_path / "g3-eagle", lm)
+    with pytest.raises(HeadError) as err:
+        export_head(str(tmp_path / "g3-eagle"), "eagle", tmp_path / "out")
+    msg = str(err.value)
+    assert "Gemma3ForCausalLM scales its token embeddings by 8" in msg and "\n" not in msg, msg
+    assert not (tmp_path / "out").exists()
+
+
+def _head_logits(lm, head, kind, ids, final):
+    """An imported head's first-step draft logits at every position of the text (teacher-forced)."""
+    from workbench.heads import load_head
+
+    loaded, _ = load_head(str(head), lm, kind)
+    T = len(ids) - 2
+    with torch.no_grad():
+        if kind == "medusa":
+            return torch.stack([loaded.own_logits(loaded(final[t])) for t in range(T)])
+        emb = lm.model.get_input_embeddings()(ids[1:1 + T][None])
+        out, _ = loaded(final[:T][None], emb, torch.arange(1, T + 1)[None])
+        return lm.model.get_output_embeddings()(out[0])

@@ -113,7 +113,8 @@ def layer_cfg(tcfg, **extra):
     H = tcfg.hidden_size
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H,
             "intermediate_size": tcfg.intermediate_size, "num_attention_heads": tcfg.num_attention_heads,
-            "num_key_value_heads": tcfg.num_key_value_heads, "head_dim": H // tcfg.num_attention_heads,
+            "num_key_value_heads": tcfg.num_key_value_heads,
+            "head_dim": getattr(tcfg, "head_dim", None) or H // tcfg.num_attention_heads,
             "num_hidden_layers": 1, "rms_norm_eps": tcfg.rms_norm_eps, "rope_theta": 10000.0,
             "vocab_size": tcfg.vocab_size, "max_position_embeddings": 2048, "hidden_act": "silu", **extra}
 

@@ -79,6 +79,12 @@ def fingerprint(lm: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def embed_scale(target: Any) -> float:
+    """The factor the target multiplies its token embeddings by (Gemma: sqrt(hidden size)); 1 for most."""
+    emb = target.model.get_input_embeddings()
+    return float(getattr(emb, "scalar_embed_scale", None) or getattr(emb, "embed_scale", None) or 1.0)
+
+
 def save_head(head: HeadBase, out_dir: str | Path, target: Any, *, training: dict | None = None,
               accuracy: dict | None = None, extra: dict | None = None,
               dtype: torch.dtype = torch.float16) -> Path:
@@ -98,7 +104,8 @@ def save_head(head: HeadBase, out_dir: str | Path, target: Any, *, training: dic
         "target": {"name": base_name(target), "spec": getattr(target, "spec", None), "fingerprint": fingerprint(target),
                    "hidden_size": target.model.config.hidden_size, "vocab_size": int(target.vocab_size),
                    "architectures": list(getattr(target.model.config, "architectures", None)
-                                        or [type(target.model).__name__])},
+                                        or [type(target.model).__name__]),
+                   **({"embed_scale": embed_scale(target)} if embed_scale(target) != 1.0 else {})},
         "params": sum(p.numel() for p in head.parameters()),
         "vocab_trim": int(head.vocab.numel()),
         "training": training or {}, "accuracy": accuracy or {},

@@ -106,7 +106,11 @@ def layer_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def rope_of(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The rotary settings a published config states (kept on the card, written back on export)."""
+    """The rotary settings a published config states (kept on the card, written back on export). Settings per
+    layer type (Gemma 3: sliding and full attention): the full-attention layers', as a head's layer is global."""
+    params = cfg.get("rope_parameters") or {}
+    if isinstance(params.get("full_attention"), dict):
+        cfg = {**cfg, "rope_parameters": params["full_attention"]}
     out = {"rope_theta": float(cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta")
                                or 10000.0)}
     scaling = cfg.get("rope_scaling") or {k: v for k, v in (cfg.get("rope_parameters") or {}).items()

@@ -27,7 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..kv_cache import eagle3_layers
-from . import CARD, WEIGHTS, HeadError, base_name, find_head, read_card, save_head, user_heads_dir
+from . import (CARD, WEIGHTS, HeadError, base_name, embed_scale, find_head, read_card, save_head,
+               user_heads_dir)
 from .formats import (KIND_OF, MEDUSA_FILES, OPTIONAL, WEIGHT_FILES, detect, eagle3_config, layer_config,
                       llama_layer_config, published_key, read_config, rope_of, rope_tables)
 from .modules import Eagle3Head, EagleHead, HeadBase, MedusaHeads
@@ -137,6 +138,11 @@ def build_head(fmt: str, cfg: dict[str, Any], state: dict[str, torch.Tensor], ta
         if fmt == "medusa":
             return _medusa(cfg, state, source, H, V)
         if fmt == "eagle":
+            scale = embed_scale(target)
+            if scale != 1.0:
+                arch = type(target.model).__name__
+                raise HeadError(f"{source}: an EAGLE-1/2 head reads the target's token embedding rows as they are, "
+                                f"and {arch} scales its embeddings by {scale:g}, which the layout has no place for")
             c = layer_config(cfg)
             _check(source, "hidden size", c["hidden_size"], H)
             _check(source, "vocabulary size", int(cfg.get("vocab_size") or V), V)
@@ -268,6 +274,11 @@ def export_tensors(path: Path, card: dict, fmt: str, lm_head: Callable[[], torch
     if state.get("vocab") is not None and state["vocab"].numel():
         raise _refuse(name, kind, fmt, f"it proposes from a trimmed vocabulary of {state['vocab'].numel()} tokens, "
                                        "which the layout has no place for")
+    scale = float((card.get("target") or {}).get("embed_scale") or 1.0)
+    if fmt == "eagle" and scale != 1.0:
+        arch = ", ".join((card.get("target") or {}).get("architectures") or []) or "its target"
+        raise _refuse(name, kind, fmt, f"{arch} scales its token embeddings by {scale:g}, and an EAGLE-1/2 head reads "
+                                       "them as they are, which the layout has no place for")
     if fmt == "eagle":
         extras = [what for what, on in (("an embedding norm", c.get("embed_norm")),
                                         ("a final norm", c.get("final_norm", True)),
