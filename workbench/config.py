@@ -69,6 +69,26 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def parse_knobs(text: Any, what: str, example: str, knobs: dict[str, type]) -> tuple[str, dict[str, Any]]:
+    """A setting written as text, 'name:key=value,key=value' (--accept, --kv) -> (name, {key: value}), each
+    value converted by its type in `knobs`; anything else is one ConfigError line naming `what`."""
+    if not isinstance(text, str) or len(text) > 200:
+        raise ConfigError(f"{what} must be text like {example!r}, got {shown(text)}")
+    name, _, rest = text.strip().partition(":")
+    values: dict[str, Any] = {}
+    for pair in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, raw = pair.partition("=")
+        key = key.strip()
+        if not eq or key not in knobs:
+            raise ConfigError(f"{what} setting {shown(pair)} is not one of {', '.join(k + '=...' for k in knobs)}")
+        try:
+            values[key] = knobs[key](raw.strip())
+        except ValueError:
+            raise ConfigError(f"{what} {key} must be {'an integer' if knobs[key] is int else 'a number'}, "
+                              f"got {shown(raw.strip())}") from None
+    return name.strip(), values
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How the next token is chosen from the target's logits.
@@ -177,22 +197,9 @@ class AcceptanceConfig:
     @classmethod
     def parse(cls, text: str) -> "AcceptanceConfig":
         """'typical:eps=0.3,delta=0.09', 'top_k:k=3', 'ratio:ratio=0.2' or 'exact' -> the config (CLI, app)."""
-        if not isinstance(text, str) or len(text) > 200:
-            raise ConfigError(f"acceptance must be text like 'typical:eps=0.09,delta=0.3', got {shown(text)}")
-        rule, _, rest = text.strip().partition(":")
-        knobs = {"eps": float, "delta": float, "k": int, "ratio": float}
-        values: dict[str, Any] = {}
-        for pair in filter(None, (s.strip() for s in rest.split(","))):
-            key, eq, raw = pair.partition("=")
-            key = key.strip()
-            if not eq or key not in knobs:
-                raise ConfigError(f"acceptance setting {shown(pair)} is not one of {', '.join(k + '=...' for k in knobs)}")
-            try:
-                values[key] = knobs[key](raw.strip())
-            except ValueError:
-                raise ConfigError(f"acceptance {key} must be {'an integer' if key == 'k' else 'a number'}, "
-                                  f"got {shown(raw.strip())}") from None
-        return cls(rule=rule.strip() or "exact", **values)
+        rule, values = parse_knobs(text, "acceptance", "typical:eps=0.09,delta=0.3",
+                                   {"eps": float, "delta": float, "k": int, "ratio": float})
+        return cls(rule=rule or "exact", **values)
 
     def exact(self, greedy: bool, vocab: int) -> bool:
         """Whether this setting admits nothing lossless verification rejects (for a vocabulary of `vocab`).
@@ -267,22 +274,8 @@ class KVConfig:
     @classmethod
     def parse(cls, text: str) -> "KVConfig":
         """'streaming:budget=0.5,sinks=4', 'h2o:budget=0.5,recent=0.5' or 'none' -> the config (CLI, app)."""
-        if not isinstance(text, str) or len(text) > 200:
-            raise ConfigError(f"kv must be text like 'h2o:budget=0.5', got {shown(text)}")
-        policy, _, rest = text.strip().partition(":")
-        knobs = {"budget": float, "sinks": int, "recent": float}
-        values: dict[str, Any] = {}
-        for pair in filter(None, (s.strip() for s in rest.split(","))):
-            key, eq, raw = pair.partition("=")
-            key = key.strip()
-            if not eq or key not in knobs:
-                raise ConfigError(f"kv setting {shown(pair)} is not one of {', '.join(k + '=...' for k in knobs)}")
-            try:
-                values[key] = knobs[key](raw.strip())
-            except ValueError:
-                raise ConfigError(f"kv {key} must be {'an integer' if key == 'sinks' else 'a number'}, "
-                                  f"got {shown(raw.strip())}") from None
-        return cls(policy=policy.strip() or "none", **values)
+        policy, values = parse_knobs(text, "kv", "h2o:budget=0.5", {"budget": float, "sinks": int, "recent": float})
+        return cls(policy=policy or "none", **values)
 
     def describe(self) -> str:
         """One line naming the policy and its setting (a lossy run's `Trace.lossy` entry)."""
