@@ -190,9 +190,12 @@ def test_exposed_app_loads_only_allowed_models(exposed_ctx, tmp_path, monkeypatc
         status = run(target, draft, "speculative" if draft != "none" else "autoregressive")
         assert status.startswith("**Error:**") and "is not allowed on this server" in status, status
     assert loads == [] and exposed_ctx.store.list_runs() == []
-    # an unused draft is not checked; allowed models run as usual
-    assert run("tiny-random", "evil/draft", "prompt_lookup").startswith("**Done:**")
-    assert run("tiny-random", "tiny-random:bf16", "speculative").startswith("**Done:**")
+    # an unused draft is not checked; allowed models run as usual (finished: "Done", or "Note" when the run
+    # carries a warning, e.g. a cost profile measured on a busy machine)
+    for target, draft, method in [("tiny-random", "evil/draft", "prompt_lookup"),
+                                  ("tiny-random", "tiny-random:bf16", "speculative")]:
+        status = run(target, draft, method)
+        assert status.startswith(("**Done:**", "**Note:**")) and " tokens in " in status, status
 
 
 def test_exposed_app_does_not_delete(exposed_ctx):
