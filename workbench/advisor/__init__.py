@@ -16,22 +16,14 @@ Importing this package is cheap: each name below loads its module on first use, 
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 _LAZY = {"AdviceError": "configs", "Config": "configs", "candidate_methods": "configs",
          "draft_suggestions": "configs", "advise": "core", "AdviceRequest": "request",
          "advice_text": "report", "ranking_rows": "report", "verification_rows": "report", "list_rows": "report"}
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = sorted(_LAZY)

@@ -23,7 +23,7 @@ looked up there at each access.
 """
 from __future__ import annotations
 
-import importlib
+from ..lazy import lazy_exports
 
 from .errors import IncompatibleModelsError, ModelError, Progress
 from .specs import (BUILTIN_NAMES, DTYPE_NAMES, EMBEDDED_DEFAULT, GEMMA3_NAME, QUANTS, SMOLLM2_NAME, TINY_ARCH_NAMES,
@@ -46,15 +46,7 @@ _LAZY_MODULES = {
 _LAZY = {name: module for module, names in _LAZY_MODULES.items() for name in names}
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 __all__ = ["AllowList", "BUILTIN_NAMES", "DTYPE_NAMES", "EMBEDDED_DEFAULT", "GEMMA3_NAME", "IncompatibleModelsError",
