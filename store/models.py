@@ -71,6 +71,16 @@ class Base(DeclarativeBase):
     })
 
 
+class Owned:
+    """Who is writing a row while it is ``running``: pid, host name, process start time (epoch s), and its last
+    sign of life (store.liveness closes a row whose owner is gone). Runs, benchmarks, trainings and advice."""
+
+    owner_pid: Mapped[int | None] = mapped_column(Integer)
+    owner_host: Mapped[str | None] = mapped_column(String(255))
+    owner_started: Mapped[float | None] = mapped_column(Float)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class SchemaInfo(Base):
     """A single row: the schema version this database file was created with."""
 
@@ -82,7 +92,7 @@ class SchemaInfo(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
-class Benchmark(Base):
+class Benchmark(Owned, Base):
     __tablename__ = "benchmarks"
     __table_args__ = (CheckConstraint(_STATUS_CHECK, name="status"),)
 
@@ -94,14 +104,9 @@ class Benchmark(Base):
     env: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     error: Mapped[str | None] = mapped_column(Text)
-    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
-    owner_pid: Mapped[int | None] = mapped_column(Integer)
-    owner_host: Mapped[str | None] = mapped_column(String(255))
-    owner_started: Mapped[float | None] = mapped_column(Float)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
 
 
-class Run(Base):
+class Run(Owned, Base):
     __tablename__ = "runs"
     __table_args__ = (
         CheckConstraint(_STATUS_CHECK, name="status"),
@@ -132,11 +137,6 @@ class Run(Base):
         String(32), ForeignKey("benchmarks.id", ondelete="SET NULL"), index=True)
     source: Mapped[str] = mapped_column(String(32), nullable=False, default="api")
     stop_reason: Mapped[str | None] = mapped_column(String(32))
-    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
-    owner_pid: Mapped[int | None] = mapped_column(Integer)
-    owner_host: Mapped[str | None] = mapped_column(String(255))
-    owner_started: Mapped[float | None] = mapped_column(Float)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
     # What the run says about itself (Trace.notes: [{"kind", "text", ...}]; version 5); NULL: none
     notes: Mapped[list[dict[str, Any]] | None] = mapped_column(_json())
     # Whether the run was lossless (its method and every option; version 6), what made it lossy (Trace.lossy,
@@ -204,7 +204,7 @@ class StepRow(Base):
     run: Mapped[Run] = relationship(back_populates="steps")
 
 
-class Training(Base):
+class Training(Owned, Base):
     """One self-distillation training (``workbench train``) of drafter heads or of a draft model.
 
     Its measurements are JSON written by the trainer as it goes (store.trainings):
@@ -230,14 +230,9 @@ class Training(Base):
     accuracy: Mapped[dict[str, Any] | None] = mapped_column(_json())  # {"top1": [...], "top5": [...], ...}
     timings: Mapped[dict[str, Any] | None] = mapped_column(_json())  # generate_s, features_s, train_s, total_s
     env: Mapped[dict[str, Any]] = mapped_column(_json(), nullable=False, default=dict)
-    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
-    owner_pid: Mapped[int | None] = mapped_column(Integer)
-    owner_host: Mapped[str | None] = mapped_column(String(255))
-    owner_started: Mapped[float | None] = mapped_column(Float)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
 
 
-class Advice(Base):
+class Advice(Owned, Base):
     """One ``workbench advise``: which decoding method to use for a target on this machine, and why.
 
     ``request`` is what was asked (target, drafters, prompts, budget, backend; enough to run it again),
@@ -264,8 +259,3 @@ class Advice(Base):
                                                                                   ondelete="SET NULL"))
     verify_benchmark_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("benchmarks.id",
                                                                                    ondelete="SET NULL"))
-    # Who is writing it while ``running``: pid, host name, process start time (epoch s).
-    owner_pid: Mapped[int | None] = mapped_column(Integer)
-    owner_host: Mapped[str | None] = mapped_column(String(255))
-    owner_started: Mapped[float | None] = mapped_column(Float)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # last sign of life
