@@ -105,6 +105,30 @@ def test_every_forward_of_the_compiled_backend_is_compiled_after_warm_up(tiny, m
 
 
 @pytest.mark.compiled
+def test_no_verification_size_compiles_a_graph_after_warm_up(tiny):
+    """Every size up to MAX_COMPILED_T runs a graph compiled in the warm-up: the kernel plan's row check is a
+    guard of the shape-dynamic graph, so sizes past the plan's rows need a graph of their own, compiled before
+    the clock starts, not tens of seconds into a run."""
+    from torch._dynamo.utils import counters
+
+    s = open_session("compiled", tiny, 256)
+    rows = s.compiled.kernel_rows
+    if not rows or max(rows) >= compiled_backend.MAX_COMPILED_T:
+        s.close()
+        pytest.skip("the kernel plan does not split the shape-dynamic graph's sizes here")
+    edge = max(rows)
+    try:
+        with torch.inference_mode():
+            before = counters["stats"]["unique_graphs"]
+            for T in sorted({17, edge, edge + 1, compiled_backend.MAX_COMPILED_T}):
+                s.length = 10
+                assert s.forward(_ids(list(range(5, 5 + T)))).shape[0] == T
+            assert counters["stats"]["unique_graphs"] == before, "a verification size compiled a graph mid-run"
+    finally:
+        s.close()
+
+
+@pytest.mark.compiled
 def test_sessions_of_one_model_do_not_share_a_cache(tiny, monkeypatch):
     """Target and draft may be the same model: two open compiled sessions get two static caches."""
     # the second cache is this test's own: it leaves the pool with the test, and it compiles only the one-token

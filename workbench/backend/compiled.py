@@ -213,6 +213,7 @@ class CompiledForward:
         plan = plan_for(lm)
         rows = plan.rows  # row counts whose linears run the workbench kernel (workbench.kernels)
         self.row_attention = plan.mode == "invariant"  # attention row by row (workbench.kernels.attention)
+        self.kernel_rows = rows
         self.one = _compile_static(run, 1, self.device, rows)
         self.buckets = {B: _compile_static(run, B, self.device, rows) for B in static_buckets()}
         self.many = torch.compile(_own_code(run), dynamic=True)
@@ -299,9 +300,7 @@ class CompiledForward:
         session = StaticSession(self)
         try:
             session.forward(torch.zeros(1, 4, dtype=torch.long, device=self.device))  # eager: allocates the cache
-            dynamic = [T for T in range(2, MAX_COMPILED_T + 1)
-                       if self.bucket(T, 4) is None and not self.row_attention][:2]
-            for T in [1, *sorted(self.buckets), *reversed(dynamic)]:  # every graph once; the dynamic one twice
+            for T in [1, *sorted(self.buckets), *self.dynamic_warmups()]:  # every graph the decode can meet
                 session.crop(4)
                 session.forward(torch.zeros(1, T, dtype=torch.long, device=self.device))
         finally:
@@ -311,6 +310,22 @@ class CompiledForward:
         _remember(self._key(), self.warmup_s)
         say(f"compiled {name} in {self.warmup_s:.0f} s")
         return self.warmup_s
+
+    def dynamic_warmups(self) -> list[int]:
+        """The sizes the shape-dynamic graph is compiled at in the warm-up: one graph per stretch of sizes on
+        which the kernel plan makes the same choice (its row check is a guard, so a size past the plan's
+        rows would compile a second graph in the middle of a run), the first stretch twice."""
+        sizes = [T for T in range(2, MAX_COMPILED_T + 1) if self.bucket(T, 4) is None and not self.row_attention]
+        stretches: list[list[int]] = []
+        for T in sizes:
+            if stretches and (T in self.kernel_rows) == (stretches[-1][-1] in self.kernel_rows) \
+                    and T == stretches[-1][-1] + 1:
+                stretches[-1].append(T)
+            else:
+                stretches.append([T])
+        if not stretches:
+            return []
+        return [*reversed(stretches[0][:2]), *(stretch[0] for stretch in stretches[1:])]
 
     def _key(self) -> str:
         static = ",".join(map(str, sorted(self.buckets)))  # every static graph is compiled in the warm-up
