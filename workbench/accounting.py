@@ -112,9 +112,10 @@ def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int]
     """
     t0 = time.perf_counter()
     output_ids, baseline_ids = list(output_ids), list(baseline_ids)
-    for name, ids, per in (("output", output_ids, output_token_nll), ("baseline", baseline_ids, baseline_token_nll)):
+    for name, ids, per in (("an output", output_ids, output_token_nll),
+                           ("a baseline", baseline_ids, baseline_token_nll)):
         if per is not None and len(per) != len(ids):
-            raise ValueError(f"{len(per)} per-token NLLs for a {name} of {len(ids)} tokens")
+            raise ValueError(f"{len(per)} per-token NLLs for {name} of {len(ids)} tokens")
     if output_text is None:
         output_text = target.decode(output_ids)
     if baseline_text is None:
