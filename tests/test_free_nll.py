@@ -111,3 +111,33 @@ def test_a_plain_run_under_a_compressed_cache_is_measured_against_the_stored_pla
     assert q.baseline_run == plain.run_id and q.first_divergence is not None  # not its own baseline
     forced = token_nll(load_model("tiny-random"), squeezed.trace.prompt_ids, squeezed.output_ids)
     assert q.nll == pytest.approx(sum(forced) / len(forced), abs=1e-5)
+
+
+
+@pytest.mark.parametrize("option", ["accepts", "kvs"])
+def test_a_benchmark_scores_its_runs_from_their_decodes_and_only_a_kv_arm_runs_the_forward(tmp_path, monkeypatch,
+                                                                                          option):
+    import json
+
+    from store import RunStore
+    from workbench.bench.runner import BenchConfig, run_in_process
+
+    suite = tmp_path / "question.jsonl"
+    suite.write_text(json.dumps({"question_id": 1, "category": "qa", "turns": ["abcabcabcabc abcabc"]}) + "\n")
+    store = RunStore(tmp_path / "runs.sqlite")
+    forwards = []
+    real = accounting.token_nll
+    monkeypatch.setattr(accounting, "token_nll", lambda *a, **k: forwards.append(a[2]) or real(*a, **k))
+    lossy = {"accepts": [LOOSE]} if option == "accepts" else {"kvs": [KVConfig("streaming", budget=0.3, sinks=2)]}
+    cfg = BenchConfig(suite=str(suite), methods=["prompt_lookup"], target="tiny-random", max_new_tokens=16,
+                      repeats=1, bandwidth_mib=4, warmup_tokens=2, trace_overhead=False, cluster="none",
+                      params={"prompt_lookup": {"cost_aware": False}}, **lossy)
+    run_in_process(cfg, store, progress=None)
+    runs = store.list_runs()
+    base = next(r for r in runs if r.method == "autoregressive" and r.lossless)
+    diverged = [r for r in runs if not r.lossless and r.output_ids != base.output_ids]
+    assert diverged and all(r.quality is not None and r.quality["nll"] is not None for r in runs)
+    if option == "accepts":  # relaxed acceptance: scored from its decode, diverged or not
+        assert forwards == []
+    else:  # a compressed cache: one forward per output that differs from the baseline's
+        assert sorted(forwards) == sorted(r.output_ids for r in diverged)
