@@ -17,27 +17,31 @@ from .helpers import PROMPTS
 DECODE = DecodeConfig(max_new_tokens=24, stop_on_eos=False)
 LOOSE = AcceptanceConfig("typical", eps=0.0, delta=0.0)  # admits any draft token the target does not rule out
 SAMPLING = SamplingConfig(temperature=0.8, top_k=20, seed=3)
-# (id, method, draft fixture, params, acceptance, sampling, output differs from plain greedy decoding)
+# (id, method, draft fixture, params, acceptance, sampling, output differs from plain greedy decoding, backend)
 CASES = [
-    ("plain", "autoregressive", None, {}, AcceptanceConfig(), SamplingConfig(), False),
-    ("chain", "speculative", "tiny_bf16", {}, AcceptanceConfig(), SamplingConfig(), False),
-    ("tree", "tree_static", "tiny_bf16", {}, AcceptanceConfig(), SamplingConfig(), False),
-    ("relaxed", "speculative", "tiny_other", {}, LOOSE, SamplingConfig(), True),
-    ("relaxed_sampling", "tree_static", "tiny_other", {}, AcceptanceConfig("top_k", k=200), SAMPLING, None),
-    ("bild", "bild", "tiny_other", {"fallback": 0.0, "rollback": 100.0}, AcceptanceConfig(), SamplingConfig(), True),
+    ("plain", "autoregressive", None, {}, AcceptanceConfig(), SamplingConfig(), False, "eager"),
+    ("chain", "speculative", "tiny_bf16", {}, AcceptanceConfig(), SamplingConfig(), False, "eager"),
+    ("tree", "tree_static", "tiny_bf16", {}, AcceptanceConfig(), SamplingConfig(), False, "eager"),
+    ("relaxed", "speculative", "tiny_other", {}, LOOSE, SamplingConfig(), True, "eager"),
+    ("relaxed_sampling", "tree_static", "tiny_other", {}, AcceptanceConfig("top_k", k=200), SAMPLING, None, "eager"),
+    ("bild", "bild", "tiny_other", {"fallback": 0.0, "rollback": 100.0}, AcceptanceConfig(), SamplingConfig(), True,
+     "eager"),
     ("early_exit", "early_exit", None, {"threshold": 0.0, "min_layer": 1, "agreement": 0.0}, AcceptanceConfig(),
-     SamplingConfig(), True),
+     SamplingConfig(), True, "eager"),
+    # the compiled backend's static cache and tree buffers give the same logits (about a minute to compile here)
+    ("tree_compiled", "tree_static", "tiny_bf16", {}, AcceptanceConfig(), SamplingConfig(), False, "compiled"),
 ]
 
 
-@pytest.mark.parametrize("method,draft,params,acceptance,sampling,diverges", [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("method,draft,params,acceptance,sampling,diverges,backend",
+                         [pytest.param(*c[1:], marks=[pytest.mark.compiled] if c[-1] == "compiled" else [], id=c[0])
+                          for c in CASES])
 def test_the_decodes_nll_equals_the_teacher_forced_one(tiny, request, method, draft, params, acceptance, sampling,
-                                                       diverges):
+                                                       diverges, backend):
     prompt = PROMPTS[1]
     drf = request.getfixturevalue(draft) if draft else None
     out = generate(tiny, method, prompt, draft=drf, params=params, decode=DECODE, acceptance=acceptance,
-                   sampling=sampling)
+                   sampling=sampling, backend=backend)
     free = out.trace.output_nll
     assert free is not None and len(free) == len(out.output_ids) == DECODE.max_new_tokens
     assert free == pytest.approx(token_nll(tiny, prompt, out.output_ids), abs=1e-4)
