@@ -1,15 +1,23 @@
 """What the quality accounting adds to a run: its seconds after the decode against the run's own wall time.
 
 Runs `workbench.api.run` on the embedded model (greedy, a prompt of the built-in suite) into a fresh
-run store: one warm-up, then --repeats rounds of plain decoding (its own baseline: one teacher-forced
-forward for the first; a later one with the same output reuses that NLL) and of --method (measured against
-the stored plain run: no forward when its output is the same, one when it differs), then scores an output
-that differs from the plain one (one forward). Prints,
-per run, the decode's wall time, the accounting's seconds (workbench.quality.Quality.accounting_s), and
-the whole `run()` call with and without the accounting (quality=False), medians over the repeats.
+run store: one warm-up, then --repeats rounds of
+
+- plain decoding (its own baseline; its NLLs come from its decode, and a later one with the same output
+  reuses the stored NLL),
+- --method (measured against the stored plain run: no forward when its output is the same),
+- --method under the relaxed acceptance --relaxed (an output that diverges; its NLLs come from its decode),
+- plain decoding under the KV-cache compression --kv (its logits are the compressed target's: one forward),
+
+then scores an output that differs from the plain one at token 8 with the baseline's per-token NLLs known
+(the forward's LM head reads only the tokens after the divergence) and without them. Prints, per kind of
+run, the decode's wall time, the accounting's seconds (workbench.quality.Quality.accounting_s), whether the
+output diverged from the plain one, and the whole `run()` call with and without the accounting
+(quality=False), medians over the repeats.
 
 Usage:
-    .venv/bin/python scripts/quality_overhead.py [--method prompt_lookup] [--max-new-tokens 64] [--repeats 5]
+    .venv/bin/python scripts/quality_overhead.py [--method prompt_lookup] [--relaxed top_k:k=20]
+        [--kv streaming:budget=0.5] [--max-new-tokens 64] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -26,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", default="prompt_lookup")
+    ap.add_argument("--relaxed", default="top_k:k=20", help="the relaxed acceptance of the diverging run")
+    ap.add_argument("--kv", default="streaming:budget=0.5", help="the KV-cache compression of the --kv run")
     ap.add_argument("--target", default=None, help="default: the embedded model")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
@@ -34,36 +44,71 @@ def main() -> int:
     from store import RunStore
     from workbench.api import run
     from workbench.bench.suites import load_suite
+    from workbench.methods import get_method
 
     prompt = load_suite("builtin")[1].turns[0]
     store = RunStore(Path(tempfile.mkdtemp()) / "runs.sqlite")
     common = dict(target=args.target, max_new_tokens=args.max_new_tokens, store=store)
-    run(args.method, prompt, quality=False, **common)  # warm-up: loading, first-call costs
-    rows: dict[str, list[tuple[float, float, float, float]]] = {"autoregressive": [], args.method: []}
+    # the method drafts every step (no cost-aware sizing, which needs a measured cost profile): its speed is not
+    # what is measured here
+    fixed = {"params": {"cost_aware": False}} if any(p.name == "cost_aware" for p in get_method(args.method).params) \
+        else {}
+    run(args.method, prompt, quality=False, **common, **fixed)  # warm-up: loading, first-call costs
+    kinds = {"autoregressive": ("autoregressive", {}), args.method: (args.method, fixed),
+             f"relaxed {args.relaxed}": (args.method, {"acceptance": args.relaxed, **fixed}),
+             f"kv {args.kv}": ("autoregressive", {"kv": args.kv})}
+    rows: dict[str, list[tuple[float, float, float, float, bool]]] = {k: [] for k in kinds}
     for _ in range(args.repeats):
-        for method in rows:
+        for kind, (method, options) in kinds.items():
             t0 = time.perf_counter()
-            res = run(method, prompt, **common)
+            res = run(method, prompt, **common, **options)
             with_q = time.perf_counter() - t0
             t0 = time.perf_counter()
-            run(method, prompt, quality=False, **common)
+            run(method, prompt, quality=False, **common, **options)
             without_q = time.perf_counter() - t0
-            rows[method].append((res.trace.wall_s, res.quality.accounting_s, with_q, without_q))
-    # an output that differs from its baseline: one forward over prompt + output (the baseline's NLL is stored)
+            rows[kind].append((res.trace.wall_s, res.quality.accounting_s, with_q, without_q,
+                               not res.quality.identical))
+            if kind == "autoregressive":
+                plain = res
+    for kind, got in rows.items():
+        wall, acc, with_q, without_q = (statistics.median(x[i] for x in got) for i in range(4))
+        print(f"{kind:<26} {plain.summary.new_tokens} tokens | decode {wall:.3f} s | accounting {acc:.4f} s "
+              f"= {acc / wall:.1%} of the decode | run() {with_q:.3f} s with, {without_q:.3f} s without "
+              f"= {with_q / without_q - 1:+.1%} | diverged {sum(x[4] for x in got)}/{len(got)} "
+              f"(median of {args.repeats}); accounting of each run: " + ", ".join(f"{x[1]:.4f}" for x in got) + " s")
+
+    # an output that differs from its baseline at token 8, scored by a forward (its decode gave no NLLs)
     from workbench.accounting import measure_quality
     from workbench.models import EMBEDDED_DEFAULT, load_model
 
     tgt = load_model(args.target or EMBEDDED_DEFAULT)
-    prompt_ids, base = res.trace.prompt_ids, res.output_ids
+    prompt_ids, base, base_nll = plain.trace.prompt_ids, plain.output_ids, plain.trace.output_nll
     changed = base[:8] + [(base[8] + 1) % tgt.vocab_size] + base[9:]
-    diverged = [measure_quality(tgt, prompt_ids, changed, baseline_ids=base, baseline_nll=1.0).accounting_s
-                for _ in range(args.repeats)]
-    for method, got in rows.items():
-        wall, acc, with_q, without_q = (statistics.median(x) for x in zip(*got))
-        print(f"{method:<16} {res.summary.new_tokens} tokens | decode {wall:.3f} s | accounting {acc:.3f} s "
-              f"= {acc / wall:.1%} of the decode | run() {with_q:.3f} s with, {without_q:.3f} s without "
-              f"= {with_q / without_q - 1:+.1%} (median of {args.repeats}); accounting of each run: "
-              + ", ".join(f"{a:.3f}" for _, a, _, _ in got) + " s")
+    wall = statistics.median(x[0] for x in rows["autoregressive"])
+    for label, per in (("baseline's per-token NLLs known", base_nll), ("only the baseline's mean known", None)):
+        secs = [measure_quality(tgt, prompt_ids, changed, baseline_ids=base, baseline_nll=1.0,
+                                baseline_token_nll=per).accounting_s for _ in range(args.repeats)]
+        acc = statistics.median(secs)
+        print(f"differing output, {label}: accounting {acc:.3f} s = {acc / wall:.1%} of the plain decode "
+              f"(one forward over {len(prompt_ids)} + {len(changed) - 1} tokens; median of {args.repeats})")
+
+    # what the decode pays for its NLLs: one log-softmax row per committed token, on the clock
+    import torch
+
+    from workbench.sampling import token_nll_rows
+
+    row = torch.randn(1, tgt.vocab_size)
+    token_nll_rows(row, [0])
+    per_row = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(100):
+            token_nll_rows(row, [0])
+        per_row.append((time.perf_counter() - t0) / 100)
+    cost = statistics.median(per_row) * len(base)
+    print(f"{'NLLs in the decode':<26} {statistics.median(per_row) * 1e6:.0f} us per token (V={tgt.vocab_size}), "
+          f"{cost * 1e3:.1f} ms for {len(base)} tokens = {cost / wall:.2%} of the plain decode")
+
     # finding the stored baseline (store queries), which the accounting above does not include
     from workbench.record import prompt_text, stored_baseline
 
@@ -74,11 +119,7 @@ def main() -> int:
         stored_baseline(store, target=tgt.spec, prompt=prompt_text(prompt), prompt_ids=prompt_ids,
                         sampling={"temperature": 0.0}, max_new_tokens=args.max_new_tokens, env=env)
         lookups.append(time.perf_counter() - t0)
-    print(f"{'baseline lookup':<16} {statistics.median(lookups):.4f} s (median of {args.repeats})")
-    acc = statistics.median(diverged)
-    wall = statistics.median(x[0] for x in rows["autoregressive"])
-    print(f"{'differing output':<16} accounting {acc:.3f} s = {acc / wall:.1%} of the plain decode "
-          f"(one forward over {len(prompt_ids)} + {len(changed)} tokens; median of {args.repeats})")
+    print(f"{'baseline lookup':<26} {statistics.median(lookups):.4f} s (median of {args.repeats})")
     return 0
 
 

@@ -120,14 +120,15 @@ def _account(tgt, prompt: str | list[dict], prompt_ids: list[int], result, *, me
     try:
         base = stored_baseline(store, target=tgt.spec, prompt=prompt_text(prompt), prompt_ids=prompt_ids,
                                sampling=req.sampling.to_dict(), max_new_tokens=max_new_tokens, env=env)
-        if method == BASELINE and (base is None or base.output_ids != result.output_ids):
-            base = BaselineOutput(result.output_ids, result.text)  # its own baseline
+        if method == BASELINE and result.trace.lossless and (base is None or base.output_ids != result.output_ids):
+            base = BaselineOutput(result.output_ids, result.text, token_nll=result.trace.output_nll)  # its own
         elif base is None:  # none stored: the target's plain decoding once, for this measurement only
             if progress:
                 progress("quality: decoding the target's plain baseline of this prompt (none is stored)")
             b = decode_baseline(tgt, prompt_ids, sampling=req.sampling, decode=req.decode, backend=req.backend)
-            base = BaselineOutput(b.output_ids, b.text)
-        return quality_against(tgt, prompt_ids, result.output_ids, result.text, base, task)
+            base = BaselineOutput(b.output_ids, b.text, token_nll=b.trace.output_nll)
+        return quality_against(tgt, prompt_ids, result.output_ids, result.text, base, task,
+                               output_token_nll=result.trace.output_nll)
     except Exception as exc:  # noqa: BLE001 - the decode succeeded; losing its accounting must not lose the run
         logger.warning("the run's quality could not be measured (%s: %s)", type(exc).__name__, exc)
         return None

@@ -32,6 +32,13 @@ workbench.backend.compressed, whose note gives the memory it saved) and a method
 are written once, when the run starts, to `trace.lossy` (`lossy_reasons`): one
 line each, empty for a lossless run.
 
+Each committed token's NLL under the full target (temperature 1) is read off the forward that verified it:
+the row of its parent on the accepted path (the prefill's last row for the first token), which the tree mask
+and positions make exactly the target's logits after the committed context. It goes in `Step.target_nll`, for
+the quality accounting (workbench.accounting), at the cost of a log-softmax row per committed token, read back
+in one sync when the run ends. Not when the target's cache is compressed (`kv`): those logits are the
+compressed target's, and the accounting runs the full target instead.
+
 What a run says about itself goes in `trace.notes` when it ends (`_run_notes`): a cost
 profile measured for it first, verification forwards that disagreed with the profile
 (which the CostModel then marks stale), and cost-aware sizing that chose not to draft
@@ -53,7 +60,7 @@ from .draft import Draft
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
 from .methods.base import RunHistory
 from .preflight import check_draft_given
-from .sampling import choose, logits_to_probs, make_generator
+from .sampling import choose, logits_to_probs, make_generator, token_nll_rows
 from .trace import Step, Summary, Trace
 from .verify import Verdict, node_target_probs, relaxed_admits, verify_greedy, verify_stochastic
 
@@ -167,6 +174,9 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
         layers = drafter.wants_feature_layers  # True: the fused features' layers; a tuple: those (EAGLE-3)
         wants_hidden = tuple(layers) if isinstance(layers, (tuple, list)) else "layers" if layers else True
 
+    # (step, its committed tokens' NLLs on the device): read back once at the end, never a sync per step;
+    # None when the target's cache is compressed, so its logits are not the full target's
+    nlls: list[tuple[Step, torch.Tensor]] | None = None if kv.active else []
     device_sync(device)
     t_start = time.perf_counter()
 
@@ -188,6 +198,8 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     step = Step(index=0, kind="prefill", bonus_token=tok, bonus_p=p_tok, committed=[tok],
                 draft_s=t_draft - t_start, verify_s=t_now - t_draft, total_s=t_now - t_start, t_end=t_now - t_start)
     trace.steps.append(step)
+    if nlls is not None:
+        nlls.append((step, token_nll_rows(logits[None], [tok])))  # (1,)
     memory.sample()
     if on_step:
         t_start += _timed(on_step, step, trace)  # callbacks (store writes, UI streaming) are not decoding time
@@ -237,6 +249,9 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
             draft_forwards=proposal.forwards if proposal is not None else 0,
         )
         trace.steps.append(step)
+        if nlls is not None:  # committed token j was predicted by row 0 (the root), then by accepted node j-1's row
+            rows = ([0] + [i + 1 for i in verdict.accepted])[:len(committed)]
+            nlls.append((step, token_nll_rows(logits[rows], committed)))  # (len(committed),)
         memory.sample()
         if on_step:
             t_start += _timed(on_step, step, trace)
@@ -245,6 +260,10 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
     trace.wall_s = time.perf_counter() - t_start
     trace.peak_mem_mb = memory.peak_mb()
     trace.stop_reason = stop
+    if nlls:  # off the clock: one read-back for the whole run
+        flat, at = torch.cat([v for _, v in nlls]).tolist(), 0
+        for s, v in nlls:
+            s.target_nll, at = flat[at:at + len(v)], at + len(v)
     trace.notes.extend(_run_notes(drafter, target, trace))
     out = trace.output_ids
     return GenerationResult(output_ids=out, text=target.decode(out), trace=trace, summary=trace.summary())

@@ -3,6 +3,10 @@
 The same warping is applied to the target's and the draft's logits, so that
 speculative sampling reproduces the target's *warped* distribution exactly —
 the distribution plain sampling with the same settings draws from.
+
+`token_nll_rows` is the one definition of a token's negative log-likelihood under a model: the raw logits'
+log-softmax (temperature 1, no top-k/top-p, whatever the run sampled with), read at the token. The engine
+reads it from its verification forwards, the quality accounting from a teacher-forced one.
 """
 from __future__ import annotations
 
@@ -32,6 +36,12 @@ def logits_to_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
         drop = drop_sorted.scatter(-1, idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits.softmax(-1)
+
+
+def token_nll_rows(logits: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """-log softmax(logits[i])[tokens[i]] for each row i: (k, V) logits, k tokens -> (k,) float32 NLLs in nats."""
+    want = torch.tensor(tokens, dtype=torch.long).to(logits.device, non_blocking=True)[:, None]  # (k, 1)
+    return -logits.float().log_softmax(-1).gather(-1, want).squeeze(-1)  # (k,)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:

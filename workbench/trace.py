@@ -13,6 +13,9 @@ Conventions:
   distribution it was drawn from (None for deterministic drafters such as
   prompt lookup); ``p[i]`` is the target's probability of that token at the
   node's parent (after temperature / top-k / top-p).
+- ``target_nll[j]`` is committed token j's negative log-likelihood under the full
+  target at temperature 1, from the forward that verified it (absent when that
+  forward ran on a compressed KV cache).
 - The metrics themselves (τ, α, α_k, γ, c, ...) are defined once, in
   workbench.metrics; ``Summary`` holds them for one run.
 """
@@ -43,6 +46,9 @@ class Step:
     total_s: float = 0.0
     t_end: float = 0.0  # seconds since the run started, when this step was committed
     draft_forwards: int = 0  # drafter forwards that made the draft (1: a block drafted in one forward); 0: not counted
+    # NLL (nats, temperature 1) of each committed token under the full target, read from this step's forward
+    # (workbench.sampling.token_nll_rows); empty when that forward was not the full target's (a compressed KV cache)
+    target_nll: list[float] = field(default_factory=list)
 
     @property
     def n_draft(self) -> int:
@@ -128,6 +134,17 @@ class Trace:
         out: list[int] = []
         for s in self.steps:
             out.extend(s.committed)
+        return out
+
+    @property
+    def output_nll(self) -> list[float] | None:
+        """Each output token's NLL under the full target, as its decode's forwards gave it (Step.target_nll);
+        None unless every step recorded one per committed token (workbench.accounting then runs a forward)."""
+        out: list[float] = []
+        for s in self.steps:
+            if len(s.target_nll) != len(s.committed):
+                return None
+            out.extend(s.target_nll)
         return out
 
     def note(self, kind: str) -> dict[str, Any] | None:

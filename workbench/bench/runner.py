@@ -523,11 +523,12 @@ def _quality(arm, unit: PromptUnit, prompt_ids: list[int], trace: Trace, text: s
     keeps its measured NLL for the arms after it. None before any baseline of the prompt ran."""
     mine = (unit.key, arm.backend)
     if arm.method == BASELINE and trace.lossless and mine not in baselines:
-        baselines[mine] = BaselineOutput(trace.output_ids, text, None, run_id)
+        baselines[mine] = BaselineOutput(trace.output_ids, text, None, run_id, token_nll=trace.output_nll)
     base = baselines.get(mine) or next((b for (k, _), b in baselines.items() if k == unit.key), None)
     if base is None:
         return None
-    q = quality_against(tgt, prompt_ids, trace.output_ids, text, base, unit.question.task)
+    q = quality_against(tgt, prompt_ids, trace.output_ids, text, base, unit.question.task,
+                        output_token_nll=trace.output_nll)
     if base.nll is None:
         for key, b in baselines.items():
             if b is base:
