@@ -3,7 +3,8 @@
 Known answers of the quantiser and the int4 packing; the cache holds integers, scales and a residual and
 nothing else (the memory note counts exactly those); the attention over it equals the attention over its
 dequantised rows; rollback below the quantised boundary; drafting (a chain and a tree) over the quantised
-cache equals plain decoding over it token for token, and needs the session's extra quantised copies to do so;
+cache equals plain decoding over it token for token (a sliding-window model too), and needs the session's extra
+quantised copies to do so;
 an extreme setting diverges from the uncompressed baseline; bad knobs fail with one line.
 """
 import pytest
@@ -121,6 +122,32 @@ def test_the_quantised_session_attends_over_its_dequantised_rows(tiny):
     assert kv_cache.cache_len(small.cache) == 54
 
 
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_block_forward_sees_each_group_as_one_token_forwards_would(tiny, hidden):
+    """Six tokens in one forward, across the point where a residual group leaves the window, give the logits
+    (and hidden states) of six one-token forwards: the later queries see that group quantised."""
+    kv = KVConfig(bits=4, group=8, residual=8)
+    block, single = QuantizedSession(tiny.model, kv), QuantizedSession(tiny.model, kv)
+    for s in (block, single):
+        s.forward(torch.tensor([PROMPTS[2]]))  # (1, 50)
+        s.forward(torch.tensor([[5]]))  # 40 rows quantised, 11 in the residual
+    nxt = torch.tensor([[7, 8, 9, 10, 11, 12]])  # positions 51..56: rows 40-47 leave the window at 56
+    assert block._crossing(56) == 1
+    got = block.forward(nxt, hidden=hidden)
+    want = [single.forward(nxt[:, i:i + 1], hidden=hidden) for i in range(6)]
+    if hidden:
+        assert torch.allclose(got[1], torch.cat([w[1] for w in want]), atol=1e-4)
+        got, want = got[0], [w[0] for w in want]
+    want = torch.cat(want)  # (6, V)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert single.cache.layers[0].quantised == 48 and block.cache.layers[0].quantised == 40  # flushed later
+    plain_view = QuantizedSession(tiny.model, kv)
+    plain_view.forward(torch.tensor([PROMPTS[2]]))
+    plain_view.forward(torch.tensor([[5]]))
+    plain_view._crossing = lambda last: 0  # without the extra copy the last query differs
+    assert (plain_view.forward(nxt)[-1] - want[-1]).abs().max() > 1e-2
+
+
 def test_the_memory_note_counts_the_stored_tensors(tiny):
     kv = KVConfig.parse("int8:group=8,residual=4")
     out = generate(tiny, "autoregressive", PROMPTS[2], decode=DECODE, kv=kv)
@@ -154,6 +181,18 @@ def test_drafting_over_the_quantised_cache_equals_plain_decoding_over_it(tiny, t
             out = generate(tiny, method, prompt, draft=tiny_bf16, decode=DECODE, kv=kv)
             assert out.output_ids == plain.output_ids, (method, kv.text())
             assert out.summary.accepted_draft_tokens > 10 and out.trace.lossy == [kv.describe()]
+
+
+def test_drafting_over_the_quantised_cache_of_a_sliding_window_model_equals_plain_decoding_over_it():
+    """Gemma 3's mixed window and full layers: the extra copies get the window in the mask too."""
+    from workbench.models import load_model
+
+    target, draft = load_model("tiny-random:arch=gemma3"), load_model("tiny-random:arch=gemma3:bf16")
+    kv = KVConfig(bits=4, group=8, residual=8)
+    plain = generate(target, "autoregressive", PROMPTS[2], decode=DECODE, kv=kv)
+    for method in ("speculative", "tree_static"):
+        out = generate(target, method, PROMPTS[2], draft=draft, decode=DECODE, kv=kv)
+        assert out.output_ids == plain.output_ids and out.summary.accepted_draft_tokens > 10, method
 
 
 def test_without_the_extra_quantised_copies_a_drafting_run_would_differ(tiny, tiny_bf16, monkeypatch):
