@@ -3,9 +3,9 @@
 Known answers of the quantiser and the int4 packing; the cache holds integers, scales and a residual and
 nothing else (the memory note counts exactly those); the attention over it equals the attention over its
 dequantised rows; rollback below the quantised boundary; drafting (a chain and a tree) over the quantised
-cache equals plain decoding over it token for token (a sliding-window model too), and needs the session's extra
-quantised copies to do so;
-an extreme setting diverges from the uncompressed baseline; bad knobs fail with one line.
+cache equals plain decoding over it token for token (a sliding-window model too), and needs the session's
+extra quantised copies to do so; an extreme setting diverges from the uncompressed baseline; bad knobs fail
+with one line.
 """
 import pytest
 import torch
@@ -217,7 +217,8 @@ def test_an_extreme_setting_diverges_from_the_uncompressed_baseline(tiny):
 # ---------------------------------------------------------------- the knob
 
 def test_the_quantised_knob_round_trips_and_refuses_bad_values():
-    for text, want in (("int8", KVConfig(bits=8)), ("int4:group=16,residual=0", KVConfig(bits=4, group=16, residual=0))):
+    for text, want in (("int8", KVConfig(bits=8)),
+                       ("int4:group=16,residual=0", KVConfig(bits=4, group=16, residual=0))):
         kv = KVConfig.parse(text)
         assert kv == want and kv.active and kv.quantised and KVConfig.parse(kv.text()) == kv
     assert KVConfig.parse("int4").text() == "int4:group=32,residual=32"

@@ -25,10 +25,10 @@ in the residual (they were appended after the flush). Below the quantised bounda
 groups from that row on are dequantised back into the residual (what the attention saw of them, not the
 original floats) and then cut.
 
-A forward verifying k drafted tokens sees the quantisation state of its first query; plain decoding of the
-same tokens might have quantised one more group before its later queries. So a drafting run over this cache
-equals plain decoding over it token for token except where a group crosses out of the window inside a
-drafted block (docs/lossy.md).
+A forward verifying several drafted tokens has queries at several positions, and plain decoding would have
+quantised a group before its later ones; the session (workbench.backend.quantized) sets `extra` for that
+forward and `update` then also returns the quantised copy of the residual's first `extra` rows, which the
+session's mask shows to those queries only.
 """
 from __future__ import annotations
 

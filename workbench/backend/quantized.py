@@ -52,7 +52,8 @@ class QuantizedSession(EagerSession):
         r = self.length - Q
         W = Q + E + r + T  # columns: quantised rows, the extra quantised copies, the residual, the new tokens
         vis = torch.ones(T, W, dtype=torch.bool, device=ids.device)  # (T, W)
-        vis[:, Q + E + r:] = block if block is not None else torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()  # (T, T)
+        vis[:, Q + E + r:] = block if block is not None else causal
         for j in range(groups):
             late = (q_pos >= Q + (j + 1) * G + R)[:, None]  # (T, 1) queries plain decoding shows group j quantised
             vis[:, Q + j * G:Q + (j + 1) * G] = late  # its quantised copy
