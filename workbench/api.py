@@ -53,8 +53,9 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
     (workbench.quality.score_task), or None.
     acceptance: the verifier's acceptance rule, a workbench.config.AcceptanceConfig or its text form
     ('typical:eps=0.09,delta=0.3'; None: exact). A relaxed rule makes the run lossy (Trace.lossy).
-    kv: KV-cache compression of the target, a workbench.config.KVConfig or its text form ('h2o:budget=0.5';
-    None: none; eager backend only); an evicting one makes the run lossy, its note gives the memory saved.
+    kv: KV-cache compression of the target, a workbench.config.KVConfig or its text form ('h2o:budget=0.5',
+    'int4'; None: none; eager backend only); an evicting or quantising one makes the run lossy, its note gives
+    the memory saved.
     """
     # ---- check cheap things first: nothing is loaded or recorded on bad input
     req = check_request(method, prompt, draft=draft, params=params, sampling=sampling,

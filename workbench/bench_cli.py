@@ -49,7 +49,8 @@ def add_bench_parser(sub) -> None:
                         "typical:eps=0.09,delta=0.3, top_k:k=2, ratio:ratio=0.5, exact")
     b.add_argument("--kv", action="append", default=[], metavar="POLICY[:KEY=V,...]",
                    help="run every arm (and plain decoding once more) over this compressed KV cache (repeatable; "
-                        "lossy; eager only): streaming:budget=0.5,sinks=4, h2o:budget=0.5,recent=0.5, none")
+                        "lossy; eager only): streaming:budget=0.5,sinks=4, h2o:budget=0.5,recent=0.5, int8, "
+                        "int4:group=32,residual=32, none")
     add_backend_argument(b)
     b.add_argument("--backends", default=None, metavar="B1,B2",
                    help="run every arm on each of these backends in the same process, interleaved, each against "

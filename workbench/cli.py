@@ -268,7 +268,8 @@ def add_accept_argument(parser) -> None:
                              "ratio:ratio=0.5 (default: exact, lossless); docs/lossy.md")
     parser.add_argument("--kv", default=None, metavar="POLICY[:KEY=V,...]",
                         help="compress the target's KV cache, lossy (eager backend): streaming:budget=0.5,sinks=4 "
-                             "(StreamingLLM), h2o:budget=0.5,recent=0.5 (H2O); docs/lossy.md")
+                             "(StreamingLLM), h2o:budget=0.5,recent=0.5 (H2O), int8 or int4:group=32,residual=32 "
+                             "(KIVI); docs/lossy.md")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -238,53 +238,99 @@ class AcceptanceConfig:
 
 # KV-cache compression policies of the target's cache (workbench.kv_compress); "none" keeps every position.
 KV_POLICIES = ("none", "streaming", "h2o")
+# Bits of a quantised KV cache (workbench.kv_quant); 16 stores the model's dtype (no quantisation).
+KV_BITS = (4, 8, 16)
 
 
 @dataclass(frozen=True)
 class KVConfig:
-    """Compress the target's KV cache to a memory budget (eager backend; workbench.kv_compress).
+    """Compress the target's KV cache to a memory budget (eager backend; workbench.kv_compress, workbench.kv_quant).
 
     streaming  keep `sinks` first positions and the most recent ones (StreamingLLM, Xiao et al. 2024)
     h2o        keep `sinks`, a recent window and the heavy hitters: the positions with the largest
                accumulated attention (H2O, Zhang et al. 2023; workbench.kv_compress says what stands in
                for the attention weights)
     budget: the share of the positions seen so far that the cache keeps (0.5: about half the memory).
+    bits 8 or 4: store keys and values as integers (KIVI, Liu et al. 2024), written 'int8' / 'int4' as the
+               policy: keys per channel and values per token in groups of `group`, the most recent
+               `residual` (to residual + group - 1) positions kept in full precision. Not combined with
+               eviction (policy none).
     """
 
     policy: str = "none"
     budget: float = 0.5
     sinks: int = 4
     recent: float = 0.5  # h2o: the share of the kept positions that are the most recent ones
+    bits: int = 16
+    group: int = 32  # tokens per key scale, channels per value scale
+    residual: int = 32  # recent positions kept in full precision (KIVI's R)
 
     def __post_init__(self) -> None:
         if self.policy not in KV_POLICIES:
-            raise ConfigError(f"kv policy must be one of {', '.join(KV_POLICIES)}, got {shown(self.policy)}")
+            raise ConfigError(f"kv policy must be one of {', '.join(KV_POLICIES + ('int8', 'int4'))}, "
+                              f"got {shown(self.policy)}")
         if not is_number(self.budget) or not 0.0 < self.budget <= 1.0:
             raise ConfigError(f"kv budget must be a number in (0, 1], got {shown(self.budget)}")
         if not is_int(self.sinks) or not 0 <= self.sinks <= 1024:
             raise ConfigError(f"kv sinks must be an integer in [0, 1024], got {shown(self.sinks)}")
         if not is_number(self.recent) or not 0.0 < self.recent <= 1.0:
             raise ConfigError(f"kv recent must be a number in (0, 1], got {shown(self.recent)}")
+        if not is_int(self.bits) or self.bits not in KV_BITS:
+            raise ConfigError(f"kv bits must be 8 or 4 (16: not quantised), got {shown(self.bits)}")
+        if not is_int(self.group) or not 2 <= self.group <= 4096 or self.group % 2:
+            raise ConfigError(f"kv group must be an even integer in [2, 4096], got {shown(self.group)}")
+        if not is_int(self.residual) or not 0 <= self.residual <= 65536:
+            raise ConfigError(f"kv residual must be an integer in [0, 65536], got {shown(self.residual)}")
+        if self.bits < 16 and self.policy != "none":
+            raise ConfigError(f"kv quantisation (int{self.bits}) does not combine with eviction ({self.policy}): "
+                              "use one of them")
+
+    @property
+    def quantised(self) -> bool:
+        """Whether keys and values are stored as integers (workbench.kv_quant)."""
+        return self.bits < 16
 
     @property
     def active(self) -> bool:
-        """Whether anything is ever evicted (budget 1 keeps every position: the uncompressed cache)."""
-        return self.policy != "none" and self.budget < 1.0
+        """Whether the cache is compressed at all (budget 1 keeps every position: the uncompressed cache)."""
+        return self.quantised or (self.policy != "none" and self.budget < 1.0)
+
+    @property
+    def name(self) -> str:
+        """The policy as written: 'int8', 'int4' or the eviction policy."""
+        return f"int{self.bits}" if self.quantised else self.policy
 
     @classmethod
     def parse(cls, text: str) -> "KVConfig":
-        """'streaming:budget=0.5,sinks=4', 'h2o:budget=0.5,recent=0.5' or 'none' -> the config (CLI, app)."""
-        policy, values = parse_knobs(text, "kv", "h2o:budget=0.5", {"budget": float, "sinks": int, "recent": float})
+        """'streaming:budget=0.5,sinks=4', 'h2o:budget=0.5,recent=0.5', 'int4:group=32,residual=32' or 'none'
+        -> the config (CLI, app)."""
+        policy, values = parse_knobs(text, "kv", "h2o:budget=0.5",
+                                     {"budget": float, "sinks": int, "recent": float, "group": int, "residual": int})
+        if policy in ("int8", "int4"):
+            evicting = sorted(set(values) & {"budget", "sinks", "recent"})
+            if evicting:
+                raise ConfigError(f"kv {policy} takes group=... and residual=..., not {evicting[0]}=...")
+            return cls(bits=int(policy[3:]), **values)
+        quant = sorted(set(values) & {"group", "residual"})
+        if quant:
+            raise ConfigError(f"kv {policy or 'none'} takes no {quant[0]}=... (that is int8/int4's)")
         return cls(policy=policy or "none", **values)
 
     def describe(self) -> str:
         """One line naming the policy and its setting (a lossy run's `Trace.lossy` entry)."""
-        knobs = f"budget={self.budget:g}, sinks={self.sinks}" + (f", recent={self.recent:g}" if self.policy == "h2o" else "")
-        return (f"KV-cache compression ({self.policy}: {knobs}); the drafting stays lossless with respect to the "
-                f"compressed target")
+        if self.quantised:
+            what = f"KV-cache quantisation (int{self.bits}: group={self.group}, residual={self.residual})"
+        else:
+            knobs = f"budget={self.budget:g}, sinks={self.sinks}" + (f", recent={self.recent:g}"
+                                                                    if self.policy == "h2o" else "")
+            what = f"KV-cache compression ({self.policy}: {knobs})"
+        return f"{what}; the drafting stays lossless with respect to the compressed target"
 
     def text(self) -> str:
-        """The text form `parse` reads back ('h2o:budget=0.5,sinks=4,recent=0.5'), as a run's parameters store it."""
+        """The text form `parse` reads back ('h2o:budget=0.5,sinks=4,recent=0.5', 'int4:group=32,residual=32'),
+        as a run's parameters store it."""
+        if self.quantised:
+            return f"int{self.bits}:group={self.group},residual={self.residual}"
         if self.policy == "none":
             return "none"
         extra = f",recent={self.recent:g}" if self.policy == "h2o" else ""

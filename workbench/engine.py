@@ -28,9 +28,9 @@ draft model's prompt prefill happens at its first `propose`, on the clock.
 
 Options that trade quality for speed (workbench.config.AcceptanceConfig: a relaxed
 acceptance rule of the shared verifier; KVConfig: a compressed target KV cache,
-workbench.backend.compressed, whose note gives the memory it saved) and a method registered `lossless = False`
-are written once, when the run starts, to `trace.lossy` (`lossy_reasons`): one
-line each, empty for a lossless run.
+workbench.backend.compressed or .quantized, whose note gives the memory it saved) and a method
+registered `lossless = False` are written once, when the run starts, to `trace.lossy`
+(`lossy_reasons`): one line each, empty for a lossless run.
 
 Each committed token's NLL under the full target (temperature 1) is read off the forward that verified it:
 the row of its parent on the accepted path (the prefill's last row for the first token), which the tree mask
@@ -129,8 +129,8 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     progress: where set-up before the clock says what it does (measuring this machine's cost profile
     for a cost-aware method: tens of seconds on a CPU), for a status line.
     acceptance: the verifier's acceptance rule (default: exact, lossless); a relaxed one makes the run lossy.
-    kv: compression of the target's KV cache (eager backend only; default none); an evicting one makes the run
-    lossy, and its note says the memory it saved.
+    kv: compression of the target's KV cache (eager backend only; default none); an evicting or quantising one
+    makes the run lossy, and its note says the memory it saved.
     """
     if not isinstance(acceptance, AcceptanceConfig):
         raise ConfigError(f"acceptance must be an AcceptanceConfig, not {type(acceptance).__name__}")
@@ -272,7 +272,8 @@ def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: 
 def lossy_reasons(cls: type[Drafter], params: dict[str, Any], sampling: SamplingConfig, vocab: int,
                   acceptance: AcceptanceConfig = AcceptanceConfig(), kv: KVConfig = KVConfig()) -> list[str]:
     """What makes a run lossy, one line each (`Trace.lossy`): a method registered `lossless = False` (with its
-    setting), a relaxed acceptance rule at a setting that can change the output and a KV cache that evicts;
+    setting), a relaxed acceptance rule at a setting that can change the output and a KV cache that evicts or
+    quantises;
     [] for a lossless run."""
     out = []
     if not cls.lossless:

@@ -29,9 +29,11 @@ from .config import KVConfig
 
 
 def cache_bytes(cache) -> int:
-    """Bytes held by every layer's key and value tensors."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers
-               for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None)
+    """Bytes held by every layer's key and value tensors (a quantised layer's own count: kv_quant.QuantizedLayer)."""
+    return sum(layer.nbytes() if hasattr(layer, "nbytes") else
+               sum(t.numel() * t.element_size() for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                   if t is not None)
+               for layer in cache.layers)
 
 
 def kept_size(cfg: KVConfig, length: int) -> int:

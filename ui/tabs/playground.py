@@ -561,7 +561,7 @@ def build_playground_tab(ctx: AppContext, state: gr.State) -> dict[str, Any]:
                 c["accept"] = gr.Textbox("", label="relaxed acceptance (LOSSY)", elem_id="pg-accept",
                                          placeholder="typical:eps=0.09,delta=0.3 · top_k:k=2 · ratio:ratio=0.5")
                 c["kv"] = gr.Textbox("", label="KV-cache compression (LOSSY, eager)", elem_id="pg-kv",
-                                     placeholder="h2o:budget=0.5 · streaming:budget=0.5,sinks=4")
+                                     placeholder="h2o:budget=0.5 · streaming:budget=0.5,sinks=4 · int8 · int4:group=32")
         with gr.Column(scale=2):
             c["prompt"] = gr.Textbox(DEFAULT_PROMPT, lines=3, label="Prompt", elem_id="pg-prompt")
             with gr.Row():

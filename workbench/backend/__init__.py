@@ -67,7 +67,8 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None, compr
     """A KV session of `backend` for `model` (a LoadedModel, or a bare transformers model: eager only).
 
     max_len: the most positions the run will cache (prompt + new tokens + one draft).
-    compression: a workbench.config.KVConfig that evicts (eager only; workbench.backend.compressed).
+    compression: a workbench.config.KVConfig that evicts (eager only; workbench.backend.compressed) or quantises
+    (workbench.backend.quantized).
     """
     import torch  # here, not above: check_backend and --backend serve torch-free commands
 
@@ -79,7 +80,10 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None, compr
         if check_backend(backend) != "eager":
             raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
         from .compressed import CompressedSession  # (the same)
+        from .quantized import QuantizedSession  # (the same)
 
+        if compression.quantised:
+            return QuantizedSession(model.model if not isinstance(model, torch.nn.Module) else model, compression)
         return CompressedSession(model.model if not isinstance(model, torch.nn.Module) else model, compression)
     if check_backend(backend) == "compiled" and not isinstance(model, torch.nn.Module):
         from .compiled import open_compiled  # (the same)

@@ -38,6 +38,11 @@ class EagerSession:
             kwargs["attention_mask"] = mask
         if positions is not None:
             kwargs["position_ids"] = positions
+        return self._run(ids, kwargs, keep, hidden)
+
+    def _run(self, ids: torch.Tensor, kwargs: dict[str, Any], keep: int, hidden: bool | str | tuple[int, ...]) -> Any:
+        """The forward itself, with the mask and positions in `kwargs`; the session grows by ids' T tokens."""
+        T = ids.shape[1]
         if hidden:
             layers = hidden if isinstance(hidden, tuple) else hidden == "layers"
             logits, states = kv.forward_hidden(self.model, ids, self.cache, keep, layers=layers, **kwargs)

@@ -8,8 +8,9 @@
 --backends b1,b2          every arm runs on each backend (workbench.backend), its own baseline included
 --accept RULE[:K=V,...]   every drafting arm once per acceptance rule given (repeatable; lossy unless exact:
                           workbench.config.AcceptanceConfig); the baseline drafts nothing and runs once
---kv POLICY[:K=V,...]     every arm but the baseline once per KV-cache compression given (repeatable; lossy
-                          unless none: workbench.config.KVConfig); the baseline keeps its whole cache
+--kv POLICY[:K=V,...]     every arm but the baseline once per KV-cache compression given (eviction or int8/int4;
+                          repeatable; lossy unless none: workbench.config.KVConfig); the baseline keeps its
+                          whole cache
 
 Every value is checked against the method's declared parameters (workbench.methods)
 before anything is loaded, so bad input fails at once with one line.
