@@ -682,11 +682,9 @@ def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, 
 
 def _distilled(cfg, lm):
     """The distilled draft model a pard draft starts from (`--from`; None: a smaller copy of the target), checked
-    to share the target's hidden size."""
+    to be distilled from this target (its token embedding) and to have the layers asked for."""
     if not cfg.init_from:
         return None
-    if not Path(cfg.init_from).is_dir():
-        raise ConfigError(f"--from {cfg.init_from}: no such draft model directory")
     loaded = load_model(cfg.init_from, device=cfg.device)
     if fingerprint(loaded) != fingerprint(lm):  # a distilled draft keeps the target's embedding
         raise ConfigError(f"--from {cfg.init_from} was not distilled from {lm.spec} (another token embedding); "

@@ -72,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"fuse must be true or false, got {self.fuse!r}")
         if self.init_from is not None and self.kind != "pard":
             raise ConfigError(f"--from (a distilled draft to start from) is for --kind pard, not {self.kind}")
+        if self.init_from is not None and not Path(self.init_from).expanduser().is_dir():
+            raise ConfigError(f"--from {self.init_from}: no such draft model directory")
         if self.unroll > 8:
             raise ConfigError(f"unroll must be at most 8, got {self.unroll!r}")
         if not (0.0 < self.holdout < 0.5):

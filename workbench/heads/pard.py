@@ -105,9 +105,9 @@ def make_pard_head(model: nn.Module, block: int = 8, layers: int = 1, source: nn
 
 
 class PardCache:
-    """The draft's KV cache of committed tokens for one run: `logits_rows(tokens, k)` feeds the tokens not cached yet
-    plus k - 1 masks in one forward and returns the k block positions' final states; only the committed tokens'
-    keys/values are kept."""
+    """The draft's KV cache of committed tokens for one run: `block(context, k)` feeds the tokens not cached yet plus
+    k - 1 masks in one forward and returns the k block positions' final states; only the committed tokens'
+    keys/values are kept (a context that diverges from the cached tokens crops the cache first)."""
 
     def __init__(self, head: PardHead, embed: nn.Module) -> None:
         self.head, self.embed = head, embed
