@@ -72,13 +72,13 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-HEAD_TRAINED = ("eagle", "medusa", "hydra", "eagle3", "dflash")  # the head kinds trained for tiny-random
+HEAD_TRAINED = ("eagle", "medusa", "hydra", "eagle3", "dflash", "pard")  # the head kinds trained for tiny-random
 HEAD_METHODS = HEAD_TRAINED + ("blockwise",)  # the methods that draft with a trained head (blockwise: medusa's)
 
 
 @pytest.fixture(scope="session")
 def tiny_heads(tmp_path_factory):
-    """Default heads for tiny-random (eagle, medusa, hydra, eagle3, dflash), trained for a few seconds on its own outputs.
+    """Default heads for tiny-random (eagle, medusa, hydra, eagle3, dflash, pard), trained for a few seconds on its own outputs.
 
     The head methods find them by default through $WORKBENCH_HEADS (`_heads_dir` points it here for the
     tests that need them), so the registry-driven tests run them like every other method (subprocesses

@@ -59,7 +59,7 @@ from .helpers import DEVICE, PROMPTS, FlatCosts
 from .stats import chi2_pvalue, exact_joint, oracle_probs
 
 ARCHS = [a for a in TINY_ARCH_NAMES if a != "llama"]  # llama (tiny-random): test_engine
-HEAD_KINDS = ("eagle", "medusa", "hydra", "eagle3", "dflash")  # every head kind, trained per architecture
+HEAD_KINDS = ("eagle", "medusa", "hydra", "eagle3", "dflash", "pard")  # every head kind, trained per architecture
 HEAD_METHODS = {kind: kind for kind in HEAD_KINDS} | {"blockwise": "medusa"}  # method -> the head kind it drafts with
 LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive" and m.name not in HEAD_METHODS]
 # layer_skip's "auto" may choose not to draft on a two-layer model; skipping the last layer always drafts

@@ -16,10 +16,10 @@ PROMPTS = [
     [{"role": "user", "content": "List three uses of a paperclip."}],
     "Summarize: The cat sat on the mat. The cat was happy on the mat because the mat was warm.",
 ]
-# a head method runs its shipped head; one with no head shipped for the embedded model (eagle3) runs there
-# with imported heads instead (test_head_formats)
+# a method that drafts with a trained head (or a pard draft: its `kind`) runs the one shipped for the embedded
+# model; one with none shipped (eagle3) runs there with imported heads instead (test_head_formats)
 LOSSLESS = [m for m in list_methods() if m.lossless and m.name != "autoregressive"
-            and (not m.needs_hidden_states or (BUILTIN_DIR / f"smollm2-135m-{m.name}").is_dir())]
+            and (not getattr(m, "kind", "") or (BUILTIN_DIR / f"smollm2-135m-{m.kind}").is_dir())]
 
 
 @pytest.fixture(scope="module")

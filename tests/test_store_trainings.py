@@ -98,7 +98,7 @@ def test_list_filter_prefix_and_delete(store: RunStore) -> None:
     assert store.get_training(b[:8])["id"] == b and store.get_training(f" {b.upper()} ")["id"] == b
     store.delete_training(b[:10])
     assert [t["id"] for t in store.list_trainings()] == [c, a]
-    assert set(TRAINING_KINDS) == {"eagle", "medusa", "hydra", "eagle3", "dflash", "draft"}
+    assert set(TRAINING_KINDS) == {"eagle", "medusa", "hydra", "eagle3", "dflash", "pard", "draft"}
 
 
 def test_unknown_ids_and_bad_values_are_store_errors(store: RunStore) -> None:
@@ -110,7 +110,7 @@ def test_unknown_ids_and_bad_values_are_store_errors(store: RunStore) -> None:
             call()
     with pytest.raises(StoreError, match="empty training id"):
         store.get_training("  ")
-    with pytest.raises(StoreError, match="kind must be one of eagle, medusa, hydra, eagle3, dflash, draft, got .lookahead."):
+    with pytest.raises(StoreError, match="kind must be one of eagle, medusa, hydra, eagle3, dflash, pard, draft, got .lookahead."):
         store.start_training(kind="lookahead", target="x", out_dir=None, config={}, env={})
     with pytest.raises(StoreError, match="needs a target"):
         store.start_training(kind="eagle", target=" ", out_dir=None, config={}, env={})

@@ -12,8 +12,9 @@ from typing import Any
 
 # The method every speedup is measured against: plain decoding, one target forward per token.
 BASELINE = "autoregressive"
-# What `workbench train --kind` makes: drafter heads on the target's hidden states, or a distilled draft model.
-HEAD_KINDS = ("eagle", "medusa", "hydra", "eagle3", "dflash")
+# What `workbench train --kind` makes: drafter heads on the target's hidden states (pard: a parallel draft LM kept as a
+# head, its layers over the target's embedding and LM head), or a distilled draft model.
+HEAD_KINDS = ("eagle", "medusa", "hydra", "eagle3", "dflash", "pard")
 TRAINING_KINDS = HEAD_KINDS + ("draft",)
 # Absurd-length guard: a CPU decodes ~10 tokens/s on the embedded model, so
 # more than this is almost certainly a typo (and would hold a UI worker for hours).

@@ -30,6 +30,10 @@ resumable (its output is saved in the out dir before the next one starts):
              draft   a few-layer copy of the target (its embedding, LM head and
                      evenly spaced layers) trained by KL to the target's
                      next-token distribution (knowledge distillation);
+             pard    a PARD parallel draft (the target's evenly spaced layers, or a
+                     distilled draft's, over its embedding and LM head, plus a
+                     mask embedding) trained to predict k tokens from the
+                     context and k - 1 masks (workbench.train_pard);
              checkpoints every `checkpoint_every` steps (`resume=True` continues);
 4. evaluate  held-out top-1/top-5 per head (per draft position) and, for heads,
              what serving sees: tau and alpha per position of the real method on a
@@ -60,13 +64,15 @@ from store import RunStore
 
 from .config import ConfigError, DecodeConfig
 from .engine import generate
-from .heads import base_name, default_head_name, fingerprint, make_dflash_head, make_head, save_head, user_heads_dir
+from .heads import (base_name, default_head_name, fingerprint, make_dflash_head, make_head, make_pard_head, save_head,
+                    user_heads_dir)
 from .heads.lm_head import DraftVocabLM, HeadLM, topk_hits as _topk_hits
 from .kv_cache import eagle3_layers, layer_states, logits_from_hidden
 from .metrics import acceptance_by_position
 from .models import load_model
 from .record import environment
 from .train_block import dflash_losses
+from .train_pard import pard_losses
 from .train_config import TRAIN_PROMPTS, TrainConfig  # noqa: F401  (re-exported)
 
 Progress = Callable[[str, int, int, str], None]  # (stage, done, total, message)
@@ -328,6 +334,8 @@ def head_losses(kind: str, head, lmh: "HeadLM", embed, b: dict, noise: float = 0
     """
     if kind == "dflash":  # the block head (workbench.train_block)
         return dflash_losses(head, lmh, embed, b)
+    if kind == "pard":  # the parallel draft model (workbench.train_pard)
+        return pard_losses(head, lmh, embed, b)
     f, tok, a, resp = b["f"], b["tok"], b["a"], b["resp"]
     B, T, _ = f.shape
     stats, parts = [], {}
@@ -589,6 +597,8 @@ def _train_loop(cfg, lm, data, train_idx, held, vocab, ckpt_dir, progress, quiet
         params = [p for p in model.parameters() if p.requires_grad]
     else:
         model = (make_dflash_head(lm.model, block=cfg.heads, layers=cfg.layers) if cfg.kind == "dflash" else
+                 make_pard_head(lm.model, block=cfg.heads, layers=cfg.layers, source=_distilled(cfg, lm))
+                 if cfg.kind == "pard" else
                  make_head(cfg.kind, lm.model, cfg.heads, fuse=cfg.fuse)).to(device).float()
         if vocab is not None:
             model.set_vocab(vocab)
@@ -658,8 +668,8 @@ def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, 
     """What serving sees: tau and alpha per draft position of the method on up to n held-out prompts (greedy)."""
     steps, new, forwards = [], 0, 0
     for s in held[:n]:
-        # the whole tree (a dflash head drafts its whole block: no sizing)
-        params = {"head": str(head_dir)} | ({} if kind == "dflash" else {"sizing": "fixed"})
+        # the whole tree (a dflash head or a pard draft drafts its whole block: no sizing)
+        params = {"head": str(head_dir)} | ({} if kind in ("dflash", "pard") else {"sizing": "fixed"})
         out = generate(lm, kind, s["prompt_ids"], params=params,
                        decode=DecodeConfig(max_new_tokens=min(64, max_new_tokens)))
         steps += out.trace.steps
@@ -668,6 +678,22 @@ def serving_acceptance(lm, kind: str, head_dir: Path, held: list[dict], n: int, 
     alpha = acceptance_by_position(steps)
     return {"tau": round(new / forwards, 3) if forwards else None, "prompts": min(n, len(held)),
             "alpha_by_position": [round(a, 4) if a == a else None for a in alpha]}
+
+
+def _distilled(cfg, lm):
+    """The distilled draft model a pard draft starts from (`--from`; None: a smaller copy of the target), checked
+    to be distilled from this target (its token embedding) and to have the layers asked for."""
+    if not cfg.init_from:
+        return None
+    loaded = load_model(cfg.init_from, device=cfg.device)
+    if fingerprint(loaded) != fingerprint(lm):  # a distilled draft keeps the target's embedding
+        raise ConfigError(f"--from {cfg.init_from} was not distilled from {lm.spec} (another token embedding); "
+                          f"make one with `workbench train --kind draft --target {lm.spec}`")
+    draft = loaded.model
+    if draft.config.num_hidden_layers < cfg.layers:
+        raise ConfigError(f"--from {cfg.init_from} has {draft.config.num_hidden_layers} layers, fewer than "
+                          f"--layers {cfg.layers}")
+    return draft
 
 
 def _save_draft(model, lm, out: Path, training: dict, accuracy: dict) -> dict:

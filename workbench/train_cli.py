@@ -25,8 +25,13 @@ def add_train_parsers(sub, int_in) -> None:
     t.add_argument("--steps", type=int_in(1), default=d.steps, help=f"optimiser steps (default {d.steps})")
     t.add_argument("--batch-size", type=int_in(1), default=d.batch_size, help="sequences per step")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: 5e-4 for eagle, 1e-3 otherwise)")
-    t.add_argument("--heads", type=int_in(1, 16), default=d.heads, help="medusa/hydra: heads (draft positions)")
-    t.add_argument("--layers", type=int_in(1, 64), default=d.layers, help="draft: decoder layers kept")
+    t.add_argument("--heads", "--block", type=int_in(1, 16), default=d.heads, dest="heads",
+                   help="medusa/hydra: heads (draft positions); dflash, pard: tokens drafted per forward (the block)")
+    t.add_argument("--layers", "--draft-layers", type=int_in(1, 64), default=d.layers, dest="layers",
+                   help="draft: decoder layers kept; dflash, pard: the drafter's decoder layers")
+    t.add_argument("--from", "--init-from", dest="init_from", default=None, metavar="DRAFT_DIR",
+                   help="pard: start from this distilled draft model's layers (`train --kind draft` writes one; "
+                        "default: the target's evenly spaced layers)")
     t.add_argument("--vocab-trim", type=int_in(0), default=d.vocab_trim,
                    help="restrict the drafter to the k tokens the target produced most often (0: full vocabulary)")
     t.add_argument("--feature-weight", type=float, default=d.feature_weight,
@@ -55,7 +60,7 @@ def add_train_parsers(sub, int_in) -> None:
                           max_new_tokens=args.max_new_tokens, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, feature_weight=args.feature_weight, token_weight=args.token_weight,
                           unroll=args.unroll, fuse=args.fuse,
-                          heads=args.heads, layers=args.layers, vocab_trim=args.vocab_trim,
+                          heads=args.heads, layers=args.layers, init_from=args.init_from, vocab_trim=args.vocab_trim,
                           gen_batch=args.gen_batch, seed=args.seed, device=args.device, out=args.out,
                           resume=args.resume, store=not args.no_log)
         res = train(cfg, db=args.db)

@@ -22,7 +22,8 @@ class TrainConfig:
     batch_size: int = 8  # sequences per step
     lr: float | None = None  # None: 5e-4 for eagle (a layer that starts from the target's), 1e-3 otherwise
     heads: int = 4  # medusa / hydra heads (draft positions)
-    layers: int = 2  # distilled draft model: decoder layers kept
+    layers: int = 2  # distilled draft model: decoder layers kept (dflash, pard: the drafter's decoder layers)
+    init_from: str | None = None  # pard: a distilled draft model directory whose layers it starts from (None: target's)
     vocab_trim: int = 8192  # propose only the k most frequent tokens of the target's outputs; 0: full vocabulary
     # eagle: weights of the feature-regression (smooth L1) and token (cross-entropy) losses
     feature_weight: float = 1.0
@@ -69,6 +70,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a whole number >= {least}, got {v!r}")
         if not isinstance(self.fuse, bool):
             raise ConfigError(f"fuse must be true or false, got {self.fuse!r}")
+        if self.init_from is not None and self.kind != "pard":
+            raise ConfigError(f"--from (a distilled draft to start from) is for --kind pard, not {self.kind}")
+        if self.init_from is not None and not Path(self.init_from).expanduser().is_dir():
+            raise ConfigError(f"--from {self.init_from}: no such draft model directory")
         if self.unroll > 8:
             raise ConfigError(f"unroll must be at most 8, got {self.unroll!r}")
         if not (0.0 < self.holdout < 0.5):

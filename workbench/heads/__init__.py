@@ -1,4 +1,4 @@
-"""Trained drafter heads (EAGLE, EAGLE-3, Medusa, Hydra, DFlash): save, find and load them, safely matched to their target.
+"""Trained drafter heads (EAGLE, EAGLE-3, Medusa, Hydra, DFlash, PARD): save, find and load them, safely matched to their target.
 
 A head lives in a directory: `head.safetensors` (its own weights, fp16, or an
 imported checkpoint's own precision; never the target's embedding or LM head,
@@ -35,6 +35,7 @@ from ..models.specs import model_base_name
 from ..paths import cache_dir
 from .modules import HEAD_CLASSES, Eagle3Head, EagleHead, HeadBase, HydraHeads, MedusaHeads, make_head
 from .block import DFlashHead, make_dflash_head  # noqa: F401  (registers the dflash kind in HEAD_CLASSES)
+from .pard import PardHead, make_pard_head  # noqa: F401  (registers the pard kind in HEAD_CLASSES)
 
 CARD = "card.json"
 WEIGHTS = "head.safetensors"
@@ -43,7 +44,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
 __all__ = ["BUILTIN_DIR", "DFlashHead", "Eagle3Head", "EagleHead", "HEAD_KINDS", "HeadBase", "HeadError", "HydraHeads",
            "MedusaHeads", "default_head_name", "find_head", "fingerprint", "list_heads", "load_head", "make_dflash_head",
-           "make_head", "save_head",
+           "make_head", "make_pard_head", "PardHead", "save_head",
            "user_heads_dir"]
 
 
@@ -182,7 +183,7 @@ def load_head(ref: str, target: Any, kind: str) -> tuple[HeadBase, dict]:
     if missing or unexpected:
         raise HeadError(f"head weights {path / WEIGHTS} do not match its card (missing {missing}, "
                         f"unexpected {unexpected})")
-    inv_freq = head.inv_freq.float() if isinstance(head, (EagleHead, DFlashHead)) else None
+    inv_freq = head.inv_freq.float() if isinstance(head, (EagleHead, DFlashHead, PardHead)) else None
     head.to(device=target.device, dtype=target.dtype if target.dtype.is_floating_point else torch.float32)
     if inv_freq is not None:  # rotary frequencies stay fp32 (as the target's own), whatever the weights' dtype
         head.inv_freq = inv_freq.to(target.device)

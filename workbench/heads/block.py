@@ -108,12 +108,26 @@ def _init_from_target(head: DFlashHead, model: nn.Module) -> bool:
         head.inv_freq.copy_(rotary.inv_freq.float())
         head.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
         head.config["rope_scale"] = head.rope_scale
-    top = list(decoder.layers)[-len(head.layers):]
+    if not copy_layers(head.layers, list(decoder.layers)[-len(head.layers):]):
+        return False
+    norm = getattr(decoder, "norm", None)
+    if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.shape == head.norm.weight.shape:
+        head.norm.weight.copy_(norm.weight.float())
+    H = head.config["hidden_size"]
+    head.fc.weight.copy_(torch.eye(H))  # a context slot starts as the feature itself
+    head.fc.bias.zero_()
+    return True
+
+
+@torch.no_grad()
+def copy_layers(ours: nn.ModuleList, theirs: list[nn.Module]) -> bool:
+    """Copy transformers decoder layers `theirs` into the heads' DecoderLayers `ours`, one to one; False (nothing
+    copied) when a layer is not Llama-shaped (a part missing or of another shape)."""
     pairs = []
-    for ours, theirs in zip(head.layers, top):
+    for dst_layer, src_layer in zip(ours, theirs):
         for name, path in _LAYER_PARTS.items():
-            src = theirs.get_submodule(path) if _has(theirs, path) else None
-            dst = getattr(ours, name)
+            src = src_layer.get_submodule(path) if _has(src_layer, path) else None
+            dst = getattr(dst_layer, name)
             if src is None or getattr(src, "weight", None) is None or src.weight.shape != dst.weight.shape:
                 return False
             pairs.append((src, dst))
@@ -121,12 +135,6 @@ def _init_from_target(head: DFlashHead, model: nn.Module) -> bool:
         dst.weight.copy_(src.weight.float())
         if getattr(src, "bias", None) is not None and getattr(dst, "bias", None) is not None:
             dst.bias.copy_(src.bias.float())
-    norm = getattr(decoder, "norm", None)
-    if norm is not None and getattr(norm, "weight", None) is not None and norm.weight.shape == head.norm.weight.shape:
-        head.norm.weight.copy_(norm.weight.float())
-    H = head.config["hidden_size"]
-    head.fc.weight.copy_(torch.eye(H))  # a context slot starts as the feature itself
-    head.fc.bias.zero_()
     return True
 
 

@@ -14,8 +14,10 @@ whether speculation pays. These draft the block at once:
              fused features of the last committed positions, the root token and
              k mask slots with non-causal attention, denoising the block in one
              forward (workbench.heads.block).
+- pard       (An et al. 2025, PARD): a small draft LM over the context and k - 1
+             mask tokens, with its own KV cache (workbench.methods.pard).
 
-Sampling is exact for both: block position i's distribution q_i depends on the
+Sampling is exact for all of them: block position i's distribution q_i depends on the
 context only (never on the tokens drawn at the other positions), so drawing each
 token from its own q_i draws it from its distribution given the drafted prefix
 too, and the shared chain verifier's accept/resample rule is the standard one.
@@ -58,9 +60,13 @@ class BlockDrafter(HeadDrafter):
             raise ConfigError(f"{self.name}: block={self.params['block']} is more than the head drafts "
                               f"({self.block_size()} positions; train one with --heads {self.params['block']})")
 
+    def ready(self) -> bool:
+        """Whether a block can be drafted now (the heads: once the target's hidden state of the root is known)."""
+        return self.last is not None
+
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> Draft | None:
-        if ctx.max_tokens <= 0 or self.last is None:
+        if ctx.max_tokens <= 0 or not self.ready():
             return None
         k = min(self.k, ctx.max_tokens)
         logits = self.block_logits(ctx, k).float()  # (k, rows)
