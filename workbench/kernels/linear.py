@@ -7,8 +7,9 @@
 much memory as the weights again. A model's packed copies lie side by side, in module order, in
 one block of memory backed by transparent huge pages where the system allows them (`arena`):
 streaming 540 MB of weights through 4 KB pages costs a TLB miss every 4 KB, which on a virtual
-machine (nested page tables) took about a tenth of the read bandwidth (docs/results/2026-12-07-cpu-kernels.md). Which row counts T go through the kernel is the model's
-`KernelPlan` (`rows`); every other T, and anything needing gradients, runs `F.linear` as before.
+machine (nested page tables) took 5-10% of the linears' time (docs/results/2026-12-07-cpu-kernels.md).
+Which row counts T go through the kernel is the model's `KernelPlan` (`rows`); every other T, and
+anything needing gradients, runs `F.linear` as before.
 
 Under torch.compile the kernel is an opaque custom op (`workbench_kernels::stream_linear`,
 with a shape function registered here), and the plan is read while tracing, so a compiled
