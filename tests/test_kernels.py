@@ -44,7 +44,7 @@ def mode(monkeypatch):
     kernels.set_mode(None)
 
 
-@pytest.mark.parametrize("N,K", [(64, 32), (193, 100), (5, 7), (48, 1)])
+@pytest.mark.parametrize("N,K", [(64, 32), (193, 100), (5, 7), (48, 1), (600, 40)])
 def test_kernel_equals_f_linear_and_rows_are_invariant(ext, N, K):
     g = torch.Generator().manual_seed(N * K)
     w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
@@ -63,6 +63,21 @@ def test_kernel_reads_bf16_weights(ext):
     w = torch.randn(40, 24).bfloat16()
     x = torch.randn(5, 24)
     torch.testing.assert_close(ext(x, pack(w), None, 40), F.linear(x, w.float()), rtol=1e-5, atol=1e-5)
+
+
+def test_an_installed_model_packs_its_weights_side_by_side_in_one_block(tiny, mode):
+    """install() packs every linear into one block of memory (huge pages where the system offers them), each
+    packed copy equal to pack() of its weight, 64-byte aligned, in module order, none overlapping."""
+    mode("invariant")
+    kernels.plan_for(tiny)
+    mods = [m for m in tiny.model.modules() if isinstance(m, StreamLinear)]
+    assert len(mods) > 2
+    assert len({m.packed.untyped_storage().data_ptr() for m in mods}) == 1
+    ends = 0
+    for m in mods:
+        assert torch.equal(m.packed, pack(m.weight))
+        assert m.packed.data_ptr() % 64 == 0 and m.packed.data_ptr() >= ends
+        ends = m.packed.data_ptr() + m.packed.numel() * m.packed.element_size()
 
 
 def test_kernel_rejects_a_mismatched_weight(ext):

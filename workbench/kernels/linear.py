@@ -4,8 +4,12 @@
 `StreamLinear` in place: the same module, the same weight and bias (so code reading
 `lm_head.weight` still works), plus a packed copy of the weight (panels of 16 output columns,
 [ceil(N / 16), K, 16], what stream_linear.cpp reads as one stream). The packed copy costs as
-much memory as the weights again. Which row counts T go through the kernel is the model's
-`KernelPlan` (`rows`); every other T, and anything needing gradients, runs `F.linear` as before.
+much memory as the weights again. A model's packed copies lie side by side, in module order, in
+one block of memory backed by transparent huge pages where the system allows them (`arena`):
+streaming 540 MB of weights through 4 KB pages costs a TLB miss every 4 KB, which on a virtual
+machine (nested page tables) took 5-10% of the linears' time (docs/results/2026-12-07-cpu-kernels.md).
+Which row counts T go through the kernel is the model's `KernelPlan` (`rows`); every other T, and
+anything needing gradients, runs `F.linear` as before.
 
 Under torch.compile the kernel is an opaque custom op (`workbench_kernels::stream_linear`,
 with a shape function registered here), and the plan is read while tracing, so a compiled
@@ -13,6 +17,7 @@ graph keeps the plan it was compiled with (the compiled backend keys its graphs 
 """
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +26,7 @@ from torch import nn
 
 LANES = 16  # output columns per packed panel (one vector register of fp32)
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
+HUGE_PAGE = 2 * 2**20  # bytes of a transparent huge page on x86-64 and most arm64 kernels
 
 _FAKE_REGISTERED = False
 
@@ -71,6 +77,43 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     return padded.view(P, LANES, K).transpose(1, 2).contiguous()  # (P, K, 16)
 
 
+def packed_shape(N: int, K: int) -> tuple[int, int, int]:
+    return (-(-N // LANES), K, LANES)
+
+
+def arena(nbytes: int) -> torch.Tensor:
+    """A zeroed block of `nbytes` bytes (uint8) for packed weights, backed by transparent huge pages where the
+    kernel offers them (Linux, THP "always" or "madvise"): one 2 MB page table entry instead of 512, so a
+    stream over the weights misses the TLB 512 times less often. Elsewhere the same block in ordinary pages."""
+    # anonymous and private (a shared mapping is shmem, which THP leaves alone), zeroed, one huge page more than
+    # asked so that the block can start on a huge page's boundary; freed with the last tensor over it
+    block = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            block.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass  # a kernel without THP: ordinary pages
+    whole = torch.frombuffer(block, dtype=torch.uint8)  # the tensor keeps `block` alive
+    skip = -whole.data_ptr() % HUGE_PAGE
+    return whole[skip:skip + nbytes]
+
+
+def pack_all(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """pack() of each weight, the packed copies side by side in one `arena` (64-byte aligned each)."""
+    sizes = [torch.Size(packed_shape(*w.shape)).numel() * w.element_size() for w in weights]
+    starts, end = [], 0
+    for nbytes in sizes:
+        starts.append(end)
+        end += -(-nbytes // 64) * 64
+    block = arena(end)
+    out = []
+    for w, start, nbytes in zip(weights, starts, sizes):
+        p = block[start:start + nbytes].view(w.dtype).view(packed_shape(*w.shape))  # (ceil(N / 16), K, 16)
+        p.copy_(pack(w))
+        out.append(p)
+    return out
+
+
 def register_fake() -> None:
     """The op's output shape for torch.compile's tracing (once per process, after the library loaded)."""
     global _FAKE_REGISTERED
@@ -114,16 +157,15 @@ def install(model: nn.Module, plan: KernelPlan) -> int:
     """Switch the model's linears to StreamLinear under `plan` (or give an installed model the new plan);
     returns how many linears run it. CPU fp32/bf16 weights only: quantised modules and other dtypes stay."""
     register_fake()
+    new = [m for m in model.modules() if type(m) is nn.Linear and m.weight.device.type == "cpu"
+           and m.weight.dtype in PACKED_DTYPES]
+    for module, packed in zip(new, pack_all([m.weight for m in new])):
+        module.__class__ = StreamLinear
+        module.register_buffer("packed", packed, persistent=False)
+        module.packed_version = _version(module.weight)
     count = 0
     for module in model.modules():
         if isinstance(module, StreamLinear):
-            module.plan = plan
-            count += 1
-        elif (type(module) is nn.Linear and module.weight.device.type == "cpu"
-              and module.weight.dtype in PACKED_DTYPES):
-            module.__class__ = StreamLinear
-            module.register_buffer("packed", pack(module.weight), persistent=False)
-            module.packed_version = _version(module.weight)
             module.plan = plan
             count += 1
     return count
@@ -141,7 +183,7 @@ def packed_for(weight: torch.Tensor | None, plan: KernelPlan | None) -> torch.Te
     if (plan is None or not plan.rows or weight is None or weight.device.type != "cpu"
             or weight.dtype not in PACKED_DTYPES):
         return None
-    return pack(weight)
+    return pack_all([weight])[0]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed: torch.Tensor | None,

@@ -8,6 +8,7 @@
 // so a row's result does not depend on how many rows are computed with it (batch invariance).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <algorithm>
 #include <cstring>
 #include <immintrin.h>
 
@@ -98,15 +99,38 @@ inline void rows(const float* x, const W* pw, const float* b, float* y, int64_t 
   }
 }
 
+// panels [p, p + n) for n < 8, as the largest tiles of at most R panels that fit
+template <int R, int TB, typename W>
+inline void rest(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
+                 int64_t p, int64_t n) {
+  while (n > 0) {
+    const int64_t r = std::min<int64_t>(n, R);
+    switch (r) {
+#define WB_PANELS(c) \
+      case c: if constexpr (c <= R) rows<c, TB>(x, pw, b, y, T, K, N, p); break;
+      WB_PANELS(7) WB_PANELS(6) WB_PANELS(5) WB_PANELS(4) WB_PANELS(3) WB_PANELS(2) WB_PANELS(1)
+#undef WB_PANELS
+      default: break;
+    }
+    p += r;
+    n -= r;
+  }
+}
+
+// The panels split evenly between the threads, each thread's share in tiles of R panels and the rest in
+// smaller ones: a weight of a few panels (a 192-column key projection is 12) keeps both cores streaming
+// instead of leaving one idle while the other does the tiles that do not fill a block of R.
 template <int R, int TB, typename W>
 void run_tiles(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N) {
-  const int64_t panels = (N + LANES - 1) / LANES, blocks = panels / R;
-  // grain: enough panels per task that splitting pays (about 64 KB of weights)
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(K * R, 1));
-  at::parallel_for(0, blocks, grain, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) rows<R, TB>(x, pw, b, y, T, K, N, i * R);
+  static_assert(R <= 8, "the rest of a thread's share is dispatched for up to 7 panels");
+  const int64_t panels = (N + LANES - 1) / LANES;
+  // grain: enough panels per task that splitting pays (about 32 KB of fp32 weights)
+  const int64_t grain = std::max<int64_t>(1, 512 / std::max<int64_t>(K, 1));
+  at::parallel_for(0, panels, grain, [&](int64_t lo, int64_t hi) {
+    int64_t p = lo;
+    for (; p + R <= hi; p += R) rows<R, TB>(x, pw, b, y, T, K, N, p);
+    rest<R, TB>(x, pw, b, y, T, K, N, p, hi - p);
   });
-  for (int64_t p = blocks * R; p < panels; ++p) rows<1, TB>(x, pw, b, y, T, K, N, p);
 }
 
 // Tile shapes by row count: R panels x TB rows of x, at most 24 accumulators of the 32 vector registers.
