@@ -58,6 +58,26 @@ def test_cache_argument_matches_the_installed_forward(tiny):
     assert kv.cache_len(cache) == 3  # the cache really went in under that name
 
 
+def test_asking_another_class_for_its_cache_argument_does_not_recompile_a_graph(tiny):
+    """A compiled graph that looks up the cache argument is not invalidated when another class is looked up
+    (early exit asks about decoder layers and attention modules while a compiled target is warm)."""
+    from torch._dynamo.utils import counters
+
+    model = tiny.model
+
+    def step(x):
+        return x + len(kv.cache_arg_name(model))
+
+    fn = torch.compile(step, backend="eager")
+    x = torch.ones(3)
+    fn(x)
+    before = counters["stats"]["unique_graphs"]
+    for module in (model.get_decoder().layers[0], model.get_decoder().layers[0].self_attn):
+        kv.cache_arg_name(module)
+    fn(x)
+    assert counters["stats"]["unique_graphs"] == before
+
+
 @pytest.mark.parametrize("method", ["autoregressive", "speculative", "tree_dynamic", "staged"])
 def test_engine_and_drafters_log_no_deprecation(tiny, tiny_bf16, hf_warnings, method):
     draft = None if method == "autoregressive" else tiny_bf16

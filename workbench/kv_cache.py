@@ -27,22 +27,24 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-_CACHE_ARG: dict[type, str] = {}
-
-
 class CacheRollbackError(RuntimeError):
     """The cache cannot be rolled back to the requested length (a sliding window already dropped states)."""
 
 
 def cache_arg_name(model: torch.nn.Module) -> str:
-    """The name under which `model.forward` takes its KV cache in the installed transformers."""
+    """The name under which `model.forward` takes its KV cache in the installed transformers.
+
+    Remembered on the model's class (`_workbench_cache_arg`: the class it was read for, and the name), not in
+    a module-level table: a compiled graph that calls this guards on what it reads, and a table that grows
+    when another class is asked about (early exit asks about decoder layers) would make every compiled graph
+    of the target compile again in the middle of a run."""
     cls = type(model)
-    name = _CACHE_ARG.get(cls)
-    if name is None:
+    memo = getattr(cls, "_workbench_cache_arg", None)
+    if memo is None or memo[0] is not cls:  # unset, or inherited from a parent class
         params = inspect.signature(model.forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        _CACHE_ARG[cls] = name
-    return name
+        memo = (cls, "cache" if "cache" in params else "past_key_values")
+        cls._workbench_cache_arg = memo
+    return memo[1]
 
 
 def forward(model: torch.nn.Module, input_ids: torch.Tensor, cache: DynamicCache, **kwargs: Any) -> Any:
