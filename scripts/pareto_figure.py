@@ -5,7 +5,7 @@ in its own benchmark process), as an HTML page and, with --png, an image drawn b
         --png docs/images/lossy-pareto.png --measure agreement
 
 The points are the app's (ui.presenters.quality.bench_points over each benchmark's report, "all" prompts),
-labelled by arm (and backend, where they differ); plain decoding is drawn once.
+labelled by arm (and backend, where they differ); plain decoding (lossless) is drawn once.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def points_of(store, bench_ids: list[str], measure: str) -> list[dict]:
     for report in reports:  # the backend in the label only where the benchmarks mix backends
         names = {k: report.name(*k) + (f" ({k[1]})" if len(backends) > 1 else "") for k in report.keys}
         for p in bench_points(report.rows, measure, names=names):
-            if p["method"] == "autoregressive":
+            if p["method"] == "autoregressive" and p["lossless"]:
                 if plain:
                     continue
                 plain, p["label"] = True, "plain decoding"
