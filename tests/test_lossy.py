@@ -280,6 +280,8 @@ def test_the_apps_run_takes_the_lossy_options_and_refuses_bad_ones_with_one_line
     assert "eps" in bad[0] and "\n" not in bad[0].strip() and store.list_runs() == []
     bad = list(playground.run_stream(*args, kv="h2o:budget=2"))[-1]
     assert "budget" in bad[0] and store.list_runs() == []
+    bad = list(playground.run_stream(*args, kv="int8", backend="compiled"))[-1]  # in the app's words, not the CLI's
+    assert "eager* under *Backend*" in bad[0] and "--backend" not in bad[0] and store.list_runs() == []
     done = list(playground.run_stream(*args, accept="typical:eps=0,delta=0", kv="streaming:budget=0.5"))[-1]
     run_id = done[-1]["last_run"]
     rec = store.get_run(run_id)

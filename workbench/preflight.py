@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .backend import check_backend
+from .backend import GIVE_EAGER, check_backend, check_compression_backend
 from .config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from .methods import get_method, list_methods, resolve_params
 from .models import IncompatibleModelsError, check_compatible
@@ -41,10 +41,12 @@ class Request:
 def check_request(method: str, prompt: Any, *, draft: str | None = None, params: dict[str, Any] | None = None,
                   sampling: SamplingConfig | None = None, max_new_tokens: int = 128, chat: bool | None = None,
                   backend: str | None = None, trace: bool = True, give_draft: str = GIVE_DRAFT,
-                  acceptance: AcceptanceConfig | str | None = None, kv: KVConfig | str | None = None) -> Request:
+                  acceptance: AcceptanceConfig | str | None = None, kv: KVConfig | str | None = None,
+                  give_eager: str = GIVE_EAGER) -> Request:
     """Check everything about a run that needs no model; raise ConfigError with one line, else the Request.
 
     give_draft: how this surface tells a user to give a draft model (the CLI's flag, the app's dropdown).
+    give_eager: how it tells a user to choose the eager backend (KV-cache compression runs on it only).
     acceptance: an AcceptanceConfig or its text form ('typical:eps=0.09,delta=0.3'); None: exact.
     kv: a KVConfig or its text form ('h2o:budget=0.5'); None: no compression (eager backend only).
     """
@@ -61,7 +63,7 @@ def check_request(method: str, prompt: Any, *, draft: str | None = None, params:
     check_draft_given(method, bool(draft), give_draft)
     return Request(method=method, params=resolved, sampling=sampling, decode=decode, backend=backend,
                    draft=draft if cls.needs_draft_model else None,
-                   acceptance=check_acceptance(acceptance, cls, resolved), kv=check_kv(kv, backend))
+                   acceptance=check_acceptance(acceptance, cls, resolved), kv=check_kv(kv, backend, give_eager))
 
 
 def check_acceptance(acceptance: Any, cls: Any = None, params: dict[str, Any] | None = None) -> AcceptanceConfig:
@@ -80,16 +82,16 @@ def check_acceptance(acceptance: Any, cls: Any = None, params: dict[str, Any] | 
     return acceptance
 
 
-def check_kv(kv: Any, backend: str) -> KVConfig:
-    """A KVConfig, its text form or None (no compression) -> the config; refused on a backend other than eager."""
+def check_kv(kv: Any, backend: str, give_eager: str = GIVE_EAGER) -> KVConfig:
+    """A KVConfig, its text form or None (no compression) -> the config; refused on a backend other than eager
+    (`give_eager`: how this surface chooses the eager backend)."""
     if kv is None:
         return KVConfig()
     if isinstance(kv, str):
         kv = KVConfig.parse(kv)
     elif not isinstance(kv, KVConfig):
         raise ConfigError(f"kv must be a KVConfig or text like 'h2o:budget=0.5', not {type(kv).__name__}")
-    if kv.active and backend != "eager":
-        raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
+    check_compression_backend(kv.active, backend, give_eager)
     return kv
 
 

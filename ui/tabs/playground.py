@@ -401,7 +401,7 @@ def run_stream(ctx: AppContext, state: dict, target: str, draft: str, method: st
         req = check_request(method, prompt or "", draft=draft, params=collect_params(method, slot_values),
                             sampling=_sampling(temperature, top_p, top_k, seed), max_new_tokens=max_new,
                             backend=backend, give_draft=give_draft, acceptance=(accept or "").strip() or None,
-                            kv=(kv or "").strip() or None)
+                            kv=(kv or "").strip() or None, give_eager="choose *eager* under *Backend*")
         params, sampling = req.params, req.sampling
     except Exception as exc:  # noqa: BLE001
         yield fail(user_message(exc))

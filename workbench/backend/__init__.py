@@ -54,6 +54,16 @@ class KVSession(Protocol):
     def close(self) -> None: ...
 
 
+GIVE_EAGER = "use --backend eager"  # how the CLI asks for the eager backend; the app passes its own words
+
+
+def check_compression_backend(active: bool, backend: str, give_eager: str = GIVE_EAGER) -> None:
+    """KV-cache compression (workbench.kv_compress, kv_quant) runs on the eager backend only: one line saying
+    how this surface chooses it (`give_eager`)."""
+    if active and backend != "eager":
+        raise ConfigError(f"KV-cache compression runs on the eager backend only: {give_eager}")
+
+
 def check_backend(name: Any) -> str:
     """A backend name, validated (None: the default)."""
     if name is None:
@@ -77,8 +87,7 @@ def open_session(backend: str, model: Any, max_len: int, *, progress=None, compr
     if not isinstance(model, torch.nn.Module):
         plan_for(model, progress)  # the CPU linear kernels of this process's mode (workbench.kernels)
     if compression is not None and compression.active:
-        if check_backend(backend) != "eager":
-            raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
+        check_compression_backend(True, check_backend(backend))
         from .compressed import CompressedSession  # (the same)
         from .quantized import QuantizedSession  # (the same)
 

@@ -54,7 +54,7 @@ from typing import Any, Callable
 import torch
 
 from .. import engine
-from ..backend import check_backend, prepare
+from ..backend import check_backend, check_compression_backend, prepare
 from ..backend.compiled import cache_len_bucket
 from ..config import BASELINE, AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from ..engine import DRAFT_ROOM
@@ -180,8 +180,7 @@ def plan_benchmark(cfg: BenchConfig, cluster: bool = False) -> tuple[list[Arm], 
     check_draft_given([a.method for a in arms if not a.draft], bool(cfg.draft))
     if cluster and any(a.acceptance.rule != "exact" or a.kv.active for a in arms):
         raise ConfigError("--accept and --kv run in process only: drop --cluster")
-    if any(a.kv.active for a in arms) and cfg.backends != ["eager"]:
-        raise ConfigError("KV-cache compression runs on the eager backend only: use --backend eager")
+    check_compression_backend(any(a.kv.active for a in arms), ",".join(cfg.backends))
     if cluster and any(a.draft for a in arms):
         raise ConfigError("arms with a draft model of their own run in process only: drop --cluster")
     if cluster and len(cfg.backends) > 1:
