@@ -9,15 +9,16 @@ run store: one warm-up, then --repeats rounds of
 - --method under the relaxed acceptance --relaxed (an output that diverges; its NLLs come from its decode),
 - plain decoding under the KV-cache compression --kv (its logits are the compressed target's: one forward),
 
-then scores an output that differs from the plain one at token 8 with the baseline's per-token NLLs known
-(the forward's LM head reads only the tokens after the divergence) and without them. Prints, per kind of
-run, the decode's wall time, the accounting's seconds (workbench.quality.Quality.accounting_s), whether the
-output diverged from the plain one, and the whole `run()` call with and without the accounting
-(quality=False), medians over the repeats.
+then scores the last --kv run's output again both ways (over the output alone after the prompt's keys/values
+its prefill kept, and over prompt + output), then scores an output that differs from the plain one at token 8
+with the baseline's per-token NLLs known (the forward's LM head reads only the tokens after the divergence)
+and without them. Prints, per kind of run, the decode's wall time, the accounting's seconds
+(workbench.quality.Quality.accounting_s), whether the output diverged from the plain one, and the whole `run()`
+call with and without the accounting (quality=False), medians over the repeats.
 
 Usage:
     .venv/bin/python scripts/quality_overhead.py [--method prompt_lookup] [--relaxed top_k:k=20]
-        [--kv streaming:budget=0.5] [--max-new-tokens 64] [--repeats 5]
+        [--kv streaming:budget=0.5] [--max-new-tokens 64] [--repeats 5] [--question 1]
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def main() -> int:
     ap.add_argument("--target", default=None, help="default: the embedded model")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--question", type=int, default=1,
+                    help="which question of the built-in suite (its first turn): 1 has a 48-token prompt, 15 (rag) "
+                         "a long one")
     args = ap.parse_args()
 
     from store import RunStore
@@ -46,7 +50,7 @@ def main() -> int:
     from workbench.bench.suites import load_suite
     from workbench.methods import get_method
 
-    prompt = load_suite("builtin")[1].turns[0]
+    prompt = load_suite("builtin")[args.question].turns[0]
     store = RunStore(Path(tempfile.mkdtemp()) / "runs.sqlite")
     common = dict(target=args.target, max_new_tokens=args.max_new_tokens, store=store)
     # the method drafts every step (no cost-aware sizing, which needs a measured cost profile): its speed is not
@@ -70,6 +74,8 @@ def main() -> int:
                                not res.quality.identical))
             if kind == "autoregressive":
                 plain = res
+            elif kind.startswith("kv "):
+                squeezed = res
     for kind, got in rows.items():
         wall, acc, with_q, without_q = (statistics.median(x[i] for x in got) for i in range(4))
         print(f"{kind:<26} {plain.summary.new_tokens} tokens | decode {wall:.3f} s | accounting {acc:.4f} s "
@@ -77,12 +83,32 @@ def main() -> int:
               f"= {with_q / without_q - 1:+.1%} | diverged {sum(x[4] for x in got)}/{len(got)} "
               f"(median of {args.repeats}); accounting of each run: " + ", ".join(f"{x[1]:.4f}" for x in got) + " s")
 
-    # an output that differs from its baseline at token 8, scored by a forward (its decode gave no NLLs)
     from workbench.accounting import measure_quality
+    from workbench.engine import generate
     from workbench.models import EMBEDDED_DEFAULT, load_model
 
     tgt = load_model(args.target or EMBEDDED_DEFAULT)
     prompt_ids, base, base_nll = plain.trace.prompt_ids, plain.output_ids, plain.trace.output_nll
+
+    # the --kv run's output scored over the output alone (the prompt's keys/values from its prefill) and over
+    # prompt + output, in turns
+    from workbench.config import DecodeConfig, KVConfig
+
+    kept = generate(tgt, "autoregressive", prompt_ids, decode=DecodeConfig(max_new_tokens=args.max_new_tokens),
+                    kv=KVConfig.parse(args.kv), keep_prompt_kv=True)
+    assert kept.output_ids == squeezed.output_ids
+    wall = statistics.median(x[0] for x in rows[f"kv {args.kv}"])
+    both: dict[str, list[float]] = {"over the output alone": [], "over prompt + output": []}
+    for _ in range(args.repeats):
+        for label, kv_rows in (("over the output alone", kept.prompt_kv), ("over prompt + output", None)):
+            both[label].append(measure_quality(tgt, prompt_ids, kept.output_ids, baseline_ids=base, baseline_nll=1.0,
+                                               baseline_token_nll=base_nll, prompt_kv=kv_rows).accounting_s)
+    for label, secs in both.items():
+        acc = statistics.median(secs)
+        print(f"the --kv output scored {label}: accounting {acc:.3f} s = {acc / wall:.1%} of its decode "
+              f"(prompt {len(prompt_ids)} tokens; median of {args.repeats})")
+
+    # an output that differs from its baseline at token 8, scored by a forward (its decode gave no NLLs)
     changed = base[:8] + [(base[8] + 1) % tgt.vocab_size] + base[9:]
     wall = statistics.median(x[0] for x in rows["autoregressive"])
     for label, per in (("baseline's per-token NLLs known", base_nll), ("only the baseline's mean known", None)):

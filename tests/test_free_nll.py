@@ -6,6 +6,7 @@ forward; the accounting runs no forward when the decode gave them."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 import workbench.accounting as accounting
 from workbench.accounting import BaselineOutput, forward_nll, measure_quality, quality_against, token_nll
@@ -67,6 +68,35 @@ def test_a_compressed_cache_gives_no_nll_and_its_accounting_runs_the_forward(tin
     assert q.baseline_nll == pytest.approx(sum(plain.trace.output_nll) / len(plain.output_ids))
 
 
+@pytest.mark.parametrize("target,kv", [
+    ("tiny-random", KVConfig("streaming", budget=0.3, sinks=2)),
+    ("tiny-random", KVConfig("h2o", budget=0.3)),
+    ("tiny-random", KVConfig(bits=4, group=8, residual=8)),
+    ("tiny-random:arch=gemma3", KVConfig(bits=8, group=8, residual=8)),  # sliding-window layers
+])
+def test_a_compressed_run_keeps_the_prompts_full_keys_and_values_so_its_nll_forward_reads_the_output_alone(target, kv):
+    from workbench import kv_cache
+    from workbench.backend.eager import EagerSession
+    from workbench.models import load_model
+
+    lm, prompt = load_model(target), PROMPTS[2]
+    out = generate(lm, "autoregressive", prompt, decode=DECODE, kv=kv, keep_prompt_kv=True)
+    fresh = EagerSession(lm.model)
+    fresh.forward(torch.tensor([prompt]))
+    want = kv_cache.layer_rows(fresh.cache)  # the full target's own prefill, untouched by any compression
+    assert len(out.prompt_kv) == len(want) and all(
+        torch.equal(k, k2) and torch.equal(v, v2) for (k, v), (k2, v2) in zip(out.prompt_kv, want))
+    note = out.trace.notes[-1]
+    assert note["prompt_kv_bytes"] == sum(t.numel() * t.element_size() for pair in want for t in pair) > 0
+    assert "released after it" in note["text"]
+    full = token_nll(lm, prompt, out.output_ids)  # over prompt + output, no cache
+    assert token_nll(lm, prompt, out.output_ids, prompt_kv=out.prompt_kv) == pytest.approx(full, abs=1e-5)
+    assert token_nll(lm, prompt, out.output_ids, start=5, prompt_kv=out.prompt_kv) == pytest.approx(full[5:], abs=1e-5)
+    plain_kept = generate(lm, "autoregressive", prompt, decode=DECODE, kv=kv)  # not asked for: nothing held
+    assert plain_kept.prompt_kv is None and "prompt_kv_bytes" not in plain_kept.trace.notes[-1]
+    assert generate(lm, "autoregressive", prompt, decode=DECODE, keep_prompt_kv=True).prompt_kv is None  # no kv
+
+
 def test_the_accounting_runs_no_forward_when_the_decode_gave_the_nlls(tiny, tiny_other, monkeypatch):
     prompt = PROMPTS[1]
     plain = generate(tiny, "autoregressive", prompt, decode=DECODE)
@@ -115,6 +145,9 @@ def test_a_plain_run_under_a_compressed_cache_is_measured_against_the_stored_pla
     assert q.baseline_run == plain.run_id and q.first_divergence is not None  # not its own baseline
     forced = token_nll(load_model("tiny-random"), squeezed.trace.prompt_ids, squeezed.output_ids)
     assert q.nll == pytest.approx(sum(forced) / len(forced), abs=1e-5)
+    # scored over the prompt's keys/values its prefill kept, which are released once scored
+    assert squeezed.result.prompt_kv is None and next(
+        n for n in squeezed.trace.notes if n.get("kind") == "kv_compression")["prompt_kv_bytes"] > 0
 
 
 
@@ -131,7 +164,9 @@ def test_a_benchmark_scores_its_runs_from_their_decodes_and_only_a_kv_arm_runs_t
     store = RunStore(tmp_path / "runs.sqlite")
     forwards = []
     real = accounting.token_nll
-    monkeypatch.setattr(accounting, "token_nll", lambda *a, **k: forwards.append(a[2]) or real(*a, **k))
+    kept = []
+    monkeypatch.setattr(accounting, "token_nll",
+                        lambda *a, **k: forwards.append(a[2]) or kept.append(k.get("prompt_kv")) or real(*a, **k))
     lossy = {"accepts": [LOOSE]} if option == "accepts" else {"kvs": [KVConfig("streaming", budget=0.3, sinks=2)]}
     cfg = BenchConfig(suite=str(suite), methods=["prompt_lookup"], target="tiny-random", max_new_tokens=16,
                       repeats=1, bandwidth_mib=4, warmup_tokens=2, trace_overhead=False, cluster="none",
@@ -145,3 +180,4 @@ def test_a_benchmark_scores_its_runs_from_their_decodes_and_only_a_kv_arm_runs_t
         assert forwards == []
     else:  # a compressed cache: one forward per output that differs from the baseline's
         assert sorted(forwards) == sorted(r.output_ids for r in diverged)
+        assert all(kv is not None for kv in kept)  # each over the output alone, after its prefill's prompt rows

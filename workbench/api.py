@@ -98,12 +98,13 @@ def run(method: str, prompt: str | list[dict], *, target: str | None = None, dra
         result = generate(tgt, method, prompt_ids, draft=drf, params=req.params, sampling=req.sampling,
                           decode=req.decode, on_step=_on_step, trace=tr, backend=req.backend,
                           history=run_history(store if log else None), progress=progress,
-                          acceptance=req.acceptance, kv=req.kv)
+                          acceptance=req.acceptance, kv=req.kv, keep_prompt_kv=quality)
         # after the decode: the run's wall time and tokens/s are already fixed and never include this
         q = None
         if quality:
             q = _account(tgt, prompt, prompt_ids, result, method=method, req=req, max_new_tokens=max_new_tokens,
                          env=env, store=store if log else None, task=task, progress=progress)
+        result.prompt_kv = None  # the accounting's copy of the prompt's keys/values: not kept past it
         if q is not None and (note := identity_note(q, lossless=result.trace.lossless, greedy=req.sampling.greedy)):
             result.trace.notes.append(note)
         rec.finish(result.trace, result.text, quality=q)
@@ -129,7 +130,7 @@ def _account(tgt, prompt: str | list[dict], prompt_ids: list[int], result, *, me
             b = decode_baseline(tgt, prompt_ids, sampling=req.sampling, decode=req.decode, backend=req.backend)
             base = BaselineOutput(b.output_ids, b.text, token_nll=b.trace.output_nll)
         return quality_against(tgt, prompt_ids, result.output_ids, result.text, base, task,
-                               output_token_nll=result.trace.output_nll)
+                               output_token_nll=result.trace.output_nll, prompt_kv=result.prompt_kv)
     except Exception as exc:  # noqa: BLE001 - the decode succeeded; losing its accounting must not lose the run
         logger.warning("the run's quality could not be measured (%s: %s)", type(exc).__name__, exc)
         return None

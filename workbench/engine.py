@@ -73,6 +73,9 @@ class GenerationResult:
     text: str
     trace: Trace
     summary: Summary
+    # with a compressed cache and keep_prompt_kv: the full target's keys/values of the prompt from the prefill,
+    # each layer's (1, heads, T_prompt, head_dim), for the quality accounting (workbench.accounting.token_nll)
+    prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 # Cache room beyond prompt + new tokens: one step's draft nodes (every built-in default is smaller).
@@ -118,7 +121,8 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
              on_step: StepCallback | None = None, trace: Trace | None = None,
              backend: str = "eager", costs: CostModel | None = None,
              history: RunHistory | None = None, progress: Callable[[str], None] | None = None,
-             acceptance: AcceptanceConfig = AcceptanceConfig(), kv: KVConfig = KVConfig()) -> GenerationResult:
+             acceptance: AcceptanceConfig = AcceptanceConfig(), kv: KVConfig = KVConfig(),
+             keep_prompt_kv: bool = False) -> GenerationResult:
     """Decode up to decode.max_new_tokens tokens after prompt_ids with `method`.
 
     target/draft are workbench.models.LoadedModel. `trace`, when given, is filled
@@ -131,6 +135,9 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     acceptance: the verifier's acceptance rule (default: exact, lossless); a relaxed one makes the run lossy.
     kv: compression of the target's KV cache (eager backend only; default none); an evicting or quantising one
     makes the run lossy, and its note says the memory it saved.
+    keep_prompt_kv: with a compressed `kv`, keep the prefill's full-precision keys/values of the prompt
+    (GenerationResult.prompt_kv, held beside the compressed cache until the caller drops them; the run's note
+    says how much), so the quality accounting scores the output by a forward over the output alone.
     """
     if not isinstance(acceptance, AcceptanceConfig):
         raise ConfigError(f"acceptance must be an AcceptanceConfig, not {type(acceptance).__name__}")
@@ -145,15 +152,29 @@ def generate(target, method: str, prompt_ids: list[int], *, draft=None, params: 
     drafter = build_drafter(method, params, target, draft, sampling, generator, backend, max_len, costs, history,
                             progress)
     session = open_session(backend, target, max_len, compression=kv)
+    if kv.active and keep_prompt_kv:  # a compressing session is an eager one (backend.check_compression_backend)
+        session.keep_prompt = True
     try:
         result = _decode(target, session, drafter, method, params, prompt_ids, sampling, decode, generator,
                          on_step, trace, acceptance, kv)
         if kv.active:  # what the compressed cache saved, measured at the end
-            result.trace.notes.append(session.note())
+            result.trace.notes.append(_compression_note(session))
+            result.prompt_kv = session.prompt_kv
         return result
     finally:
         session.close()
         drafter.env.close_sessions()
+
+
+def _compression_note(session) -> dict[str, Any]:
+    """The compressed session's note, with the full-precision prompt rows it kept for the accounting (if any)."""
+    note = session.note()
+    if session.prompt_kv:
+        held = sum(t.numel() * t.element_size() for pair in session.prompt_kv for t in pair)
+        note["prompt_kv_bytes"] = held
+        note["text"] += (f"; the quality accounting kept the prompt's full-precision keys/values besides "
+                         f"({held / 2**20:.2f} MiB, released after it)")
+    return note
 
 
 def _decode(target, session, drafter: Drafter, method: str, params, prompt_ids: list[int],

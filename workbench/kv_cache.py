@@ -192,6 +192,11 @@ def _check_window(layer: Any, length: int) -> None:
             f"below {window - 1} for this model, or decode with 'autoregressive'")
 
 
+def layer_rows(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's cached (keys, values), each (B, heads, rows, head_dim), as the layers hold them now."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 def crop(cache: DynamicCache, length: int) -> None:
     """Keep the first `length` positions of every layer."""
     for layer in _layers(cache):

@@ -24,6 +24,10 @@ class EagerSession:
         self.cache = DynamicCache(config=kv.cache_config(model.config))
         self.length = 0
         self.window = kv.sliding_window(model.config)  # None: no layer slides
+        # keep_prompt: hold on to the prefill's keys/values (prompt_kv), the full target's own whatever the
+        # session does to its cache later (a compressing session evicts or quantises them)
+        self.keep_prompt = False
+        self.prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
                 block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str | tuple[int, ...] = False) -> Any:
@@ -43,14 +47,17 @@ class EagerSession:
     def _run(self, ids: torch.Tensor, kwargs: dict[str, Any], keep: int, hidden: bool | str | tuple[int, ...]) -> Any:
         """The forward itself, with the mask and positions in `kwargs`; the session grows by ids' T tokens."""
         T = ids.shape[1]
+        prefill = self.keep_prompt and self.length == 0
         if hidden:
             layers = hidden if isinstance(hidden, tuple) else hidden == "layers"
             logits, states = kv.forward_hidden(self.model, ids, self.cache, keep, layers=layers, **kwargs)
-            self.length += T
-            return logits[0], states[0]  # (T or keep, V), (T, H) or with layers (T, H (1 + k))
-        out = kv.forward(self.model, ids, self.cache, logits_to_keep=keep, **kwargs)
+            out = logits[0], states[0]  # (T or keep, V), (T, H) or with layers (T, H (1 + k))
+        else:
+            out = kv.forward(self.model, ids, self.cache, logits_to_keep=keep, **kwargs).logits[0]  # (T or keep, V)
         self.length += T
-        return out.logits[0]  # (T or keep, V)
+        if prefill:  # every later forward replaces the layers' tensors (a cat, an eviction, a quantisation)
+            self.prompt_kv = kv.layer_rows(self.cache)
+        return out
 
     def keep(self, start: int, offsets: list[int]) -> None:
         kv.keep_positions(self.cache, start, offsets)

@@ -480,17 +480,18 @@ def _recording(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_
                      source="bench-hf" if is_hf else "bench", prompt_ids=prompt_ids)
 
 
-def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, trace):
-    """Decode one arm on one prompt -> (trace, text); `trace` is filled in place for our own arms."""
+def _decode(arm, prompt_ids: list[int], tgt, drf, cfg: BenchConfig, generate, trace, keep_prompt_kv: bool = False):
+    """Decode one arm on one prompt -> (trace, text, the prompt's keys/values kept for the quality accounting or
+    None: engine.generate's keep_prompt_kv); `trace` is filled in place for our own arms."""
     if isinstance(arm, HFArm):
         output, trace = hf_run(arm.method, tgt, prompt_ids, cfg.max_new_tokens, draft=drf,
                                max_cache_len=arm.params.get("max_cache_len"))
-        return trace, tgt.decode(output)
+        return trace, tgt.decode(output), None
     result = generate(tgt, arm.method, prompt_ids, draft=arm_draft(arm, drf, cfg.device),
                       params=arm.params, sampling=GREEDY,
                       decode=DecodeConfig(max_new_tokens=cfg.max_new_tokens, trace=arm.trace), trace=trace,
-                      backend=arm.backend, acceptance=arm.acceptance, kv=arm.kv)
-    return result.trace, result.text
+                      backend=arm.backend, acceptance=arm.acceptance, kv=arm.kv, keep_prompt_kv=keep_prompt_kv)
+    return result.trace, result.text, result.prompt_kv
 
 
 def _brief(run_id: str | None, trace, text: str, quality: Quality | None = None) -> dict[str, Any]:
@@ -507,19 +508,21 @@ def _run_one(store, bench_id: str, arm, unit: PromptUnit, repeat: int, prompt_id
     own = arm_draft(arm, drf, cfg.device)
     with _recording(store, bench_id, arm, unit, repeat, prompt_ids, tgt.spec, own.spec if own else None, cfg, env,
                     trace, decode_text=tgt.decode) as rec:
-        trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
+        trace, text, prompt_kv = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace,
+                                         keep_prompt_kv=baselines is not None)
         quality = None
         if baselines is not None:  # after the decode: never inside the run's clock
-            quality = _quality(arm, unit, prompt_ids, trace, text, tgt, baselines, rec.run_id)
+            quality = _quality(arm, unit, prompt_ids, trace, text, tgt, baselines, rec.run_id, prompt_kv)
         rec.finish(trace, text, quality=quality)
     return _brief(rec.run_id, trace, text, quality)
 
 
 def _quality(arm, unit: PromptUnit, prompt_ids: list[int], trace: Trace, text: str, tgt,
-             baselines: dict[tuple[str, str], BaselineOutput], run_id: str | None) -> Quality | None:
+             baselines: dict[tuple[str, str], BaselineOutput], run_id: str | None, prompt_kv=None) -> Quality | None:
     """A run's quality (workbench.accounting) against the baseline arm's first run of its prompt on the same
     backend (any backend's when that one has none); the baseline arm's first run is its own baseline, and
-    keeps its measured NLL for the arms after it. None before any baseline of the prompt ran."""
+    keeps its measured NLL for the arms after it. None before any baseline of the prompt ran. prompt_kv: the
+    run's GenerationResult.prompt_kv."""
     mine = (unit.key, arm.backend)
     if arm.method == BASELINE and trace.lossless and mine not in baselines:
         baselines[mine] = BaselineOutput(trace.output_ids, text, None, run_id, token_nll=trace.output_nll)
@@ -527,7 +530,7 @@ def _quality(arm, unit: PromptUnit, prompt_ids: list[int], trace: Trace, text: s
     if base is None:
         return None
     q = quality_against(tgt, prompt_ids, trace.output_ids, text, base, unit.question.task,
-                        output_token_nll=trace.output_nll)
+                        output_token_nll=trace.output_nll, prompt_kv=prompt_kv)
     if base.nll is None:
         for key, b in baselines.items():
             if b is base:
@@ -553,7 +556,7 @@ def decode_block(question, repeat: int, history: list[str] | None, arms: list, t
         prompt_ids = encode_unit(tgt, unit)
         for arm in _arm_order(list(arms), repeat):
             trace = Trace(method=arm.method, params=dict(arm.params), prompt_ids=list(prompt_ids))
-            trace, text = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
+            trace, text, _ = _decode(arm, prompt_ids, tgt, drf, cfg, generate, trace)
             if arm == arms[0] and len(answers) == turn:
                 answers.append(text)  # the baseline's answer feeds the next turn
             records.append({"arm": arm.label, "turn": turn, "repeat": repeat, "prompt_ids": list(prompt_ids),
