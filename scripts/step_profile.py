@@ -12,7 +12,7 @@ tokens of each piece of a plain-decoding step, every piece timed on its own in t
 - mask, cache positions: what `CompiledForward.call` builds before calling the graph;
 - linears: every linear of the model on one row, back to back (the kernel's share of the graph);
 - argmax + item, softmax for the trace: the greedy choice and the probability the trace records;
-and, with --ops, torch.profiler's operator totals over the graph (attention, norms, the kernel calls).
+and, with --ops, torch.profiler's operator totals over each timed graph (attention, norms, the kernel calls).
 --cache-lens 512,1024 times the graph alone over static caches of those sizes too, --invariant the invariant
 mode's graph and --sdpa the graph with transformers' SDPA attention (ATen's flash attention) in place of the
 row-attention kernel, in turns within each round. --kernel-profile compiles with inductor's per-kernel profile,
@@ -47,15 +47,19 @@ def median_ms(fn, reps: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool, sdpa: bool) -> dict[str, float]:
+def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool, sdpa: bool,
+             ops: int = 0) -> dict[str, float]:
     """The one-token graph alone after the prompt, over each cache size (and the invariant mode's graph, and the
-    fast mode's with transformers' SDPA attention, over the first size), in turns: {label: median ms}."""
+    fast mode's with transformers' SDPA attention, over the first size), in turns: {label: median ms}. With
+    `ops`, torch.profiler's operator totals over `ops` calls of each arm's graph are printed."""
     n = len(prompt)
     tok, pos = torch.tensor([[prompt[-1]]]), torch.tensor([[n]])
     arms = {}
 
-    def arm(label: str, L: int) -> None:
-        cf = CompiledForward(lm, L)
+    def arm(label: str, L: int, sdpa: bool = False) -> None:
+        cf = CompiledForward(lm, L)  # activates the mode's plan, and with it its attention
+        if sdpa:
+            attention.use(lm.model, None)  # the attention the model had before the kernels
         session = StaticSession(cf)
         session.forward(torch.tensor([prompt]), keep=1)
         mask = cf.mask(n, 1, None, pos)
@@ -63,13 +67,12 @@ def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool,
             layer.cumulative_length.fill_(n)
         cf.one(tok.clone(), pos.clone(), mask)  # compiles, with the plan and attention set now
         arms[label] = (cf, mask)
+        plan_for(lm)  # the mode's attention back
 
     for L in lens:
         arm(f"  graph alone, cache of {L}", L)
     if sdpa:
-        attention.use(lm.model, None)  # the attention the model had before the kernels
-        arm(f"  graph alone, cache of {lens[0]}, SDPA attention", lens[0])
-        attention.use(lm.model, attention.FAST if plan_for(lm).attention else None)
+        arm(f"  graph alone, cache of {lens[0]}, SDPA attention", lens[0], sdpa=True)
     if invariant:
         set_mode("invariant")
         plan_for(lm)
@@ -80,6 +83,12 @@ def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool,
     for _ in range(5):
         for label, (cf, mask) in arms.items():
             times[label].append(median_ms(lambda: cf.one(tok.clone(), pos.clone(), mask), reps // 5))
+    for label, (cf, mask) in arms.items() if ops else ():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(ops):
+                cf.one(tok.clone(), pos.clone(), mask)
+        print(f"{label.strip()}: operator totals over {ops} graphs")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -145,7 +154,7 @@ def main() -> None:
 
             rows["session.forward"] = median_ms(one_forward, reps)
             pos = torch.tensor([[n]])
-            rows.update(graph_ab(lm, prompt, lens, reps, args.invariant, args.sdpa))
+            rows.update(graph_ab(lm, prompt, lens, reps, args.invariant, args.sdpa, args.tokens if args.ops else 0))
             mask = c.mask(n, 1, None, pos)
             for layer in c.cache.layers:
                 layer.cumulative_length.fill_(n)
@@ -162,11 +171,6 @@ def main() -> None:
             head = lm.model.get_output_embeddings()
             rows["  of which the LM head"] = median_ms(
                 lambda: linear(xs[head.in_features], head.weight, head.bias, head.packed, head.plan), reps)
-            if args.ops:
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                    for _ in range(args.tokens):
-                        c.one(tok.clone(), pos.clone(), mask)
-                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90))
         finally:
             session.close()
 

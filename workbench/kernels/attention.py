@@ -2,13 +2,12 @@
 results do not depend on how many rows are computed.
 
 A decoding step asks attention for one query row per head over a few hundred cached columns. ATen's fused
-attention for CPU (flash attention) spends about 130 us a layer on that on the 2-core test machine, 4 ms of a
-20 ms token for a 30-layer model, most of it set-up rather than reading the keys and values
-(docs/results/2026-12-07-cpu-kernels.md). The row-attention kernel reads each column a row sees once for all
-the forward's rows and heads, in chunks the two threads share, and skips the columns no row sees (the static
-cache's unfilled ones); in the same measurement it took a quarter of flash attention's time for one row and less
-at every row count up to 64. Each row's result depends only on its query, the columns it sees and their places
-in the cache (fixed chunk borders, the same operations in the same order), so it is also batch-invariant.
+attention for CPU (flash attention) took 142 us a layer for that on the 2-core test machine, 4.3 ms of a 23 ms
+token for a 30-layer model, most of it not the reading of the keys and values; the row-attention kernel takes
+about 52 us (docs/results/2026-12-07-cpu-kernels.md). It reads each column a row sees once for all the
+forward's rows and heads, in chunks the threads share, and skips the columns no row sees (the static cache's
+unfilled ones). Each row's result depends only on its query, the columns it sees and their places in the cache
+(fixed chunk borders, the same operations in the same order), so it is also batch-invariant.
 
 Two transformers attention implementations (`use` switches a model between them and what it had):
 - FAST ("workbench_rows", the fast mode): the kernel for forwards of up to FAST_MAX_ROWS rows (decoding and
