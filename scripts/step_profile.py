@@ -1,7 +1,7 @@
 """Where a plain-decoding step's time goes on the compiled backend: the step taken apart, timed in one process.
 
     PYTHONPATH=. python scripts/step_profile.py --context 128 --tokens 64 --repeats 3 \
-        [--cache-lens 512,1024] [--invariant] [--ops]
+        [--cache-lens 512,1024] [--invariant] [--sdpa] [--ops] [--kernel-profile]
 
 For the embedded model (or --target) after a prompt of `--context` tokens, the median over the decoded
 tokens of each piece of a plain-decoding step, every piece timed on its own in this process:
@@ -12,9 +12,11 @@ tokens of each piece of a plain-decoding step, every piece timed on its own in t
 - mask, cache positions: what `CompiledForward.call` builds before calling the graph;
 - linears: every linear of the model on one row, back to back (the kernel's share of the graph);
 - argmax + item, softmax for the trace: the greedy choice and the probability the trace records;
-and, with --ops, torch.profiler's operator totals over the graph (attention, norms, the kernel calls).
---cache-lens 512,1024 times the graph alone over static caches of those sizes too (attention there reads
-every column of the static cache), and --invariant the invariant mode's graph, in turns within each round.
+and, with --ops, torch.profiler's operator totals over each timed graph (attention, norms, the kernel calls).
+--cache-lens 512,1024 times the graph alone over static caches of those sizes too, --invariant the invariant
+mode's graph and --sdpa the graph with transformers' SDPA attention (ATen's flash attention) in place of the
+row-attention kernel, in turns within each round. --kernel-profile compiles with inductor's per-kernel profile,
+so that --ops names each generated kernel.
 Only the graphs plain decoding calls are compiled (the one-token graph per cache size and mode), on their
 first call, before anything is timed.
 Figures go to docs/results/ with the machine they ran on.
@@ -30,7 +32,7 @@ import torch
 from workbench.backend.compiled import CompiledForward, StaticSession, _acquire, cache_len_bucket
 from workbench.config import DecodeConfig
 from workbench.engine import DRAFT_ROOM, generate
-from workbench.kernels import plan_for, set_mode
+from workbench.kernels import attention, plan_for, set_mode
 from workbench.kernels.linear import StreamLinear, linear
 from workbench.models import load_model
 
@@ -45,15 +47,19 @@ def median_ms(fn, reps: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool) -> dict[str, float]:
-    """The one-token graph alone after the prompt, over each cache size (and the invariant mode's graph over
-    the first size), in turns: {label: median ms}."""
+def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool, sdpa: bool,
+             ops: int = 0) -> dict[str, float]:
+    """The one-token graph alone after the prompt, over each cache size (and the invariant mode's graph, and the
+    fast mode's with transformers' SDPA attention, over the first size), in turns: {label: median ms}. With
+    `ops`, torch.profiler's operator totals over `ops` calls of each arm's graph are printed."""
     n = len(prompt)
     tok, pos = torch.tensor([[prompt[-1]]]), torch.tensor([[n]])
     arms = {}
 
-    def arm(label: str, L: int) -> None:
-        cf = CompiledForward(lm, L)
+    def arm(label: str, L: int, sdpa: bool = False) -> None:
+        cf = CompiledForward(lm, L)  # activates the mode's plan, and with it its attention
+        if sdpa:
+            attention.use(lm.model, None)  # the attention the model had before the kernels
         session = StaticSession(cf)
         session.forward(torch.tensor([prompt]), keep=1)
         mask = cf.mask(n, 1, None, pos)
@@ -61,9 +67,12 @@ def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool)
             layer.cumulative_length.fill_(n)
         cf.one(tok.clone(), pos.clone(), mask)  # compiles, with the plan and attention set now
         arms[label] = (cf, mask)
+        plan_for(lm)  # the mode's attention back
 
     for L in lens:
         arm(f"  graph alone, cache of {L}", L)
+    if sdpa:
+        arm(f"  graph alone, cache of {lens[0]}, SDPA attention", lens[0], sdpa=True)
     if invariant:
         set_mode("invariant")
         plan_for(lm)
@@ -74,6 +83,12 @@ def graph_ab(lm, prompt: list[int], lens: list[int], reps: int, invariant: bool)
     for _ in range(5):
         for label, (cf, mask) in arms.items():
             times[label].append(median_ms(lambda: cf.one(tok.clone(), pos.clone(), mask), reps // 5))
+    for label, (cf, mask) in arms.items() if ops else ():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(ops):
+                cf.one(tok.clone(), pos.clone(), mask)
+        print(f"{label.strip()}: operator totals over {ops} graphs")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=90))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -86,9 +101,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ops", action="store_true", help="also torch.profiler's operator totals over the graph")
     ap.add_argument("--invariant", action="store_true", help="also time the invariant mode's one-token graph")
+    ap.add_argument("--sdpa", action="store_true",
+                    help="also time the one-token graph with transformers' SDPA attention instead of the kernel's")
+    ap.add_argument("--kernel-profile", action="store_true",
+                    help="compile the graphs with inductor's per-kernel profile, so that --ops names each kernel")
     ap.add_argument("--cache-lens", default="", help="comma-separated static cache sizes to time the graph over")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.kernel_profile:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     set_mode("fast")
     lm = load_model(args.target)
     plan = plan_for(lm)
@@ -131,7 +154,7 @@ def main() -> None:
 
             rows["session.forward"] = median_ms(one_forward, reps)
             pos = torch.tensor([[n]])
-            rows.update(graph_ab(lm, prompt, lens, reps, args.invariant))
+            rows.update(graph_ab(lm, prompt, lens, reps, args.invariant, args.sdpa, args.tokens if args.ops else 0))
             mask = c.mask(n, 1, None, pos)
             for layer in c.cache.layers:
                 layer.cumulative_length.fill_(n)
@@ -148,11 +171,6 @@ def main() -> None:
             head = lm.model.get_output_embeddings()
             rows["  of which the LM head"] = median_ms(
                 lambda: linear(xs[head.in_features], head.weight, head.bias, head.packed, head.plan), reps)
-            if args.ops:
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                    for _ in range(args.tokens):
-                        c.one(tok.clone(), pos.clone(), mask)
-                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         finally:
             session.close()
 

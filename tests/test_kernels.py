@@ -1,5 +1,6 @@
-"""The CPU linear kernel (workbench.kernels): equal to F.linear, bit-identical across row counts, installed
-into models under each mode, recorded with runs, and absent without a compiler (a clean fallback)."""
+"""The CPU kernels (workbench.kernels): the linear kernel equal to F.linear and the row-attention kernel equal to
+SDPA, both bit-identical across row counts, installed into models under each mode, recorded with runs, and absent
+without a compiler (a clean fallback)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,7 @@ from workbench import kernels
 from workbench.backend import open_session
 from workbench.config import ConfigError, DecodeConfig
 from workbench.engine import generate
-from workbench.kernels import build
+from workbench.kernels import attention, build
 from workbench.kernels.choose import MEASURED_ROWS
 from workbench.kernels.linear import StreamLinear, pack
 from workbench.methods import list_methods
@@ -85,13 +86,61 @@ def test_kernel_rejects_a_mismatched_weight(ext):
         ext(torch.randn(2, 8), pack(torch.randn(16, 9)), None, 16)
 
 
+@pytest.mark.parametrize("Hq,Hkv,D", [(9, 3, 64), (4, 4, 16), (2, 1, 128)])
+def test_row_attention_equals_sdpa_and_rows_are_invariant(ext, Hq, Hkv, D):
+    """The attention kernel against SDPA (float, boolean and no mask), and each of T rows bit-identical to the
+    one-row call at its position, over a static cache's columns with a mask or over a growing cache's prefix."""
+    op = torch.ops.workbench_kernels.row_attention
+    g = torch.Generator().manual_seed(0)
+    S, n = 200, 150  # cache columns, cached positions before the T new rows
+    k, v = torch.randn(1, Hkv, S, D, generator=g), torch.randn(1, Hkv, S, D, generator=g)
+    for T in (1, 2, 5, 16):
+        q = torch.randn(1, Hq, T, D, generator=g)
+        seen = torch.arange(S)[None] < n + 1 + torch.arange(T)[:, None]  # (T, S): a causal chain after n
+        mask = torch.zeros(1, 1, T, S).masked_fill_(~seen, torch.finfo(torch.float32).min)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=Hq != Hkv)
+        out = op(q, k, v, mask, 0.3)  # (1, T, Hq, D)
+        torch.testing.assert_close(out, ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+        assert torch.equal(op(q, k, v, seen[None, None], 0.3), out)  # a boolean mask: the same
+        prefix = op(q, k[:, :, :n + T], v[:, :, :n + T], None, 0.3)  # no mask: causal, bottom-right
+        assert torch.equal(prefix, out)
+        for t in range(T):
+            assert torch.equal(op(q[:, :, t:t + 1], k, v, mask[:, :, t:t + 1], 0.3)[:, 0], out[:, t]), (T, t)
+            one = op(q[:, :, t:t + 1], k[:, :, :n + t + 1], v[:, :, :n + t + 1], None, 0.3)
+            assert torch.equal(one[:, 0], out[:, t]), (T, t)
+
+
+def test_the_attention_kernel_runs_where_the_plan_says_and_is_recorded(tiny, tiny_bf16, mode, monkeypatch):
+    calls = []
+    kernel = attention._kernel
+    monkeypatch.setattr(attention, "_kernel", lambda *a: calls.append(a[0].shape[2]) or kernel(*a))
+    mode("fast")
+    plan = kernels.plan_for(tiny)
+    assert plan.attention == attention.FAST_MAX_ROWS and plan.label().endswith(", row attention (1-64)")
+    assert tiny.model.config._attn_implementation == attention.FAST
+    s = open_session("eager", tiny, 256)
+    try:
+        s.forward(torch.tensor([list(range(3, 3 + 70))]))  # a prompt of more rows than the kernel takes: SDPA
+        assert calls == []
+        s.forward(torch.tensor([[5, 6, 7]]))  # a verification: the kernel, in every layer
+        assert calls == [3] * tiny.model.config.num_hidden_layers
+    finally:
+        s.close()
+    bf16 = kernels.plan_for(tiny_bf16)  # a model the kernel does not run (bf16): its attention as it was
+    assert bf16.attention == 0 and "row attention" not in bf16.label()
+    assert tiny_bf16.model.config._attn_implementation not in (attention.FAST, attention.INVARIANT)
+    mode("aten")
+    assert kernels.plan_for(tiny).label() == "aten"
+    assert tiny.model.config._attn_implementation not in (attention.FAST, attention.INVARIANT)
+
+
 def test_modes_install_and_label(tiny, mode):
     assert kernels.plan_for(tiny).mode == "fast" or mode("fast")
     mode("aten")
     assert kernels.plan_for(tiny).label() == "aten"
     mode("invariant")
     plan = kernels.plan_for(tiny)
-    assert plan.label() == f"invariant (1-{kernels.INVARIANT_MAX_ROWS})"
+    assert plan.label() == f"invariant (1-{kernels.INVARIANT_MAX_ROWS}), row attention (all)"
     linears = [m for m in tiny.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, StreamLinear) and m.plan is plan for m in linears)
     assert tiny.model.config._attn_implementation == "workbench_invariant"
@@ -167,7 +216,7 @@ def test_the_kernel_choice_is_recorded_with_each_run(tiny, mode):
 
     with RunStore() as store:
         row = store.get_run(result.run_id)
-    assert row.env["kernels"] == f"invariant (1-{kernels.INVARIANT_MAX_ROWS})"
+    assert row.env["kernels"] == f"invariant (1-{kernels.INVARIANT_MAX_ROWS}), row attention (all)"
 
 
 def test_a_weight_changed_in_place_is_packed_again(tiny, mode):

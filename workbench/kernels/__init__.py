@@ -1,4 +1,4 @@
-"""CPU kernels for the linear layers of small-batch forwards: decoding one token and verifying a few.
+"""CPU kernels for small-batch forwards (the linear layers and attention): decoding one token and verifying a few.
 
 Speculative decoding pays when verifying k drafted tokens costs little more than decoding
 one. A general GEMM library is tuned for many rows; for one to sixteen rows it re-reads or
@@ -6,17 +6,20 @@ repacks weights per call and streams them at half the memory bandwidth or less. 
 kernel (stream_linear.cpp) reads each weight once per forward, as one sequential stream, and
 applies it to every row in registers, so its cost stays near the memory-bound cost of one row
 until the arithmetic catches up (docs/backends.md, Kernels; measurements in docs/results/).
+Attention over the cache for up to a few dozen query rows has a kernel of its own (row_attention.cpp,
+kernels.attention): ATen's flash attention spends most of a decoding step's attention time on set-up.
 
 Modes ($WORKBENCH_KERNELS, `--kernels`, the API's `kernels=`; one per process):
     fast       the workbench kernel for the row counts where it measured faster than ATen on this
-               machine for this model (kernels.choose), ATen for the rest; the default
+               machine for this model (kernels.choose), ATen for the rest; the row-attention kernel
+               for forwards of up to attention.FAST_MAX_ROWS rows; the default
     invariant  the workbench kernel for every forward of up to INVARIANT_MAX_ROWS rows, whatever it
                costs, and attention computed row by row (kernels.attention): each row's result is
                then bit-identical whatever the number of rows, so verifying a chain of k tokens gives
                exactly the logits of k one-token forwards
     aten       every linear through ATen (torch's own path, as before)
 Where the kernels cannot be built (no compiler) every mode runs as "aten" and says why once.
-The mode and the row counts it resolved to (`KernelPlan.label`) are recorded with every run and are
+The mode, the row counts it resolved to and the attention (`KernelPlan.label`) are recorded with every run and are
 part of the cost profile's key and of the compiled graphs' identity.
 """
 from __future__ import annotations
@@ -68,6 +71,7 @@ def plan_for(lm: Any, progress: Callable[[str], None] | None = None):
 
     Imports torch and builds the extension lazily: store-only commands never pay for either.
     """
+    from . import attention
     from .linear import KernelPlan, install
 
     mode = current_mode()
@@ -85,13 +89,15 @@ def plan_for(lm: Any, progress: Callable[[str], None] | None = None):
             plan = KernelPlan("aten", reason=unavailable_reason())
         elif mode == "invariant":
             _check_invariant(lm, model)
-            plan = KernelPlan("invariant", frozenset(range(1, INVARIANT_MAX_ROWS + 1)))
+            plan = KernelPlan("invariant", frozenset(range(1, INVARIANT_MAX_ROWS + 1)),
+                              attention=attention.ALL_ROWS if attention.model_supported(model) else 0)
         else:
             from .choose import fast_rows
 
             install(model, KernelPlan("aten"))  # packed first: the measurement times the packed weights
             rows, measured = fast_rows(getattr(lm, "spec", type(model).__name__), model, progress=progress)
-            plan = KernelPlan("fast", rows, measured)
+            plan = KernelPlan("fast", rows, measured,
+                              attention=attention.FAST_MAX_ROWS if attention.model_supported(model) else 0)
     plans[mode] = plan
     return _activate(model, plan)
 
@@ -113,7 +119,9 @@ def _activate(model, plan):
 
     if plan.rows or any(hasattr(m, "packed") for m in model.modules()):
         install(model, plan)
-    attention.use(model, plan.mode == "invariant")
+    # the invariant mode's attention computes every row as a one-row forward, with or without the kernel
+    name = attention.INVARIANT if plan.mode == "invariant" else attention.FAST if plan.attention else None
+    attention.use(model, name)
     model.__dict__["_workbench_active_plan"] = plan
     return plan
 

@@ -1,6 +1,6 @@
 """Building the workbench's C++ CPU kernels: once per machine, with the machine's own compiler.
 
-`load_extension()` compiles stream_linear.cpp with torch's extension builder for this
+`load_extension()` compiles stream_linear.cpp and row_attention.cpp with torch's extension builder for this
 CPU (`-march=native`: AVX-512, AVX2 or plain, whatever the compiler finds here) into the
 workbench cache, under a folder named for the source, the flags, the CPU and the torch
 version, so a second process loads the built library in a fraction of a second and a
@@ -29,7 +29,7 @@ from ..paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("stream_linear.cpp")
+SOURCES = tuple(Path(__file__).with_name(n) for n in ("stream_linear.cpp", "row_attention.cpp"))
 # -ffp-contract=off: every multiply-add is the explicit fused one or none, the same for every row count
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
@@ -41,7 +41,7 @@ _STATE: dict[str, object] = {}  # "ok": bool, "reason": str | None
 
 def build_dir() -> Path:
     """Where this machine's build of the current source lives."""
-    tag = hashlib.sha256("|".join([SOURCE.read_text(), *CFLAGS, *LDFLAGS, torch.__version__,
+    tag = hashlib.sha256("|".join([*(s.read_text() for s in SOURCES), *CFLAGS, *LDFLAGS, torch.__version__,
                                    processor(torch.device("cpu"))]).encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / tag
 
@@ -89,7 +89,7 @@ def load_extension(progress: Callable[[str], None] | None = None) -> bool:
                 from torch.utils.cpp_extension import load
 
                 out.mkdir(parents=True, exist_ok=True)
-                load(name="workbench_kernels", sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                load(name="workbench_kernels", sources=[str(s) for s in SOURCES], extra_cflags=list(CFLAGS),
                      extra_ldflags=list(LDFLAGS), build_directory=str(out), is_python_module=False,
                      verbose=False)
             except Exception as exc:  # a compiler error, a broken toolchain: fall back, say why once

@@ -18,6 +18,7 @@ graph keeps the plan it was compiled with (the compiled backend keys its graphs 
 from __future__ import annotations
 
 import mmap
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,9 @@ class KernelPlan:
     rows: frozenset[int] = frozenset()
     measured: dict[int, dict[str, float]] = field(default_factory=dict)
     reason: str | None = None  # why the kernels are not used, where they could not be built
+    # forwards of up to this many rows run attention through the row-attention kernel (kernels.attention;
+    # 0: none, attention.ALL_ROWS: every forward)
+    attention: int = 0
 
     def __post_init__(self) -> None:
         contiguous = bool(self.rows) and len(self.rows) == max(self.rows) - min(self.rows) + 1
@@ -53,10 +57,12 @@ class KernelPlan:
         return rows in self.rows
 
     def label(self) -> str:
-        """e.g. "fast (1-16)", "invariant (1-64)", "aten": what a run records."""
-        if not self.rows:
-            return self.mode
-        return f"{self.mode} ({_ranges(sorted(self.rows))})"
+        """e.g. "fast (1-16), row attention (1-64)", "invariant (1-64), row attention (all)", "aten": what a run
+        records."""
+        label = f"{self.mode} ({_ranges(sorted(self.rows))})" if self.rows else self.mode
+        if self.attention:
+            label += f", row attention ({'all' if self.attention == sys.maxsize else f'1-{self.attention}'})"
+        return label
 
 
 def _ranges(ns: list[int]) -> str:
