@@ -90,8 +90,8 @@ def test_a_compressed_run_keeps_the_prompts_full_keys_and_values_so_its_nll_forw
     assert note["prompt_kv_bytes"] == sum(t.numel() * t.element_size() for pair in want for t in pair) > 0
     assert "released after it" in note["text"]
     full = token_nll(lm, prompt, out.output_ids)  # over prompt + output, no cache
-    assert token_nll(lm, prompt, out.output_ids, prompt_kv=out.prompt_kv) == pytest.approx(full, abs=1e-5)
-    assert token_nll(lm, prompt, out.output_ids, start=5, prompt_kv=out.prompt_kv) == pytest.approx(full[5:], abs=1e-5)
+    assert token_nll(lm, prompt, out.output_ids, prompt_kv=out.prompt_kv) == pytest.approx(full, abs=1e-4)
+    assert token_nll(lm, prompt, out.output_ids, start=5, prompt_kv=out.prompt_kv) == pytest.approx(full[5:], abs=1e-4)
     plain_kept = generate(lm, "autoregressive", prompt, decode=DECODE, kv=kv)  # not asked for: nothing held
     assert plain_kept.prompt_kv is None and "prompt_kv_bytes" not in plain_kept.trace.notes[-1]
     assert generate(lm, "autoregressive", prompt, decode=DECODE, keep_prompt_kv=True).prompt_kv is None  # no kv
