@@ -369,7 +369,9 @@ def test_local_directory(tiny, tmp_path):
     lm = load_model(str(d), device="cpu")
     assert lm.name == str(d) and lm.spec == str(d)
     ids = _sample_ids(32)
-    assert torch.allclose(_logits(lm, ids), _logits(tiny, ids), atol=1e-5)
+    # the session's tiny model may run the workbench's kernels (an earlier test activated them), which round
+    # differently from ATen's linears and SDPA (about 2e-5 here); the same weights agree far closer than 1e-4
+    assert torch.allclose(_logits(lm, ids), _logits(tiny, ids), atol=1e-4)
     assert lm.encode_prompt("Hi") == tiny.encode_prompt("Hi")
     assert load_model(f"{d}:bf16", device="cpu").dtype == torch.bfloat16
 
