@@ -36,17 +36,14 @@ import torch
 from .backend.eager import EagerSession
 from .config import BASELINE, DecodeConfig, SamplingConfig
 from .engine import GenerationResult, generate
+from .kv_cache import LayerRows
 from .quality import Quality, common_prefix, compare
 from .sampling import token_nll_rows
 
 
-# each layer's (keys, values), (1, heads, T_prompt, head_dim): GenerationResult.prompt_kv
-PromptKV = list[tuple[torch.Tensor, torch.Tensor]]
-
-
 @torch.inference_mode()
 def token_nll(target, prompt_ids: Sequence[int], ids: Sequence[int], start: int = 0,
-              prompt_kv: PromptKV | None = None) -> list[float]:
+              prompt_kv: LayerRows | None = None) -> list[float]:
     """The negative log-likelihood (nats) of each of `ids[start:]` under `target` (a LoadedModel), teacher-forced
     after `prompt_ids` + `ids[:start]`, at temperature 1: one forward whose LM head reads only the positions that
     predict ids[start:]. It runs over prompt + ids[:-1], or, given the full target's keys/values of the prompt
@@ -78,7 +75,7 @@ def mean_nll(target, prompt_ids: Sequence[int], ids: Sequence[int]) -> float | N
 
 
 def forward_nll(target, prompt_ids: Sequence[int], ids: Sequence[int], baseline_ids: Sequence[int] = (),
-                baseline_token_nll: Sequence[float] | None = None, prompt_kv: PromptKV | None = None) -> list[float]:
+                baseline_token_nll: Sequence[float] | None = None, prompt_kv: LayerRows | None = None) -> list[float]:
     """Each of `ids`' NLLs by a forward of the full target, reusing the baseline's per-token NLLs (when known) over
     the prefix both outputs share: the same tokens after the same context have the same NLL. prompt_kv: the
     prompt's keys/values from the decode (`token_nll`)."""
@@ -116,7 +113,7 @@ def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int]
                     baseline_nll: float | None = None, task: tuple[str, Sequence[str]] | None = None,
                     baseline_run: str | None = None, nll: bool = True,
                     output_token_nll: Sequence[float] | None = None,
-                    baseline_token_nll: Sequence[float] | None = None, prompt_kv: PromptKV | None = None) -> Quality:
+                    baseline_token_nll: Sequence[float] | None = None, prompt_kv: LayerRows | None = None) -> Quality:
     """A run's Quality against its baseline (workbench.quality defines every measure).
 
     target: the LoadedModel that decoded the run (its plain module scores the NLLs a decode did not give).
@@ -162,7 +159,7 @@ def measure_quality(target, prompt_ids: Sequence[int], output_ids: Sequence[int]
 
 def quality_against(target, prompt_ids: Sequence[int], output_ids: Sequence[int], output_text: str,
                     baseline: BaselineOutput, task: tuple[str, Sequence[str]] | None = None,
-                    output_token_nll: Sequence[float] | None = None, prompt_kv: PromptKV | None = None) -> Quality:
+                    output_token_nll: Sequence[float] | None = None, prompt_kv: LayerRows | None = None) -> Quality:
     """`measure_quality` against a BaselineOutput; output_token_nll: the run's Trace.output_nll; prompt_kv: its
     GenerationResult.prompt_kv."""
     return measure_quality(target, prompt_ids, output_ids, baseline_ids=baseline.output_ids,

@@ -57,6 +57,7 @@ from .backend.profile import CostModel
 from .config import AcceptanceConfig, ConfigError, DecodeConfig, KVConfig, SamplingConfig
 from .device import PeakMemory, device_sync
 from .draft import Draft
+from .kv_cache import LayerRows
 from .methods import DraftContext, Drafter, DrafterEnv, StepFeedback, get_method, resolve_params
 from .methods.base import RunHistory
 from .preflight import check_draft_given
@@ -75,7 +76,7 @@ class GenerationResult:
     summary: Summary
     # with a compressed cache and keep_prompt_kv: the full target's keys/values of the prompt from the prefill,
     # each layer's (1, heads, T_prompt, head_dim), for the quality accounting (workbench.accounting.token_nll)
-    prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    prompt_kv: LayerRows | None = None
 
 
 # Cache room beyond prompt + new tokens: one step's draft nodes (every built-in default is smaller).

@@ -192,8 +192,12 @@ def _check_window(layer: Any, length: int) -> None:
             f"below {window - 1} for this model, or decode with 'autoregressive'")
 
 
-def layer_rows(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Every layer's cached (keys, values), each (B, heads, rows, head_dim), as the layers hold them now."""
+# every layer's (keys, values), each (B, heads, rows, head_dim)
+LayerRows = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def layer_rows(cache: DynamicCache) -> LayerRows:
+    """Every layer's cached (keys, values) as the layers hold them now."""
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 

@@ -27,7 +27,7 @@ class EagerSession:
         # keep_prompt: hold on to the prefill's keys/values (prompt_kv), the full target's own whatever the
         # session does to its cache later (a compressing session evicts or quantises them)
         self.keep_prompt = False
-        self.prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.prompt_kv: kv.LayerRows | None = None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
                 block: torch.Tensor | None = None, keep: int = 0, hidden: bool | str | tuple[int, ...] = False) -> Any:
