@@ -4,29 +4,35 @@
 // A one-token decoding step asks attention for one query row per head; a general fused attention kernel (flash
 // attention for CPU) spends most of its time there on set-up for the row rather than on the few hundred keys it
 // reads (docs/results/2026-12-07-cpu-kernels.md). Here the cache's columns are split into chunks of CHUNK columns
-// at fixed places (0, CHUNK, 2 CHUNK, ...); the threads share out the chunks that some row sees, each reads its
-// chunks' keys and values once for every row and head, and keeps per (row, head) the chunk's softmax partial
-// (its max m, its sum l and the sum of p v); the partials are then merged in chunk order (flash-decoding's split).
+// at fixed places (0, CHUNK, 2 CHUNK, ...). The threads share out the (chunk, key/value head) pairs that some row
+// sees; each transposes its chunk's keys once ([D][CHUNK]) and computes, for every row and query head of the
+// group, the chunk's softmax partial (its max m, its sum l and the sum of p v); the partials are then merged in
+// chunk order (flash-decoding's split). With the keys transposed, a row's 16 scores are one vector of fused
+// multiply-adds over the head's dimensions, and the rows go four at a time, so that their chains overlap and
+// share each key and value read.
 // Columns a row does not see (mask -inf or the float minimum, false in a boolean mask, or past the causal
-// diagonal without a mask) are skipped: they would contribute exp(-inf) = 0.
+// diagonal without a mask) have the score -inf and the weight exactly 0.
 //
 // A row's result depends only on its query, the columns it sees and their places in the cache: the chunk
 // borders are fixed, every dot product, exponential and sum is the same chain of operations in the same order,
-// whatever T is, whichever rows come with it and however the chunks fall to the threads. So the rows of a T-row
-// forward are bit-identical to T one-row forwards over the same cache (batch invariance), as the invariant
-// kernels need.
+// whatever T is, whichever rows come with it and however the tasks fall to the threads (a column the row does not
+// see but a row beside it does adds 0 * v, which leaves the sum unchanged; the columns past the last one some row
+// of the block sees, such as the static cache's unfilled ones, are not summed). So the rows of a T-row forward are
+// bit-identical to T one-row forwards over the same cache (batch invariance), as the invariant kernels need.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <immintrin.h>
 #include <limits>
-#include <vector>
+#include <memory>
 
 namespace {
 
 constexpr int LANES = 16;
 constexpr int64_t CHUNK = 32;  // columns per chunk: two vectors of scores per (row, head)
+constexpr int BLOCK = 4;       // rows computed together
 typedef float v16 __attribute__((vector_size(64)));
 typedef int i16 __attribute__((vector_size(64)));
 
@@ -38,7 +44,7 @@ inline v16 load16(const float* p) {
 
 inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
 
-inline v16 splat(float x) { return v16{} + x; }
+inline v16 splat(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }  // a broadcast
 
 // the 16 lanes summed in a fixed tree order
 inline float hsum(v16 v) {
@@ -56,7 +62,7 @@ inline float hmax(v16 v) {
 }
 
 // e^x for 16 lanes (Cephes' single-precision polynomial, about 1 ulp); -inf gives 0
-inline v16 exp16(v16 x) {
+__attribute__((always_inline)) inline v16 exp16(v16 x) {
   const v16 hi = splat(88.3762626647949f), lo = splat(-88.3762626647949f);
   x = x > hi ? hi : x;
   const i16 under = x < lo;
@@ -82,69 +88,224 @@ inline v16 exp16(v16 x) {
 }
 
 
-// One chunk's partials for every (row, head): the scores of the columns each row sees, their exponentials
-// against the chunk's max, and the sum of p v over the chunk, every lane summed over the columns in order.
-// V: the head size in vectors of 16 (a template argument, so that a row's D accumulators stay in registers).
-template <int V, typename Sees>
-void chunk_impl(int64_t c, int64_t b, int64_t T, int64_t Hq, int64_t Hkv, int64_t S, const float* qp,
-                const float* kp, const float* vp, const Sees& sees, float* pm, float* pl, float* pacc, float scale,
-                bool per_head) {
+// acc + a * b with one rounding (the explicit fused multiply-add: the build turns implicit contraction off)
+inline v16 fma16(v16 a, v16 b, v16 acc) {
+#if defined(__AVX512F__)
+  return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
+#elif defined(__FMA__)
+  __m256 a2[2], b2[2], c2[2];
+  std::memcpy(a2, &a, 64);
+  std::memcpy(b2, &b, 64);
+  std::memcpy(c2, &acc, 64);
+  c2[0] = _mm256_fmadd_ps(a2[0], b2[0], c2[0]);
+  c2[1] = _mm256_fmadd_ps(a2[1], b2[1], c2[1]);
+  v16 out;
+  std::memcpy(&out, c2, 64);
+  return out;
+#else
+  return acc + a * b;
+#endif
+}
+
+// kt[d][j] = k[j][d] for j < n (zeros for n <= j < CHUNK): the chunk's keys, transposed
+template <int64_t D>
+inline void transpose_keys(const float* k, int64_t n, float* kt) {
+#if defined(__AVX512F__)
+  if (n == CHUNK) {
+    for (int64_t j0 = 0; j0 < CHUNK; j0 += LANES)
+      for (int64_t d0 = 0; d0 < D; d0 += LANES) {
+        // a 16 x 16 block: rows j0.., columns d0.. -> rows d0.., columns j0..
+        __m512 r[16], t[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(k + (j0 + i) * D + d0);
+        for (int i = 0; i < 16; i += 2) {
+          t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+          t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 16; i += 4) {
+          r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+          r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+          r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+          r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+        }
+        for (int i = 0; i < 4; ++i) {
+          t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+          t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+          t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+          t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+        }
+        for (int i = 0; i < 4; ++i) {
+          r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+          r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+          r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+          r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+        }
+        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(kt + (d0 + i) * CHUNK + j0, r[i]);  // column d0 + i
+      }
+    return;
+  }
+#endif
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t j = 0; j < CHUNK; ++j) kt[d * CHUNK + j] = j < n ? k[j * D + d] : 0.f;
+}
+
+// NB rows of one task: their scores over the chunk (lane j of a vector: q[d] k[j, d] fused-added over d in
+// order), the exponentials against each row's max, and the fused sum of p v over the chunk's first n columns in
+// order (n: one past the last column some row of the block sees; the columns a row does not see add 0 * v).
+// ri: the rows' places in the partials, q: their queries, add: each row's mask term per column (-inf: not seen).
+template <int V, int NB>
+inline void block_rows(const float* kt, const float* vh, int64_t n, const int64_t* ri, const float* const* q,
+                       const float* const* add, float* pm, float* pl, float* pacc, float scale) {
+  constexpr int64_t D = V * LANES;
+  v16 s[NB][2];
+  for (int r = 0; r < NB; ++r) s[r][0] = s[r][1] = v16{};
+  for (int64_t d = 0; d < D; ++d) {
+    const v16 k0 = load16(kt + d * CHUNK), k1 = load16(kt + d * CHUNK + LANES);
+    for (int r = 0; r < NB; ++r) {
+      const v16 qd = splat(q[r][d]);
+      s[r][0] = fma16(qd, k0, s[r][0]);
+      s[r][1] = fma16(qd, k1, s[r][1]);
+    }
+  }
+  alignas(64) float p[NB][CHUNK];
+  for (int r = 0; r < NB; ++r) {
+    // scaled plus the mask's term; -inf itself where a column is not seen, whatever its key holds
+    const v16 hidden = splat(-std::numeric_limits<float>::infinity());
+    const v16 a0 = load16(add[r]), a1 = load16(add[r] + LANES);
+    const v16 s0 = a0 == hidden ? hidden : s[r][0] * splat(scale) + a0;
+    const v16 s1 = a1 == hidden ? hidden : s[r][1] * splat(scale) + a1;
+    const float m = std::max(hmax(s0), hmax(s1));
+    const v16 p0 = exp16(s0 - splat(m)), p1 = exp16(s1 - splat(m));
+    store16(p[r], p0);
+    store16(p[r] + LANES, p1);
+    pm[ri[r]] = m;
+    pl[ri[r]] = hsum(p0 + p1);
+  }
+  v16 acc[NB][V];
+  for (int r = 0; r < NB; ++r)
+    for (int x = 0; x < V; ++x) acc[r][x] = v16{};
+  for (int64_t j = 0; j < n; ++j) {
+    v16 vj[V];
+    for (int x = 0; x < V; ++x) vj[x] = load16(vh + j * D + x * LANES);
+    for (int r = 0; r < NB; ++r) {
+      const v16 w = splat(p[r][j]);
+      for (int x = 0; x < V; ++x) acc[r][x] = fma16(w, vj[x], acc[r][x]);
+    }
+  }
+  for (int r = 0; r < NB; ++r)
+    for (int x = 0; x < V; ++x) store16(pacc + ri[r] * D + x * LANES, acc[r][x]);
+}
+
+// Where the rows' columns come from: row t of query head h sees column j with the term add(t, h)[j - j0].
+struct Visibility {
+  const float* mask_f;    // an additive float mask, or
+  const bool* mask_bool;  // a boolean one, or neither (causal)
+  int64_t row_b, stride_h, S, T;
+  float hidden_below;     // an additive mask's "hidden": at or below it
+
+  bool per_head() const { return stride_h != 0; }
+
+  // the mask terms of columns [j0, j0 + CHUNK) for row t, head h (-inf for columns not seen or past n); returns
+  // one past the last column seen (0: none)
+  int64_t terms(int64_t t, int64_t h, int64_t j0, int64_t n, float* add) const {
+    const float ninf = -std::numeric_limits<float>::infinity();
+    int64_t end = 0;
+    const int64_t at = row_b + h * stride_h + t * S + j0;
+    for (int64_t j = 0; j < CHUNK; ++j) {
+      float a = ninf;
+      if (j < n) {
+        if (mask_f) a = mask_f[at + j] > hidden_below ? mask_f[at + j] : ninf;
+        else if (mask_bool) a = mask_bool[at + j] ? 0.f : ninf;
+        else a = j0 + j < S - T + t + 1 ? 0.f : ninf;
+      }
+      add[j] = a;
+      end = a != ninf ? j + 1 : end;
+    }
+    return end;
+  }
+
+  // the first and last column row t of head h sees ([S, -1] when none)
+  void span(int64_t t, int64_t h, int64_t* lo, int64_t* hi) const {
+    if (!mask_f && !mask_bool) {
+      *lo = 0;
+      *hi = std::min(S - T + t, S - 1);
+      return;
+    }
+    const int64_t at = row_b + h * stride_h + t * S;
+    auto seen = [&](int64_t j) { return mask_f ? mask_f[at + j] > hidden_below : mask_bool[at + j]; };
+    int64_t j = 0;
+    if (mask_f)  // whole vectors of hidden columns skipped: most of a static cache's row is its unfilled part
+      for (; j + LANES <= S; j += LANES) {
+        const i16 m = load16(mask_f + at + j) > splat(hidden_below);
+        bool some = false;
+        for (int l = 0; l < LANES; ++l) some = some || m[l];
+        if (some) break;
+      }
+    for (; j < S && !seen(j); ++j) {}
+    *lo = j;
+    int64_t e = S;
+    if (mask_f)
+      for (; e - LANES >= j; e -= LANES) {
+        const i16 m = load16(mask_f + at + e - LANES) > splat(hidden_below);
+        bool some = false;
+        for (int l = 0; l < LANES; ++l) some = some || m[l];
+        if (some) break;
+      }
+    for (; e > j && !seen(e - 1); --e) {}
+    *hi = e - 1;
+  }
+};
+
+// One task: chunk c of key/value head g, for every row t and query head h of the group: the chunk's keys
+// transposed once, then the rows that see some column of it in blocks of up to BLOCK (block_rows); a row that
+// sees none only records that (m = -inf).
+template <int V>
+void chunk_task(int64_t c, int64_t g, int64_t b, int64_t T, int64_t Hq, int64_t Hkv, int64_t S, int64_t first,
+                const float* qp, const float* kp, const float* vp, const Visibility& vis, float* pm, float* pl,
+                float* pacc, float scale) {
   constexpr int64_t D = V * LANES;
   const int64_t G = Hq / Hkv, rows = T * Hq;
   const int64_t j0 = c * CHUNK, n = std::min(S, j0 + CHUNK) - j0;
+  alignas(64) float kt[D * CHUNK];
+  alignas(64) float add[BLOCK][CHUNK];
+  transpose_keys<D>(kp + ((b * Hkv + g) * S + j0) * D, n, kt);
+  const float* vh = vp + ((b * Hkv + g) * S + j0) * D;
+  int64_t ri[BLOCK];
+  const float* q[BLOCK];
+  const float* terms[BLOCK];
+  int nb = 0;
+  int64_t used = 0;  // one past the last column the block's rows see: the columns of the sum of p v
+  auto flush = [&]() {
+    switch (nb) {
+      case 1: block_rows<V, 1>(kt, vh, used, ri, q, terms, pm, pl, pacc, scale); break;
+      case 2: block_rows<V, 2>(kt, vh, used, ri, q, terms, pm, pl, pacc, scale); break;
+      case 3: block_rows<V, 3>(kt, vh, used, ri, q, terms, pm, pl, pacc, scale); break;
+      case 4: block_rows<V, 4>(kt, vh, used, ri, q, terms, pm, pl, pacc, scale); break;
+      default: break;
+    }
+    nb = 0;
+    used = 0;
+  };
   const float ninf = -std::numeric_limits<float>::infinity();
-  alignas(64) float add[CHUNK], s[CHUNK], p[CHUNK];
-  bool vis[CHUNK];
   for (int64_t t = 0; t < T; ++t) {
-    for (int64_t h = 0; h < Hq; ++h) {
-      if (h == 0 || per_head) {  // which of the chunk's columns row t sees (a head's own, for a per-head mask)
-        for (int64_t j = 0; j < CHUNK; ++j) {
-          float a = 0.f;
-          vis[j] = j < n && sees(t, h, j0 + j, &a);
-          add[j] = a;
-        }
-      }
-      const int64_t r = c * rows + t * Hq + h;
-      const int64_t g = h / G;
-      const float* kh = kp + ((b * Hkv + g) * S + j0) * D;
-      const float* vh = vp + ((b * Hkv + g) * S + j0) * D;
-      const float* qr = qp + ((b * Hq + h) * T + t) * D;
-      v16 qv[V];
-      for (int x = 0; x < V; ++x) qv[x] = load16(qr + x * LANES);
-      bool any = false;
-      for (int64_t j = 0; j < CHUNK; ++j) {
-        if (!vis[j]) {
-          s[j] = ninf;
-          continue;
-        }
-        any = true;
-        const float* kj = kh + j * D;
-        v16 d = qv[0] * load16(kj);
-        for (int x = 1; x < V; ++x) d = d + qv[x] * load16(kj + x * LANES);
-        s[j] = hsum(d) * scale + add[j];
-      }
-      if (!any) {
+    alignas(64) float shared[CHUNK];  // row t's terms, for a mask shared by the heads
+    const int64_t end_shared = vis.per_head() ? 0 : vis.terms(t, 0, j0, n, shared);
+    for (int64_t h = g * G; h < (g + 1) * G; ++h) {
+      const int64_t r = (c - first) * rows + t * Hq + h;
+      const int64_t end = vis.per_head() ? vis.terms(t, h, j0, n, add[nb]) : end_shared;
+      if (end == 0) {
         pm[r] = ninf;
         pl[r] = 0.f;
         continue;
       }
-      const v16 s0 = load16(s), s1 = load16(s + LANES);
-      const float m = std::max(hmax(s0), hmax(s1));
-      const v16 p0 = exp16(s0 - splat(m)), p1 = exp16(s1 - splat(m));
-      store16(p, p0);
-      store16(p + LANES, p1);
-      pm[r] = m;
-      pl[r] = hsum(p0 + p1);
-      v16 acc[V];
-      for (int x = 0; x < V; ++x) acc[x] = v16{};
-      for (int64_t j = 0; j < n; ++j) {
-        if (!vis[j]) continue;
-        const v16 w = splat(p[j]);
-        for (int x = 0; x < V; ++x) acc[x] = acc[x] + w * load16(vh + j * D + x * LANES);
-      }
-      for (int x = 0; x < V; ++x) store16(pacc + r * D + x * LANES, acc[x]);
+      if (!vis.per_head()) std::memcpy(add[nb], shared, sizeof(shared));
+      ri[nb] = r;
+      q[nb] = qp + ((b * Hq + h) * T + t) * D;
+      terms[nb] = add[nb];
+      used = std::max(used, end);
+      if (++nb == BLOCK) flush();
     }
   }
+  flush();
 }
 
 }  // namespace
@@ -184,7 +345,6 @@ at::Tensor row_attention(const at::Tensor& q_in, const at::Tensor& k_in, const a
     mask_h = mask.size(1) == 1 ? 0 : mask.stride(1);
   }
   const int64_t V = D / LANES;
-  const int64_t chunks = (S + CHUNK - 1) / CHUNK;
   auto out = at::zeros({B, T, Hq, D}, q.options());
   if (B == 0 || T == 0 || Hq == 0 || S == 0) return out;
   const float* qp = q.data_ptr<float>();
@@ -192,53 +352,36 @@ at::Tensor row_attention(const at::Tensor& q_in, const at::Tensor& k_in, const a
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float ninf = -std::numeric_limits<float>::infinity();
-  const float hidden_below = std::numeric_limits<float>::lowest() / 2;  // an additive mask's "hidden"
-  const float* mask_f = has_mask && !boolean ? mask.data_ptr<float>() : nullptr;
-  const bool* mask_bool = has_mask && boolean ? mask.data_ptr<bool>() : nullptr;
-
-  // partials [chunk][t][h]: m, l and acc[D]
   const int64_t rows = T * Hq;
-  std::vector<float> pm(chunks * rows), pl(chunks * rows), pacc(chunks * rows * D);
 
   for (int64_t b = 0; b < B; ++b) {
-    // whether row t (of head h, for a per-head mask) sees column j; its additive term in *add
-    auto sees = [&](int64_t t, int64_t h, int64_t j, float* add) -> bool {
-      if (!has_mask) {
-        *add = 0.f;
-        return j < S - T + t + 1;
-      }
-      const int64_t at_ = b * mask_b + h * mask_h + t * S + j;
-      if (boolean) {
-        *add = 0.f;
-        return mask_bool[at_];
-      }
-      const float a = mask_f[at_];
-      *add = a;
-      return a > hidden_below;
-    };
+    const Visibility vis{has_mask && !boolean ? mask.data_ptr<float>() : nullptr,
+                         has_mask && boolean ? mask.data_ptr<bool>() : nullptr, b * mask_b, mask_h, S, T,
+                         std::numeric_limits<float>::lowest() / 2};
     // the chunks some row sees: [first, last]
-    int64_t first = chunks, last = -1;
-    for (int64_t c = 0; c < chunks; ++c) {
-      bool any = false;
-      for (int64_t h = 0; h < (mask_h ? Hq : 1) && !any; ++h)
-        for (int64_t t = 0; t < T && !any; ++t)
-          for (int64_t j = c * CHUNK; j < std::min(S, (c + 1) * CHUNK) && !any; ++j) {
-            float a;
-            any = sees(t, h, j, &a);
-          }
-      if (any) {
-        first = std::min(first, c);
-        last = c;
+    int64_t lo = S, hi = -1;
+    for (int64_t h = 0; h < (mask_h ? Hq : 1); ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        int64_t l, e;
+        vis.span(t, h, &l, &e);
+        if (e < l) continue;  // this row sees nothing
+        lo = std::min(lo, l);
+        hi = std::max(hi, e);
       }
-    }
-    if (last < 0) continue;  // no row sees anything: zeros
+    if (hi < 0) continue;  // no row sees anything: zeros
+    const int64_t first = lo / CHUNK, seen = hi / CHUNK - first + 1;
 
-    at::parallel_for(first, last + 1, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
+    // partials [chunk - first][t][h]: m, l and acc[D], each entry written by one task
+    std::unique_ptr<float[]> pm(new float[seen * rows]), pl(new float[seen * rows]), pacc(new float[seen * rows * D]);
+    // one task per (chunk, key/value head): more tasks than chunks, so that the two threads' shares even out;
+    // a thread's consecutive tasks are consecutive chunks of one head, one stream through its keys and values
+    at::parallel_for(0, seen * Hkv, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t g = i / seen, c = first + i % seen;
         switch (V) {
 #define WB_HEAD(n) \
-          case n: chunk_impl<n>(c, b, T, Hq, Hkv, S, qp, kp, vp, sees, pm.data(), pl.data(), pacc.data(), \
-                                static_cast<float>(scale), mask_h != 0); break;
+          case n: chunk_task<n>(c, g, b, T, Hq, Hkv, S, first, qp, kp, vp, vis, pm.get(), pl.get(), pacc.get(), \
+                                static_cast<float>(scale)); break;
           WB_HEAD(1) WB_HEAD(2) WB_HEAD(3) WB_HEAD(4) WB_HEAD(5) WB_HEAD(6) WB_HEAD(7) WB_HEAD(8)
 #undef WB_HEAD
           default: break;
@@ -251,17 +394,18 @@ at::Tensor row_attention(const at::Tensor& q_in, const at::Tensor& k_in, const a
       for (int64_t h = 0; h < Hq; ++h) {
         const int64_t i = t * Hq + h;
         float M = ninf;
-        for (int64_t c = first; c <= last; ++c) M = std::max(M, pm[c * rows + i]);
+        for (int64_t c = 0; c < seen; ++c) M = std::max(M, pm[c * rows + i]);
         float* o = op + ((b * T + t) * Hq + h) * D;
         if (M == ninf) continue;  // the row sees nothing: zeros
         float L = 0.f;
-        std::vector<v16> acc(V, v16{});
-        for (int64_t c = first; c <= last; ++c) {
+        v16 acc[8];
+        for (int64_t x = 0; x < V; ++x) acc[x] = v16{};
+        for (int64_t c = 0; c < seen; ++c) {
           const int64_t r = c * rows + i;
           if (pm[r] == ninf) continue;
           const float w = std::exp(pm[r] - M);
           L = L + w * pl[r];
-          for (int64_t x = 0; x < V; ++x) acc[x] = acc[x] + splat(w) * load16(pacc.data() + r * D + x * LANES);
+          for (int64_t x = 0; x < V; ++x) acc[x] = acc[x] + splat(w) * load16(pacc.get() + r * D + x * LANES);
         }
         for (int64_t x = 0; x < V; ++x) store16(o + x * LANES, acc[x] / splat(L));
       }

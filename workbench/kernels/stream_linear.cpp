@@ -69,7 +69,8 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
     for (int r = 0; r < R; ++r) wr[r] = load16(panel + (r * K + k) * LANES);
 #pragma GCC unroll 32
     for (int j = 0; j < TB; ++j) {
-      v16 xb = v16{} + x[(t + j) * K + k];  // x[t + j, k] in every lane
+      const float xs = x[(t + j) * K + k];
+      const v16 xb = {xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs};  // x[t + j, k] in every lane
 #pragma GCC unroll 32
       for (int r = 0; r < R; ++r) acc[j][r] = fma16(wr[r], xb, acc[j][r]);
     }

@@ -1,0 +1,183 @@
+"""The CPU kernels of another git revision against the working tree's, in turns in one process.
+
+    PYTHONPATH=. python scripts/kernel_ab.py --base HEAD~1 [--parts linears,attention,forward] \
+        [--sizes 1,2,4,8,16] [--context 128] [--rounds 9]
+
+The machine's speed moves by 10-50% between processes here, more than most kernel changes, so a change is
+only measured against its base inside one process. The base revision's stream_linear.cpp and
+row_attention.cpp are built under another operator namespace (`wb_base`) beside the working tree's
+(`workbench_kernels`), and each part is timed with the two taking turns:
+- linears: the embedded model's 211 linear shapes (packed like the model's) on T rows, back to back;
+- attention: one layer's attention of T rows over a 1024-column static cache with --context columns filled;
+- forward: the compiled backend's forward over n new tokens after --context cached, each arm's graphs
+  compiled with its own operators (a few minutes).
+Medians of --rounds rounds, in ms (attention in us), with each arm's ratio to one row.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from workbench.device import processor
+from workbench.kernels.build import CFLAGS, LDFLAGS
+from workbench.paths import cache_dir
+
+SOURCES = ("stream_linear.cpp", "row_attention.cpp")
+BASE_NS = "wb_base"
+
+
+def build_base(rev: str) -> None:
+    """The base revision's kernels, built (once per revision) and loaded as torch.ops.wb_base."""
+    from torch.utils.cpp_extension import load
+
+    sha = subprocess.run(["git", "rev-parse", rev], capture_output=True, text=True, check=True).stdout.strip()
+    out = cache_dir() / "kernels-ab" / sha[:12]
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in SOURCES:
+        text = subprocess.run(["git", "show", f"{sha}:workbench/kernels/{name}"], capture_output=True, text=True,
+                              check=True).stdout
+        (out / name).write_text(text.replace("workbench_kernels", BASE_NS))
+        paths.append(str(out / name))
+    load(name=BASE_NS, sources=paths, extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+         build_directory=str(out), is_python_module=False)
+
+    @torch.library.register_fake(f"{BASE_NS}::stream_linear")
+    def _(x, packed, bias, N):
+        return x.new_empty((*x.shape[:-1], N))
+
+    @torch.library.register_fake(f"{BASE_NS}::row_attention")
+    def _(q, k, v, mask, scale):
+        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))
+
+
+def turns(arms: dict, sizes: list[int], rounds: int, calls: int) -> dict:
+    """{(arm, size): median seconds of one call}, the arms taking turns at each size in every round."""
+    for fn in arms.values():
+        for n in sizes:
+            fn(n)
+    times = {(a, n): [] for a in arms for n in sizes}
+    for _ in range(rounds):
+        for n in sizes:
+            for a, fn in arms.items():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn(n)
+                times[a, n].append((time.perf_counter() - t0) / calls)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def report(title: str, res: dict, arms, sizes: list[int], unit: float, unit_name: str) -> None:
+    print(title)
+    for a in arms:
+        one = res[a, sizes[0]]
+        print(f"  {a:>5}: " + "  ".join(f"n={n} {res[a, n] * unit:.2f} {unit_name} ({res[a, n] / one:.2f}x)"
+                                       for n in sizes))
+
+
+def linears(ops: dict, sizes: list[int], rounds: int) -> None:
+    from workbench.kernels.linear import pack_all
+
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)] * 30
+    shapes.append((49152, 576))  # the LM head
+    g = torch.Generator().manual_seed(0)
+    packed = pack_all([torch.randn(n, k, generator=g) * 0.02 for n, k in shapes])
+    xs = {T: {k: torch.randn(T, k, generator=g) for k in (576, 1536)} for T in sizes}
+
+    def arm(ns):
+        def run(T):
+            for (n, k), p in zip(shapes, packed):
+                getattr(torch.ops, ns).stream_linear(xs[T][k], p, None, n)
+        return run
+
+    res = turns({a: arm(ns) for a, ns in ops.items()}, sizes, rounds, 3)
+    report("linears alone (211 shapes, ms):", res, ops, sizes, 1e3, "ms")
+
+
+def attention(ops: dict, sizes: list[int], rounds: int, context: int) -> None:
+    S, g = 1024, torch.Generator().manual_seed(0)
+    k, v = torch.randn(1, 3, S, 64, generator=g), torch.randn(1, 3, S, 64, generator=g)
+    inputs = {}
+    for T in sizes:
+        mask = torch.full((1, 1, T, S), torch.finfo(torch.float32).min)
+        for t in range(T):
+            mask[0, 0, t, :context + t + 1] = 0
+        inputs[T] = (torch.randn(1, 9, T, 64, generator=g), mask)
+
+    def arm(ns):
+        return lambda T: getattr(torch.ops, ns).row_attention(inputs[T][0], k, v, inputs[T][1], 0.125)
+
+    res = turns({a: arm(ns) for a, ns in ops.items()}, sizes, rounds, 50)
+    report(f"attention, one layer (9 query heads, 3 key/value heads, 64 wide), {context} columns cached (us):",
+           res, ops, sizes, 1e6, "us")
+
+
+@torch.inference_mode()
+def forward(ops: dict, sizes: list[int], rounds: int, context: int, target: str) -> None:
+    from workbench.backend.compiled import CompiledForward, StaticSession, cache_len_bucket
+    from workbench.kernels import plan_for
+    from workbench.models import load_model
+
+    lm = load_model(target)
+    print(f"{target}, kernels {plan_for(lm).label()}")
+    ids = torch.randint(0, 1000, (1, context + max(sizes)), generator=torch.Generator().manual_seed(0))
+    current = torch.ops.workbench_kernels
+    sessions = {}
+    for a, ns in ops.items():
+        torch.ops.workbench_kernels = getattr(torch.ops, ns)  # what this arm's graphs call, read while tracing
+        try:
+            s = StaticSession(CompiledForward(lm, cache_len_bucket(context + max(sizes), lm.max_positions)))
+            s.forward(ids[:, :context], keep=1)
+            for n in sizes:
+                s.forward(ids[:, context:context + n])
+                s.crop(context)
+        finally:
+            torch.ops.workbench_kernels = current
+        sessions[a] = s
+
+    def arm(s):
+        def run(n):
+            s.forward(ids[:, context:context + n])
+            s.crop(context)
+        return run
+
+    res = turns({a: arm(s) for a, s in sessions.items()}, sizes, rounds, 3)
+    report(f"compiled forward over n new tokens after {context} cached (ms):", res, ops, sizes, 1e3, "ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", required=True, help="git revision whose kernels are the base")
+    ap.add_argument("--parts", default="linears,attention,forward")
+    ap.add_argument("--sizes", default="1,2,4,8,16")
+    ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--target", default="smollm2-135m")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from workbench.kernels.build import load_extension
+
+    if not load_extension(lambda m: print(m, file=sys.stderr)):
+        sys.exit("the working tree's kernels could not be built here")
+    build_base(args.base)
+    ops = {"base": BASE_NS, "new": "workbench_kernels"}
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print(f"{args.base} (base) against the working tree, {args.threads} threads, {processor(torch.device('cpu'))}")
+    parts = args.parts.split(",")
+    if "linears" in parts:
+        linears(ops, sizes, args.rounds)
+    if "attention" in parts:
+        attention(ops, sizes, args.rounds, args.context)
+    if "forward" in parts:
+        forward(ops, sizes, args.rounds, args.context, args.target)
+
+
+if __name__ == "__main__":
+    main()
