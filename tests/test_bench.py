@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
@@ -146,7 +147,11 @@ def test_small_bench_through_the_cli(tmp_path, capsys):
     assert rows[("autoregressive", "all")]["tau"] == pytest.approx(1.0)
     assert report["lossless_mismatches"] == []
     assert report["trace_overhead"]["overhead_pct"] is not None
-    assert report["roofline"]["roofline_tokens_per_s"] > 0
+    roof = report["roofline"]
+    assert roof["roofline_tokens_per_s"] > 0
+    assert roof["decode_tokens_per_s"] > 0  # the plain runs after their first token
+    assert roof["decode_fraction"] == pytest.approx(roof["decode_tokens_per_s"] / roof["roofline_tokens_per_s"])
+    assert "After the first token" in md.read_text()
     spec = rows[("speculative", "all")]
     assert spec["theoretical_speedup"] is not None and spec["gamma"] > 0 and spec["c"] is not None
 
@@ -322,3 +327,15 @@ def test_a_mismatch_reports_the_probability_margin_at_the_first_difference():
     frac, (m,) = _lossless([ours], {"q1": base})
     assert frac == 0.0 and m["first_diff"] == 2
     assert m["p_baseline"] == 0.41 and m["p_ours"] == 0.40 and abs(m["p_margin"] - 0.01) < 1e-12
+
+
+def test_the_decode_rate_leaves_out_the_first_step():
+    from types import SimpleNamespace as S
+
+    from workbench import metrics as M
+
+    # the prompt's forward ends at 0.5 s with one token; two steps of 0.1 s add one and three tokens
+    steps = [S(committed=[1], t_end=0.5), S(committed=[2], t_end=0.6), S(committed=[3, 4, 5], t_end=0.7)]
+    assert M.decode_tokens_per_s(steps, 0.7) == pytest.approx(4 / 0.2)
+    assert 5 / 0.7 < M.decode_tokens_per_s(steps, 0.7)  # tokens/s counts the prompt's forward in
+    assert math.isnan(M.decode_tokens_per_s(steps[:1], 0.5))  # one step: nothing after the first

@@ -24,6 +24,9 @@ no torch import.
   (`acceptance_by_depth`, `expected_tokens_per_step`), a step's cost from the measured draft cost and
   the machine's cost profile (`predicted_speedup`); the ceiling a perfect drafter reaches on a profile
   (`verification_ceiling`).
+- decode rate (`decode_tokens_per_s`): the tokens committed after the first step (the prompt's forward)
+  over the time after it; what a decode loop sustains once the prompt is read (llama.cpp's "eval"
+  rate), the figure the memory-bandwidth roofline bounds. tokens/s counts the prompt's forward in.
 - speedup over repeats (`speedup_spread`): median tokens/s of the runs / median of the baseline's
   runs, with the widest range these runs allow; run-to-run variation (`run_to_run_variation`): how far
   a single run's tokens/s lies from the median of its repeats, typically and at most.
@@ -45,6 +48,8 @@ class Step(Protocol):
     accepted: list[int]  # node indices of the accepted path, root first
     draft_s: float
     verify_s: float
+    committed: list[int]  # the tokens the step appended
+    t_end: float  # seconds since the run started, when the step was committed
 
     @property
     def n_draft(self) -> int: ...
@@ -171,6 +176,13 @@ def plain_forward_s(plain_steps: Iterable[Step]) -> float:
     """Mean target time of one plain-decoding decode step (the prefill excluded)."""
     decode = decode_steps(plain_steps)
     return _ratio(sum(s.verify_s for s in decode), len(decode))
+
+
+def decode_tokens_per_s(steps: Sequence[Step], wall_s: float) -> float:
+    """Tokens committed after the first step / seconds after it (NaN for a run of one step)."""
+    if len(steps) < 2:
+        return NAN
+    return _ratio(sum(len(s.committed) for s in steps[1:]), wall_s - steps[0].t_end)
 
 
 def cost_ratio(steps: Sequence[Step], t_plain: float) -> float:

@@ -162,6 +162,10 @@ def to_markdown(rep: BenchmarkReport, measure: str = "agreement") -> str:
                   f"{_f(r['copy_bandwidth_GBps'])} GB/s · roofline {_f(r['roofline_tokens_per_s'], 1)} tok/s · "
                   f"plain decoding ({r.get('backend', 'eager')}) {_f(r.get('measured_tokens_per_s'), 1)} tok/s = "
                   f"{_f(r.get('achieved_fraction'), 2, True)} of the roofline{extra}"]
+        if r.get("decode_tokens_per_s") is not None:
+            lines += ["", f"After the first token (the prompt's forward excluded), plain decoding runs "
+                          f"{_f(r['decode_tokens_per_s'], 1)} tok/s = {_f(r['decode_fraction'], 2, True)} of the "
+                          "roofline."]
     lines += ["", "## Lossless match (lossless arms)", ""]
     if rep.mismatches:
         lines += _table(["method", "backend", "prompt", "category", "repeat", "first differing position", "length",

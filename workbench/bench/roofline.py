@@ -10,6 +10,9 @@ an input embedding that is not tied to the LM head is left out, because a step
 reads one row of it, not the whole matrix. KV-cache reads are ignored (a few
 MB at these lengths, against hundreds for the weights).
 
+The report compares it with plain decoding's tokens/s (the prompt's forward included) and with its decode
+rate after the first token (`metrics.decode_tokens_per_s`), which is what the roofline bounds.
+
 Copy bandwidth: the best of a few `dst.copy_(src)` of a large tensor (512 MiB
 by default), counting the bytes read and written: 2 * bytes / time. This is
 what the process can actually stream with its current thread count, so the
