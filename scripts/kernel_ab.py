@@ -29,6 +29,7 @@ from workbench.kernels.build import CFLAGS, LDFLAGS
 from workbench.paths import cache_dir
 
 SOURCES = ("stream_linear.cpp", "row_attention.cpp")
+HEADERS = ("vec.h",)
 BASE_NS = "wb_base"
 
 
@@ -40,11 +41,14 @@ def build_base(rev: str) -> None:
     out = cache_dir() / "kernels-ab" / sha[:12]
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in SOURCES:
-        text = subprocess.run(["git", "show", f"{sha}:workbench/kernels/{name}"], capture_output=True, text=True,
-                              check=True).stdout
-        (out / name).write_text(text.replace("workbench_kernels", BASE_NS))
-        paths.append(str(out / name))
+    for name in SOURCES + HEADERS:
+        shown = subprocess.run(["git", "show", f"{sha}:workbench/kernels/{name}"], capture_output=True, text=True)
+        if shown.returncode != 0 and name in HEADERS:
+            continue  # a revision from before the shared header
+        shown.check_returncode()
+        (out / name).write_text(shown.stdout.replace("workbench_kernels", BASE_NS))
+        if name in SOURCES:
+            paths.append(str(out / name))
     load(name=BASE_NS, sources=paths, extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
          build_directory=str(out), is_python_module=False)
 

@@ -30,6 +30,7 @@ from ..paths import cache_dir
 logger = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(n) for n in ("stream_linear.cpp", "row_attention.cpp"))
+HEADERS = (Path(__file__).with_name("vec.h"),)  # included by the sources: part of what a build is named for
 # -ffp-contract=off: every multiply-add is the explicit fused one or none, the same for every row count
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
@@ -41,7 +42,7 @@ _STATE: dict[str, object] = {}  # "ok": bool, "reason": str | None
 
 def build_dir() -> Path:
     """Where this machine's build of the current source lives."""
-    tag = hashlib.sha256("|".join([*(s.read_text() for s in SOURCES), *CFLAGS, *LDFLAGS, torch.__version__,
+    tag = hashlib.sha256("|".join([*(s.read_text() for s in SOURCES + HEADERS), *CFLAGS, *LDFLAGS, torch.__version__,
                                    processor(torch.device("cpu"))]).encode()).hexdigest()[:16]
     return cache_dir() / "kernels" / tag
 

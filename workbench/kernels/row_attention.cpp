@@ -24,27 +24,18 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <immintrin.h>
 #include <limits>
 #include <memory>
 
+#include "vec.h"
+
 namespace {
 
-constexpr int LANES = 16;
+using namespace workbench_vec;
+
 constexpr int64_t CHUNK = 32;  // columns per chunk: two vectors of scores per (row, head)
 constexpr int BLOCK = 4;       // rows computed together
-typedef float v16 __attribute__((vector_size(64)));
 typedef int i16 __attribute__((vector_size(64)));
-
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof(v)); }
-
-inline v16 splat(float x) { return v16{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }  // a broadcast
 
 // the 16 lanes summed in a fixed tree order
 inline float hsum(v16 v) {
@@ -87,25 +78,6 @@ __attribute__((always_inline)) inline v16 exp16(v16 x) {
   return under ? v16{} : out;
 }
 
-
-// acc + a * b with one rounding (the explicit fused multiply-add: the build turns implicit contraction off)
-inline v16 fma16(v16 a, v16 b, v16 acc) {
-#if defined(__AVX512F__)
-  return (v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)acc);
-#elif defined(__FMA__)
-  __m256 a2[2], b2[2], c2[2];
-  std::memcpy(a2, &a, 64);
-  std::memcpy(b2, &b, 64);
-  std::memcpy(c2, &acc, 64);
-  c2[0] = _mm256_fmadd_ps(a2[0], b2[0], c2[0]);
-  c2[1] = _mm256_fmadd_ps(a2[1], b2[1], c2[1]);
-  v16 out;
-  std::memcpy(&out, c2, 64);
-  return out;
-#else
-  return acc + a * b;
-#endif
-}
 
 // kt[d][j] = k[j][d] for j < n (zeros for n <= j < CHUNK): the chunk's keys, transposed
 template <int64_t D>

@@ -10,18 +10,12 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstring>
-#include <immintrin.h>
+#include "vec.h"
 
 namespace {
 
-constexpr int LANES = 16;
-typedef float v16 __attribute__((vector_size(64)));
-
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+using namespace workbench_vec;
+using workbench_vec::load16;  // overloaded below for bf16 weights
 
 inline v16 load16(const at::BFloat16* p) {  // bf16 -> fp32: the 16 bits shifted into the high half
   typedef unsigned short u16x16 __attribute__((vector_size(32)));
@@ -32,25 +26,6 @@ inline v16 load16(const at::BFloat16* p) {  // bf16 -> fp32: the 16 bits shifted
   v16 v;
   std::memcpy(&v, &w, sizeof(v));
   return v;
-}
-
-// acc + w * x with one rounding: the same instruction for every row count
-inline v16 fma16(v16 w, v16 x, v16 acc) {
-#if defined(__AVX512F__)
-  return (v16)_mm512_fmadd_ps((__m512)w, (__m512)x, (__m512)acc);
-#elif defined(__FMA__)
-  __m256 w2[2], x2[2], a2[2];
-  std::memcpy(w2, &w, 64);
-  std::memcpy(x2, &x, 64);
-  std::memcpy(a2, &acc, 64);
-  a2[0] = _mm256_fmadd_ps(w2[0], x2[0], a2[0]);
-  a2[1] = _mm256_fmadd_ps(w2[1], x2[1], a2[1]);
-  v16 out;
-  std::memcpy(&out, a2, 64);
-  return out;
-#else
-  return acc + w * x;  // built with -ffp-contract=off: a multiply, then an add, everywhere
-#endif
 }
 
 // panels [p, p + R) (16 columns each) against rows [t, t + TB) of x: R x TB accumulators in registers
@@ -69,8 +44,7 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
     for (int r = 0; r < R; ++r) wr[r] = load16(panel + (r * K + k) * LANES);
 #pragma GCC unroll 32
     for (int j = 0; j < TB; ++j) {
-      const float xs = x[(t + j) * K + k];
-      const v16 xb = {xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs};  // x[t + j, k] in every lane
+      const v16 xb = splat(x[(t + j) * K + k]);  // x[t + j, k] in every lane
 #pragma GCC unroll 32
       for (int r = 0; r < R; ++r) acc[j][r] = fma16(wr[r], xb, acc[j][r]);
     }
