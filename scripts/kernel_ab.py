@@ -7,7 +7,7 @@ The machine's speed moves by 10-50% between processes here, more than most kerne
 only measured against its base inside one process. The base revision's stream_linear.cpp and
 row_attention.cpp are built under another operator namespace (`wb_base`) beside the working tree's
 (`workbench_kernels`), and each part is timed with the two taking turns:
-- linears: the embedded model's 211 linear shapes (packed like the model's) on T rows, back to back;
+- linears: every linear shape of --target (the embedded model: 211), packed like the model's, on T rows;
 - attention: one layer's attention of T rows over a 1024-column static cache with --context columns filled;
 - forward: the compiled backend's forward over n new tokens after --context cached, each arm's graphs
   compiled with its own operators (a few minutes).
@@ -25,11 +25,9 @@ from pathlib import Path
 import torch
 
 from workbench.device import processor
-from workbench.kernels.build import CFLAGS, LDFLAGS
+from workbench.kernels.build import CFLAGS, HEADERS, LDFLAGS, SOURCES
 from workbench.paths import cache_dir
 
-SOURCES = ("stream_linear.cpp", "row_attention.cpp")
-HEADERS = ("vec.h",)
 BASE_NS = "wb_base"
 
 
@@ -41,14 +39,15 @@ def build_base(rev: str) -> None:
     out = cache_dir() / "kernels-ab" / sha[:12]
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in SOURCES + HEADERS:
-        shown = subprocess.run(["git", "show", f"{sha}:workbench/kernels/{name}"], capture_output=True, text=True)
-        if shown.returncode != 0 and name in HEADERS:
+    for path in SOURCES + HEADERS:
+        shown = subprocess.run(["git", "show", f"{sha}:workbench/kernels/{path.name}"], capture_output=True,
+                               text=True)
+        if shown.returncode != 0 and path in HEADERS:
             continue  # a revision from before the shared header
         shown.check_returncode()
-        (out / name).write_text(shown.stdout.replace("workbench_kernels", BASE_NS))
-        if name in SOURCES:
-            paths.append(str(out / name))
+        (out / path.name).write_text(shown.stdout.replace("workbench_kernels", BASE_NS))
+        if path in SOURCES:
+            paths.append(str(out / path.name))
     load(name=BASE_NS, sources=paths, extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
          build_directory=str(out), is_python_module=False)
 
@@ -85,14 +84,14 @@ def report(title: str, res: dict, arms, sizes: list[int], unit: float, unit_name
                                        for n in sizes))
 
 
-def linears(ops: dict, sizes: list[int], rounds: int) -> None:
-    from workbench.kernels.linear import pack_all
+def linears(ops: dict, sizes: list[int], rounds: int, target: str) -> None:
+    from workbench.kernels.linear import linear_shapes, pack_all
+    from workbench.models import load_model
 
-    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)] * 30
-    shapes.append((49152, 576))  # the LM head
+    shapes = [(n, k) for n, k, _ in linear_shapes(load_model(target).model)]  # the LM head included
     g = torch.Generator().manual_seed(0)
     packed = pack_all([torch.randn(n, k, generator=g) * 0.02 for n, k in shapes])
-    xs = {T: {k: torch.randn(T, k, generator=g) for k in (576, 1536)} for T in sizes}
+    xs = {T: {k: torch.randn(T, k, generator=g) for k in {k for _, k in shapes}} for T in sizes}
 
     def arm(ns):
         def run(T):
@@ -101,7 +100,8 @@ def linears(ops: dict, sizes: list[int], rounds: int) -> None:
         return run
 
     res = turns({a: arm(ns) for a, ns in ops.items()}, sizes, rounds, 3)
-    report("linears alone (211 shapes, ms):", res, ops, sizes, 1e3, "ms")
+    report(f"{target}'s {len(shapes)} linears alone (random fp32 weights of their shapes, ms):", res, ops, sizes, 1e3,
+           "ms")
 
 
 def attention(ops: dict, sizes: list[int], rounds: int, context: int) -> None:
@@ -176,7 +176,7 @@ def main() -> None:
     print(f"{args.base} (base) against the working tree, {args.threads} threads, {processor(torch.device('cpu'))}")
     parts = args.parts.split(",")
     if "linears" in parts:
-        linears(ops, sizes, args.rounds)
+        linears(ops, sizes, args.rounds, args.target)
     if "attention" in parts:
         attention(ops, sizes, args.rounds, args.context)
     if "forward" in parts:
