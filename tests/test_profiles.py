@@ -125,7 +125,7 @@ def run_cli_profile(monkeypatch, clock, *args):
 
 def test_an_older_versions_entry_is_listed_undated_and_measured_again(tiny, cache):
     key = profile_key(tiny, "eager")
-    cache.mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)  # loading the kernels for the key may have made it already
     (cache / "cost_profiles.json").write_text(json.dumps({key: {str(n): 0.002 for n in SIZES}}))
     (row,) = cached_profiles()
     assert row["legacy"] and row["measured_at"] is None and row["spread"] is None and row["seconds"][1] == 0.002
@@ -296,3 +296,20 @@ def test_the_cost_curve_shows_spread_date_and_flags():
     assert lines[0] == "`m · eager · 1 thread`: measured 2026-12-07 05:43 UTC; spread up to 40% (typically 40%)"
     assert "⚠ stale" in lines[1] and "imported from gpu-box (H100)" in lines[2]
     assert lines[3].startswith("`m · eager · 4 threads`: undated; spread unknown; measured by an older version")
+
+
+def test_a_profile_measured_with_other_kernels_is_another_profile(tiny, cache, monkeypatch):
+    """The key names the build of the CPU kernels, not only the plan's label: another version's kernels (another
+    source under the same label) measure a profile of their own."""
+    from workbench.kernels import plan_for
+    from workbench.kernels.build import build_tag
+
+    key = profile_key(tiny, "eager")
+    fields = profile.parse_key(key)
+    if plan_for(tiny).mode == "aten":  # no kernels here: nothing to name
+        assert "kbuild" not in fields
+        return
+    assert fields["kbuild"] == build_tag() and fields["kernels"] == plan_for(tiny).label()
+    monkeypatch.setattr(profile, "build_tag", lambda: "0123456789abcdef")
+    other = profile_key(tiny, "eager")
+    assert other != key and profile.parse_key(other)["kbuild"] == "0123456789abcdef"

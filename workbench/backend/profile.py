@@ -54,6 +54,7 @@ import torch
 from ..config import ConfigError
 from ..device import device_sync, processor
 from ..kernels import plan_for
+from ..kernels.build import build_tag
 from ..models.loading import gqa_attention_in_effect
 from ..paths import cache_dir, read_json, write_json
 from . import open_session
@@ -68,7 +69,9 @@ ROUNDS = 5  # timed forwards per size (medians), the sizes taking turns
 # the named fields at the end of a profile's key; "wrapper" (the compiled CPU graphs' C++ wrappers) and
 # "rounds" (timed rounds per size) are part of it, so a profile cached without them (by an older version of the
 # workbench, which measured other graphs or measured another way) does not match and is measured again
-KEY_FIELDS = ("backend", "static", "wrapper", "threads", "torch", "attn", "rounds", "kernels")
+# "kbuild" names the build of the workbench's CPU kernels (their source, flags, CPU and torch): a profile measured
+# with the kernels of another version of the workbench is measured again, even under the same plan's label
+KEY_FIELDS = ("backend", "static", "wrapper", "threads", "torch", "attn", "rounds", "kernels", "kbuild")
 
 # When repeats disagree (see the module docstring): a size whose rounds spread (IQR / median) by more than
 # SPREAD_BOUND is unsteady; a measurement with at least NOISY_SHARE of its sizes unsteady is noisy.
@@ -249,8 +252,10 @@ def profile_key(loaded, backend: str = "eager", threads: int | None = None) -> s
         if cpp_wrapped(loaded.device):
             backend += "|wrapper=cpp"
     attn = "gqa" if gqa_attention_in_effect() else "default"
-    return (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
-            f"|torch={torch.__version__}|attn={attn}|rounds={ROUNDS}|kernels={plan_for(loaded).label()}")
+    plan = plan_for(loaded)
+    key = (f"{loaded.spec}|{loaded.device}|{processor(loaded.device)}|backend={backend}|threads={threads}"
+           f"|torch={torch.__version__}|attn={attn}|rounds={ROUNDS}|kernels={plan.label()}")
+    return key + f"|kbuild={build_tag()}" if plan.mode != "aten" else key
 
 
 def _sizes(value: Any, what: str) -> dict[int, float]:

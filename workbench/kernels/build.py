@@ -40,11 +40,16 @@ _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}  # "ok": bool, "reason": str | None
 
 
+def build_tag() -> str:
+    """The name of this machine's build of the current source: a hash of the sources, the flags, the torch
+    version and the CPU."""
+    return hashlib.sha256("|".join([*(s.read_text() for s in SOURCES + HEADERS), *CFLAGS, *LDFLAGS,
+                                    torch.__version__, processor(torch.device("cpu"))]).encode()).hexdigest()[:16]
+
+
 def build_dir() -> Path:
     """Where this machine's build of the current source lives."""
-    tag = hashlib.sha256("|".join([*(s.read_text() for s in SOURCES + HEADERS), *CFLAGS, *LDFLAGS, torch.__version__,
-                                   processor(torch.device("cpu"))]).encode()).hexdigest()[:16]
-    return cache_dir() / "kernels" / tag
+    return cache_dir() / "kernels" / build_tag()
 
 
 def _missing_tool() -> str | None:
