@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from workbench.device import processor
+from workbench.kernels import attention as attention_kernel, linear as linear_kernel
 from workbench.kernels.build import CFLAGS, HEADERS, LDFLAGS, SOURCES
 from workbench.paths import cache_dir
 
@@ -51,13 +52,8 @@ def build_base(rev: str) -> None:
     load(name=BASE_NS, sources=paths, extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
          build_directory=str(out), is_python_module=False)
 
-    @torch.library.register_fake(f"{BASE_NS}::stream_linear")
-    def _(x, packed, bias, N):
-        return x.new_empty((*x.shape[:-1], N))
-
-    @torch.library.register_fake(f"{BASE_NS}::row_attention")
-    def _(q, k, v, mask, scale):
-        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))
+    torch.library.register_fake(f"{BASE_NS}::stream_linear")(linear_kernel.output_like)
+    torch.library.register_fake(f"{BASE_NS}::row_attention")(attention_kernel.output_like)
 
 
 def turns(arms: dict, sizes: list[int], rounds: int, calls: int) -> dict:

@@ -127,11 +127,13 @@ def register() -> None:
         AttentionInterface.register(name, fn)
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, sdpa_mask)
 
-    @torch.library.register_fake("workbench_kernels::row_attention")
-    def _(q, k, v, mask, scale):
-        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))  # (B, T, Hq, D)
-
+    torch.library.register_fake("workbench_kernels::row_attention")(output_like)
     _REGISTERED = True
+
+
+def output_like(q, k, v, mask, scale):
+    """row_attention's output, empty: (B, T, Hq, D) for q (B, Hq, T, D) (its shape function for torch.compile)."""
+    return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))
 
 
 def model_supported(model: torch.nn.Module) -> bool:

@@ -126,11 +126,13 @@ def register_fake() -> None:
     if _FAKE_REGISTERED:
         return
 
-    @torch.library.register_fake("workbench_kernels::stream_linear")
-    def _(x, packed, bias, N):
-        return x.new_empty((*x.shape[:-1], N))
-
+    torch.library.register_fake("workbench_kernels::stream_linear")(output_like)
     _FAKE_REGISTERED = True
+
+
+def output_like(x, packed, bias, N):
+    """stream_linear's output, empty: (..., N) like x (its shape function for torch.compile)."""
+    return x.new_empty((*x.shape[:-1], N))
 
 
 def _version(t: torch.Tensor) -> int:

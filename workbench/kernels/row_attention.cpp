@@ -176,6 +176,17 @@ struct Visibility {
 
   bool per_head() const { return stride_h != 0; }
 
+  // whether mask entry `at` shows its column (without a mask: the caller's causal test)
+  bool seen(int64_t at) const { return mask_f ? mask_f[at] > hidden_below : mask_bool[at]; }
+
+  // whether any of the float mask's 16 entries from `at` shows its column
+  bool any_seen16(int64_t at) const {
+    const i16 m = load16(mask_f + at) > splat(hidden_below);
+    bool some = false;
+    for (int l = 0; l < LANES; ++l) some = some || m[l];
+    return some;
+  }
+
   // the mask terms of columns [j0, j0 + CHUNK) for row t, head h (-inf for columns not seen or past n); returns
   // one past the last column seen (0: none)
   int64_t terms(int64_t t, int64_t h, int64_t j0, int64_t n, float* add) const {
@@ -185,8 +196,7 @@ struct Visibility {
     for (int64_t j = 0; j < CHUNK; ++j) {
       float a = ninf;
       if (j < n) {
-        if (mask_f) a = mask_f[at + j] > hidden_below ? mask_f[at + j] : ninf;
-        else if (mask_bool) a = mask_bool[at + j] ? 0.f : ninf;
+        if (mask_f || mask_bool) a = !seen(at + j) ? ninf : mask_f ? mask_f[at + j] : 0.f;
         else a = j0 + j < S - T + t + 1 ? 0.f : ninf;
       }
       add[j] = a;
@@ -203,26 +213,15 @@ struct Visibility {
       return;
     }
     const int64_t at = row_b + h * stride_h + t * S;
-    auto seen = [&](int64_t j) { return mask_f ? mask_f[at + j] > hidden_below : mask_bool[at + j]; };
     int64_t j = 0;
     if (mask_f)  // whole vectors of hidden columns skipped: most of a static cache's row is its unfilled part
-      for (; j + LANES <= S; j += LANES) {
-        const i16 m = load16(mask_f + at + j) > splat(hidden_below);
-        bool some = false;
-        for (int l = 0; l < LANES; ++l) some = some || m[l];
-        if (some) break;
-      }
-    for (; j < S && !seen(j); ++j) {}
+      for (; j + LANES <= S && !any_seen16(at + j); j += LANES) {}
+    for (; j < S && !seen(at + j); ++j) {}
     *lo = j;
     int64_t e = S;
     if (mask_f)
-      for (; e - LANES >= j; e -= LANES) {
-        const i16 m = load16(mask_f + at + e - LANES) > splat(hidden_below);
-        bool some = false;
-        for (int l = 0; l < LANES; ++l) some = some || m[l];
-        if (some) break;
-      }
-    for (; e > j && !seen(e - 1); --e) {}
+      for (; e - LANES >= j && !any_seen16(at + e - LANES); e -= LANES) {}
+    for (; e > j && !seen(at + e - 1); --e) {}
     *hi = e - 1;
   }
 };
