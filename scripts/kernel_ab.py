@@ -10,7 +10,8 @@ row_attention.cpp are built under another operator namespace (`wb_base`) beside 
 - linears: every linear shape of --target (the embedded model: 211), packed like the model's, on T rows;
 - attention: one layer's attention of T rows over a 1024-column static cache with --context columns filled;
 - forward: the compiled backend's forward over n new tokens after --context cached, each arm's graphs
-  compiled with its own operators (a few minutes).
+  compiled with its own operators (a few minutes); an arm whose kernels have `stream_linear_group` runs the
+  linears that read the same input as one call (kernels.linear.group_siblings), the other one call each.
 Medians of --rounds rounds, in ms (attention in us), with each arm's ratio to one row.
 """
 from __future__ import annotations
@@ -53,6 +54,8 @@ def build_base(rev: str) -> None:
          build_directory=str(out), is_python_module=False)
 
     torch.library.register_fake(f"{BASE_NS}::stream_linear")(linear_kernel.output_like)
+    if hasattr(getattr(torch.ops, BASE_NS), "stream_linear_group"):  # a revision whose graphs group linears
+        torch.library.register_fake(f"{BASE_NS}::stream_linear_group")(linear_kernel.group_output_like)
     torch.library.register_fake(f"{BASE_NS}::row_attention")(attention_kernel.output_like)
 
 

@@ -251,3 +251,57 @@ def test_a_build_lock_left_by_a_killed_build_is_cleared(monkeypatch, tmp_path):
     monkeypatch.setattr("torch.utils.cpp_extension.load", lambda **kw: built.append(kw))
     assert build.load_extension()
     assert not (out / "lock").exists() and built and built[0]["build_directory"] == str(out)
+
+
+def test_a_group_of_weights_gives_each_weights_own_bits_side_by_side(ext):
+    """stream_linear_group: the outputs of weights that read the same x, side by side, each one bit for bit what
+    its own call gives (with and without biases, fp32 and bf16 weights, every row count)."""
+    group = torch.ops.workbench_kernels.stream_linear_group
+    g = torch.Generator().manual_seed(3)
+    widths = [40, 16, 70]
+    for dtype in (torch.float32, torch.bfloat16):
+        ws = [torch.randn(n, 24, generator=g).to(dtype) for n in widths]
+        bs = [torch.randn(n, generator=g) for n in widths]
+        ps = [pack(w) for w in ws]
+        x = torch.randn(1, 16, 24, generator=g)
+        for T in (1, 2, 3, 5, 8, 16):
+            for biases in ([], bs):
+                y = group(x[:, :T], ps, biases, widths)
+                assert y.shape == (1, T, sum(widths))
+                parts = y.split(widths, dim=-1)
+                for i, (p, n) in enumerate(zip(ps, widths)):
+                    assert torch.equal(parts[i], ext(x[:, :T], p, bs[i] if biases else None, n)), (dtype, T, i)
+    with pytest.raises(RuntimeError, match="share a dtype"):
+        group(x, [pack(torch.randn(16, 24)), pack(torch.randn(16, 24).bfloat16())], [], [16, 16])
+
+
+@pytest.mark.compiled
+@torch.inference_mode()
+def test_compiled_graphs_run_sibling_linears_as_one_call_with_the_same_logits(tiny, mode, monkeypatch):
+    """In a compiled graph the kernel's linears that read the same input (a layer's query, key and value
+    projections; its gate and up projections) become one grouped call, and the logits stay the eager backend's."""
+    import torch._inductor.config
+
+    from workbench.backend.compiled import CompiledForward, StaticSession
+    from workbench.kernels import linear
+
+    mode("invariant")  # the kernel for every row count, so every linear of every graph is one of its calls
+    merged = []
+    group_siblings = linear.group_siblings
+    monkeypatch.setattr(linear, "group_siblings", lambda graph: merged.append(group_siblings(graph)))
+    s = StaticSession(CompiledForward(tiny, 512 + 11))  # a cache size of its own: graphs compiled here
+    e = open_session("eager", tiny, 100)
+    try:
+        with torch._inductor.config.patch(fx_graph_cache=False):  # not loaded from disk: the pass runs
+            for session in (s, e):
+                session.forward(torch.tensor([PROMPTS[0]]))
+            layers = tiny.model.config.num_hidden_layers
+            for T in (1, 4):
+                nxt = torch.arange(3, 3 + T)[None]
+                a, b = s.forward(nxt), e.forward(nxt)
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+            # per layer: query, key and value as one call (2 merged away), gate and up as one (1 merged away)
+            assert merged and all(m == 3 * layers for m in merged), merged
+    finally:
+        s.close()
+        e.close()

@@ -124,10 +124,29 @@ def _compile_static(run: Callable, T: int, device: torch.device, kernel_rows: fr
     if not cpp_wrapped(device):
         return torch.compile(_own_code(run), dynamic=False, mode="reduce-overhead" if T == 1 else None)
     options = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe,
-               "cpp_wrapper": True, "cpp_wrapper_build_separate": True}
+               "cpp_wrapper": True, "cpp_wrapper_build_separate": True, **graph_passes()}
     if T <= UNPACKED_MAX_T or T in kernel_rows:  # the workbench's kernel reads its own packed weights
         options["freezing"] = False
     return torch.compile(_own_code(run), dynamic=False, options=options)
+
+
+def graph_passes() -> dict[str, Any]:
+    """Inductor options for the workbench's own pass over every graph it compiles: the kernel's linears that read
+    the same input run as one call (`kernels.linear.group_siblings`). Inductor's disk cache keys a graph by the
+    pass's source, so a changed pass compiles anew."""
+    # here: inductor is slow to import; only compiling needs it
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    from ..kernels import linear
+
+    class GroupSiblings(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            linear.group_siblings(graph)
+
+        def uuid(self) -> bytes:
+            return get_hash_for_files((linear.__file__,))
+
+    return {"post_grad_custom_post_pass": GroupSiblings()}
 
 
 def cache_len_bucket(max_len: int, limit: int | None) -> int:
@@ -216,7 +235,7 @@ class CompiledForward:
         self.kernel_rows = rows
         self.one = _compile_static(run, 1, self.device, rows)
         self.buckets = {B: _compile_static(run, B, self.device, rows) for B in static_buckets()}
-        self.many = torch.compile(_own_code(run), dynamic=True)
+        self.many = torch.compile(_own_code(run), dynamic=True, options=graph_passes())
 
     def pick(self, states: torch.Tensor, hidden: bool | str | tuple[int, ...]) -> torch.Tensor:
         """The states a session asked for out of the graphs' (T, H (1 + k)): True the final ones, "layers" also

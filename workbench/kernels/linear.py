@@ -13,7 +13,10 @@ anything needing gradients, runs `F.linear` as before.
 
 Under torch.compile the kernel is an opaque custom op (`workbench_kernels::stream_linear`,
 with a shape function registered here), and the plan is read while tracing, so a compiled
-graph keeps the plan it was compiled with (the compiled backend keys its graphs by it).
+graph keeps the plan it was compiled with (the compiled backend keys its graphs by it). In a
+compiled graph the linears that read the same input (a layer's query, key and value
+projections; its gate and up projections) become one call (`group_siblings`): one parallel region
+and one dispatch instead of three or two, with each output's bits unchanged.
 """
 from __future__ import annotations
 
@@ -127,12 +130,65 @@ def register_fake() -> None:
         return
 
     torch.library.register_fake("workbench_kernels::stream_linear")(output_like)
+    torch.library.register_fake("workbench_kernels::stream_linear_group")(group_output_like)
     _FAKE_REGISTERED = True
 
 
 def output_like(x, packed, bias, N):
     """stream_linear's output, empty: (..., N) like x (its shape function for torch.compile)."""
     return x.new_empty((*x.shape[:-1], N))
+
+
+def group_output_like(x, packed, bias, N):
+    """stream_linear_group's output, empty: (..., sum(N)) like x, every weight's outputs side by side."""
+    return output_like(x, None, None, sum(N))
+
+
+def group_siblings(graph: torch.fx.Graph) -> int:
+    """A graph pass for inductor (after its own post-grad passes; the compiled backend runs it): the kernel's calls
+    on the same input node, with the same weight dtype and all with or all without a bias, become one
+    `stream_linear_group` call, whose output each former call's users read a slice of. A decoding step's
+    linears are bound by streaming their weights, and what each call adds besides (the dispatch, a parallel
+    region and its join, a thread idle at the end of a small weight) is paid once per group instead of once per
+    linear. The outputs are the same bits: each column is computed as in a call of its own. Returns how many
+    calls were merged away."""
+    try:  # the ops read while compiling, like the kernel's calls in the graph (scripts/kernel_ab.py swaps them)
+        single = torch.ops.workbench_kernels.stream_linear.default
+        grouped = torch.ops.workbench_kernels.stream_linear_group.default
+    except AttributeError:  # the kernels are not loaded here (or a build without groups): nothing to group
+        return 0
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    groups: dict[tuple, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target is not single or node.kwargs or len(node.args) != 4:
+            continue
+        x, packed, bias, _ = node.args
+        if not isinstance(packed, torch.fx.Node) or "val" not in packed.meta:
+            continue
+        groups.setdefault((x, packed.meta["val"].dtype, bias is None), []).append(node)
+    merged = 0
+    for (x, _, no_bias), members in groups.items():
+        first = members[0]
+        # every weight and bias must exist where the group's call goes (graph inputs and constants always do)
+        inputs = [a for m in members for a in m.args[1:3] if isinstance(a, torch.fx.Node)]
+        if len(members) < 2 or any(order[a] > order[first] for a in inputs):
+            continue
+        widths = [m.args[3] for m in members]
+        with graph.inserting_before(first):
+            biases = [] if no_bias else [m.args[2] for m in members]
+            call = graph.call_function(grouped, (x, [m.args[1] for m in members], biases, widths))
+            whole = call.meta["val"] = group_output_like(first.meta["val"], None, None, widths)  # a fake tensor
+            start = 0
+            for m, n in zip(members, widths):
+                part = graph.call_function(torch.ops.aten.slice.Tensor, (call, -1, start, start + n))
+                part.meta.update(m.meta)
+                part.meta["val"] = whole[..., start:start + n]
+                m.replace_all_uses_with(part)
+                start += n
+        for m in members:
+            graph.erase_node(m)
+        merged += len(members) - 1
+    return merged
 
 
 def _version(t: torch.Tensor) -> int:

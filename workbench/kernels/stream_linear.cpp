@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cstring>
+#include <vector>
 #include "vec.h"
 
 namespace {
@@ -30,8 +31,8 @@ inline v16 load16(const at::BFloat16* p) {  // bf16 -> fp32: the 16 bits shifted
 
 // panels [p, p + R) (16 columns each) against rows [t, t + TB) of x: R x TB accumulators in registers
 template <int R, int TB, typename W>
-inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t K, int64_t N, int64_t p,
-                 int64_t t) {
+inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t K, int64_t N, int64_t ld,
+                 int64_t p, int64_t t) {
   v16 acc[TB][R];
 #pragma GCC unroll 32
   for (int j = 0; j < TB; ++j)
@@ -52,7 +53,7 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
   for (int j = 0; j < TB; ++j)
     for (int r = 0; r < R; ++r) {
       const int64_t n0 = (p + r) * LANES;
-      float* out = y + (t + j) * N + n0;
+      float* out = y + (t + j) * ld + n0;
       for (int l = 0; l < LANES && n0 + l < N; ++l) out[l] = b ? acc[j][r][l] + b[n0 + l] : acc[j][r][l];
     }
 }
@@ -61,13 +62,13 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
 // chunk the panels come from cache
 template <int R, int TB, typename W>
 inline void rows(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t p) {
+                 int64_t ld, int64_t p) {
   static_assert(TB <= 8, "the rest of a chunk is dispatched for up to 7 rows");
   int64_t t = 0;
-  for (; t + TB <= T; t += TB) tile<R, TB>(x, pw, b, y, K, N, p, t);
+  for (; t + TB <= T; t += TB) tile<R, TB>(x, pw, b, y, K, N, ld, p, t);
   switch (T - t) {
 #define WB_REST(c) \
-    case c: if constexpr (c < TB) tile<R, c>(x, pw, b, y, K, N, p, t); break;
+    case c: if constexpr (c < TB) tile<R, c>(x, pw, b, y, K, N, ld, p, t); break;
     WB_REST(7) WB_REST(6) WB_REST(5) WB_REST(4) WB_REST(3) WB_REST(2) WB_REST(1)
 #undef WB_REST
     default: break;
@@ -77,12 +78,12 @@ inline void rows(const float* x, const W* pw, const float* b, float* y, int64_t 
 // panels [p, p + n) for n < 8, as the largest tiles of at most R panels that fit
 template <int R, int TB, typename W>
 inline void rest(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t p, int64_t n) {
+                 int64_t ld, int64_t p, int64_t n) {
   while (n > 0) {
     const int64_t r = std::min<int64_t>(n, R);
     switch (r) {
 #define WB_PANELS(c) \
-      case c: if constexpr (c <= R) rows<c, TB>(x, pw, b, y, T, K, N, p); break;
+      case c: if constexpr (c <= R) rows<c, TB>(x, pw, b, y, T, K, N, ld, p); break;
       WB_PANELS(7) WB_PANELS(6) WB_PANELS(5) WB_PANELS(4) WB_PANELS(3) WB_PANELS(2) WB_PANELS(1)
 #undef WB_PANELS
       default: break;
@@ -92,71 +93,131 @@ inline void rest(const float* x, const W* pw, const float* b, float* y, int64_t 
   }
 }
 
-// The panels split evenly between the threads, each thread's share in tiles of R panels and the rest in
-// smaller ones: a weight of a few panels (a 192-column key projection is 12) keeps both cores streaming
-// instead of leaving one idle while the other does the tiles that do not fill a block of R.
+// panels [lo, hi) of one weight, in tiles of R panels and the rest in smaller ones
 template <int R, int TB, typename W>
-void run_tiles(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N) {
+inline void span(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
+                 int64_t ld, int64_t lo, int64_t hi) {
+  int64_t p = lo;
+  for (; p + R <= hi; p += R) rows<R, TB>(x, pw, b, y, T, K, N, ld, p);
+  rest<R, TB>(x, pw, b, y, T, K, N, ld, p, hi - p);
+}
+
+// One weight of a group (stream_linear_group): its packed panels, its bias, where its first output column goes
+// (in rows of ld floats), its width.
+template <typename W>
+struct Part {
+  const W* pw;
+  const float* b;
+  float* y;
+  int64_t N, panels;
+};
+
+// The panels of every weight of a group, one after the other, split evenly between the threads, each thread's
+// share in tiles of R panels and the rest in smaller ones: a weight of a few panels (a 192-column key
+// projection is 12) keeps both cores streaming instead of leaving one idle while the other does the tiles that
+// do not fill a block of R, and weights that read the same x (a layer's query, key and value projections)
+// cost one parallel region instead of one each.
+template <int R, int TB, typename W>
+void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, int64_t ld) {
   static_assert(R <= 8, "the rest of a thread's share is dispatched for up to 7 panels");
-  const int64_t panels = (N + LANES - 1) / LANES;
+  int64_t panels = 0;
+  for (const auto& part : parts) panels += part.panels;
   // grain: enough panels per task that splitting pays (about 32 KB of fp32 weights)
   const int64_t grain = std::max<int64_t>(1, 512 / std::max<int64_t>(K, 1));
   at::parallel_for(0, panels, grain, [&](int64_t lo, int64_t hi) {
-    int64_t p = lo;
-    for (; p + R <= hi; p += R) rows<R, TB>(x, pw, b, y, T, K, N, p);
-    rest<R, TB>(x, pw, b, y, T, K, N, p, hi - p);
+    int64_t start = 0;  // the first panel of parts[i] in the group's numbering
+    for (const auto& part : parts) {
+      const int64_t a = std::max(lo, start), z = std::min(hi, start + part.panels);
+      if (a < z) span<R, TB>(x, part.pw, part.b, part.y, T, K, part.N, ld, a - start, z - start);
+      start += part.panels;
+    }
   });
 }
 
 // Tile shapes by row count: R panels x TB rows of x, at most 24 accumulators of the 32 vector registers.
 // More panels at once for few rows (memory-bound), more rows for many. The shape never changes a result.
 template <typename W>
-void run(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N) {
-  if (T == 1) run_tiles<8, 1>(x, pw, b, y, T, K, N);
-  else if (T == 2) run_tiles<8, 2>(x, pw, b, y, T, K, N);
-  else if (T <= 4) run_tiles<6, 4>(x, pw, b, y, T, K, N);
-  else run_tiles<3, 8>(x, pw, b, y, T, K, N);
+void run(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, int64_t ld) {
+  if (T == 1) run_tiles<8, 1>(x, parts, T, K, ld);
+  else if (T == 2) run_tiles<8, 2>(x, parts, T, K, ld);
+  else if (T <= 4) run_tiles<6, 4>(x, parts, T, K, ld);
+  else run_tiles<3, 8>(x, parts, T, K, ld);
+}
+
+template <typename W>
+void run_group(const at::Tensor& x2, const std::vector<at::Tensor>& packed, const std::vector<at::Tensor>& bias,
+               at::IntArrayRef N, at::Tensor& y) {
+  std::vector<Part<W>> parts;
+  int64_t col = 0;
+  for (size_t i = 0; i < packed.size(); ++i) {
+    parts.push_back({packed[i].data_ptr<W>(), bias.empty() ? nullptr : bias[i].data_ptr<float>(),
+                     y.data_ptr<float>() + col, N[i], packed[i].size(0)});
+    col += N[i];
+  }
+  run(x2.data_ptr<float>(), parts, x2.size(0), x2.size(1), y.size(1));
 }
 
 }  // namespace
 
-// x [..., K] float32; packed [ceil(N / 16), K, 16] float32 or bfloat16; bias [N] float32 or none
-at::Tensor stream_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                         int64_t N) {
-  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), "stream_linear: CPU tensors only");
+// [y_0 | y_1 | ...] with y_i = x @ w_i^T (+ b_i), for weights that read the same x, in one parallel region: y_i is
+// columns [N_0 + ... + N_{i-1}, + N_i) of the output, bit for bit what stream_linear(x, packed[i], bias[i], N[i])
+// gives. x [..., K] float32; packed[i] [ceil(N[i] / 16), K, 16], all float32 or all bfloat16; bias empty (none)
+// or one float32 [N[i]] per weight. One output tensor, not one per weight: a compiled graph calls an op that
+// returns a list of tensors through Python, and one returning a tensor straight through the dispatcher.
+at::Tensor stream_linear_group(const at::Tensor& x, at::TensorList packed, at::TensorList bias, at::IntArrayRef N) {
+  const size_t n = packed.size();
+  TORCH_CHECK(n > 0 && N.size() == n, "stream_linear: one width N per packed weight");
+  TORCH_CHECK(bias.empty() || bias.size() == n, "stream_linear: no bias, or one per weight");
+  TORCH_CHECK(x.device().is_cpu(), "stream_linear: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == at::kFloat, "stream_linear: x must be float32");
-  TORCH_CHECK(packed.dim() == 3 && packed.size(2) == LANES && packed.size(0) == (N + LANES - 1) / LANES,
-              "stream_linear: packed weight must be [ceil(N / 16), K, 16]");
-  const int64_t K = packed.size(1);
-  TORCH_CHECK(x.size(-1) == K, "stream_linear: x has ", x.size(-1), " features, the weight ", K);
+  const int64_t K = x.size(-1);
   auto x2 = x.reshape({-1, K}).contiguous();
-  auto pc = packed.contiguous();
-  const int64_t T = x2.size(0);
-  auto y = at::empty({T, N}, x.options());
-  const float* b = nullptr;
-  at::Tensor bc;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == N, "stream_linear: bias must be float32 [N]");
-    bc = bias->contiguous();
-    b = bc.data_ptr<float>();
+  std::vector<at::Tensor> pcs, bcs;
+  int64_t width = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = packed[i];
+    TORCH_CHECK(p.device().is_cpu(), "stream_linear: CPU tensors only");
+    TORCH_CHECK(p.dim() == 3 && p.size(2) == LANES && p.size(0) == (N[i] + LANES - 1) / LANES,
+                "stream_linear: packed weight must be [ceil(N / 16), K, 16]");
+    TORCH_CHECK(p.size(1) == K, "stream_linear: x has ", K, " features, the weight ", p.size(1));
+    TORCH_CHECK(p.scalar_type() == packed[0].scalar_type(), "stream_linear: a group's weights share a dtype");
+    pcs.push_back(p.contiguous());
+    if (!bias.empty()) {
+      TORCH_CHECK(bias[i].scalar_type() == at::kFloat && bias[i].numel() == N[i],
+                  "stream_linear: bias must be float32 [N]");
+      bcs.push_back(bias[i].contiguous());
+    }
+    width += N[i];
   }
-  if (T > 0) {
-    if (pc.scalar_type() == at::kFloat) {
-      run(x2.data_ptr<float>(), pc.data_ptr<float>(), b, y.data_ptr<float>(), T, K, N);
+  auto y = at::empty({x2.size(0), width}, x.options());
+  if (x2.size(0) > 0) {
+    if (pcs[0].scalar_type() == at::kFloat) {
+      run_group<float>(x2, pcs, bcs, N, y);
     } else {
-      TORCH_CHECK(pc.scalar_type() == at::kBFloat16, "stream_linear: weight must be float32 or bfloat16");
-      run(x2.data_ptr<float>(), pc.data_ptr<at::BFloat16>(), b, y.data_ptr<float>(), T, K, N);
+      TORCH_CHECK(pcs[0].scalar_type() == at::kBFloat16, "stream_linear: weight must be float32 or bfloat16");
+      run_group<at::BFloat16>(x2, pcs, bcs, N, y);
     }
   }
   auto shape = x.sizes().vec();
-  shape.back() = N;
+  shape.back() = width;
   return y.view(shape);
+}
+
+// y = x @ w^T (+ b): a group of one. x [..., K] float32; packed [ceil(N / 16), K, 16] float32 or bfloat16;
+// bias [N] float32 or none
+at::Tensor stream_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
+                         int64_t N) {
+  std::vector<at::Tensor> b;
+  if (bias.has_value() && bias->defined()) b.push_back(*bias);
+  return stream_linear_group(x, {packed}, b, {N});
 }
 
 TORCH_LIBRARY(workbench_kernels, m) {
   m.def("stream_linear(Tensor x, Tensor packed, Tensor? bias, int N) -> Tensor");
+  m.def("stream_linear_group(Tensor x, Tensor[] packed, Tensor[] bias, int[] N) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(workbench_kernels, CPU, m) {
   m.impl("stream_linear", &stream_linear);
+  m.impl("stream_linear_group", &stream_linear_group);
 }
