@@ -137,7 +137,8 @@ def test_small_bench_through_the_cli(tmp_path, capsys):
     assert len(runs) == 4 * 2  # baseline, untraced baseline, two methods x two prompts
     assert {r.benchmark_id for r in runs} == {bench_id}
     assert {r.source for r in runs} == {"bench"}
-    assert benches[0]["env"]["torch"] and benches[0]["env"]["copy_bandwidth_Bps"] > 0
+    env = benches[0]["env"]
+    assert env["torch"] and env["copy_bandwidth_Bps"] > 0 and env["read_bandwidth_Bps"] > 0
 
     rows = {(r["arm"], r["category"]): r for r in report["rows"]}
     for arm in ("autoregressive", TRACE_OFF_LABEL, "speculative", "prompt_lookup"):
@@ -149,6 +150,10 @@ def test_small_bench_through_the_cli(tmp_path, capsys):
     assert report["trace_overhead"]["overhead_pct"] is not None
     roof = report["roofline"]
     assert roof["roofline_tokens_per_s"] > 0
+    # the roofline's bandwidth: the larger of the read and the copy, both shown
+    assert roof["bandwidth_GBps"] == pytest.approx(max(env["read_bandwidth_Bps"], env["copy_bandwidth_Bps"]) / 1e9)
+    assert roof["roofline_tokens_per_s"] == pytest.approx(roof["bandwidth_GBps"] * 1e9 / env["target_weight_bytes"])
+    assert "read bandwidth" in md.read_text() and "(copy " in md.read_text()
     assert roof["decode_tokens_per_s"] > 0  # the plain runs after their first token
     assert roof["decode_fraction"] == pytest.approx(roof["decode_tokens_per_s"] / roof["roofline_tokens_per_s"])
     assert "After the first token" in md.read_text()
@@ -339,3 +344,16 @@ def test_the_decode_rate_leaves_out_the_first_step():
     assert M.decode_tokens_per_s(steps, 0.7) == pytest.approx(4 / 0.2)
     assert 5 / 0.7 < M.decode_tokens_per_s(steps, 0.7)  # tokens/s counts the prompt's forward in
     assert math.isnan(M.decode_tokens_per_s(steps[:1], 0.5))  # one step: nothing after the first
+
+
+def test_the_roofline_takes_the_larger_bandwidth_and_reads_older_benchmarks():
+    from workbench.bench.roofline import roofline
+
+    # a copy that measured less than a read stream: the read bounds a step, which only reads its weights
+    r = roofline(1000, copy=30e9, measured_tokens_per_s=20e6, read=40e9)
+    assert r["bandwidth_GBps"] == 40 and r["roofline_tokens_per_s"] == pytest.approx(40e6)
+    assert r["achieved_fraction"] == pytest.approx(0.5)
+    assert roofline(1000, copy=30e9, read=20e9)["bandwidth_GBps"] == 30  # a reader slower than the memory
+    old = roofline(1000, copy=30e9)  # stored before read bandwidths were measured
+    assert old["read_bandwidth_GBps"] is None and old["roofline_tokens_per_s"] == pytest.approx(30e6)
+

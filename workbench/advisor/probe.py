@@ -19,7 +19,7 @@ from .predict import Sample
 from .prompts import PromptSet
 
 Progress = Callable[[str], None]
-BANDWIDTH_MIB = 16  # the benchmark's copy-bandwidth measurement (for its roofline): kept short here
+BANDWIDTH_MIB = 16  # the benchmark's bandwidth measurements (for its roofline): kept short here
 
 
 def bench_config(target: str, arms: list[Config], prompts: PromptSet, question_ids: list[str], tokens: int,

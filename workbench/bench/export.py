@@ -158,8 +158,8 @@ def to_markdown(rep: BenchmarkReport, measure: str = "agreement") -> str:
         extra = "".join(f"; {k} {_f(v, 2, True)}" for k, v in r.get("achieved_fraction_by_arm", {}).items()
                         if k != base)
         lines += ["", "## Memory-bandwidth roofline (plain decoding)", "",
-                  f"weights read per token {r['weight_bytes_per_token'] / 2**20:.1f} MiB · copy bandwidth "
-                  f"{_f(r['copy_bandwidth_GBps'])} GB/s · roofline {_f(r['roofline_tokens_per_s'], 1)} tok/s · "
+                  f"weights read per token {r['weight_bytes_per_token'] / 2**20:.1f} MiB · {_bandwidths(r)} · "
+                  f"roofline {_f(r['roofline_tokens_per_s'], 1)} tok/s · "
                   f"plain decoding ({r.get('backend', 'eager')}) {_f(r.get('measured_tokens_per_s'), 1)} tok/s = "
                   f"{_f(r.get('achieved_fraction'), 2, True)} of the roofline{extra}"]
         if r.get("decode_tokens_per_s") is not None:
@@ -212,3 +212,11 @@ def write_csv(rep: BenchmarkReport, path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     return out
+
+
+def _bandwidths(r: dict) -> str:
+    """The roofline's bandwidths: "read 40.1 GB/s (copy 33.9)", or the copy alone for a benchmark stored before
+    read bandwidths were measured."""
+    if r.get("read_bandwidth_GBps") is None:
+        return f"copy bandwidth {_f(r['copy_bandwidth_GBps'])} GB/s"
+    return f"read bandwidth {_f(r['read_bandwidth_GBps'])} GB/s (copy {_f(r['copy_bandwidth_GBps'])})"

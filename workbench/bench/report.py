@@ -439,7 +439,7 @@ def benchmark_report(store, benchmark_id: str) -> BenchmarkReport:
     if env.get("copy_bandwidth_Bps") and env.get("target_weight_bytes"):
         base = overall.get((res["baseline"], ref_backend))
         roof = roofline(env["target_weight_bytes"], env["copy_bandwidth_Bps"],
-                        base["tokens_per_s"] if base else None)
+                        base["tokens_per_s"] if base else None, read=env.get("read_bandwidth_Bps"))
         roof["backend"] = ref_backend
         # the same plain-decoding runs after their first token: the rate the roofline bounds
         decode = [M.decode_tokens_per_s(r.steps, r.wall_s) for r in runs

@@ -67,7 +67,7 @@ from ..record import Recording, environment, run_history
 from ..trace import Trace
 from .arms import Arm, build_arms, on_backends
 from .hf import HF_METHODS, STATIC, hf_backend, hf_run, hf_settings, hf_warm_up, static_cache_len
-from .roofline import copy_bandwidth, weight_bytes_per_token
+from .roofline import copy_bandwidth, read_bandwidth, weight_bytes_per_token
 from .suites import PromptUnit, categories_of, filter_questions, load_suite, prompt_units, suite_path
 
 Progress = Callable[[str], None]
@@ -235,7 +235,7 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
     check_bench_models(timed, tgt, drf, cfg.device)
     hf_arms = hf_arms_for(cfg, tgt, drf, units)
 
-    say(f"bench: measuring memory bandwidth ({cfg.bandwidth_mib} MiB copy)...")
+    say(f"bench: measuring memory bandwidth (reading and copying {cfg.bandwidth_mib} MiB)...")
     env = bench_env(tgt, drf, cfg)
     env.update(_warm_up(timed, hf_arms, units[0], tgt, drf, cfg, generate, say, units=units))
     config = bench_config(cfg, tgt.spec, drf.spec if drf else None, timed, hf_arms, questions, units)
@@ -360,11 +360,12 @@ def _compiled_for(arm, n_prompt: int, tgt, drf, cfg: BenchConfig, say: Progress)
 
 
 def bench_env(tgt, drf, cfg: BenchConfig) -> dict[str, Any]:
-    """The environment a benchmark's results depend on, with the models and the measured copy bandwidth."""
+    """The environment a benchmark's results depend on, with the models and the measured read and copy bandwidths."""
     env = environment(tgt)
     env.update(
         draft=drf.spec if drf else None, draft_dtype=str(drf.dtype).replace("torch.", "") if drf else None,
         copy_bandwidth_Bps=copy_bandwidth(cfg.bandwidth_mib, device=tgt.device),
+        read_bandwidth_Bps=read_bandwidth(cfg.bandwidth_mib, device=tgt.device),
         target_weight_bytes=weight_bytes_per_token(tgt.model),
         draft_weight_bytes=weight_bytes_per_token(drf.model) if drf else None,
     )
