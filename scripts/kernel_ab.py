@@ -11,7 +11,9 @@ row_attention.cpp are built under another operator namespace (`wb_base`) beside 
 - attention: one layer's attention of T rows over a 1024-column static cache with --context columns filled;
 - forward: the compiled backend's forward over n new tokens after --context cached, each arm's graphs
   compiled with its own operators (a few minutes); an arm whose kernels have `stream_linear_group` runs the
-  linears that read the same input as one call (kernels.linear.group_siblings), the other one call each.
+  linears that read the same input as one call (kernels.linear.group_siblings), the other one call each;
+- grouping: the working tree's compiled forward with those linears grouped and with one call each, the two
+  built in turns (--builds each, one alive at a time; the base revision plays no part).
 Medians of --rounds rounds, in ms (attention in us), with each arm's ratio to one row.
 """
 from __future__ import annotations
@@ -79,7 +81,7 @@ def report(title: str, res: dict, arms, sizes: list[int], unit: float, unit_name
     print(title)
     for a in arms:
         one = res[a, sizes[0]]
-        print(f"  {a:>5}: " + "  ".join(f"n={n} {res[a, n] * unit:.2f} {unit_name} ({res[a, n] / one:.2f}x)"
+        print(f"  {a:>13}: " + "  ".join(f"n={n} {res[a, n] * unit:.2f} {unit_name} ({res[a, n] / one:.2f}x)"
                                        for n in sizes))
 
 
@@ -154,6 +156,44 @@ def forward(ops: dict, sizes: list[int], rounds: int, context: int, target: str)
     report(f"compiled forward over n new tokens after {context} cached (ms):", res, ops, sizes, 1e3, "ms")
 
 
+@torch.inference_mode()
+def grouping(sizes: list[int], rounds: int, context: int, target: str, builds: int) -> None:
+    import gc
+
+    from workbench.backend import compiled
+    from workbench.kernels import plan_for
+    from workbench.models import load_model
+
+    lm = load_model(target)
+    print(f"{target}, kernels {plan_for(lm).label()}")
+    compiled.compiler_settings()
+    ids = torch.randint(0, 1000, (1, context + max(sizes)), generator=torch.Generator().manual_seed(0))
+    arms = {"grouped": compiled.graph_passes, "one call each": lambda: {}}
+    times: dict = {}
+    for _ in range(builds):
+        for a, passes in arms.items():
+            real = compiled.graph_passes
+            compiled.graph_passes = passes  # read when the graphs are set up, below
+            try:
+                cf = compiled.CompiledForward(lm, compiled.cache_len_bucket(context + max(sizes), lm.max_positions))
+            finally:
+                compiled.graph_passes = real
+            s = compiled.StaticSession(cf)
+            s.forward(ids[:, :context], keep=1)
+
+            def run(n):
+                s.forward(ids[:, context:context + n])
+                s.crop(context)
+
+            for k, v in turns({a: run}, sizes, rounds, 3).items():
+                times.setdefault(k, []).append(v)
+            del s, cf, run
+            gc.collect()
+    res = {k: statistics.median(v) for k, v in times.items()}
+    report(f"compiled forward over n new tokens after {context} cached, {builds} builds of each (ms):", res, arms,
+           sizes, 1e3, "ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="git revision whose kernels are the base")
@@ -163,6 +203,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--builds", type=int, default=4, help="grouping: builds of each arm's graphs, in turns")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from workbench.kernels.build import load_extension
@@ -180,6 +221,8 @@ def main() -> None:
         attention(ops, sizes, args.rounds, args.context)
     if "forward" in parts:
         forward(ops, sizes, args.rounds, args.context, args.target)
+    if "grouping" in parts:
+        grouping(sizes, args.rounds, args.context, args.target, args.builds)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,8 @@ def to_markdown(rep: BenchmarkReport, measure: str = "agreement") -> str:
         if r.get("decode_tokens_per_s") is not None:
             lines += ["", f"After the first token (the prompt's forward excluded), plain decoding runs "
                           f"{_f(r['decode_tokens_per_s'], 1)} tok/s = {_f(r['decode_fraction'], 2, True)} of the "
-                          "roofline."]
+                          "roofline (medians over its runs, each against the bandwidths measured right before "
+                          "it)."]
     lines += ["", "## Lossless match (lossless arms)", ""]
     if rep.mismatches:
         lines += _table(["method", "backend", "prompt", "category", "repeat", "first differing position", "length",
@@ -215,8 +216,10 @@ def write_csv(rep: BenchmarkReport, path: str | Path) -> Path:
 
 
 def _bandwidths(r: dict) -> str:
-    """The roofline's bandwidths: "read 40.1 GB/s (copy 33.9)", or the copy alone for a benchmark stored before
-    read bandwidths were measured."""
+    """The roofline's bandwidths: "read bandwidth 40.1 GB/s (copy 33.9; medians of 7 measurements)", or the copy
+    alone for a benchmark stored before read bandwidths were measured."""
+    n = r.get("bandwidth_measurements") or 1
+    of = f"medians of {n} measurements" if n > 1 else "one measurement"
     if r.get("read_bandwidth_GBps") is None:
-        return f"copy bandwidth {_f(r['copy_bandwidth_GBps'])} GB/s"
-    return f"read bandwidth {_f(r['read_bandwidth_GBps'])} GB/s (copy {_f(r['copy_bandwidth_GBps'])})"
+        return f"copy bandwidth {_f(r['copy_bandwidth_GBps'])} GB/s ({of})"
+    return f"read bandwidth {_f(r['read_bandwidth_GBps'])} GB/s (copy {_f(r['copy_bandwidth_GBps'])}; {of})"

@@ -88,6 +88,9 @@ class _Run:
     backend: str = EAGER
     lossy: list[str] = field(default_factory=list)  # what made the run lossy (empty: lossless)
     quality: dict[str, Any] | None = None  # workbench.quality.Quality.to_dict(); None: not measured
+    # the memory bandwidths in the run's env (bytes/s): for a plain-decoding run, measured right before it
+    copy_Bps: float | None = None
+    read_Bps: float | None = None
 
 
 def _load(store, benchmark_id: str, with_steps: bool) -> tuple[dict[str, Any], list[_Run]]:
@@ -106,7 +109,8 @@ def _load(store, benchmark_id: str, with_steps: bool) -> tuple[dict[str, Any], l
             peak_mem_mb=_num(m.get("peak_mem_mb")), output_ids=list(rec.output_ids or []),
             steps=store.load_trace(rec.id).steps if with_steps else [],
             backend=p.get("bench.backend") or (rec.env or {}).get("backend") or EAGER,
-            lossy=list(rec.lossy) if not rec.lossless else [], quality=rec.quality))
+            lossy=list(rec.lossy) if not rec.lossless else [], quality=rec.quality,
+            copy_Bps=(rec.env or {}).get("copy_bandwidth_Bps"), read_Bps=(rec.env or {}).get("read_bandwidth_Bps")))
     return bench, runs
 
 
@@ -438,16 +442,24 @@ def benchmark_report(store, benchmark_id: str) -> BenchmarkReport:
     env = bench.get("env", {})
     if env.get("copy_bandwidth_Bps") and env.get("target_weight_bytes"):
         base = overall.get((res["baseline"], ref_backend))
-        roof = roofline(env["target_weight_bytes"], env["copy_bandwidth_Bps"],
-                        base["tokens_per_s"] if base else None, read=env.get("read_bandwidth_Bps"))
+        weight_bytes = env["target_weight_bytes"]
+        plain = [r for r in runs if (r.arm, r.backend) == (res["baseline"], ref_backend)]
+        # each plain run's bandwidths were measured right before it (runner.bandwidths_now; a benchmark stored
+        # before that has the ones measured as it started): the roofline is their median, and each run's
+        # decode rate is judged against its own
+        copies = [r.copy_Bps for r in plain if r.copy_Bps] or [env["copy_bandwidth_Bps"]]
+        reads = [r.read_Bps for r in plain if r.read_Bps] or [env.get("read_bandwidth_Bps")]
+        roof = roofline(weight_bytes, statistics.median(copies), base["tokens_per_s"] if base else None,
+                        read=statistics.median(reads) if all(reads) else None)
         roof["backend"] = ref_backend
+        roof["bandwidth_measurements"] = len(copies)
         # the same plain-decoding runs after their first token: the rate the roofline bounds
-        decode = [M.decode_tokens_per_s(r.steps, r.wall_s) for r in runs
-                  if (r.arm, r.backend) == (res["baseline"], ref_backend)]
-        decode = [x for x in decode if x == x]
+        decode = [(M.decode_tokens_per_s(r.steps, r.wall_s),
+                   max(r.copy_Bps or env["copy_bandwidth_Bps"], r.read_Bps or 0.0) / weight_bytes) for r in plain]
+        decode = [(rate, roofline_rate) for rate, roofline_rate in decode if rate == rate]
         if decode:
-            roof["decode_tokens_per_s"] = statistics.median(decode)
-            roof["decode_fraction"] = roof["decode_tokens_per_s"] / roof["roofline_tokens_per_s"]
+            roof["decode_tokens_per_s"] = statistics.median(rate for rate, _ in decode)
+            roof["decode_fraction"] = statistics.median(rate / top for rate, top in decode)
         shown = [(res["baseline"], b) for b in backends] + [(TRACE_OFF_LABEL, ref_backend)]
         shown += [k for k in res["keys"] if k[0] in OURS and OURS[k[0]] == BASELINE]
         roof["achieved_fraction_by_arm"] = {

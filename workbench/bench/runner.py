@@ -257,8 +257,9 @@ def run_in_process(cfg: BenchConfig, store, progress: Progress | None = to_stder
                         encoded[unit.key] = encode_unit(tgt, unit)
                     prompt_ids = encoded[unit.key]
                     _compiled_for(arm, len(prompt_ids), tgt, drf, cfg, say)
+                    run_env = env | bandwidths_now(arm, tgt, cfg)
                     t0 = time.perf_counter()
-                    summary = _run_one(store, bench_id, arm, unit, r, prompt_ids, tgt, drf, cfg, env, generate,
+                    summary = _run_one(store, bench_id, arm, unit, r, prompt_ids, tgt, drf, cfg, run_env, generate,
                                        baselines)
                     if arm == jobs[0] and r == 0 and len(unit.history) == unit.turn:
                         unit.history.append(summary["text"])  # the baseline's answer feeds the next turn
@@ -370,6 +371,17 @@ def bench_env(tgt, drf, cfg: BenchConfig) -> dict[str, Any]:
         draft_weight_bytes=weight_bytes_per_token(drf.model) if drf else None,
     )
     return env
+
+
+def bandwidths_now(arm, tgt, cfg: BenchConfig) -> dict[str, float]:
+    """Before each plain-decoding run (ours, traced or not): the read and copy bandwidths measured again, right
+    then, for the run's env. The roofline of that run is judged against them (bench.report): a shared machine's
+    bandwidth moves by tens of percent within minutes, so the one measured as the benchmark started can be far
+    from the one its runs met. Outside the run's clock; a fraction of a second."""
+    if isinstance(arm, HFArm) or arm.method != BASELINE:
+        return {}
+    return {"copy_bandwidth_Bps": copy_bandwidth(cfg.bandwidth_mib, repeats=3, device=tgt.device),
+            "read_bandwidth_Bps": read_bandwidth(cfg.bandwidth_mib, repeats=3, device=tgt.device)}
 
 
 def bench_config(cfg: BenchConfig, target: str, draft: str | None, arms: list[Arm], hf_arms: list[HFArm],
