@@ -135,11 +135,13 @@ void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int
 }
 
 // Tile shapes by row count: R panels x TB rows of x, at most 24 accumulators of the 32 vector registers.
-// More panels at once for few rows (memory-bound), more rows for many. The shape never changes a result.
+// More panels at once for few rows, more rows for many. For one or two rows four panels at once (four streams
+// of weights per thread) ran the model's linears 3% faster than eight on the 2-core AMD test machine. The
+// shape never changes a result.
 template <typename W>
 void run(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, int64_t ld) {
-  if (T == 1) run_tiles<8, 1>(x, parts, T, K, ld);
-  else if (T == 2) run_tiles<8, 2>(x, parts, T, K, ld);
+  if (T == 1) run_tiles<4, 1>(x, parts, T, K, ld);
+  else if (T == 2) run_tiles<4, 2>(x, parts, T, K, ld);
   else if (T <= 4) run_tiles<6, 4>(x, parts, T, K, ld);
   else run_tiles<3, 8>(x, parts, T, K, ld);
 }
