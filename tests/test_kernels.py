@@ -254,8 +254,8 @@ def test_a_build_lock_left_by_a_killed_build_is_cleared(monkeypatch, tmp_path):
 
 
 def test_a_group_of_weights_gives_each_weights_own_bits_side_by_side(ext):
-    """stream_linear_group: the outputs of weights that read the same x, side by side, each one bit for bit what
-    its own call gives (with and without biases, fp32 and bf16 weights, every row count)."""
+    """stream_linear_group: the outputs of weights that read the same x, one after the other, each one bit for bit
+    what its own call gives (with and without biases, fp32 and bf16 weights, every row count)."""
     group = torch.ops.workbench_kernels.stream_linear_group
     g = torch.Generator().manual_seed(3)
     widths = [40, 16, 70]
@@ -267,10 +267,11 @@ def test_a_group_of_weights_gives_each_weights_own_bits_side_by_side(ext):
         for T in (1, 2, 3, 5, 8, 16):
             for biases in ([], bs):
                 y = group(x[:, :T], ps, biases, widths)
-                assert y.shape == (1, T, sum(widths))
-                parts = y.split(widths, dim=-1)
+                assert y.shape == (T * sum(widths),)  # each weight's T rows, one weight after the other
+                parts = y.split([T * n for n in widths])
                 for i, (p, n) in enumerate(zip(ps, widths)):
-                    assert torch.equal(parts[i], ext(x[:, :T], p, bs[i] if biases else None, n)), (dtype, T, i)
+                    own = ext(x[:, :T], p, bs[i] if biases else None, n)
+                    assert torch.equal(parts[i].view(1, T, n), own), (dtype, T, i)
     with pytest.raises(RuntimeError, match="share a dtype"):
         group(x, [pack(torch.randn(16, 24)), pack(torch.randn(16, 24).bfloat16())], [], [16, 16])
 

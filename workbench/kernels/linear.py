@@ -140,18 +140,20 @@ def output_like(x, packed, bias, N):
 
 
 def group_output_like(x, packed, bias, N):
-    """stream_linear_group's output, empty: (..., sum(N)) like x, every weight's outputs side by side."""
-    return output_like(x, None, None, sum(N))
+    """stream_linear_group's output, empty: flat, T * sum(N) (T = x's rows), every weight's T rows one after the
+    other."""
+    return x.new_empty((x.numel() // x.shape[-1] * sum(N),))
 
 
 def group_siblings(graph: torch.fx.Graph) -> int:
     """A graph pass for inductor (after its own post-grad passes; the compiled backend runs it): the kernel's calls
     on the same input node, with the same weight dtype and all with or all without a bias, become one
-    `stream_linear_group` call, whose output each former call's users read a slice of. A decoding step's
-    linears are bound by streaming their weights, and what each call adds besides (the dispatch, a parallel
-    region and its join, a thread idle at the end of a small weight) is paid once per group instead of once per
-    linear. The outputs are the same bits: each column is computed as in a call of its own. Returns how many
-    calls were merged away."""
+    `stream_linear_group` call, whose one flat output holds each former call's output, contiguous, one after the
+    other (graphs of static shapes only: the row count sets where each one starts). A decoding step's linears
+    are bound by streaming their weights, and what each call adds besides (the dispatch, a parallel region and
+    its join, a thread idle at the end of a small weight) is paid once per group instead of once per linear.
+    The outputs are the same bits: each column is computed as in a call of its own. Returns how many calls were
+    merged away."""
     try:  # the ops read while compiling, like the kernel's calls in the graph (scripts/kernel_ab.py swaps them)
         single = torch.ops.workbench_kernels.stream_linear.default
         grouped = torch.ops.workbench_kernels.stream_linear_group.default
@@ -174,17 +176,22 @@ def group_siblings(graph: torch.fx.Graph) -> int:
         if len(members) < 2 or any(order[a] > order[first] for a in inputs):
             continue
         widths = [m.args[3] for m in members]
+        rows = x.meta["val"].numel() // x.meta["val"].shape[-1] if "val" in x.meta else None
+        if not isinstance(rows, int):  # a shape-dynamic graph: left as it is
+            continue
         with graph.inserting_before(first):
             biases = [] if no_bias else [m.args[2] for m in members]
             call = graph.call_function(grouped, (x, [m.args[1] for m in members], biases, widths))
-            whole = call.meta["val"] = group_output_like(first.meta["val"], None, None, widths)  # a fake tensor
+            whole = call.meta["val"] = group_output_like(x.meta["val"], None, None, widths)  # a fake tensor
             start = 0
             for m, n in zip(members, widths):
-                part = graph.call_function(torch.ops.aten.slice.Tensor, (call, -1, start, start + n))
-                part.meta.update(m.meta)
-                part.meta["val"] = whole[..., start:start + n]
-                m.replace_all_uses_with(part)
-                start += n
+                part = graph.call_function(torch.ops.aten.slice.Tensor, (call, 0, start, start + rows * n))
+                part.meta["val"] = whole[start:start + rows * n]
+                shaped = graph.call_function(torch.ops.aten.view.default, (part, list(m.meta["val"].shape)))
+                shaped.meta.update(m.meta)
+                shaped.meta["val"] = part.meta["val"].view(m.meta["val"].shape)
+                m.replace_all_uses_with(shaped)
+                start += rows * n
         for m in members:
             graph.erase_node(m)
         merged += len(members) - 1

@@ -31,8 +31,8 @@ inline v16 load16(const at::BFloat16* p) {  // bf16 -> fp32: the 16 bits shifted
 
 // panels [p, p + R) (16 columns each) against rows [t, t + TB) of x: R x TB accumulators in registers
 template <int R, int TB, typename W>
-inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t K, int64_t N, int64_t ld,
-                 int64_t p, int64_t t) {
+inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t K, int64_t N, int64_t p,
+                 int64_t t) {
   v16 acc[TB][R];
 #pragma GCC unroll 32
   for (int j = 0; j < TB; ++j)
@@ -53,7 +53,7 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
   for (int j = 0; j < TB; ++j)
     for (int r = 0; r < R; ++r) {
       const int64_t n0 = (p + r) * LANES;
-      float* out = y + (t + j) * ld + n0;
+      float* out = y + (t + j) * N + n0;
       for (int l = 0; l < LANES && n0 + l < N; ++l) out[l] = b ? acc[j][r][l] + b[n0 + l] : acc[j][r][l];
     }
 }
@@ -62,13 +62,13 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
 // chunk the panels come from cache
 template <int R, int TB, typename W>
 inline void rows(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t ld, int64_t p) {
+                 int64_t p) {
   static_assert(TB <= 8, "the rest of a chunk is dispatched for up to 7 rows");
   int64_t t = 0;
-  for (; t + TB <= T; t += TB) tile<R, TB>(x, pw, b, y, K, N, ld, p, t);
+  for (; t + TB <= T; t += TB) tile<R, TB>(x, pw, b, y, K, N, p, t);
   switch (T - t) {
 #define WB_REST(c) \
-    case c: if constexpr (c < TB) tile<R, c>(x, pw, b, y, K, N, ld, p, t); break;
+    case c: if constexpr (c < TB) tile<R, c>(x, pw, b, y, K, N, p, t); break;
     WB_REST(7) WB_REST(6) WB_REST(5) WB_REST(4) WB_REST(3) WB_REST(2) WB_REST(1)
 #undef WB_REST
     default: break;
@@ -78,12 +78,12 @@ inline void rows(const float* x, const W* pw, const float* b, float* y, int64_t 
 // panels [p, p + n) for n < 8, as the largest tiles of at most R panels that fit
 template <int R, int TB, typename W>
 inline void rest(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t ld, int64_t p, int64_t n) {
+                 int64_t p, int64_t n) {
   while (n > 0) {
     const int64_t r = std::min<int64_t>(n, R);
     switch (r) {
 #define WB_PANELS(c) \
-      case c: if constexpr (c <= R) rows<c, TB>(x, pw, b, y, T, K, N, ld, p); break;
+      case c: if constexpr (c <= R) rows<c, TB>(x, pw, b, y, T, K, N, p); break;
       WB_PANELS(7) WB_PANELS(6) WB_PANELS(5) WB_PANELS(4) WB_PANELS(3) WB_PANELS(2) WB_PANELS(1)
 #undef WB_PANELS
       default: break;
@@ -96,14 +96,14 @@ inline void rest(const float* x, const W* pw, const float* b, float* y, int64_t 
 // panels [lo, hi) of one weight, in tiles of R panels and the rest in smaller ones
 template <int R, int TB, typename W>
 inline void span(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t ld, int64_t lo, int64_t hi) {
+                 int64_t lo, int64_t hi) {
   int64_t p = lo;
-  for (; p + R <= hi; p += R) rows<R, TB>(x, pw, b, y, T, K, N, ld, p);
-  rest<R, TB>(x, pw, b, y, T, K, N, ld, p, hi - p);
+  for (; p + R <= hi; p += R) rows<R, TB>(x, pw, b, y, T, K, N, p);
+  rest<R, TB>(x, pw, b, y, T, K, N, p, hi - p);
 }
 
-// One weight of a group (stream_linear_group): its packed panels, its bias, where its first output column goes
-// (in rows of ld floats), its width.
+// One weight of a group (stream_linear_group): its packed panels, its bias, its output ((T, N) row-major), its
+// width.
 template <typename W>
 struct Part {
   const W* pw;
@@ -118,7 +118,7 @@ struct Part {
 // do not fill a block of R, and weights that read the same x (a layer's query, key and value projections)
 // cost one parallel region instead of one each.
 template <int R, int TB, typename W>
-void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, int64_t ld) {
+void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K) {
   static_assert(R <= 8, "the rest of a thread's share is dispatched for up to 7 panels");
   int64_t panels = 0;
   for (const auto& part : parts) panels += part.panels;
@@ -128,7 +128,7 @@ void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int
     int64_t start = 0;  // the first panel of parts[i] in the group's numbering
     for (const auto& part : parts) {
       const int64_t a = std::max(lo, start), z = std::min(hi, start + part.panels);
-      if (a < z) span<R, TB>(x, part.pw, part.b, part.y, T, K, part.N, ld, a - start, z - start);
+      if (a < z) span<R, TB>(x, part.pw, part.b, part.y, T, K, part.N, a - start, z - start);
       start += part.panels;
     }
   });
@@ -139,33 +139,35 @@ void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int
 // of weights per thread) ran the model's linears 3% faster than eight on the 2-core AMD test machine. The
 // shape never changes a result.
 template <typename W>
-void run(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, int64_t ld) {
-  if (T == 1) run_tiles<4, 1>(x, parts, T, K, ld);
-  else if (T == 2) run_tiles<4, 2>(x, parts, T, K, ld);
-  else if (T <= 4) run_tiles<6, 4>(x, parts, T, K, ld);
-  else run_tiles<3, 8>(x, parts, T, K, ld);
+void run(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K) {
+  if (T == 1) run_tiles<4, 1>(x, parts, T, K);
+  else if (T == 2) run_tiles<4, 2>(x, parts, T, K);
+  else if (T <= 4) run_tiles<6, 4>(x, parts, T, K);
+  else run_tiles<3, 8>(x, parts, T, K);
 }
 
 template <typename W>
 void run_group(const at::Tensor& x2, const std::vector<at::Tensor>& packed, const std::vector<at::Tensor>& bias,
                at::IntArrayRef N, at::Tensor& y) {
   std::vector<Part<W>> parts;
+  const int64_t T = x2.size(0);
   int64_t col = 0;
   for (size_t i = 0; i < packed.size(); ++i) {
     parts.push_back({packed[i].data_ptr<W>(), bias.empty() ? nullptr : bias[i].data_ptr<float>(),
-                     y.data_ptr<float>() + col, N[i], packed[i].size(0)});
+                     y.data_ptr<float>() + T * col, N[i], packed[i].size(0)});
     col += N[i];
   }
-  run(x2.data_ptr<float>(), parts, x2.size(0), x2.size(1), y.size(1));
+  run(x2.data_ptr<float>(), parts, T, x2.size(1));
 }
 
 }  // namespace
 
-// [y_0 | y_1 | ...] with y_i = x @ w_i^T (+ b_i), for weights that read the same x, in one parallel region: y_i is
-// columns [N_0 + ... + N_{i-1}, + N_i) of the output, bit for bit what stream_linear(x, packed[i], bias[i], N[i])
-// gives. x [..., K] float32; packed[i] [ceil(N[i] / 16), K, 16], all float32 or all bfloat16; bias empty (none)
-// or one float32 [N[i]] per weight. One output tensor, not one per weight: a compiled graph calls an op that
-// returns a list of tensors through Python, and one returning a tensor straight through the dispatcher.
+// y_i = x @ w_i^T (+ b_i) for weights that read the same x, in one parallel region, one after the other in one
+// flat output: y_i, T rows of N_i (T = the rows of x), row-major, starts at element T (N_0 + ... + N_{i-1}), bit
+// for bit what stream_linear(x, packed[i], bias[i], N[i]) gives. x [..., K] float32; packed[i]
+// [ceil(N[i] / 16), K, 16], all float32 or all bfloat16; bias empty (none) or one float32 [N[i]] per weight.
+// One output tensor, not one per weight: a compiled graph calls an op that returns a list of tensors through
+// Python, and one returning a tensor straight through the dispatcher.
 at::Tensor stream_linear_group(const at::Tensor& x, at::TensorList packed, at::TensorList bias, at::IntArrayRef N) {
   const size_t n = packed.size();
   TORCH_CHECK(n > 0 && N.size() == n, "stream_linear: one width N per packed weight");
@@ -191,7 +193,7 @@ at::Tensor stream_linear_group(const at::Tensor& x, at::TensorList packed, at::T
     }
     width += N[i];
   }
-  auto y = at::empty({x2.size(0), width}, x.options());
+  auto y = at::empty({x2.size(0) * width}, x.options());
   if (x2.size(0) > 0) {
     if (pcs[0].scalar_type() == at::kFloat) {
       run_group<float>(x2, pcs, bcs, N, y);
@@ -200,9 +202,7 @@ at::Tensor stream_linear_group(const at::Tensor& x, at::TensorList packed, at::T
       run_group<at::BFloat16>(x2, pcs, bcs, N, y);
     }
   }
-  auto shape = x.sizes().vec();
-  shape.back() = width;
-  return y.view(shape);
+  return y;
 }
 
 // y = x @ w^T (+ b): a group of one. x [..., K] float32; packed [ceil(N / 16), K, 16] float32 or bfloat16;
@@ -211,7 +211,9 @@ at::Tensor stream_linear(const at::Tensor& x, const at::Tensor& packed, const c1
                          int64_t N) {
   std::vector<at::Tensor> b;
   if (bias.has_value() && bias->defined()) b.push_back(*bias);
-  return stream_linear_group(x, {packed}, b, {N});
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return stream_linear_group(x, {packed}, b, {N}).view(shape);
 }
 
 TORCH_LIBRARY(workbench_kernels, m) {
