@@ -60,7 +60,7 @@ from ..methods import get_method
 from ..quality import MEASURES
 from .arms import TRACE_OFF_LABEL
 from .hf import OURS, hf_backend
-from .roofline import roofline
+from .roofline import bound, roofline
 
 ALL = "all"
 EAGER = "eager"
@@ -455,8 +455,8 @@ def benchmark_report(store, benchmark_id: str) -> BenchmarkReport:
         roof["bandwidth_measurements"] = len(copies)
         # the same plain-decoding runs after their first token: the rate the roofline bounds
         decode = [(M.decode_tokens_per_s(r.steps, r.wall_s),
-                   max(r.copy_Bps or env["copy_bandwidth_Bps"], r.read_Bps or 0.0) / weight_bytes) for r in plain]
-        decode = [(rate, roofline_rate) for rate, roofline_rate in decode if rate == rate]
+                   bound(r.copy_Bps or env["copy_bandwidth_Bps"], r.read_Bps) / weight_bytes) for r in plain]
+        decode = [(rate, top) for rate, top in decode if rate == rate]  # top: the run's own roofline
         if decode:
             roof["decode_tokens_per_s"] = statistics.median(rate for rate, _ in decode)
             roof["decode_fraction"] = statistics.median(rate / top for rate, top in decode)

@@ -101,12 +101,17 @@ def read_bandwidth(mib: int = 512, repeats: int = 5, device: str | torch.device 
     return n * 4 / best
 
 
+def bound(copy: float, read: float | None = None) -> float:
+    """The bandwidth a step is bound by (bytes/s): the larger of the read and the copy (module docstring)."""
+    return max(copy, read or 0.0)
+
+
 def roofline(weight_bytes: int, copy: float, measured_tokens_per_s: float | None = None,
              read: float | None = None) -> dict[str, Any]:
     """Roofline tokens/s from the larger of the `read` and `copy` bandwidths (bytes/s; a benchmark stored before
     read bandwidths were measured has only the copy) and, given a measured plain-decoding speed, the fraction
     achieved."""
-    bandwidth = max(copy, read or 0.0)
+    bandwidth = bound(copy, read)
     tps = bandwidth / weight_bytes if weight_bytes else float("nan")
     out: dict[str, Any] = {"weight_bytes_per_token": weight_bytes, "copy_bandwidth_GBps": copy / 1e9,
                            "read_bandwidth_GBps": read / 1e9 if read else None,
