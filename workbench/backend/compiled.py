@@ -131,9 +131,10 @@ def _compile_static(run: Callable, T: int, device: torch.device, kernel_rows: fr
 
 
 def graph_passes() -> dict[str, Any]:
-    """Inductor options for the workbench's own pass over every graph it compiles: the kernel's linears that read
-    the same input run as one call (`kernels.linear.group_siblings`). Inductor's disk cache keys a graph by the
-    pass's source, so a changed pass compiles anew."""
+    """Inductor options for the workbench's own pass over its static-shape graphs (the pass leaves shape-dynamic
+    ones as they are): the kernel's linears that read the same input run as one call
+    (`kernels.linear.group_siblings`). Inductor's disk cache keys a graph by the pass's source, so a changed pass
+    compiles anew."""
     # here: inductor is slow to import; only compiling needs it
     from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
@@ -235,7 +236,7 @@ class CompiledForward:
         self.kernel_rows = rows
         self.one = _compile_static(run, 1, self.device, rows)
         self.buckets = {B: _compile_static(run, B, self.device, rows) for B in static_buckets()}
-        self.many = torch.compile(_own_code(run), dynamic=True, options=graph_passes())
+        self.many = torch.compile(_own_code(run), dynamic=True)
 
     def pick(self, states: torch.Tensor, hidden: bool | str | tuple[int, ...]) -> torch.Tensor:
         """The states a session asked for out of the graphs' (T, H (1 + k)): True the final ones, "layers" also

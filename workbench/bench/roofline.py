@@ -59,23 +59,26 @@ def weight_bytes_per_token(model: torch.nn.Module) -> int:
     return int(total)
 
 
+def _best_s(fn, repeats: int, device: torch.device) -> float:
+    """The best time of `repeats` calls of `fn` (after one warm-up call, which also pages its buffers in)."""
+    fn()
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        device_sync(device)
+        t0 = time.perf_counter()
+        fn()
+        device_sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def copy_bandwidth(mib: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:
     """Measured memory bandwidth in bytes/s: 2 * bytes / best time of `dst.copy_(src)`."""
     device = torch.device(device)
     n = int(mib) * 2**20 // 4
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    dst.copy_(src)  # warm-up: page in both buffers
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        device_sync(device)
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        device_sync(device)
-        best = min(best, time.perf_counter() - t0)
-    nbytes = n * 4
-    del src, dst
-    return 2 * nbytes / best
+    return 2 * n * 4 / _best_s(lambda: dst.copy_(src), repeats, device)
 
 
 def read_bandwidth(mib: int = 512, repeats: int = 5, device: str | torch.device = "cpu") -> float:
@@ -86,19 +89,10 @@ def read_bandwidth(mib: int = 512, repeats: int = 5, device: str | torch.device 
     device = torch.device(device)
     n = int(mib) * 2**20 // 4
     if device.type == "cpu":
-        src = arena(n * 4).view(torch.float32).fill_(1.0)  # also pages it in
+        src = arena(n * 4).view(torch.float32).fill_(1.0)
     else:
         src = torch.ones(n, dtype=torch.float32, device=device)
-    src.sum()  # warm-up
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        device_sync(device)
-        t0 = time.perf_counter()
-        src.sum()
-        device_sync(device)
-        best = min(best, time.perf_counter() - t0)
-    del src
-    return n * 4 / best
+    return n * 4 / _best_s(src.sum, repeats, device)
 
 
 def bound(copy: float, read: float | None = None) -> float:
