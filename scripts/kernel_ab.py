@@ -7,18 +7,22 @@ The machine's speed moves by 10-50% between processes here, more than most kerne
 only measured against its base inside one process. The base revision's stream_linear.cpp and
 row_attention.cpp are built under another operator namespace (`wb_base`) beside the working tree's
 (`workbench_kernels`), and each part is timed with the two taking turns:
-- linears: every linear shape of --target (the embedded model: 211), packed like the model's, on T rows;
+- linears: every linear shape of --target (the embedded model: 211), packed like the model's, on T rows (the
+  working tree's kernel also prefetching, kernels.choose.PREFETCH_AHEAD steps ahead, as a third arm);
 - attention: one layer's attention of T rows over a 1024-column static cache with --context columns filled;
 - forward: the compiled backend's forward over n new tokens after --context cached, each arm's graphs
   compiled with its own operators (a few minutes); an arm whose kernels have `stream_linear_group` runs the
   linears that read the same input as one call (kernels.linear.group_siblings), the other one call each;
 - grouping: the working tree's compiled forward with those linears grouped and with one call each, the two
-  built in turns (--builds each, one alive at a time; the base revision plays no part).
+  built in turns (--builds each, one alive at a time; the base revision plays no part);
+- prefetch: the same with the prefetch this machine measured for --target (kernels.choose) and with none.
 Medians of --rounds rounds, in ms (attention in us), with each arm's ratio to one row.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -30,6 +34,8 @@ import torch
 from workbench.device import processor
 from workbench.kernels import attention as attention_kernel, linear as linear_kernel
 from workbench.kernels.build import CFLAGS, HEADERS, LDFLAGS, SOURCES
+from workbench.kernels.choose import PREFETCH_AHEAD
+from workbench.kernels.linear import ROW_SHAPES
 from workbench.paths import cache_dir
 
 BASE_NS = "wb_base"
@@ -94,15 +100,17 @@ def linears(ops: dict, sizes: list[int], rounds: int, target: str) -> None:
     packed = pack_all([torch.randn(n, k, generator=g) * 0.02 for n, k in shapes])
     xs = {T: {k: torch.randn(T, k, generator=g) for k in {k for _, k in shapes}} for T in sizes}
 
-    def arm(ns):
+    def arm(ns, *ahead):
         def run(T):
             for (n, k), p in zip(shapes, packed):
-                getattr(torch.ops, ns).stream_linear(xs[T][k], p, None, n)
+                getattr(torch.ops, ns).stream_linear(xs[T][k], p, None, n, *ahead)
         return run
 
-    res = turns({a: arm(ns) for a, ns in ops.items()}, sizes, rounds, 3)
-    report(f"{target}'s {len(shapes)} linears alone (random fp32 weights of their shapes, ms):", res, ops, sizes, 1e3,
-           "ms")
+    arms = {a: arm(ns) for a, ns in ops.items()}
+    arms["new, prefetch"] = arm(ops["new"], [PREFETCH_AHEAD] * len(ROW_SHAPES))
+    res = turns(arms, sizes, rounds, 3)
+    report(f"{target}'s {len(shapes)} linears alone (random fp32 weights of their shapes, ms):", res, arms, sizes,
+           1e3, "ms")
 
 
 def attention(ops: dict, sizes: list[int], rounds: int, context: int) -> None:
@@ -130,12 +138,16 @@ def forward(ops: dict, sizes: list[int], rounds: int, context: int, target: str)
     from workbench.models import load_model
 
     lm = load_model(target)
-    print(f"{target}, kernels {plan_for(lm).label()}")
+    plan = plan_for(lm)
+    print(f"{target}, kernels {plan.label()}")
     ids = torch.randint(0, 1000, (1, context + max(sizes)), generator=torch.Generator().manual_seed(0))
     current = torch.ops.workbench_kernels
     sessions = {}
     for a, ns in ops.items():
         torch.ops.workbench_kernels = getattr(torch.ops, ns)  # what this arm's graphs call, read while tracing
+        # a build from before the tiles' prefetch takes no distances: its arm's plan has none
+        old = "ahead" not in {x.name for x in getattr(torch.ops, ns).stream_linear.default._schema.arguments}
+        use_plan(lm, dataclasses.replace(plan, prefetch=()) if old else plan)
         try:
             s = StaticSession(CompiledForward(lm, cache_len_bucket(context + max(sizes), lm.max_positions)))
             s.forward(ids[:, :context], keep=1)
@@ -144,6 +156,7 @@ def forward(ops: dict, sizes: list[int], rounds: int, context: int, target: str)
                 s.crop(context)
         finally:
             torch.ops.workbench_kernels = current
+            use_plan(lm, plan)
         sessions[a] = s
 
     def arm(s):
@@ -156,28 +169,29 @@ def forward(ops: dict, sizes: list[int], rounds: int, context: int, target: str)
     report(f"compiled forward over n new tokens after {context} cached (ms):", res, ops, sizes, 1e3, "ms")
 
 
+def use_plan(lm, plan) -> None:
+    """Make `plan` the model's plan under its mode (what a CompiledForward built next reads)."""
+    from workbench import kernels
+
+    lm.model.__dict__["_workbench_plans"][plan.mode] = plan
+    kernels.plan_for(lm)
+
+
 @torch.inference_mode()
-def grouping(sizes: list[int], rounds: int, context: int, target: str, builds: int) -> None:
+def builds_in_turns(title: str, lm, arms: dict, sizes: list[int], rounds: int, context: int, builds: int) -> None:
+    """The working tree's compiled forward under each arm's setting ({name: a context manager factory, entered
+    while the graphs are set up}), built in turns, --builds each, one alive at a time."""
     import gc
 
     from workbench.backend import compiled
-    from workbench.kernels import plan_for
-    from workbench.models import load_model
 
-    lm = load_model(target)
-    print(f"{target}, kernels {plan_for(lm).label()}")
     compiled.compiler_settings()
     ids = torch.randint(0, 1000, (1, context + max(sizes)), generator=torch.Generator().manual_seed(0))
-    arms = {"grouped": compiled.graph_passes, "one call each": lambda: {}}
     times: dict = {}
     for _ in range(builds):
-        for a, passes in arms.items():
-            real = compiled.graph_passes
-            compiled.graph_passes = passes  # read when the graphs are set up, below
-            try:
+        for a, setting in arms.items():
+            with setting():
                 cf = compiled.CompiledForward(lm, compiled.cache_len_bucket(context + max(sizes), lm.max_positions))
-            finally:
-                compiled.graph_passes = real
             s = compiled.StaticSession(cf)
             s.forward(ids[:, :context], keep=1)
 
@@ -190,8 +204,50 @@ def grouping(sizes: list[int], rounds: int, context: int, target: str, builds: i
             del s, cf, run
             gc.collect()
     res = {k: statistics.median(v) for k, v in times.items()}
-    report(f"compiled forward over n new tokens after {context} cached, {builds} builds of each (ms):", res, arms,
-           sizes, 1e3, "ms")
+    report(f"{title}: compiled forward over n new tokens after {context} cached, {builds} builds of each (ms):", res,
+           arms, sizes, 1e3, "ms")
+
+
+def grouping(sizes: list[int], rounds: int, context: int, target: str, builds: int) -> None:
+    from workbench.backend import compiled
+    from workbench.kernels import plan_for
+    from workbench.models import load_model
+
+    lm = load_model(target)
+    print(f"{target}, kernels {plan_for(lm).label()}")
+
+    @contextlib.contextmanager
+    def passes(fn):
+        real = compiled.graph_passes
+        compiled.graph_passes = fn  # read when the graphs are set up
+        try:
+            yield
+        finally:
+            compiled.graph_passes = real
+
+    arms = {"grouped": lambda: passes(compiled.graph_passes), "one call each": lambda: passes(lambda: {})}
+    builds_in_turns("grouping", lm, arms, sizes, rounds, context, builds)
+
+
+def prefetching(sizes: list[int], rounds: int, context: int, target: str, builds: int) -> None:
+    from workbench.kernels import plan_for
+    from workbench.models import load_model
+
+    lm = load_model(target)
+    plan = plan_for(lm)
+    print(f"{target}, kernels {plan.label()}; prefetch distances per tile shape {plan.prefetch}")
+
+    @contextlib.contextmanager
+    def with_plan(p):
+        use_plan(lm, p)
+        try:
+            yield
+        finally:
+            use_plan(lm, plan)
+
+    arms = {"measured": lambda: with_plan(plan), "no prefetch": lambda: with_plan(dataclasses.replace(plan,
+                                                                                                    prefetch=()))}
+    builds_in_turns("prefetch", lm, arms, sizes, rounds, context, builds)
 
 
 def main() -> None:
@@ -203,7 +259,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--target", default="smollm2-135m")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--builds", type=int, default=4, help="grouping: builds of each arm's graphs, in turns")
+    ap.add_argument("--builds", type=int, default=4,
+                    help="grouping, prefetch: builds of each arm's graphs, in turns")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from workbench.kernels.build import load_extension
@@ -223,6 +280,8 @@ def main() -> None:
         forward(ops, sizes, args.rounds, args.context, args.target)
     if "grouping" in parts:
         grouping(sizes, args.rounds, args.context, args.target, args.builds)
+    if "prefetch" in parts:
+        prefetching(sizes, args.rounds, args.context, args.target, args.builds)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def test_no_verification_size_compiles_a_graph_after_warm_up(monkeypatch):
     from workbench.kernels import choose
     from workbench.models import load_model
 
-    monkeypatch.setattr(choose, "fast_rows", lambda *a, **k: (frozenset(range(1, 33)), {}))
+    monkeypatch.setattr(choose, "fast_rows", lambda *a, **k: (frozenset(range(1, 33)), {}, ()))
     monkeypatch.setattr(kernels, "current_mode", lambda: "fast")
     lm = load_model("tiny-random:seed=5", device=DEVICE)
     s = open_session("compiled", lm, 256)

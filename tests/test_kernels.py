@@ -14,8 +14,9 @@ from workbench.backend import open_session
 from workbench.config import ConfigError, DecodeConfig
 from workbench.engine import generate
 from workbench.kernels import attention, build
+from workbench.kernels import choose
 from workbench.kernels.choose import MEASURED_ROWS
-from workbench.kernels.linear import StreamLinear, pack
+from workbench.kernels.linear import KernelPlan, StreamLinear, _ranges, pack
 from workbench.methods import list_methods
 
 from .helpers import BACKEND_PARAMS, PROMPTS
@@ -58,6 +59,47 @@ def test_kernel_equals_f_linear_and_rows_are_invariant(ext, N, K):
         # the invariant property: each row's bits do not depend on how many rows came with it
         assert torch.equal(y, torch.cat([ext(x[i:i + 1], p, b, N) for i in range(T)])), T
     assert torch.equal(ext(x[:3], p, None, N), ext(x[:3], p, torch.zeros(N), N))
+
+
+def test_prefetching_changes_no_bit(ext):
+    """The tiles' software prefetch (per tile shape, kernels.choose) reads ahead and computes nothing: every row
+    count, fp32 and bf16 weights, alone and in a group, give the same bits with and without it."""
+    group = torch.ops.workbench_kernels.stream_linear_group
+    g = torch.Generator().manual_seed(11)
+    for dtype in (torch.float32, torch.bfloat16):
+        ws = [torch.randn(n, 300, generator=g).to(dtype) for n in (200, 37)]
+        ps, b = [pack(w) for w in ws], torch.randn(200, generator=g)
+        x = torch.randn(16, 300, generator=g)
+        for T in range(1, 17):
+            plain = ext(x[:T], ps[0], b, 200)
+            for ahead in ([8, 8, 8, 8], [0, 32, 0, 32], [1000]):  # per shape; a short list: none for the rest
+                assert torch.equal(ext(x[:T], ps[0], b, 200, ahead), plain), (dtype, T, ahead)
+                assert torch.equal(group(x[:T], ps, [], [200, 37], ahead), group(x[:T], ps, [], [200, 37])), T
+    with pytest.raises(RuntimeError, match="prefetch distance cannot be negative"):
+        ext(x[:2], ps[0], None, 200, [-1])
+
+
+def test_each_tile_shape_prefetches_where_that_measured_faster():
+    """The prefetch choice is per tile shape (1, 2, 3-4, 5+ rows) from the median gain over its row counts; the
+    rows the kernel takes are judged as it will then run; the label says which row counts prefetch."""
+    def timed(T, gain):  # the kernel 0.9x ATen without prefetching, `gain` x that with it
+        return {"aten": 1.0, "stream": 0.9, "prefetch": 0.9 * gain, "ratio": 0.9, "prefetch_ratio": 0.9 * gain,
+                "prefetch_gain": gain}
+
+    # one row slower with it (as on the AMD test machine), 2-4 rows faster, 5+ rows mostly slower (and so slow
+    # at 64 rows that the kernel loses to ATen there)
+    gains = {1: 1.2, 2: 0.9, 3: 0.95, 4: 1.01, **{T: 1.05 for T in range(5, 65)}, 6: 0.5}
+    measured = {T: timed(T, gains[T]) for T in (*range(1, 17), 20, 24, 32, 48, 64)}
+    measured[64]["ratio"] = 1.3
+    ahead = choose.prefetch_choice(measured)
+    assert ahead == (0, choose.PREFETCH_AHEAD, choose.PREFETCH_AHEAD, 0)
+    assert choose.kernel_ratio(2, measured[2], ahead) == pytest.approx(0.81)  # as it runs: prefetching
+    assert choose.kernel_ratio(64, measured[64], ahead) == 1.3
+    plan = KernelPlan("fast", frozenset(range(1, 49)), prefetch=ahead)
+    assert plan.prefetch_rows() == [2, 3, 4]
+    assert plan.label() == "fast (1-48), prefetch (2-4)"
+    assert KernelPlan("fast", frozenset(range(1, 9)), prefetch=(0, 0, 0, 32)).label() == "fast (1-8), prefetch (5-8)"
+    assert KernelPlan("fast", frozenset(range(1, 9)), prefetch=(0, 0, 0, 0)).label() == "fast (1-8)"
 
 
 def test_kernel_reads_bf16_weights(ext):
@@ -140,14 +182,18 @@ def test_modes_install_and_label(tiny, mode):
     assert kernels.plan_for(tiny).label() == "aten"
     mode("invariant")
     plan = kernels.plan_for(tiny)
-    assert plan.label() == f"invariant (1-{kernels.INVARIANT_MAX_ROWS}), row attention (all)"
+    assert len(plan.prefetch) == 4  # one distance per tile shape, as the fast mode measured (below)
+    fetching = f", prefetch ({_ranges(plan.prefetch_rows())})" if plan.prefetch_rows() else ""
+    assert plan.label() == f"invariant (1-{kernels.INVARIANT_MAX_ROWS}){fetching}, row attention (all)"
     linears = [m for m in tiny.model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, StreamLinear) and m.plan is plan for m in linears)
     assert tiny.model.config._attn_implementation == "workbench_invariant"
     mode("fast")
     fast = kernels.plan_for(tiny)
     assert fast.mode == "fast" and set(fast.measured) == set(MEASURED_ROWS)
-    assert {T for T in fast.rows if T in MEASURED_ROWS} == {T for T, m in fast.measured.items() if m["ratio"] <= 1}
+    assert fast.prefetch == plan.prefetch == choose.prefetch_choice(fast.measured)  # one measurement for both
+    assert {T for T in fast.rows if T in MEASURED_ROWS} == {T for T, m in fast.measured.items()
+                                                           if choose.kernel_ratio(T, m, fast.prefetch) <= 1}
     assert (20 in fast.rows) == (17 in fast.rows)  # 17-20 take the decision timed at 20
     assert tiny.model.config._attn_implementation != "workbench_invariant"
 
@@ -216,7 +262,9 @@ def test_the_kernel_choice_is_recorded_with_each_run(tiny, mode):
 
     with RunStore() as store:
         row = store.get_run(result.run_id)
-    assert row.env["kernels"] == f"invariant (1-{kernels.INVARIANT_MAX_ROWS}), row attention (all)"
+    plan = kernels.plan_for(tiny)
+    fetching = f", prefetch ({_ranges(plan.prefetch_rows())})" if plan.prefetch_rows() else ""
+    assert row.env["kernels"] == f"invariant (1-{kernels.INVARIANT_MAX_ROWS}){fetching}, row attention (all)"
 
 
 def test_a_weight_changed_in_place_is_packed_again(tiny, mode):
@@ -287,9 +335,20 @@ def test_compiled_graphs_run_sibling_linears_as_one_call_with_the_same_logits(ti
     from workbench.kernels import linear
 
     mode("invariant")  # the kernel for every row count, so every linear of every graph is one of its calls
-    merged = []
+    # tiles that prefetch for some row counts (one ahead of 32, one of 8; the one- and four-row forwards below),
+    # whatever this machine measured: the group's call carries its members' distances
+    ahead = (32, 0, 8, 0)
+    monkeypatch.setattr(choose, "fast_rows", lambda *a, **k: (frozenset(), {}, ahead))
+    monkeypatch.setitem(tiny.model.__dict__, "_workbench_plans", {})
+    merged, carried = [], []
     group_siblings = linear.group_siblings
-    monkeypatch.setattr(linear, "group_siblings", lambda graph: merged.append(group_siblings(graph)))
+    grouped = torch.ops.workbench_kernels.stream_linear_group.default
+
+    def count(graph):
+        merged.append(group_siblings(graph))
+        carried.extend(n.args[4] for n in graph.nodes if n.target is grouped)
+
+    monkeypatch.setattr(linear, "group_siblings", count)
     s = StaticSession(CompiledForward(tiny, 512 + 11))  # a cache size of its own: graphs compiled here
     e = open_session("eager", tiny, 100)
     try:
@@ -303,6 +362,7 @@ def test_compiled_graphs_run_sibling_linears_as_one_call_with_the_same_logits(ti
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
             # per layer: query, key and value as one call (2 merged away), gate and up as one (1 merged away)
             assert merged and all(m == 3 * layers for m in merged), merged
+            assert carried and all(list(c) == list(ahead) for c in carried), carried
     finally:
         s.close()
         e.close()

@@ -11,10 +11,11 @@ kernels.attention): ATen's flash attention spends most of a decoding step's atte
 
 Modes ($WORKBENCH_KERNELS, `--kernels`, the API's `kernels=`; one per process):
     fast       the workbench kernel for the row counts where it measured faster than ATen on this
-               machine for this model (kernels.choose), ATen for the rest; the row-attention kernel
+               machine for this model (kernels.choose), ATen for the rest, its tiles prefetching where
+               that measured faster; the row-attention kernel
                for forwards of up to attention.FAST_MAX_ROWS rows; the default
     invariant  the workbench kernel for every forward of up to INVARIANT_MAX_ROWS rows, whatever it
-               costs, and attention computed row by row (kernels.attention): each row's result is
+               costs (prefetching as the fast mode measured), and attention computed row by row (kernels.attention): each row's result is
                then bit-identical whatever the number of rows, so verifying a chain of k tokens gives
                exactly the logits of k one-token forwards
     aten       every linear through ATen (torch's own path, as before)
@@ -87,17 +88,21 @@ def plan_for(lm: Any, progress: Callable[[str], None] | None = None):
 
         if not load_extension(progress):
             plan = KernelPlan("aten", reason=unavailable_reason())
-        elif mode == "invariant":
-            _check_invariant(lm, model)
-            plan = KernelPlan("invariant", frozenset(range(1, INVARIANT_MAX_ROWS + 1)),
-                              attention=attention.ALL_ROWS if attention.model_supported(model) else 0)
         else:
             from .choose import fast_rows
 
+            if mode == "invariant":
+                _check_invariant(lm, model)
             install(model, KernelPlan("aten"))  # packed first: the measurement times the packed weights
-            rows, measured = fast_rows(getattr(lm, "spec", type(model).__name__), model, progress=progress)
-            plan = KernelPlan("fast", rows, measured,
-                              attention=attention.FAST_MAX_ROWS if attention.model_supported(model) else 0)
+            # the measurement is the fast mode's (cached); the invariant mode takes its prefetch choice alone
+            rows, measured, prefetch = fast_rows(getattr(lm, "spec", type(model).__name__), model,
+                                                 progress=progress)
+            if mode == "invariant":
+                plan = KernelPlan("invariant", frozenset(range(1, INVARIANT_MAX_ROWS + 1)), prefetch=prefetch,
+                                  attention=attention.ALL_ROWS if attention.model_supported(model) else 0)
+            else:
+                plan = KernelPlan("fast", rows, measured, prefetch=prefetch,
+                                  attention=attention.FAST_MAX_ROWS if attention.model_supported(model) else 0)
     plans[mode] = plan
     return _activate(model, plan)
 

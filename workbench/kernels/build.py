@@ -106,6 +106,11 @@ def load_extension(progress: Callable[[str], None] | None = None) -> bool:
         return reason is None
 
 
+def loaded() -> bool:
+    """Whether the kernels are loaded in this process (without building or loading them)."""
+    return _STATE.get("ok") is True
+
+
 def unavailable_reason() -> str | None:
     """Why the kernels could not be loaded in this process (None: loaded, or not tried yet)."""
     return _STATE.get("reason")  # type: ignore[return-value]

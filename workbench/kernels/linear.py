@@ -31,6 +31,9 @@ from torch import nn
 LANES = 16  # output columns per packed panel (one vector register of fp32)
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
 HUGE_PAGE = 2 * 2**20  # bytes of a transparent huge page on x86-64 and most arm64 kernels
+# The row counts of stream_linear.cpp's tile shapes (its `run`), (first, last); each shape has its own prefetch
+# distance (KernelPlan.prefetch)
+ROW_SHAPES = ((1, 1), (2, 2), (3, 4), (5, None))
 
 _FAKE_REGISTERED = False
 
@@ -47,6 +50,9 @@ class KernelPlan:
     # forwards of up to this many rows run attention through the row-attention kernel (kernels.attention;
     # 0: none, attention.ALL_ROWS: every forward)
     attention: int = 0
+    # the kernel's software prefetch distance, in steps of k, per tile shape (ROW_SHAPES; 0: none): a property of
+    # the machine, measured (kernels.choose); it never changes a result
+    prefetch: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         contiguous = bool(self.rows) and len(self.rows) == max(self.rows) - min(self.rows) + 1
@@ -59,10 +65,17 @@ class KernelPlan:
             return self.span[0] <= rows <= self.span[1]
         return rows in self.rows
 
+    def prefetch_rows(self) -> list[int]:
+        """The row counts whose kernel calls prefetch."""
+        return [T for T in sorted(self.rows) for (lo, hi), ahead in zip(ROW_SHAPES, self.prefetch)
+                if ahead and lo <= T <= (hi or T)]
+
     def label(self) -> str:
-        """e.g. "fast (1-16), row attention (1-64)", "invariant (1-64), row attention (all)", "aten": what a run
-        records."""
+        """e.g. "fast (1-16), prefetch (3-16), row attention (1-64)", "invariant (1-64), row attention (all)",
+        "aten": what a run records."""
         label = f"{self.mode} ({_ranges(sorted(self.rows))})" if self.rows else self.mode
+        if self.prefetch_rows():
+            label += f", prefetch ({_ranges(self.prefetch_rows())})"
         if self.attention:
             label += f", row attention ({'all' if self.attention == sys.maxsize else f'1-{self.attention}'})"
         return label
@@ -134,12 +147,12 @@ def register_fake() -> None:
     _FAKE_REGISTERED = True
 
 
-def output_like(x, packed, bias, N):
+def output_like(x, packed, bias, N, ahead=()):
     """stream_linear's output, empty: (..., N) like x (its shape function for torch.compile)."""
     return x.new_empty((*x.shape[:-1], N))
 
 
-def group_output_like(x, packed, bias, N):
+def group_output_like(x, packed, bias, N, ahead=()):
     """stream_linear_group's output, empty: flat, T * sum(N) (T = x's rows), every weight's T rows one after the
     other."""
     return x.new_empty((x.numel() // x.shape[-1] * sum(N),))
@@ -148,8 +161,8 @@ def group_output_like(x, packed, bias, N):
 def group_siblings(graph: torch.fx.Graph) -> int:
     """A graph pass for inductor (after its own post-grad passes; the compiled backend runs it): the kernel's calls
     on the same input node, with the same weight dtype and all with or all without a bias, become one
-    `stream_linear_group` call, whose one flat output holds each former call's output, contiguous, one after the
-    other (graphs of static shapes only: the row count sets where each one starts). A decoding step's linears
+    `stream_linear_group` call (with their prefetch distances, the same for the group), whose one flat output
+    holds each former call's output, contiguous, one after the other (graphs of static shapes only: the row count sets where each one starts). A decoding step's linears
     are bound by streaming their weights, and what each call adds besides (the dispatch, a parallel region and
     its join, a thread idle at the end of a small weight) is paid once per group instead of once per linear.
     The outputs are the same bits: each column is computed as in a call of its own. Returns how many calls were
@@ -162,14 +175,15 @@ def group_siblings(graph: torch.fx.Graph) -> int:
     order = {node: i for i, node in enumerate(graph.nodes)}
     groups: dict[tuple, list[torch.fx.Node]] = {}
     for node in graph.nodes:
-        if node.op != "call_function" or node.target is not single or node.kwargs or len(node.args) != 4:
+        if node.op != "call_function" or node.target is not single or node.kwargs or len(node.args) not in (4, 5):
             continue
-        x, packed, bias, _ = node.args
+        x, packed, bias = node.args[:3]
+        ahead = tuple(node.args[4]) if len(node.args) == 5 else ()
         if not isinstance(packed, torch.fx.Node) or "val" not in packed.meta:
             continue
-        groups.setdefault((x, packed.meta["val"].dtype, bias is None), []).append(node)
+        groups.setdefault((x, packed.meta["val"].dtype, bias is None, ahead), []).append(node)
     merged = 0
-    for (x, _, no_bias), members in groups.items():
+    for (x, _, no_bias, ahead), members in groups.items():
         first = members[0]
         # every weight and bias must exist where the group's call goes (graph inputs and constants always do)
         inputs = [a for m in members for a in m.args[1:3] if isinstance(a, torch.fx.Node)]
@@ -181,7 +195,8 @@ def group_siblings(graph: torch.fx.Graph) -> int:
             continue
         with graph.inserting_before(first):
             biases = [] if no_bias else [m.args[2] for m in members]
-            call = graph.call_function(grouped, (x, [m.args[1] for m in members], biases, widths))
+            call = graph.call_function(grouped, (x, [m.args[1] for m in members], biases, widths,
+                                                 *([list(ahead)] if ahead else [])))
             whole = call.meta["val"] = group_output_like(x.meta["val"], None, None, widths)  # a fake tensor
             start = 0
             for m, n in zip(members, widths):
@@ -264,7 +279,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pac
     if (packed is not None and plan is not None and plan.takes(x.numel() // weight.shape[1])
             and x.device.type == "cpu"
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        # the prefetch distances only where there are some: a call without them is what a build from before
+        # them takes too (scripts/kernel_ab.py runs one)
         y = torch.ops.workbench_kernels.stream_linear(x.float(), packed, None if bias is None else bias.float(),
-                                                      weight.shape[0])
+                                                      weight.shape[0], *([list(plan.prefetch)] if any(plan.prefetch)
+                                                                         else []))
         return y if x.dtype == torch.float32 else y.to(x.dtype)
     return F.linear(x, weight, bias)

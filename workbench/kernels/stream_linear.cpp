@@ -29,10 +29,14 @@ inline v16 load16(const at::BFloat16* p) {  // bf16 -> fp32: the 16 bits shifted
   return v;
 }
 
-// panels [p, p + R) (16 columns each) against rows [t, t + TB) of x: R x TB accumulators in registers
-template <int R, int TB, typename W>
+// panels [p, p + R) (16 columns each) against rows [t, t + TB) of x: R x TB accumulators in registers. With PF,
+// each step also asks for the cache line `ahead` steps further down each panel's stream (past a panel's end: the
+// start of the next one, which the next tile reads): on some machines the hardware's own prefetch runs too
+// little ahead of a tile busy with arithmetic, on others the extra instructions only cost (kernels.choose
+// measures which). A prefetch changes no result.
+template <int R, int TB, bool PF, typename W>
 inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t K, int64_t N, int64_t p,
-                 int64_t t) {
+                 int64_t t, int64_t ahead) {
   v16 acc[TB][R];
 #pragma GCC unroll 32
   for (int j = 0; j < TB; ++j)
@@ -43,6 +47,10 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
     v16 wr[R];
 #pragma GCC unroll 32
     for (int r = 0; r < R; ++r) wr[r] = load16(panel + (r * K + k) * LANES);
+    if constexpr (PF) {
+#pragma GCC unroll 32
+      for (int r = 0; r < R; ++r) __builtin_prefetch(panel + (r * K + k + ahead) * LANES, 0, 3);
+    }
 #pragma GCC unroll 32
     for (int j = 0; j < TB; ++j) {
       const v16 xb = splat(x[(t + j) * K + k]);  // x[t + j, k] in every lane
@@ -60,15 +68,15 @@ inline void tile(const float* x, const W* pw, const float* b, float* y, int64_t 
 
 // every row of x against panels [p, p + R): x in chunks of TB rows (the last one shorter); after the first
 // chunk the panels come from cache
-template <int R, int TB, typename W>
+template <int R, int TB, bool PF, typename W>
 inline void rows(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t p) {
+                 int64_t p, int64_t ahead) {
   static_assert(TB <= 8, "the rest of a chunk is dispatched for up to 7 rows");
   int64_t t = 0;
-  for (; t + TB <= T; t += TB) tile<R, TB>(x, pw, b, y, K, N, p, t);
+  for (; t + TB <= T; t += TB) tile<R, TB, PF>(x, pw, b, y, K, N, p, t, ahead);
   switch (T - t) {
 #define WB_REST(c) \
-    case c: if constexpr (c < TB) tile<R, c>(x, pw, b, y, K, N, p, t); break;
+    case c: if constexpr (c < TB) tile<R, c, PF>(x, pw, b, y, K, N, p, t, ahead); break;
     WB_REST(7) WB_REST(6) WB_REST(5) WB_REST(4) WB_REST(3) WB_REST(2) WB_REST(1)
 #undef WB_REST
     default: break;
@@ -76,14 +84,14 @@ inline void rows(const float* x, const W* pw, const float* b, float* y, int64_t 
 }
 
 // panels [p, p + n) for n < 8, as the largest tiles of at most R panels that fit
-template <int R, int TB, typename W>
+template <int R, int TB, bool PF, typename W>
 inline void rest(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t p, int64_t n) {
+                 int64_t p, int64_t n, int64_t ahead) {
   while (n > 0) {
     const int64_t r = std::min<int64_t>(n, R);
     switch (r) {
 #define WB_PANELS(c) \
-      case c: if constexpr (c <= R) rows<c, TB>(x, pw, b, y, T, K, N, p); break;
+      case c: if constexpr (c <= R) rows<c, TB, PF>(x, pw, b, y, T, K, N, p, ahead); break;
       WB_PANELS(7) WB_PANELS(6) WB_PANELS(5) WB_PANELS(4) WB_PANELS(3) WB_PANELS(2) WB_PANELS(1)
 #undef WB_PANELS
       default: break;
@@ -94,12 +102,12 @@ inline void rest(const float* x, const W* pw, const float* b, float* y, int64_t 
 }
 
 // panels [lo, hi) of one weight, in tiles of R panels and the rest in smaller ones
-template <int R, int TB, typename W>
+template <int R, int TB, bool PF, typename W>
 inline void span(const float* x, const W* pw, const float* b, float* y, int64_t T, int64_t K, int64_t N,
-                 int64_t lo, int64_t hi) {
+                 int64_t lo, int64_t hi, int64_t ahead) {
   int64_t p = lo;
-  for (; p + R <= hi; p += R) rows<R, TB>(x, pw, b, y, T, K, N, p);
-  rest<R, TB>(x, pw, b, y, T, K, N, p, hi - p);
+  for (; p + R <= hi; p += R) rows<R, TB, PF>(x, pw, b, y, T, K, N, p, ahead);
+  rest<R, TB, PF>(x, pw, b, y, T, K, N, p, hi - p, ahead);
 }
 
 // One weight of a group (stream_linear_group): its packed panels, its bias, its output ((T, N) row-major), its
@@ -117,8 +125,8 @@ struct Part {
 // projection is 12) keeps both cores streaming instead of leaving one idle while the other does the tiles that
 // do not fill a block of R, and weights that read the same x (a layer's query, key and value projections)
 // cost one parallel region instead of one each.
-template <int R, int TB, typename W>
-void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K) {
+template <int R, int TB, bool PF, typename W>
+void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, int64_t ahead) {
   static_assert(R <= 8, "the rest of a thread's share is dispatched for up to 7 panels");
   int64_t panels = 0;
   for (const auto& part : parts) panels += part.panels;
@@ -128,27 +136,37 @@ void run_tiles(const float* x, const std::vector<Part<W>>& parts, int64_t T, int
     int64_t start = 0;  // the first panel of parts[i] in the group's numbering
     for (const auto& part : parts) {
       const int64_t a = std::max(lo, start), z = std::min(hi, start + part.panels);
-      if (a < z) span<R, TB>(x, part.pw, part.b, part.y, T, K, part.N, a - start, z - start);
+      if (a < z) span<R, TB, PF>(x, part.pw, part.b, part.y, T, K, part.N, a - start, z - start, ahead);
       start += part.panels;
     }
   });
 }
 
+template <int R, int TB, typename W>
+void run_shape(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, int64_t ahead) {
+  if (ahead > 0) run_tiles<R, TB, true>(x, parts, T, K, ahead);
+  else run_tiles<R, TB, false>(x, parts, T, K, 0);
+}
+
 // Tile shapes by row count: R panels x TB rows of x, at most 24 accumulators of the 32 vector registers.
 // More panels at once for few rows, more rows for many. For one or two rows four panels at once (four streams
-// of weights per thread) ran the model's linears 3% faster than eight on the 2-core AMD test machine. The
-// shape never changes a result.
+// of weights per thread) ran the model's linears 3% faster than eight on the 2-core AMD test machine; on the
+// 2-core Intel Xeon no other shape beat these at 1, 2, 4, 8 or 16 rows. The shape never changes a result.
+// `ahead[c]`: the prefetch distance, in steps of k, of the tiles of shape c (ROW_SHAPES: 1, 2, 3-4, 5+ rows); 0 or
+// missing: none.
 template <typename W>
-void run(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K) {
-  if (T == 1) run_tiles<4, 1>(x, parts, T, K);
-  else if (T == 2) run_tiles<4, 2>(x, parts, T, K);
-  else if (T <= 4) run_tiles<6, 4>(x, parts, T, K);
-  else run_tiles<3, 8>(x, parts, T, K);
+void run(const float* x, const std::vector<Part<W>>& parts, int64_t T, int64_t K, at::IntArrayRef ahead) {
+  const size_t shape = T == 1 ? 0 : T == 2 ? 1 : T <= 4 ? 2 : 3;
+  const int64_t a = shape < ahead.size() ? ahead[shape] : 0;
+  if (shape == 0) run_shape<4, 1>(x, parts, T, K, a);
+  else if (shape == 1) run_shape<4, 2>(x, parts, T, K, a);
+  else if (shape == 2) run_shape<6, 4>(x, parts, T, K, a);
+  else run_shape<3, 8>(x, parts, T, K, a);
 }
 
 template <typename W>
 void run_group(const at::Tensor& x2, const std::vector<at::Tensor>& packed, const std::vector<at::Tensor>& bias,
-               at::IntArrayRef N, at::Tensor& y) {
+               at::IntArrayRef N, at::IntArrayRef ahead, at::Tensor& y) {
   std::vector<Part<W>> parts;
   const int64_t T = x2.size(0);
   int64_t col = 0;
@@ -157,7 +175,7 @@ void run_group(const at::Tensor& x2, const std::vector<at::Tensor>& packed, cons
                      y.data_ptr<float>() + T * col, N[i], packed[i].size(0)});
     col += N[i];
   }
-  run(x2.data_ptr<float>(), parts, T, x2.size(1));
+  run(x2.data_ptr<float>(), parts, T, x2.size(1), ahead);
 }
 
 }  // namespace
@@ -167,9 +185,12 @@ void run_group(const at::Tensor& x2, const std::vector<at::Tensor>& packed, cons
 // for bit what stream_linear(x, packed[i], bias[i], N[i]) gives. x [..., K] float32; packed[i]
 // [ceil(N[i] / 16), K, 16], all float32 or all bfloat16; bias empty (none) or one float32 [N[i]] per weight.
 // One output tensor, not one per weight: a compiled graph calls an op that returns a list of tensors through
-// Python, and one returning a tensor straight through the dispatcher.
-at::Tensor stream_linear_group(const at::Tensor& x, at::TensorList packed, at::TensorList bias, at::IntArrayRef N) {
+// Python, and one returning a tensor straight through the dispatcher. ahead: the prefetch distance in steps of k
+// for the tiles of 1, 2, 3-4 and 5+ rows (see run; empty: none), which changes no result.
+at::Tensor stream_linear_group(const at::Tensor& x, at::TensorList packed, at::TensorList bias, at::IntArrayRef N,
+                               at::IntArrayRef ahead) {
   const size_t n = packed.size();
+  for (const int64_t a : ahead) TORCH_CHECK(a >= 0, "stream_linear: a prefetch distance cannot be negative");
   TORCH_CHECK(n > 0 && N.size() == n, "stream_linear: one width N per packed weight");
   TORCH_CHECK(bias.empty() || bias.size() == n, "stream_linear: no bias, or one per weight");
   TORCH_CHECK(x.device().is_cpu(), "stream_linear: CPU tensors only");
@@ -196,29 +217,29 @@ at::Tensor stream_linear_group(const at::Tensor& x, at::TensorList packed, at::T
   auto y = at::empty({x2.size(0) * width}, x.options());
   if (x2.size(0) > 0) {
     if (pcs[0].scalar_type() == at::kFloat) {
-      run_group<float>(x2, pcs, bcs, N, y);
+      run_group<float>(x2, pcs, bcs, N, ahead, y);
     } else {
       TORCH_CHECK(pcs[0].scalar_type() == at::kBFloat16, "stream_linear: weight must be float32 or bfloat16");
-      run_group<at::BFloat16>(x2, pcs, bcs, N, y);
+      run_group<at::BFloat16>(x2, pcs, bcs, N, ahead, y);
     }
   }
   return y;
 }
 
 // y = x @ w^T (+ b): a group of one. x [..., K] float32; packed [ceil(N / 16), K, 16] float32 or bfloat16;
-// bias [N] float32 or none
+// bias [N] float32 or none; ahead as for stream_linear_group
 at::Tensor stream_linear(const at::Tensor& x, const at::Tensor& packed, const c10::optional<at::Tensor>& bias,
-                         int64_t N) {
+                         int64_t N, at::IntArrayRef ahead) {
   std::vector<at::Tensor> b;
   if (bias.has_value() && bias->defined()) b.push_back(*bias);
   auto shape = x.sizes().vec();
   shape.back() = N;
-  return stream_linear_group(x, {packed}, b, {N}).view(shape);
+  return stream_linear_group(x, {packed}, b, {N}, ahead).view(shape);
 }
 
 TORCH_LIBRARY(workbench_kernels, m) {
-  m.def("stream_linear(Tensor x, Tensor packed, Tensor? bias, int N) -> Tensor");
-  m.def("stream_linear_group(Tensor x, Tensor[] packed, Tensor[] bias, int[] N) -> Tensor");
+  m.def("stream_linear(Tensor x, Tensor packed, Tensor? bias, int N, int[] ahead=[]) -> Tensor");
+  m.def("stream_linear_group(Tensor x, Tensor[] packed, Tensor[] bias, int[] N, int[] ahead=[]) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(workbench_kernels, CPU, m) {
