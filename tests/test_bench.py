@@ -364,3 +364,29 @@ def test_the_roofline_takes_the_larger_bandwidth_and_reads_older_benchmarks():
     old = roofline(1000, copy=30e9)  # stored before read bandwidths were measured
     assert old["read_bandwidth_GBps"] is None and old["roofline_tokens_per_s"] == pytest.approx(30e6)
 
+
+
+def test_the_read_bandwidth_takes_the_kernels_stream_where_they_are_loaded(monkeypatch):
+    """The read bandwidth is the fastest of a sum and, where the workbench kernels are loaded, their one-row
+    linear over the same bytes as a packed weight (without and with prefetch): a reader slower than the weights'
+    stream would understate the roofline."""
+    import torch
+
+    from workbench.bench import roofline
+    from workbench.kernels import build
+    from workbench.kernels.linear import arena
+
+    if not build.load_extension():
+        pytest.fail(f"the kernels should build on the test machine: {build.unavailable_reason()}")
+    src = arena(4096 * 16 * 4 * 3).view(torch.float32).fill_(1.0)  # three panels of K = 4096
+    readers = roofline._kernel_readers(src)
+    assert len(readers) == 2
+    for read in readers:  # each reads every byte: a one-row linear of ones over a weight of ones
+        assert torch.equal(read(), torch.full((1, 48), 4096.0))
+    assert roofline._kernel_readers(src[:-1]) == []  # not whole panels: the sum alone
+    calls = []
+    monkeypatch.setattr(roofline, "_kernel_readers", lambda s: [lambda: calls.append(s.numel())])
+    assert roofline.read_bandwidth(mib=1, repeats=2) > 0 and calls == [2**18] * 3  # a warm-up and two timed
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "_STATE", {"ok": False, "reason": "no compiler"})
+    assert roofline._kernel_readers(src) == []  # not loaded here: the sum alone

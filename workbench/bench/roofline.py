@@ -15,7 +15,10 @@ rate after the first token (`metrics.decode_tokens_per_s`), which is what the ro
 
 Memory bandwidth: the larger of two measurements, each the best of a few passes over a large tensor (512 MiB
 by default) with the process's current thread count, so the achieved fraction compares like with like:
-- read bandwidth: bytes / time of summing the tensor (reading it once). On a CPU the tensor lies in memory
+- read bandwidth: bytes / time of reading the tensor once, by the fastest of a few readers: a sum, and, on a
+  CPU where the workbench kernels are loaded, their one-row linear over the same bytes as a packed weight,
+  without and with its prefetch (on the 2-core Intel Xeon test machine a sum read 28-29 GB/s and the kernel
+  32-35 GB/s: the weights' stream can reach more than a sum shows). On a CPU the tensor lies in memory
   backed by transparent huge pages where the system offers them, as the workbench kernels' packed weights do
   (`kernels.linear.arena`): on the 2-core AMD test machine, a virtual machine, a read of ordinary 4 KB pages
   reached about two thirds of the rate over huge pages, so it would understate what the weights' stream
@@ -92,7 +95,25 @@ def read_bandwidth(mib: int = 512, repeats: int = 5, device: str | torch.device 
         src = arena(n * 4).view(torch.float32).fill_(1.0)
     else:
         src = torch.ones(n, dtype=torch.float32, device=device)
-    return n * 4 / _best_s(src.sum, repeats, device)
+    return n * 4 / min(_best_s(fn, repeats, device) for fn in [src.sum, *_kernel_readers(src)])
+
+
+def _kernel_readers(src: torch.Tensor) -> list:
+    """The workbench kernel's one-row linear over `src`'s bytes as a packed weight (panels of 16 columns, K = 4096),
+    without and with its prefetch: a read as the weights' stream makes it. Empty where the kernels are not loaded
+    here, or for a tensor of another size."""
+    from ..kernels import build
+    from ..kernels.choose import PREFETCH_AHEAD
+    from ..kernels.linear import LANES, ROW_SHAPES
+
+    K = 4096
+    if src.device.type != "cpu" or not build.loaded() or src.numel() % (K * LANES):
+        return []
+    packed = src.view(-1, K, LANES)
+    N = packed.shape[0] * LANES
+    x = torch.ones(1, K)
+    op = torch.ops.workbench_kernels.stream_linear
+    return [lambda: op(x, packed, None, N), lambda: op(x, packed, None, N, [PREFETCH_AHEAD] * len(ROW_SHAPES))]
 
 
 def bound(copy: float, read: float | None = None) -> float:
