@@ -180,7 +180,8 @@ def use_plan(lm, plan) -> None:
 @torch.inference_mode()
 def builds_in_turns(title: str, lm, arms: dict, sizes: list[int], rounds: int, context: int, builds: int) -> None:
     """The working tree's compiled forward under each arm's setting ({name: a context manager factory, entered
-    while the graphs are set up}), built in turns, --builds each, one alive at a time."""
+    while the graphs are set up and traced: a graph is compiled at its first call}), built in turns, --builds
+    each, one alive at a time."""
     import gc
 
     from workbench.backend import compiled
@@ -190,14 +191,16 @@ def builds_in_turns(title: str, lm, arms: dict, sizes: list[int], rounds: int, c
     times: dict = {}
     for _ in range(builds):
         for a, setting in arms.items():
-            with setting():
-                cf = compiled.CompiledForward(lm, compiled.cache_len_bucket(context + max(sizes), lm.max_positions))
-            s = compiled.StaticSession(cf)
-            s.forward(ids[:, :context], keep=1)
-
             def run(n):
                 s.forward(ids[:, context:context + n])
                 s.crop(context)
+
+            with setting():
+                cf = compiled.CompiledForward(lm, compiled.cache_len_bucket(context + max(sizes), lm.max_positions))
+                s = compiled.StaticSession(cf)
+                s.forward(ids[:, :context], keep=1)
+                for n in sizes:
+                    run(n)
 
             for k, v in turns({a: run}, sizes, rounds, 3).items():
                 times.setdefault(k, []).append(v)
