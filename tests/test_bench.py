@@ -365,7 +365,6 @@ def test_the_roofline_takes_the_larger_bandwidth_and_reads_older_benchmarks():
     assert old["read_bandwidth_GBps"] is None and old["roofline_tokens_per_s"] == pytest.approx(30e6)
 
 
-
 def test_the_read_bandwidth_takes_the_kernels_stream_where_they_are_loaded(monkeypatch):
     """The read bandwidth is the fastest of a sum and, where the workbench kernels are loaded, their one-row
     linear over the same bytes as a packed weight (without and with prefetch): a reader slower than the weights'

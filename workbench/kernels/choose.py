@@ -7,8 +7,8 @@ workbench kernel, without and with its software prefetch (PREFETCH_AHEAD steps a
 row count T of MEASURED_ROWS, the three back to back within each round (ROUNDS rounds after a
 warm-up). Each tile shape (linear.ROW_SHAPES) prefetches where, over the T it serves, the median
 of the rounds' ratios with / without prefetch is below 1: on the 2-core Intel Xeon test machine
-prefetching made the linears 7-12% faster for every row count, on the 2-core AMD EPYC it made one
-row slower. Then the kernel, as it will run, takes every T where the median of the rounds' ratios
+prefetching made the compiled forward 7-14% faster for every row count, on the 2-core AMD EPYC it made
+one row of linears slower. Then the kernel, as it will run, takes every T where the median of the rounds' ratios
 kernel / ATen is at most 1 (ratios of pairs, so a slow spell of the machine during one round moves
 both of its sides). The choice is cached in the workbench cache under the model spec, the CPU, the thread
 count, the torch version and the kernel's build, so a second process reads it; the invariant mode takes the
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..device import processor
 from ..paths import cache_dir, read_json, write_json
 from .build import build_dir
-from .linear import ROW_SHAPES, StreamLinear
+from .linear import ROW_SHAPES, StreamLinear, shape_of
 
 # The row counts timed: every verification size up to 16, then a few larger ones (big trees), each deciding for
 # the sizes down to the previous one timed; larger forwards (prompts) run ATen.
@@ -84,11 +84,6 @@ def measure_rows(model: torch.nn.Module, rounds: int = ROUNDS,
     return {T: {**{name: statistics.median(v) for name, v in d.items()}, "ratio": paired(d, "stream", "aten"),
                 "prefetch_ratio": paired(d, "prefetch", "aten"), "prefetch_gain": paired(d, "prefetch", "stream")}
             for T, d in times.items()}
-
-
-def shape_of(T: int) -> int:
-    """The index in linear.ROW_SHAPES of the tile shape that runs T rows."""
-    return next(i for i, (lo, hi) in enumerate(ROW_SHAPES) if lo <= T <= (hi or T))
 
 
 def prefetch_choice(measured: dict[int, dict[str, float]]) -> tuple[int, ...]:

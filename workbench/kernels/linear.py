@@ -35,6 +35,12 @@ HUGE_PAGE = 2 * 2**20  # bytes of a transparent huge page on x86-64 and most arm
 # distance (KernelPlan.prefetch)
 ROW_SHAPES = ((1, 1), (2, 2), (3, 4), (5, None))
 
+
+def shape_of(T: int) -> int:
+    """The index in ROW_SHAPES of the tile shape that runs T rows."""
+    return next(i for i, (lo, hi) in enumerate(ROW_SHAPES) if lo <= T <= (hi or T))
+
+
 _FAKE_REGISTERED = False
 
 
@@ -67,8 +73,7 @@ class KernelPlan:
 
     def prefetch_rows(self) -> list[int]:
         """The row counts whose kernel calls prefetch."""
-        return [T for T in sorted(self.rows) for (lo, hi), ahead in zip(ROW_SHAPES, self.prefetch)
-                if ahead and lo <= T <= (hi or T)]
+        return [T for T in sorted(self.rows) if shape_of(T) < len(self.prefetch) and self.prefetch[shape_of(T)]]
 
     def label(self) -> str:
         """e.g. "fast (1-16), prefetch (3-16), row attention (1-64)", "invariant (1-64), row attention (all)",
