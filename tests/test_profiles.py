@@ -313,3 +313,15 @@ def test_a_profile_measured_with_other_kernels_is_another_profile(tiny, cache, m
     monkeypatch.setattr(profile, "build_tag", lambda: "0123456789abcdef")
     other = profile_key(tiny, "eager")
     assert other != key and profile.parse_key(other)["kbuild"] == "0123456789abcdef"
+
+
+def test_the_default_machine_name_fits_the_longest_processor_name():
+    """An export without --as is named for its processor: a 48-character CPU model name and every ISA flag the
+    workbench records (an Intel Xeon with AMX names 104 characters) must fit; a longer name given is refused."""
+    from workbench.backend.profile_files import MAX_NAME, ProfileFileError, machine_name
+    from workbench.device import ISA_FLAGS
+
+    longest = "x" * 48 + " [" + " ".join(ISA_FLAGS) + "]"
+    assert machine_name(None, [{"cpu": longest}]) == longest
+    with pytest.raises(ProfileFileError, match=f"at most {MAX_NAME} characters"):
+        machine_name("y" * (MAX_NAME + 1), [])

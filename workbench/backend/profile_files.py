@@ -34,7 +34,9 @@ from .profile import THIS_MACHINE, cached_profiles, imported_path, imported_prof
 FORMAT = "decoding-workbench cost profiles"
 VERSION = 1
 MAX_FILE_BYTES = 20_000_000  # far beyond any real export (a profile is ~1 KB)
-MAX_NAME = 100
+# longer than any processor() name, the default (a CPU model name of up to 48 characters and every ISA flag: 75 more
+# on a machine with all of them); a limit on names given with --as and read from files
+MAX_NAME = 160
 
 __all__ = ["FORMAT", "VERSION", "ProfileFileError", "export_profiles", "import_profiles", "imported_profiles",
            "load_profile_file", "profile_document"]
