@@ -8,7 +8,7 @@ only measured against its base inside one process. The base revision's stream_li
 row_attention.cpp are built under another operator namespace (`wb_base`) beside the working tree's
 (`workbench_kernels`), and each part is timed with the two taking turns:
 - linears: every linear shape of --target (the embedded model: 211), packed like the model's, on T rows (the
-  working tree's kernel also prefetching, kernels.choose.PREFETCH_AHEAD steps ahead, as a third arm);
+  working tree's kernel also prefetching, kernels.choose.PREFETCH_EVERY_SHAPE, as a third arm);
 - attention: one layer's attention of T rows over a 1024-column static cache with --context columns filled;
 - forward: the compiled backend's forward over n new tokens after --context cached, each arm's graphs
   compiled with its own operators (a few minutes); an arm whose kernels have `stream_linear_group` runs the
@@ -34,8 +34,7 @@ import torch
 from workbench.device import processor
 from workbench.kernels import attention as attention_kernel, linear as linear_kernel
 from workbench.kernels.build import CFLAGS, HEADERS, LDFLAGS, SOURCES
-from workbench.kernels.choose import PREFETCH_AHEAD
-from workbench.kernels.linear import ROW_SHAPES
+from workbench.kernels.choose import PREFETCH_EVERY_SHAPE
 from workbench.paths import cache_dir
 
 BASE_NS = "wb_base"
@@ -107,7 +106,7 @@ def linears(ops: dict, sizes: list[int], rounds: int, target: str) -> None:
         return run
 
     arms = {a: arm(ns) for a, ns in ops.items()}
-    arms["new, prefetch"] = arm(ops["new"], [PREFETCH_AHEAD] * len(ROW_SHAPES))
+    arms["new, prefetch"] = arm(ops["new"], PREFETCH_EVERY_SHAPE)
     res = turns(arms, sizes, rounds, 3)
     report(f"{target}'s {len(shapes)} linears alone (random fp32 weights of their shapes, ms):", res, arms, sizes,
            1e3, "ms")

@@ -103,8 +103,8 @@ def _kernel_readers(src: torch.Tensor) -> list:
     without and with its prefetch: a read as the weights' stream makes it. Empty where the kernels are not loaded
     here, or for a tensor of another size."""
     from ..kernels import build
-    from ..kernels.choose import PREFETCH_AHEAD
-    from ..kernels.linear import LANES, ROW_SHAPES
+    from ..kernels.choose import PREFETCH_EVERY_SHAPE
+    from ..kernels.linear import LANES
 
     K = 4096
     if src.device.type != "cpu" or not build.loaded() or src.numel() % (K * LANES):
@@ -113,7 +113,7 @@ def _kernel_readers(src: torch.Tensor) -> list:
     N = packed.shape[0] * LANES
     x = torch.ones(1, K)
     op = torch.ops.workbench_kernels.stream_linear
-    return [lambda: op(x, packed, None, N), lambda: op(x, packed, None, N, [PREFETCH_AHEAD] * len(ROW_SHAPES))]
+    return [lambda: op(x, packed, None, N), lambda: op(x, packed, None, N, PREFETCH_EVERY_SHAPE)]
 
 
 def bound(copy: float, read: float | None = None) -> float:

@@ -15,9 +15,9 @@ Modes ($WORKBENCH_KERNELS, `--kernels`, the API's `kernels=`; one per process):
                that measured faster; the row-attention kernel
                for forwards of up to attention.FAST_MAX_ROWS rows; the default
     invariant  the workbench kernel for every forward of up to INVARIANT_MAX_ROWS rows, whatever it
-               costs (prefetching as the fast mode measured), and attention computed row by row (kernels.attention): each row's result is
-               then bit-identical whatever the number of rows, so verifying a chain of k tokens gives
-               exactly the logits of k one-token forwards
+               costs (prefetching as the fast mode measured), and attention computed row by row
+               (kernels.attention): each row's result is then bit-identical whatever the number of
+               rows, so verifying a chain of k tokens gives exactly the logits of k one-token forwards
     aten       every linear through ATen (torch's own path, as before)
 Where the kernels cannot be built (no compiler) every mode runs as "aten" and says why once.
 The mode, the row counts it resolved to and the attention (`KernelPlan.label`) are recorded with every run and are

@@ -35,6 +35,8 @@ ROUNDS = 5
 # How far ahead a prefetching tile reads each panel's stream, in steps of k: 32 cache lines of fp32 weights (2 KB)
 # per panel; on the Intel Xeon 24-48 steps were all within 1-3% of each other for 1-16 rows, 8 clearly less
 PREFETCH_AHEAD = 32
+# the op's distances with every tile shape prefetching (what the measurement times against none)
+PREFETCH_EVERY_SHAPE = [PREFETCH_AHEAD] * len(ROW_SHAPES)
 
 
 def _path():
@@ -68,7 +70,7 @@ def measure_rows(model: torch.nn.Module, rounds: int = ROUNDS,
                                                           ahead)
         return run
 
-    arms = {"aten": aten, "stream": kernel([]), "prefetch": kernel([PREFETCH_AHEAD] * len(ROW_SHAPES))}
+    arms = {"aten": aten, "stream": kernel([]), "prefetch": kernel(PREFETCH_EVERY_SHAPE)}
     times: dict[int, dict[str, list[float]]] = {T: {name: [] for name in arms} for T in sizes}
     for r in range(rounds + 1):  # round 0 warms up
         for T in sizes:
